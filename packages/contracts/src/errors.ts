@@ -1,0 +1,177 @@
+import { z } from "zod";
+
+/**
+ * Every failure Citadel reports, API and worker alike. Stable strings: clients and
+ * dashboards key on them. Grouped by where they arise.
+ */
+export const ErrorCode = z.enum([
+  // request shape and auth (API)
+  "MALFORMED_JSON",
+  "VALIDATION_FAILED",
+  "UNAUTHORIZED",
+  "FORBIDDEN",
+  "MODEL_NOT_FOUND",
+  "JOB_NOT_FOUND",
+  "IDEMPOTENCY_CONFLICT",
+  "PAYLOAD_TOO_LARGE",
+  "UNSUPPORTED_MEDIA_TYPE",
+  // tensors against the manifest (API and worker re-validation)
+  "INPUT_MISSING",
+  "INPUT_UNKNOWN",
+  "OUTPUT_UNKNOWN",
+  "TENSOR_DTYPE_MISMATCH",
+  "TENSOR_RANK_MISMATCH",
+  "TENSOR_SHAPE_MISMATCH",
+  "TENSOR_DATA_LENGTH_MISMATCH",
+  "TENSOR_ENCODING_INVALID",
+  "TENSOR_NON_FINITE",
+  "TENSOR_OUT_OF_RANGE",
+  "BATCH_TOO_LARGE",
+  "BATCH_MISMATCH",
+  "TIMEOUT_TOO_LARGE",
+  // abuse controls
+  "RATE_LIMITED",
+  "QUOTA_EXCEEDED",
+  "QUEUE_FULL",
+  "QUEUE_UNAVAILABLE",
+  "OVERLOADED",
+  // model supply chain (artifacts, keys)
+  "MANIFEST_INVALID",
+  "SIGNATURE_MISSING",
+  "SIGNATURE_INVALID",
+  "SIGNER_UNTRUSTED",
+  "MANIFEST_MODEL_MISMATCH",
+  "ARTIFACT_MISSING",
+  "ARTIFACT_TRUNCATED",
+  "ARTIFACT_HASH_MISMATCH",
+  "KEY_UNWRAP_FAILED",
+  "DECRYPTION_FAILED",
+  "PLAINTEXT_HASH_MISMATCH",
+  "VAULT_UNAVAILABLE",
+  "VAULT_DENIED",
+  // execution (worker)
+  "JOB_INVALID",
+  "DEADLINE_EXCEEDED",
+  "TIMEOUT",
+  "CANCELLED",
+  "MODEL_LOAD_FAILED",
+  "PROVIDER_UNAVAILABLE",
+  "RUNTIME_ERROR",
+  "CIRCUIT_OPEN",
+  "RESULT_TOO_LARGE",
+  "INTERNAL",
+]);
+export type ErrorCode = z.infer<typeof ErrorCode>;
+
+/** The HTTP status each code maps to when it reaches a client synchronously. */
+export function httpStatusFor(code: ErrorCode): number {
+  switch (code) {
+    case "MALFORMED_JSON":
+    case "VALIDATION_FAILED":
+      return 400;
+    case "UNAUTHORIZED":
+      return 401;
+    case "FORBIDDEN":
+      return 403;
+    case "MODEL_NOT_FOUND":
+    case "JOB_NOT_FOUND":
+      return 404;
+    case "IDEMPOTENCY_CONFLICT":
+      return 409;
+    case "PAYLOAD_TOO_LARGE":
+      return 413;
+    case "UNSUPPORTED_MEDIA_TYPE":
+      return 415;
+    case "INPUT_MISSING":
+    case "INPUT_UNKNOWN":
+    case "OUTPUT_UNKNOWN":
+    case "TENSOR_DTYPE_MISMATCH":
+    case "TENSOR_RANK_MISMATCH":
+    case "TENSOR_SHAPE_MISMATCH":
+    case "TENSOR_DATA_LENGTH_MISMATCH":
+    case "TENSOR_ENCODING_INVALID":
+    case "TENSOR_NON_FINITE":
+    case "TENSOR_OUT_OF_RANGE":
+    case "BATCH_TOO_LARGE":
+    case "BATCH_MISMATCH":
+    case "TIMEOUT_TOO_LARGE":
+    case "JOB_INVALID":
+      return 422;
+    case "RATE_LIMITED":
+    case "QUOTA_EXCEEDED":
+      return 429;
+    case "QUEUE_FULL":
+    case "QUEUE_UNAVAILABLE":
+    case "OVERLOADED":
+    case "CIRCUIT_OPEN":
+    case "VAULT_UNAVAILABLE":
+      return 503;
+    case "MANIFEST_INVALID":
+    case "SIGNATURE_MISSING":
+    case "SIGNATURE_INVALID":
+    case "SIGNER_UNTRUSTED":
+    case "MANIFEST_MODEL_MISMATCH":
+    case "ARTIFACT_MISSING":
+    case "ARTIFACT_TRUNCATED":
+    case "ARTIFACT_HASH_MISMATCH":
+    case "KEY_UNWRAP_FAILED":
+    case "DECRYPTION_FAILED":
+    case "PLAINTEXT_HASH_MISMATCH":
+    case "VAULT_DENIED":
+    case "DEADLINE_EXCEEDED":
+    case "TIMEOUT":
+    case "CANCELLED":
+    case "MODEL_LOAD_FAILED":
+    case "PROVIDER_UNAVAILABLE":
+    case "RUNTIME_ERROR":
+    case "RESULT_TOO_LARGE":
+    case "INTERNAL":
+      return 500;
+    default:
+      return assertExhaustive(code);
+  }
+}
+
+/** Codes that a retry cannot fix: the worker fails these with UnrecoverableError. */
+export function isRetryable(code: ErrorCode): boolean {
+  return code === "RUNTIME_ERROR" || code === "VAULT_UNAVAILABLE" || code === "MODEL_LOAD_FAILED";
+}
+
+export function assertExhaustive(value: never): never {
+  throw new Error(`unhandled case: ${String(value)}`);
+}
+
+/**
+ * An error with a stable code and a message safe to show a client. `details` must
+ * never carry secrets or tensor data; `cause` stays server-side.
+ */
+export class CitadelError extends Error {
+  override readonly name = "CitadelError";
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  toJSON(): ApiErrorBody {
+    return { error: { code: this.code, message: this.message, ...(this.details ? { details: this.details } : {}) } };
+  }
+}
+
+export const ApiErrorBody = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    details: z.unknown().optional(),
+  }),
+});
+export type ApiErrorBody = z.infer<typeof ApiErrorBody>;
+
+/** Normalises anything thrown into an Error (graphile-worker's coerceError). */
+export function coerceError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  return new Error(typeof err === "string" ? err : `non-error thrown: ${typeof err}`);
+}

@@ -1,0 +1,4 @@
+export * from "./errors.js";
+export * from "./jobs.js";
+export * from "./manifest.js";
+export * from "./tensor.js";

@@ -1,0 +1,79 @@
+import { z } from "zod";
+import { ErrorCode } from "./errors.js";
+import { ModelName, ModelVersion, OutputPolicy } from "./manifest.js";
+import { LIMITS, TensorPayload } from "./tensor.js";
+
+export const Priority = z.enum(["high", "normal", "low"]);
+export type Priority = z.infer<typeof Priority>;
+
+/** POST /v1/jobs body. Unknown fields are refused. */
+export const JobRequest = z.strictObject({
+  model: ModelName,
+  version: ModelVersion.optional(),
+  inputs: z
+    .record(z.string().min(1).max(256), TensorPayload)
+    .refine((r) => Object.keys(r).length <= LIMITS.maxInputsPerJob, {
+      message: `at most ${LIMITS.maxInputsPerJob} inputs`,
+    }),
+  outputs: z.array(z.string().min(1).max(256)).max(32).optional(),
+  timeoutMs: z.number().int().min(1).optional(),
+  priority: Priority.default("normal"),
+});
+export type JobRequest = z.infer<typeof JobRequest>;
+
+/** A tensor after validation: always base64 little-endian on the queue. */
+export const EncodedTensor = z.strictObject({
+  dtype: TensorPayload.shape.dtype,
+  shape: z.array(z.number().int().min(0)),
+  data: z.string(),
+});
+export type EncodedTensor = z.infer<typeof EncodedTensor>;
+
+/** What the API puts on the queue. Workers re-validate it: Redis is a trust boundary. */
+export const JobData = z.strictObject({
+  tenant: z.string().min(1),
+  model: ModelName,
+  version: ModelVersion,
+  inputs: z.record(z.string(), EncodedTensor),
+  outputs: z.array(z.string()).optional(),
+  /** Samples along the batch axis (1 for a model without one). */
+  batch: z.number().int().min(1),
+  inputBytes: z.number().int().min(0),
+  timeoutMs: z.number().int().min(1),
+  acceptedAt: z.number().int(),
+  /** Epoch ms after which the job must not start. */
+  deadline: z.number().int(),
+  requestId: z.string(),
+  clientIp: z.string().optional(),
+  outputPolicy: OutputPolicy.optional(),
+});
+export type JobData = z.infer<typeof JobData>;
+
+/** A job's return value in Redis. */
+export const JobResult = z.strictObject({
+  outputs: z.record(z.string(), EncodedTensor),
+  provider: z.string(),
+  batchSize: z.number().int(),
+  queueMs: z.number(),
+  inferenceMs: z.number(),
+  workerId: z.string(),
+  artifactSha256: z.string(),
+});
+export type JobResult = z.infer<typeof JobResult>;
+
+export const JobStatus = z.enum(["queued", "active", "completed", "failed", "cancelled"]);
+export type JobStatus = z.infer<typeof JobStatus>;
+
+/** GET /v1/jobs/:id */
+export const JobView = z.object({
+  id: z.string(),
+  status: JobStatus,
+  model: z.string(),
+  version: z.string(),
+  createdAt: z.string(),
+  startedAt: z.string().optional(),
+  finishedAt: z.string().optional(),
+  result: JobResult.omit({ workerId: true, artifactSha256: true }).optional(),
+  error: z.object({ code: ErrorCode.or(z.string()), message: z.string() }).optional(),
+});
+export type JobView = z.infer<typeof JobView>;
