@@ -1,0 +1,54 @@
+import { createPublicKey, verify } from "node:crypto";
+import { CitadelError, ManifestBody, type SignedManifest, type TrustedSigner } from "@citadel/contracts";
+import type { ManifestSigner } from "@citadel/keys";
+import { canonicalJson } from "./canonical.js";
+
+// DER prefix of an ed25519 SubjectPublicKeyInfo; the raw 32-byte key follows it.
+const ED25519_SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+
+export async function signManifest(body: ManifestBody, signer: ManifestSigner): Promise<SignedManifest> {
+  const { keyId, signature } = await signer.sign(Buffer.from(canonicalJson(body)));
+  return { manifest: body, signature: { alg: "ed25519", keyId, value: signature } };
+}
+
+/**
+ * Verifies a stored manifest before anything in it is trusted: the signature is
+ * checked over the canonical bytes of exactly what was received, then the body is
+ * parsed strictly, then its identity is compared with what the caller asked for.
+ */
+export function verifyManifest(
+  raw: unknown,
+  trusted: readonly TrustedSigner[],
+  expect?: { name: string; version: string },
+): ManifestBody {
+  if (typeof raw !== "object" || raw === null || typeof (raw as { manifest?: unknown }).manifest !== "object") {
+    throw new CitadelError("MANIFEST_INVALID", "manifest envelope is malformed");
+  }
+  const { manifest, signature } = raw as { manifest: unknown; signature?: unknown };
+  if (signature === undefined || signature === null)
+    throw new CitadelError("SIGNATURE_MISSING", "manifest is not signed");
+  const sig = signature as { alg?: unknown; keyId?: unknown; value?: unknown };
+  if (sig.alg !== "ed25519" || typeof sig.keyId !== "string" || typeof sig.value !== "string") {
+    throw new CitadelError("SIGNATURE_INVALID", "manifest signature is malformed");
+  }
+  const signer = trusted.find((t) => t.keyId === sig.keyId);
+  if (!signer)
+    throw new CitadelError("SIGNER_UNTRUSTED", `manifest is signed by '${sig.keyId}', which is not a pinned signer`);
+  const key = createPublicKey({
+    key: Buffer.concat([ED25519_SPKI_PREFIX, Buffer.from(signer.publicKey, "base64")]),
+    format: "der",
+    type: "spki",
+  });
+  const ok = verify(null, Buffer.from(canonicalJson(manifest)), key, Buffer.from(sig.value, "base64"));
+  if (!ok) throw new CitadelError("SIGNATURE_INVALID", "manifest signature does not verify");
+  const parsed = ManifestBody.safeParse(manifest);
+  if (!parsed.success)
+    throw new CitadelError("MANIFEST_INVALID", `signed manifest fails the schema: ${parsed.error.issues[0]?.message}`);
+  if (expect && (parsed.data.name !== expect.name || parsed.data.version !== expect.version)) {
+    throw new CitadelError(
+      "MANIFEST_MODEL_MISMATCH",
+      `manifest is for ${parsed.data.name}@${parsed.data.version}, registry entry is ${expect.name}@${expect.version}`,
+    );
+  }
+  return parsed.data;
+}

@@ -1,0 +1,205 @@
+import { createHash, randomBytes } from "node:crypto";
+import type { Redis } from "ioredis";
+
+export type AuditEvent =
+  | "job.accepted"
+  | "job.rejected"
+  | "job.completed"
+  | "job.failed"
+  | "job.cancelled"
+  | "model.loaded"
+  | "model.rejected"
+  | "model.unloaded"
+  | "auth.denied"
+  | "rate.limited"
+  | "circuit.opened"
+  | "circuit.closed";
+
+/** The fields of SPEC §6; absent ones are simply left out. Never tensor data or secrets. */
+export interface AuditFields {
+  tenant?: string;
+  clientIp?: string;
+  requestId?: string;
+  jobId?: string;
+  model?: string;
+  version?: string;
+  batchSize?: number;
+  inputBytes?: number;
+  queueMs?: number;
+  inferenceMs?: number;
+  outcome?: string;
+  errorCode?: string;
+  workerId?: string;
+  artifactSha256?: string;
+  provider?: string;
+  detail?: string;
+}
+
+export interface AuditRecord extends AuditFields {
+  writer: string;
+  seq: number;
+  prev: string;
+  ts: string;
+  event: AuditEvent;
+  hash: string;
+}
+
+export function hashRecord(r: Omit<AuditRecord, "hash">): string {
+  // Field order is fixed by sorting, so the hash does not depend on insertion order.
+  const sorted = Object.fromEntries(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : 1)));
+  return createHash("sha256").update(JSON.stringify(sorted)).digest("hex");
+}
+
+export function genesis(writer: string): string {
+  return createHash("sha256").update(`citadel-audit-genesis|${writer}`).digest("hex");
+}
+
+export interface AuditSink {
+  record(event: AuditEvent, fields: AuditFields): void;
+}
+
+export interface AuditLogger {
+  info(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+/**
+ * Appends hash-chained records to a bounded Redis stream and to the log. Each writer
+ * (one per process) numbers its records and links each to the previous one's hash;
+ * its latest (seq, hash) is kept in a heads hash so a deleted tail is noticed too.
+ * Appends are serialised so the chain order is the stream order.
+ */
+export class AuditWriter implements AuditSink {
+  readonly writer: string;
+  private seq = 0;
+  private prev: string;
+  private chain: Promise<void> = Promise.resolve();
+  private readonly streamKey: string;
+  private readonly headsKey: string;
+
+  constructor(
+    private readonly redis: Redis,
+    prefix: string,
+    writerName: string,
+    private readonly log: AuditLogger,
+    private readonly maxLen = 1_000_000,
+  ) {
+    this.writer = `${writerName}:${randomBytes(4).toString("hex")}`;
+    this.prev = genesis(this.writer);
+    this.streamKey = auditStreamKey(prefix);
+    this.headsKey = auditHeadsKey(prefix);
+  }
+
+  record(event: AuditEvent, fields: AuditFields): void {
+    const body: Omit<AuditRecord, "hash"> = {
+      ...stripUndefined(fields),
+      writer: this.writer,
+      seq: ++this.seq,
+      prev: this.prev,
+      ts: new Date().toISOString(),
+      event,
+    };
+    const rec: AuditRecord = { ...body, hash: hashRecord(body) };
+    this.prev = rec.hash;
+    this.log.info({ audit: rec }, `audit ${event}`);
+    const json = JSON.stringify(rec);
+    this.chain = this.chain
+      .then(async () => {
+        await this.redis
+          .multi()
+          .xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", json)
+          .hset(this.headsKey, this.writer, `${rec.seq}:${rec.hash}`)
+          .exec();
+      })
+      .catch((err: unknown) => {
+        // The log line above already holds the record; the stream copy is lost and
+        // `audit verify` will report the gap. Say so loudly.
+        this.log.error({ err, seq: rec.seq }, "audit stream append failed");
+      });
+  }
+
+  /** Resolves when every record so far has been written (or has failed loudly). */
+  flush(): Promise<void> {
+    return this.chain;
+  }
+}
+
+export const auditStreamKey = (prefix: string) => `${prefix}:audit`;
+export const auditHeadsKey = (prefix: string) => `${prefix}:audit:heads`;
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  records: number;
+  writers: number;
+  problems: string[];
+}
+
+/**
+ * Verifies every writer's chain in the stream: hashes recompute, sequence numbers
+ * are consecutive, each `prev` is the previous hash, and the last record matches the
+ * writer's head. A chain may start after seq 1 only where MAXLEN trimmed it.
+ */
+export async function verifyAuditStream(redis: Redis, prefix: string): Promise<VerifyReport> {
+  const problems: string[] = [];
+  const last = new Map<string, AuditRecord>();
+  let records = 0;
+  let cursor = "-";
+  const trimmed = (await redis.xlen(auditStreamKey(prefix))) > 0 && (await firstIsTrimmed(redis, prefix));
+  for (;;) {
+    const page = await redis.xrange(auditStreamKey(prefix), cursor, "+", "COUNT", 1000);
+    if (page.length === 0) break;
+    for (const [id, fields] of page) {
+      if (id === cursor) continue;
+      records++;
+      const raw = fields[1];
+      let rec: AuditRecord;
+      try {
+        rec = JSON.parse(raw ?? "") as AuditRecord;
+      } catch {
+        problems.push(`${id}: not a JSON record`);
+        continue;
+      }
+      const { hash, ...body } = rec;
+      if (hashRecord(body) !== hash) problems.push(`${id}: ${rec.writer}#${rec.seq} was edited (hash mismatch)`);
+      const before = last.get(rec.writer);
+      if (before) {
+        if (rec.seq !== before.seq + 1)
+          problems.push(`${id}: ${rec.writer} jumps from #${before.seq} to #${rec.seq} (deleted or reordered)`);
+        if (rec.prev !== before.hash) problems.push(`${id}: ${rec.writer}#${rec.seq} does not link to #${before.seq}`);
+      } else if (rec.seq === 1) {
+        if (rec.prev !== genesis(rec.writer)) problems.push(`${id}: ${rec.writer}#1 has a wrong genesis link`);
+      } else if (!trimmed) {
+        problems.push(`${id}: ${rec.writer} starts at #${rec.seq}; earlier records were deleted`);
+      }
+      last.set(rec.writer, rec);
+    }
+    cursor = page[page.length - 1]?.[0] ?? cursor;
+    if (page.length < 1000) break;
+  }
+  const heads = await redis.hgetall(auditHeadsKey(prefix));
+  for (const [writer, head] of Object.entries(heads)) {
+    const rec = last.get(writer);
+    const [seq, hash] = head.split(":");
+    if (!rec) {
+      if (!trimmed) problems.push(`${writer}: head #${seq} but no records in the stream`);
+      continue;
+    }
+    if (String(rec.seq) !== seq || rec.hash !== hash)
+      problems.push(`${writer}: last record #${rec.seq} is not the head #${seq} (tail deleted or edited)`);
+  }
+  for (const w of last.keys()) if (!(w in heads)) problems.push(`${w}: records with no head (forged writer)`);
+  return { ok: problems.length === 0, records, writers: last.size, problems };
+}
+
+/** Whether MAXLEN has trimmed the stream (its first entry is not the first ever). */
+async function firstIsTrimmed(redis: Redis, prefix: string): Promise<boolean> {
+  const info = (await redis.call("XINFO", "STREAM", auditStreamKey(prefix))) as unknown[];
+  const i = info.indexOf("entries-added");
+  const added = i >= 0 ? Number(info[i + 1]) : 0;
+  const len = await redis.xlen(auditStreamKey(prefix));
+  return added > len;
+}

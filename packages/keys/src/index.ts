@@ -1,0 +1,3 @@
+export * from "./local.js";
+export * from "./provider.js";
+export * from "./vault/index.js";

@@ -1,0 +1,3 @@
+export * from "./jobs.js";
+export * from "./names.js";
+export * from "./redis.js";

@@ -1,0 +1,230 @@
+import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
+import { type Job, Queue, QueueEvents } from "bullmq";
+import type { Redis } from "ioredis";
+import { keys, modelOfJobId, queueName } from "./names.js";
+
+export interface QueueSettings {
+  prefix: string;
+  /** Completed jobs (and their results) are kept this long. */
+  resultTtlMs: number;
+  /** Failed and cancelled jobs stay visible this long (dead-letter retention). */
+  failedTtlMs: number;
+  /** Attempts for transient runtime failures (1 = never retry). */
+  attempts: number;
+  backoffMs: number;
+}
+
+/**
+ * Priority without hiding work from the autoscaler: `high` goes to the head of the
+ * wait list (LIFO), `normal` to its tail, `low` to BullMQ's prioritized set, which
+ * workers drain only when the wait list is empty. KEDA reads the wait list.
+ */
+export function priorityOptions(p: Priority): { lifo?: boolean; priority?: number } {
+  switch (p) {
+    case "high":
+      return { lifo: true };
+    case "normal":
+      return {};
+    case "low":
+      return { priority: 10 };
+  }
+}
+
+/** "CODE: message" is how failures are stored in BullMQ's failedReason. */
+export function formatFailure(code: ErrorCode, message: string): string {
+  return `${code}: ${message}`;
+}
+
+export function parseFailure(reason: string | undefined): { code: string; message: string } {
+  const m = /^([A-Z_]+): ([\s\S]*)$/.exec(reason ?? "");
+  if (m && ErrorCode.safeParse(m[1]).success) return { code: m[1] as string, message: m[2] ?? "" };
+  return { code: "INTERNAL", message: "the job failed" };
+}
+
+const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
+
+/** The API's view of the per-model BullMQ queues. */
+export class JobQueues {
+  private readonly queues = new Map<string, Queue<JobData, JobResult>>();
+  private readonly events = new Map<string, QueueEvents>();
+  private readonly waiters = new Map<string, Set<() => void>>();
+
+  constructor(
+    private readonly connection: Redis,
+    /** A separate connection factory for QueueEvents' blocking reads. */
+    private readonly blockingConnection: () => Redis,
+    private readonly redis: Redis,
+    readonly settings: QueueSettings,
+  ) {}
+
+  queue(model: string): Queue<JobData, JobResult> {
+    let q = this.queues.get(model);
+    if (!q) {
+      q = new Queue<JobData, JobResult>(queueName(model), {
+        connection: this.connection,
+        prefix: this.settings.prefix,
+      });
+      this.queues.set(model, q);
+    }
+    return q;
+  }
+
+  async enqueue(id: string, data: JobData, priority: Priority): Promise<void> {
+    await this.queue(data.model).add("infer", data, {
+      jobId: id,
+      attempts: this.settings.attempts,
+      backoff: { type: "exponential", delay: this.settings.backoffMs },
+      removeOnComplete: { age: Math.ceil(this.settings.resultTtlMs / 1000) },
+      removeOnFail: { age: Math.ceil(this.settings.failedTtlMs / 1000) },
+      ...priorityOptions(priority),
+    });
+  }
+
+  /** A job visible to `tenant`, or JOB_NOT_FOUND (another tenant's job is not found). */
+  async find(id: string, tenant: string): Promise<Job<JobData, JobResult> | null> {
+    const model = modelOfJobId(id);
+    const job = await this.queue(model).getJob(id);
+    if (job && job.data.tenant !== tenant) throw new CitadelError("JOB_NOT_FOUND", "no such job");
+    return job ?? null;
+  }
+
+  async view(id: string, tenant: string): Promise<JobView> {
+    const job = await this.find(id, tenant);
+    if (!job) {
+      const tomb = await this.redis.get(keys.cancelled(this.settings.prefix, id));
+      if (tomb) {
+        const t = JSON.parse(tomb) as JobView & { tenant: string };
+        if (t.tenant === tenant)
+          return {
+            id: t.id,
+            status: t.status,
+            model: t.model,
+            version: t.version,
+            createdAt: t.createdAt,
+            finishedAt: t.finishedAt,
+          };
+      }
+      throw new CitadelError("JOB_NOT_FOUND", "no such job");
+    }
+    return toView(job, await job.getState());
+  }
+
+  /**
+   * Cancels a job: a queued one is removed and leaves a tombstone (so it ends
+   * "cancelled", never vanishes); an active one is flagged and its worker aborts it.
+   */
+  async cancel(id: string, tenant: string): Promise<{ status: "cancelled" | "cancelling" | JobView["status"] }> {
+    const job = await this.find(id, tenant);
+    if (!job) {
+      await this.view(id, tenant);
+      return { status: "cancelled" };
+    }
+    const state = await job.getState();
+    if (state === "completed" || state === "failed") return { status: toView(job, state).status };
+    if (state !== "active") {
+      try {
+        await job.remove();
+        const view: JobView & { tenant: string } = {
+          id,
+          tenant,
+          status: "cancelled",
+          model: job.data.model,
+          version: job.data.version,
+          createdAt: new Date(job.timestamp).toISOString(),
+          finishedAt: new Date().toISOString(),
+        };
+        await this.redis.set(
+          keys.cancelled(this.settings.prefix, id),
+          JSON.stringify(view),
+          "PX",
+          this.settings.failedTtlMs,
+        );
+        this.notify(id);
+        return { status: "cancelled" };
+      } catch {
+        // Locked: a worker took it between getState and remove. Fall through to abort.
+      }
+    }
+    await this.redis
+      .multi()
+      .set(keys.cancelRequested(this.settings.prefix, id), "1", "PX", this.settings.failedTtlMs)
+      .publish(keys.cancelChannel(this.settings.prefix), id)
+      .exec();
+    return { status: "cancelling" };
+  }
+
+  /** Resolves when the job finishes or `ms` pass, whichever is first. */
+  async waitForFinish(id: string, tenant: string, ms: number): Promise<JobView> {
+    let view = await this.view(id, tenant);
+    if (ms <= 0 || isFinal(view.status)) return view;
+    await this.ensureEvents(view.model);
+    await new Promise<void>((resolve) => {
+      const set = this.waiters.get(id) ?? new Set();
+      this.waiters.set(id, set);
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        if (set.size === 0) this.waiters.delete(id);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+      // Re-check after subscribing: the job may have finished in between.
+      void this.view(id, tenant).then(
+        (v) => isFinal(v.status) && done(),
+        () => done(),
+      );
+    });
+    view = await this.view(id, tenant);
+    return view;
+  }
+
+  private notify(id: string): void {
+    for (const w of [...(this.waiters.get(id) ?? [])]) w();
+  }
+
+  private async ensureEvents(model: string): Promise<void> {
+    if (this.events.has(model)) return;
+    const ev = new QueueEvents(queueName(model), {
+      connection: this.blockingConnection(),
+      prefix: this.settings.prefix,
+    });
+    this.events.set(model, ev);
+    ev.on("completed", ({ jobId }) => this.notify(jobId));
+    ev.on("failed", ({ jobId }) => this.notify(jobId));
+    ev.on("removed", ({ jobId }) => this.notify(jobId));
+    await ev.waitUntilReady();
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.waiters.values()) for (const done of [...w]) done();
+    await Promise.allSettled([...this.events.values()].map((e) => e.close()));
+    await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
+    await Promise.allSettled([...this.events.values()].map((e) => e.disconnect()));
+  }
+}
+
+export function isFinal(s: JobView["status"]): boolean {
+  return s === "completed" || s === "failed" || s === "cancelled";
+}
+
+export function toView(job: Job<JobData, JobResult>, state: string): JobView {
+  const base = {
+    id: job.id ?? "",
+    model: job.data.model,
+    version: job.data.version,
+    createdAt: new Date(job.timestamp).toISOString(),
+    ...(job.processedOn ? { startedAt: iso(job.processedOn) } : {}),
+    ...(job.finishedOn ? { finishedAt: iso(job.finishedOn) } : {}),
+  };
+  if (state === "completed" && job.returnvalue) {
+    const { workerId: _w, artifactSha256: _a, ...result } = job.returnvalue;
+    return { ...base, status: "completed", result };
+  }
+  if (state === "failed") {
+    const error = parseFailure(job.failedReason);
+    return { ...base, status: error.code === "CANCELLED" ? "cancelled" : "failed", error };
+  }
+  if (state === "active") return { ...base, status: "active" };
+  return { ...base, status: "queued" };
+}

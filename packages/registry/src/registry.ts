@@ -1,0 +1,101 @@
+import { CitadelError, ModelRouting, type SignedManifest } from "@citadel/contracts";
+import type { Redis } from "ioredis";
+
+/**
+ * Manifests and routing in Redis, under the deployment's prefix (one hash slot with
+ * a `{…}` prefix, so a Redis Cluster keeps them together). Stores what it is given;
+ * trust comes from signature checks by whoever reads (API and workers).
+ */
+export class ModelRegistry {
+  private readonly modelsKey: string;
+  private readonly routingKey: string;
+  readonly channel: string;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+  ) {
+    this.modelsKey = `${prefix}:registry:models`;
+    this.routingKey = `${prefix}:registry:routing`;
+    this.channel = `${prefix}:registry:changed`;
+  }
+
+  private manifestsKey(name: string): string {
+    return `${this.prefix}:registry:manifests:${name}`;
+  }
+
+  /**
+   * Stores a signed manifest. The first version of a model becomes stable; later ones
+   * change routing only when asked (`stable`, or `canaryWeight` > 0).
+   */
+  async publish(
+    signed: SignedManifest,
+    routing: { stable?: boolean; canaryWeight?: number } = {},
+  ): Promise<ModelRouting> {
+    const { name, version } = signed.manifest;
+    const current = await this.getRouting(name);
+    let next: ModelRouting;
+    if (!current || routing.stable) next = { stable: version, canaryWeight: 0 };
+    else if (routing.canaryWeight !== undefined && routing.canaryWeight > 0)
+      next = { stable: current.stable, canary: version, canaryWeight: routing.canaryWeight };
+    else next = current;
+    await this.redis
+      .multi()
+      .sadd(this.modelsKey, name)
+      .hset(this.manifestsKey(name), version, JSON.stringify(signed))
+      .hset(this.routingKey, name, JSON.stringify(next))
+      .publish(this.channel, JSON.stringify({ name, version }))
+      .exec();
+    return next;
+  }
+
+  async setRouting(name: string, routing: ModelRouting): Promise<void> {
+    const versions = await this.versions(name);
+    for (const v of [routing.stable, routing.canary]) {
+      if (v !== undefined && !versions.includes(v))
+        throw new CitadelError("MODEL_NOT_FOUND", `${name}@${v} is not published`);
+    }
+    await this.redis
+      .multi()
+      .hset(this.routingKey, name, JSON.stringify(ModelRouting.parse(routing)))
+      .publish(this.channel, JSON.stringify({ name }))
+      .exec();
+  }
+
+  async models(): Promise<string[]> {
+    return (await this.redis.smembers(this.modelsKey)).sort();
+  }
+
+  async versions(name: string): Promise<string[]> {
+    return (await this.redis.hkeys(this.manifestsKey(name))).sort();
+  }
+
+  /** The stored manifest as parsed JSON (unverified). */
+  async getManifest(name: string, version: string): Promise<unknown | null> {
+    const raw = await this.redis.hget(this.manifestsKey(name), version);
+    return raw === null ? null : (JSON.parse(raw) as unknown);
+  }
+
+  async getRouting(name: string): Promise<ModelRouting | null> {
+    const raw = await this.redis.hget(this.routingKey, name);
+    if (raw === null) return null;
+    const parsed = ModelRouting.safeParse(JSON.parse(raw));
+    if (!parsed.success) throw new CitadelError("MANIFEST_INVALID", `routing for ${name} is malformed`);
+    return parsed.data;
+  }
+
+  /** Replaces a stored manifest as-is (operators and tamper tests; no routing change). */
+  async putRaw(name: string, version: string, raw: string): Promise<void> {
+    await this.redis
+      .multi()
+      .hset(this.manifestsKey(name), version, raw)
+      .publish(this.channel, JSON.stringify({ name, version }))
+      .exec();
+  }
+}
+
+/** Picks stable or canary by weight; `rand` in [0,1). */
+export function pickVersion(routing: ModelRouting, rand: number): string {
+  if (routing.canary && routing.canaryWeight > 0 && rand < routing.canaryWeight) return routing.canary;
+  return routing.stable;
+}

@@ -1,0 +1,32 @@
+import type { DType } from "@citadel/contracts";
+
+/** A tensor crossing the thread boundary: its bytes travel as a transferred ArrayBuffer. */
+export interface WireTensor {
+  dtype: DType;
+  shape: number[];
+  buffer: ArrayBuffer;
+}
+
+export type ProviderName = "tensorrt" | "cuda" | "cpu";
+
+export type ToRunner =
+  | { type: "load"; model: ArrayBuffer; providers: ProviderName[]; deviceId: number; threads: number }
+  | { type: "run"; id: number; feeds: Record<string, WireTensor>; outputs: string[] };
+
+export type FromRunner =
+  | { type: "loaded"; provider: ProviderName; inputs: IoMeta[]; outputs: IoMeta[]; attempts: ProviderAttempt[] }
+  | { type: "load-failed"; message: string; attempts: ProviderAttempt[] }
+  | { type: "result"; id: number; outputs: Record<string, WireTensor>; ms: number }
+  | { type: "run-failed"; id: number; message: string };
+
+export interface ProviderAttempt {
+  provider: ProviderName;
+  ok: boolean;
+  error?: string;
+}
+
+export interface IoMeta {
+  name: string;
+  type: string;
+  shape: (number | string)[];
+}

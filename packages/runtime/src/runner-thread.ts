@@ -1,0 +1,110 @@
+/**
+ * The runner: one worker thread holding one onnxruntime session. create() and run()
+ * are synchronous native calls, so they live here, off the event loop that renews
+ * BullMQ locks. A run that never returns is handled by abandoning this thread.
+ */
+import { parentPort } from "node:worker_threads";
+import * as ort from "onnxruntime-node";
+import type { FromRunner, IoMeta, ProviderAttempt, ToRunner, WireTensor } from "./protocol.js";
+
+const port = parentPort;
+if (!port) throw new Error("runner-thread must run in a worker thread");
+
+// Provider-library load failures are reported through our own error path.
+ort.env.logLevel = "fatal";
+
+let session: ort.InferenceSession | null = null;
+
+function send(msg: FromRunner, transfer: ArrayBuffer[] = []): void {
+  port?.postMessage(msg, transfer);
+}
+
+function toOrt(t: WireTensor): ort.Tensor {
+  const ctor = {
+    float32: Float32Array,
+    float64: Float64Array,
+    int8: Int8Array,
+    uint8: Uint8Array,
+    int16: Int16Array,
+    uint16: Uint16Array,
+    int32: Int32Array,
+    int64: BigInt64Array,
+    bool: Uint8Array,
+  }[t.dtype];
+  return new ort.Tensor(t.dtype, new ctor(t.buffer) as ort.Tensor.DataType, t.shape);
+}
+
+function meta(m: readonly ort.InferenceSession.ValueMetadata[]): IoMeta[] {
+  return m.map((v) => ({
+    name: v.name,
+    type: v.isTensor ? v.type : "non-tensor",
+    shape: v.isTensor ? [...v.shape] : [],
+  }));
+}
+
+async function load(msg: Extract<ToRunner, { type: "load" }>): Promise<void> {
+  const bytes = new Uint8Array(msg.model);
+  const attempts: ProviderAttempt[] = [];
+  try {
+    for (const provider of msg.providers) {
+      try {
+        const ep = provider === "cpu" ? "cpu" : { name: provider, deviceId: msg.deviceId };
+        session = await ort.InferenceSession.create(bytes, {
+          executionProviders: [ep],
+          intraOpNumThreads: msg.threads,
+          interOpNumThreads: 1,
+          graphOptimizationLevel: "all",
+          logSeverityLevel: 3,
+        });
+        attempts.push({ provider, ok: true });
+        send({
+          type: "loaded",
+          provider,
+          inputs: meta(session.inputMetadata),
+          outputs: meta(session.outputMetadata),
+          attempts,
+        });
+        return;
+      } catch (err) {
+        attempts.push({ provider, ok: false, error: firstLine(err) });
+      }
+    }
+    send({ type: "load-failed", message: "no execution provider could load the model", attempts });
+  } finally {
+    // The plaintext model lives only as long as create() needs it.
+    bytes.fill(0);
+  }
+}
+
+async function run(msg: Extract<ToRunner, { type: "run" }>): Promise<void> {
+  if (!session) return send({ type: "run-failed", id: msg.id, message: "no model loaded" });
+  try {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = toOrt(t);
+    const t0 = performance.now();
+    const out = await session.run(feeds, msg.outputs);
+    const ms = performance.now() - t0;
+    const outputs: Record<string, WireTensor> = {};
+    const transfer: ArrayBuffer[] = [];
+    for (const [name, t] of Object.entries(out)) {
+      const data = t.data as Exclude<ort.Tensor.DataType, string[]>;
+      // Copy into a buffer we own: ORT's output may share a larger backing store.
+      const buffer = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer;
+      outputs[name] = { dtype: t.type as WireTensor["dtype"], shape: [...t.dims], buffer };
+      transfer.push(buffer);
+      t.dispose();
+    }
+    send({ type: "result", id: msg.id, outputs, ms }, transfer);
+  } catch (err) {
+    send({ type: "run-failed", id: msg.id, message: firstLine(err) });
+  }
+}
+
+function firstLine(err: unknown): string {
+  const s = err instanceof Error ? err.message : String(err);
+  return (s.split("\n")[0] ?? "").slice(0, 300);
+}
+
+port.on("message", (msg: ToRunner) => {
+  void (msg.type === "load" ? load(msg) : run(msg));
+});

@@ -1,0 +1,218 @@
+import { Worker } from "node:worker_threads";
+import { CitadelError } from "@citadel/contracts";
+import { type Tensor, viewAs } from "@citadel/tensors";
+import type { FromRunner, IoMeta, ProviderAttempt, ProviderName, ToRunner, WireTensor } from "./protocol.js";
+
+export type { IoMeta, ProviderAttempt, ProviderName } from "./protocol.js";
+
+export interface RunnerOptions {
+  /** Providers to try in order; the first that creates a session wins. */
+  providers: ProviderName[];
+  /** Refuse to fall back to CPU: fail loudly if no GPU provider loads. */
+  requireGpu?: boolean;
+  deviceId?: number;
+  /** onnxruntime intra-op threads (default: all cores). */
+  threads?: number;
+}
+
+export interface LoadedInfo {
+  provider: ProviderName;
+  inputs: IoMeta[];
+  outputs: IoMeta[];
+  attempts: ProviderAttempt[];
+}
+
+export interface RunResult {
+  outputs: Record<string, Tensor>;
+  /** Time inside session.run, measured in the runner. */
+  ms: number;
+}
+
+/** Hands the tensor's bytes to the runner; copies only if they share a larger buffer. */
+function toWire(t: Tensor): { wire: WireTensor; transfer: ArrayBuffer } {
+  const d = t.data;
+  let buffer: ArrayBuffer;
+  if (d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && d.buffer instanceof ArrayBuffer) buffer = d.buffer;
+  else buffer = d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength) as ArrayBuffer;
+  return { wire: { dtype: t.dtype, shape: t.shape, buffer }, transfer: buffer };
+}
+
+function fromWire(w: WireTensor): Tensor {
+  return { dtype: w.dtype, shape: w.shape, data: viewAs(w.dtype, new Uint8Array(w.buffer)) };
+}
+
+/**
+ * One model session in its own worker thread. Runs are serialised (one at a time,
+ * like a GPU stream). A run past its timeout, or aborted, rejects at once and the
+ * thread is abandoned: native code cannot be interrupted, so the caller replaces
+ * the runner. `abandoned` counts threads that were cut loose and have not exited.
+ */
+export class ModelRunner {
+  static abandonedAlive = 0;
+
+  private readonly worker: Worker;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>();
+  private onLoaded?: { resolve: (i: LoadedInfo) => void; reject: (e: Error) => void };
+  private dead: Error | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor() {
+    this.worker = new Worker(new URL("./runner-entry.mjs", import.meta.url), {
+      // The thread needs no env or argv of ours (secrets stay in the parent).
+      env: {},
+      argv: [],
+      stdout: false,
+      stderr: false,
+    });
+    this.worker.on("message", (m: FromRunner) => this.onMessage(m));
+    this.worker.on("error", (err) => this.fail(new CitadelError("RUNTIME_ERROR", `runner crashed: ${err.message}`)));
+    this.worker.on("exit", (code) => this.fail(new CitadelError("RUNTIME_ERROR", `runner exited with code ${code}`)));
+  }
+
+  /**
+   * Starts a runner and loads `model` into it. The bytes are transferred to the
+   * thread (this side's view is detached) and wiped there once the session exists.
+   */
+  static async start(model: Uint8Array, opts: RunnerOptions): Promise<{ runner: ModelRunner; info: LoadedInfo }> {
+    const runner = new ModelRunner();
+    const providers = opts.requireGpu ? opts.providers.filter((p) => p !== "cpu") : opts.providers;
+    if (providers.length === 0) {
+      await runner.close();
+      throw new CitadelError("PROVIDER_UNAVAILABLE", "requireGpu is set but the manifest lists no GPU provider");
+    }
+    const buffer =
+      model.byteOffset === 0 && model.byteLength === model.buffer.byteLength && model.buffer instanceof ArrayBuffer
+        ? model.buffer
+        : (model.buffer.slice(model.byteOffset, model.byteOffset + model.byteLength) as ArrayBuffer);
+    if (buffer !== model.buffer) model.fill(0);
+    const loaded = new Promise<LoadedInfo>((resolve, reject) => {
+      runner.onLoaded = { resolve, reject };
+    });
+    runner.post({ type: "load", model: buffer, providers, deviceId: opts.deviceId ?? 0, threads: opts.threads ?? 0 }, [
+      buffer,
+    ]);
+    try {
+      return { runner, info: await loaded };
+    } catch (err) {
+      await runner.close();
+      throw err;
+    }
+  }
+
+  get alive(): boolean {
+    return this.dead === null;
+  }
+
+  /**
+   * Runs one batch. Rejects with TIMEOUT after `timeoutMs` or CANCELLED when `signal`
+   * aborts; either way this runner is dead afterwards.
+   */
+  run(feeds: Record<string, Tensor>, outputs: string[], timeoutMs: number, signal?: AbortSignal): Promise<RunResult> {
+    const task = this.queue.then(() => this.runNow(feeds, outputs, timeoutMs, signal));
+    this.queue = task.catch(() => undefined);
+    return task;
+  }
+
+  private runNow(
+    feeds: Record<string, Tensor>,
+    outputs: string[],
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<RunResult> {
+    if (this.dead) return Promise.reject(this.dead);
+    if (signal?.aborted) return Promise.reject(new CitadelError("CANCELLED", "cancelled before the run started"));
+    const id = this.nextId++;
+    const wire: Record<string, WireTensor> = {};
+    const transfer: ArrayBuffer[] = [];
+    for (const [name, t] of Object.entries(feeds)) {
+      const w = toWire(t);
+      wire[name] = w.wire;
+      transfer.push(w.transfer);
+    }
+    return new Promise<RunResult>((resolve, reject) => {
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        this.pending.delete(id);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`));
+        this.abandon("timeout");
+      }, timeoutMs);
+      const onAbort = () => {
+        cleanup();
+        reject(new CitadelError("CANCELLED", "the job was cancelled during inference"));
+        this.abandon("cancelled");
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.pending.set(id, {
+        resolve: (r) => {
+          cleanup();
+          resolve(r);
+        },
+        reject: (e) => {
+          cleanup();
+          reject(e);
+        },
+      });
+      this.post({ type: "run", id, feeds: wire, outputs }, transfer);
+    });
+  }
+
+  private post(msg: ToRunner, transfer: ArrayBuffer[]): void {
+    this.worker.postMessage(msg, transfer);
+  }
+
+  private onMessage(m: FromRunner): void {
+    switch (m.type) {
+      case "loaded":
+        this.onLoaded?.resolve({ provider: m.provider, inputs: m.inputs, outputs: m.outputs, attempts: m.attempts });
+        return;
+      case "load-failed":
+        this.onLoaded?.reject(
+          new CitadelError(
+            "PROVIDER_UNAVAILABLE",
+            `${m.message}: ${m.attempts.map((a) => `${a.provider}: ${a.error}`).join("; ")}`,
+            {
+              attempts: m.attempts,
+            },
+          ),
+        );
+        return;
+      case "result": {
+        const outputs: Record<string, Tensor> = {};
+        for (const [name, w] of Object.entries(m.outputs)) outputs[name] = fromWire(w);
+        this.pending.get(m.id)?.resolve({ outputs, ms: m.ms });
+        return;
+      }
+      case "run-failed":
+        this.pending.get(m.id)?.reject(new CitadelError("RUNTIME_ERROR", `inference failed: ${m.message}`));
+        return;
+    }
+  }
+
+  private fail(err: Error): void {
+    if (this.dead) return;
+    this.dead = err;
+    this.onLoaded?.reject(err);
+    for (const p of [...this.pending.values()]) p.reject(err);
+    this.pending.clear();
+  }
+
+  /** Cuts the thread loose: terminate() takes effect once native code returns to JS. */
+  private abandon(reason: string): void {
+    this.fail(new CitadelError("RUNTIME_ERROR", `runner abandoned (${reason})`));
+    ModelRunner.abandonedAlive++;
+    this.worker.unref();
+    void this.worker.terminate().finally(() => {
+      ModelRunner.abandonedAlive--;
+    });
+  }
+
+  async close(): Promise<void> {
+    this.fail(new CitadelError("RUNTIME_ERROR", "runner closed"));
+    await this.worker.terminate();
+  }
+}

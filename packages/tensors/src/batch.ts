@@ -1,0 +1,69 @@
+import type { TypedArray } from "./codec.js";
+import { allocate, type Tensor } from "./codec.js";
+
+/** Copies `count` elements of `src` from `from` into `dst` at `to`, as bytes (any dtype). */
+function copyElements(dst: TypedArray, to: number, src: TypedArray, from: number, count: number): void {
+  const size = src.BYTES_PER_ELEMENT;
+  new Uint8Array(dst.buffer, dst.byteOffset + to * size, count * size).set(
+    new Uint8Array(src.buffer, src.byteOffset + from * size, count * size),
+  );
+}
+
+/** Splits a shape around `axis` into outer × axis × inner element counts. */
+function strides(shape: readonly number[], axis: number): { outer: number; inner: number } {
+  let outer = 1;
+  let inner = 1;
+  for (let i = 0; i < axis; i++) outer *= shape[i] ?? 1;
+  for (let i = axis + 1; i < shape.length; i++) inner *= shape[i] ?? 1;
+  return { outer, inner };
+}
+
+/**
+ * Concatenates tensors along `axis`. All other dimensions must agree (the caller
+ * groups jobs so they do). Works for any axis, not just the first.
+ */
+export function concat(parts: readonly Tensor[], axis: number): Tensor {
+  const first = parts[0];
+  if (!first) throw new Error("concat of nothing");
+  if (parts.length === 1) return first;
+  const { outer, inner } = strides(first.shape, axis);
+  const sizes = parts.map((p) => p.shape[axis] ?? 0);
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const shape = [...first.shape];
+  shape[axis] = total;
+  const out = allocate(first.dtype, outer * total * inner);
+  let dst = 0;
+  for (let o = 0; o < outer; o++) {
+    parts.forEach((p, k) => {
+      const n = (sizes[k] ?? 0) * inner;
+      copyElements(out, dst, p.data, o * n, n);
+      dst += n;
+    });
+  }
+  return { dtype: first.dtype, shape, data: out };
+}
+
+/** The inverse of concat: cuts `t` along `axis` into pieces of the given sizes. */
+export function split(t: Tensor, axis: number, sizes: readonly number[]): Tensor[] {
+  if (sizes.length === 1) return [t];
+  const { outer, inner } = strides(t.shape, axis);
+  const total = t.shape[axis] ?? 0;
+  const sum = sizes.reduce((a, b) => a + b, 0);
+  if (sum !== total) throw new Error(`split sizes ${sum} do not add up to axis length ${total}`);
+  const offsets: number[] = [];
+  sizes.reduce((acc, s) => {
+    offsets.push(acc);
+    return acc + s;
+  }, 0);
+  return sizes.map((size, k) => {
+    const shape = [...t.shape];
+    shape[axis] = size;
+    const out = allocate(t.dtype, outer * size * inner);
+    const off = offsets[k] ?? 0;
+    for (let o = 0; o < outer; o++) {
+      const src = (o * total + off) * inner;
+      copyElements(out, o * size * inner, t.data, src, size * inner);
+    }
+    return { dtype: t.dtype, shape, data: out };
+  });
+}

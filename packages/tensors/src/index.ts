@@ -1,0 +1,4 @@
+export * from "./batch.js";
+export * from "./codec.js";
+export * from "./policy.js";
+export * from "./validate.js";

@@ -1,0 +1,191 @@
+import { CitadelError, DTYPE_BYTES, type EncodedTensor, type TensorPayload, type TensorSpec } from "@citadel/contracts";
+import { decodeArrayData, decodeBase64Data, encodeTensor, type Tensor } from "./codec.js";
+
+export interface ModelIo {
+  inputs: readonly TensorSpec[];
+  outputs: readonly TensorSpec[];
+  maxBatch: number;
+}
+
+export interface ValidatedInputs {
+  tensors: Record<string, Tensor>;
+  /** Samples along the batch axis (1 when no input has one). */
+  batch: number;
+  inputBytes: number;
+}
+
+/**
+ * Checks a job's inputs against the manifest, in the order a client can act on:
+ * names, dtype, rank, each dimension, batch bound, data length and encoding, then
+ * values (NaN/Inf, declared range). Throws a CitadelError naming the input.
+ */
+export function validateInputs(
+  inputs: Readonly<Record<string, TensorPayload | EncodedTensor>>,
+  io: ModelIo,
+): ValidatedInputs {
+  const specs = new Map(io.inputs.map((s) => [s.name, s]));
+  for (const name of Object.keys(inputs)) {
+    if (!specs.has(name)) {
+      throw new CitadelError(
+        "INPUT_UNKNOWN",
+        `input '${name}' is not an input of this model (inputs: ${[...specs.keys()].join(", ")})`,
+        {
+          input: name,
+        },
+      );
+    }
+  }
+  let batch: number | null = null;
+  let batchFrom = "";
+  const tensors: Record<string, Tensor> = {};
+  let inputBytes = 0;
+  for (const spec of io.inputs) {
+    const t = inputs[spec.name];
+    if (!t) throw new CitadelError("INPUT_MISSING", `input '${spec.name}' is required`, { input: spec.name });
+    checkShape(spec, t, io.maxBatch);
+    if (spec.batchAxis !== null) {
+      const b = t.shape[spec.batchAxis] ?? 0;
+      if (batch === null) {
+        batch = b;
+        batchFrom = spec.name;
+      } else if (b !== batch) {
+        throw new CitadelError(
+          "BATCH_MISMATCH",
+          `input '${spec.name}' has batch ${b} but '${batchFrom}' has ${batch}`,
+          {
+            input: spec.name,
+          },
+        );
+      }
+    }
+    const data =
+      typeof t.data === "string"
+        ? decodeBase64Data(spec.name, spec.dtype, t.shape, t.data)
+        : decodeArrayData(spec.name, spec.dtype, t.shape, t.data);
+    checkValues(spec, data);
+    tensors[spec.name] = { dtype: spec.dtype, shape: [...t.shape], data };
+    inputBytes += data.length * DTYPE_BYTES[spec.dtype];
+  }
+  return { tensors, batch: batch ?? 1, inputBytes };
+}
+
+function checkShape(spec: TensorSpec, t: TensorPayload | EncodedTensor, maxBatch: number): void {
+  if (t.dtype !== spec.dtype) {
+    throw new CitadelError("TENSOR_DTYPE_MISMATCH", `input '${spec.name}' must be ${spec.dtype}, got ${t.dtype}`, {
+      input: spec.name,
+      expected: spec.dtype,
+      got: t.dtype,
+    });
+  }
+  if (t.shape.length !== spec.shape.length) {
+    throw new CitadelError(
+      "TENSOR_RANK_MISMATCH",
+      `input '${spec.name}' must have rank ${spec.shape.length} ${describe(spec)}, got rank ${t.shape.length}`,
+      { input: spec.name, expected: spec.shape.length, got: t.shape.length },
+    );
+  }
+  spec.shape.forEach((want, axis) => {
+    const got = t.shape[axis] ?? -1;
+    if (axis === spec.batchAxis) {
+      if (got < 1) throw shapeError(spec, axis, got, "a batch of at least 1");
+      if (got > maxBatch) {
+        throw new CitadelError(
+          "BATCH_TOO_LARGE",
+          `input '${spec.name}' has batch ${got}; this model takes at most ${maxBatch}`,
+          {
+            input: spec.name,
+            maxBatch,
+            got,
+          },
+        );
+      }
+    } else if (want === null) {
+      const max = spec.maxDim;
+      if (got < 1 || (max !== undefined && got > max)) throw shapeError(spec, axis, got, `1..${max ?? "∞"}`);
+    } else if (got !== want) {
+      throw shapeError(spec, axis, got, String(want));
+    }
+  });
+}
+
+function shapeError(spec: TensorSpec, axis: number, got: number, want: string): CitadelError {
+  return new CitadelError(
+    "TENSOR_SHAPE_MISMATCH",
+    `input '${spec.name}' dimension ${axis} must be ${want} ${describe(spec)}, got ${got}`,
+    {
+      input: spec.name,
+      axis,
+      got,
+    },
+  );
+}
+
+function describe(spec: TensorSpec): string {
+  return `(shape [${spec.shape.map((d, i) => (i === spec.batchAxis ? "N" : (d ?? "?"))).join(",")}])`;
+}
+
+function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
+  const isFloat = spec.dtype === "float32" || spec.dtype === "float64";
+  const range = spec.range;
+  if (!isFloat && !range) return;
+  if (data instanceof BigInt64Array) {
+    if (!range) return;
+    const lo = BigInt(Math.ceil(range[0]));
+    const hi = BigInt(Math.floor(range[1]));
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i] as bigint;
+      if (v < lo || v > hi) throw rangeError(spec, i, range);
+    }
+    return;
+  }
+  const lo = range ? range[0] : Number.NEGATIVE_INFINITY;
+  const hi = range ? range[1] : Number.POSITIVE_INFINITY;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i] as number;
+    // One comparison pass: NaN fails both `>=` tests, ±Inf fails isFinite.
+    if (!(v >= lo && v <= hi) || (isFloat && !Number.isFinite(v))) {
+      if (isFloat && !Number.isFinite(v)) {
+        throw new CitadelError("TENSOR_NON_FINITE", `input '${spec.name}' element ${i} is NaN or infinite`, {
+          input: spec.name,
+          index: i,
+        });
+      }
+      throw rangeError(spec, i, range ?? [lo, hi]);
+    }
+  }
+}
+
+function rangeError(spec: TensorSpec, index: number, range: readonly [number, number]): CitadelError {
+  return new CitadelError(
+    "TENSOR_OUT_OF_RANGE",
+    `input '${spec.name}' element ${index} is outside [${range[0]}, ${range[1]}]`,
+    {
+      input: spec.name,
+      index,
+      range,
+    },
+  );
+}
+
+/** Requested outputs must exist; none means all. */
+export function resolveOutputs(requested: readonly string[] | undefined, io: ModelIo): string[] {
+  const names = io.outputs.map((o) => o.name);
+  if (!requested || requested.length === 0) return names;
+  for (const r of requested) {
+    if (!names.includes(r)) {
+      throw new CitadelError(
+        "OUTPUT_UNKNOWN",
+        `output '${r}' is not an output of this model (outputs: ${names.join(", ")})`,
+        { output: r },
+      );
+    }
+  }
+  return [...new Set(requested)];
+}
+
+/** Re-encodes validated tensors for the queue (always base64). */
+export function encodeInputs(tensors: Record<string, Tensor>): Record<string, EncodedTensor> {
+  const out: Record<string, EncodedTensor> = {};
+  for (const [name, t] of Object.entries(tensors)) out[name] = encodeTensor(t);
+  return out;
+}
