@@ -1,3 +1,4 @@
+export * from "./from-env.js";
 export * from "./local.js";
 export * from "./provider.js";
 export * from "./vault/index.js";
