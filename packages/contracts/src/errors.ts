@@ -105,7 +105,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case "OVERLOADED":
     case "CIRCUIT_OPEN":
     case "VAULT_UNAVAILABLE":
-      return 503;
+    // A model that fails its integrity checks cannot be served: the service, not
+    // the request, is at fault, and retrying later (after a re-publish) may work.
     case "MANIFEST_INVALID":
     case "SIGNATURE_MISSING":
     case "SIGNATURE_INVALID":
@@ -118,6 +119,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case "DECRYPTION_FAILED":
     case "PLAINTEXT_HASH_MISMATCH":
     case "VAULT_DENIED":
+      return 503;
     case "DEADLINE_EXCEEDED":
     case "TIMEOUT":
     case "CANCELLED":

@@ -1,7 +1,7 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { keys, modelOfJobId, queueName } from "./names.js";
+import { keys, modelOfJobId, queueName, RELEASE_QUOTA } from "./names.js";
 
 export interface QueueSettings {
   prefix: string;
@@ -69,15 +69,22 @@ export class JobQueues {
     return q;
   }
 
-  async enqueue(id: string, data: JobData, priority: Priority): Promise<void> {
-    await this.queue(data.model).add("infer", data, {
+  private jobOptions(id: string, priority: Priority) {
+    return {
       jobId: id,
       attempts: this.settings.attempts,
-      backoff: { type: "exponential", delay: this.settings.backoffMs },
+      backoff: { type: "exponential" as const, delay: this.settings.backoffMs },
       removeOnComplete: { age: Math.ceil(this.settings.resultTtlMs / 1000) },
       removeOnFail: { age: Math.ceil(this.settings.failedTtlMs / 1000) },
+      // Stack traces would show server paths on the board; the reason code is enough.
+      stackTraceLimit: 0,
       ...priorityOptions(priority),
-    });
+    };
+  }
+
+  /** Adds jobs in one round trip (BullMQ addBulk pipelines them). Re-adding an id is a no-op. */
+  async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]): Promise<void> {
+    await this.queue(model).addBulk(items.map((i) => ({ name: "infer", data: i.data, opts: this.jobOptions(i.id, i.priority) })));
   }
 
   /** A job visible to `tenant`, or JOB_NOT_FOUND (another tenant's job is not found). */
@@ -113,7 +120,7 @@ export class JobQueues {
    * Cancels a job: a queued one is removed and leaves a tombstone (so it ends
    * "cancelled", never vanishes); an active one is flagged and its worker aborts it.
    */
-  async cancel(id: string, tenant: string): Promise<{ status: "cancelled" | "cancelling" | JobView["status"] }> {
+  async cancel(id: string, tenant: string): Promise<{ status: "cancelled" | "cancelling" | JobView["status"]; removed?: boolean }> {
     const job = await this.find(id, tenant);
     if (!job) {
       await this.view(id, tenant);
@@ -227,4 +234,9 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   }
   if (state === "active") return { ...base, status: "active" };
   return { ...base, status: "queued" };
+}
+
+/** Gives a settled job's share back to its tenant's queue quota. */
+export async function releaseQuota(redis: Redis, prefix: string, data: Pick<JobData, "tenant" | "inputBytes">): Promise<void> {
+  await redis.eval(RELEASE_QUOTA, 2, keys.tenantQueuedJobs(prefix, data.tenant), keys.tenantQueuedBytes(prefix, data.tenant), data.inputBytes);
 }

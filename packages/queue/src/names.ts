@@ -26,5 +26,17 @@ export const keys = {
   cancelled: (prefix: string, id: string) => `${prefix}:cancelled:${id}`,
   cancelRequested: (prefix: string, id: string) => `${prefix}:cancel-requested:${id}`,
   cancelChannel: (prefix: string) => `${prefix}:cancel`,
+  /** Per-tenant queued jobs and input bytes: added by the API on accept, released when a job settles. */
+  tenantQueuedJobs: (prefix: string, tenant: string) => `${prefix}:queued-jobs:${tenant}`,
+  tenantQueuedBytes: (prefix: string, tenant: string) => `${prefix}:queued-bytes:${tenant}`,
   idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idem:${tenant}:${keyHash}`,
 };
+
+/** Releases a settled job's share of its tenant's queue quota (never below zero). */
+export const RELEASE_QUOTA = `
+local j = redis.call('DECR', KEYS[1])
+if j < 0 then redis.call('SET', KEYS[1], 0) end
+local b = redis.call('DECRBY', KEYS[2], ARGV[1])
+if b < 0 then redis.call('SET', KEYS[2], 0) end
+return j
+`;

@@ -1,6 +1,6 @@
 import { type DestinationStream, type Logger, pino } from "pino";
 
-export type { Logger } from "pino";
+export type { DestinationStream, Logger } from "pino";
 
 /**
  * Paths scrubbed from every log line. A belt to the braces of never passing secrets

@@ -21,6 +21,12 @@ export function gauge<L extends string>(registry: Registry, name: string, help: 
   return new Gauge<L>({ name, help, labelNames, registers: [registry] });
 }
 
-export function histogram<L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[]) {
-  return new Histogram<L>({ name, help, labelNames, buckets: DURATION_BUCKETS, registers: [registry] });
+export function histogram<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: readonly L[],
+  buckets: number[] = DURATION_BUCKETS,
+) {
+  return new Histogram<L>({ name, help, labelNames, buckets, registers: [registry] });
 }

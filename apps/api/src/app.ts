@@ -1,0 +1,389 @@
+import { randomUUID } from "node:crypto";
+import type { AuditSink } from "@citadel/audit";
+import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobView } from "@citadel/contracts";
+import type { JobQueues, Redis } from "@citadel/queue";
+import type { Logger, Registry } from "@citadel/telemetry";
+import type { Tenant, TenantStore } from "@citadel/tenants";
+import underPressure from "@fastify/under-pressure";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
+import { z } from "zod";
+import { type BoardOptions, registerBoard } from "./board.js";
+import type { ModelCatalog } from "./catalog.js";
+import { parseJsonBody } from "./json-body.js";
+import type { RateLimiter } from "./limits.js";
+import type { ApiMetrics } from "./metrics.js";
+import { registerOpenApi } from "./openapi.js";
+import { asCitadel, type SubmitContext, type Submitter } from "./submit.js";
+
+export interface AppDeps {
+  log: Logger;
+  redis: Redis;
+  queues: JobQueues;
+  catalog: ModelCatalog;
+  tenants: TenantStore;
+  submitter: Submitter;
+  limiter: RateLimiter;
+  audit: AuditSink;
+  metrics: ApiMetrics;
+  metricsRegistry: Registry;
+  board?: BoardOptions;
+  settings: {
+    bodyLimit: number;
+    maxJsonDepth: number;
+    bulkMaxJobs: number;
+    maxWaitMs: number;
+    requestTimeoutMs: number;
+    maxEventLoopDelayMs: number;
+    ipRate: number;
+    ipBurst: number;
+    trustProxyHops: number;
+    openApiUi: boolean;
+  };
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    tenant?: Tenant;
+  }
+}
+
+const JobId = z.object({ id: z.string().min(1).max(200) });
+const Accepted = z.object({ id: z.string(), status: z.literal("queued"), model: z.string(), version: z.string() });
+const BulkRequest = z.strictObject({ jobs: z.array(z.unknown()).min(1) });
+const errorResponses = {
+  400: ApiErrorBody,
+  401: ApiErrorBody,
+  403: ApiErrorBody,
+  404: ApiErrorBody,
+  422: ApiErrorBody,
+  429: ApiErrorBody,
+  503: ApiErrorBody,
+};
+
+function sendError(reply: FastifyReply, err: CitadelError): FastifyReply {
+  const status = httpStatusFor(err.code);
+  const retry = err.details?.retryAfterMs;
+  if (typeof retry === "number") reply.header("retry-after", Math.max(1, Math.ceil(retry / 1000)));
+  else if (status === 429 || status === 503) reply.header("retry-after", 1);
+  return reply.code(status).send(err.toJSON());
+}
+
+/** The producer API as a Fastify instance; process concerns live in server.ts. */
+export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
+  const s = d.settings;
+  const app = Fastify({
+    loggerInstance: d.log as FastifyBaseLogger,
+    bodyLimit: s.bodyLimit,
+    requestTimeout: s.requestTimeoutMs,
+    connectionTimeout: s.requestTimeoutMs,
+    trustProxy: s.trustProxyHops > 0 ? (_addr: string, hop: number) => hop < s.trustProxyHops : false,
+    genReqId: () => randomUUID(),
+    disableRequestLogging: true,
+    return503OnClosing: true,
+  });
+
+  // Bodies are parsed strictly (UTF-8, depth, duplicate and prototype keys); Fastify
+  // stops reading at bodyLimit, so an oversized body is never buffered whole.
+  app.removeContentTypeParser(["application/json", "text/plain"]);
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (_req, body, done) => {
+    try {
+      done(null, parseJsonBody(body as Buffer, s.maxJsonDepth));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    if (err instanceof CitadelError) return sendError(reply, err);
+    const fe = err as {
+      code?: string;
+      validation?: { instancePath?: string; message?: string }[];
+      statusCode?: number;
+    };
+    if (fe.validation) {
+      const issues = fe.validation
+        .slice(0, 10)
+        .map((v) => ({ path: v.instancePath ?? "", message: v.message ?? "invalid" }));
+      const where = issues[0]
+        ? `${issues[0].path || "body"}: ${issues[0].message}`
+        : "request does not match the schema";
+      return sendError(reply, new CitadelError("VALIDATION_FAILED", where, { issues }));
+    }
+    switch (fe.code) {
+      case "FST_ERR_CTP_BODY_TOO_LARGE":
+        return sendError(reply, new CitadelError("PAYLOAD_TOO_LARGE", `request body exceeds ${s.bodyLimit} bytes`));
+      case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+        return sendError(reply, new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json"));
+      case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+        return sendError(reply, new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong"));
+    }
+    if (fe.statusCode === 503 && fe.code === "FST_UNDER_PRESSURE") {
+      return sendError(reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
+    }
+    if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
+      return sendError(reply, new CitadelError("VALIDATION_FAILED", "bad request"));
+    }
+    req.log.error({ err }, "unhandled error");
+    return reply.code(500).send({ error: { code: "INTERNAL", message: "internal error" } });
+  });
+  app.setNotFoundHandler((_req, reply) =>
+    reply.code(404).send({ error: { code: "NOT_FOUND", message: "no such route" } }),
+  );
+
+  // Load shedding: refuse with 503 when the event loop lags, before work piles up.
+  await app.register(underPressure, {
+    maxEventLoopDelay: s.maxEventLoopDelayMs,
+    exposeStatusRoute: false,
+    pressureHandler: (_req, reply) => {
+      void sendError(reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
+    },
+  });
+
+  app.addHook("onResponse", (req, reply, done) => {
+    const route = req.routeOptions.url ?? "unmatched";
+    d.metrics.requests.inc({ route, method: req.method, status: String(reply.statusCode) });
+    d.metrics.duration.observe({ route, method: req.method }, reply.elapsedTime / 1000);
+    done();
+  });
+
+  app.get("/healthz", async () => ({ ok: true }));
+  app.get("/readyz", async (_req, reply) => {
+    const redisOk = await d.redis.ping().then(
+      () => true,
+      () => false,
+    );
+    const ok = redisOk && d.catalog.ready;
+    return reply.code(ok ? 200 : 503).send({ ok, redis: redisOk, registry: d.catalog.ready });
+  });
+  app.get("/metrics", async (_req, reply) => {
+    await collectQueueGauges(d);
+    return reply.header("content-type", d.metricsRegistry.contentType).send(await d.metricsRegistry.metrics());
+  });
+
+  if (s.openApiUi) await registerOpenApi(app);
+  if (d.board) await registerBoard(app, d.board, d.queues, d.catalog);
+
+  await app.register(async (v1) => {
+    v1.setValidatorCompiler(validatorCompiler);
+    v1.setSerializerCompiler(serializerCompiler);
+    const api = v1.withTypeProvider<ZodTypeProvider>();
+
+    // Per-IP limit first (it also slows key guessing), then the key, then the tenant's limit.
+    api.addHook("onRequest", async (req) => {
+      const ip = req.ip;
+      const byIp = await d.limiter.take("ip", ip, s.ipRate, s.ipBurst);
+      if (!byIp.allowed) {
+        d.metrics.rejections.inc({ tenant: "", model: "", reason: "RATE_LIMITED" });
+        d.audit.record("rate.limited", { clientIp: ip, requestId: req.id, detail: "ip" });
+        throw new CitadelError("RATE_LIMITED", "too many requests from this address", {
+          retryAfterMs: byIp.retryAfterMs,
+          scope: "ip",
+        });
+      }
+      const auth = req.headers.authorization;
+      const key = auth?.startsWith("Bearer ") ? auth.slice(7).trim() : "";
+      const tenant = key ? await d.tenants.authenticate(key) : null;
+      if (!tenant) {
+        d.metrics.rejections.inc({ tenant: "", model: "", reason: "UNAUTHORIZED" });
+        d.audit.record("auth.denied", { clientIp: ip, requestId: req.id, detail: key ? "unknown key" : "no key" });
+        throw new CitadelError("UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)");
+      }
+      const byTenant = await d.limiter.take("tenant", tenant.id, tenant.requestRate, tenant.requestBurst);
+      if (!byTenant.allowed) {
+        d.metrics.rejections.inc({ tenant: tenant.id, model: "", reason: "RATE_LIMITED" });
+        d.audit.record("rate.limited", { tenant: tenant.id, clientIp: ip, requestId: req.id, detail: "requests" });
+        throw new CitadelError("RATE_LIMITED", "request rate limit reached", {
+          retryAfterMs: byTenant.retryAfterMs,
+          scope: "tenant",
+        });
+      }
+      req.tenant = tenant;
+    });
+
+    const ctxOf = (req: FastifyRequest): SubmitContext => {
+      const idem = req.headers["idempotency-key"];
+      if (idem !== undefined && (typeof idem !== "string" || idem.length < 1 || idem.length > 200)) {
+        throw new CitadelError("VALIDATION_FAILED", "Idempotency-Key must be 1-200 characters");
+      }
+      return {
+        tenant: req.tenant as Tenant,
+        requestId: req.id,
+        clientIp: req.ip,
+        ...(idem ? { idempotencyKey: idem } : {}),
+      };
+    };
+
+    api.post(
+      "/v1/jobs",
+      {
+        schema: {
+          body: JobRequest,
+          response: { 202: Accepted, ...errorResponses },
+          tags: ["jobs"],
+          summary: "Submit one job",
+        },
+      },
+      async (req, reply) => {
+        const ctx = ctxOf(req);
+        try {
+          return reply.code(202).send(await d.submitter.submitOne(req.body, ctx));
+        } catch (err) {
+          const e = asCitadel(err);
+          d.submitter.rejected(ctx, req.body.model, e);
+          throw e;
+        }
+      },
+    );
+
+    api.post(
+      "/v1/jobs/bulk",
+      {
+        schema: {
+          body: BulkRequest,
+          response: {
+            202: z.object({
+              jobs: z.array(
+                z.union([
+                  Accepted.extend({ index: z.number() }),
+                  ApiErrorBody.extend({ index: z.number(), status: z.number() }),
+                ]),
+              ),
+            }),
+            ...errorResponses,
+          },
+          tags: ["jobs"],
+          summary: "Submit many jobs; each item is answered on its own",
+        },
+      },
+      async (req, reply) => {
+        const ctx = ctxOf(req);
+        if (req.body.jobs.length > s.bulkMaxJobs) {
+          throw new CitadelError("VALIDATION_FAILED", `at most ${s.bulkMaxJobs} jobs per bulk request`);
+        }
+        const parsed = req.body.jobs.map((j) => JobRequest.safeParse(j));
+        const valid = parsed.flatMap((p, index) => (p.success ? [{ index, req: p.data }] : []));
+        const results = await d.submitter.submitMany(
+          valid.map((v) => v.req),
+          ctx,
+        );
+        const out: unknown[] = parsed.map((p, index) => {
+          if (p.success) return null;
+          const issue = p.error.issues[0];
+          const e = new CitadelError(
+            "VALIDATION_FAILED",
+            `${issue?.path.join(".") || "job"}: ${issue?.message ?? "invalid"}`,
+          );
+          d.submitter.rejected(ctx, undefined, e);
+          return { index, status: 400, ...e.toJSON() };
+        });
+        valid.forEach((v, k) => {
+          const r = results[k];
+          out[v.index] =
+            r && "error" in r
+              ? { index: v.index, status: httpStatusFor(r.error.code), ...r.error.toJSON() }
+              : { index: v.index, ...r };
+        });
+        return reply.code(202).send({ jobs: out as never });
+      },
+    );
+
+    api.get(
+      "/v1/jobs/:id",
+      {
+        schema: {
+          params: JobId,
+          querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
+          response: { 200: JobView, ...errorResponses },
+          tags: ["jobs"],
+          summary: "Job status and result; ?wait=ms long-polls",
+        },
+      },
+      async (req) => {
+        const tenant = (req.tenant as Tenant).id;
+        return d.queues.waitForFinish(req.params.id, tenant, req.query.wait ?? 0);
+      },
+    );
+
+    api.delete(
+      "/v1/jobs/:id",
+      {
+        schema: {
+          params: JobId,
+          response: { 202: z.object({ id: z.string(), status: z.string() }), ...errorResponses },
+          tags: ["jobs"],
+          summary: "Cancel a job",
+        },
+      },
+      async (req, reply) => {
+        const tenant = req.tenant as Tenant;
+        const r = await d.queues.cancel(req.params.id, tenant.id);
+        if (r.status === "cancelled" && r.removed) {
+          d.audit.record("job.cancelled", {
+            tenant: tenant.id,
+            clientIp: req.ip,
+            requestId: req.id,
+            jobId: req.params.id,
+            outcome: "cancelled",
+          });
+        }
+        return reply.code(202).send({ id: req.params.id, status: r.status });
+      },
+    );
+
+    api.get(
+      "/v1/models",
+      { schema: { tags: ["models"], summary: "Models this tenant may use, with specs and limits" } },
+      async (req) => {
+        const tenant = req.tenant as Tenant;
+        const models = [];
+        for (const name of d.catalog.models()) {
+          if (!tenant.models.includes("*") && !tenant.models.includes(name)) continue;
+          const routing = d.catalog.routingOf(name);
+          if (!routing) continue;
+          const versions = [];
+          for (const v of new Set([routing.stable, ...(routing.canary ? [routing.canary] : [])])) {
+            const m = await d.catalog.manifest(name, v).catch(() => null);
+            if (!m) continue;
+            versions.push({
+              version: v,
+              format: m.format,
+              inputs: m.inputs,
+              outputs: m.outputs,
+              maxBatch: m.maxBatch,
+              timeoutMs: m.timeoutMs,
+              outputPolicy: { ...m.outputPolicy, ...(tenant.outputPolicy[name] ?? {}) },
+            });
+          }
+          models.push({
+            name,
+            stable: routing.stable,
+            canary: routing.canary,
+            canaryWeight: routing.canaryWeight,
+            versions,
+          });
+        }
+        return { models };
+      },
+    );
+  });
+
+  return app;
+}
+
+async function collectQueueGauges(d: AppDeps): Promise<void> {
+  for (const model of d.catalog.models()) {
+    try {
+      const q = d.queues.queue(model);
+      const c = await q.getJobCounts("waiting", "prioritized", "active", "delayed");
+      for (const state of ["waiting", "prioritized", "active", "delayed"] as const)
+        d.metrics.pending.set({ model, state }, c[state] ?? 0);
+      const oldest = await q.getJobs(["wait"], 0, 0, true);
+      const ts = oldest[0]?.timestamp;
+      d.metrics.oldest.set({ model }, ts ? (Date.now() - ts) / 1000 : 0);
+    } catch (err) {
+      d.log.warn({ err, model }, "queue gauges unavailable");
+    }
+  }
+}

@@ -1,0 +1,53 @@
+import { BoolEnv, CommonEnv, IntEnv, KeyEnv, MINUTE, SECOND } from "@citadel/config";
+import { z } from "zod";
+
+export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend({
+    API_HOST: z.string().default("0.0.0.0"),
+    API_PORT: IntEnv(0, 65535).default(8080),
+    /** Request bodies over this are refused with 413 while streaming, before being buffered whole. */
+    BODY_LIMIT_BYTES: IntEnv(1024, 256 * 1024 * 1024).default(16 * 1024 * 1024),
+    MAX_JSON_DEPTH: IntEnv(4, 256).default(32),
+    BULK_MAX_JOBS: IntEnv(1, 10_000).default(500),
+    /** How long an accepted job may wait in the queue before it must not start. */
+    QUEUE_TTL_MS: IntEnv(1000, 24 * 60 * MINUTE).default(5 * MINUTE),
+    RESULT_TTL_MS: IntEnv(1000, 30 * 24 * 60 * MINUTE).default(60 * MINUTE),
+    FAILED_TTL_MS: IntEnv(1000, 30 * 24 * 60 * MINUTE).default(7 * 24 * 60 * MINUTE),
+    JOB_ATTEMPTS: IntEnv(1, 20).default(3),
+    JOB_BACKOFF_MS: IntEnv(10, 10 * MINUTE).default(500),
+    /** Backpressure: queued (waiting + prioritized + delayed) jobs per model before 503. */
+    MAX_QUEUE_DEPTH: IntEnv(1, 10_000_000).default(100_000),
+    /** Backpressure: queued input bytes per tenant before 503. */
+    MAX_TENANT_QUEUED_BYTES: IntEnv(1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
+    /** Unauthenticated and authenticated requests per IP per second (token bucket). */
+    IP_RATE: IntEnv(1, 1_000_000).default(200),
+    IP_BURST: IntEnv(1, 1_000_000).default(400),
+    MAX_WAIT_MS: IntEnv(0, 10 * MINUTE).default(30 * SECOND),
+    REQUEST_TIMEOUT_MS: IntEnv(1000, 10 * MINUTE).default(60 * SECOND),
+    MAX_CONNECTIONS: IntEnv(1, 1_000_000).default(10_000),
+    MAX_EVENT_LOOP_DELAY_MS: IntEnv(10, 60 * SECOND).default(1000),
+    BOARD_ADMIN_USER: z.string().default("admin"),
+    BOARD_ADMIN_PASSWORD: z.string().min(12).optional(),
+    BOARD_ADMIN_PASSWORD_FILE: z.string().optional(),
+    BOARD_OPS_USER: z.string().default("ops"),
+    BOARD_OPS_PASSWORD: z.string().min(12).optional(),
+    BOARD_OPS_PASSWORD_FILE: z.string().optional(),
+    /** Trust X-Forwarded-For from this many proxies (0: use the socket address). */
+    TRUST_PROXY_HOPS: IntEnv(0, 10).default(0),
+    OPENAPI_UI: BoolEnv.default(true),
+    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+  })
+  .superRefine((env, ctx) => {
+    refine(env, ctx);
+  });
+export type ApiEnv = z.infer<typeof ApiEnv>;
+
+function refine(env: z.infer<typeof CommonEnv> & z.infer<typeof KeyEnv>, ctx: z.RefinementCtx) {
+  if (env.NODE_ENV === "production" && !env.TRUSTED_SIGNERS) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["TRUSTED_SIGNERS"],
+      message: "pinned signer keys are required in production",
+    });
+  }
+}

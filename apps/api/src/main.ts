@@ -1,0 +1,14 @@
+import { loadEnvOrExit } from "@citadel/config";
+import closeWithGrace from "close-with-grace";
+import { ApiEnv } from "./env.js";
+import { startApi } from "./server.js";
+
+const env = loadEnvOrExit(ApiEnv, "citadel-api");
+const api = await startApi(env);
+
+// Graceful: stop accepting, finish in-flight requests, close Redis, exit 0.
+closeWithGrace({ delay: env.REQUEST_TIMEOUT_MS }, async ({ err, signal }) => {
+  if (err) process.stderr.write(`citadel-api: shutting down after error: ${err.message}\n`);
+  else process.stderr.write(`citadel-api: ${signal ?? "shutdown"}: draining\n`);
+  await api.close();
+});

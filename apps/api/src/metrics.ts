@@ -1,0 +1,17 @@
+import { counter, gauge, histogram, type Registry } from "@citadel/telemetry";
+
+export function apiMetrics(registry: Registry) {
+  return {
+    requests: counter(registry, "citadel_api_requests_total", "HTTP requests", ["route", "method", "status"]),
+    duration: histogram(registry, "citadel_api_request_duration_seconds", "HTTP request duration", ["route", "method"]),
+    rejections: counter(registry, "citadel_api_rejections_total", "Refused requests by reason", [
+      "tenant",
+      "model",
+      "reason",
+    ]),
+    accepted: counter(registry, "citadel_jobs_accepted_total", "Jobs accepted", ["tenant", "model"]),
+    pending: gauge(registry, "citadel_queue_pending_jobs", "Jobs in each queue state", ["model", "state"]),
+    oldest: gauge(registry, "citadel_queue_oldest_waiting_seconds", "Age of the oldest waiting job", ["model"]),
+  };
+}
+export type ApiMetrics = ReturnType<typeof apiMetrics>;

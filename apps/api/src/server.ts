@@ -1,0 +1,153 @@
+import { readFileSync } from "node:fs";
+import os from "node:os";
+import { AuditWriter } from "@citadel/audit";
+import { coerceError, type TrustedSigner } from "@citadel/contracts";
+import { keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
+import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
+import { ModelRegistry } from "@citadel/registry";
+import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
+import { TenantStore } from "@citadel/tenants";
+import type { FastifyInstance } from "fastify";
+import { buildApp } from "./app.js";
+import type { BoardOptions } from "./board.js";
+import { ModelCatalog } from "./catalog.js";
+import type { ApiEnv } from "./env.js";
+import { RateLimiter } from "./limits.js";
+import { apiMetrics } from "./metrics.js";
+import { Submitter } from "./submit.js";
+
+export interface ApiHandle {
+  app: FastifyInstance;
+  url: string;
+  close(): Promise<void>;
+}
+
+function secret(value: string | undefined, file: string | undefined): string | undefined {
+  if (value) return value;
+  return file ? readFileSync(file, "utf8").trim() : undefined;
+}
+
+/** Composes the producer API from its packages and starts listening. */
+export async function startApi(env: ApiEnv, opts: { logDestination?: DestinationStream } = {}): Promise<ApiHandle> {
+  const log = createLogger({
+    name: "citadel-api",
+    level: env.LOG_LEVEL,
+    destination: opts.logDestination,
+    base: { host: os.hostname() },
+  });
+  const onRedisError = (err: Error) => log.error({ err }, "redis error");
+  // Fail fast while Redis is down (answer 503) instead of queueing commands in memory.
+  const redis = redisClient(env.REDIS_URL, onRedisError, { enableOfflineQueue: false });
+  await new Promise<void>((resolve, reject) => {
+    redis.once("ready", resolve);
+    redis.once("end", () => reject(new Error("redis connection ended before it was ready")));
+  });
+  const connection = redis;
+  const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
+  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null });
+  const metricsRegistry = createRegistry("api");
+  const metrics = apiMetrics(metricsRegistry);
+  const audit = new AuditWriter(
+    redis,
+    env.CITADEL_PREFIX,
+    `api:${os.hostname()}:${process.pid}`,
+    log,
+    env.AUDIT_MAX_LEN,
+  );
+  const queues = new JobQueues(connection, () => bullConnection(env.REDIS_URL, onRedisError), redis, {
+    prefix: env.CITADEL_PREFIX,
+    resultTtlMs: env.RESULT_TTL_MS,
+    failedTtlMs: env.FAILED_TTL_MS,
+    attempts: env.JOB_ATTEMPTS,
+    backoffMs: env.JOB_BACKOFF_MS,
+  });
+
+  // The API checks manifest signatures too: it validates inputs against manifests it trusts.
+  let trusted: TrustedSigner[];
+  const dev = !env.TRUSTED_SIGNERS && env.KEY_PROVIDER === "local";
+  const devKeys = dev ? await keyServiceFromEnv(env, log) : null;
+  const loadTrusted = async () => {
+    trusted = env.TRUSTED_SIGNERS ? readTrustedSigners(env.TRUSTED_SIGNERS) : ((await devKeys?.publicKeys()) ?? []);
+  };
+  await loadTrusted();
+  const catalog = new ModelCatalog(registry, () => trusted);
+  await catalog.refresh();
+  await subscriber.subscribe(registry.channel);
+  subscriber.on("message", () => {
+    void loadTrusted()
+      .then(() => catalog.refresh())
+      .catch((err: unknown) => log.error({ err: coerceError(err) }, "registry refresh failed"));
+  });
+
+  const tenants = new TenantStore(redis, env.CITADEL_PREFIX);
+  const limiter = new RateLimiter(redis, env.CITADEL_PREFIX);
+  const submitter = new Submitter(redis, queues, catalog, limiter, audit, metrics, {
+    prefix: env.CITADEL_PREFIX,
+    queueTtlMs: env.QUEUE_TTL_MS,
+    maxQueueDepth: env.MAX_QUEUE_DEPTH,
+    maxTenantQueuedBytes: env.MAX_TENANT_QUEUED_BYTES,
+    idempotencyTtlMs: 24 * 3600 * 1000,
+  });
+  const adminPassword = secret(env.BOARD_ADMIN_PASSWORD, env.BOARD_ADMIN_PASSWORD_FILE);
+  const opsPassword = secret(env.BOARD_OPS_PASSWORD, env.BOARD_OPS_PASSWORD_FILE);
+  const board: BoardOptions | undefined = adminPassword
+    ? {
+        admin: { user: env.BOARD_ADMIN_USER, password: adminPassword },
+        ...(opsPassword ? { ops: { user: env.BOARD_OPS_USER, password: opsPassword } } : {}),
+      }
+    : undefined;
+  if (!board) log.warn("no BOARD_ADMIN_PASSWORD: Bull Board is not mounted");
+
+  const app = await buildApp({
+    log,
+    redis,
+    queues,
+    catalog,
+    tenants,
+    submitter,
+    limiter,
+    audit,
+    metrics,
+    metricsRegistry,
+    ...(board ? { board } : {}),
+    settings: {
+      bodyLimit: env.BODY_LIMIT_BYTES,
+      maxJsonDepth: env.MAX_JSON_DEPTH,
+      bulkMaxJobs: env.BULK_MAX_JOBS,
+      maxWaitMs: env.MAX_WAIT_MS,
+      requestTimeoutMs: env.REQUEST_TIMEOUT_MS,
+      maxEventLoopDelayMs: env.MAX_EVENT_LOOP_DELAY_MS,
+      ipRate: env.IP_RATE,
+      ipBurst: env.IP_BURST,
+      trustProxyHops: env.TRUST_PROXY_HOPS,
+      openApiUi: env.OPENAPI_UI,
+    },
+  });
+  app.server.maxConnections = env.MAX_CONNECTIONS;
+  const url = await app.listen({ host: env.API_HOST, port: env.API_PORT });
+  log.info({ url: url.replace("0.0.0.0", "127.0.0.1") }, "api listening");
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    url: url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1"),
+    close: () => {
+      // Stop accepting, let in-flight requests finish (app.close waits), then close Redis.
+      closing ??= (async () => {
+        await app.close();
+        await queues.close();
+        await audit.flush();
+        await devKeys?.close();
+        for (const r of [subscriber, redis] as Redis[]) {
+          try {
+            await r.quit();
+          } catch (err) {
+            log.warn({ err: coerceError(err) }, "redis quit failed");
+          }
+        }
+        log.flush();
+      })();
+      return closing;
+    },
+  };
+}

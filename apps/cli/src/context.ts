@@ -1,0 +1,55 @@
+import { CommonEnv, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
+import { CitadelError } from "@citadel/contracts";
+import { type KeyService, keyServiceFromEnv } from "@citadel/keys";
+import { type Redis, redisClient } from "@citadel/queue";
+import { FsModelStore, ModelRegistry } from "@citadel/registry";
+import type { z } from "zod";
+
+export const CliEnv = CommonEnv.extend(KeyEnv.shape).superRefine(refineKeyEnv);
+export type CliEnv = z.infer<typeof CliEnv>;
+
+/** What most verbs need: the registry in Redis, the model store and the key service. */
+export interface CliContext {
+  env: CliEnv;
+  redis: Redis;
+  registry: ModelRegistry;
+  store: FsModelStore;
+  keys(): Promise<KeyService>;
+  close(): Promise<void>;
+}
+
+export function loadCliEnv(overrides: Record<string, string | undefined> = {}): CliEnv {
+  return parseEnv(CliEnv, { ...process.env, ...overrides });
+}
+
+export function openContext(env: CliEnv = loadCliEnv()): CliContext {
+  // Connection errors surface as failed commands, which every verb reports; the
+  // listener only keeps ioredis from raising an unhandled 'error' event as well.
+  const redis = redisClient(env.REDIS_URL, () => undefined, { lazyConnect: true, maxRetriesPerRequest: 2 });
+  let keys: Promise<KeyService> | undefined;
+  return {
+    env,
+    redis,
+    registry: new ModelRegistry(redis, env.CITADEL_PREFIX),
+    store: new FsModelStore(env.MODEL_STORE_DIR),
+    keys: () => {
+      keys ??= keyServiceFromEnv(env);
+      return keys;
+    },
+    close: async () => {
+      if (keys) await (await keys).close();
+      if (redis.status === "ready") await redis.quit();
+      else redis.disconnect();
+    },
+  };
+}
+
+/** Prints a CLI failure as one line (no stack, no secrets) and sets the exit code. */
+export function reportError(err: unknown): void {
+  if (err instanceof CitadelError) process.stderr.write(`citadel: ${err.code}: ${err.message}\n`);
+  else if (err instanceof Error) process.stderr.write(`citadel: ${err.message}\n`);
+  else process.stderr.write("citadel: failed\n");
+  process.exitCode = 1;
+}
+
+export const print = (s: string) => process.stdout.write(`${s}\n`);

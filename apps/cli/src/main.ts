@@ -1,0 +1,342 @@
+import { readFile } from "node:fs/promises";
+import { verifyAuditStream } from "@citadel/audit";
+import { type ModelRouting, SignedManifest } from "@citadel/contracts";
+import { initKeyring, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
+import { TenantStore } from "@citadel/tenants";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { runDemo } from "./commands/demo.js";
+import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
+import { publishSealed, readSealed, sealBytes, verifyPublished, writeSealed } from "./models.js";
+
+const program = new Command()
+  .name("citadel")
+  .description("Seal, sign, publish and verify models; manage tenants; submit work; check the audit chain.")
+  .showHelpAfterError()
+  .configureOutput({ outputError: (s, write) => write(s) });
+
+const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("expected a non-negative integer");
+  return n;
+};
+const weight = (v: string) => {
+  const n = Number(v);
+  if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError("expected a weight between 0 and 1");
+  return n;
+};
+
+/** Runs a verb with a context (Redis, store, keys) and always closes it. */
+function withContext(fn: (ctx: CliContext, ...args: never[]) => Promise<void>) {
+  return async (...args: unknown[]) => {
+    let ctx: CliContext | undefined;
+    try {
+      ctx = openContext(loadCliEnv());
+      await fn(ctx, ...(args as never[]));
+    } catch (err) {
+      reportError(err);
+    } finally {
+      await ctx?.close();
+    }
+  };
+}
+
+async function trustedFor(ctx: CliContext) {
+  if (ctx.env.TRUSTED_SIGNERS) return readTrustedSigners(ctx.env.TRUSTED_SIGNERS);
+  return (await ctx.keys()).publicKeys();
+}
+
+const keys = program.command("keys").description("the key service: dev keyring, rotation, signer public keys");
+keys
+  .command("init")
+  .description("create the local dev keyring (mode 0600) if it does not exist")
+  .action(() => {
+    try {
+      const env = loadCliEnv();
+      print(initKeyring(env.LOCAL_KEYRING) ? `created ${env.LOCAL_KEYRING}` : `${env.LOCAL_KEYRING} already exists`);
+    } catch (err) {
+      reportError(err);
+    }
+  });
+keys
+  .command("rotate")
+  .description("add a new version of the model key (Transit rotate); old versions keep decrypting")
+  .option("--signing", "rotate the local signing key instead (dev keyring only)")
+  .action(
+    withContext(async (ctx, opts: { signing?: boolean }) => {
+      const k = await ctx.keys();
+      if (opts.signing) {
+        if (!(k instanceof LocalKeyProvider))
+          throw new Error("rotate the Vault signing key with `vault write -f transit/keys/<key>/rotate`");
+        const pk = k.rotateSigningKey();
+        print(`new signing key ${pk.keyId}; pin it on workers before publishing with it`);
+        return;
+      }
+      print(
+        `${ctx.env.VAULT_MODEL_KEY} is now at version ${await k.rotateKey(ctx.env.VAULT_MODEL_KEY)}; run \`citadel rewrap\``,
+      );
+    }),
+  );
+keys
+  .command("show")
+  .description("print the signer public keys as JSON (the TRUSTED_SIGNERS file workers pin)")
+  .action(
+    withContext(async (ctx) => {
+      print(JSON.stringify(await (await ctx.keys()).publicKeys(), null, 2));
+    }),
+  );
+
+program
+  .command("seal")
+  .description("seal a model: encrypt under a fresh data key and sign its manifest")
+  .argument("<model>", "an .onnx model, or a raw TensorRT .engine (with --engine-io)")
+  .requiredOption("--name <name>", "model name")
+  .requiredOption("--version <version>", "model version")
+  .option(
+    "--spec <file>",
+    "JSON: maxBatch, maxQueueDelayMs, timeoutMs, executionProviders, batchAxis, inputs{range,maxDim}, outputPolicy, tensorrt",
+  )
+  .option(
+    "--engine-io <file>",
+    "JSON {inputs:[{name,dtype,shape}],outputs:[…]} of a raw TensorRT engine, wrapped as an EPContext model",
+  )
+  .option("--out <dir>", "where to write <name>-<version>.manifest.json and .sealed", "sealed")
+  .action(
+    withContext(
+      async (
+        ctx,
+        file: string,
+        o: { name: string; version: string; spec?: string; engineIo?: string; out: string },
+      ) => {
+        const bytes = new Uint8Array(await readFile(file));
+        const spec = o.spec ? JSON.parse(await readFile(o.spec, "utf8")) : {};
+        const engineIo = o.engineIo ? JSON.parse(await readFile(o.engineIo, "utf8")) : undefined;
+        const sealed = await sealBytes(ctx, bytes, {
+          name: o.name,
+          version: o.version,
+          spec,
+          ...(engineIo ? { engineIo } : {}),
+        });
+        bytes.fill(0);
+        const out = await writeSealed(o.out, sealed);
+        print(`sealed ${o.name}@${o.version}: ${out.manifest}, ${out.artifact}`);
+      },
+    ),
+  );
+
+program
+  .command("publish")
+  .description("put a sealed model in the store and its manifest in the registry; set routing")
+  .argument("<manifest>", "a .manifest.json written by `citadel seal` (its .sealed beside it)")
+  .option("--stable", "make this version the stable one")
+  .addOption(new Option("--canary <weight>", "route this share of traffic (0..1) to this version").argParser(weight))
+  .action(
+    withContext(async (ctx, file: string, o: { stable?: boolean; canary?: number }) => {
+      const sealed = await readSealed(file);
+      const routing = await publishSealed(ctx, sealed, {
+        ...(o.stable ? { stable: true } : {}),
+        ...(o.canary !== undefined ? { canaryWeight: o.canary } : {}),
+      });
+      print(
+        `published ${sealed.signed.manifest.name}@${sealed.signed.manifest.version}; routing ${JSON.stringify(routing)}`,
+      );
+    }),
+  );
+
+program
+  .command("route")
+  .description("set a model's routing: stable version and optional canary with weight")
+  .argument("<model>")
+  .requiredOption("--stable <version>")
+  .option("--canary <version>")
+  .addOption(new Option("--weight <w>", "canary share 0..1").argParser(weight).default(0))
+  .action(
+    withContext(async (ctx, model: string, o: { stable: string; canary?: string; weight: number }) => {
+      const r: ModelRouting = { stable: o.stable, canaryWeight: o.weight, ...(o.canary ? { canary: o.canary } : {}) };
+      await ctx.registry.setRouting(model, r);
+      print(`routing for ${model}: ${JSON.stringify(r)}`);
+    }),
+  );
+
+program
+  .command("verify")
+  .description("check a published version: signature, hashes and decryptability (in memory only)")
+  .argument("<model>")
+  .argument("<version>")
+  .action(
+    withContext(async (ctx, model: string, version: string) => {
+      const r = await verifyPublished(ctx, model, version, await trustedFor(ctx));
+      print(
+        `ok ${model}@${version}: signature by a pinned key, ciphertext and plaintext hashes match, decrypts (${r.plaintextBytes} B, wiped)`,
+      );
+    }),
+  );
+
+program
+  .command("models")
+  .description("list published models, versions and routing")
+  .action(
+    withContext(async (ctx) => {
+      for (const m of await ctx.registry.models()) {
+        print(
+          `${m}  versions ${(await ctx.registry.versions(m)).join(", ")}  routing ${JSON.stringify(await ctx.registry.getRouting(m))}`,
+        );
+      }
+    }),
+  );
+
+program
+  .command("rewrap")
+  .description(
+    "move every stored wrapped data key to the newest key version, re-signing manifests; artifacts untouched",
+  )
+  .action(
+    withContext(async (ctx) => {
+      const k = await ctx.keys();
+      for (const m of await ctx.registry.models()) {
+        for (const v of await ctx.registry.versions(m)) {
+          const signed = SignedManifest.parse(await ctx.registry.getManifest(m, v));
+          const a = signed.manifest.artifact;
+          const wrappedKey = await k.rewrapDataKey(a.keyName, a.wrappedKey);
+          if (wrappedKey === a.wrappedKey) continue;
+          const { signManifest } = await import("@citadel/artifacts");
+          const next = await signManifest({ ...signed.manifest, artifact: { ...a, wrappedKey } }, k);
+          await ctx.registry.putRaw(m, v, JSON.stringify(next));
+          print(
+            `rewrapped ${m}@${v}: ${a.wrappedKey.split(":").slice(0, 2).join(":")} → ${wrappedKey.split(":").slice(0, 2).join(":")}`,
+          );
+        }
+      }
+    }),
+  );
+
+const tenants = program.command("tenants").description("tenants and their API keys (changes apply without a restart)");
+tenants
+  .command("add")
+  .argument("<id>")
+  .option("--models <list>", "comma-separated model names, or *", "*")
+  .option("--rate <n>", "requests per second", int)
+  .option("--samples <n>", "samples per second", int)
+  .option("--max-queued <n>", "max queued jobs", int)
+  .description("create or update a tenant")
+  .action(
+    withContext(async (ctx, id: string, o: { models: string; rate?: number; samples?: number; maxQueued?: number }) => {
+      const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
+      const t = await store.upsert({
+        id,
+        models: o.models.split(",").map((s) => s.trim()),
+        ...(o.rate ? { requestRate: o.rate, requestBurst: o.rate * 2 } : {}),
+        ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
+        ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
+      });
+      print(JSON.stringify(t));
+    }),
+  );
+tenants
+  .command("issue-key")
+  .argument("<id>")
+  .description("issue an API key (printed once; only its hash is stored)")
+  .action(
+    withContext(async (ctx, id: string) => {
+      print(await new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX).issueKey(id));
+    }),
+  );
+tenants
+  .command("revoke")
+  .argument("<key-or-hash-prefix>")
+  .description("revoke a key (takes effect within seconds on every API replica)")
+  .action(
+    withContext(async (ctx, k: string) => {
+      print(`revoked ${await new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX).revokeKey(k)} key(s)`);
+    }),
+  );
+tenants
+  .command("list")
+  .description("list tenants and their key hash prefixes")
+  .action(
+    withContext(async (ctx) => {
+      const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
+      for (const t of await store.list())
+        print(`${t.id}  models ${t.models.join(",")}  keys ${(await store.keyHashes(t.id)).join(",")}`);
+    }),
+  );
+
+const audit = program.command("audit").description("the hash-chained audit stream");
+audit
+  .command("verify")
+  .description("check every writer's chain: edits, deletions and reordering are reported")
+  .action(
+    withContext(async (ctx) => {
+      const r = await verifyAuditStream(ctx.redis, ctx.env.CITADEL_PREFIX);
+      print(
+        `${r.records} records from ${r.writers} writers: ${r.ok ? "chain intact" : `${r.problems.length} problem(s)`}`,
+      );
+      for (const p of r.problems.slice(0, 50)) print(`  ${p}`);
+      if (!r.ok) process.exitCode = 2;
+    }),
+  );
+
+program
+  .command("enqueue")
+  .description("submit a job over HTTP (reads the request JSON from a file or -)")
+  .argument("<request>", "a JSON job request (SPEC §3), or - for stdin")
+  .requiredOption("--api <url>", "API base URL", process.env.CITADEL_API_URL)
+  .option("--key <key>", "API key (default: CITADEL_API_KEY)")
+  .option("--wait <ms>", "wait for the result up to this long", int, 0)
+  .action(async (file: string, o: { api: string; key?: string; wait: number }) => {
+    try {
+      const body =
+        file === "-"
+          ? await new Response(process.stdin as unknown as ReadableStream).text()
+          : await readFile(file, "utf8");
+      const key = o.key ?? process.env.CITADEL_API_KEY;
+      if (!key) throw new Error("an API key is required (--key or CITADEL_API_KEY)");
+      const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+      const res = await fetch(`${o.api}/v1/jobs`, { method: "POST", headers, body });
+      const json = (await res.json()) as { id?: string };
+      if (!res.ok || !json.id || o.wait === 0) {
+        print(JSON.stringify(json));
+        if (!res.ok) process.exitCode = 1;
+        return;
+      }
+      print(JSON.stringify(await (await fetch(`${o.api}/v1/jobs/${json.id}?wait=${o.wait}`, { headers })).json()));
+    } catch (err) {
+      reportError(err);
+    }
+  });
+
+program
+  .command("demo")
+  .description(
+    "the whole path: dev keyring, seal and publish sample models, start API and workers, push jobs, show results",
+  )
+  .option("--jobs <n>", "jobs to submit", int, 240)
+  .option("--workers <n>", "worker processes", int, 2)
+  .option("--serve", "keep the fleet up and write .citadel/demo.json for other tools")
+  .option("--publish-only", "seal and publish the sample models, then exit")
+  .option("--no-verify", "skip comparing outputs with direct onnxruntime runs")
+  .option("--dir <dir>", "state directory", ".citadel")
+  .action(
+    async (o: {
+      jobs: number;
+      workers: number;
+      serve?: boolean;
+      publishOnly?: boolean;
+      verify: boolean;
+      dir: string;
+    }) => {
+      try {
+        process.exitCode = await runDemo({
+          jobs: o.jobs,
+          workers: o.workers,
+          serve: !!o.serve,
+          publishOnly: !!o.publishOnly,
+          dir: o.dir,
+          verify: o.verify,
+        });
+      } catch (err) {
+        reportError(err);
+      }
+    },
+  );
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,36 @@
+import { BoolEnv, CommonEnv, IntEnv, KeyEnv, ListEnv, refineKeyEnv, SECOND } from "@citadel/config";
+import { z } from "zod";
+
+export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend({
+    /** Models this worker serves: "*" for every published model. */
+    WORKER_MODELS: ListEnv.default(["*"]),
+    WORKER_ID: z.string().min(1).max(128).optional(),
+    METRICS_HOST: z.string().default("0.0.0.0"),
+    METRICS_PORT: IntEnv(0, 65535).default(9464),
+    /** Overrides every manifest's provider list (e.g. "cpu" on a CPU node). */
+    EXECUTION_PROVIDERS: ListEnv.pipe(z.array(z.enum(["tensorrt", "cuda", "cpu"]))).optional(),
+    REQUIRE_GPU: BoolEnv.default(false),
+    GPU_DEVICE_ID: IntEnv(0, 64).default(0),
+    /** onnxruntime intra-op threads per model (0 = all cores). */
+    RUNTIME_THREADS: IntEnv(0, 256).default(0),
+    SHUTDOWN_TIMEOUT_MS: IntEnv(1000, 600 * SECOND).default(30 * SECOND),
+    LOCK_DURATION_MS: IntEnv(2000, 600 * SECOND).default(15 * SECOND),
+    MAX_RESULT_BYTES: IntEnv(1024, 64 * 1024 * 1024).default(4 * 1024 * 1024),
+    CIRCUIT_FAILURES: IntEnv(1, 1000).default(5),
+    CIRCUIT_COOLDOWN_MS: IntEnv(100, 3600 * SECOND).default(10 * SECOND),
+    /** Abandoned (hung) runner threads tolerated before the worker reports unhealthy. */
+    MAX_HUNG_RUNNERS: IntEnv(0, 100).default(2),
+    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+  })
+  .superRefine((env, ctx) => {
+    refineKeyEnv(env, ctx);
+    if (env.NODE_ENV === "production" && !env.TRUSTED_SIGNERS) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["TRUSTED_SIGNERS"],
+        message: "pinned signer keys are required in production",
+      });
+    }
+  });
+export type WorkerEnv = z.infer<typeof WorkerEnv>;

@@ -1,0 +1,156 @@
+import { createServer, type Server } from "node:http";
+import os from "node:os";
+import { AuditWriter } from "@citadel/audit";
+import { coerceError, type TrustedSigner } from "@citadel/contracts";
+import { keyServiceFromEnv, trustedSignersFromEnv } from "@citadel/keys";
+import { bullConnection, keys as queueKeys, type Redis, redisClient } from "@citadel/queue";
+import { FsModelStore, ModelRegistry } from "@citadel/registry";
+import { ModelRunner } from "@citadel/runtime";
+import { ModelConsumer, ModelHost, workerMetrics } from "@citadel/serving";
+import { createLogger, createRegistry, type DestinationStream, type Logger } from "@citadel/telemetry";
+import type { WorkerEnv } from "./env.js";
+
+export interface WorkerHandle {
+  workerId: string;
+  metricsUrl: string;
+  /** Graceful stop: no new jobs, in-flight batches finish or return to the queue. */
+  close(): Promise<void>;
+  healthy(): boolean;
+}
+
+/** Composes a worker from its packages. One process per GPU. */
+export async function startWorker(
+  env: WorkerEnv,
+  opts: { logDestination?: DestinationStream } = {},
+): Promise<WorkerHandle> {
+  const workerId = env.WORKER_ID ?? `${os.hostname()}-${process.pid}`;
+  const log: Logger = createLogger({
+    name: "citadel-worker",
+    level: env.LOG_LEVEL,
+    destination: opts.logDestination,
+    base: { workerId },
+  });
+  const onRedisError = (err: Error) => log.error({ err }, "redis error");
+  const redis = redisClient(env.REDIS_URL, onRedisError);
+  const connection = bullConnection(env.REDIS_URL, onRedisError);
+  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null });
+  const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
+  const store = new FsModelStore(env.MODEL_STORE_DIR);
+  const metricsRegistry = createRegistry("worker");
+  const metrics = workerMetrics(metricsRegistry);
+  const audit = new AuditWriter(redis, env.CITADEL_PREFIX, `worker:${workerId}`, log, env.AUDIT_MAX_LEN);
+  const keys = await keyServiceFromEnv(env, log);
+  let trusted: TrustedSigner[] = await trustedSignersFromEnv(env, keys);
+
+  const host = new ModelHost({
+    registry,
+    store,
+    keys,
+    trusted: () => trusted,
+    audit,
+    metrics,
+    log,
+    workerId,
+    providers: env.EXECUTION_PROVIDERS,
+    requireGpu: env.REQUIRE_GPU,
+    deviceId: env.GPU_DEVICE_ID,
+    threads: env.RUNTIME_THREADS,
+    rejectionTtlMs: 30_000,
+  });
+
+  const consumers = new Map<string, ModelConsumer>();
+  const serve = (model: string) => {
+    if (consumers.has(model)) return;
+    if (!env.WORKER_MODELS.includes("*") && !env.WORKER_MODELS.includes(model)) return;
+    const c = new ModelConsumer({
+      model,
+      connection,
+      redis,
+      prefix: env.CITADEL_PREFIX,
+      host,
+      audit,
+      metrics,
+      log,
+      workerId,
+      lockDurationMs: env.LOCK_DURATION_MS,
+      maxResultBytes: env.MAX_RESULT_BYTES,
+      circuit: { failureThreshold: env.CIRCUIT_FAILURES, cooldownMs: env.CIRCUIT_COOLDOWN_MS },
+      maxInFlight: 2,
+    });
+    consumers.set(model, c);
+    c.start();
+    log.info({ model }, "serving model queue");
+  };
+
+  // Registry changes (new models, versions, routing) reach running workers without a restart.
+  await subscriber.subscribe(registry.channel, queueKeys.cancelChannel(env.CITADEL_PREFIX));
+  subscriber.on("message", (channel, message) => {
+    void (async () => {
+      if (channel === registry.channel) {
+        const { name } = JSON.parse(message) as { name: string };
+        host.forgetRejection(name);
+        if (env.TRUSTED_SIGNERS === undefined && env.KEY_PROVIDER === "local") trusted = await keys.publicKeys();
+        serve(name);
+        const routing = await registry.getRouting(name);
+        if (routing) await host.retain(name, new Set([routing.stable, ...(routing.canary ? [routing.canary] : [])]));
+      } else {
+        for (const c of consumers.values()) c.cancel(message);
+      }
+    })().catch((err: unknown) => log.error({ err: coerceError(err) }, "registry/cancel event failed"));
+  });
+  const models = env.WORKER_MODELS.includes("*") ? await registry.models() : env.WORKER_MODELS;
+  for (const m of models) serve(m);
+
+  const healthy = () => ModelRunner.abandonedAlive <= env.MAX_HUNG_RUNNERS && redis.status === "ready";
+  const server: Server = createServer((req, res) => {
+    void (async () => {
+      if (req.url === "/metrics") {
+        metrics.healthy.set(healthy() ? 1 : 0);
+        res.writeHead(200, { "content-type": metricsRegistry.contentType });
+        res.end(await metricsRegistry.metrics());
+      } else if (req.url === "/healthz") {
+        // Unhealthy when hung runners pile up: the orchestrator should replace us.
+        const ok = ModelRunner.abandonedAlive <= env.MAX_HUNG_RUNNERS;
+        res.writeHead(ok ? 200 : 503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ ok, hungRunners: ModelRunner.abandonedAlive }));
+      } else if (req.url === "/readyz") {
+        const ok = healthy();
+        res.writeHead(ok ? 200 : 503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ ok, models: [...consumers.keys()] }));
+      } else {
+        res.writeHead(404).end();
+      }
+    })().catch((err: unknown) => {
+      log.error({ err: coerceError(err) }, "metrics endpoint failed");
+      res.writeHead(500).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(env.METRICS_PORT, env.METRICS_HOST, resolve));
+  const addr = server.address();
+  const metricsUrl = `http://127.0.0.1:${typeof addr === "object" && addr ? addr.port : env.METRICS_PORT}`;
+  log.info({ models, metricsUrl }, "worker started");
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      log.info("worker stopping");
+      const grace = Math.max(1000, env.SHUTDOWN_TIMEOUT_MS - 2000);
+      await Promise.allSettled([...consumers.values()].map((c) => c.close(grace)));
+      await host.close();
+      await keys.close();
+      await audit.flush();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const r of [subscriber, connection, redis] as Redis[]) {
+        try {
+          await r.quit();
+        } catch (err) {
+          log.warn({ err: coerceError(err) }, "redis quit failed");
+        }
+      }
+      log.info("worker stopped");
+      log.flush();
+    })();
+    return closing;
+  };
+  return { workerId, metricsUrl, close, healthy };
+}

@@ -1,0 +1,47 @@
+import { counter, gauge, histogram, type Registry } from "@citadel/telemetry";
+
+/** Worker metrics, named after Triton's where they mean the same thing. */
+export function workerMetrics(registry: Registry) {
+  return {
+    success: counter(registry, "citadel_inference_request_success_total", "Jobs completed", ["model", "version"]),
+    failure: counter(registry, "citadel_inference_request_failure_total", "Jobs failed, by reason", [
+      "model",
+      "version",
+      "reason",
+    ]),
+    inferenceCount: counter(registry, "citadel_inference_count_total", "Samples inferred", ["model", "version"]),
+    execCount: counter(registry, "citadel_inference_exec_count_total", "Model executions (batches)", [
+      "model",
+      "version",
+    ]),
+    queueDuration: histogram(registry, "citadel_inference_queue_duration_seconds", "Accepted → run start", [
+      "model",
+      "version",
+    ]),
+    computeDuration: histogram(registry, "citadel_inference_compute_duration_seconds", "session.run time per batch", [
+      "model",
+      "version",
+    ]),
+    modelLoads: counter(registry, "citadel_model_loads_total", "Model load attempts by outcome", [
+      "model",
+      "version",
+      "outcome",
+    ]),
+    providerInfo: gauge(registry, "citadel_execution_provider_info", "Execution provider in use (1)", [
+      "model",
+      "version",
+      "provider",
+    ]),
+    circuitState: gauge(registry, "citadel_circuit_state", "0 closed, 1 half-open, 2 open", ["model"]),
+    runnerRestarts: counter(registry, "citadel_runner_restarts_total", "Runners abandoned and replaced", ["reason"]),
+    healthy: gauge(registry, "citadel_worker_healthy", "1 when the worker can serve", []),
+    batchSize: histogram(
+      registry,
+      "citadel_batch_size",
+      "Samples per execution",
+      ["model"],
+      [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    ),
+  };
+}
+export type WorkerMetrics = ReturnType<typeof workerMetrics>;
