@@ -5,7 +5,7 @@ import type { JobQueues, Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { type BoardOptions, registerBoard } from "./board.js";
@@ -79,7 +79,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     connectionTimeout: s.requestTimeoutMs,
     trustProxy: s.trustProxyHops > 0 ? (_addr: string, hop: number) => hop < s.trustProxyHops : false,
     genReqId: () => randomUUID(),
-    disableRequestLogging: true,
+    // Requests are counted in metrics and audited; per-request log lines would only add noise.
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   });
 

@@ -43,7 +43,12 @@ export async function keyServiceFromEnv(env: KeySettings, log?: MinimalLogger): 
             roleId: env.VAULT_ROLE_ID ?? "",
             secretId: env.VAULT_SECRET_ID ?? readFileSync(env.VAULT_SECRET_ID_FILE ?? "", "utf8").trim(),
           }
-        : { method: "kubernetes" as const, role: env.VAULT_K8S_ROLE ?? "", jwtPath: env.VAULT_K8S_JWT_PATH, mount: env.VAULT_K8S_MOUNT };
+        : {
+            method: "kubernetes" as const,
+            role: env.VAULT_K8S_ROLE ?? "",
+            jwtPath: env.VAULT_K8S_JWT_PATH,
+            mount: env.VAULT_K8S_MOUNT,
+          };
   return createVaultKeyProvider(
     { addr: env.VAULT_ADDR ?? "", auth, transitMount: env.VAULT_TRANSIT_MOUNT, signingKey: env.VAULT_SIGNING_KEY },
     log,
@@ -61,7 +66,10 @@ export async function trustedSignersFromEnv(env: KeySettings, keys: KeyService):
 }
 
 export function readTrustedSigners(file: string): TrustedSigner[] {
-  const parsed = z.array(TrustedSigner).min(1).safeParse(JSON.parse(readFileSync(file, "utf8")));
+  const parsed = z
+    .array(TrustedSigner)
+    .min(1)
+    .safeParse(JSON.parse(readFileSync(file, "utf8")));
   if (!parsed.success) throw new CitadelError("SIGNER_UNTRUSTED", `${file} is not a list of {keyId, publicKey}`);
   return parsed.data;
 }

@@ -84,7 +84,9 @@ export class JobQueues {
 
   /** Adds jobs in one round trip (BullMQ addBulk pipelines them). Re-adding an id is a no-op. */
   async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]): Promise<void> {
-    await this.queue(model).addBulk(items.map((i) => ({ name: "infer", data: i.data, opts: this.jobOptions(i.id, i.priority) })));
+    await this.queue(model).addBulk(
+      items.map((i) => ({ name: "infer", data: i.data, opts: this.jobOptions(i.id, i.priority) })),
+    );
   }
 
   /** A job visible to `tenant`, or JOB_NOT_FOUND (another tenant's job is not found). */
@@ -120,7 +122,10 @@ export class JobQueues {
    * Cancels a job: a queued one is removed and leaves a tombstone (so it ends
    * "cancelled", never vanishes); an active one is flagged and its worker aborts it.
    */
-  async cancel(id: string, tenant: string): Promise<{ status: "cancelled" | "cancelling" | JobView["status"]; removed?: boolean }> {
+  async cancel(
+    id: string,
+    tenant: string,
+  ): Promise<{ status: "cancelled" | "cancelling" | JobView["status"]; removed?: boolean }> {
     const job = await this.find(id, tenant);
     if (!job) {
       await this.view(id, tenant);
@@ -237,6 +242,16 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
 }
 
 /** Gives a settled job's share back to its tenant's queue quota. */
-export async function releaseQuota(redis: Redis, prefix: string, data: Pick<JobData, "tenant" | "inputBytes">): Promise<void> {
-  await redis.eval(RELEASE_QUOTA, 2, keys.tenantQueuedJobs(prefix, data.tenant), keys.tenantQueuedBytes(prefix, data.tenant), data.inputBytes);
+export async function releaseQuota(
+  redis: Redis,
+  prefix: string,
+  data: Pick<JobData, "tenant" | "inputBytes">,
+): Promise<void> {
+  await redis.eval(
+    RELEASE_QUOTA,
+    2,
+    keys.tenantQueuedJobs(prefix, data.tenant),
+    keys.tenantQueuedBytes(prefix, data.tenant),
+    data.inputBytes,
+  );
 }

@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// Set-up behind the README's two commands, in plain Node (it runs before any
+// dependency exists): pnpm through npx (no global install; corepack is not used),
+// dependencies (skipping onnxruntime-node's CUDA download), and a Redis. Then it runs
+// the demo, the test suite, the benchmark or the reliability suite.
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { findOrStartRedis } from "./redis.mjs";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const PNPM_VERSION = "10.34.9";
+// pnpm lives in a project-local tool folder (turbo needs a pnpm binary on PATH).
+const tools = path.join(root, ".citadel", "tools");
+const env = {
+  ...process.env,
+  PATH: `${path.join(tools, "node_modules", ".bin")}${path.delimiter}${process.env.PATH ?? ""}`,
+  ONNXRUNTIME_NODE_INSTALL: "skip",
+  TURBO_TELEMETRY_DISABLED: "1",
+  npm_config_update_notifier: "false",
+};
+const say = (m) => process.stderr.write(`» ${m}\n`);
+
+function run(cmd, args, extraEnv = {}) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env: { ...env, ...extraEnv } });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
+const pnpm = (args, extraEnv) => run("pnpm", args, extraEnv);
+
+function ensurePnpm() {
+  const v = spawnSync("pnpm", ["--version"], { env, encoding: "utf8" });
+  if (v.status === 0 && v.stdout.trim() === PNPM_VERSION) return;
+  say(`installing pnpm ${PNPM_VERSION} into .citadel/tools (no global install)`);
+  mkdirSync(tools, { recursive: true });
+  if (run("npm", ["install", "--prefix", tools, "--no-save", "--no-package-lock", `pnpm@${PNPM_VERSION}`]) !== 0) {
+    throw new Error("could not install pnpm with npm");
+  }
+}
+
+/** Installs dependencies when the lockfile or a manifest changed since the last install. */
+function install() {
+  const h = createHash("sha256");
+  const manifests = ["package.json", "pnpm-lock.yaml", "pnpm-workspace.yaml"];
+  for (const group of ["apps", "packages"]) {
+    for (const d of readdirSync(path.join(root, group))) manifests.push(path.join(group, d, "package.json"));
+  }
+  manifests.push("test/package.json");
+  for (const f of manifests) if (existsSync(path.join(root, f))) h.update(readFileSync(path.join(root, f)));
+  const stamp = path.join(root, "node_modules", ".citadel-install");
+  const digest = h.digest("hex");
+  if (existsSync(stamp) && readFileSync(stamp, "utf8") === digest) return;
+  say("installing dependencies (pnpm, frozen lockfile; onnxruntime CUDA download skipped)");
+  if (pnpm(["install", "--frozen-lockfile", "--reporter=append-only"]) !== 0) throw new Error("pnpm install failed");
+  writeFileSync(stamp, digest);
+}
+
+async function withRedis(fn) {
+  const redis = await findOrStartRedis({ install: true });
+  say(`redis: ${redis.url} (${redis.source})`);
+  try {
+    return await fn(redis.url);
+  } finally {
+    await redis.stop();
+  }
+}
+
+function node(args, extraEnv) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, { cwd: root, stdio: "inherit", env: { ...env, ...extraEnv } });
+    const forward = (sig) => child.kill(sig);
+    process.on("SIGINT", forward);
+    process.on("SIGTERM", forward);
+    child.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+  });
+}
+
+/** Typecheck, lint, circular imports, then every test; ends with "N passed, N failed". */
+async function test(args) {
+  if (pnpm(["exec", "turbo", "run", "typecheck", "--output-logs=errors-only"]) !== 0) return 1;
+  if (pnpm(["exec", "biome", "ci", "."]) !== 0) return 1;
+  if (pnpm(["run", "circular"]) !== 0) return 1;
+  return withRedis(async (url) => {
+    mkdirSync(path.join(root, ".citadel"), { recursive: true });
+    const report = path.join(root, ".citadel", "vitest-report.json");
+    const code = await node(
+      [
+        path.join(root, "node_modules", "vitest", "vitest.mjs"),
+        "run",
+        "--reporter=default",
+        "--reporter=json",
+        `--outputFile.json=${report}`,
+        ...args,
+      ],
+      { REDIS_URL: url },
+    );
+    if (existsSync(report)) {
+      const r = JSON.parse(readFileSync(report, "utf8"));
+      process.stdout.write(
+        `\n${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped\n`,
+      );
+    }
+    return code;
+  });
+}
+
+const [verb = "test", ...rest] = process.argv.slice(2);
+try {
+  ensurePnpm();
+  install();
+  let code;
+  switch (verb) {
+    case "demo":
+      code = await withRedis((url) =>
+        node([path.join(root, "apps/cli/bin/citadel.mjs"), "demo", ...rest], { REDIS_URL: url }),
+      );
+      break;
+    case "test":
+      code = await test(rest);
+      break;
+    case "bench":
+      code = await withRedis((url) =>
+        node(["--import", "tsx", path.join(root, "test/bench/bench.ts"), ...rest], { REDIS_URL: url }),
+      );
+      break;
+    case "reliability":
+      code = await withRedis((url) =>
+        node(["--import", "tsx", path.join(root, "test/reliability/run.ts"), ...rest], { REDIS_URL: url }),
+      );
+      break;
+    default:
+      say(`unknown command '${verb}' (demo | test | bench | reliability)`);
+      code = 2;
+  }
+  process.exit(code);
+} catch (err) {
+  say(`failed: ${err.message}`);
+  process.exit(1);
+}

@@ -1,0 +1,163 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Writable } from "node:stream";
+import { type ApiHandle, ApiEnv, startApi } from "@citadel/api";
+import { openContext, loadCliEnv, type CliContext } from "@citadel/cli/context";
+import { publishSealed, sealBytes, type SealRequest } from "@citadel/cli/models";
+import { parseEnv } from "@citadel/config";
+import { initKeyring } from "@citadel/keys";
+import { TenantStore, type TenantInput } from "@citadel/tenants";
+import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
+import { Redis } from "ioredis";
+import { inject } from "vitest";
+
+/** Every log line a test fleet writes, for leak checks. */
+export class LogCapture extends Writable {
+  readonly lines: string[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void) {
+    this.lines.push(chunk.toString());
+    cb();
+  }
+  get text(): string {
+    return this.lines.join("");
+  }
+}
+
+export interface TestFleet {
+  prefix: string;
+  dir: string;
+  apiUrl: string;
+  apiKey: string;
+  api: ApiHandle;
+  workers: WorkerHandle[];
+  ctx: CliContext;
+  redis: Redis;
+  logs: LogCapture;
+  env: Record<string, string>;
+  publish(bytes: Uint8Array, req: SealRequest, routing?: { stable?: boolean; canaryWeight?: number }): Promise<void>;
+  addTenant(t: TenantInput): Promise<string>;
+  startWorker(extra?: Record<string, string>): Promise<WorkerHandle>;
+  request(method: string, url: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; json: any; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+export function redisUrl(): string {
+  return inject("redisUrl");
+}
+
+/** Deletes every key under a prefix (a test's own namespace on the shared Redis). */
+export async function deletePrefix(redis: Redis, prefix: string): Promise<void> {
+  let cursor = "0";
+  do {
+    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
+    cursor = next;
+    if (keys.length) await redis.del(...keys);
+  } while (cursor !== "0");
+}
+
+/**
+ * A fleet in this process: API and workers composed from the real packages, over the
+ * shared Redis under a prefix of the test's own, with a fresh keyring and model store.
+ * Models are published before workers start or after; both work.
+ */
+export async function startTestFleet(opts: { workers?: number; env?: Record<string, string>; workerEnv?: Record<string, string> } = {}): Promise<TestFleet> {
+  const prefix = `{t-${randomBytes(5).toString("hex")}}`;
+  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-fleet-"));
+  const keyring = path.join(dir, "keyring.json");
+  initKeyring(keyring);
+  const env: Record<string, string> = {
+    NODE_ENV: "test",
+    LOG_LEVEL: "info",
+    REDIS_URL: redisUrl(),
+    CITADEL_PREFIX: prefix,
+    MODEL_STORE_DIR: path.join(dir, "store"),
+    KEY_PROVIDER: "local",
+    LOCAL_KEYRING: keyring,
+    ...opts.env,
+  };
+  const logs = new LogCapture();
+  const ctx = openContext(loadCliEnv(env));
+  await ctx.redis.connect();
+  const redis = new Redis(redisUrl());
+  const api = await startApi(
+    parseEnv(ApiEnv, { ...env, API_HOST: "127.0.0.1", API_PORT: "0", BOARD_ADMIN_PASSWORD: "admin-password-for-tests", BOARD_OPS_PASSWORD: "ops-password-for-tests", IP_RATE: "100000", IP_BURST: "100000" }),
+    { logDestination: logs },
+  );
+  const workers: WorkerHandle[] = [];
+  const startOne = async (extra: Record<string, string> = {}) => {
+    const w = await startWorker(
+      parseEnv(WorkerEnv, { ...env, METRICS_HOST: "127.0.0.1", METRICS_PORT: "0", RUNTIME_THREADS: "1", WORKER_ID: `w${workers.length + 1}-${prefix}`, ...opts.workerEnv, ...extra }),
+      { logDestination: logs },
+    );
+    workers.push(w);
+    return w;
+  };
+  for (let i = 0; i < (opts.workers ?? 1); i++) await startOne();
+  const tenants = new TenantStore(ctx.redis, prefix);
+  await tenants.upsert({ id: "acme", models: ["*"], requestRate: 10_000, requestBurst: 10_000, sampleRate: 1_000_000, sampleBurst: 1_000_000 });
+  const apiKey = await tenants.issueKey("acme");
+  const fleet: TestFleet = {
+    prefix,
+    dir,
+    apiUrl: api.url,
+    apiKey,
+    api,
+    workers,
+    ctx,
+    redis,
+    logs,
+    env,
+    publish: async (bytes, req, routing = { stable: true }) => {
+      const sealed = await sealBytes(ctx, bytes, req);
+      await publishSealed(ctx, sealed, routing);
+      // The API refreshes its catalog on the registry event; wait until it sees the version.
+      for (let i = 0; i < 100; i++) {
+        const r = await fleet.request("GET", "/v1/models");
+        const m = (r.json.models as { name: string; versions: { version: string }[] }[] | undefined)?.find((x) => x.name === req.name);
+        if (m?.versions.some((v) => v.version === req.version) || (routing.canaryWeight === undefined && !routing.stable)) return;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+      throw new Error(`API never saw ${req.name}@${req.version}`);
+    },
+    addTenant: async (t) => {
+      await tenants.upsert(t);
+      return tenants.issueKey(t.id);
+    },
+    startWorker: startOne,
+    request: async (method, url, body, headers = {}) => {
+      const res = await fetch(`${api.url}${url}`, {
+        method,
+        headers: { authorization: `Bearer ${apiKey}`, ...(body !== undefined ? { "content-type": "application/json" } : {}), ...headers },
+        ...(body !== undefined ? { body: typeof body === "string" ? body : JSON.stringify(body) } : {}),
+      });
+      const text = await res.text();
+      let json: unknown = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        json = { raw: text };
+      }
+      return { status: res.status, json, headers: res.headers };
+    },
+    close: async () => {
+      await Promise.all(workers.map((w) => w.close()));
+      await api.close();
+      await deletePrefix(redis, prefix);
+      await ctx.close();
+      await redis.quit();
+    },
+  };
+  return fleet;
+}
+
+/** Encodes a Float32Array as the API's base64 tensor data. */
+export function b64(data: Float32Array | BigInt64Array | Int32Array): string {
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString("base64");
+}
+
+export function decodeF32(data: string): Float32Array {
+  const raw = Buffer.from(data, "base64");
+  return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+}
