@@ -11,8 +11,16 @@ const ocr = new Uint8Array(readFileSync(OCR_CLS_PATH));
 
 beforeAll(async () => {
   fleet = await startTestFleet({ workers: 2 });
-  await fleet.publish(conv, { name: "conv", version: "1", spec: { maxBatch: 16, maxQueueDelayMs: 5, inputs: { x: { range: [-10, 10] } } } });
-  await fleet.publish(ocr, { name: "ocr-cls", version: "1", spec: { maxBatch: 8, maxQueueDelayMs: 5, inputs: { x: { range: [-1, 1], maxDim: 1024 } } } });
+  await fleet.publish(conv, {
+    name: "conv",
+    version: "1",
+    spec: { maxBatch: 16, maxQueueDelayMs: 5, inputs: { x: { range: [-10, 10] } } },
+  });
+  await fleet.publish(ocr, {
+    name: "ocr-cls",
+    version: "1",
+    spec: { maxBatch: 8, maxQueueDelayMs: 5, inputs: { x: { range: [-1, 1], maxDim: 1024 } } },
+  });
 });
 afterAll(async () => {
   await fleet?.close();
@@ -27,7 +35,10 @@ function randomInput(n: number, seed: number, scale = 1): Float32Array {
 }
 
 async function runThroughFleet(model: string, shape: number[], data: Float32Array) {
-  const sub = await fleet.request("POST", "/v1/jobs", { model, inputs: { x: { dtype: "float32", shape, data: b64(data) } } });
+  const sub = await fleet.request("POST", "/v1/jobs", {
+    model,
+    inputs: { x: { dtype: "float32", shape, data: b64(data) } },
+  });
   expect(sub.status, JSON.stringify(sub.json)).toBe(202);
   expect(sub.json).toMatchObject({ status: "queued", model, version: "1" });
   const done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
@@ -56,7 +67,8 @@ describe("one job through the whole real path", () => {
       expect(got.shape).toEqual([...direct[name]!.dims]);
       const want = direct[name]!.data as Float32Array;
       const have = decodeF32(got.data);
-      for (let k = 0; k < want.length; k++) expect(Math.abs((have[k] as number) - (want[k] as number))).toBeLessThanOrEqual(1e-6);
+      for (let k = 0; k < want.length; k++)
+        expect(Math.abs((have[k] as number) - (want[k] as number))).toBeLessThanOrEqual(1e-6);
       expect(view.result.provider).toBe("cpu");
       maxBatch = Math.max(maxBatch, view.result.batchSize);
       expect(view.result.batchSize).toBeLessThanOrEqual(model === "conv" ? 16 : 8);
@@ -68,10 +80,15 @@ describe("one job through the whole real path", () => {
 });
 
 describe("HTTP contract", () => {
-  const good = () => ({ model: "conv", inputs: { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(randomInput(3072, 1)) } } });
+  const good = () => ({
+    model: "conv",
+    inputs: { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(randomInput(3072, 1)) } },
+  });
 
   it("refuses a missing or unknown key with 401", async () => {
-    expect((await fleet.request("POST", "/v1/jobs", good(), { authorization: "" })).json.error.code).toBe("UNAUTHORIZED");
+    expect((await fleet.request("POST", "/v1/jobs", good(), { authorization: "" })).json.error.code).toBe(
+      "UNAUTHORIZED",
+    );
     const r = await fleet.request("POST", "/v1/jobs", good(), { authorization: "Bearer ctd_not-a-real-key" });
     expect(r.status).toBe(401);
   });
@@ -86,12 +103,36 @@ describe("HTTP contract", () => {
 
   it.each([
     ["rank", { x: { dtype: "float32", shape: [3, 32, 32], data: b64(randomInput(3072, 1)) } }, "TENSOR_RANK_MISMATCH"],
-    ["shape", { x: { dtype: "float32", shape: [1, 3, 32, 31], data: b64(randomInput(2976, 1)) } }, "TENSOR_SHAPE_MISMATCH"],
-    ["dtype", { x: { dtype: "int32", shape: [1, 3, 32, 32], data: b64(new Int32Array(3072)) } }, "TENSOR_DTYPE_MISMATCH"],
-    ["batch", { x: { dtype: "float32", shape: [17, 3, 32, 32], data: b64(randomInput(17 * 3072, 1)) } }, "BATCH_TOO_LARGE"],
-    ["length", { x: { dtype: "float32", shape: [2, 3, 32, 32], data: b64(randomInput(3072, 1)) } }, "TENSOR_DATA_LENGTH_MISMATCH"],
-    ["NaN", { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(Number.NaN)) } }, "TENSOR_NON_FINITE"],
-    ["range", { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(11)) } }, "TENSOR_OUT_OF_RANGE"],
+    [
+      "shape",
+      { x: { dtype: "float32", shape: [1, 3, 32, 31], data: b64(randomInput(2976, 1)) } },
+      "TENSOR_SHAPE_MISMATCH",
+    ],
+    [
+      "dtype",
+      { x: { dtype: "int32", shape: [1, 3, 32, 32], data: b64(new Int32Array(3072)) } },
+      "TENSOR_DTYPE_MISMATCH",
+    ],
+    [
+      "batch",
+      { x: { dtype: "float32", shape: [17, 3, 32, 32], data: b64(randomInput(17 * 3072, 1)) } },
+      "BATCH_TOO_LARGE",
+    ],
+    [
+      "length",
+      { x: { dtype: "float32", shape: [2, 3, 32, 32], data: b64(randomInput(3072, 1)) } },
+      "TENSOR_DATA_LENGTH_MISMATCH",
+    ],
+    [
+      "NaN",
+      { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(Number.NaN)) } },
+      "TENSOR_NON_FINITE",
+    ],
+    [
+      "range",
+      { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(11)) } },
+      "TENSOR_OUT_OF_RANGE",
+    ],
   ])("refuses a tensor that does not fit (%s) with 422", async (_l, inputs, code) => {
     const r = await fleet.request("POST", "/v1/jobs", { model: "conv", inputs });
     expect([r.status, r.json.error.code]).toEqual([422, code]);

@@ -3,12 +3,12 @@ import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
-import { type ApiHandle, ApiEnv, startApi } from "@citadel/api";
-import { openContext, loadCliEnv, type CliContext } from "@citadel/cli/context";
-import { publishSealed, sealBytes, type SealRequest } from "@citadel/cli/models";
+import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
+import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
+import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
 import { initKeyring } from "@citadel/keys";
-import { TenantStore, type TenantInput } from "@citadel/tenants";
+import { type TenantInput, TenantStore } from "@citadel/tenants";
 import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
 import { Redis } from "ioredis";
 import { inject } from "vitest";
@@ -39,7 +39,12 @@ export interface TestFleet {
   publish(bytes: Uint8Array, req: SealRequest, routing?: { stable?: boolean; canaryWeight?: number }): Promise<void>;
   addTenant(t: TenantInput): Promise<string>;
   startWorker(extra?: Record<string, string>): Promise<WorkerHandle>;
-  request(method: string, url: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; json: any; headers: Headers }>;
+  request(
+    method: string,
+    url: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; json: any; headers: Headers }>;
   close(): Promise<void>;
 }
 
@@ -62,7 +67,9 @@ export async function deletePrefix(redis: Redis, prefix: string): Promise<void> 
  * shared Redis under a prefix of the test's own, with a fresh keyring and model store.
  * Models are published before workers start or after; both work.
  */
-export async function startTestFleet(opts: { workers?: number; env?: Record<string, string>; workerEnv?: Record<string, string> } = {}): Promise<TestFleet> {
+export async function startTestFleet(
+  opts: { workers?: number; env?: Record<string, string>; workerEnv?: Record<string, string> } = {},
+): Promise<TestFleet> {
   const prefix = `{t-${randomBytes(5).toString("hex")}}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-fleet-"));
   const keyring = path.join(dir, "keyring.json");
@@ -82,13 +89,29 @@ export async function startTestFleet(opts: { workers?: number; env?: Record<stri
   await ctx.redis.connect();
   const redis = new Redis(redisUrl());
   const api = await startApi(
-    parseEnv(ApiEnv, { ...env, API_HOST: "127.0.0.1", API_PORT: "0", BOARD_ADMIN_PASSWORD: "admin-password-for-tests", BOARD_OPS_PASSWORD: "ops-password-for-tests", IP_RATE: "100000", IP_BURST: "100000" }),
+    parseEnv(ApiEnv, {
+      ...env,
+      API_HOST: "127.0.0.1",
+      API_PORT: "0",
+      BOARD_ADMIN_PASSWORD: "admin-password-for-tests",
+      BOARD_OPS_PASSWORD: "ops-password-for-tests",
+      IP_RATE: "100000",
+      IP_BURST: "100000",
+    }),
     { logDestination: logs },
   );
   const workers: WorkerHandle[] = [];
   const startOne = async (extra: Record<string, string> = {}) => {
     const w = await startWorker(
-      parseEnv(WorkerEnv, { ...env, METRICS_HOST: "127.0.0.1", METRICS_PORT: "0", RUNTIME_THREADS: "1", WORKER_ID: `w${workers.length + 1}-${prefix}`, ...opts.workerEnv, ...extra }),
+      parseEnv(WorkerEnv, {
+        ...env,
+        METRICS_HOST: "127.0.0.1",
+        METRICS_PORT: "0",
+        RUNTIME_THREADS: "1",
+        WORKER_ID: `w${workers.length + 1}-${prefix}`,
+        ...opts.workerEnv,
+        ...extra,
+      }),
       { logDestination: logs },
     );
     workers.push(w);
@@ -96,7 +119,14 @@ export async function startTestFleet(opts: { workers?: number; env?: Record<stri
   };
   for (let i = 0; i < (opts.workers ?? 1); i++) await startOne();
   const tenants = new TenantStore(ctx.redis, prefix);
-  await tenants.upsert({ id: "acme", models: ["*"], requestRate: 10_000, requestBurst: 10_000, sampleRate: 1_000_000, sampleBurst: 1_000_000 });
+  await tenants.upsert({
+    id: "acme",
+    models: ["*"],
+    requestRate: 10_000,
+    requestBurst: 10_000,
+    sampleRate: 1_000_000,
+    sampleBurst: 1_000_000,
+  });
   const apiKey = await tenants.issueKey("acme");
   const fleet: TestFleet = {
     prefix,
@@ -115,8 +145,14 @@ export async function startTestFleet(opts: { workers?: number; env?: Record<stri
       // The API refreshes its catalog on the registry event; wait until it sees the version.
       for (let i = 0; i < 100; i++) {
         const r = await fleet.request("GET", "/v1/models");
-        const m = (r.json.models as { name: string; versions: { version: string }[] }[] | undefined)?.find((x) => x.name === req.name);
-        if (m?.versions.some((v) => v.version === req.version) || (routing.canaryWeight === undefined && !routing.stable)) return;
+        const m = (r.json.models as { name: string; versions: { version: string }[] }[] | undefined)?.find(
+          (x) => x.name === req.name,
+        );
+        if (
+          m?.versions.some((v) => v.version === req.version) ||
+          (routing.canaryWeight === undefined && !routing.stable)
+        )
+          return;
         await new Promise((res) => setTimeout(res, 20));
       }
       throw new Error(`API never saw ${req.name}@${req.version}`);
@@ -129,7 +165,11 @@ export async function startTestFleet(opts: { workers?: number; env?: Record<stri
     request: async (method, url, body, headers = {}) => {
       const res = await fetch(`${api.url}${url}`, {
         method,
-        headers: { authorization: `Bearer ${apiKey}`, ...(body !== undefined ? { "content-type": "application/json" } : {}), ...headers },
+        headers: {
+          authorization: `Bearer ${apiKey}`,
+          ...(body !== undefined ? { "content-type": "application/json" } : {}),
+          ...headers,
+        },
         ...(body !== undefined ? { body: typeof body === "string" ? body : JSON.stringify(body) } : {}),
       });
       const text = await res.text();

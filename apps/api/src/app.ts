@@ -5,7 +5,13 @@ import type { JobQueues, Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { type BoardOptions, registerBoard } from "./board.js";

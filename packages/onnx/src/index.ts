@@ -31,6 +31,7 @@ export { OnnxModelError } from "./onnx-model-error.js";
 export { DATA_TYPE, type Dtype, type IoSpec } from "./proto.js";
 export {
   buildBatchAxisLastModel,
+  buildFailingModel,
   buildIdentityModel,
   buildMultiInputModel,
   buildNoBatchModel,

@@ -1,7 +1,7 @@
 // Tiny elementwise models with exactly known outputs, one per I/O shape the runtime has to handle.
 
 import type { Dtype } from "./proto.js";
-import { DATA_TYPE, encodeModel, floatTensor, intAttr, makeModel, node } from "./proto.js";
+import { DATA_TYPE, encodeModel, floatTensor, int64Tensor, intAttr, makeModel, node } from "./proto.js";
 
 /** `a` float32 [N,4] + `b` int64 [N,1] → `y` float32 [N,4] = a + Cast(b) (b broadcast along the row). */
 export function buildMultiInputModel(): Uint8Array {
@@ -72,6 +72,22 @@ export function buildIdentityModel(dtype: Dtype, shape: (number | string)[] = ["
       nodes: [node("Identity", ["x"], ["y"])],
       inputs: [{ name: "x", dtype, shape }],
       outputs: [{ name: "y", dtype, shape }],
+    }),
+  );
+}
+
+/**
+ * Loads fine and fails every run: `x` float32 [N,2] is reshaped to [5], which no N fits.
+ * For retry and circuit-breaker tests (a runtime error, not a load or validation one).
+ */
+export function buildFailingModel(): Uint8Array {
+  return encodeModel(
+    makeModel({
+      graphName: "citadel_always_fails",
+      nodes: [node("Reshape", ["x", "five"], ["y"])],
+      inputs: [{ name: "x", dtype: "float32", shape: ["N", 2] }],
+      outputs: [{ name: "y", dtype: "float32", shape: ["N", 5] }],
+      initializers: [int64Tensor("five", [1], [5])],
     }),
   );
 }

@@ -11,7 +11,9 @@ export type ProviderName = "tensorrt" | "cuda" | "cpu";
 
 export type ToRunner =
   | { type: "load"; model: ArrayBuffer; providers: ProviderName[]; deviceId: number; threads: number }
-  | { type: "run"; id: number; feeds: Record<string, WireTensor>; outputs: string[] };
+  | { type: "run"; id: number; feeds: Record<string, WireTensor>; outputs: string[] }
+  /** Release the session and end the thread (after any run in progress returns). */
+  | { type: "exit" };
 
 export type FromRunner =
   | { type: "loaded"; provider: ProviderName; inputs: IoMeta[]; outputs: IoMeta[]; attempts: ProviderAttempt[] }

@@ -54,7 +54,7 @@ async function load(msg: Extract<ToRunner, { type: "load" }>): Promise<void> {
           intraOpNumThreads: msg.threads,
           interOpNumThreads: 1,
           graphOptimizationLevel: "all",
-          logSeverityLevel: 3,
+          logSeverityLevel: 4,
         });
         attempts.push({ provider, ok: true });
         send({
@@ -105,6 +105,20 @@ function firstLine(err: unknown): string {
   return (s.split("\n")[0] ?? "").slice(0, 300);
 }
 
+async function exit(): Promise<void> {
+  await session?.release();
+  session = null;
+  port?.close();
+  process.exit(0);
+}
+
 port.on("message", (msg: ToRunner) => {
-  void (msg.type === "load" ? load(msg) : run(msg));
+  switch (msg.type) {
+    case "load":
+      return void load(msg);
+    case "run":
+      return void run(msg);
+    case "exit":
+      return void exit();
+  }
 });

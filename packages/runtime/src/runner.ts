@@ -201,18 +201,28 @@ export class ModelRunner {
     this.pending.clear();
   }
 
-  /** Cuts the thread loose: terminate() takes effect once native code returns to JS. */
+  /**
+   * Cuts the thread loose. It is NOT terminated: terminating a thread while
+   * onnxruntime is inside a native run aborts the whole process when the run returns
+   * into the dying environment. The thread is told to exit once its run returns, and
+   * counts as hung until then (a worker with too many reports unhealthy).
+   */
   private abandon(reason: string): void {
     this.fail(new CitadelError("RUNTIME_ERROR", `runner abandoned (${reason})`));
     ModelRunner.abandonedAlive++;
-    this.worker.unref();
-    void this.worker.terminate().finally(() => {
+    this.worker.once("exit", () => {
       ModelRunner.abandonedAlive--;
     });
+    this.worker.unref();
+    this.worker.postMessage({ type: "exit" } satisfies ToRunner);
   }
 
+  /** Releases the session and ends the thread once any run in progress returns. */
   async close(): Promise<void> {
+    if (this.worker.threadId < 0) return;
+    const exited = new Promise<void>((resolve) => this.worker.once("exit", () => resolve()));
     this.fail(new CitadelError("RUNTIME_ERROR", "runner closed"));
-    await this.worker.terminate();
+    this.worker.postMessage({ type: "exit" } satisfies ToRunner);
+    await exited;
   }
 }

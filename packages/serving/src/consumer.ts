@@ -58,7 +58,12 @@ export class ModelConsumer {
   private loopDone: Promise<void> = Promise.resolve();
   private lockTimer?: NodeJS.Timeout;
   private readonly inflight = new Set<Promise<void>>();
-  private readonly aborts = new Map<string, AbortController>();
+  /** Per held job: re-checks its batch, aborting the run once every job in it is cancelled. */
+  private readonly cancelChecks = new Map<string, () => void>();
+  /** Abort controllers of running batches (aborted on shutdown). */
+  private readonly runningBatches = new Set<AbortController>();
+  /** Cancellations that arrived for jobs we hold (possibly before they were prepared). */
+  private readonly cancelled = new Set<string>();
 
   constructor(private readonly o: ConsumerOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
@@ -96,10 +101,11 @@ export class ModelConsumer {
 
   /** An API DELETE reached us: abort the job if we hold it. */
   cancel(jobId: string): void {
+    if (!this.locks.has(jobId)) return;
+    this.cancelled.add(jobId);
     const h = this.held.get(jobId);
-    if (!h || h.cancelled) return;
-    h.cancelled = true;
-    this.aborts.get(jobId)?.abort();
+    if (h) h.cancelled = true;
+    this.cancelChecks.get(jobId)?.();
   }
 
   private async loop(): Promise<void> {
@@ -149,7 +155,7 @@ export class ModelConsumer {
         outputs: resolveOutputs(data.outputs, model.manifest),
         policy: data.outputPolicy,
       };
-      const h: Held = { job, token, data, item, model, cancelled: false };
+      const h: Held = { job, token, data, item, model, cancelled: this.cancelled.has(job.id) };
       this.held.set(job.id, h);
       return h;
     } catch (err) {
@@ -205,7 +211,13 @@ export class ModelConsumer {
     const { model, version } = first.data;
     const samples = live.reduce((a, h) => a + h.item.batch, 0);
     const abort = new AbortController();
-    for (const h of live) this.aborts.set(h.job.id as string, abort);
+    // A batch is aborted only when every job in it was cancelled; otherwise the
+    // cancelled jobs are settled as cancelled and their results dropped.
+    const check = () => {
+      if (live.every((h) => h.cancelled)) abort.abort();
+    };
+    for (const h of live) this.cancelChecks.set(h.job.id as string, check);
+    this.runningBatches.add(abort);
     const start = Date.now();
     for (const h of live) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     try {
@@ -284,7 +296,8 @@ export class ModelConsumer {
         }),
       );
     } finally {
-      for (const h of live) this.aborts.delete(h.job.id as string);
+      for (const h of live) this.cancelChecks.delete(h.job.id as string);
+      this.runningBatches.delete(abort);
     }
   }
 
@@ -314,6 +327,7 @@ export class ModelConsumer {
   private release(id: string): void {
     this.held.delete(id);
     this.locks.delete(id);
+    this.cancelled.delete(id);
   }
 
   private async requeue(job: Job<JobData, JobResult>, token: string): Promise<void> {
@@ -397,7 +411,7 @@ export class ModelConsumer {
     this.running = false;
     const grace = sleep(graceMs).then(() => "timeout" as const);
     await Promise.race([Promise.allSettled([this.loopDone, ...this.inflight]), grace]);
-    for (const a of this.aborts.values()) a.abort();
+    for (const a of this.runningBatches) a.abort();
     await Promise.race([Promise.allSettled([...this.inflight]), sleep(1000)]);
     for (const { job, token } of [...this.locks.values()]) await this.requeue(job, token);
     clearInterval(this.lockTimer);
