@@ -98,12 +98,15 @@ export class JobQueues {
   }
 
   async view(id: string, tenant: string): Promise<JobView> {
+    // State first, then the hash: a job that fails in between still shows its reason
+    // (the other order could pair "failed" with a hash read before failedReason was set).
+    const state = await this.queue(modelOfJobId(id)).getJobState(id);
     const job = await this.find(id, tenant);
-    if (!job) {
+    if (!job || state === "unknown") {
       const tomb = await this.redis.get(keys.cancelled(this.settings.prefix, id));
       if (tomb) {
         const t = JSON.parse(tomb) as JobView & { tenant: string };
-        if (t.tenant === tenant)
+        if (t.tenant === tenant) {
           return {
             id: t.id,
             status: t.status,
@@ -112,10 +115,11 @@ export class JobQueues {
             createdAt: t.createdAt,
             finishedAt: t.finishedAt,
           };
+        }
       }
       throw new CitadelError("JOB_NOT_FOUND", "no such job");
     }
-    return toView(job, await job.getState());
+    return toView(job, state);
   }
 
   /**

@@ -1,0 +1,232 @@
+import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import type { JobData } from "@citadel/contracts";
+import { buildConvNet } from "@citadel/onnx";
+import { JobQueues } from "@citadel/queue";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { b64, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
+
+let fleet: TestFleet;
+let queues: JobQueues;
+let version = 0;
+const x = () => ({
+  x: { dtype: "float32" as const, shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) },
+});
+
+beforeAll(async () => {
+  fleet = await startTestFleet({ workers: 1 });
+  await fleet.publish(buildConvNet({ seed: 1 }), { name: "good", version: "1", spec: {} });
+  await fleet.publish(buildConvNet({ seed: 2 }), { name: "other", version: "1", spec: {} });
+  queues = new JobQueues(
+    new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+    () => new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+    fleet.redis,
+    {
+      prefix: fleet.prefix,
+      resultTtlMs: 60_000,
+      failedTtlMs: 60_000,
+      attempts: 3,
+      backoffMs: 10,
+    },
+  );
+});
+afterAll(async () => {
+  await queues?.close();
+  await fleet?.close();
+});
+
+/** Publishes a fresh version of `target` and returns its name@version. */
+async function freshTarget(): Promise<{ name: string; version: string }> {
+  version++;
+  const v = String(version);
+  await fleet.publish(buildConvNet({ seed: 3 }), { name: "target", version: v, spec: {} }, { stable: true });
+  return { name: "target", version: v };
+}
+
+/** Enqueues straight onto BullMQ, as an attacker with Redis access could: the worker must still refuse. */
+async function enqueueDirect(model: string, v: string): Promise<string> {
+  const id = `${model}.${randomBytes(18).toString("base64url")}`;
+  const data: JobData = {
+    tenant: "acme",
+    model,
+    version: v,
+    inputs: x(),
+    batch: 1,
+    inputBytes: 12288,
+    timeoutMs: 5000,
+    acceptedAt: Date.now(),
+    deadline: Date.now() + 60_000,
+    requestId: "integrity-test",
+  };
+  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
+  return id;
+}
+
+async function finalView(id: string) {
+  for (;;) {
+    const r = await fleet.request("GET", `/v1/jobs/${id}?wait=10000`);
+    if (r.json.status !== "queued" && r.json.status !== "active") {
+      return r.json;
+    }
+  }
+}
+
+async function rawManifest(name: string, v: string): Promise<Record<string, any>> {
+  return (await fleet.ctx.registry.getManifest(name, v)) as Record<string, any>;
+}
+
+async function stillServing() {
+  const sub = await fleet.request("POST", "/v1/jobs", { model: "good", inputs: x() });
+  expect(sub.status).toBe(202);
+  expect((await finalView(sub.json.id)).status).toBe("completed");
+}
+
+async function auditHas(model: string, v: string, code: string) {
+  const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
+  return entries
+    .map(([, f]) => JSON.parse(f[1] ?? "{}") as { event: string; model?: string; version?: string; errorCode?: string })
+    .some((e) => e.event === "model.rejected" && e.model === model && e.version === v && e.errorCode === code);
+}
+
+const flipBase64 = (s: string, at: number) => {
+  const b = Buffer.from(s, "base64");
+  b[at % b.length] = (b[at % b.length] ?? 0) ^ 1;
+  return b.toString("base64");
+};
+
+const manifestCases: [
+  string,
+  (m: Record<string, any>, t: { name: string; version: string }) => Promise<unknown> | unknown,
+  string,
+][] = [
+  [
+    "a flipped bit in the artifact IV",
+    (m) => {
+      m.manifest.artifact.iv = flipBase64(m.manifest.artifact.iv, 3);
+    },
+    "SIGNATURE_INVALID",
+  ],
+  [
+    "a flipped bit in the wrapped key",
+    (m) => {
+      const w: string = m.manifest.artifact.wrappedKey;
+      const [a, b, c] = w.split(":");
+      m.manifest.artifact.wrappedKey = `${a}:${b}:${flipBase64(c ?? "", 20)}`;
+    },
+    "SIGNATURE_INVALID",
+  ],
+  [
+    "a changed input range",
+    (m) => {
+      m.manifest.inputs[0].range = [-1e9, 1e9];
+    },
+    "SIGNATURE_INVALID",
+  ],
+  [
+    "a changed max batch",
+    (m) => {
+      m.manifest.maxBatch = 4096;
+    },
+    "SIGNATURE_INVALID",
+  ],
+  [
+    "a flipped bit in the signature",
+    (m) => {
+      m.signature.value = flipBase64(m.signature.value, 7);
+    },
+    "SIGNATURE_INVALID",
+  ],
+  [
+    "no signature",
+    (m) => {
+      delete m.signature;
+    },
+    "SIGNATURE_MISSING",
+  ],
+  [
+    "an untrusted signer",
+    (m) => {
+      m.signature.keyId = "local:0000000000000000";
+    },
+    "SIGNER_UNTRUSTED",
+  ],
+  [
+    "another model's (validly signed) manifest",
+    async (m) => {
+      const other = await rawManifest("other", "1");
+      m.manifest = other.manifest;
+      m.signature = other.signature;
+    },
+    "MANIFEST_MODEL_MISMATCH",
+  ],
+];
+
+const artifactCases: [string, (file: string, t: { name: string; version: string }) => void, string][] = [
+  [
+    "a flipped bit in the ciphertext",
+    (f) => {
+      const b = readFileSync(f);
+      b[10] = (b[10] ?? 0) ^ 1;
+      writeFileSync(f, b);
+    },
+    "ARTIFACT_HASH_MISMATCH",
+  ],
+  [
+    "a flipped bit in the GCM tag",
+    (f) => {
+      const b = readFileSync(f);
+      b[b.length - 1] = (b[b.length - 1] ?? 0) ^ 1;
+      writeFileSync(f, b);
+    },
+    "ARTIFACT_HASH_MISMATCH",
+  ],
+  [
+    "a truncated artifact",
+    (f) => {
+      const b = readFileSync(f);
+      writeFileSync(f, b.subarray(0, b.length - 100));
+    },
+    "ARTIFACT_TRUNCATED",
+  ],
+  [
+    "another model's artifact",
+    (f) => {
+      writeFileSync(f, readFileSync(fleet.ctx.store.pathOf("other", "1")));
+    },
+    "ARTIFACT_HASH_MISMATCH",
+  ],
+];
+
+describe("a tampered manifest is refused by the API and by the worker, before any plaintext", () => {
+  it.each(manifestCases)("%s", async (_label, tamper, code) => {
+    const t = await freshTarget();
+    const m = await rawManifest(t.name, t.version);
+    await tamper(m, t);
+    await fleet.ctx.registry.putRaw(t.name, t.version, JSON.stringify(m));
+    // The API checks signatures too: it will not validate against a manifest it cannot trust.
+    let api: { status: number; json: any } = { status: 0, json: null };
+    for (let i = 0; i < 50 && api.status !== 503; i++) {
+      api = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
+    }
+    expect([api.status, api.json.error.code]).toEqual([503, code]);
+    // A job that reaches the queue anyway (Redis is a trust boundary) fails with the same code.
+    const view = await finalView(await enqueueDirect(t.name, t.version));
+    expect([view.status, view.error.code]).toEqual(["failed", code]);
+    expect(await auditHas(t.name, t.version, code)).toBe(true);
+    await stillServing();
+  });
+});
+
+describe("a tampered artifact is refused by the worker before decryption", () => {
+  it.each(artifactCases)("%s", async (_label, tamper, code) => {
+    const t = await freshTarget();
+    tamper(fleet.ctx.store.pathOf(t.name, t.version), t);
+    const sub = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
+    expect(sub.status).toBe(202);
+    const view = await finalView(sub.json.id);
+    expect([view.status, view.error.code], JSON.stringify(view)).toEqual(["failed", code]);
+    expect(await auditHas(t.name, t.version, code)).toBe(true);
+    await stillServing();
+  });
+});
