@@ -4,7 +4,7 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -33,15 +33,21 @@ export async function startProcess(
   env: Record<string, string>,
   logDir: string,
   readyUrl: string,
-  timeoutMs = 60_000,
+  opts: { timeoutMs?: number; cwd?: string } = {},
 ): Promise<FleetProcess> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
   mkdirSync(logDir, { recursive: true });
   const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: "a", mode: 0o600 });
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(repoRoot, "apps", app, "src", "main.ts")], {
-    cwd: repoRoot,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  // tsx resolved from here, so the child can run from any working directory.
+  const child = spawn(
+    process.execPath,
+    ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
+    {
+      cwd: opts.cwd ?? repoRoot,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
