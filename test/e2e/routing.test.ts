@@ -1,0 +1,104 @@
+import { buildConvNet } from "@citadel/onnx";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { b64, decodeF32, startTestFleet, type TestFleet } from "../support/fleet.js";
+
+let fleet: TestFleet;
+const x = {
+  x: { dtype: "float32", shape: [2, 3, 32, 32], data: b64(Float32Array.from({ length: 6144 }, (_, i) => Math.sin(i))) },
+};
+
+beforeAll(async () => {
+  fleet = await startTestFleet({ workers: 1 });
+});
+afterAll(async () => {
+  await fleet?.close();
+});
+
+async function run(model: string, headers: Record<string, string> = {}) {
+  const sub = await fleet.request("POST", "/v1/jobs", { model, inputs: x }, headers);
+  expect(sub.status, JSON.stringify(sub.json)).toBe(202);
+  const r = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`, undefined, headers);
+  expect(r.json.status, JSON.stringify(r.json)).toBe("completed");
+  return r.json;
+}
+
+async function audit(event: string, model: string) {
+  const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
+  return entries
+    .map(([, f]) => JSON.parse(f[1] ?? "{}") as { event: string; model?: string; version?: string })
+    .filter((e) => e.event === event && e.model === model);
+}
+
+describe("models at run time", () => {
+  it("a new version and canary weights reach running workers without a restart; the old session is released", async () => {
+    await fleet.publish(buildConvNet({ seed: 1 }), { name: "m", version: "1", spec: {} });
+    expect((await run("m")).version).toBe("1");
+    await fleet.publish(buildConvNet({ seed: 2 }), { name: "m", version: "2", spec: {} }, { canaryWeight: 1 });
+    for (let i = 0; i < 50; i++) {
+      const v = (await run("m")).version;
+      if (v === "2") break;
+      expect(i).toBeLessThan(49);
+    }
+    // Pinning a version still works while a canary takes the traffic.
+    const pinned = await fleet.request("POST", "/v1/jobs", { model: "m", version: "1", inputs: x });
+    expect(pinned.json.version).toBe("1");
+    await fleet.ctx.registry.setRouting("m", { stable: "2", canaryWeight: 0 });
+    for (let i = 0; i < 100 && (await audit("model.unloaded", "m")).length === 0; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    expect((await audit("model.unloaded", "m")).map((e) => e.version)).toContain("1");
+    // Each version was loaded once by this worker (memory per model held once).
+    const loads = (await audit("model.loaded", "m")).map((e) => e.version);
+    expect(loads.filter((v) => v === "2")).toHaveLength(1);
+  });
+
+  it("applies the output policy before results are stored: top-k, rounding, label only per tenant", async () => {
+    await fleet.publish(buildConvNet({ seed: 3 }), {
+      name: "guarded",
+      version: "1",
+      spec: { outputPolicy: { topK: 3, decimals: 2 } },
+    });
+    const r = await run("guarded");
+    const probs = r.result.outputs.probs;
+    expect(probs.shape).toEqual([2, 3]);
+    for (const v of decodeF32(probs.data)) expect(Math.abs(v * 100 - Math.round(v * 100))).toBeLessThan(1e-4);
+    expect(r.result.outputs["probs.indices"].shape).toEqual([2, 3]);
+    // Stored in Redis already reduced: the full logits never reach the result.
+    const job = await fleet.redis.hget(`${fleet.prefix}:infer-guarded:${r.id}`, "returnvalue");
+    expect(JSON.parse(job ?? "{}").outputs.probs.shape).toEqual([2, 3]);
+    const key = await fleet.addTenant({
+      id: "label-only",
+      models: ["guarded"],
+      outputPolicy: { guarded: { labelOnly: true } },
+    });
+    const l = await run("guarded", { authorization: `Bearer ${key}` });
+    expect(Object.keys(l.result.outputs)).toEqual(["probs"]);
+    expect(l.result.outputs.probs.shape).toEqual([2]);
+    expect(l.result.outputs.probs.dtype).toBe("int32");
+  });
+
+  it("reports the execution provider in the result, metrics and audit", async () => {
+    await fleet.publish(buildConvNet({ seed: 4 }), {
+      name: "p",
+      version: "1",
+      spec: { executionProviders: ["tensorrt", "cuda", "cpu"] },
+    });
+    expect((await run("p")).result.provider).toBe("cpu");
+    const text = await (await fetch(`${fleet.workers[0]?.metricsUrl}/metrics`)).text();
+    expect(text).toMatch(/citadel_execution_provider_info\{[^}]*model="p"[^}]*provider="cpu"/);
+    expect((await audit("model.loaded", "p"))[0]).toMatchObject({ provider: "cpu" });
+  });
+
+  it("fails loudly under REQUIRE_GPU instead of falling back", async () => {
+    const w = await fleet.startWorker({ REQUIRE_GPU: "true", WORKER_MODELS: "gpu-only" });
+    await fleet.publish(buildConvNet({ seed: 5 }), {
+      name: "gpu-only",
+      version: "1",
+      spec: { executionProviders: ["tensorrt", "cuda", "cpu"] },
+    });
+    const sub = await fleet.request("POST", "/v1/jobs", { model: "gpu-only", inputs: x });
+    const r = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
+    expect([r.json.status, r.json.error?.code]).toEqual(["failed", "PROVIDER_UNAVAILABLE"]);
+    expect(r.json.error.message).toMatch(/tensorrt.*cuda/);
+    await w.close();
+  });
+});
