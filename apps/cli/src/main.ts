@@ -4,9 +4,11 @@ import { type ModelRouting, SignedManifest } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
 import { TenantStore } from "@citadel/tenants";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { runDemo } from "./commands/demo.js";
 import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
-import { publishSealed, readSealed, sealBytes, verifyPublished, writeSealed } from "./models.js";
+
+// Heavy modules (onnxruntime, the demo) load only for the verbs that need them: most
+// verbs answer in well under a second.
+const models = () => import("./models.js");
 
 const program = new Command()
   .name("citadel")
@@ -110,6 +112,7 @@ program
         const bytes = new Uint8Array(await readFile(file));
         const spec = o.spec ? JSON.parse(await readFile(o.spec, "utf8")) : {};
         const engineIo = o.engineIo ? JSON.parse(await readFile(o.engineIo, "utf8")) : undefined;
+        const { sealBytes, writeSealed } = await models();
         const sealed = await sealBytes(ctx, bytes, {
           name: o.name,
           version: o.version,
@@ -131,6 +134,7 @@ program
   .addOption(new Option("--canary <weight>", "route this share of traffic (0..1) to this version").argParser(weight))
   .action(
     withContext(async (ctx, file: string, o: { stable?: boolean; canary?: number }) => {
+      const { readSealed, publishSealed } = await models();
       const sealed = await readSealed(file);
       const routing = await publishSealed(ctx, sealed, {
         ...(o.stable ? { stable: true } : {}),
@@ -164,6 +168,7 @@ program
   .argument("<version>")
   .action(
     withContext(async (ctx, model: string, version: string) => {
+      const { verifyPublished } = await models();
       const r = await verifyPublished(ctx, model, version, await trustedFor(ctx));
       print(
         `ok ${model}@${version}: signature by a pinned key, ciphertext and plaintext hashes match, decrypts (${r.plaintextBytes} B, wiped)`,
@@ -325,6 +330,7 @@ program
       dir: string;
     }) => {
       try {
+        const { runDemo } = await import("./commands/demo.js");
         process.exitCode = await runDemo({
           jobs: o.jobs,
           workers: o.workers,
