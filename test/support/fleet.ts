@@ -84,6 +84,7 @@ export async function startTestFleet(
     LOCAL_KEYRING: keyring,
     ...opts.env,
   };
+  Object.assign(env, opts.beforeStart?.(dir));
   const logs = new LogCapture();
   const ctx = openContext(loadCliEnv(env));
   await ctx.redis.connect();
