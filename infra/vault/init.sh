@@ -103,11 +103,19 @@ if [ -n "$K8S_HOST" ]; then
 else
   log "no Kubernetes API known (set CITADEL_K8S_HOST): kubernetes auth config left unchanged"
 fi
+# audience=vault: workers present a projected token minted for Vault, not the default one.
 vault write auth/kubernetes/role/citadel-worker \
   bound_service_account_names=citadel-worker \
   bound_service_account_namespaces="$K8S_NAMESPACE" \
+  audience=vault \
   token_policies=citadel-worker token_ttl=1h token_max_ttl=24h >/dev/null
 log "wrote kubernetes role citadel-worker (service account citadel-worker in namespace $K8S_NAMESPACE)"
+vault write auth/kubernetes/role/citadel-publisher \
+  bound_service_account_names=citadel-publisher \
+  bound_service_account_namespaces="$K8S_NAMESPACE" \
+  audience=vault \
+  token_policies=citadel-publisher token_ttl=15m token_max_ttl=1h >/dev/null
+log "wrote kubernetes role citadel-publisher (service account citadel-publisher in namespace $K8S_NAMESPACE)"
 
 # Optional credential hand-off: files, never stdout.
 if [ -n "${CITADEL_APPROLE_OUT_DIR:-}" ]; then

@@ -44,7 +44,7 @@ afterAll(async () => {
   await fleet?.close();
 });
 
-type Inputs = Record<string, { dtype: string; shape: number[]; data: string }>;
+type Inputs = Record<string, { dtype: string; shape: number[]; data: string | number[] }>;
 
 async function submit(model: string, inputs: Inputs, extra: Record<string, unknown> = {}) {
   const r = await fleet.request("POST", "/v1/jobs", { model, inputs, ...extra });
@@ -75,7 +75,7 @@ async function expectSameAsDirect(
     const direct = await session.run(j.feeds);
     const got = j.view.result.outputs.y;
     expect(got?.shape).toEqual([...(direct.y?.dims ?? [])]);
-    expect(Array.from(decodeF32(got?.data ?? ""))).toEqual(Array.from(direct.y?.data as Float32Array));
+    expect(Array.from(decodeF32(String(got?.data ?? "")))).toEqual(Array.from(direct.y?.data as Float32Array));
   }
   await session.release();
 }

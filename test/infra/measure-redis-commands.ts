@@ -15,7 +15,6 @@ import { Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
 
 type Stats = Map<string, { calls: number; usec: number }>;
-type Cost = { calls: number; topLevel: number; usec: number; cpuUsec: number; byCommand: Record<string, number> };
 
 const url = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const jobs = Number(process.argv[2] ?? "2000");

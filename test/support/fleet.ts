@@ -68,7 +68,13 @@ export async function deletePrefix(redis: Redis, prefix: string): Promise<void> 
  * Models are published before workers start or after; both work.
  */
 export async function startTestFleet(
-  opts: { workers?: number; env?: Record<string, string>; workerEnv?: Record<string, string> } = {},
+  opts: {
+    workers?: number;
+    env?: Record<string, string>;
+    workerEnv?: Record<string, string>;
+    /** Runs with the fleet's fresh directory before anything starts; returns more env. */
+    beforeStart?: (dir: string) => Record<string, string>;
+  } = {},
 ): Promise<TestFleet> {
   const prefix = `{t-${randomBytes(5).toString("hex")}}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-fleet-"));

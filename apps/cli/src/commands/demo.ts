@@ -61,13 +61,22 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     LOG_LEVEL: process.env.LOG_LEVEL ?? "info",
     NODE_ENV: "development",
   };
-  if (initKeyring(keyring)) print(`keys:     created dev keyring ${path.relative(process.cwd(), keyring)} (mode 0600)`);
-  const ctx = openContext(loadCliEnv(baseEnv));
+  // --publish-only seeds a real deployment (compose, k8s): it takes every setting from
+  // the environment (Vault included) and leaves existing state alone.
+  const env = o.publishOnly ? loadCliEnv() : loadCliEnv(baseEnv);
+  if (env.KEY_PROVIDER === "local" && initKeyring(env.LOCAL_KEYRING)) {
+    print(`keys:     created dev keyring ${path.relative(process.cwd(), env.LOCAL_KEYRING)} (mode 0600)`);
+  }
+  const ctx = openContext(env);
   const procs: FleetProcess[] = [];
   try {
     await ctx.redis.connect();
-    await resetPrefix(ctx);
+    if (!o.publishOnly) await resetPrefix(ctx);
     for (const m of SAMPLE_MODELS) {
+      if (o.publishOnly && (await ctx.registry.versions(m.name)).includes(m.version)) {
+        print(`model:    ${m.name}@${m.version} already published; left as is`);
+        continue;
+      }
       const bytes = await m.load();
       const sealed = await sealBytes(ctx, bytes, { name: m.name, version: m.version, spec: m.spec });
       bytes.fill(0);

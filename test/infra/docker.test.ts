@@ -1,0 +1,131 @@
+import { describe, expect, it } from "vitest";
+import { isPinnedImage, read } from "./support.js";
+
+interface Stage {
+  name: string;
+  from: string;
+  lines: string[];
+}
+
+/** Dockerfile stages with line continuations joined and ARG defaults substituted in FROM. */
+function parseDockerfile(src: string): Stage[] {
+  const joined = src.replace(/\\\n/g, " ").split("\n");
+  const args = new Map<string, string>();
+  const stages: Stage[] = [];
+  for (const raw of joined) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const arg = /^ARG\s+([A-Z0-9_]+)=(\S+)/.exec(line);
+    if (arg?.[1] && arg[2] && stages.length === 0) args.set(arg[1], arg[2]);
+    const from = /^FROM\s+(\S+)(?:\s+AS\s+(\S+))?/i.exec(line);
+    if (from?.[1]) {
+      const image = from[1].replace(/\$\{([A-Z0-9_]+)\}/g, (_m, k: string) => args.get(k) ?? "");
+      stages.push({ name: from[2] ?? `#${stages.length}`, from: image, lines: [] });
+      continue;
+    }
+    stages.at(-1)?.lines.push(line);
+  }
+  return stages;
+}
+
+/** The stage and the stages it builds on (FROM <stage>), nearest first. */
+function chain(stages: Stage[], name: string): Stage[] {
+  const out: Stage[] = [];
+  let cur = stages.find((s) => s.name === name);
+  while (cur) {
+    out.push(cur);
+    const parent = cur.from;
+    cur = stages.find((s) => s.name === parent);
+  }
+  return out;
+}
+
+const BUILD_TOOLS = /\b(build-essential|gcc|g\+\+|make|cmake|python3-dev|pnpm\s+install|npm\s+(ci|install))\b/;
+
+describe.each([
+  ["infra/docker/Dockerfile", ["api", "worker", "tools"]],
+  ["infra/docker/Dockerfile.gpu", ["worker-gpu"]],
+] as const)("%s", (file, targets) => {
+  const stages = parseDockerfile(read(file));
+
+  it("is multi-stage with every base image pinned to a version", () => {
+    expect(stages.length).toBeGreaterThanOrEqual(2);
+    const names = new Set(stages.map((s) => s.name));
+    for (const s of stages) {
+      if (names.has(s.from)) continue;
+      expect(isPinnedImage(s.from), `${s.name}: FROM ${s.from}`).toBe(true);
+    }
+  });
+
+  it.each(targets)("target %s: non-root, healthcheck, no build tools", (target) => {
+    const c = chain(stages, target);
+    expect(c.length, `stage ${target}`).toBeGreaterThan(0);
+    const lines = c.flatMap((s) => s.lines);
+    const user = [...c]
+      .reverse()
+      .flatMap((s) => s.lines.filter((l) => l.startsWith("USER ")))
+      .at(-1);
+    expect(user, `${target} USER`).toMatch(/^USER\s+[1-9]\d*(:[1-9]\d*)?$/);
+    expect(
+      c.some((s) => s.lines.some((l) => l.startsWith("HEALTHCHECK "))),
+      `${target} HEALTHCHECK`,
+    ).toBe(true);
+    for (const l of lines.filter((x) => x.startsWith("RUN "))) {
+      const installs = /apt-get\s+install|apk\s+add/.test(l);
+      expect(installs && BUILD_TOOLS.test(l), `${target}: ${l.slice(0, 120)}`).toBe(false);
+      expect(
+        /pnpm(@[\d.]+)?\s+install|npm\s+(ci|install)/.test(l),
+        `${target} installs packages: ${l.slice(0, 80)}`,
+      ).toBe(false);
+    }
+    // the app is copied from the build stage, not built here
+    expect(lines.some((l) => /^COPY\s+--from=build\b/.test(l))).toBe(true);
+  });
+
+  it("installs with the pinned pnpm and a frozen lockfile in the build stage", () => {
+    const build = stages.find((s) => s.name === "build");
+    const run = build?.lines.find((l) => l.includes("pnpm@"));
+    expect(run).toContain("npx --yes pnpm@10.34.9 install --frozen-lockfile --prod=false");
+    expect(build?.lines.some((l) => /ONNXRUNTIME_NODE_INSTALL=skip/.test(l))).toBe(true);
+  });
+});
+
+describe("GPU worker image", () => {
+  const stages = parseDockerfile(read("infra/docker/Dockerfile.gpu"));
+
+  it("runs on a pinned NVIDIA TensorRT image with ORT's CUDA/TensorRT providers fetched at build", () => {
+    const final = stages.find((s) => s.name === "worker-gpu");
+    expect(final?.from).toMatch(/^nvcr\.io\/nvidia\/tensorrt:\d{2}\.\d{2}-py3$/);
+    const build = stages.find((s) => s.name === "build");
+    const install = build?.lines.find((l) => l.includes("ONNXRUNTIME_NODE_INSTALL=cuda12"));
+    expect(install).toContain("script/install.js");
+    expect(install).toContain("libonnxruntime_providers_");
+    for (const lib of ["shared", "cuda", "tensorrt"]) expect(install).toContain(lib);
+    // the final image proves the providers resolve their CUDA/TensorRT libraries
+    expect(final?.lines.some((l) => l.includes("ldd") && l.includes("libonnxruntime_providers_tensorrt.so"))).toBe(
+      true,
+    );
+    expect(final?.lines.some((l) => /apt-get purge/.test(l))).toBe(true);
+  });
+});
+
+describe(".dockerignore", () => {
+  const ignore = read(".dockerignore")
+    .split("\n")
+    .map((l) => l.trim());
+
+  it("keeps secrets, VCS data and local state out of the build context", () => {
+    for (const p of [
+      "**/node_modules",
+      ".git",
+      ".env",
+      ".env.*",
+      ".citadel",
+      "**/keyring*.json",
+      "**/*.pem",
+      "**/*.key",
+    ]) {
+      expect(ignore, p).toContain(p);
+    }
+  });
+});

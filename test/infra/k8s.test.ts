@@ -1,0 +1,405 @@
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  arr,
+  at,
+  configMapData,
+  containersOf,
+  envValue,
+  INFRA,
+  isObj,
+  isPinnedImage,
+  MODELS,
+  named,
+  type Obj,
+  podSpecOf,
+  RENDERER,
+  redisConf,
+  renderOverlay,
+  str,
+  workloads,
+} from "./support.js";
+
+const OVERLAYS = ["cpu", "gpu"] as const;
+const how = RENDERER ? `rendered with ${RENDERER}` : "structural check: kubectl/kustomize absent, patches not applied";
+
+function name(o: Obj): string {
+  return `${str(o.kind)}/${str(at(o, "metadata", "name"))}`;
+}
+
+function workerDeployments(docs: Obj[]): Obj[] {
+  return docs.filter(
+    (d) => d.kind === "Deployment" && at(d, "metadata", "labels", "app.kubernetes.io/component") === "worker",
+  );
+}
+
+function workerContainer(d: Obj): Obj {
+  const c = arr(at(podSpecOf(d), "containers")).find((x) => at(x, "name") === "worker");
+  if (!isObj(c)) throw new Error(`${name(d)} has no worker container`);
+  return c;
+}
+
+describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
+  const { docs } = renderOverlay(overlay);
+
+  it("renders the whole fleet", () => {
+    const kinds = new Set(docs.map((d) => str(d.kind)));
+    for (const k of [
+      "Namespace",
+      "Deployment",
+      "Service",
+      "StatefulSet",
+      "ScaledObject",
+      "TriggerAuthentication",
+      "NetworkPolicy",
+      "ResourceQuota",
+      "LimitRange",
+      "PodDisruptionBudget",
+      "ServiceAccount",
+      "ClusterRoleBinding",
+    ]) {
+      expect(kinds, `kind ${k}`).toContain(k);
+    }
+    expect(named(docs, "Deployment", "citadel-api")).toBeDefined();
+    expect(workerDeployments(docs).map((d) => at(d, "metadata", "name"))).toEqual(
+      expect.arrayContaining(MODELS.map((m) => `citadel-worker-${m}`)),
+    );
+  });
+
+  it("hardens every pod and container", () => {
+    const pods = workloads(docs);
+    expect(pods.length).toBeGreaterThanOrEqual(4);
+    for (const w of pods) {
+      const pod = podSpecOf(w);
+      expect(pod, name(w)).toBeDefined();
+      if (!pod) continue;
+      const podSc = isObj(pod.securityContext) ? pod.securityContext : {};
+      expect(podSc.runAsNonRoot, `${name(w)} pod runAsNonRoot`).toBe(true);
+      expect(str(at(podSc, "seccompProfile", "type")), `${name(w)} pod seccomp`).toMatch(
+        /^(RuntimeDefault|Localhost)$/,
+      );
+      expect(pod.automountServiceAccountToken, `${name(w)} automountServiceAccountToken`).toBe(false);
+      expect(pod.hostNetwork ?? false, `${name(w)} hostNetwork`).toBe(false);
+      expect(pod.hostPID ?? false, `${name(w)} hostPID`).toBe(false);
+      for (const v of arr(pod.volumes)) expect(at(v, "hostPath"), `${name(w)} hostPath volume`).toBeUndefined();
+      const containers = containersOf(pod);
+      expect(containers.length, name(w)).toBeGreaterThan(0);
+      for (const c of containers) {
+        const where = `${name(w)} container ${str(c.name)}`;
+        const sc = isObj(c.securityContext) ? c.securityContext : {};
+        expect(sc.allowPrivilegeEscalation, `${where} allowPrivilegeEscalation`).toBe(false);
+        expect(sc.readOnlyRootFilesystem, `${where} readOnlyRootFilesystem`).toBe(true);
+        expect(sc.privileged ?? false, `${where} privileged`).toBe(false);
+        expect(arr(at(sc, "capabilities", "drop")), `${where} capabilities.drop`).toContain("ALL");
+        expect(arr(at(sc, "capabilities", "add")), `${where} capabilities.add`).toEqual([]);
+        expect(sc.runAsNonRoot ?? podSc.runAsNonRoot, `${where} runAsNonRoot`).toBe(true);
+        const uid = sc.runAsUser ?? podSc.runAsUser;
+        expect(typeof uid === "number" && uid > 0, `${where} runAsUser ${String(uid)}`).toBe(true);
+        const seccomp = str(at(sc, "seccompProfile", "type")) || str(at(podSc, "seccompProfile", "type"));
+        expect(seccomp, `${where} seccomp`).toMatch(/^(RuntimeDefault|Localhost)$/);
+        if (RENDERER) expect(isPinnedImage(str(c.image)), `${where} image ${str(c.image)} pinned`).toBe(true);
+        expect(at(c, "resources", "limits", "memory"), `${where} memory limit`).toBeDefined();
+        expect(at(c, "resources", "requests", "cpu"), `${where} cpu request`).toBeDefined();
+      }
+    }
+  });
+
+  it("gives long-running containers liveness and readiness probes", () => {
+    for (const w of docs.filter((d) => d.kind === "Deployment" || d.kind === "StatefulSet")) {
+      const pod = podSpecOf(w);
+      for (const c of arr(pod?.containers).filter(isObj)) {
+        expect(c.livenessProbe, `${name(w)} liveness`).toBeDefined();
+        expect(c.readinessProbe, `${name(w)} readiness`).toBeDefined();
+      }
+    }
+    const api = named(docs, "Deployment", "citadel-api");
+    const apiC = arr(at(podSpecOf(api ?? {}), "containers"))[0];
+    expect(at(apiC, "livenessProbe", "httpGet", "path")).toBe("/healthz");
+    expect(at(apiC, "readinessProbe", "httpGet", "path")).toBe("/readyz");
+    for (const d of workerDeployments(docs)) {
+      const c = workerContainer(d);
+      expect(at(c, "livenessProbe", "httpGet", "path")).toBe("/healthz");
+      expect(at(c, "readinessProbe", "httpGet", "path")).toBe("/readyz");
+      expect(at(c, "livenessProbe", "httpGet", "port")).toBe("metrics");
+      expect(arr(c.ports).some((p) => at(p, "name") === "metrics" && at(p, "containerPort") === 9464)).toBe(true);
+    }
+  });
+
+  it("has one KEDA ScaledObject per model queue on its BullMQ wait list, scaling to zero", () => {
+    const prefix = configMapData(docs, "citadel-config").CITADEL_PREFIX ?? "{citadel}";
+    expect(prefix).toBe("{citadel}");
+    const scaled = docs.filter((d) => d.kind === "ScaledObject");
+    const deployments = workerDeployments(docs);
+    expect(deployments.length).toBe(MODELS.length);
+    for (const d of deployments) {
+      const model = envValue(workerContainer(d), "WORKER_MODELS");
+      expect(MODELS as readonly string[], `${name(d)} WORKER_MODELS`).toContain(model);
+      const so = scaled.find((s) => at(s, "spec", "scaleTargetRef", "name") === at(d, "metadata", "name"));
+      expect(so, `ScaledObject for ${name(d)}`).toBeDefined();
+      if (!so) continue;
+      expect(at(so, "spec", "minReplicaCount")).toBe(0);
+      expect(Number(at(so, "spec", "maxReplicaCount"))).toBeGreaterThan(0);
+      const redis = arr(at(so, "spec", "triggers")).find((t) => at(t, "type") === "redis");
+      expect(redis, `${name(so)} redis trigger`).toBeDefined();
+      expect(at(redis, "metadata", "listName")).toBe(`${prefix}:infer-${model}:wait`);
+      expect(Number(at(redis, "metadata", "listLength"))).toBeGreaterThan(0);
+      expect(str(at(redis, "metadata", "address"))).toMatch(/^citadel-redis\.citadel\.svc(\.cluster\.local)?:6379$/);
+      const authName = at(redis, "authenticationRef", "name");
+      expect(named(docs, "TriggerAuthentication", str(authName)), "TriggerAuthentication").toBeDefined();
+      // KEDA owns the replica count: a re-apply must not reset it.
+      expect(at(d, "spec", "replicas"), `${name(d)} has no fixed replicas`).toBeUndefined();
+    }
+    for (const model of MODELS) {
+      const hits = scaled.filter((s) =>
+        arr(at(s, "spec", "triggers")).some((t) => at(t, "metadata", "listName") === `{citadel}:infer-${model}:wait`),
+      );
+      expect(hits.length, `ScaledObjects reading infer-${model}`).toBe(1);
+    }
+  });
+
+  it("gives workers a grace period just above SHUTDOWN_TIMEOUT_MS", () => {
+    for (const d of workerDeployments(docs)) {
+      const shutdownMs = Number(envValue(workerContainer(d), "SHUTDOWN_TIMEOUT_MS") ?? "30000");
+      const grace = Number(at(podSpecOf(d), "terminationGracePeriodSeconds"));
+      expect(grace * 1000, name(d)).toBeGreaterThan(shutdownMs);
+      expect(grace * 1000 - shutdownMs, name(d)).toBeLessThanOrEqual(20_000);
+    }
+  });
+
+  it("wires Vault Kubernetes auth for the worker service account", () => {
+    const cfg = configMapData(docs, "citadel-config");
+    expect(cfg.KEY_PROVIDER).toBe("vault");
+    expect(cfg.VAULT_AUTH).toBe("kubernetes");
+    expect(cfg.VAULT_ADDR).toMatch(/^https:\/\//);
+    const sa = named(docs, "ServiceAccount", "citadel-worker");
+    expect(sa?.automountServiceAccountToken).toBe(false);
+    for (const d of workerDeployments(docs)) {
+      const pod = podSpecOf(d) ?? {};
+      expect(pod.serviceAccountName).toBe("citadel-worker");
+      const c = workerContainer(d);
+      expect(envValue(c, "VAULT_K8S_ROLE")).toBe("citadel-worker");
+      const tokenVol = arr(pod.volumes).find((v) =>
+        arr(at(v, "projected", "sources")).some((s) => at(s, "serviceAccountToken", "audience") === "vault"),
+      );
+      expect(tokenVol, `${name(d)} projected vault token`).toBeDefined();
+      const src = arr(at(tokenVol, "projected", "sources")).find((s) => at(s, "serviceAccountToken"));
+      expect(Number(at(src, "serviceAccountToken", "expirationSeconds"))).toBeLessThanOrEqual(3600);
+      const mount = arr(c.volumeMounts).find((m) => at(m, "name") === at(tokenVol, "name"));
+      expect(`${str(at(mount, "mountPath"))}/${str(at(src, "serviceAccountToken", "path"))}`).toBe(
+        cfg.VAULT_K8S_JWT_PATH,
+      );
+    }
+    const crb = docs.find(
+      (d) => d.kind === "ClusterRoleBinding" && at(d, "roleRef", "name") === "system:auth-delegator",
+    );
+    expect(crb, "TokenReview delegation for Vault").toBeDefined();
+  });
+
+  it("mounts the model store read-only in API and workers, with pinned signers", () => {
+    for (const d of [...workerDeployments(docs), named(docs, "Deployment", "citadel-api")]) {
+      if (!d) throw new Error("api deployment missing");
+      const pod = podSpecOf(d) ?? {};
+      const models = arr(pod.volumes).find((v) => at(v, "persistentVolumeClaim", "claimName") === "citadel-models");
+      expect(at(models, "persistentVolumeClaim", "readOnly"), name(d)).toBe(true);
+      const c = arr(pod.containers).filter(isObj)[0] ?? {};
+      const mount = arr(c.volumeMounts).find((m) => at(m, "name") === at(models, "name"));
+      expect(at(mount, "readOnly"), name(d)).toBe(true);
+      expect(
+        arr(c.volumeMounts).some((m) => at(m, "mountPath") === "/tmp"),
+        `${name(d)} /tmp`,
+      ).toBe(true);
+    }
+    expect(configMapData(docs, "citadel-config").TRUSTED_SIGNERS).toMatch(/^\/etc\/citadel\/signers\//);
+  });
+
+  it("isolates the namespace with NetworkPolicies", () => {
+    const policies = docs.filter((d) => d.kind === "NetworkPolicy");
+    const deny = policies.find(
+      (p) =>
+        Object.keys((at(p, "spec", "podSelector") as Obj | undefined) ?? {}).length === 0 &&
+        arr(at(p, "spec", "policyTypes")).includes("Ingress") &&
+        arr(at(p, "spec", "policyTypes")).includes("Egress") &&
+        at(p, "spec", "ingress") === undefined &&
+        at(p, "spec", "egress") === undefined,
+    );
+    expect(deny, "default deny-all").toBeDefined();
+    // Only the API accepts traffic from outside the namespace without a `from` restriction.
+    const open = policies.filter((p) => arr(at(p, "spec", "ingress")).some((r) => at(r, "from") === undefined));
+    expect(open.map((p) => at(p, "spec", "podSelector", "matchLabels", "app.kubernetes.io/component"))).toEqual([
+      "api",
+    ]);
+    // Workers reach Redis, Vault, the model store and DNS only.
+    const worker = policies.find(
+      (p) => at(p, "spec", "podSelector", "matchLabels", "app.kubernetes.io/component") === "worker",
+    );
+    expect(worker).toBeDefined();
+    const ports = arr(at(worker, "spec", "egress")).flatMap((r) =>
+      arr(at(r, "ports")).map((p) => Number(at(p, "port"))),
+    );
+    expect(new Set(ports)).toEqual(new Set([6379, 8200, 2049, 443]));
+    for (const r of arr(at(worker, "spec", "egress"))) {
+      expect(at(r, "to"), "worker egress rule without a destination").toBeDefined();
+      for (const to of arr(at(r, "to"))) expect(at(to, "ipBlock"), "no open ipBlock").toBeUndefined();
+    }
+    const redisPolicy = policies.find(
+      (p) => at(p, "spec", "podSelector", "matchLabels", "app.kubernetes.io/component") === "redis",
+    );
+    expect(at(redisPolicy, "spec", "egress")).toEqual([]);
+  });
+
+  it("caps the namespace with a ResourceQuota, a LimitRange and PDBs", () => {
+    const quota = docs.find((d) => d.kind === "ResourceQuota");
+    expect(at(quota, "spec", "hard", "requests.nvidia.com/gpu")).toBeDefined();
+    expect(at(quota, "spec", "hard", "pods")).toBeDefined();
+    const lr = docs.find((d) => d.kind === "LimitRange");
+    const container = arr(at(lr, "spec", "limits")).find((l) => at(l, "type") === "Container");
+    expect(at(container, "default", "memory")).toBeDefined();
+    expect(at(container, "max", "memory")).toBeDefined();
+    const pdbs = docs.filter((d) => d.kind === "PodDisruptionBudget");
+    for (const d of [named(docs, "Deployment", "citadel-api"), ...workerDeployments(docs)]) {
+      const labels = (at(d, "spec", "template", "metadata", "labels") as Obj | undefined) ?? {};
+      const pdb = pdbs.find((p) => {
+        const sel = (at(p, "spec", "selector", "matchLabels") as Obj | undefined) ?? {};
+        return Object.entries(sel).every(([k, v]) => labels[k] === v);
+      });
+      expect(pdb, `PDB covering ${name(d ?? {})}`).toBeDefined();
+    }
+  });
+
+  it("keeps the API away from Vault: no token, no route", () => {
+    const api = named(docs, "Deployment", "citadel-api");
+    const pod = podSpecOf(api ?? {}) ?? {};
+    expect(arr(pod.volumes).some((v) => at(v, "projected") !== undefined)).toBe(false);
+    const policy = docs.find(
+      (d) =>
+        d.kind === "NetworkPolicy" &&
+        at(d, "spec", "podSelector", "matchLabels", "app.kubernetes.io/component") === "api",
+    );
+    const ports = arr(at(policy, "spec", "egress")).flatMap((r) =>
+      arr(at(r, "ports")).map((p) => Number(at(p, "port"))),
+    );
+    expect(ports).toEqual([6379]);
+  });
+
+  it("enforces the restricted Pod Security Standard on the namespace", () => {
+    const ns = named(docs, "Namespace", "citadel");
+    expect(at(ns, "metadata", "labels", "pod-security.kubernetes.io/enforce")).toBe("restricted");
+  });
+
+  it("runs Redis with AOF and noeviction", () => {
+    const sts = docs.find((d) => d.kind === "StatefulSet" && str(at(d, "metadata", "name")).includes("redis"));
+    expect(sts).toBeDefined();
+    const conf = RENDERER
+      ? (configMapData(docs, "citadel-redis-config")["redis.conf"] ?? "")
+      : readFileSync(path.join(INFRA, "k8s/base/redis.conf"), "utf8");
+    const c = redisConf(conf);
+    expect(c.get("appendonly")).toBe("yes");
+    expect(c.get("maxmemory-policy")).toBe("noeviction");
+    expect(c.get("maxmemory")).toMatch(/^\d+[kmg]b$/i);
+  });
+});
+
+describe(`k8s GPU vs CPU workers (${how})`, () => {
+  const gpuPatch = readFileSync(path.join(INFRA, "k8s/overlays/gpu/kustomization.yaml"), "utf8");
+
+  it("gpu overlay: each worker requests one nvidia.com/gpu on GPU nodes", () => {
+    const { docs, rendered } = renderOverlay("gpu");
+    if (!rendered) {
+      for (const s of ['nvidia.com/gpu: "1"', "nodeSelector:", "tolerations:", 'REQUIRE_GPU, value: "true"']) {
+        expect(gpuPatch).toContain(s);
+      }
+      return;
+    }
+    const workers = docs.filter(
+      (d) => d.kind === "Deployment" && at(d, "metadata", "labels", "app.kubernetes.io/component") === "worker",
+    );
+    expect(workers.length).toBe(MODELS.length);
+    for (const d of workers) {
+      const pod = podSpecOf(d) ?? {};
+      const c =
+        arr(pod.containers)
+          .filter(isObj)
+          .find((x) => x.name === "worker") ?? {};
+      expect(String(at(c, "resources", "limits", "nvidia.com/gpu")), name(d)).toBe("1");
+      expect(String(at(c, "resources", "requests", "nvidia.com/gpu")), name(d)).toBe("1");
+      expect(Object.keys((pod.nodeSelector as Obj | undefined) ?? {}), `${name(d)} nodeSelector`).toContain(
+        "nvidia.com/gpu.present",
+      );
+      expect(
+        arr(pod.tolerations).some((t) => at(t, "key") === "nvidia.com/gpu" && at(t, "effect") === "NoSchedule"),
+        `${name(d)} tolerations`,
+      ).toBe(true);
+      expect(envValue(c, "REQUIRE_GPU")).toBe("true");
+      expect(envValue(c, "EXECUTION_PROVIDERS")).toBe("tensorrt,cuda,cpu");
+      expect(str(c.image)).toMatch(/worker-gpu:/);
+      // the tighter Localhost seccomp profile on the GPU pool
+      expect(at(c, "securityContext", "seccompProfile")).toEqual({
+        type: "Localhost",
+        localhostProfile: "profiles/citadel-node.json",
+      });
+    }
+    // API and Redis stay off GPU nodes
+    for (const d of docs.filter((x) => x.kind === "Deployment" || x.kind === "StatefulSet")) {
+      if (at(d, "metadata", "labels", "app.kubernetes.io/component") === "worker") continue;
+      for (const c of arr(at(podSpecOf(d), "containers"))) {
+        expect(at(c, "resources", "limits", "nvidia.com/gpu"), name(d)).toBeUndefined();
+      }
+    }
+  });
+
+  it("cpu overlay: workers run the CPU provider and request no GPU", () => {
+    const { docs, rendered } = renderOverlay("cpu");
+    const workers = docs.filter(
+      (d) => d.kind === "Deployment" && at(d, "metadata", "labels", "app.kubernetes.io/component") === "worker",
+    );
+    for (const d of workers) {
+      const pod = podSpecOf(d) ?? {};
+      const c = arr(pod.containers).filter(isObj)[0] ?? {};
+      expect(at(c, "resources", "limits", "nvidia.com/gpu")).toBeUndefined();
+      expect(pod.nodeSelector).toBeUndefined();
+      if (rendered) expect(envValue(c, "EXECUTION_PROVIDERS")).toBe("cpu");
+    }
+  });
+});
+
+describe("seccomp Localhost profile", () => {
+  const profile = JSON.parse(readFileSync(path.join(INFRA, "seccomp/citadel-node.json"), "utf8")) as unknown;
+
+  it("is an allow-list that denies escape and introspection syscalls", () => {
+    expect(at(profile, "defaultAction")).toBe("SCMP_ACT_ERRNO");
+    const allowed = new Set(
+      arr(at(profile, "syscalls"))
+        .filter((s) => at(s, "action") === "SCMP_ACT_ALLOW" && at(s, "args") === undefined)
+        .flatMap((s) => arr(at(s, "names")).map(str)),
+    );
+    for (const needed of ["read", "write", "mmap", "futex", "epoll_wait", "ioctl", "openat", "socket", "execve"]) {
+      expect(allowed, needed).toContain(needed);
+    }
+    for (const denied of [
+      "ptrace",
+      "bpf",
+      "mount",
+      "umount2",
+      "unshare",
+      "setns",
+      "keyctl",
+      "add_key",
+      "perf_event_open",
+      "userfaultfd",
+      "io_uring_setup",
+      "process_vm_readv",
+      "init_module",
+      "kexec_load",
+      "setuid",
+      "capset",
+      "chroot",
+      "pivot_root",
+      "clone",
+    ]) {
+      expect(allowed, denied).not.toContain(denied);
+    }
+    const clone = arr(at(profile, "syscalls")).find((s) => arr(at(s, "names")).includes("clone"));
+    expect(at(clone, "args", 0, "op")).toBe("SCMP_CMP_MASKED_EQ");
+  });
+});
