@@ -5,6 +5,7 @@ import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Loose } from "../support/fleet.js";
 import { b64, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 let fleet: TestFleet;
@@ -72,8 +73,8 @@ async function finalView(id: string) {
   }
 }
 
-async function rawManifest(name: string, v: string): Promise<Record<string, any>> {
-  return (await fleet.ctx.registry.getManifest(name, v)) as Record<string, any>;
+async function rawManifest(name: string, v: string): Promise<Record<string, Loose>> {
+  return (await fleet.ctx.registry.getManifest(name, v)) as Record<string, Loose>;
 }
 
 async function stillServing() {
@@ -97,7 +98,7 @@ const flipBase64 = (s: string, at: number) => {
 
 const manifestCases: [
   string,
-  (m: Record<string, any>, t: { name: string; version: string }) => Promise<unknown> | unknown,
+  (m: Record<string, Loose>, t: { name: string; version: string }) => Promise<unknown> | unknown,
   string,
 ][] = [
   [
@@ -205,7 +206,7 @@ describe("a tampered manifest is refused by the API and by the worker, before an
     await tamper(m, t);
     await fleet.ctx.registry.putRaw(t.name, t.version, JSON.stringify(m));
     // The API checks signatures too: it will not validate against a manifest it cannot trust.
-    let api: { status: number; json: any } = { status: 0, json: null };
+    let api: { status: number; json: Loose } = { status: 0, json: null };
     for (let i = 0; i < 50 && api.status !== 503; i++) {
       api = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
     }

@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { buildConvNet } from "@citadel/onnx";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Loose } from "../support/fleet.js";
 import { b64, startTestFleet, type TestFleet } from "../support/fleet.js";
 import { POLICY_DIR } from "../support/vault-server/index.js";
 import { startVaultBackend, type VaultBackend } from "../vault/backends.js";
@@ -27,7 +28,7 @@ async function vault(method: string, p: string, body?: object, token = backend.r
     ...(body ? { body: JSON.stringify(body) } : {}),
   });
   const text = await res.text();
-  return { status: res.status, body: (text ? JSON.parse(text) : {}) as Record<string, any> };
+  return { status: res.status, body: (text ? JSON.parse(text) : {}) as Record<string, Loose> };
 }
 
 beforeAll(async () => {

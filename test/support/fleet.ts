@@ -13,6 +13,13 @@ import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
 import { Redis } from "ioredis";
 import { inject } from "vitest";
 
+/**
+ * A JSON response read loosely: tests assert field by field, and a missing field fails
+ * the assertion that reads it. The one place the harness opts out of strict types.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: see above
+export type Loose = any;
+
 /** Every log line a test fleet writes, for leak checks. */
 export class LogCapture extends Writable {
   readonly lines: string[] = [];
@@ -44,7 +51,7 @@ export interface TestFleet {
     url: string,
     body?: unknown,
     headers?: Record<string, string>,
-  ): Promise<{ status: number; json: any; headers: Headers }>;
+  ): Promise<{ status: number; json: Loose; headers: Headers }>;
   close(): Promise<void>;
 }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
 import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobView } from "@citadel/contracts";
-import type { JobQueues, Redis } from "@citadel/queue";
+import { type JobQueues, type Redis, releaseQuota } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
@@ -51,6 +51,8 @@ export interface AppDeps {
 declare module "fastify" {
   interface FastifyRequest {
     tenant?: Tenant;
+    /** Set once this request's refusal has been audited and counted. */
+    audited?: boolean;
   }
 }
 
@@ -66,6 +68,15 @@ const errorResponses = {
   429: ApiErrorBody,
   503: ApiErrorBody,
 };
+
+const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk"]);
+
+/** The body's model name when it is a string, for audit and metric labels (which admit only published ones). */
+function modelOf(body: unknown): string | undefined {
+  if (typeof body !== "object" || body === null || !("model" in body)) return undefined;
+  const m = (body as { model: unknown }).model;
+  return typeof m === "string" && m.length <= 64 ? m : undefined;
+}
 
 function sendError(reply: FastifyReply, err: CitadelError): FastifyReply {
   const status = httpStatusFor(err.code);
@@ -88,6 +99,26 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     // Requests are counted in metrics and audited; per-request log lines would only add noise.
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
+    // Malformed percent-encoding or an over-long path parameter: the documented 400, not Fastify's own body.
+    frameworkErrors: (err, _req, reply) => {
+      const msg =
+        err.code === "FST_ERR_MAX_PARAM_LENGTH"
+          ? "a path parameter is too long"
+          : "the URL is not valid (bad percent-encoding)";
+      void sendError(reply, new CitadelError("VALIDATION_FAILED", msg));
+    },
+  });
+
+  // Graceful shutdown: once close() starts, every response (in-flight ones included)
+  // closes its connection, so idle keep-alive sockets cannot hold the server open.
+  let closing = false;
+  app.addHook("preClose", (done) => {
+    closing = true;
+    done();
+  });
+  app.addHook("onSend", async (_req, reply, payload) => {
+    if (closing) reply.header("connection", "close");
+    return payload;
   });
 
   // Bodies are parsed strictly (UTF-8, depth, duplicate and prototype keys); Fastify
@@ -101,8 +132,18 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     }
   });
 
+  // A submit refused before its handler ran (body parser, schema, headers) is audited
+  // and counted here; refusals from the hooks and handlers record themselves.
+  const refuse = (req: FastifyRequest, reply: FastifyReply, err: CitadelError): FastifyReply => {
+    if (req.tenant && !req.audited && req.method === "POST" && SUBMIT_ROUTES.has(req.routeOptions.url ?? "")) {
+      req.audited = true;
+      d.submitter.rejected({ tenant: req.tenant, requestId: req.id, clientIp: req.ip }, modelOf(req.body), err);
+    }
+    return sendError(reply, err);
+  };
+
   app.setErrorHandler((err, req, reply) => {
-    if (err instanceof CitadelError) return sendError(reply, err);
+    if (err instanceof CitadelError) return refuse(req, reply, err);
     const fe = err as {
       code?: string;
       validation?: { instancePath?: string; message?: string }[];
@@ -115,22 +156,22 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       const where = issues[0]
         ? `${issues[0].path || "body"}: ${issues[0].message}`
         : "request does not match the schema";
-      return sendError(reply, new CitadelError("VALIDATION_FAILED", where, { issues }));
+      return refuse(req, reply, new CitadelError("VALIDATION_FAILED", where, { issues }));
     }
     switch (fe.code) {
       case "FST_ERR_CTP_BODY_TOO_LARGE":
-        return sendError(reply, new CitadelError("PAYLOAD_TOO_LARGE", `request body exceeds ${s.bodyLimit} bytes`));
+        return refuse(req, reply, new CitadelError("PAYLOAD_TOO_LARGE", `request body exceeds ${s.bodyLimit} bytes`));
       case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-        return sendError(reply, new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json"));
+        return refuse(req, reply, new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json"));
       case "FST_ERR_CTP_EMPTY_JSON_BODY":
       case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
-        return sendError(reply, new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong"));
+        return refuse(req, reply, new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong"));
     }
     if (fe.statusCode === 503 && fe.code === "FST_UNDER_PRESSURE") {
       return sendError(reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
     }
     if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
-      return sendError(reply, new CitadelError("VALIDATION_FAILED", "bad request"));
+      return refuse(req, reply, new CitadelError("VALIDATION_FAILED", "bad request"));
     }
     req.log.error({ err }, "unhandled error");
     return reply.code(500).send({ error: { code: "INTERNAL", message: "internal error" } });
@@ -184,6 +225,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       if (!byIp.allowed) {
         d.metrics.rejections.inc({ tenant: "", model: "", reason: "RATE_LIMITED" });
         d.audit.record("rate.limited", { clientIp: ip, requestId: req.id, detail: "ip" });
+        req.audited = true;
         throw new CitadelError("RATE_LIMITED", "too many requests from this address", {
           retryAfterMs: byIp.retryAfterMs,
           scope: "ip",
@@ -195,12 +237,14 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       if (!tenant) {
         d.metrics.rejections.inc({ tenant: "", model: "", reason: "UNAUTHORIZED" });
         d.audit.record("auth.denied", { clientIp: ip, requestId: req.id, detail: key ? "unknown key" : "no key" });
+        req.audited = true;
         throw new CitadelError("UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)");
       }
       const byTenant = await d.limiter.take("tenant", tenant.id, tenant.requestRate, tenant.requestBurst);
       if (!byTenant.allowed) {
         d.metrics.rejections.inc({ tenant: tenant.id, model: "", reason: "RATE_LIMITED" });
         d.audit.record("rate.limited", { tenant: tenant.id, clientIp: ip, requestId: req.id, detail: "requests" });
+        req.audited = true;
         throw new CitadelError("RATE_LIMITED", "request rate limit reached", {
           retryAfterMs: byTenant.retryAfterMs,
           scope: "tenant",
@@ -239,6 +283,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         } catch (err) {
           const e = asCitadel(err);
           d.submitter.rejected(ctx, req.body.model, e);
+          req.audited = true;
           throw e;
         }
       },
@@ -325,13 +370,33 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       },
       async (req, reply) => {
         const tenant = req.tenant as Tenant;
+        const job = await d.queues.find(req.params.id, tenant.id);
+        const state = job ? await job.getState() : "unknown";
         const r = await d.queues.cancel(req.params.id, tenant.id);
-        if (r.status === "cancelled" && r.removed) {
+        // A queued job removed by this call never reaches a worker, so its share of the
+        // tenant's quota is given back here (once, even under concurrent cancels).
+        const removed =
+          job !== null &&
+          r.status === "cancelled" &&
+          state !== "active" &&
+          state !== "completed" &&
+          state !== "failed" &&
+          (await d.redis.set(
+            `${d.queues.settings.prefix}:cancel-released:${req.params.id}`,
+            "1",
+            "PX",
+            d.queues.settings.failedTtlMs,
+            "NX",
+          )) === "OK";
+        if (removed) {
+          await releaseQuota(d.redis, d.queues.settings.prefix, job.data);
           d.audit.record("job.cancelled", {
             tenant: tenant.id,
             clientIp: req.ip,
             requestId: req.id,
             jobId: req.params.id,
+            model: job.data.model,
+            version: job.data.version,
             outcome: "cancelled",
           });
         }

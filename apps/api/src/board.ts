@@ -98,8 +98,12 @@ export async function registerBoard(
             ? "ops-read"
             : null;
       if (!role) {
-        reply.header("www-authenticate", 'Basic realm="citadel-board", charset="UTF-8"');
-        throw new CitadelError("UNAUTHORIZED", "board credentials required");
+        // Answered here, not thrown: a thrown error would reach Bull Board's own error
+        // handler (the innermost one) and become a 500 without the Basic challenge.
+        return reply
+          .code(401)
+          .header("www-authenticate", 'Basic realm="citadel-board", charset="UTF-8"')
+          .send(new CitadelError("UNAUTHORIZED", "board credentials required").toJSON());
       }
       if (role === "ops-read" && MUTATING.has(req.method)) {
         return reply.code(405).send({ error: { code: "FORBIDDEN", message: "the ops-read role is read-only" } });

@@ -105,28 +105,66 @@ export class Submitter {
     };
   }
 
-  /** Backpressure: refuse (503) before a queue or a tenant's share of Redis grows past its bound. */
-  private async checkCapacity(tenant: Tenant, model: string, jobs: number, bytes: number): Promise<void> {
-    const cached = this.depth.get(model);
-    let depth = cached && Date.now() - cached.at < 250 ? cached.n : -1;
-    if (depth < 0) {
-      const c = await this.queues.queue(model).getJobCounts("waiting", "prioritized", "delayed");
-      depth = (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0);
-      this.depth.set(model, { n: depth, at: Date.now() });
+  /**
+   * Backpressure: reserves room for `jobs` in the model's queue and in the tenant's
+   * share of Redis, or refuses (503 / 429). Reservations are taken before anything is
+   * enqueued so that concurrent requests cannot all pass one stale check; the
+   * returned function gives them back when the enqueue does not happen.
+   */
+  private async reserve(tenant: Tenant, model: string, jobs: number, bytes: number): Promise<() => Promise<void>> {
+    const jobsKey = keys.tenantQueuedJobs(this.s.prefix, tenant.id);
+    const bytesKey = keys.tenantQueuedBytes(this.s.prefix, tenant.id);
+    const [verdict, had] = (await this.redis.eval(
+      RESERVE_QUOTA,
+      2,
+      jobsKey,
+      bytesKey,
+      jobs,
+      bytes,
+      tenant.maxQueuedJobs,
+      this.s.maxTenantQueuedBytes,
+    )) as [number, number];
+    if (verdict === 1) {
+      throw new CitadelError("QUOTA_EXCEEDED", `tenant has ${had} queued jobs; the limit is ${tenant.maxQueuedJobs}`);
     }
-    if (depth + jobs > this.s.maxQueueDepth) {
-      throw new CitadelError("QUEUE_FULL", `queue for '${model}' is full (${depth} waiting); retry later`);
-    }
-    const [qj, qb] = await this.redis.mget(
-      keys.tenantQueuedJobs(this.s.prefix, tenant.id),
-      keys.tenantQueuedBytes(this.s.prefix, tenant.id),
-    );
-    if (Number(qj ?? 0) + jobs > tenant.maxQueuedJobs) {
-      throw new CitadelError("QUOTA_EXCEEDED", `tenant has ${qj} queued jobs; the limit is ${tenant.maxQueuedJobs}`);
-    }
-    if (Number(qb ?? 0) + bytes > this.s.maxTenantQueuedBytes) {
+    if (verdict === 2) {
       throw new CitadelError("QUEUE_FULL", "tenant's queued input bytes are at their bound; retry later");
     }
+    const releaseTenant = async () => {
+      await this.redis.eval(RELEASE_RESERVATION, 2, jobsKey, bytesKey, jobs, bytes).catch(() => 0);
+    };
+    let entry: { n: number; at: number };
+    try {
+      entry = await this.depthOf(model);
+    } catch (err) {
+      await releaseTenant();
+      throw err;
+    }
+    if (entry.n + jobs > this.s.maxQueueDepth) {
+      await releaseTenant();
+      throw new CitadelError("QUEUE_FULL", `queue for '${model}' is full (${entry.n} waiting); retry later`);
+    }
+    // Counted at once (no await in between), so this replica's concurrent requests see it.
+    entry.n += jobs;
+    return async () => {
+      entry.n -= jobs;
+      await releaseTenant();
+    };
+  }
+
+  /** The model's queued jobs, read from Redis at most every 250 ms; reservations are added to the cached count. */
+  private async depthOf(model: string): Promise<{ n: number; at: number }> {
+    const cached = this.depth.get(model);
+    if (cached && Date.now() - cached.at < 250) return cached;
+    const started = Date.now();
+    const c = await this.queues.queue(model).getJobCounts("waiting", "prioritized", "delayed");
+    const n = (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0);
+    // Another request may have refreshed (and reserved) while this one read: keep its entry.
+    const now = this.depth.get(model);
+    if (now && now.at >= started) return now;
+    const entry = { n, at: Date.now() };
+    this.depth.set(model, entry);
+    return entry;
   }
 
   private async takeSamples(tenant: Tenant, model: string, samples: number): Promise<void> {
@@ -161,7 +199,7 @@ export class Submitter {
     }
     // Re-add under the same id: a no-op if it exists, and completes a crashed first attempt.
     const first = { ...p, id: prev.id, data: { ...p.data, version: prev.version ?? p.data.version } };
-    await this.enqueue(ctx, [first], false);
+    await this.enqueue([first]);
     return {
       id: prev.id,
       status: "queued",
@@ -170,7 +208,7 @@ export class Submitter {
     };
   }
 
-  private async enqueue(ctx: SubmitContext, items: Prepared[], count: boolean): Promise<void> {
+  private async enqueue(items: Prepared[]): Promise<void> {
     const byModel = new Map<string, Prepared[]>();
     for (const p of items) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
     try {
@@ -179,14 +217,6 @@ export class Submitter {
           model,
           list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
         );
-      if (count) {
-        const bytes = items.reduce((a, p) => a + p.data.inputBytes, 0);
-        await this.redis
-          .multi()
-          .incrby(keys.tenantQueuedJobs(this.s.prefix, ctx.tenant.id), items.length)
-          .incrby(keys.tenantQueuedBytes(this.s.prefix, ctx.tenant.id), bytes)
-          .exec();
-      }
     } catch (err) {
       throw new CitadelError("QUEUE_UNAVAILABLE", "the job queue is unavailable; retry later", undefined, {
         cause: err,
@@ -211,7 +241,9 @@ export class Submitter {
   }
 
   rejected(ctx: SubmitContext, model: string | undefined, err: CitadelError): void {
-    this.metrics.rejections.inc({ tenant: ctx.tenant.id, model: model ?? "", reason: err.code });
+    // Only published models become a label: a client's made-up names must not grow the metric without bound.
+    const known = model !== undefined && this.catalog.routingOf(model) !== undefined;
+    this.metrics.rejections.inc({ tenant: ctx.tenant.id, model: known ? model : "", reason: err.code });
     this.audit.record("job.rejected", {
       tenant: ctx.tenant.id,
       clientIp: ctx.clientIp,
@@ -230,8 +262,11 @@ export class Submitter {
     }
     try {
       await this.takeSamples(ctx.tenant, req.model, p.data.batch);
-      await this.checkCapacity(ctx.tenant, req.model, 1, p.data.inputBytes);
-      await this.enqueue(ctx, [p], true);
+      const release = await this.reserve(ctx.tenant, req.model, 1, p.data.inputBytes);
+      await this.enqueue([p]).catch(async (err: unknown) => {
+        await release();
+        throw err;
+      });
     } catch (err) {
       if (ctx.idempotencyKey) await this.release(ctx, ctx.idempotencyKey);
       throw err;
@@ -272,15 +307,26 @@ export class Submitter {
         await this.takeSamples(ctx.tenant, fresh[0]?.data.model ?? "", samples);
         const byModel = new Map<string, Prepared[]>();
         for (const p of fresh) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
-        for (const [model, list] of byModel) {
-          await this.checkCapacity(
-            ctx.tenant,
-            model,
-            list.length,
-            list.reduce((a, p) => a + p.data.inputBytes, 0),
-          );
+        const releases: (() => Promise<void>)[] = [];
+        const releaseAll = async () => {
+          for (const r of releases) await r();
+        };
+        try {
+          for (const [model, list] of byModel) {
+            releases.push(
+              await this.reserve(
+                ctx.tenant,
+                model,
+                list.length,
+                list.reduce((a, p) => a + p.data.inputBytes, 0),
+              ),
+            );
+          }
+          await this.enqueue(fresh);
+        } catch (err) {
+          await releaseAll();
+          throw err;
         }
-        await this.enqueue(ctx, fresh, true);
       } catch (err) {
         const e = asCitadel(err);
         if (ctx.idempotencyKey) {
@@ -300,6 +346,31 @@ export class Submitter {
     });
   }
 }
+
+/**
+ * Takes a tenant's share for new jobs atomically: refused (and nothing kept) when the
+ * jobs (verdict 1) or the bytes (verdict 2) would pass their bound. Returns {verdict, jobs before}.
+ */
+const RESERVE_QUOTA = `
+local j = redis.call('INCRBY', KEYS[1], ARGV[1])
+local b = redis.call('INCRBY', KEYS[2], ARGV[2])
+local verdict = 0
+if j > tonumber(ARGV[3]) then verdict = 1 elseif b > tonumber(ARGV[4]) then verdict = 2 end
+if verdict > 0 then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  redis.call('DECRBY', KEYS[2], ARGV[2])
+end
+return {verdict, j - tonumber(ARGV[1])}
+`;
+
+/** Gives back a reservation whose jobs were never enqueued (never below zero). */
+const RELEASE_RESERVATION = `
+local j = redis.call('DECRBY', KEYS[1], ARGV[1])
+if j < 0 then redis.call('SET', KEYS[1], 0) end
+local b = redis.call('DECRBY', KEYS[2], ARGV[2])
+if b < 0 then redis.call('SET', KEYS[2], 0) end
+return j
+`;
 
 export function asCitadel(err: unknown): CitadelError {
   if (err instanceof CitadelError) return err;
