@@ -78,8 +78,25 @@ function node(args, extraEnv) {
   });
 }
 
+/** The board test drives Debian's Chromium (no browser download); install it when we can. */
+function ensureChromium() {
+  if (process.env.CHROMIUM_PATH || existsSync("/usr/bin/chromium")) return;
+  if (process.getuid?.() !== 0 || spawnSync("apt-get", ["--version"], { stdio: "ignore" }).status !== 0) {
+    say(
+      "chromium: not found and cannot be installed here (needs root + apt-get); set CHROMIUM_PATH or the board test fails",
+    );
+    return;
+  }
+  say("chromium: installing Debian's chromium for the board test");
+  const aptEnv = { DEBIAN_FRONTEND: "noninteractive" };
+  run("apt-get", ["update", "-qq"], aptEnv);
+  if (run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "chromium"], aptEnv) !== 0)
+    say("chromium: install failed");
+}
+
 /** Typecheck, lint, circular imports, then every test; ends with "N passed, N failed". */
 async function test(args) {
+  ensureChromium();
   // One TypeScript program over the whole repo (turbo root task): much faster than one per package.
   if (pnpm(["exec", "turbo", "run", "typecheck:all", "--output-logs=errors-only"]) !== 0) return 1;
   if (pnpm(["exec", "biome", "ci", ".", "--colors=off", "--diagnostic-level=error"]) !== 0) return 1;

@@ -181,6 +181,42 @@ describe("citadel CLI", () => {
     expect(info.inputs.map((i) => i.name)).toEqual(["images"]);
   });
 
+  it("audit verify reports an intact chain, and a forged record with exit 2", async () => {
+    const ok = citadel("audit", "verify");
+    expect([ok.code, ok.out.trim()]).toEqual([0, "0 records from 0 writers: chain intact"]);
+    await redis.xadd(
+      `${prefix}:audit`,
+      "*",
+      "r",
+      JSON.stringify({ writer: "x", seq: 1, prev: "0", ts: "t", event: "job.completed", hash: "0" }),
+    );
+    const bad = citadel("audit", "verify");
+    expect(bad.code).toBe(2);
+    expect(bad.out).toMatch(/x#1 was edited/);
+  });
+
+  it("every process refuses bad configuration at start-up, naming every problem", () => {
+    for (const app of ["api", "worker"]) {
+      const r = spawnSync(
+        process.execPath,
+        ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
+        {
+          encoding: "utf8",
+          env: {
+            PATH: process.env.PATH ?? "",
+            REDIS_URL: "not-a-url",
+            LOG_LEVEL: "loud",
+            KEY_PROVIDER: "vault",
+            NODE_ENV: "production",
+          },
+        },
+      );
+      expect(r.status, r.stderr).toBe(78);
+      for (const name of ["REDIS_URL", "LOG_LEVEL", "VAULT_ADDR", "TRUSTED_SIGNERS"]) expect(r.stderr).toContain(name);
+      expect(r.stderr).not.toContain("not-a-url");
+    }
+  });
+
   it("fails with one clear line, never a stack", () => {
     const r = citadel("verify", "nope", "1");
     expect(r.code).toBe(1);

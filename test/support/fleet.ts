@@ -157,7 +157,7 @@ export async function startTestFleet(
       const sealed = await sealBytes(ctx, bytes, req);
       await publishSealed(ctx, sealed, routing);
       // The API refreshes its catalog on the registry event; wait until it sees the version.
-      for (let i = 0; i < 100; i++) {
+      for (let i = 0; i < 1500; i++) {
         const r = await fleet.request("GET", "/v1/models");
         const m = (r.json.models as { name: string; versions: { version: string }[] }[] | undefined)?.find(
           (x) => x.name === req.name,

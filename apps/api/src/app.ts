@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
 import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobView } from "@citadel/contracts";
-import { type JobQueues, type Redis, releaseQuota } from "@citadel/queue";
+import type { JobQueues, Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
@@ -211,7 +211,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   if (s.openApiUi) await registerOpenApi(app);
-  if (d.board) await registerBoard(app, d.board, d.queues, d.catalog);
+  if (d.board) await registerBoard(app, d.board, d.queues, d.catalog, d.audit);
 
   await app.register(async (v1) => {
     v1.setValidatorCompiler(validatorCompiler);
@@ -370,33 +370,17 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       },
       async (req, reply) => {
         const tenant = req.tenant as Tenant;
-        const job = await d.queues.find(req.params.id, tenant.id);
-        const state = job ? await job.getState() : "unknown";
+        // cancel() removes a queued job at most once (and gives its quota back); only
+        // that call audits it, so concurrent DELETEs record one cancellation.
         const r = await d.queues.cancel(req.params.id, tenant.id);
-        // A queued job removed by this call never reaches a worker, so its share of the
-        // tenant's quota is given back here (once, even under concurrent cancels).
-        const removed =
-          job !== null &&
-          r.status === "cancelled" &&
-          state !== "active" &&
-          state !== "completed" &&
-          state !== "failed" &&
-          (await d.redis.set(
-            `${d.queues.settings.prefix}:cancel-released:${req.params.id}`,
-            "1",
-            "PX",
-            d.queues.settings.failedTtlMs,
-            "NX",
-          )) === "OK";
-        if (removed) {
-          await releaseQuota(d.redis, d.queues.settings.prefix, job.data);
+        if (r.removed) {
           d.audit.record("job.cancelled", {
             tenant: tenant.id,
             clientIp: req.ip,
             requestId: req.id,
             jobId: req.params.id,
-            model: job.data.model,
-            version: job.data.version,
+            model: r.removed.model,
+            version: r.removed.version,
             outcome: "cancelled",
           });
         }

@@ -1,6 +1,7 @@
 import { createBullBoard } from "@bull-board/api";
 import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
 import { FastifyAdapter } from "@bull-board/fastify";
+import type { AuditSink } from "@citadel/audit";
 import { CitadelError } from "@citadel/contracts";
 import type { JobQueues } from "@citadel/queue";
 import { safeEqual } from "@citadel/tenants";
@@ -65,6 +66,7 @@ export async function registerBoard(
   opts: BoardOptions,
   queues: JobQueues,
   catalog: ModelCatalog,
+  audit: AuditSink,
 ): Promise<void> {
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(BOARD_PATH);
@@ -98,6 +100,9 @@ export async function registerBoard(
             ? "ops-read"
             : null;
       if (!role) {
+        // A first request without credentials is the browser's cue to prompt; wrong ones are denials.
+        if (c)
+          audit.record("auth.denied", { clientIp: req.ip, requestId: req.id, detail: "board credentials rejected" });
         // Answered here, not thrown: a thrown error would reach Bull Board's own error
         // handler (the innermost one) and become a 500 without the Basic challenge.
         return reply
@@ -106,6 +111,11 @@ export async function registerBoard(
           .send(new CitadelError("UNAUTHORIZED", "board credentials required").toJSON());
       }
       if (role === "ops-read" && MUTATING.has(req.method)) {
+        audit.record("auth.denied", {
+          clientIp: req.ip,
+          requestId: req.id,
+          detail: `ops-read attempted ${req.method}`,
+        });
         return reply.code(405).send({ error: { code: "FORBIDDEN", message: "the ops-read role is read-only" } });
       }
       sync();

@@ -1,4 +1,4 @@
-import { BoolEnv, CommonEnv, IntEnv, KeyEnv, MINUTE, SECOND } from "@citadel/config";
+import { BoolEnv, CommonEnv, EVEN_WITH_ISSUES, IntEnv, KeyEnv, MINUTE, refineKeyEnv, SECOND } from "@citadel/config";
 import { z } from "zod";
 
 export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
@@ -38,8 +38,9 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
   })
   .superRefine((env, ctx) => {
+    refineKeyEnv(env, ctx);
     refine(env, ctx);
-  });
+  }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;
 
 function refine(env: z.infer<typeof CommonEnv> & z.infer<typeof KeyEnv>, ctx: z.RefinementCtx) {

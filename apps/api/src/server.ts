@@ -73,11 +73,15 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   const catalog = new ModelCatalog(registry, () => trusted);
   await catalog.refresh();
   await subscriber.subscribe(registry.channel);
-  subscriber.on("message", () => {
+  const refresh = () => {
     void loadTrusted()
       .then(() => catalog.refresh())
       .catch((err: unknown) => log.error({ err: coerceError(err) }, "registry refresh failed"));
-  });
+  };
+  subscriber.on("message", refresh);
+  // Pub/sub drops messages sent while a subscriber reconnects: re-read the registry now and then.
+  const resync = setInterval(refresh, 5000);
+  resync.unref();
 
   const tenants = new TenantStore(redis, env.CITADEL_PREFIX);
   const limiter = new RateLimiter(redis, env.CITADEL_PREFIX);
@@ -134,6 +138,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     close: () => {
       // Stop accepting, let in-flight requests finish (app.close waits), then close Redis.
       closing ??= (async () => {
+        clearInterval(resync);
         await app.close();
         await queues.close();
         await audit.flush();

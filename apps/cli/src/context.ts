@@ -1,11 +1,11 @@
-import { CommonEnv, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
+import { CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
 import { CitadelError } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv } from "@citadel/keys";
 import { type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import type { z } from "zod";
 
-export const CliEnv = CommonEnv.extend(KeyEnv.shape).superRefine(refineKeyEnv);
+export const CliEnv = CommonEnv.extend(KeyEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
 export type CliEnv = z.infer<typeof CliEnv>;
 
 /** What most verbs need: the registry in Redis, the model store and the key service. */

@@ -1,4 +1,4 @@
-import { BoolEnv, CommonEnv, IntEnv, KeyEnv, ListEnv, refineKeyEnv, SECOND } from "@citadel/config";
+import { BoolEnv, CommonEnv, EVEN_WITH_ISSUES, IntEnv, KeyEnv, ListEnv, refineKeyEnv, SECOND } from "@citadel/config";
 import { z } from "zod";
 
 export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
@@ -32,5 +32,5 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
         message: "pinned signer keys are required in production",
       });
     }
-  });
+  }, EVEN_WITH_ISSUES);
 export type WorkerEnv = z.infer<typeof WorkerEnv>;

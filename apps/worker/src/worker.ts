@@ -100,6 +100,17 @@ export async function startWorker(
   });
   const models = env.WORKER_MODELS.includes("*") ? await registry.models() : env.WORKER_MODELS;
   for (const m of models) serve(m);
+  // Pub/sub drops messages sent while a subscriber reconnects: look for new models now and then.
+  const resync = setInterval(() => {
+    if (!env.WORKER_MODELS.includes("*")) return;
+    registry.models().then(
+      (all) => {
+        for (const m of all) serve(m);
+      },
+      (err: unknown) => log.warn({ err: coerceError(err) }, "registry resync failed"),
+    );
+  }, 5000);
+  resync.unref();
 
   const healthy = () => ModelRunner.abandonedAlive <= env.MAX_HUNG_RUNNERS && redis.status === "ready";
   const server: Server = createServer((req, res) => {
@@ -133,6 +144,7 @@ export async function startWorker(
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
+      clearInterval(resync);
       log.info("worker stopping");
       const grace = Math.max(1000, env.SHUTDOWN_TIMEOUT_MS - 2000);
       await Promise.allSettled([...consumers.values()].map((c) => c.close(grace)));

@@ -85,7 +85,13 @@ export const KeyEnv = z.object({
 });
 export type KeyEnv = z.infer<typeof KeyEnv>;
 
-/** Cross-field rules for KeyEnv; call from the app's superRefine. */
+/**
+ * Cross-field rules run even when some fields failed to parse, so one start-up lists
+ * every problem. They see raw values then, so they only compare and test presence.
+ */
+export const EVEN_WITH_ISSUES = { when: () => true } as const;
+
+/** Cross-field rules for KeyEnv; call from the app's superRefine (with EVEN_WITH_ISSUES). */
 export function refineKeyEnv(env: KeyEnv & { NODE_ENV: string }, ctx: z.RefinementCtx): void {
   if (env.KEY_PROVIDER === "local" && env.NODE_ENV === "production" && !env.ALLOW_LOCAL_KEYS_IN_PRODUCTION) {
     ctx.addIssue({

@@ -12,6 +12,7 @@ export const ErrorCode = z.enum([
   "FORBIDDEN",
   "MODEL_NOT_FOUND",
   "JOB_NOT_FOUND",
+  "NOT_FOUND",
   "IDEMPOTENCY_CONFLICT",
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
@@ -75,6 +76,7 @@ export function httpStatusFor(code: ErrorCode): number {
       return 403;
     case "MODEL_NOT_FOUND":
     case "JOB_NOT_FOUND":
+    case "NOT_FOUND":
       return 404;
     case "IDEMPOTENCY_CONFLICT":
       return 409;

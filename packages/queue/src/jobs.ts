@@ -129,7 +129,7 @@ export class JobQueues {
   async cancel(
     id: string,
     tenant: string,
-  ): Promise<{ status: "cancelled" | "cancelling" | JobView["status"]; removed?: boolean }> {
+  ): Promise<{ status: "cancelled" | "cancelling" | JobView["status"]; removed?: { model: string; version: string } }> {
     const job = await this.find(id, tenant);
     if (!job) {
       await this.view(id, tenant);
@@ -137,29 +137,26 @@ export class JobQueues {
     }
     const state = await job.getState();
     if (state === "completed" || state === "failed") return { status: toView(job, state).status };
-    if (state !== "active") {
-      try {
-        await job.remove();
-        const view: JobView & { tenant: string } = {
-          id,
-          tenant,
-          status: "cancelled",
-          model: job.data.model,
-          version: job.data.version,
-          createdAt: new Date(job.timestamp).toISOString(),
-          finishedAt: new Date().toISOString(),
-        };
-        await this.redis.set(
-          keys.cancelled(this.settings.prefix, id),
-          JSON.stringify(view),
-          "PX",
-          this.settings.failedTtlMs,
-        );
-        this.notify(id);
-        return { status: "cancelled" };
-      } catch {
-        // Locked: a worker took it between getState and remove. Fall through to abort.
-      }
+    if (state !== "active" && (await removeUnlessLocked(job))) {
+      // Removed by this call (at most one caller succeeds): tombstone, quota, wake waiters.
+      const view: JobView & { tenant: string } = {
+        id,
+        tenant,
+        status: "cancelled",
+        model: job.data.model,
+        version: job.data.version,
+        createdAt: new Date(job.timestamp).toISOString(),
+        finishedAt: new Date().toISOString(),
+      };
+      await this.redis.set(
+        keys.cancelled(this.settings.prefix, id),
+        JSON.stringify(view),
+        "PX",
+        this.settings.failedTtlMs,
+      );
+      await releaseQuota(this.redis, this.settings.prefix, job.data);
+      this.notify(id);
+      return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
     await this.redis
       .multi()
@@ -217,6 +214,20 @@ export class JobQueues {
     await Promise.allSettled([...this.events.values()].map((e) => e.close()));
     await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
     await Promise.allSettled([...this.events.values()].map((e) => e.disconnect()));
+  }
+}
+
+/**
+ * BullMQ refuses to remove a job a worker holds the lock on (it throws); that race
+ * (taken between getState and remove) means the job is active: cancel it there.
+ */
+async function removeUnlessLocked(job: Job<JobData, JobResult>): Promise<boolean> {
+  try {
+    await job.remove();
+    return true;
+  } catch (err) {
+    if (/locked|lock/i.test((err as Error).message)) return false;
+    throw err;
   }
 }
 

@@ -1,0 +1,702 @@
+import { request as httpRequest } from "node:http";
+import { type ErrorCode, httpStatusFor } from "@citadel/contracts";
+import { buildIdentityModel, buildMultiInputModel, buildNoBatchModel } from "@citadel/onnx";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Answer, errorEnvelope, inject, isErrorCode, publishModel, queueCounts } from "../support/api-kit.js";
+import { startTestFleet, type TestFleet } from "../support/fleet.js";
+
+// SPEC §1.2 and issue 4 point 7: thousands of generated and mutated requests against a
+// running API. Whatever arrives, the answer is a documented status with the error
+// envelope, nothing 5xx, memory stays bounded and nothing refused reaches a queue.
+
+const BODY_LIMIT = 256 * 1024;
+const RUNS = 10_400;
+/** Requests per property run, sent concurrently (shrinking still works on the batch). */
+const PARALLEL = 8;
+const MODELS = ["h-tiny", "h-multi", "h-dyn", "h-int8", "h-fixed"] as const;
+/** Every status SPEC §3 names, plus 415 (UNSUPPORTED_MEDIA_TYPE in @citadel/contracts). */
+/** The API's answer for a path no route matches; see the note in checkAnswer. */
+const DOCUMENTED = new Set([200, 202, 400, 401, 403, 404, 409, 413, 415, 422, 429, 503]);
+
+let fleet: TestFleet;
+let narrowKey = "";
+
+beforeAll(async () => {
+  // No workers: every accepted job stays in its queue, so the queues can be counted exactly.
+  fleet = await startTestFleet({ workers: 0, env: { BODY_LIMIT_BYTES: String(BODY_LIMIT), MAX_JSON_DEPTH: "16" } });
+  const range = { range: [-10, 10] as [number, number] };
+  await publishModel(fleet, buildIdentityModel("float32", ["N", 4]), {
+    name: "h-tiny",
+    version: "1",
+    spec: { maxBatch: 8, inputs: { x: range } },
+  });
+  await publishModel(fleet, buildMultiInputModel(), { name: "h-multi", version: "1", spec: { maxBatch: 4 } });
+  await publishModel(fleet, buildIdentityModel("float32", ["N", "D"]), {
+    name: "h-dyn",
+    version: "1",
+    spec: { maxBatch: 4, inputs: { x: { ...range, maxDim: 64 } } },
+  });
+  await publishModel(fleet, buildIdentityModel("int8", ["N", 3]), {
+    name: "h-int8",
+    version: "1",
+    spec: { maxBatch: 8 },
+  });
+  await publishModel(fleet, buildNoBatchModel(), { name: "h-fixed", version: "1", spec: { batchAxis: null } });
+  narrowKey = await fleet.addTenant({
+    id: "narrow",
+    models: ["h-tiny"],
+    requestRate: 1_000_000,
+    requestBurst: 1_000_000,
+  });
+});
+afterAll(async () => {
+  await fleet?.close();
+});
+
+// ---------- generators ----------
+
+const hugeInts = [0, 1, 2, 3, 4, 8, 64, 65, -1, -4, 1 << 20, (1 << 20) + 1, 2 ** 31, 2 ** 32 + 1, 2 ** 53, 2 ** 53 + 2];
+const dim = fc.oneof(
+  { weight: 6, arbitrary: fc.integer({ min: 0, max: 9 }) },
+  { weight: 3, arbitrary: fc.constantFrom(...hugeInts) },
+  { weight: 1, arbitrary: fc.constantFrom(1.5, -0, 1e308, -1e308, Number.MIN_VALUE) },
+  { weight: 1, arbitrary: fc.constantFrom<unknown>("4", null, true, [], {}, "NaN") },
+);
+const shape = fc.oneof(
+  { weight: 8, arbitrary: fc.array(dim, { maxLength: 5 }) },
+  { weight: 1, arbitrary: fc.array(dim, { minLength: 8, maxLength: 12 }) },
+  // Products far past 2^53 in few dimensions.
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      [1 << 20, 1 << 20, 1 << 20],
+      [2 ** 31, 2 ** 31],
+      [1, 1 << 20, 1 << 20, 1 << 20, 1 << 20],
+    ),
+  },
+  { weight: 1, arbitrary: fc.constantFrom<unknown>("1,4", 4, null, { 0: 1 }) },
+);
+const dtype = fc.oneof(
+  { weight: 8, arbitrary: fc.constantFrom("float32", "int64", "int8", "float64", "uint8", "bool", "int32") },
+  { weight: 1, arbitrary: fc.constantFrom<unknown>("float16", "FLOAT32", "string", "", 1, null) },
+);
+const b64Of = (bytes: number) => Buffer.alloc(Math.max(0, bytes), 0x3f).toString("base64");
+const data = fc.oneof(
+  { weight: 4, arbitrary: fc.integer({ min: 0, max: 80 }).map(b64Of) }, // well-formed, often lying about length
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      "!!!!",
+      "AAA",
+      "AAAA====",
+      "A===",
+      "QUJD\n",
+      "QU JD",
+      "-_-_",
+      "QUJD=QUJD",
+      "ÿÿÿÿ",
+      "\u0000\u0000\u0000\u0000",
+    ),
+  },
+  { weight: 1, arbitrary: fc.string({ maxLength: 40 }) },
+  { weight: 3, arbitrary: fc.array(fc.double({ noNaN: false }), { maxLength: 40 }) },
+  { weight: 2, arbitrary: fc.array(fc.integer({ min: -200, max: 200 }), { maxLength: 40 }) },
+  {
+    weight: 1,
+    arbitrary: fc.array(fc.oneof(fc.boolean(), fc.constant(null), fc.string(), fc.constant([1])), { maxLength: 8 }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom<unknown>(null, 4, {}, true, [
+      [1, 2],
+      [3, 4],
+    ]),
+  },
+  { weight: 1, arbitrary: fc.integer({ min: 1, max: 40_000 }).map((n) => new Array<number>(n).fill(0.5)) },
+);
+const tensor = fc.record(
+  { dtype, shape, data, extra: fc.constantFrom<unknown>(1, "x") },
+  { requiredKeys: ["dtype", "shape", "data"] },
+);
+const inputName = fc.constantFrom("x", "a", "b", "y", "", "X", "x ");
+const inputs = fc.oneof(
+  { weight: 8, arbitrary: fc.dictionary(inputName, tensor, { maxKeys: 3 }) },
+  { weight: 1, arbitrary: fc.constantFrom<unknown>(null, [], "x", 1) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .integer({ min: 30, max: 40 })
+      .map((n) =>
+        Object.fromEntries(Array.from({ length: n }, (_, i) => [`i${i}`, { dtype: "float32", shape: [1], data: [1] }])),
+      ),
+  },
+);
+const modelName = fc.oneof(
+  { weight: 8, arbitrary: fc.constantFrom<string>(...MODELS) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom<unknown>("nope", "", "H-TINY", "h-tiny.1", "../x", "a".repeat(300), 7, null, ["h-tiny"]),
+  },
+  { weight: 1, arbitrary: fc.stringMatching(/^[a-z][a-z0-9-]{0,20}$/) },
+);
+const jobBody = fc.record(
+  {
+    model: modelName,
+    version: fc.constantFrom<unknown>("1", "2", "", 1, "latest"),
+    inputs,
+    outputs: fc.constantFrom<unknown>(
+      ["y"],
+      ["nope"],
+      [],
+      "y",
+      [1],
+      Array.from({ length: 40 }, () => "y"),
+    ),
+    timeoutMs: fc.constantFrom<unknown>(1, 1000, 5000, 5001, 0, -1, 1.5, "100", 2 ** 53, 1e308),
+    priority: fc.constantFrom<unknown>("high", "normal", "low", "urgent", 1),
+    colour: fc.constant("red"),
+  },
+  { requiredKeys: ["model", "inputs"] },
+);
+
+/** A request that fits its model exactly, so a share of the traffic is accepted. */
+const validJob = fc
+  .record({
+    m: fc.constantFrom(...MODELS),
+    rows: fc.integer({ min: 1, max: 4 }),
+    v: fc.double({ min: -9, max: 9, noNaN: true }),
+  })
+  .map(({ m, rows, v }): Record<string, unknown> => {
+    const f32 = (n: number) => Buffer.from(new Float32Array(n).fill(v).buffer).toString("base64");
+    switch (m) {
+      case "h-tiny":
+        return { model: m, inputs: { x: { dtype: "float32", shape: [rows, 4], data: f32(rows * 4) } } };
+      case "h-multi":
+        return {
+          model: m,
+          inputs: {
+            a: { dtype: "float32", shape: [rows, 4], data: Array.from({ length: rows * 4 }, () => v) },
+            b: { dtype: "int64", shape: [rows, 1], data: Array.from({ length: rows }, () => 3) },
+          },
+        };
+      case "h-dyn":
+        return { model: m, inputs: { x: { dtype: "float32", shape: [rows, 7], data: f32(rows * 7) } } };
+      case "h-int8":
+        return {
+          model: m,
+          inputs: { x: { dtype: "int8", shape: [rows, 3], data: Array.from({ length: rows * 3 }, () => -7) } },
+        };
+      default:
+        return { model: m, inputs: { x: { dtype: "float32", shape: [2, 3], data: [1, 2, 3, 4, 5, 6] } } };
+    }
+  });
+
+/** A fitting request with one tensor field broken: reaches the tensor validation behind the schema. */
+const nearValid = fc
+  .record({
+    job: validJob,
+    field: fc.constantFrom("shape", "dtype", "data", "name", "drop", "version", "outputs", "timeoutMs"),
+    shape,
+    dtype: fc.constantFrom("float32", "int64", "int8", "float64", "uint8", "bool", "int32"),
+    data,
+    special: fc.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, -1e30, 11, 1e-45, 3.4e38),
+    timeoutMs: fc.constantFrom(4999, 5000, 5001, 60_000),
+  })
+  .map(({ job, field, shape: sh, dtype: dt, data: d, special, timeoutMs }) => {
+    const ins = job.inputs as Record<string, Record<string, unknown>>;
+    const [name, t] = Object.entries(ins)[0] ?? ["x", {}];
+    switch (field) {
+      case "shape":
+        return { ...job, inputs: { ...ins, [name]: { ...t, shape: sh } } };
+      case "dtype":
+        return { ...job, inputs: { ...ins, [name]: { ...t, dtype: dt } } };
+      case "data":
+        // Either arbitrary data, or the right length carrying one forbidden value (NaN/Inf/out of range).
+        return Array.isArray(t.data) || typeof special !== "number"
+          ? { ...job, inputs: { ...ins, [name]: { ...t, data: d } } }
+          : {
+              ...job,
+              inputs: {
+                ...ins,
+                [name]: {
+                  ...t,
+                  data: (() => {
+                    const raw = Buffer.from(String(t.data), "base64");
+                    const f = new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+                    if (f.length > 0) f[f.length - 1] = special;
+                    return raw.toString("base64");
+                  })(),
+                },
+              },
+            };
+      case "name":
+        return { ...job, inputs: { ...ins, [`${name}2`]: t } };
+      case "drop":
+        return { ...job, inputs: {} };
+      case "version":
+        return { ...job, version: "2" };
+      case "outputs":
+        return { ...job, outputs: ["y", "nope"] };
+      default:
+        return { ...job, timeoutMs };
+    }
+  });
+
+type Mutation =
+  | { kind: "none" }
+  | { kind: "truncate"; at: number }
+  | { kind: "flip"; at: number; byte: number }
+  | { kind: "badUtf8"; at: number; seq: readonly number[] }
+  | { kind: "dupKey"; key: string }
+  | { kind: "protoKey"; key: string }
+  | { kind: "deep"; depth: number; open: string }
+  | { kind: "bigNumber"; text: string }
+  | { kind: "oversize"; bytes: number }
+  | { kind: "trailing"; text: string };
+
+const mutation: fc.Arbitrary<Mutation> = fc.oneof(
+  { weight: 10, arbitrary: fc.constant<Mutation>({ kind: "none" }) },
+  { weight: 2, arbitrary: fc.nat(400).map((at): Mutation => ({ kind: "truncate", at })) },
+  {
+    weight: 2,
+    arbitrary: fc.record({ at: fc.nat(400), byte: fc.nat(255) }).map((r): Mutation => ({ kind: "flip", ...r })),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .record({
+        at: fc.nat(400),
+        seq: fc.constantFrom(
+          [0xff],
+          [0xc3, 0x28],
+          [0xc0, 0xaf],
+          [0xed, 0xa0, 0x80],
+          [0xf4, 0x90, 0x80, 0x80],
+          [0xe2, 0x82],
+          [0x80],
+        ),
+      })
+      .map((r): Mutation => ({ kind: "badUtf8", ...r })),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .constantFrom("model", "mod\\u0065l", "inputs", "priority")
+      .map((key): Mutation => ({ kind: "dupKey", key })),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .constantFrom("__proto__", "constructor", "prototype", "\\u005f_proto__")
+      .map((key): Mutation => ({ kind: "protoKey", key })),
+  },
+  {
+    weight: 2,
+    arbitrary: fc
+      .record({ depth: fc.constantFrom(15, 17, 100, 5000, 60_000), open: fc.constantFrom("[", '{"a":') })
+      .map((r): Mutation => ({ kind: "deep", ...r })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .constantFrom("1e999", "-1e999", "1".repeat(400), "0.".concat("0".repeat(300), "1"))
+      .map((text): Mutation => ({ kind: "bigNumber", text })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .constantFrom(BODY_LIMIT + 1, BODY_LIMIT * 2, 3 * 1024 * 1024)
+      .map((bytes): Mutation => ({ kind: "oversize", bytes })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom("x", "{}", "\u0000", " ", "]").map((text): Mutation => ({ kind: "trailing", text })),
+  },
+);
+
+function mutate(json: string, m: Mutation): Buffer {
+  const buf = Buffer.from(json, "utf8");
+  switch (m.kind) {
+    case "none":
+      return buf;
+    case "truncate":
+      return buf.subarray(0, Math.min(m.at, Math.max(0, buf.length - 1)));
+    case "flip": {
+      const out = Buffer.from(buf);
+      if (out.length > 0) out[m.at % out.length] = m.byte;
+      return out;
+    }
+    case "badUtf8": {
+      const at = buf.length > 0 ? m.at % buf.length : 0;
+      return Buffer.concat([buf.subarray(0, at), Buffer.from(m.seq), buf.subarray(at)]);
+    }
+    case "dupKey":
+      return Buffer.from(json.replace(/^\{/, `{"${m.key}":"h-tiny",`), "utf8");
+    case "protoKey":
+      return Buffer.from(json.replace(/^\{/, `{"${m.key}":{"polluted":true},`), "utf8");
+    case "deep": {
+      const close = m.open === "[" ? "]" : "}";
+      return Buffer.from(json.replace(/^\{/, `{"nest":${m.open.repeat(m.depth)}1${close.repeat(m.depth)},`), "utf8");
+    }
+    case "bigNumber":
+      return Buffer.from(json.replace(/^\{/, `{"timeoutMs":${m.text},`), "utf8");
+    case "oversize":
+      return Buffer.from(json.replace(/^\{/, `{"pad":"${"A".repeat(m.bytes)}",`), "utf8");
+    case "trailing":
+      return Buffer.concat([buf, Buffer.from(m.text, "utf8")]);
+  }
+}
+
+type Auth = "acme" | "narrow" | "none" | "garbage" | "basic" | "long";
+const auth = fc.oneof(
+  { weight: 12, arbitrary: fc.constant<Auth>("acme") },
+  { weight: 1, arbitrary: fc.constantFrom<Auth>("narrow", "none", "garbage", "basic", "long") },
+);
+function authHeader(a: Auth): Record<string, string> {
+  switch (a) {
+    case "acme":
+      return { authorization: `Bearer ${fleet.apiKey}` };
+    case "narrow":
+      return { authorization: `Bearer ${narrowKey}` };
+    case "none":
+      return {};
+    case "garbage":
+      return { authorization: "Bearer ctd_\u00ff\u00fe not a key" };
+    case "basic":
+      return { authorization: `Basic ${Buffer.from("admin:admin-password-for-tests").toString("base64")}` };
+    case "long":
+      return { authorization: `Bearer ctd_${"k".repeat(5000)}` };
+  }
+}
+const contentType = fc.oneof(
+  { weight: 10, arbitrary: fc.constant<string | null>("application/json") },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom<string | null>(
+      null,
+      "application/json; charset=utf-8",
+      "application/json; charset=latin1",
+      "APPLICATION/JSON",
+      "text/plain",
+      "text/json",
+      "application/x-www-form-urlencoded",
+      "multipart/form-data; boundary=x",
+      "application/jsonx",
+      "application/octet-stream",
+      "",
+    ),
+  },
+);
+const idempotencyKey = fc.oneof(
+  { weight: 12, arbitrary: fc.constant<string | null>(null) },
+  { weight: 1, arbitrary: fc.constantFrom<string | null>("k1", "k2", "", "x".repeat(201), "\t") },
+);
+const jobId = fc.oneof(
+  fc.constantFrom(
+    "h-tiny.AAAAAAAAAAAAAAAAAAAAAAAA",
+    "nope.AAAAAAAAAAAAAAAAAAAAAAAA",
+    "h-tiny",
+    ".",
+    "%E0%A4%A",
+    "%00",
+    "%2e%2e%2f%2e%2e",
+    "a".repeat(150),
+    "h-tiny.".concat("A".repeat(190)),
+    "%F0%28%8C%BC",
+  ),
+  fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/),
+);
+const waitQuery = fc.constantFrom(
+  "",
+  "?wait=0",
+  "?wait=-1",
+  "?wait=abc",
+  "?wait=1e3",
+  "?wait=99999999",
+  "?wait=1.5",
+  "?wait=0x10",
+  "?wait=1&wait=2",
+  "?x=1",
+  "?wait=%zz",
+  "?wait=NaN",
+);
+
+type Req = {
+  method: "GET" | "POST" | "DELETE";
+  url: string;
+  headers: Record<string, string>;
+  payload?: Buffer;
+  bulk?: boolean;
+};
+
+/** Counterexamples print as a short line, not as every byte of a 3 MB body. */
+function described(r: Req): Req {
+  return Object.assign(r, {
+    [fc.toStringMethod]: () =>
+      `${r.method} ${r.url} ${JSON.stringify(r.headers)} ${r.payload ? `${r.payload.length} B: ${JSON.stringify(r.payload.subarray(0, 160).toString("latin1"))}` : ""}`,
+  });
+}
+
+const submit = fc
+  .record({
+    bulk: fc.boolean(),
+    body: fc.oneof(
+      { weight: 3, arbitrary: jobBody },
+      { weight: 3, arbitrary: nearValid },
+      { weight: 1, arbitrary: validJob },
+    ),
+    more: fc.array(fc.oneof(jobBody, nearValid, validJob), { maxLength: 6 }),
+    bulkShape: fc.constantFrom("ok", "empty", "notArray", "extra", "huge"),
+    mutation,
+    auth,
+    contentType,
+    idempotencyKey,
+  })
+  .map((r): Req => {
+    let doc: unknown = r.body;
+    if (r.bulk) {
+      const jobs = [r.body, ...r.more];
+      doc =
+        r.bulkShape === "empty"
+          ? { jobs: [] }
+          : r.bulkShape === "notArray"
+            ? { jobs: r.body }
+            : r.bulkShape === "extra"
+              ? { jobs, more: 1 }
+              : r.bulkShape === "huge"
+                ? { jobs: new Array<unknown>(501).fill(1) }
+                : { jobs };
+    }
+    const headers: Record<string, string> = { ...authHeader(r.auth) };
+    if (r.contentType !== null) headers["content-type"] = r.contentType;
+    if (r.idempotencyKey !== null) headers["idempotency-key"] = r.idempotencyKey;
+    return described({
+      method: "POST",
+      url: r.bulk ? "/v1/jobs/bulk" : "/v1/jobs",
+      headers,
+      payload: mutate(JSON.stringify(doc), r.mutation),
+      bulk: r.bulk,
+    });
+  });
+const readOrCancel = fc.record({ del: fc.boolean(), id: jobId, q: waitQuery, auth }).map(
+  (r): Req =>
+    described({
+      method: r.del ? "DELETE" : "GET",
+      url: `/v1/jobs/${r.id}${r.del ? "" : r.q}`,
+      headers: authHeader(r.auth),
+    }),
+);
+const listing = fc
+  .record({ q: fc.constantFrom("", "?a=1", "?__proto__=1"), auth })
+  .map((r): Req => described({ method: "GET", url: `/v1/models${r.q}`, headers: authHeader(r.auth) }));
+const anyRequest = fc.oneof(
+  { weight: 14, arbitrary: submit },
+  { weight: 3, arbitrary: readOrCancel },
+  { weight: 1, arbitrary: listing },
+);
+
+// ---------- checks ----------
+
+interface Tally {
+  sent: number;
+  byStatus: Map<number, number>;
+  accepted: Set<string>;
+}
+
+function checkAnswer(req: Req, a: Answer, tally: Tally): void {
+  tally.sent++;
+  tally.byStatus.set(a.status, (tally.byStatus.get(a.status) ?? 0) + 1);
+  const where = `${req.method} ${req.url} → ${a.status} ${a.text.slice(0, 300)}`;
+  expect(a.status < 500, where).toBe(true);
+  expect(DOCUMENTED.has(a.status), where).toBe(true);
+  if (a.status === 200) {
+    expect(req.method, where).toBe("GET");
+    return;
+  }
+  if (a.status === 202) {
+    expect(req.method === "POST" || req.method === "DELETE", where).toBe(true);
+    if (req.method === "DELETE") return;
+    const body = a.body as { id?: unknown; jobs?: unknown };
+    if (req.bulk) {
+      expect(Array.isArray(body.jobs), where).toBe(true);
+      for (const item of body.jobs as unknown[]) {
+        const e = errorEnvelope(item);
+        if (e) {
+          expect(isErrorCode(e.code), where).toBe(true);
+          expect((item as { status?: unknown }).status, where).toBe(httpStatusFor(e.code as ErrorCode));
+        } else {
+          const id = (item as { id?: unknown }).id;
+          expect(typeof id, where).toBe("string");
+          tally.accepted.add(id as string);
+        }
+      }
+    } else {
+      expect(typeof body.id, where).toBe("string");
+      tally.accepted.add(body.id as string);
+    }
+    return;
+  }
+  const e = errorEnvelope(a.body);
+  expect(e, where).not.toBeNull();
+  expect(isErrorCode(e?.code ?? ""), where).toBe(true);
+  expect(httpStatusFor(e?.code as ErrorCode), where).toBe(a.status);
+  expect(e?.message.length, where).toBeGreaterThan(0);
+  if (a.status === 429) expect(Number(a.headers["retry-after"]), where).toBeGreaterThanOrEqual(1);
+}
+
+async function totalQueued(): Promise<{ total: number; waiting: number }> {
+  let total = 0;
+  let waiting = 0;
+  for (const m of MODELS) {
+    const c = await queueCounts(fleet, m);
+    total += c.total;
+    waiting += c.waiting + c.prioritized;
+  }
+  return { total, waiting };
+}
+
+/** Sends a request over a real socket, with the raw body bytes (no client-side re-encoding). */
+function overHttp(req: Req, streamBytes?: number): Promise<Answer & { sentBytes: number }> {
+  const url = new URL(fleet.apiUrl);
+  return new Promise((resolve, reject) => {
+    let sentBytes = 0;
+    const r = httpRequest(
+      { host: url.hostname, port: url.port, method: req.method, path: req.url, headers: req.headers },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let body: unknown = null;
+          try {
+            body = JSON.parse(text) as unknown;
+          } catch {
+            body = null;
+          }
+          resolve({ status: res.statusCode ?? 0, body, text, headers: res.headers, sentBytes });
+        });
+      },
+    );
+    r.on("error", reject);
+    if (streamBytes === undefined) {
+      r.end(req.payload);
+      return;
+    }
+    // Stream a body far over the limit; stop once the server has answered.
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let answered = false;
+    r.once("response", () => {
+      answered = true;
+    });
+    r.on("error", () => undefined);
+    const pump = () => {
+      while (!answered && sentBytes < streamBytes) {
+        sentBytes += chunk.length;
+        if (!r.write(chunk)) {
+          r.once("drain", pump);
+          return;
+        }
+      }
+      if (!answered) r.end();
+    };
+    r.write("{");
+    pump();
+  });
+}
+
+describe("hostile clients", () => {
+  it(`answers ${RUNS} generated and mutated requests with documented 4xx codes and enqueues only what it accepts`, async () => {
+    const before = await totalQueued();
+    const rssBefore = process.memoryUsage().rss;
+    const started = Date.now();
+    const tally: Tally = { sent: 0, byStatus: new Map(), accepted: new Set() };
+    await fc.assert(
+      fc.asyncProperty(fc.array(anyRequest, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
+        const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
+        for (const [i, req] of reqs.entries()) checkAnswer(req, answers[i] as Answer, tally);
+      }),
+      {
+        numRuns: Math.ceil(RUNS / PARALLEL),
+        seed: Number(process.env.HOSTILE_SEED ?? Date.now() % 2 ** 31),
+        endOnFailure: true,
+      },
+    );
+    // A sample over real sockets: the HTTP parser and the streaming body limit too.
+    const sample = fc.sample(anyRequest, { numRuns: 300, seed: 7 });
+    for (const req of sample) checkAnswer(req, await overHttp(req), tally);
+    const elapsed = Date.now() - started;
+
+    // The process is up and still serves.
+    const health = await inject(fleet.api.app, { method: "GET", url: "/healthz" });
+    expect(health.status).toBe(200);
+    const rssAfter = process.memoryUsage().rss;
+    const growthMb = (rssAfter - rssBefore) / 2 ** 20;
+    // Nothing refused was queued: the queues grew by exactly the distinct accepted ids.
+    const after = await totalQueued();
+    expect(after.total - before.total).toBe(tally.accepted.size);
+    expect(after.waiting - before.waiting).toBe(tally.accepted.size);
+    const statuses = Object.fromEntries([...tally.byStatus].sort(([a], [b]) => a - b));
+    process.stderr.write(
+      `hostile: ${tally.sent} requests in ${elapsed} ms; statuses ${JSON.stringify(statuses)}; ` +
+        `${tally.accepted.size} jobs accepted; rss ${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MB\n`,
+    );
+    expect(tally.sent).toBeGreaterThanOrEqual(10_000);
+    // Made-up model names never become metric labels (the series would grow without bound).
+    const metrics = await inject(fleet.api.app, { method: "GET", url: "/metrics" });
+    const labels = [...metrics.text.matchAll(/^citadel_api_rejections_total\{[^}]*model="([^"]*)"/gm)].map((m) => m[1]);
+    expect(labels.length).toBeGreaterThan(0);
+    for (const l of new Set(labels)) expect(["", ...MODELS]).toContain(l);
+    expect(growthMb).toBeLessThan(400);
+    // The generators reach every layer: parser, schema, tensors, auth, and acceptance.
+    for (const s of [202, 400, 401, 403, 404, 413, 415, 422])
+      expect(tally.byStatus.get(s) ?? 0, `status ${s}`).toBeGreaterThan(0);
+    expect(tally.accepted.size).toBeGreaterThan(50);
+  }, 180_000);
+
+  it("refuses a streamed oversized body with 413 before reading it whole", async () => {
+    const before = await totalQueued();
+    const req: Req = {
+      method: "POST",
+      url: "/v1/jobs",
+      headers: {
+        authorization: `Bearer ${fleet.apiKey}`,
+        "content-type": "application/json",
+        "transfer-encoding": "chunked",
+      },
+    };
+    const total = 512 * 1024 * 1024;
+    const a = await overHttp(req, total);
+    expect(a.status).toBe(413);
+    expect(errorEnvelope(a.body)?.code).toBe("PAYLOAD_TOO_LARGE");
+    // The answer came long before the 512 MiB were sent.
+    expect(a.sentBytes).toBeLessThan(64 * 1024 * 1024);
+    // A declared length over the limit is refused without waiting for the body.
+    const declared = await overHttp({
+      method: "POST",
+      url: "/v1/jobs",
+      headers: {
+        authorization: `Bearer ${fleet.apiKey}`,
+        "content-type": "application/json",
+        "content-length": String(2 * 1024 ** 3),
+      },
+      payload: Buffer.from("{"),
+    });
+    expect([declared.status, errorEnvelope(declared.body)?.code]).toEqual([413, "PAYLOAD_TOO_LARGE"]);
+    expect((await totalQueued()).total).toBe(before.total);
+    expect((await inject(fleet.api.app, { method: "GET", url: "/healthz" })).status).toBe(200);
+  });
+
+  it("answers unknown routes and methods 404 with the error envelope", async () => {
+    for (const [method, url] of [
+      ["PUT", "/v1/jobs"],
+      ["PATCH", "/v1/jobs/x"],
+      ["GET", "/v2/jobs"],
+      ["POST", "/v1/models"],
+    ] as const) {
+      const a = await inject(fleet.api.app, { method, url, headers: { authorization: `Bearer ${fleet.apiKey}` } });
+      expect(a.status).toBe(404);
+      expect(errorEnvelope(a.body)).not.toBeNull();
+    }
+  });
+});

@@ -1,0 +1,164 @@
+import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
+import type { AuditRecord } from "@citadel/audit";
+import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
+import { parseEnv } from "@citadel/config";
+import { ErrorCode } from "@citadel/contracts";
+import { queueName } from "@citadel/queue";
+import { Queue } from "bullmq";
+import { LogCapture, type TestFleet } from "./fleet.js";
+
+/** Board credentials startTestFleet gives its API. */
+export const BOARD_ADMIN = { username: "admin", password: "admin-password-for-tests" } as const;
+export const BOARD_OPS = { username: "ops", password: "ops-password-for-tests" } as const;
+
+/** Polls `probe` until it returns something other than undefined/false, or fails after `timeoutMs`. */
+export async function pollUntil<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false>,
+  timeoutMs = 10_000,
+  intervalMs = 25,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`, { cause: last });
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/**
+ * Seals and publishes a model as stable, then waits until the fleet's API lists it.
+ * Like fleet.publish, with a deadline that holds on a loaded machine (fleet.publish waits 2 s).
+ */
+export async function publishModel(
+  fleet: TestFleet,
+  bytes: Uint8Array,
+  req: SealRequest,
+  timeoutMs = 30_000,
+): Promise<void> {
+  await publishSealed(fleet.ctx, await sealBytes(fleet.ctx, bytes, req), { stable: true });
+  await pollUntil(
+    `the API to list ${req.name}@${req.version}`,
+    async () => {
+      const r = await fleet.request("GET", "/v1/models");
+      const models = (r.json?.models ?? []) as { name: string; versions: { version: string }[] }[];
+      return models.some((m) => m.name === req.name && m.versions.some((v) => v.version === req.version));
+    },
+    timeoutMs,
+    50,
+  );
+}
+
+/** Every record of the fleet's audit stream, oldest first. */
+export async function readAudit(fleet: TestFleet): Promise<AuditRecord[]> {
+  const rows = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
+  return rows.map(([, fields]) => {
+    const i = fields.indexOf("r");
+    return JSON.parse(fields[i + 1] ?? "{}") as AuditRecord;
+  });
+}
+
+export type QueueCounts = Record<"waiting" | "prioritized" | "delayed" | "active" | "completed" | "failed", number>;
+
+/** Counts of a model's BullMQ queue in every state, read straight from Redis. */
+export async function queueCounts(fleet: TestFleet, model: string): Promise<QueueCounts & { total: number }> {
+  const q = new Queue(queueName(model), { connection: fleet.redis, prefix: fleet.prefix });
+  try {
+    const c = await q.getJobCounts("waiting", "prioritized", "delayed", "active", "completed", "failed");
+    const counts: QueueCounts = {
+      waiting: c.waiting ?? 0,
+      prioritized: c.prioritized ?? 0,
+      delayed: c.delayed ?? 0,
+      active: c.active ?? 0,
+      completed: c.completed ?? 0,
+      failed: c.failed ?? 0,
+    };
+    return { ...counts, total: Object.values(counts).reduce((a, b) => a + b, 0) };
+  } finally {
+    await q.close();
+  }
+}
+
+/**
+ * A second API over a fleet's Redis prefix, keyring and tenants, with settings of the
+ * test's own (startTestFleet pins IP_RATE/IP_BURST high for its own API).
+ */
+export async function startExtraApi(fleet: TestFleet, env: Record<string, string>): Promise<ApiHandle> {
+  return startApi(
+    parseEnv(ApiEnv, {
+      ...fleet.env,
+      API_HOST: "127.0.0.1",
+      API_PORT: "0",
+      BOARD_ADMIN_PASSWORD: BOARD_ADMIN.password,
+      BOARD_OPS_PASSWORD: BOARD_OPS.password,
+      ...env,
+    }),
+    { logDestination: new LogCapture() },
+  );
+}
+
+export interface Answer {
+  status: number;
+  body: unknown;
+  text: string;
+  headers: Record<string, string | string[] | number | undefined>;
+}
+
+/** One request through Fastify's inject: the real parser, hooks, validation and handlers. */
+export async function inject(
+  app: ApiHandle["app"],
+  req: {
+    method: "GET" | "POST" | "DELETE" | "PUT" | "PATCH";
+    url: string;
+    headers?: Record<string, string>;
+    payload?: string | Buffer;
+  },
+): Promise<Answer> {
+  const res = await app.inject({
+    method: req.method,
+    url: req.url,
+    headers: req.headers ?? {},
+    ...(req.payload !== undefined ? { payload: req.payload } : {}),
+  });
+  let body: unknown = null;
+  try {
+    body = JSON.parse(res.body) as unknown;
+  } catch {
+    body = null;
+  }
+  return { status: res.statusCode, body, text: res.body, headers: res.headers };
+}
+
+/** The error envelope of SPEC §3, narrowed from unknown; null when the body is not one. */
+export function errorEnvelope(body: unknown): { code: string; message: string } | null {
+  if (typeof body !== "object" || body === null || !("error" in body)) return null;
+  const e = (body as { error: unknown }).error;
+  if (typeof e !== "object" || e === null) return null;
+  const { code, message } = e as { code?: unknown; message?: unknown };
+  return typeof code === "string" && typeof message === "string" ? { code, message } : null;
+}
+
+export function isErrorCode(code: string): boolean {
+  return ErrorCode.safeParse(code).success;
+}
+
+/** The value of one Prometheus sample whose labels include all of `labels`, or undefined. */
+export function metricValue(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(`${name}{`)) continue;
+    const close = line.lastIndexOf("}");
+    const inside = line.slice(name.length + 1, close);
+    const have = new Map<string, string>();
+    for (const m of inside.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(m[1] ?? "", m[2] ?? "");
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(line.slice(close + 1).trim());
+  }
+  return undefined;
+}
