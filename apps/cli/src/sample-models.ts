@@ -1,5 +1,5 @@
 import { readFile } from "node:fs/promises";
-import { buildConvNet } from "@citadel/onnx";
+import { buildConvNet, mulberry32 } from "@citadel/onnx";
 import type { SealSpecInput } from "./describe.js";
 
 export interface SampleModel {
@@ -55,14 +55,5 @@ export const SAMPLE_MODELS: SampleModel[] = [
   },
 ];
 
-/** A small deterministic PRNG (mulberry32) so demo inputs are reproducible. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic PRNG (mulberry32) so demo inputs are reproducible. */
+export const prng = mulberry32;

@@ -28,6 +28,7 @@ export {
   UNKNOWN_DIM,
 } from "./inspect.js";
 export { OnnxModelError } from "./onnx-model-error.js";
+export { mulberry32 } from "./prng.js";
 export { DATA_TYPE, type Dtype, type IoSpec } from "./proto.js";
 export {
   buildBatchAxisLastModel,

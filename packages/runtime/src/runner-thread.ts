@@ -4,6 +4,7 @@
  * BullMQ locks. A run that never returns is handled by abandoning this thread.
  */
 import { parentPort } from "node:worker_threads";
+import { viewAs } from "@citadel/tensors";
 import * as ort from "onnxruntime-node";
 import type { FromRunner, IoMeta, ProviderAttempt, ToRunner, WireTensor } from "./protocol.js";
 
@@ -20,18 +21,7 @@ function send(msg: FromRunner, transfer: ArrayBuffer[] = []): void {
 }
 
 function toOrt(t: WireTensor): ort.Tensor {
-  const ctor = {
-    float32: Float32Array,
-    float64: Float64Array,
-    int8: Int8Array,
-    uint8: Uint8Array,
-    int16: Int16Array,
-    uint16: Uint16Array,
-    int32: Int32Array,
-    int64: BigInt64Array,
-    bool: Uint8Array,
-  }[t.dtype];
-  return new ort.Tensor(t.dtype, new ctor(t.buffer) as ort.Tensor.DataType, t.shape);
+  return new ort.Tensor(t.dtype, viewAs(t.dtype, new Uint8Array(t.buffer)) as ort.Tensor.DataType, t.shape);
 }
 
 function meta(m: readonly ort.InferenceSession.ValueMetadata[]): IoMeta[] {
