@@ -9,7 +9,7 @@ import { type ModelRegistry, pickVersion } from "@citadel/registry";
  */
 export class ModelCatalog {
   private readonly manifests = new Map<string, Promise<ManifestBody>>();
-  private readonly routing = new Map<string, ModelRouting>();
+  private routing = new Map<string, ModelRouting>();
   private names: string[] = [];
   private loadedAt = 0;
 
@@ -22,15 +22,25 @@ export class ModelCatalog {
     return this.loadedAt > 0;
   }
 
+  /** Re-reads models and routing, then swaps them in at once (requests never see a half-read registry). */
   async refresh(): Promise<void> {
-    this.names = await this.registry.models();
-    this.routing.clear();
-    for (const n of this.names) {
+    const names = await this.registry.models();
+    const routing = new Map<string, ModelRouting>();
+    for (const n of names) {
       const r = await this.registry.getRouting(n);
-      if (r) this.routing.set(n, r);
+      if (r) routing.set(n, r);
     }
-    this.manifests.clear();
+    const changed = JSON.stringify([...routing]) !== JSON.stringify([...this.routing]);
+    this.names = names;
+    this.routing = routing;
+    // Verified manifests stay cached unless routing changed (a re-publish changes routing or adds a version).
+    if (changed) this.manifests.clear();
     this.loadedAt = Date.now();
+  }
+
+  /** Forgets cached manifests (a registry event may have replaced one in place). */
+  invalidate(): void {
+    this.manifests.clear();
   }
 
   models(): string[] {

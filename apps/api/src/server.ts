@@ -78,7 +78,10 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       .then(() => catalog.refresh())
       .catch((err: unknown) => log.error({ err: coerceError(err) }, "registry refresh failed"));
   };
-  subscriber.on("message", refresh);
+  subscriber.on("message", () => {
+    catalog.invalidate();
+    refresh();
+  });
   // Pub/sub drops messages sent while a subscriber reconnects: re-read the registry now and then.
   const resync = setInterval(refresh, 5000);
   resync.unref();
