@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
 import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobView } from "@citadel/contracts";
-import type { JobQueues, Redis } from "@citadel/queue";
+import { isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
@@ -173,6 +173,9 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
       return refuse(req, reply, new CitadelError("VALIDATION_FAILED", "bad request"));
     }
+    if (isRedisUnavailable(err)) {
+      return refuse(req, reply, new CitadelError("QUEUE_UNAVAILABLE", "the job store is unavailable; retry later"));
+    }
     req.log.error({ err }, "unhandled error");
     return reply.code(500).send({ error: { code: "INTERNAL", message: "internal error" } });
   });
@@ -218,37 +221,41 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     v1.setSerializerCompiler(serializerCompiler);
     const api = v1.withTypeProvider<ZodTypeProvider>();
 
-    // Per-IP limit first (it also slows key guessing), then the key, then the tenant's limit.
+    // The key is checked first (cached in-process); then one Redis call charges the
+    // per-IP bucket and, for a known tenant, the tenant's bucket together. Unknown keys
+    // still pay the per-IP bucket, which is what slows key guessing.
     api.addHook("onRequest", async (req) => {
       const ip = req.ip;
-      const byIp = await d.limiter.take("ip", ip, s.ipRate, s.ipBurst);
-      if (!byIp.allowed) {
-        d.metrics.rejections.inc({ tenant: "", model: "", reason: "RATE_LIMITED" });
-        d.audit.record("rate.limited", { clientIp: ip, requestId: req.id, detail: "ip" });
-        req.audited = true;
-        throw new CitadelError("RATE_LIMITED", "too many requests from this address", {
-          retryAfterMs: byIp.retryAfterMs,
-          scope: "ip",
-        });
-      }
       const auth = req.headers.authorization;
       const key = auth?.startsWith("Bearer ") ? auth.slice(7).trim() : "";
       const tenant = key ? await d.tenants.authenticate(key) : null;
+      const byIp = { scope: "ip", id: ip, rate: s.ipRate, burst: s.ipBurst };
+      const limit = await d.limiter.takeAll(
+        tenant
+          ? [byIp, { scope: "tenant", id: tenant.id, rate: tenant.requestRate, burst: tenant.requestBurst }]
+          : [byIp],
+      );
+      if (!limit.allowed) {
+        const perIp = limit.scope === "ip";
+        d.metrics.rejections.inc({ tenant: perIp ? "" : (tenant?.id ?? ""), model: "", reason: "RATE_LIMITED" });
+        d.audit.record("rate.limited", {
+          ...(perIp ? {} : { tenant: tenant?.id }),
+          clientIp: ip,
+          requestId: req.id,
+          detail: perIp ? "ip" : "requests",
+        });
+        req.audited = true;
+        throw new CitadelError(
+          "RATE_LIMITED",
+          perIp ? "too many requests from this address" : "request rate limit reached",
+          { retryAfterMs: limit.retryAfterMs, scope: perIp ? "ip" : "tenant" },
+        );
+      }
       if (!tenant) {
         d.metrics.rejections.inc({ tenant: "", model: "", reason: "UNAUTHORIZED" });
         d.audit.record("auth.denied", { clientIp: ip, requestId: req.id, detail: key ? "unknown key" : "no key" });
         req.audited = true;
         throw new CitadelError("UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)");
-      }
-      const byTenant = await d.limiter.take("tenant", tenant.id, tenant.requestRate, tenant.requestBurst);
-      if (!byTenant.allowed) {
-        d.metrics.rejections.inc({ tenant: tenant.id, model: "", reason: "RATE_LIMITED" });
-        d.audit.record("rate.limited", { tenant: tenant.id, clientIp: ip, requestId: req.id, detail: "requests" });
-        req.audited = true;
-        throw new CitadelError("RATE_LIMITED", "request rate limit reached", {
-          retryAfterMs: byTenant.retryAfterMs,
-          scope: "tenant",
-        });
       }
       req.tenant = tenant;
     });

@@ -38,13 +38,22 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   const onRedisError = (err: Error) => log.error({ err }, "redis error");
   // Fail fast while Redis is down (answer 503) instead of queueing commands in memory.
   const redis = redisClient(env.REDIS_URL, onRedisError, { enableOfflineQueue: false });
-  await new Promise<void>((resolve, reject) => {
-    redis.once("ready", resolve);
-    redis.once("end", () => reject(new Error("redis connection ended before it was ready")));
+  const ready = (c: Redis) =>
+    new Promise<void>((resolve, reject) => {
+      if (c.status === "ready") return resolve();
+      c.once("ready", resolve);
+      c.once("end", () => reject(new Error("redis connection ended before it was ready")));
+    });
+  await ready(redis);
+  // BullMQ's own commands go over a client without auto-pipelining (its scripts batch already).
+  const connection = redisClient(env.REDIS_URL, onRedisError, {
+    enableOfflineQueue: false,
+    enableAutoPipelining: false,
   });
-  const connection = redis;
+  await ready(connection);
   const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
-  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null });
+  // A subscriber cannot run the ready check's INFO once subscribed; skip it.
+  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
   const metricsRegistry = createRegistry("api");
   const metrics = apiMetrics(metricsRegistry);
   const audit = new AuditWriter(
@@ -144,9 +153,9 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
         clearInterval(resync);
         await app.close();
         await queues.close();
-        await audit.flush();
+        await audit.close();
         await devKeys?.close();
-        for (const r of [subscriber, redis] as Redis[]) {
+        for (const r of [subscriber, connection, redis] as Redis[]) {
           try {
             await r.quit();
           } catch (err) {

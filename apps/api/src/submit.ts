@@ -3,7 +3,7 @@ import type { AuditSink } from "@citadel/audit";
 import { CitadelError, type JobData, type JobRequest } from "@citadel/contracts";
 import { type JobQueues, jobIdFor, keys, type Redis } from "@citadel/queue";
 import { allowsModel, type Tenant } from "@citadel/tenants";
-import { encodeInputs, mergePolicies, resolveOutputs, validateInputs } from "@citadel/tensors";
+import { mergePolicies, resolveOutputs, validateInputs } from "@citadel/tensors";
 import type { ModelCatalog } from "./catalog.js";
 import type { RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
@@ -80,7 +80,7 @@ export class Submitter {
       tenant: ctx.tenant.id,
       model: req.model,
       version,
-      inputs: encodeInputs(v.tensors),
+      inputs: v.encoded,
       ...(outputs ? { outputs } : {}),
       batch: v.batch,
       inputBytes: v.inputBytes,

@@ -33,7 +33,8 @@ export async function startWorker(
   const onRedisError = (err: Error) => log.error({ err }, "redis error");
   const redis = redisClient(env.REDIS_URL, onRedisError);
   const connection = bullConnection(env.REDIS_URL, onRedisError);
-  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null });
+  // A subscriber cannot run the ready check's INFO once subscribed; skip it.
+  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
   const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
   const store = new FsModelStore(env.MODEL_STORE_DIR);
   const metricsRegistry = createRegistry("worker");
@@ -150,7 +151,7 @@ export async function startWorker(
       await Promise.allSettled([...consumers.values()].map((c) => c.close(grace)));
       await host.close();
       await keys.close();
-      await audit.flush();
+      await audit.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       for (const r of [subscriber, connection, redis] as Redis[]) {
         try {

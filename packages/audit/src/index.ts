@@ -67,13 +67,19 @@ export interface AuditLogger {
  * Appends hash-chained records to a bounded Redis stream and to the log. Each writer
  * (one per process) numbers its records and links each to the previous one's hash;
  * its latest (seq, hash) is kept in a heads hash so a deleted tail is noticed too.
- * Appends are serialised so the chain order is the stream order.
+ *
+ * Records are written in order by one pump, many per round trip; while Redis is
+ * unreachable they wait in a bounded buffer and are retried, so an outage delays the
+ * stream copy instead of punching holes in it (the log copy is written at once).
  */
 export class AuditWriter implements AuditSink {
   readonly writer: string;
   private seq = 0;
   private prev: string;
-  private chain: Promise<void> = Promise.resolve();
+  private readonly pending: AuditRecord[] = [];
+  private pumping: Promise<void> | null = null;
+  private failing = false;
+  private closed = false;
   private readonly streamKey: string;
   private readonly headsKey: string;
 
@@ -83,6 +89,8 @@ export class AuditWriter implements AuditSink {
     writerName: string,
     private readonly log: AuditLogger,
     private readonly maxLen = 1_000_000,
+    /** Records held while Redis is down before the oldest are dropped (and logged). */
+    private readonly maxPending = 100_000,
   ) {
     this.writer = `${writerName}:${randomBytes(4).toString("hex")}`;
     this.prev = genesis(this.writer);
@@ -102,25 +110,66 @@ export class AuditWriter implements AuditSink {
     const rec: AuditRecord = { ...body, hash: hashRecord(body) };
     this.prev = rec.hash;
     this.log.info({ audit: rec }, `audit ${event}`);
-    const json = JSON.stringify(rec);
-    this.chain = this.chain
-      .then(async () => {
-        await this.redis
-          .multi()
-          .xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", json)
-          .hset(this.headsKey, this.writer, `${rec.seq}:${rec.hash}`)
-          .exec();
-      })
-      .catch((err: unknown) => {
-        // The log line above already holds the record; the stream copy is lost and
-        // `audit verify` will report the gap. Say so loudly.
-        this.log.error({ err, seq: rec.seq }, "audit stream append failed");
-      });
+    this.pending.push(rec);
+    if (this.pending.length > this.maxPending) {
+      const dropped = this.pending.splice(0, this.pending.length - this.maxPending);
+      this.log.error(
+        { dropped: dropped.length, fromSeq: dropped[0]?.seq },
+        "audit buffer full: oldest records kept only in the log",
+      );
+    }
+    this.pumping ??= this.pump();
   }
 
-  /** Resolves when every record so far has been written (or has failed loudly). */
-  flush(): Promise<void> {
-    return this.chain;
+  private async pump(): Promise<void> {
+    // Let the current tick's records join the first batch.
+    await new Promise((r) => setImmediate(r));
+    let backoff = 250;
+    while (this.pending.length > 0 && !this.closed) {
+      const batch = this.pending.slice(0, 500);
+      const last = batch[batch.length - 1] as AuditRecord;
+      try {
+        const m = this.redis.multi();
+        for (const r of batch) m.xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", JSON.stringify(r));
+        m.hset(this.headsKey, this.writer, `${last.seq}:${last.hash}`);
+        const res = await m.exec();
+        const failed = res?.find(([err]) => err);
+        if (!res || failed) throw failed?.[0] ?? new Error("audit transaction aborted");
+        this.pending.splice(0, batch.length);
+        if (this.failing) this.log.info({ backlog: this.pending.length }, "audit stream writes resumed");
+        this.failing = false;
+        backoff = 250;
+      } catch (err) {
+        if (!this.failing)
+          this.log.error({ err, backlog: this.pending.length }, "audit stream append failed; retrying");
+        this.failing = true;
+        await new Promise((r) => setTimeout(r, backoff).unref());
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+    this.pumping = null;
+  }
+
+  /** Resolves when every record so far is in the stream, or after `timeoutMs` (then says how many are log-only). */
+  async flush(timeoutMs = 3000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((r) => {
+      timer = setTimeout(r, timeoutMs);
+    });
+    const drained = (async () => {
+      while (this.pending.length > 0 && !this.closed) await (this.pumping ??= this.pump());
+    })();
+    await Promise.race([drained, deadline]);
+    clearTimeout(timer);
+    if (this.pending.length > 0) {
+      this.log.error({ backlog: this.pending.length }, "audit records not yet in the stream (they are in the log)");
+    }
+  }
+
+  /** Stops retrying (after a final flush attempt). */
+  async close(timeoutMs = 3000): Promise<void> {
+    await this.flush(timeoutMs);
+    this.closed = true;
   }
 }
 

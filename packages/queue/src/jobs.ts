@@ -85,7 +85,7 @@ export class JobQueues {
   /** Adds jobs in one round trip (BullMQ addBulk pipelines them). Re-adding an id is a no-op. */
   async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]): Promise<void> {
     await this.queue(model).addBulk(
-      items.map((i) => ({ name: "infer", data: i.data, opts: this.jobOptions(i.id, i.priority) })),
+      items.map((i) => ({ name: jobName(i.data), data: i.data, opts: this.jobOptions(i.id, i.priority) })),
     );
   }
 
@@ -98,28 +98,58 @@ export class JobQueues {
   }
 
   async view(id: string, tenant: string): Promise<JobView> {
+    const q = this.queue(modelOfJobId(id));
     // State first, then the hash: a job that fails in between still shows its reason
     // (the other order could pair "failed" with a hash read before failedReason was set).
-    const state = await this.queue(modelOfJobId(id)).getJobState(id);
-    const job = await this.find(id, tenant);
-    if (!job || state === "unknown") {
-      const tomb = await this.redis.get(keys.cancelled(this.settings.prefix, id));
-      if (tomb) {
-        const t = JSON.parse(tomb) as JobView & { tenant: string };
-        if (t.tenant === tenant) {
-          return {
-            id: t.id,
-            status: t.status,
-            model: t.model,
-            version: t.version,
-            createdAt: t.createdAt,
-            finishedAt: t.finishedAt,
-          };
-        }
-      }
-      throw new CitadelError("JOB_NOT_FOUND", "no such job");
+    // Only the small fields are read: a status poll never pulls the job's input tensors.
+    const state = await q.getJobState(id);
+    const [name, ts, processedOn, finishedOn, returnvalue, failedReason] = await this.redis.hmget(
+      q.toKey(id),
+      "name",
+      "timestamp",
+      "processedOn",
+      "finishedOn",
+      "returnvalue",
+      "failedReason",
+    );
+    const owner = name ? parseJobName(name) : null;
+    if (!owner || state === "unknown") return this.tombstone(id, tenant);
+    if (owner.tenant !== tenant) throw new CitadelError("JOB_NOT_FOUND", "no such job");
+    const base = {
+      id,
+      model: modelOfJobId(id),
+      version: owner.version,
+      createdAt: iso(Number(ts)) ?? new Date(0).toISOString(),
+      ...(processedOn ? { startedAt: iso(Number(processedOn)) } : {}),
+      ...(finishedOn ? { finishedAt: iso(Number(finishedOn)) } : {}),
+    };
+    if (state === "completed" && returnvalue) {
+      const { workerId: _w, artifactSha256: _a, ...result } = JSON.parse(returnvalue) as JobResult;
+      return { ...base, status: "completed", result };
     }
-    return toView(job, state);
+    if (state === "failed") {
+      const error = parseFailure(failedReason ?? undefined);
+      return { ...base, status: error.code === "CANCELLED" ? "cancelled" : "failed", error };
+    }
+    return { ...base, status: state === "active" ? "active" : "queued" };
+  }
+
+  private async tombstone(id: string, tenant: string): Promise<JobView> {
+    const tomb = await this.redis.get(keys.cancelled(this.settings.prefix, id));
+    if (tomb) {
+      const t = JSON.parse(tomb) as JobView & { tenant: string };
+      if (t.tenant === tenant) {
+        return {
+          id: t.id,
+          status: t.status,
+          model: t.model,
+          version: t.version,
+          createdAt: t.createdAt,
+          finishedAt: t.finishedAt,
+        };
+      }
+    }
+    throw new CitadelError("JOB_NOT_FOUND", "no such job");
   }
 
   /**
@@ -231,6 +261,19 @@ async function removeUnlessLocked(job: Job<JobData, JobResult>): Promise<boolean
   }
 }
 
+/**
+ * A job's BullMQ name carries its owner and version (`infer/<tenant>/<version>`), so a
+ * status read can check ownership without loading the job's data (its tensors).
+ */
+export function jobName(d: Pick<JobData, "tenant" | "version">): string {
+  return `infer/${d.tenant}/${d.version}`;
+}
+
+function parseJobName(name: string): { tenant: string; version: string } | null {
+  const [kind, tenant, version] = name.split("/");
+  return kind === "infer" && tenant && version ? { tenant, version } : null;
+}
+
 export function isFinal(s: JobView["status"]): boolean {
   return s === "completed" || s === "failed" || s === "cancelled";
 }
@@ -256,15 +299,15 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   return { ...base, status: "queued" };
 }
 
-/** Gives a settled job's share back to its tenant's queue quota. */
+/** Gives a settled job's share back to its tenant's queue quota (EVALSHA after the first call). */
 export async function releaseQuota(
   redis: Redis,
   prefix: string,
   data: Pick<JobData, "tenant" | "inputBytes">,
 ): Promise<void> {
-  await redis.eval(
-    RELEASE_QUOTA,
-    2,
+  const r = redis as Redis & { citadelReleaseQuota?: (a: string, b: string, bytes: number) => Promise<unknown> };
+  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 2, lua: RELEASE_QUOTA });
+  await (r.citadelReleaseQuota as (a: string, b: string, bytes: number) => Promise<unknown>)(
     keys.tenantQueuedJobs(prefix, data.tenant),
     keys.tenantQueuedBytes(prefix, data.tenant),
     data.inputBytes,

@@ -143,9 +143,6 @@ export class ModelConsumer {
     try {
       if (Date.now() > data.deadline)
         throw new CitadelError("DEADLINE_EXCEEDED", "the job waited past its deadline and was not run");
-      if (await this.o.redis.exists(keys.cancelRequested(this.o.prefix, job.id))) {
-        throw new CitadelError("CANCELLED", "the job was cancelled");
-      }
       const model = await this.o.host.get(data.model, data.version);
       const v = validateInputs(data.inputs, model.manifest);
       if (v.batch !== data.batch) throw new CitadelError("JOB_INVALID", "job batch does not match its inputs");
@@ -201,6 +198,13 @@ export class ModelConsumer {
   }
 
   private async execute(batch: Held[]): Promise<void> {
+    // Cancellations requested before we held the job (its pub/sub message went to no
+    // one): one read for the whole batch.
+    const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.job.id as string)));
+    flags.forEach((f, i) => {
+      const h = batch[i];
+      if (f && h) h.cancelled = true;
+    });
     const live = batch.filter((h) => !h.cancelled);
     for (const h of batch)
       if (h.cancelled)
@@ -305,7 +309,12 @@ export class ModelConsumer {
     const { job, token, data } = h;
     try {
       await job.moveToCompleted(result, token, false);
-      await releaseQuota(this.o.redis, this.o.prefix, data);
+      // The result is kept for its TTL; the inputs are not needed any more (status reads
+      // never load them): drop them so retention costs the result's size, not the input's.
+      await Promise.all([
+        this.o.redis.hset(`${job.queueQualifiedName}:${job.id}`, "data", JSON.stringify({ ...data, inputs: {} })),
+        releaseQuota(this.o.redis, this.o.prefix, data),
+      ]);
       this.o.metrics.success.inc({ model: data.model, version: data.version });
       this.o.audit.record("job.completed", {
         ...this.auditBase(job, data),

@@ -53,7 +53,12 @@ describe("validateInputs", () => {
       { x: { dtype: "float32", shape: [2, 3], data: b64([1, 2, 3]) } },
       "TENSOR_DATA_LENGTH_MISMATCH",
     ],
-    ["bad base64", { x: { dtype: "float32", shape: [1, 3], data: "!!!!" } }, "TENSOR_ENCODING_INVALID"],
+    ["bad base64", { x: { dtype: "float32", shape: [1, 3], data: "!!!!!!!!!!!!!!!!" } }, "TENSOR_ENCODING_INVALID"],
+    [
+      "base64 one byte short",
+      { x: { dtype: "float32", shape: [1, 3], data: "AAAAAAAAAAAAAAA=" } },
+      "TENSOR_DATA_LENGTH_MISMATCH",
+    ],
     ["NaN", { x: { dtype: "float32", shape: [1, 3], data: b64([1, Number.NaN, 3]) } }, "TENSOR_NON_FINITE"],
     [
       "Inf",

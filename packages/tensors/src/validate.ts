@@ -9,6 +9,8 @@ export interface ModelIo {
 
 export interface ValidatedInputs {
   tensors: Record<string, Tensor>;
+  /** The inputs as they go on the queue: the client's own base64 where it sent base64 (no re-encoding). */
+  encoded: Record<string, EncodedTensor>;
   /** Samples along the batch axis (1 when no input has one). */
   batch: number;
   inputBytes: number;
@@ -38,6 +40,7 @@ export function validateInputs(
   let batch: number | null = null;
   let batchFrom = "";
   const tensors: Record<string, Tensor> = {};
+  const encoded: Record<string, EncodedTensor> = {};
   let inputBytes = 0;
   for (const spec of io.inputs) {
     const t = inputs[spec.name];
@@ -63,10 +66,13 @@ export function validateInputs(
         ? decodeBase64Data(spec.name, spec.dtype, t.shape, t.data)
         : decodeArrayData(spec.name, spec.dtype, t.shape, t.data);
     checkValues(spec, data);
-    tensors[spec.name] = { dtype: spec.dtype, shape: [...t.shape], data };
+    const tensor: Tensor = { dtype: spec.dtype, shape: [...t.shape], data };
+    tensors[spec.name] = tensor;
+    encoded[spec.name] =
+      typeof t.data === "string" ? { dtype: spec.dtype, shape: [...t.shape], data: t.data } : encodeTensor(tensor);
     inputBytes += data.length * DTYPE_BYTES[spec.dtype];
   }
-  return { tensors, batch: batch ?? 1, inputBytes };
+  return { tensors, encoded, batch: batch ?? 1, inputBytes };
 }
 
 function checkShape(spec: TensorSpec, t: TensorPayload | EncodedTensor, maxBatch: number): void {
@@ -181,11 +187,4 @@ export function resolveOutputs(requested: readonly string[] | undefined, io: Mod
     }
   }
   return [...new Set(requested)];
-}
-
-/** Re-encodes validated tensors for the queue (always base64). */
-export function encodeInputs(tensors: Record<string, Tensor>): Record<string, EncodedTensor> {
-  const out: Record<string, EncodedTensor> = {};
-  for (const [name, t] of Object.entries(tensors)) out[name] = encodeTensor(t);
-  return out;
 }

@@ -1,0 +1,489 @@
+/**
+ * Shared harness for the benchmark and the reliability suite: a private Redis, the
+ * API and workers as real child processes, models sealed and published, a tenant,
+ * an HTTP client, and the measurements both need (percentiles, commandstats, RSS).
+ * Everything listens on 127.0.0.1 only.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
+import { freePort } from "@citadel/cli/fleet";
+import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
+import { initKeyring } from "@citadel/keys";
+import { mulberry32 } from "@citadel/onnx";
+import { type TenantInput, TenantStore } from "@citadel/tenants";
+import { Redis } from "ioredis";
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function say(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}
+
+export { freePort };
+
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+}
+
+export function mean(xs: readonly number[]): number {
+  return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+// ---------------------------------------------------------------------------------
+// Redis of our own
+// ---------------------------------------------------------------------------------
+
+export interface OwnRedis {
+  url: string;
+  port: number;
+  dir: string;
+  /** SIGKILL (AOF keeps what was fsynced) or SHUTDOWN-like SIGTERM. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** Starts it again on the same port and data directory. */
+  start(): Promise<void>;
+  readonly running: boolean;
+}
+
+export function haveRedisServer(): boolean {
+  return spawnSync("redis-server", ["--version"], { stdio: "ignore" }).status === 0;
+}
+
+async function pingRedis(url: string): Promise<boolean> {
+  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  r.on("error", () => undefined);
+  try {
+    await r.connect();
+    return (await r.ping()) === "PONG";
+  } catch {
+    return false;
+  } finally {
+    r.disconnect();
+  }
+}
+
+/**
+ * A `redis-server` on a free 127.0.0.1 port with its own data directory; AOF
+ * (appendfsync always) when asked, so a restart keeps every acknowledged write.
+ */
+export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}): Promise<OwnRedis> {
+  const port = await freePort();
+  const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-redis-"));
+  let child: ChildProcess | null = null;
+  const url = `redis://127.0.0.1:${port}`;
+  const args = [
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--dir",
+    dir,
+    "--save",
+    "",
+    "--protected-mode",
+    "yes",
+    "--maxmemory-policy",
+    "noeviction",
+    ...(opts.aof ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
+  ];
+  const handle: OwnRedis = {
+    url,
+    port,
+    dir,
+    get running() {
+      return child !== null && child.exitCode === null && child.signalCode === null;
+    },
+    start: async () => {
+      const c = spawn("redis-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+      child = c;
+      const deadline = Date.now() + 10_000;
+      while (!(await pingRedis(url))) {
+        if (c.exitCode !== null) throw new Error(`redis-server exited with ${c.exitCode}`);
+        if (Date.now() > deadline) throw new Error("redis-server did not answer within 10 s");
+        await sleep(50);
+      }
+    },
+    stop: async (signal = "SIGTERM") => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise<void>((r) => c.once("exit", () => r()));
+      c.kill(signal);
+      await exited;
+    },
+  };
+  await handle.start();
+  return handle;
+}
+
+// ---------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------
+
+export interface Proc {
+  name: string;
+  child: ChildProcess;
+  url: string;
+  pid: number;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts `apps/<app>/src/main.ts` as a child process (logs in logDir) and waits for its readyz. */
+export async function startProc(
+  app: "api" | "worker",
+  name: string,
+  env: Record<string, string>,
+  logDir: string,
+  port: number,
+  opts: { timeoutMs?: number; nodeArgs?: string[] } = {},
+): Promise<Proc> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  mkdirSync(logDir, { recursive: true });
+  const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: "a", mode: 0o600 });
+  const child = spawn(
+    process.execPath,
+    [...(opts.nodeArgs ?? []), "--import", "tsx", path.join(repoRoot, "apps", app, "src", "main.ts")],
+    {
+      cwd: repoRoot,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(
+        `${name} exited (${child.exitCode ?? child.signalCode}) during start-up; see ${logDir}/${name}.log`,
+      );
+    const ok = await fetch(`${url}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`${name} was not ready within ${timeoutMs} ms; see ${logDir}/${name}.log`);
+    }
+    await sleep(100);
+  }
+  return {
+    name,
+    child,
+    url,
+    pid: child.pid ?? 0,
+    exited,
+    stop: async (signal = "SIGTERM") => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Resident set size of a process from /proc (bytes), 0 when it is gone. */
+export function rssOf(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = /^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1];
+    return kb ? Number(kb) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU time (user+system, ms) a process has used, from /proc/<pid>/stat. */
+export function cpuMsOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11] ?? 0) + Number(fields[12] ?? 0);
+    return (ticks * 1000) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** A gauge from a Prometheus text endpoint (first sample of `name`). */
+export async function scrapeMetric(url: string, name: string): Promise<number | null> {
+  const text = await fetch(url).then(
+    (r) => r.text(),
+    () => "",
+  );
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.eE+-]+)$`, "m").exec(text);
+  return m?.[1] ? Number(m[1]) : null;
+}
+
+// ---------------------------------------------------------------------------------
+// Redis measurements
+// ---------------------------------------------------------------------------------
+
+export type CommandStats = Map<string, number>;
+
+export async function commandStats(redis: Redis): Promise<CommandStats> {
+  const info = await redis.info("commandstats");
+  const stats: CommandStats = new Map();
+  for (const line of info.split("\n")) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim());
+    if (m?.[1] && m[2]) stats.set(m[1], Number(m[2]));
+  }
+  return stats;
+}
+
+/** Commands executed between two snapshots (those run inside Lua scripts included), in all and by command. */
+export function commandDelta(a: CommandStats, b: CommandStats): { all: number; byCommand: Record<string, number> } {
+  let all = 0;
+  const byCommand: Record<string, number> = {};
+  for (const [k, v] of b) {
+    if (k === "info") continue;
+    const d = v - (a.get(k) ?? 0);
+    if (d <= 0) continue;
+    byCommand[k] = d;
+    all += d;
+  }
+  return { all, byCommand };
+}
+
+// ---------------------------------------------------------------------------------
+// A fleet's shared state: keyring, models, tenant
+// ---------------------------------------------------------------------------------
+
+export interface FleetSetup {
+  dir: string;
+  logDir: string;
+  prefix: string;
+  /** Env every Citadel process gets (Redis, prefix, store, keys). */
+  env: Record<string, string>;
+  ctx: CliContext;
+  redis: Redis;
+  apiKey: string;
+  publish(bytes: Uint8Array, req: SealRequest): Promise<void>;
+  addTenant(t: TenantInput): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function setupFleet(opts: {
+  redisUrl: string;
+  prefix?: string;
+  dir?: string;
+  env?: Record<string, string>;
+  tenant?: Partial<TenantInput>;
+}): Promise<FleetSetup> {
+  const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-bench-"));
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const keyring = path.join(dir, "keyring.json");
+  initKeyring(keyring);
+  const prefix = opts.prefix ?? `{bench-${process.pid}}`;
+  const env: Record<string, string> = {
+    NODE_ENV: "development",
+    LOG_LEVEL: "warn",
+    REDIS_URL: opts.redisUrl,
+    CITADEL_PREFIX: prefix,
+    MODEL_STORE_DIR: path.join(dir, "store"),
+    KEY_PROVIDER: "local",
+    LOCAL_KEYRING: keyring,
+    ...opts.env,
+  };
+  const ctx = openContext(loadCliEnv(env));
+  await ctx.redis.connect();
+  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1 });
+  redis.on("error", () => undefined);
+  const tenants = new TenantStore(ctx.redis, prefix);
+  await tenants.upsert({
+    id: "bench",
+    models: ["*"],
+    requestRate: 1_000_000,
+    requestBurst: 1_000_000,
+    sampleRate: 10_000_000,
+    sampleBurst: 10_000_000,
+    maxQueuedJobs: 1_000_000,
+    ...opts.tenant,
+  });
+  const apiKey = await tenants.issueKey("bench");
+  return {
+    dir,
+    logDir: path.join(dir, "logs"),
+    prefix,
+    env,
+    ctx,
+    redis,
+    apiKey,
+    publish: async (bytes, req) => {
+      const sealed = await sealBytes(ctx, bytes, req);
+      await publishSealed(ctx, sealed, { stable: true });
+    },
+    addTenant: async (t) => {
+      await tenants.upsert(t);
+      return tenants.issueKey(t.id);
+    },
+    close: async () => {
+      await ctx.close();
+      redis.disconnect();
+    },
+  };
+}
+
+/** Env for an API process on `port` (no rate limits in the way of a benchmark). */
+export function apiEnv(
+  base: Record<string, string>,
+  port: number,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    ...base,
+    API_HOST: "127.0.0.1",
+    API_PORT: String(port),
+    BOARD_ADMIN_PASSWORD: "bench-admin-password",
+    BOARD_OPS_PASSWORD: "bench-ops-password",
+    IP_RATE: "1000000",
+    IP_BURST: "1000000",
+    OPENAPI_UI: "false",
+    MAX_QUEUE_DEPTH: "1000000",
+    BULK_MAX_JOBS: "1000",
+    ...extra,
+  };
+}
+
+export function workerEnv(
+  base: Record<string, string>,
+  port: number,
+  id: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    ...base,
+    WORKER_ID: id,
+    METRICS_HOST: "127.0.0.1",
+    METRICS_PORT: String(port),
+    EXECUTION_PROVIDERS: "cpu",
+    RUNTIME_THREADS: "1",
+    ...extra,
+  };
+}
+
+// ---------------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------------
+
+export interface EncodedInput {
+  dtype: "float32";
+  shape: number[];
+  data: string;
+}
+
+export interface ResultView {
+  id: string;
+  status: "queued" | "active" | "completed" | "failed" | "cancelled";
+  result?: {
+    outputs: Record<string, { dtype: string; shape: number[]; data: string }>;
+    batchSize: number;
+    inferenceMs: number;
+    queueMs: number;
+    provider: string;
+  };
+  error?: { code: string; message: string };
+}
+
+export class Client {
+  private readonly headers: Record<string, string>;
+  constructor(
+    public baseUrl: string,
+    apiKey: string,
+  ) {
+    this.headers = { authorization: `Bearer ${apiKey}`, "content-type": "application/json" };
+  }
+
+  /** POST /v1/jobs; resolves with status and body (never throws on HTTP errors; throws on network errors). */
+  async submit(body: string, idempotencyKey?: string): Promise<{ status: number; id?: string; code?: string }> {
+    const res = await fetch(`${this.baseUrl}/v1/jobs`, {
+      method: "POST",
+      headers: idempotencyKey ? { ...this.headers, "idempotency-key": idempotencyKey } : this.headers,
+      body,
+    });
+    const json = (await res.json().catch(() => ({}))) as { id?: string; error?: { code: string } };
+    return {
+      status: res.status,
+      ...(json.id ? { id: json.id } : {}),
+      ...(json.error ? { code: json.error.code } : {}),
+    };
+  }
+
+  async bulk(
+    body: string,
+    idempotencyKey?: string,
+  ): Promise<{ status: number; results: { id?: string; error?: { code: string } }[]; code?: string }> {
+    const res = await fetch(`${this.baseUrl}/v1/jobs/bulk`, {
+      method: "POST",
+      headers: idempotencyKey ? { ...this.headers, "idempotency-key": idempotencyKey } : this.headers,
+      body,
+    });
+    const json = (await res.json().catch(() => ({}))) as {
+      results?: { id?: string; error?: { code: string } }[];
+      jobs?: { id?: string; error?: { code: string } }[];
+      error?: { code: string };
+    };
+    return {
+      status: res.status,
+      results: json.results ?? json.jobs ?? [],
+      ...(json.error ? { code: json.error.code } : {}),
+    };
+  }
+
+  async view(id: string, waitMs = 0): Promise<{ status: number; view: ResultView }> {
+    const res = await fetch(`${this.baseUrl}/v1/jobs/${id}${waitMs > 0 ? `?wait=${waitMs}` : ""}`, {
+      headers: this.headers,
+    });
+    return { status: res.status, view: (await res.json()) as ResultView };
+  }
+
+  /** Long-polls until the job is final. */
+  async waitFinal(id: string, waitMs = 30_000): Promise<ResultView> {
+    for (;;) {
+      const { view } = await this.view(id, waitMs);
+      if (view.status !== "queued" && view.status !== "active") return view;
+    }
+  }
+}
+
+export function b64(a: Float32Array): string {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString("base64");
+}
+
+export function decodeF32(s: string): Float32Array {
+  const raw = Buffer.from(s, "base64");
+  return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+}
+
+/** mulberry32 (shared with the models' weights): deterministic inputs. */
+export const prng = mulberry32;
+
+export function randomInput(n: number, seed: number): Float32Array {
+  const r = prng(seed);
+  return Float32Array.from({ length: n }, () => r() * 2 - 1);
+}
+
+/** CPU time (ms) per thread of a process: the main thread (tid = pid) and the others. */
+export function threadCpuMs(pid: number): { main: number; others: number } {
+  let main = 0;
+  let others = 0;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const ms = ((Number(f[11] ?? 0) + Number(f[12] ?? 0)) * 1000) / 100;
+      if (Number(tid) === pid) main += ms;
+      else others += ms;
+    }
+  } catch {
+    // gone
+  }
+  return { main, others };
+}

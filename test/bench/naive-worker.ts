@@ -1,0 +1,59 @@
+/**
+ * The naive contender: a plain BullMQ Worker calling `session.run` once per job on
+ * its main thread, as most users would first write it. Run as its own process by
+ * bench.ts (env: REDIS_URL, NAIVE_QUEUE, NAIVE_PREFIX, NAIVE_MODEL, NAIVE_THREADS).
+ * Prints "ready" on stdout once the session is loaded and the worker is running.
+ */
+import { readFileSync } from "node:fs";
+import { Worker } from "bullmq";
+import { Redis } from "ioredis";
+import * as ort from "onnxruntime-node";
+
+interface NaiveJob {
+  inputs: Record<string, { dtype: "float32"; shape: number[]; data: string }>;
+}
+
+const need = (k: string): string => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is required`);
+  return v;
+};
+
+const session = await ort.InferenceSession.create(readFileSync(need("NAIVE_MODEL")), {
+  executionProviders: ["cpu"],
+  intraOpNumThreads: Number(process.env.NAIVE_THREADS ?? "1"),
+  interOpNumThreads: 1,
+});
+const connection = new Redis(need("REDIS_URL"), { maxRetriesPerRequest: null });
+connection.on("error", () => undefined);
+
+const worker = new Worker<NaiveJob>(
+  need("NAIVE_QUEUE"),
+  async (job) => {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(job.data.inputs)) {
+      const raw = Buffer.from(t.data, "base64");
+      const data = new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+      feeds[name] = new ort.Tensor("float32", data, t.shape);
+    }
+    const out = await session.run(feeds);
+    const outputs: Record<string, { dims: readonly number[]; data: string }> = {};
+    for (const [name, t] of Object.entries(out)) {
+      const d = t.data as Float32Array;
+      outputs[name] = { dims: t.dims, data: Buffer.from(d.buffer, d.byteOffset, d.byteLength).toString("base64") };
+    }
+    return outputs;
+  },
+  { connection, prefix: need("NAIVE_PREFIX"), concurrency: 1 },
+);
+worker.on("error", () => undefined);
+await worker.waitUntilReady();
+process.stdout.write("ready\n");
+
+process.on("SIGTERM", () => {
+  void worker.close().then(async () => {
+    await session.release();
+    connection.disconnect();
+    process.exit(0);
+  });
+});

@@ -1,0 +1,73 @@
+/**
+ * The reliability suite's short form (CI): the same scenarios as
+ * test/reliability/run.ts with fewer jobs. Faults go into real processes (API and
+ * workers as child processes, a redis-server of the test's own with AOF, the
+ * Vault-API test server); every accepted job must end exactly once.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { haveRedisServer, type OwnRedis, startOwnRedis } from "../bench/harness.js";
+import {
+  apiRestart,
+  formatTable,
+  type Row,
+  redisRestart,
+  type ScenarioEnv,
+  soak,
+  vaultDown,
+  workerKills,
+} from "../reliability/scenarios.js";
+
+let redis: OwnRedis;
+let env: ScenarioEnv;
+const rows: Row[] = [];
+
+beforeAll(async () => {
+  // The Redis scenario kills and restarts Redis: never the shared one.
+  expect(haveRedisServer(), "redis-server must be installed (scripts/redis.mjs installs it)").toBe(true);
+  redis = await startOwnRedis({ aof: true });
+  env = { redis, short: true };
+});
+
+afterAll(async () => {
+  await redis?.stop();
+  if (rows.length) process.stderr.write(`\n${formatTable(rows)}\n`);
+});
+
+function expectClean(row: Row): void {
+  rows.push(row);
+  const failed = row.checks.filter((c) => !c.ok).map((c) => `${c.name} ${c.detail ?? ""}`);
+  expect({ lost: row.lost, duplicated: row.duplicated, failedChecks: failed }).toEqual({
+    lost: 0,
+    duplicated: 0,
+    failedChecks: [],
+  });
+  expect(row.accepted).toBeGreaterThan(0);
+}
+
+describe("reliability under faults (short form)", () => {
+  it("a worker SIGKILLed mid-batch, repeatedly: every job once, outputs unchanged", { timeout: 120_000 }, async () => {
+    expectClean(await workerKills(env));
+  });
+
+  it("Redis killed and restarted (AOF): 503 while down, nothing lost", { timeout: 90_000 }, async () => {
+    expectClean(await redisRestart(env));
+  });
+
+  it("Vault down, then sealed: loaded models serve, loads fail VAULT_UNAVAILABLE, then recover", {
+    timeout: 90_000,
+  }, async () => {
+    const row = await vaultDown(env);
+    expectClean(row);
+    expect(Object.keys(row.failed)).toEqual(["VAULT_UNAVAILABLE"]);
+  });
+
+  it("the API killed during bulk submits: idempotency keys prevent duplicates", { timeout: 120_000 }, async () => {
+    expectClean(await apiRestart(env));
+  });
+
+  it("a soak of 2,000 jobs: every job completes, memory and queue depth bounded", { timeout: 120_000 }, async () => {
+    const row = await soak(env, 2000);
+    expectClean(row);
+    expect(row.completed).toBe(2000);
+  });
+});
