@@ -32,6 +32,7 @@ export function renderChart(groups: ChartGroup[], subtitle: string): string {
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="system-ui, sans-serif" font-size="12">`,
   );
+  parts.push("<title>Citadel benchmark: throughput against the onnxruntime limit and a naive BullMQ worker</title>");
   parts.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
   parts.push(
     `<text x="${left}" y="24" font-size="16" font-weight="600">Throughput, samples/s (higher is better)</text>`,

@@ -157,7 +157,10 @@ export class AuditWriter implements AuditSink {
       timer = setTimeout(r, timeoutMs);
     });
     const drained = (async () => {
-      while (this.pending.length > 0 && !this.closed) await (this.pumping ??= this.pump());
+      while (this.pending.length > 0 && !this.closed) {
+        this.pumping ??= this.pump();
+        await this.pumping;
+      }
     })();
     await Promise.race([drained, deadline]);
     clearTimeout(timer);
