@@ -66,6 +66,12 @@ describe("graceful shutdown", () => {
   beforeAll(async () => {
     fleet = await startTestFleet({ workers: 0 });
     await fleet.publish(buildConvNet(), { name: "conv", version: "1", spec: {} });
+    // ≈10 s per run: long enough that a first SIGTERM cannot finish before the second.
+    await fleet.publish(buildSlowModel({ iterations: 30_000 }), {
+      name: "slowest",
+      version: "1",
+      spec: { timeoutMs: 60_000 },
+    });
     await fleet.publish(buildSlowModel({ iterations: 3000 }), {
       name: "slowish",
       version: "1",
@@ -110,14 +116,19 @@ describe("graceful shutdown", () => {
 
   it("a second signal forces exit", async () => {
     const proc = await workerProcess({ SHUTDOWN_TIMEOUT_MS: "60000" });
-    const id = (await fleet.request("POST", "/v1/jobs", { model: "slowest", inputs: slow })).json.id;
+    const sub = await fleet.request("POST", "/v1/jobs", { model: "slowest", inputs: slow });
+    expect(sub.status, JSON.stringify(sub.json)).toBe(202);
+    const id = sub.json.id;
     const until = Date.now() + 60_000;
     let status = "";
+    let last: unknown = null;
     while (status !== "active" && Date.now() < until) {
-      status = (await fleet.request("GET", `/v1/jobs/${id}`)).json.status;
+      const r = await fleet.request("GET", `/v1/jobs/${id}`);
+      last = r.json;
+      status = r.json.status;
       await new Promise((r) => setTimeout(r, 20));
     }
-    expect(status).toBe("active"); // a run is in flight, so the first signal cannot finish at once
+    expect(status, JSON.stringify(last)).toBe("active"); // a run is in flight, so the first signal cannot finish at once
     proc.child.kill("SIGTERM");
     // Signals of one kind do not queue: give the first one time to be handled.
     await new Promise((r) => setTimeout(r, 500));

@@ -12,6 +12,8 @@ export class ModelCatalog {
   private routing = new Map<string, ModelRouting>();
   private names: string[] = [];
   private loadedAt = 0;
+  private started = 0;
+  private applied = 0;
 
   constructor(
     private readonly registry: ModelRegistry,
@@ -24,12 +26,17 @@ export class ModelCatalog {
 
   /** Re-reads models and routing, then swaps them in at once (requests never see a half-read registry). */
   async refresh(): Promise<void> {
+    // Refreshes overlap (events and the periodic resync); a slower, older one must not
+    // overwrite what a newer one already applied.
+    const gen = ++this.started;
     const names = await this.registry.models();
     const routing = new Map<string, ModelRouting>();
     for (const n of names) {
       const r = await this.registry.getRouting(n);
       if (r) routing.set(n, r);
     }
+    if (gen < this.applied) return;
+    this.applied = gen;
     const changed = JSON.stringify([...routing]) !== JSON.stringify([...this.routing]);
     this.names = names;
     this.routing = routing;

@@ -36,15 +36,18 @@ function scan(text: string, maxDepth: number): void {
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       stack.pop();
     } else if (c === 0x22 /* " */) {
+      // Jump to the closing quote with indexOf (native speed: tensor data is one long
+      // string); a quote preceded by an odd run of backslashes is escaped.
       const start = i;
-      let escaped = false;
-      for (i++; i < n; i++) {
-        const d = text.charCodeAt(i);
-        if (d === 0x5c /* \ */) {
-          escaped = true;
-          i++;
-        } else if (d === 0x22) break;
+      let end = i;
+      for (;;) {
+        end = text.indexOf('"', end + 1);
+        if (end < 0) throw new CitadelError("MALFORMED_JSON", "request body has an unterminated string");
+        let k = end - 1;
+        while (text.charCodeAt(k) === 0x5c) k--;
+        if ((end - 1 - k) % 2 === 0) break;
       }
+      i = end;
       const keys = stack[stack.length - 1];
       if (!keys) continue;
       let j = i + 1;
@@ -52,7 +55,7 @@ function scan(text: string, maxDepth: number): void {
       if (text[j] !== ":") continue;
       const raw = text.slice(start, i + 1);
       let key = raw.slice(1, -1);
-      if (escaped) {
+      if (key.includes("\\")) {
         try {
           key = JSON.parse(raw) as string;
         } catch {
