@@ -407,6 +407,7 @@ export class Client {
       method: "POST",
       headers: idempotencyKey ? { ...this.headers, "idempotency-key": idempotencyKey } : this.headers,
       body,
+      signal: AbortSignal.timeout(15_000),
     });
     const json = (await res.json().catch(() => ({}))) as { id?: string; error?: { code: string } };
     return {

@@ -103,6 +103,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     maxQueueDepth: env.MAX_QUEUE_DEPTH,
     maxTenantQueuedBytes: env.MAX_TENANT_QUEUED_BYTES,
     idempotencyTtlMs: 24 * 3600 * 1000,
+    enqueueTimeoutMs: 5000,
   });
   const adminPassword = secret(env.BOARD_ADMIN_PASSWORD, env.BOARD_ADMIN_PASSWORD_FILE);
   const opsPassword = secret(env.BOARD_OPS_PASSWORD, env.BOARD_OPS_PASSWORD_FILE);

@@ -28,6 +28,8 @@ export interface SubmitSettings {
   maxQueueDepth: number;
   maxTenantQueuedBytes: number;
   idempotencyTtlMs: number;
+  /** Bound on one enqueue round trip before answering 503. */
+  enqueueTimeoutMs: number;
 }
 
 interface Prepared {
@@ -211,16 +213,29 @@ export class Submitter {
   private async enqueue(items: Prepared[]): Promise<void> {
     const byModel = new Map<string, Prepared[]>();
     for (const p of items) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
+    let timer: NodeJS.Timeout | undefined;
     try {
-      for (const [model, list] of byModel)
-        await this.queues.enqueueMany(
-          model,
-          list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
-        );
+      // BullMQ waits for its connection to be ready; while Redis is down that would hold
+      // the request open. Answer 503 within a bound instead (a retry with the same
+      // Idempotency-Key returns the same job if this one did get through).
+      const adds = (async () => {
+        for (const [model, list] of byModel)
+          await this.queues.enqueueMany(
+            model,
+            list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
+          );
+      })();
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("enqueue timed out")), this.s.enqueueTimeoutMs);
+      });
+      adds.catch(() => undefined); // settled either way; the race below reports it
+      await Promise.race([adds, timeout]);
     } catch (err) {
       throw new CitadelError("QUEUE_UNAVAILABLE", "the job queue is unavailable; retry later", undefined, {
         cause: err,
       });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
