@@ -71,9 +71,8 @@ describe("seal → verify → open", () => {
     expect(leaves.length).toBeGreaterThan(20);
     for (const leaf of leaves) {
       const copy = structuredClone(signed) as SignedManifest;
-      // biome-ignore lint/suspicious/noExplicitAny: walking arbitrary JSON
-      let node: any = copy.manifest;
-      for (const k of leaf.slice(0, -1)) node = node[k];
+      let node = copy.manifest as unknown as Record<string, unknown>;
+      for (const k of leaf.slice(0, -1)) node = node[k] as Record<string, unknown>;
       const key = leaf.at(-1) as string;
       const v = node[key];
       node[key] =

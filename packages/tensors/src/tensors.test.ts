@@ -67,8 +67,8 @@ describe("validateInputs", () => {
     ],
     ["range", { x: { dtype: "float32", shape: [1, 3], data: [1, 11, 3] } }, "TENSOR_OUT_OF_RANGE"],
   ])("refuses %s", (_label, inputs, expected) => {
-    // biome-ignore lint/suspicious/noExplicitAny: hostile inputs are deliberately ill-typed
-    expect(code(() => validateInputs(inputs as any, io))).toBe(expected);
+    // Hostile inputs are deliberately ill-typed.
+    expect(code(() => validateInputs(inputs as never, io))).toBe(expected);
   });
 
   it("refuses a shape whose product overflows before allocating", () => {
