@@ -44,6 +44,9 @@ export async function startProcess(
     ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
     {
       cwd: opts.cwd ?? repoRoot,
+      // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
+      // child with one SIGTERM (a second signal would force it to exit mid-drain).
+      detached: true,
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     },
@@ -51,6 +54,10 @@ export async function startProcess(
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // If we die without stopping it (an uncaught error), do not leave it running.
+  const reap = () => child.exitCode === null && child.kill("SIGKILL");
+  process.once("exit", reap);
+  void exited.then(() => process.removeListener("exit", reap));
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.exitCode !== null)
