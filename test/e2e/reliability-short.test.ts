@@ -49,7 +49,7 @@ describe("reliability under faults (short form)", () => {
     expectClean(await workerKills(env));
   });
 
-  it("Redis killed and restarted (AOF): 503 while down, nothing lost", { timeout: 90_000 }, async () => {
+  it("Redis killed and restarted (AOF): 503 while down, nothing lost", { timeout: 180_000 }, async () => {
     expectClean(await redisRestart(env));
   });
 

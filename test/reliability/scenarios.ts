@@ -571,9 +571,12 @@ export async function redisRestart(env: ScenarioEnv): Promise<Row> {
       ok: other.length === 0,
       detail: JSON.stringify(statusesWhileDown),
     });
-    // Recovery: a fresh submission completes.
+    // Recovery: a fresh submission completes (bounded: a hang here must fail, not stall).
+    say("  redis: recovery probe");
     const after = await fleet.client.submit(jobBody("conv", dims, pool[1] ?? ""));
-    const afterView = after.id ? await fleet.client.waitFinal(after.id, 20_000) : null;
+    const afterView = after.id
+      ? await Promise.race([fleet.client.waitFinal(after.id, 5_000), sleep(30_000).then(() => null)])
+      : null;
     row0Checks.push({
       name: "a job submitted after the restart completes",
       ok: afterView?.status === "completed",
@@ -581,7 +584,9 @@ export async function redisRestart(env: ScenarioEnv): Promise<Row> {
     });
     if (after.id) ledger.accept({ id: after.id, input: 1 });
     ledger.submitted++;
+    say("  redis: waiting for the queue to drain");
     await waitIdle(fleet.setup.redis, fleet.setup.prefix, ["conv"]);
+    say("  redis: collecting results");
     const views = await drain(fleet.client, [...ledger.accepted.keys()], 60_000);
     const row = await account("Redis SIGKILL + restart (AOF)", ledger, views, fleet.setup.redis, fleet.setup.prefix, [
       "conv",
@@ -592,6 +597,7 @@ export async function redisRestart(env: ScenarioEnv): Promise<Row> {
   } finally {
     stop = true;
     if (!env.redis.running) await env.redis.start();
+    say("  redis: stopping the fleet");
     await fleet.close();
   }
 }
