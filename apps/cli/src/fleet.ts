@@ -23,7 +23,7 @@ export interface FleetProcess {
   child: ChildProcess;
   url: string;
   /** SIGTERM, then wait for exit; resolves with the exit code. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | string | null>;
 }
 
 /** Starts `apps/<app>/src/main.ts` as a child process, logging to `logDir/<name>.log`. */
@@ -53,7 +53,10 @@ export async function startProcess(
   );
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // The exit code, or the signal's name when a signal ended the process.
+  const exited = new Promise<number | string | null>((resolve) =>
+    child.once("exit", (code, sig) => resolve(code ?? sig)),
+  );
   // If we die without stopping it (an uncaught error), do not leave it running.
   const reap = () => child.exitCode === null && child.kill("SIGKILL");
   process.once("exit", reap);

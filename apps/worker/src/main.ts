@@ -11,12 +11,14 @@ for (const sig of ["SIGTERM", "SIGINT"] as const) {
   process.on(sig, () => {
     if (stopping) {
       process.stderr.write(`citadel-worker: second ${sig}, exiting now\n`);
-      process.exit(130);
+      // SIGKILL ourselves rather than process.exit(): a runner thread may be inside a
+      // native onnxruntime call, and tearing the environment down under it aborts.
+      process.kill(process.pid, "SIGKILL");
     }
     stopping = true;
     const force = setTimeout(() => {
       process.stderr.write("citadel-worker: shutdown deadline passed, exiting\n");
-      process.exit(1);
+      process.kill(process.pid, "SIGKILL");
     }, env.SHUTDOWN_TIMEOUT_MS);
     force.unref();
     void worker.close().then(() => {
