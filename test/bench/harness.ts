@@ -5,12 +5,12 @@
  * Everything listens on 127.0.0.1 only.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
-import { freePort } from "@citadel/cli/fleet";
+import { type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { initKeyring } from "@citadel/keys";
 import { mulberry32 } from "@citadel/onnx";
@@ -125,13 +125,8 @@ export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}):
 // Processes
 // ---------------------------------------------------------------------------------
 
-export interface Proc {
-  name: string;
-  child: ChildProcess;
-  url: string;
+export interface Proc extends FleetProcess {
   pid: number;
-  exited: Promise<number | null>;
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
 /** Starts `apps/<app>/src/main.ts` as a child process (logs in logDir) and waits for its readyz. */
@@ -143,50 +138,8 @@ export async function startProc(
   port: number,
   opts: { timeoutMs?: number; nodeArgs?: string[] } = {},
 ): Promise<Proc> {
-  const timeoutMs = opts.timeoutMs ?? 60_000;
-  mkdirSync(logDir, { recursive: true });
-  const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: "a", mode: 0o600 });
-  const child = spawn(
-    process.execPath,
-    [...(opts.nodeArgs ?? []), "--import", "tsx", path.join(repoRoot, "apps", app, "src", "main.ts")],
-    {
-      cwd: repoRoot,
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null)
-      throw new Error(
-        `${name} exited (${child.exitCode ?? child.signalCode}) during start-up; see ${logDir}/${name}.log`,
-      );
-    const ok = await fetch(`${url}/readyz`).then(
-      (r) => r.ok,
-      () => false,
-    );
-    if (ok) break;
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`${name} was not ready within ${timeoutMs} ms; see ${logDir}/${name}.log`);
-    }
-    await sleep(100);
-  }
-  return {
-    name,
-    child,
-    url,
-    pid: child.pid ?? 0,
-    exited,
-    stop: async (signal = "SIGTERM") => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
-  };
+  const p = await startProcess(app, name, env, logDir, `http://127.0.0.1:${port}/readyz`, opts);
+  return { ...p, pid: p.child.pid ?? 0 };
 }
 
 /** Resident set size of a process from /proc (bytes), 0 when it is gone. */

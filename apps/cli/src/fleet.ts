@@ -23,6 +23,8 @@ export interface FleetProcess {
   child: ChildProcess;
   url: string;
   /** SIGTERM, then wait for exit; resolves with the exit code. */
+  /** Resolves with the exit code, or the signal's name, when the process ends. */
+  exited: Promise<number | string | null>;
   stop(signal?: NodeJS.Signals): Promise<number | string | null>;
 }
 
@@ -33,7 +35,7 @@ export async function startProcess(
   env: Record<string, string>,
   logDir: string,
   readyUrl: string,
-  opts: { timeoutMs?: number; cwd?: string } = {},
+  opts: { timeoutMs?: number; cwd?: string; nodeArgs?: string[] } = {},
 ): Promise<FleetProcess> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   mkdirSync(logDir, { recursive: true });
@@ -80,6 +82,7 @@ export async function startProcess(
     name,
     child,
     url: readyUrl.replace(/\/readyz$/, ""),
+    exited,
     stop: async (signal = "SIGTERM") => {
       if (child.exitCode === null) child.kill(signal);
       return exited;

@@ -266,23 +266,28 @@ interface SecretId {
   metadata: Record<string, string>;
 }
 
-export class AppRoleEngine {
-  private readonly roles = new Map<string, AppRole>();
-  private readonly secretIds = new Map<string, SecretId>();
+/** What every login engine shares: its mount, the token store, and role bookkeeping. */
+abstract class LoginEngine<Role> {
+  protected readonly roles = new Map<string, Role>();
 
   constructor(
-    private readonly mount: string,
-    private readonly tokens: TokenStore,
+    protected readonly mount: string,
+    protected readonly tokens: TokenStore,
   ) {}
 
   isLogin(subpath: string): boolean {
     return subpath === "login";
   }
 
+  /** Writing `role/<name>` creates it when new (Vault's create vs update capability). */
   writeCapability(subpath: string): "create" | "update" {
     const [head, name, rest] = subpath.split("/");
     return head === "role" && name && rest === undefined && !this.roles.has(name) ? "create" : "update";
   }
+}
+
+export class AppRoleEngine extends LoginEngine<AppRole> {
+  private readonly secretIds = new Map<string, SecretId>();
 
   handle(method: string, subpath: string, body: JsonObject): AuthResult {
     const [head, name, action, extra] = subpath.split("/");
@@ -448,24 +453,9 @@ function serviceAccountOf(claims: Record<string, Json>): { name: string; namespa
  * service-account claims match the role's bindings and, if `pem_keys` are configured,
  * its signature verifies against one of them.
  */
-export class KubernetesEngine {
-  private readonly roles = new Map<string, K8sRole>();
+export class KubernetesEngine extends LoginEngine<K8sRole> {
   private pemKeys: KeyObject[] = [];
   private host = "";
-
-  constructor(
-    private readonly mount: string,
-    private readonly tokens: TokenStore,
-  ) {}
-
-  isLogin(subpath: string): boolean {
-    return subpath === "login";
-  }
-
-  writeCapability(subpath: string): "create" | "update" {
-    const [head, name, rest] = subpath.split("/");
-    return head === "role" && name && rest === undefined && !this.roles.has(name) ? "create" : "update";
-  }
 
   handle(method: string, subpath: string, body: JsonObject): AuthResult {
     const [head, name, rest] = subpath.split("/");
