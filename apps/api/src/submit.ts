@@ -275,15 +275,20 @@ export class Submitter {
       const existing = await this.claim(ctx, p, ctx.idempotencyKey);
       if (existing) return existing;
     }
+    let enqueueStarted = false;
     try {
       await this.takeSamples(ctx.tenant, req.model, p.data.batch);
       const release = await this.reserve(ctx.tenant, req.model, 1, p.data.inputBytes);
+      enqueueStarted = true;
       await this.enqueue([p]).catch(async (err: unknown) => {
         await release();
         throw err;
       });
     } catch (err) {
-      if (ctx.idempotencyKey) await this.release(ctx, ctx.idempotencyKey);
+      // A refusal before the enqueue frees the key for a retry. After the enqueue began
+      // it may still land (a timeout is not a "no"): the key keeps naming this job id,
+      // so the client's retry re-adds that same id instead of creating a second job.
+      if (ctx.idempotencyKey && !enqueueStarted) await this.release(ctx, ctx.idempotencyKey);
       throw err;
     }
     return this.accepted(ctx, p);
@@ -317,6 +322,7 @@ export class Submitter {
     );
     const fresh = results.filter((r): r is Prepared => "data" in r);
     if (fresh.length > 0) {
+      let enqueueStarted = false;
       try {
         const samples = fresh.reduce((a, p) => a + p.data.batch, 0);
         await this.takeSamples(ctx.tenant, fresh[0]?.data.model ?? "", samples);
@@ -337,6 +343,7 @@ export class Submitter {
               ),
             );
           }
+          enqueueStarted = true;
           await this.enqueue(fresh);
         } catch (err) {
           await releaseAll();
@@ -344,7 +351,7 @@ export class Submitter {
         }
       } catch (err) {
         const e = asCitadel(err);
-        if (ctx.idempotencyKey) {
+        if (ctx.idempotencyKey && !enqueueStarted) {
           await Promise.all(
             results.map((r, i) => ("data" in r ? this.release(ctx, `${ctx.idempotencyKey}#${i}`) : null)),
           );
