@@ -248,11 +248,30 @@ async function account(
   }
   const audit = await auditCompletions(redis, prefix);
   let duplicated = 0;
-  for (const [id, n] of audit) if (ledger.accepted.has(id) && n > 1) duplicated += n - 1;
-  for (const ids of ledger.idsByKey.values()) if (ids.size > 1) duplicated += ids.size - 1;
+  const kinds: string[] = [];
+  for (const [id, n] of audit) {
+    if (ledger.accepted.has(id) && n > 1) {
+      duplicated += n - 1;
+      kinds.push(`${id}: ${n} job.completed records`);
+    }
+  }
+  for (const [key, ids] of ledger.idsByKey) {
+    if (ids.size > 1) {
+      duplicated += ids.size - 1;
+      kinds.push(`key ${key}: ${ids.size} job ids`);
+    }
+  }
   // Jobs in BullMQ that no client was told about: a second job behind a retried request.
   let orphans = 0;
-  for (const m of models) for (const id of await queueJobIds(redis, prefix, m)) if (!ledger.accepted.has(id)) orphans++;
+  for (const m of models) {
+    for (const id of await queueJobIds(redis, prefix, m)) {
+      if (!ledger.accepted.has(id)) {
+        orphans++;
+        kinds.push(`${id}: in BullMQ but never accepted`);
+      }
+    }
+  }
+  if (kinds.length > 0) say(`  ${fault}: duplicates: ${kinds.slice(0, 5).join("; ")}`);
   const row: Row = {
     fault,
     submitted: ledger.submitted,

@@ -145,9 +145,27 @@ export class AuditWriter implements AuditSink {
         this.failing = true;
         await new Promise((r) => setTimeout(r, backoff).unref());
         backoff = Math.min(backoff * 2, 5000);
+        await this.dropApplied();
       }
     }
     this.pumping = null;
+  }
+
+  /**
+   * A failed reply does not mean a failed write: Redis may have applied the MULTI and
+   * died (or the connection dropped) before answering. The head is written in the same
+   * transaction, so it says exactly which records are in; those are not written again.
+   */
+  private async dropApplied(): Promise<void> {
+    try {
+      const head = await this.redis.hget(this.headsKey, this.writer);
+      const seq = head ? Number(head.split(":")[0]) : 0;
+      let n = 0;
+      while (n < this.pending.length && (this.pending[n]?.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
+      if (n > 0) this.pending.splice(0, n);
+    } catch {
+      // Still unreachable: the next attempt fails the same way and checks again.
+    }
   }
 
   /** Resolves when every record so far is in the stream, or after `timeoutMs` (then says how many are log-only). */
