@@ -33,6 +33,8 @@ export interface AuditFields {
   artifactSha256?: string;
   provider?: string;
   detail?: string;
+  /** How many events one aggregated record stands for (denials per IP and window). */
+  count?: number;
 }
 
 export interface AuditRecord extends AuditFields {
