@@ -6,7 +6,8 @@
 import { parentPort } from "node:worker_threads";
 import { viewAs } from "@citadel/tensors";
 import * as ort from "onnxruntime-node";
-import type { FromRunner, IoMeta, ProviderAttempt, ToRunner, WireTensor } from "./protocol.js";
+import type { FromRunner, IoMeta, ToRunner, WireTensor } from "./protocol.js";
+import { createSessionAndWipe, firstLine } from "./session-load.js";
 
 const port = parentPort;
 if (!port) throw new Error("runner-thread must run in a worker thread");
@@ -33,37 +34,20 @@ function meta(m: readonly ort.InferenceSession.ValueMetadata[]): IoMeta[] {
 }
 
 async function load(msg: Extract<ToRunner, { type: "load" }>): Promise<void> {
-  const bytes = new Uint8Array(msg.model);
-  const attempts: ProviderAttempt[] = [];
-  try {
-    for (const provider of msg.providers) {
-      try {
-        const ep = provider === "cpu" ? "cpu" : { name: provider, deviceId: msg.deviceId };
-        session = await ort.InferenceSession.create(bytes, {
-          executionProviders: [ep],
-          intraOpNumThreads: msg.threads,
-          interOpNumThreads: 1,
-          graphOptimizationLevel: "all",
-          logSeverityLevel: 4,
-        });
-        attempts.push({ provider, ok: true });
-        send({
-          type: "loaded",
-          provider,
-          inputs: meta(session.inputMetadata),
-          outputs: meta(session.outputMetadata),
-          attempts,
-        });
-        return;
-      } catch (err) {
-        attempts.push({ provider, ok: false, error: firstLine(err) });
-      }
-    }
-    send({ type: "load-failed", message: "no execution provider could load the model", attempts });
-  } finally {
-    // The plaintext model lives only as long as create() needs it.
-    bytes.fill(0);
+  const loaded = await createSessionAndWipe(new Uint8Array(msg.model), msg);
+  session = loaded.session;
+  if (!session) {
+    send({ type: "load-failed", message: "no execution provider could load the model", attempts: loaded.attempts });
+    return;
   }
+  const provider = loaded.attempts[loaded.attempts.length - 1]?.provider ?? "cpu";
+  send({
+    type: "loaded",
+    provider,
+    inputs: meta(session.inputMetadata),
+    outputs: meta(session.outputMetadata),
+    attempts: loaded.attempts,
+  });
 }
 
 async function run(msg: Extract<ToRunner, { type: "run" }>): Promise<void> {
@@ -88,11 +72,6 @@ async function run(msg: Extract<ToRunner, { type: "run" }>): Promise<void> {
   } catch (err) {
     send({ type: "run-failed", id: msg.id, message: firstLine(err) });
   }
-}
-
-function firstLine(err: unknown): string {
-  const s = err instanceof Error ? err.message : String(err);
-  return (s.split("\n")[0] ?? "").slice(0, 300);
 }
 
 async function exit(): Promise<void> {

