@@ -2,11 +2,11 @@ import { createServer, type Server } from "node:http";
 import os from "node:os";
 import { AuditWriter } from "@citadel/audit";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
-import { keyServiceFromEnv, trustedSignersFromEnv } from "@citadel/keys";
+import { keyServiceFromEnv, trustedSignersFromEnv, VaultKeyProvider } from "@citadel/keys";
 import { bullConnection, keys as queueKeys, type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { ModelRunner } from "@citadel/runtime";
-import { ModelConsumer, ModelHost, workerMetrics } from "@citadel/serving";
+import { ModelConsumer, ModelHost, vaultUpGauge, workerMetrics } from "@citadel/serving";
 import { createLogger, createRegistry, type DestinationStream, type Logger } from "@citadel/telemetry";
 import type { WorkerEnv } from "./env.js";
 
@@ -41,6 +41,7 @@ export async function startWorker(
   const metrics = workerMetrics(metricsRegistry);
   const audit = new AuditWriter(redis, env.CITADEL_PREFIX, `worker:${workerId}`, log, env.AUDIT_MAX_LEN);
   const keys = await keyServiceFromEnv(env, log);
+  if (keys instanceof VaultKeyProvider) vaultUpGauge(metricsRegistry, () => keys.reachable());
   let trusted: TrustedSigner[] = await trustedSignersFromEnv(env, keys);
 
   const host = new ModelHost({

@@ -1,4 +1,4 @@
-import { counter, gauge, histogram, type Registry } from "@citadel/telemetry";
+import { counter, Gauge, gauge, histogram, type Registry } from "@citadel/telemetry";
 
 /** Worker metrics, named after Triton's where they mean the same thing. */
 export function workerMetrics(registry: Registry) {
@@ -45,3 +45,19 @@ export function workerMetrics(registry: Registry) {
   };
 }
 export type WorkerMetrics = ReturnType<typeof workerMetrics>;
+
+/**
+ * citadel_vault_up: 1 when Vault answers `sys/health` and is unsealed, 0 when it is
+ * unreachable or sealed; probed at each scrape, so it is current even when no model
+ * has loaded for a while. Only processes that use Vault register it.
+ */
+export function vaultUpGauge(registry: Registry, reachable: () => Promise<boolean>): Gauge {
+  return new Gauge({
+    name: "citadel_vault_up",
+    help: "1 when Vault is reachable and unsealed",
+    registers: [registry],
+    async collect() {
+      this.set((await reachable()) ? 1 : 0);
+    },
+  });
+}

@@ -241,6 +241,18 @@ export class VaultKeyProvider implements KeyProvider, ManifestSigner {
     };
   }
 
+  /**
+   * Whether Vault can serve now: `sys/health` answers (within the request timeout) and
+   * Vault is unsealed. A failed health call is the answer "no", so this never throws;
+   * the worker's citadel_vault_up gauge reads it at scrape time.
+   */
+  async reachable(): Promise<boolean> {
+    return this.health().then(
+      (h) => !h.sealed,
+      () => false,
+    );
+  }
+
   tokenStatus(): VaultTokenStatus {
     return {
       method: this.config.auth.method,
