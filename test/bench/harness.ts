@@ -44,10 +44,17 @@ export interface OwnRedis {
   url: string;
   port: number;
   dir: string;
+  /** A unix socket only the harness uses: it answers before the TCP port opens. */
+  socket: string;
   /** SIGKILL (AOF keeps what was fsynced) or SHUTDOWN-like SIGTERM. */
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and data directory. */
   start(): Promise<void>;
+  /**
+   * Runs `hook` at every (re)start once the data is loaded but before the TCP port opens,
+   * so it sees every command any other client runs (e.g. a MONITOR attaching).
+   */
+  beforeListen(hook: () => Promise<void>): void;
   readonly running: boolean;
 }
 
@@ -55,8 +62,9 @@ export function haveRedisServer(): boolean {
   return spawnSync("redis-server", ["--version"], { stdio: "ignore" }).status === 0;
 }
 
-async function pingRedis(url: string): Promise<boolean> {
-  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+async function pingRedis(target: string | { path: string }): Promise<boolean> {
+  const opts = { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null };
+  const r = typeof target === "string" ? new Redis(target, opts) : new Redis({ ...opts, path: target.path });
   r.on("error", () => undefined);
   try {
     await r.connect();
@@ -71,15 +79,23 @@ async function pingRedis(url: string): Promise<boolean> {
 /**
  * A `redis-server` on a free 127.0.0.1 port with its own data directory; AOF
  * (appendfsync always) when asked, so a restart keeps every acknowledged write.
+ * It starts on its unix socket alone and opens the TCP port (CONFIG SET port) once
+ * the `beforeListen` hooks have run.
  */
 export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}): Promise<OwnRedis> {
   const port = await freePort();
   const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-redis-"));
+  const socket = path.join(dir, "redis.sock");
   let child: ChildProcess | null = null;
+  const hooks: (() => Promise<void>)[] = [];
   const url = `redis://127.0.0.1:${port}`;
   const args = [
     "--port",
-    String(port),
+    "0",
+    "--unixsocket",
+    socket,
+    "--unixsocketperm",
+    "700",
     "--bind",
     "127.0.0.1",
     "--dir",
@@ -96,6 +112,7 @@ export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}):
     url,
     port,
     dir,
+    socket,
     get running() {
       return child !== null && child.exitCode === null && child.signalCode === null;
     },
@@ -103,11 +120,20 @@ export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}):
       const c = spawn("redis-server", args, { stdio: ["ignore", "ignore", "pipe"] });
       child = c;
       const deadline = Date.now() + 10_000;
-      while (!(await pingRedis(url))) {
+      while (!(await pingRedis({ path: socket }))) {
         if (c.exitCode !== null) throw new Error(`redis-server exited with ${c.exitCode}`);
         if (Date.now() > deadline) throw new Error("redis-server did not answer within 10 s");
         await sleep(50);
       }
+      for (const hook of hooks) await hook();
+      const admin = new Redis({ path: socket, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      admin.on("error", () => undefined);
+      try {
+        await admin.config("SET", "port", String(port));
+      } finally {
+        admin.disconnect();
+      }
+      if (!(await pingRedis(url))) throw new Error(`redis-server did not open ${url}`);
     },
     stop: async (signal = "SIGTERM") => {
       const c = child;
@@ -115,6 +141,9 @@ export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}):
       const exited = new Promise<void>((r) => c.once("exit", () => r()));
       c.kill(signal);
       await exited;
+    },
+    beforeListen: (hook) => {
+      hooks.push(hook);
     },
   };
   await handle.start();

@@ -2,7 +2,9 @@
  * The reliability suite's short form (CI): the same scenarios as
  * test/reliability/run.ts with fewer jobs. Faults go into real processes (API and
  * workers as child processes, a redis-server of the test's own with AOF, the
- * Vault-API test server); every accepted job must end exactly once.
+ * Vault-API test server); every accepted job must end exactly once, counted from what
+ * Redis itself executed (its MONITOR feed, test/reliability/witness.ts) and from the
+ * clients' own record.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { haveRedisServer, type OwnRedis, startOwnRedis } from "../bench/harness.js";
@@ -16,8 +18,10 @@ import {
   vaultDown,
   workerKills,
 } from "../reliability/scenarios.js";
+import { RedisWitness } from "../reliability/witness.js";
 
 let redis: OwnRedis;
+let witness: RedisWitness;
 let env: ScenarioEnv;
 const rows: Row[] = [];
 
@@ -25,10 +29,12 @@ beforeAll(async () => {
   // The Redis scenario kills and restarts Redis: never the shared one.
   expect(haveRedisServer(), "redis-server must be installed (scripts/redis.mjs installs it)").toBe(true);
   redis = await startOwnRedis({ aof: true });
-  env = { redis, short: true };
+  witness = await RedisWitness.attach(redis);
+  env = { redis, witness, short: true };
 });
 
 afterAll(async () => {
+  await witness?.close();
   await redis?.stop();
   if (rows.length) process.stderr.write(`\n${formatTable(rows)}\n`);
 });

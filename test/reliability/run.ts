@@ -6,7 +6,8 @@
  *   node --import tsx test/reliability/run.ts [--short] [--only kill,redis,vault,api,soak] [--soak-jobs N]
  *
  * Uses a redis-server of its own (AOF, appendfsync always) on a free 127.0.0.1 port,
- * never the shared one: the Redis scenario kills and restarts it.
+ * never the shared one: the Redis scenario kills and restarts it. Duplicates are counted
+ * from Redis's MONITOR feed (witness.ts), not from Citadel's audit stream.
  * Prints a table (fault, submitted, accepted, completed, failed by code, lost,
  * duplicated, checks) and a final JSON line; exits 1 when anything was lost or
  * duplicated or a check failed.
@@ -23,6 +24,7 @@ import {
   vaultDown,
   workerKills,
 } from "./scenarios.js";
+import { RedisWitness } from "./witness.js";
 
 interface Options {
   short: boolean;
@@ -51,7 +53,8 @@ async function main(): Promise<number> {
   }
   const redis = await startOwnRedis({ aof: true });
   say(`reliability: ${o.short ? "short" : "full"} form; own redis-server (AOF) at ${redis.url}`);
-  const env: ScenarioEnv = { redis, short: o.short };
+  const witness = await RedisWitness.attach(redis);
+  const env: ScenarioEnv = { redis, witness, short: o.short };
   const rows: Row[] = [];
   const started = Date.now();
   const scenarios: [string, () => Promise<Row>][] = [
@@ -96,6 +99,7 @@ async function main(): Promise<number> {
       }
     }
   } finally {
+    await witness.close();
     await redis.stop();
   }
   process.stdout.write(`\n${formatTable(rows)}\n`);

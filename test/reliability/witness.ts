@@ -1,0 +1,187 @@
+/**
+ * Evidence the system under test does not write itself: Redis's own MONITOR feed of
+ * every command it executes, scripts' inner commands included. From BullMQ's Lua it
+ * counts, per job id, how often the job's hash was stored (the add script's HMSET of
+ * name/data) and how often the job was finished as completed (moveToFinished's
+ * `XADD … event completed jobId <id>`); from each stored job's data it finds the logical
+ * request (a nonce the scenario put in the input tensor). A logical request with two
+ * job ids, a job stored twice or a job completed twice is a duplicate.
+ *
+ * The feed is collected as it happens (inputs leave Redis when a job ends). It attaches
+ * over the harness's unix socket before Redis opens its TCP port, at the first start and
+ * after every restart, so nothing another client runs goes unseen; the one blind spot,
+ * commands executed in the instant before a SIGKILL whose MONITOR lines were not yet
+ * sent, is read back from the restarted Redis's state (see `reconcile`).
+ */
+import { queueName } from "@citadel/queue";
+import { Redis } from "ioredis";
+import type { OwnRedis } from "../bench/harness.js";
+
+/** One command Redis executed: its arguments and who ran it (`lua` inside a script). */
+export interface Executed {
+  args: string[];
+  source: string;
+}
+
+type Listener = (c: Executed) => void;
+
+export class RedisWitness {
+  private monitor: Redis | null = null;
+  private readonly scopes = new Set<WitnessScope>();
+  private readonly listeners = new Set<Listener>();
+  /** Commands seen in all; a feed that sees nothing must not pass for a clean run. */
+  seen = 0;
+
+  private constructor(private readonly redis: OwnRedis) {}
+
+  /** Attaches now and again before every restart of `redis` opens its port. */
+  static async attach(redis: OwnRedis): Promise<RedisWitness> {
+    const w = new RedisWitness(redis);
+    redis.beforeListen(() => w.reattach());
+    await w.connect();
+    return w;
+  }
+
+  /** Evidence for one fleet (its key prefix) and its model queues. */
+  scope(prefix: string, models: string[], logicalOf?: (data: string) => string | undefined): WitnessScope {
+    const s = new WitnessScope(prefix, models, logicalOf, () => this.scopes.delete(s));
+    this.scopes.add(s);
+    return s;
+  }
+
+  /** Calls `listener` for every executed command until the returned function is called. */
+  watch(listener: Listener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** A connection of the harness's own (CLIENT PAUSE and the like), over the unix socket. */
+  admin(): Redis {
+    const r = new Redis({ path: this.redis.socket, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    r.on("error", () => undefined);
+    return r;
+  }
+
+  async close(): Promise<void> {
+    this.monitor?.disconnect();
+    this.monitor = null;
+  }
+
+  private async reattach(): Promise<void> {
+    this.monitor?.disconnect();
+    this.monitor = null;
+    const admin = this.admin();
+    try {
+      for (const s of this.scopes) await s.reconcile(admin);
+    } finally {
+      admin.disconnect();
+    }
+    await this.connect();
+  }
+
+  private async connect(): Promise<void> {
+    // No reconnects of its own: after a restart `reattach` runs before the port opens.
+    const base = new Redis({ path: this.redis.socket, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    base.on("error", () => undefined);
+    try {
+      const m = await base.monitor();
+      m.on("error", () => undefined);
+      m.on("monitor", (_time: string, args: string[], source: string) => {
+        this.seen++;
+        const c = { args, source };
+        for (const s of this.scopes) s.observe(c);
+        for (const l of this.listeners) l(c);
+      });
+      this.monitor = m;
+    } finally {
+      base.disconnect();
+    }
+  }
+}
+
+export class WitnessScope {
+  /** Job id → times BullMQ stored its hash (added; a second time means it was added again). */
+  readonly stored = new Map<string, number>();
+  /** Job id → times BullMQ finished it as completed. */
+  readonly completed = new Map<string, number>();
+  /** Job id → times BullMQ finished it as failed (attempts exhausted or unrecoverable). */
+  readonly failed = new Map<string, number>();
+  /** Logical request → every job id stored for it. */
+  readonly idsByLogical = new Map<string, Set<string>>();
+  /** Job id → its logical request. */
+  readonly logicalById = new Map<string, string>();
+  /** Read back from a restarted Redis: executed just before a SIGKILL, MONITOR line never sent. */
+  readonly unseen = { stored: 0, completed: 0 };
+  private readonly queuePrefixes: string[];
+
+  constructor(
+    readonly prefix: string,
+    readonly models: string[],
+    private readonly logicalOf: ((data: string) => string | undefined) | undefined,
+    readonly close: () => void,
+  ) {
+    this.queuePrefixes = models.map((m) => `${prefix}:${queueName(m)}:`);
+  }
+
+  private queueOf(key: string | undefined): string | undefined {
+    return key === undefined ? undefined : this.queuePrefixes.find((q) => key.startsWith(q));
+  }
+
+  observe(c: Executed): void {
+    if (c.source !== "lua") return;
+    const cmd = c.args[0]?.toLowerCase();
+    const key = c.args[1];
+    const q = this.queueOf(key);
+    if (!q || key === undefined) return;
+    if (cmd === "hmset" && c.args[2] === "name" && c.args[4] === "data") {
+      this.store(key.slice(q.length), c.args[5]);
+    } else if (cmd === "xadd" && key === `${q}events`) {
+      const at = c.args.indexOf("event");
+      const event = c.args[at + 1];
+      const id = c.args[at + 2] === "jobId" ? c.args[at + 3] : undefined;
+      if (at < 0 || !id) return;
+      if (event === "completed") this.completed.set(id, (this.completed.get(id) ?? 0) + 1);
+      else if (event === "failed") this.failed.set(id, (this.failed.get(id) ?? 0) + 1);
+    }
+  }
+
+  private store(id: string, data: string | undefined): void {
+    this.stored.set(id, (this.stored.get(id) ?? 0) + 1);
+    const logical = data !== undefined ? this.logicalOf?.(data) : undefined;
+    if (logical === undefined) return;
+    this.logicalById.set(id, logical);
+    const ids = this.idsByLogical.get(logical) ?? new Set<string>();
+    ids.add(id);
+    this.idsByLogical.set(logical, ids);
+  }
+
+  /**
+   * After a SIGKILL, Redis may have executed (and persisted) a last few commands whose
+   * MONITOR lines never left it. Before the restarted Redis opens its port, jobs it holds
+   * that the feed never saw stored, and jobs in the completed set never seen completed,
+   * are counted from its state (and reported as such).
+   */
+  async reconcile(admin: Redis): Promise<void> {
+    for (const q of this.queuePrefixes) {
+      const [wait, active, paused, ...sets] = await Promise.all([
+        admin.lrange(`${q}wait`, 0, -1),
+        admin.lrange(`${q}active`, 0, -1),
+        admin.lrange(`${q}paused`, 0, -1),
+        admin.zrange(`${q}completed`, 0, -1),
+        admin.zrange(`${q}failed`, 0, -1),
+        admin.zrange(`${q}delayed`, 0, -1),
+        admin.zrange(`${q}prioritized`, 0, -1),
+      ]);
+      for (const id of new Set([...wait, ...active, ...paused, ...sets.flat()])) {
+        if (this.stored.has(id)) continue;
+        this.unseen.stored++;
+        this.store(id, (await admin.hget(`${q}${id}`, "data")) ?? undefined);
+      }
+      for (const id of sets[0] ?? []) {
+        if (this.completed.has(id)) continue;
+        this.unseen.completed++;
+        this.completed.set(id, 1);
+      }
+    }
+  }
+}
