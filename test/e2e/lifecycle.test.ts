@@ -1,8 +1,10 @@
-import { mkdtempSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { freePort, startProcess } from "@citadel/cli/fleet";
 import { buildConvNet, buildSlowModel } from "@citadel/onnx";
+import { queueName } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, startTestFleet, type TestFleet } from "../support/fleet.js";
 
@@ -42,7 +44,12 @@ describe("a hung runner is contained", () => {
   let fleet: TestFleet;
   beforeAll(async () => {
     fleet = await startTestFleet({ workers: 1, workerEnv: { MAX_HUNG_RUNNERS: "0" } });
-    await fleet.publish(buildSlowModel({ iterations: 3000 }), { name: "slow", version: "1", spec: { timeoutMs: 100 } });
+    // ≈4 s per run: the abandoned run outlasts the checks that follow its timeout by far.
+    await fleet.publish(buildSlowModel({ iterations: 10_000 }), {
+      name: "slow",
+      version: "1",
+      spec: { timeoutMs: 100 },
+    });
   });
   afterAll(async () => fleet?.close());
 
@@ -83,27 +90,48 @@ describe("graceful shutdown", () => {
   async function workerProcess(extra: Record<string, string> = {}) {
     const port = await freePort();
     const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-worker-"));
-    return startProcess(
+    const proc = await startProcess(
       "worker",
       "worker",
       { ...fleet.env, METRICS_HOST: "127.0.0.1", METRICS_PORT: String(port), RUNTIME_THREADS: "1", ...extra },
       dir,
       `http://127.0.0.1:${port}/readyz`,
     );
+    return { ...proc, metricsUrl: `http://127.0.0.1:${port}`, log: path.join(dir, "worker.log") };
+  }
+
+  /** A counter or histogram count for `model` from a worker's /metrics (0 before its first sample). */
+  async function counter(url: string, name: string, model: string): Promise<number> {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const m = new RegExp(`^${name}\\{[^}]*model="${model}"[^}]*\\} ([0-9.e+]+)$`, "m").exec(text);
+    return m ? Number(m[1]) : 0;
+  }
+
+  async function until(what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 60_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!(await cond())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
 
   it("on SIGTERM finishes the in-flight batch, returns nothing lost, and exits 0 within the bound", async () => {
-    const proc = await workerProcess({ SHUTDOWN_TIMEOUT_MS: "20000" });
+    const workerId = `term-${randomBytes(3).toString("hex")}`;
+    const proc = await workerProcess({ SHUTDOWN_TIMEOUT_MS: "20000", WORKER_ID: workerId });
     const ids = await Promise.all(
       Array.from(
         { length: 3 },
         async () => (await fleet.request("POST", "/v1/jobs", { model: "slowish", inputs: slow })).json.id as string,
       ),
     );
-    for (let i = 0; i < 200; i++) {
-      if ((await fleet.request("GET", `/v1/jobs/${ids[0]}`)).json.status === "active") break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    // A run is in flight: the worker observed its jobs' queue time (done as a run starts)
+    // and has not yet counted an execution of the model (done as a run ends).
+    let started = 0;
+    await until("a run of slowish to start", async () => {
+      started = await counter(proc.metricsUrl, "citadel_inference_queue_duration_seconds_count", "slowish");
+      const ended = await counter(proc.metricsUrl, "citadel_inference_exec_count_total", "slowish");
+      return started >= 1 && ended === 0;
+    });
     const t0 = Date.now();
     expect(await proc.stop("SIGTERM")).toBe(0);
     expect(Date.now() - t0).toBeLessThan(20_000);
@@ -112,28 +140,36 @@ describe("graceful shutdown", () => {
     const views = await Promise.all(ids.map((id) => final(fleet, id)));
     expect(views.map((v) => v.status)).toEqual(["completed", "completed", "completed"]);
     await next.stop();
+    // The run in flight at SIGTERM was finished by the worker that got the signal (its
+    // jobs' results name it), not handed to the next one.
+    const finishers = await Promise.all(
+      ids.map(async (id) => {
+        const raw = await fleet.redis.hget(`${fleet.prefix}:${queueName("slowish")}:${id}`, "returnvalue");
+        return (JSON.parse(raw ?? "{}") as { workerId?: string }).workerId;
+      }),
+    );
+    expect(finishers.filter((w) => w === workerId).length).toBeGreaterThanOrEqual(started);
   });
 
   it("a second signal forces exit", async () => {
     const proc = await workerProcess({ SHUTDOWN_TIMEOUT_MS: "60000" });
     const sub = await fleet.request("POST", "/v1/jobs", { model: "slowest", inputs: slow });
     expect(sub.status, JSON.stringify(sub.json)).toBe(202);
-    const id = sub.json.id;
-    const until = Date.now() + 60_000;
-    let status = "";
-    let last: unknown = null;
-    while (status !== "active" && Date.now() < until) {
-      const r = await fleet.request("GET", `/v1/jobs/${id}`);
-      last = r.json;
-      status = r.json.status;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    expect(status, JSON.stringify(last)).toBe("active"); // a run is in flight, so the first signal cannot finish at once
+    // A run is in flight (see above), so the first signal cannot finish at once.
+    await until("a run of slowest to start", async () => {
+      const started = await counter(proc.metricsUrl, "citadel_inference_queue_duration_seconds_count", "slowest");
+      return started >= 1;
+    });
     proc.child.kill("SIGTERM");
-    // Signals of one kind do not queue: give the first one time to be handled.
-    await new Promise((r) => setTimeout(r, 500));
+    // Signals of one kind do not queue: wait until the first one was handled.
+    await until("the worker to begin its graceful stop", () =>
+      existsSync(proc.log) ? readFileSync(proc.log, "utf8").includes("worker stopping") : false,
+    );
     const t0 = Date.now();
     expect(await proc.stop("SIGTERM")).toBe("SIGKILL");
-    expect(Date.now() - t0).toBeLessThan(5000);
+    // Forced by the second signal, not by the 60 s shutdown deadline.
+    expect(readFileSync(proc.log, "utf8")).toMatch(/second SIGTERM, exiting now/);
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect((await fleet.request("GET", `/v1/jobs/${sub.json.id}`)).json.status).not.toBe("completed");
   });
 });
