@@ -6,17 +6,27 @@ import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Loose } from "../support/fleet.js";
-import { b64, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
+import { b64, redisUrl, type TestFleet } from "../support/fleet.js";
+import { startVaultTestFleet, unwrapCalls } from "../support/vault-fleet.js";
+import type { VaultTestServer } from "../support/vault-server/index.js";
 
 let fleet: TestFleet;
+let vault: VaultTestServer;
+let closeFleet: () => Promise<void> = async () => undefined;
 let queues: JobQueues;
 let version = 0;
 const x = () => ({
   x: { dtype: "float32" as const, shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) },
 });
 
+/**
+ * On the production key path (Vault Transit, the test server): "before any plaintext"
+ * is checked from outside the worker, as the data-key unwraps Vault was asked for.
+ */
 beforeAll(async () => {
-  fleet = await startTestFleet({ workers: 1 });
+  const started = await startVaultTestFleet({ workers: 1 });
+  ({ fleet, vault } = started);
+  closeFleet = started.close;
   await fleet.publish(buildConvNet({ seed: 1 }), { name: "good", version: "1", spec: {} });
   await fleet.publish(buildConvNet({ seed: 2 }), { name: "other", version: "1", spec: {} });
   queues = new JobQueues(
@@ -34,7 +44,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await queues?.close();
-  await fleet?.close();
+  await closeFleet();
 });
 
 /** Publishes a fresh version of `target` and returns its name@version. */
@@ -81,6 +91,17 @@ async function stillServing() {
   const sub = await fleet.request("POST", "/v1/jobs", { model: "good", inputs: x() });
   expect(sub.status).toBe(202);
   expect((await finalView(sub.json.id)).status).toBe("completed");
+}
+
+/** Whether the worker built a session for this version (counted only once a runner holds it). */
+async function sessionCreated(t: { name: string; version: string }): Promise<boolean> {
+  const text = await (await fetch(`${fleet.workers[0]?.metricsUrl}/metrics`)).text();
+  const mine = `model="${t.name}"[^}]*version="${t.version}"|version="${t.version}"[^}]*model="${t.name}"`;
+  return (
+    new RegExp(`^citadel_model_loads_total\\{[^}]*(${mine})[^}]*outcome="loaded"`, "m").test(text) ||
+    new RegExp(`^citadel_model_loads_total\\{[^}]*outcome="loaded"[^}]*(${mine})`, "m").test(text) ||
+    new RegExp(`^citadel_execution_provider_info\\{[^}]*(${mine})`, "m").test(text)
+  );
 }
 
 async function auditHas(model: string, v: string, code: string) {
@@ -199,12 +220,25 @@ const artifactCases: [string, (file: string, t: { name: string; version: string 
   ],
 ];
 
+describe("the evidence the checks below rely on", () => {
+  it("a sound version costs one data-key unwrap and creates a session when the worker loads it", async () => {
+    const t = await freshTarget();
+    const before = unwrapCalls(vault);
+    const sub = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
+    expect(sub.status).toBe(202);
+    expect((await finalView(sub.json.id)).status).toBe("completed");
+    expect(unwrapCalls(vault)).toBe(before + 1);
+    expect(await sessionCreated(t)).toBe(true);
+  });
+});
+
 describe("a tampered manifest is refused by the API and by the worker, before any plaintext", () => {
   it.each(manifestCases)("%s", async (_label, tamper, code) => {
     const t = await freshTarget();
     const m = await rawManifest(t.name, t.version);
     await tamper(m, t);
     await fleet.ctx.registry.putRaw(t.name, t.version, JSON.stringify(m));
+    const unwrapsBefore = unwrapCalls(vault);
     // The API checks signatures too: it will not validate against a manifest it cannot trust.
     let api: { status: number; json: Loose } = { status: 0, json: null };
     for (let i = 0; i < 50 && api.status !== 503; i++) {
@@ -215,6 +249,9 @@ describe("a tampered manifest is refused by the API and by the worker, before an
     const view = await finalView(await enqueueDirect(t.name, t.version));
     expect([view.status, view.error.code]).toEqual(["failed", code]);
     expect(await auditHas(t.name, t.version, code)).toBe(true);
+    // Before any plaintext: Vault was never asked for the data key, no session exists.
+    expect(unwrapCalls(vault)).toBe(unwrapsBefore);
+    expect(await sessionCreated(t)).toBe(false);
     await stillServing();
   });
 });
@@ -223,11 +260,15 @@ describe("a tampered artifact is refused by the worker before decryption", () =>
   it.each(artifactCases)("%s", async (_label, tamper, code) => {
     const t = await freshTarget();
     tamper(fleet.ctx.store.pathOf(t.name, t.version), t);
+    const unwrapsBefore = unwrapCalls(vault);
     const sub = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
     expect(sub.status).toBe(202);
     const view = await finalView(sub.json.id);
     expect([view.status, view.error.code], JSON.stringify(view)).toEqual(["failed", code]);
     expect(await auditHas(t.name, t.version, code)).toBe(true);
+    // Before decryption: the data key was never unwrapped, no session exists.
+    expect(unwrapCalls(vault)).toBe(unwrapsBefore);
+    expect(await sessionCreated(t)).toBe(false);
     await stillServing();
   });
 });
