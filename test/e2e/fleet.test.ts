@@ -41,7 +41,10 @@ async function runThroughFleet(model: string, shape: number[], data: Float32Arra
   });
   expect(sub.status, JSON.stringify(sub.json)).toBe(202);
   expect(sub.json).toMatchObject({ status: "queued", model, version: "1" });
-  const done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
+  // Long-poll until final: a slow machine takes longer, it does not answer differently.
+  let done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
+  while (done.status === 200 && (done.json.status === "queued" || done.json.status === "active"))
+    done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
   expect(done.status).toBe(200);
   expect(done.json.status, JSON.stringify(done.json.error)).toBe("completed");
   return done.json;

@@ -122,7 +122,10 @@ beforeAll(async () => {
     }),
   });
   const { id } = (await sub.json()) as { id: string };
-  const done = (await (await fetch(`${api}/v1/jobs/${id}?wait=20000`, { headers })).json()) as { status: string };
+  // Long-poll until final: one bounded wait would fail on a slow machine, not on a wrong answer.
+  let done: { status: string } = { status: "queued" };
+  while (done.status === "queued" || done.status === "active")
+    done = (await (await fetch(`${api}/v1/jobs/${id}?wait=20000`, { headers })).json()) as { status: string };
   expect(done.status).toBe("completed");
   // Provoke error paths too: a bad key and a bad tensor.
   await fetch(`${api}/v1/jobs`, {

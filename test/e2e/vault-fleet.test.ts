@@ -96,7 +96,9 @@ describe(`sealed with Vault Transit, served by a decrypt-only worker [${process.
       inputs: { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.5)) } },
     });
     expect(sub.status).toBe(202);
-    const done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
+    let done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
+    while (done.json.status === "queued" || done.json.status === "active")
+      done = await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=20000`);
     expect(done.json.status, JSON.stringify(done.json.error)).toBe("completed");
   });
 
