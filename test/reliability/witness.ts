@@ -62,14 +62,19 @@ export class RedisWitness {
     return r;
   }
 
+  /** Stops counting at once (lines still in flight are dropped) and closes the feed; a later restart of Redis attaches it again. */
   async close(): Promise<void> {
+    this.detach();
+  }
+
+  private detach(): void {
+    this.monitor?.removeAllListeners("monitor");
     this.monitor?.disconnect();
     this.monitor = null;
   }
 
   private async reattach(): Promise<void> {
-    this.monitor?.disconnect();
-    this.monitor = null;
+    this.detach();
     const admin = this.admin();
     try {
       for (const s of this.scopes) await s.reconcile(admin);
