@@ -102,6 +102,8 @@ interface Accepted {
 
 class Ledger {
   submitted = 0;
+  /** Sends repeated with the same Idempotency-Key after a network error or a 5xx. */
+  retried = 0;
   readonly accepted = new Map<string, Accepted>();
   /** Idempotency key → every id the API returned for it. */
   readonly idsByKey = new Map<string, Set<string>>();
@@ -134,6 +136,29 @@ async function holdsWithin(cond: () => boolean | Promise<boolean>, timeoutMs: nu
 /** Polls `cond` until it holds; throws (naming `what`) after `timeoutMs`. */
 async function waitUntil(cond: () => boolean | Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
   if (!(await holdsWithin(cond, timeoutMs))) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/**
+ * Sends as a careful client does: with an Idempotency-Key, and again with the same key
+ * after a network error or a 5xx (the first try may have landed: the API answers 503
+ * when its enqueue outlasts a bound, and the job can still be stored). Returns the last
+ * answer, or null when every try failed on the network.
+ */
+async function keyed<T extends { status: number }>(
+  ledger: Ledger,
+  send: () => Promise<T>,
+  tries = 100,
+): Promise<T | null> {
+  let last: T | null = null;
+  for (let i = 0; i < tries; i++) {
+    if (i > 0) {
+      ledger.retried++;
+      await sleep(100);
+    }
+    last = await send().catch(() => null);
+    if (last && last.status < 500) return last;
+  }
+  return last;
 }
 
 /**
@@ -268,7 +293,7 @@ async function account(
   }
   for (const id of scope.stored.keys()) {
     if (ledger.accepted.has(id)) continue;
-    kinds.push(`${id}: stored in Redis, but no client was given its id`);
+    kinds.push(`${id}: stored in Redis, but no client was given its id (refused or unanswered, and it ran)`);
     extraJobs.add(id);
   }
   for (const [key, ids] of ledger.idsByKey) {
@@ -326,6 +351,8 @@ async function account(
       `${auditTwice.length} job(s) have more job.completed audit records than Redis executed completions (e.g. ${auditTwice[0]?.[0]}: ${auditTwice[0]?.[1]} records): the audit stream repeated a record`,
     );
   if (Object.keys(ledger.refused).length > 0) row.notes.push(`refused at submit: ${fmtCodes(ledger.refused)}`);
+  if (ledger.retried > 0)
+    row.notes.push(`${ledger.retried} send(s) repeated with the same Idempotency-Key after a network error or a 5xx`);
   return row;
 }
 
@@ -488,11 +515,12 @@ export async function workerKills(env: ScenarioEnv): Promise<Row> {
         const due = t0 + i * interval;
         if (due > Date.now()) await sleep(due - Date.now());
         ledger.submitted++;
+        const key = `kill-${i}`;
         pending.push(
-          fleet.client.submit(bodies[i % poolSize] ?? "").then(
-            (r) =>
-              r.id ? ledger.accept({ id: r.id, input: i % poolSize }) : ledger.refuse(r.code ?? `HTTP_${r.status}`),
-            () => ledger.refuse("NETWORK"),
+          keyed(ledger, () => fleet.client.submit(bodies[i % poolSize] ?? "", key)).then((r) =>
+            r?.id
+              ? ledger.accept({ id: r.id, input: i % poolSize, key })
+              : ledger.refuse(r?.code ?? (r ? `HTTP_${r.status}` : "NETWORK")),
           ),
         );
       }
@@ -754,11 +782,14 @@ export async function vaultDown(env: ScenarioEnv): Promise<Row> {
     await Promise.all(
       Array.from({ length: count }, async (_, i) => {
         ledger.submitted++;
-        const r = await fleet.client.submit(jobBody(model, dims, pool[i % pool.length] ?? ""));
-        if (r.id) {
-          ledger.accept({ id: r.id, input: -1 });
+        const key = `vault-${ledger.submitted}`;
+        const r = await keyed(ledger, () =>
+          fleet.client.submit(jobBody(model, dims, pool[i % pool.length] ?? ""), key),
+        );
+        if (r?.id) {
+          ledger.accept({ id: r.id, input: -1, key });
           ids.push(r.id);
-        } else ledger.refuse(r.code ?? `HTTP_${r.status}`);
+        } else ledger.refuse(r?.code ?? (r ? `HTTP_${r.status}` : "NETWORK"));
       }),
     );
     return ids;
@@ -1066,17 +1097,18 @@ export async function soak(
           continue;
         }
         if (sent >= total) break;
+        const key = `soak-${sent / per}`;
         sent += per;
         ledger.submitted += per;
-        const r = await fleet.client.bulk(body).catch(() => ({ status: 0, results: [], code: "NETWORK" }));
-        if (r.status !== 202) {
-          ledger.refuse(r.code ?? `HTTP_${r.status}`);
+        const r = await keyed(ledger, () => fleet.client.bulk(body, key));
+        if (r?.status !== 202) {
+          ledger.refuse(r?.code ?? (r ? `HTTP_${r.status}` : "NETWORK"));
           continue;
         }
-        for (const j of r.results) {
-          if (j.id) ledger.accept({ id: j.id, input: -1 });
+        r.results.forEach((j, i) => {
+          if (j.id) ledger.accept({ id: j.id, input: -1, key: `${key}#${i}` });
           else ledger.refuse(j.error?.code ?? "UNKNOWN");
-        }
+        });
       }
     };
     const counter = (async () => {
