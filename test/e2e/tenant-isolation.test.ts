@@ -49,6 +49,11 @@ beforeAll(async () => {
     spec: { ...batching, inputs: { idx: { range: [0, 100] } } },
   });
   await fleet.publish(buildConvNet(), { name: "conv", version: "1", spec: {} });
+  await fleet.publish(buildCastModel("int32"), {
+    name: "int-scores",
+    version: "1",
+    spec: { outputPolicy: { labelOnly: true } },
+  });
 });
 afterAll(async () => {
   await fleet?.close();
@@ -228,6 +233,23 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
       expect(await fleet.redis.get(queueKeys.tenantQueuedJobs(fleet.prefix, tenant))).toBe("0");
       expect(await fleet.redis.get(queueKeys.tenantQueuedBytes(fleet.prefix, tenant))).toBe("0");
     }
+  });
+});
+
+describe("the output policy covers integer outputs", () => {
+  it("labelOnly reduces int32 scores to their argmax (an int score leaks as much as a float one)", async () => {
+    const view = await final(
+      victimKey,
+      await submit(victimKey, {
+        model: "int-scores",
+        inputs: { x: { dtype: "float32", shape: [2, 4], data: [1, 9, 3, 2, 8, 1, 1, 7] } },
+      }),
+    );
+    expect(view.status, JSON.stringify(view.error)).toBe("completed");
+    const y = view.result.outputs.y;
+    expect([y.dtype, y.shape]).toEqual(["int32", [2]]);
+    const raw = Buffer.from(y.data, "base64");
+    expect(Array.from(new Int32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4))).toEqual([1, 0]);
   });
 });
 
