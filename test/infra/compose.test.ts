@@ -1,9 +1,9 @@
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { freePort } from "@citadel/cli/fleet";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   canRead,
   filesUnder,
@@ -279,6 +279,9 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
     // every group: secrets-init's group_add) may do.
     expect(process.getuid?.(), "these tests create files owned by other groups: run as root").toBe(0);
     layout = runBootstrap();
+  });
+  afterAll(() => {
+    if (layout) rmSync(layout.dir, { recursive: true, force: true });
   });
 
   it("lets every service read exactly its own secret files and no other role's", () => {
