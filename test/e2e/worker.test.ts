@@ -33,7 +33,7 @@ beforeAll(async () => {
   await fleet.publish(buildScalarInputModel(), {
     name: "scalar",
     version: "1",
-    spec: { maxBatch: 2, maxQueueDelayMs: 10_000 },
+    spec: { maxBatch: 2, maxQueueDelayMs: 1000 },
   });
   await fleet.publish(buildBatchAxisLastModel(), {
     name: "batchlast",
