@@ -101,11 +101,9 @@ export class JobQueues {
    */
   async exists(id: string): Promise<boolean> {
     const model = modelOfJobId(id);
-    const n = await this.redis.exists(
-      keys.job(this.settings.prefix, model, id),
-      keys.cancelled(this.settings.prefix, id),
-    );
-    return n > 0;
+    // Two single-key reads: under a per-model hash tag the two keys sit in different slots.
+    if ((await this.redis.exists(keys.job(this.settings.prefix, model, id))) > 0) return true;
+    return (await this.redis.exists(keys.cancelled(this.settings.prefix, id))) > 0;
   }
 
   queue(model: string): Queue<JobData, JobResult> {
