@@ -50,7 +50,8 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     AUDIT_DENIAL_MAX_SOURCES: IntEnv(1, 1_000_000).default(100),
   })
   .superRefine((env, ctx) => {
-    refineKeyEnv(env, ctx);
+    // With pinned signers the API never builds a key service: no Vault settings needed.
+    if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
     refine(env, ctx);
   }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;
