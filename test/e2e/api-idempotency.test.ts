@@ -1,7 +1,7 @@
 import { AuditWriter } from "@citadel/audit";
 import { type JobData, JobRequest, type Priority } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
-import { bullConnection, JobQueues, queueName, type Redis, redisClient } from "@citadel/queue";
+import { bullConnection, JobQueues, queueName, type Redis, redisClient, releaseQuota } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import { TenantStore } from "@citadel/tenants";
@@ -176,6 +176,33 @@ class FaultyQueues extends JobQueues {
     if (f === "lost-reply") throw new Error("read ECONNRESET (injected after the write)");
   }
 }
+
+describe("a job's share of the quota", () => {
+  it("is given back once, whoever settles the job (a cancel racing a worker cannot release it twice)", async () => {
+    const key = await fleet.addTenant({ id: "idem-once", models: ["*"] });
+    // No worker: the jobs stay queued, and the test plays the worker's part.
+    await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+    const ids: string[] = [];
+    for (const v of [0.1, 0.2, 0.3]) {
+      const r = await fleet.request("POST", "/v1/jobs", job("idem-quota", v), bearer(key));
+      expect(r.status).toBe(202);
+      ids.push(r.json.id);
+    }
+    expect(await quota("idem-once")).toBe(3);
+    const [first, second] = ids as [string, string];
+    // The API cancels the first job (it releases its share) ...
+    expect((await fleet.request("DELETE", `/v1/jobs/${first}`, undefined, bearer(key))).json.status).toBe("cancelled");
+    expect(await quota("idem-once")).toBe(2);
+    // ... and a worker that had also settled it releases again: nothing moves.
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", first)).toBe(false);
+    expect(await quota("idem-once")).toBe(2);
+    // A worker settling the second job releases it once, however often it is asked.
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(true);
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(false);
+    expect(await quota("idem-once")).toBe(1);
+    expect(Number(await fleet.redis.get(`${fleet.prefix}:queued-bytes:idem-once`))).toBe(16);
+  });
+});
 
 describe("a fault between claim and enqueue", () => {
   const clients: Redis[] = [];

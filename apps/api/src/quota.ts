@@ -3,28 +3,36 @@ import { keys, type Redis } from "@citadel/queue";
 import type { Tenant } from "@citadel/tenants";
 
 /**
- * Takes a tenant's share for new jobs atomically. Each Idempotency-Key entry
- * (KEYS[3..]) must still be owned by the caller's attempt (else verdict 3: another
- * request took the key over, and this one must not enqueue). A job whose entry already
- * holds a reservation (from an earlier attempt) is not counted again; the entries
- * counted now record the attempt that reserved them, so a key's job is reserved once
- * however many requests try to enqueue it. Refused (nothing kept) when the jobs
- * (verdict 1) or bytes (verdict 2) would pass their bound.
- * ARGV: max jobs, max bytes, jobs without a key, their bytes, then per entry: bytes, attempt.
+ * Takes a tenant's share for new jobs atomically. KEYS: the two counters, then per job
+ * its reservation marker, then the Idempotency-Key entries of the keyed jobs. Each
+ * entry must still be owned by the caller's attempt (else verdict 3: another request
+ * took the key over, and this one must not enqueue). A job whose entry already holds a
+ * reservation (from an earlier attempt) is not counted again; every job counted now
+ * gets its marker (its bytes, so release gives back exactly this) and its entry records
+ * the attempt that reserved it, so a key's job is reserved once however many requests
+ * try to enqueue it. Refused (nothing kept) when the jobs (verdict 1) or bytes
+ * (verdict 2) would pass their bound.
+ * ARGV: max jobs, max bytes, job count n, marker TTL ms, then per job: bytes, entry
+ * index (0: no key), attempt.
  * Returns {verdict, jobs before, jobs reserved now}.
  */
 const RESERVE = `
-local jobs = tonumber(ARGV[3])
-local bytes = tonumber(ARGV[4])
-local mark = {}
-for i = 3, #KEYS do
-  local a = 5 + (i - 3) * 2
-  local e = redis.call('HMGET', KEYS[i], 'attempt', 'reserved')
-  if e[1] ~= ARGV[a + 1] then return {3, 0, 0} end
-  if e[2] == '0' then
+local n = tonumber(ARGV[3])
+local jobs, bytes = 0, 0
+local counted = {}
+for i = 1, n do
+  local a = 5 + (i - 1) * 3
+  local entry = tonumber(ARGV[a + 1])
+  local count = true
+  if entry > 0 then
+    local e = redis.call('HMGET', KEYS[2 + n + entry], 'attempt', 'reserved')
+    if e[1] ~= ARGV[a + 2] then return {3, 0, 0} end
+    count = e[2] == '0'
+  end
+  if count then
     jobs = jobs + 1
     bytes = bytes + tonumber(ARGV[a])
-    mark[#mark + 1] = {KEYS[i], ARGV[a + 1]}
+    counted[#counted + 1] = i
   end
 end
 if jobs == 0 then return {0, tonumber(redis.call('GET', KEYS[1]) or 0), 0} end
@@ -37,28 +45,42 @@ if verdict > 0 then
   redis.call('DECRBY', KEYS[2], bytes)
   return {verdict, j - jobs, 0}
 end
-for _, m in ipairs(mark) do redis.call('HSET', m[1], 'reserved', m[2]) end
+for _, i in ipairs(counted) do
+  local a = 5 + (i - 1) * 3
+  redis.call('SET', KEYS[2 + i], ARGV[a], 'PX', ARGV[4])
+  local entry = tonumber(ARGV[a + 1])
+  if entry > 0 then redis.call('HSET', KEYS[2 + n + entry], 'reserved', ARGV[a + 2]) end
+end
 return {0, j - jobs, jobs}
 `;
 
 /**
- * Gives back reservations of jobs that provably never reached the queue: ARGV[1] jobs
- * and ARGV[2] bytes without a key (the caller's own), and each Idempotency-Key entry
- * (KEYS[3..]; ARGV per entry: bytes, attempt) that is pending under the caller's
- * attempt and whose reservation that attempt made (an adopted one may belong to an
- * earlier attempt whose enqueue is still on its way). Those entries go with their
- * reservations, so their keys are free again. Never below zero. Returns the jobs given back.
+ * Gives back reservations of jobs that provably never reached the queue. KEYS: the
+ * two counters, then per job its reservation marker, then the keyed jobs' entries.
+ * A job without a key is the caller's own; a keyed job is given back only when its
+ * entry is pending under the caller's attempt and that attempt made the reservation
+ * (an adopted one may belong to an earlier attempt whose enqueue is still on its
+ * way); those entries go with their reservations, so their keys are free again. Each
+ * share is given back only by the call that deletes its marker. Never below zero.
+ * ARGV: job count n, then per job: entry index (0: no key), attempt. Returns the jobs given back.
  */
 const GIVE_BACK = `
-local jobs = tonumber(ARGV[1])
-local bytes = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  local a = 3 + (i - 3) * 2
-  local e = redis.call('HMGET', KEYS[i], 'state', 'attempt', 'reserved')
-  if e[1] == 'pending' and e[2] == ARGV[a + 1] and e[3] == ARGV[a + 1] then
-    redis.call('DEL', KEYS[i])
+local n = tonumber(ARGV[1])
+local jobs, bytes = 0, 0
+for i = 1, n do
+  local a = 2 + (i - 1) * 2
+  local entry = tonumber(ARGV[a])
+  local mine = true
+  if entry > 0 then
+    local e = redis.call('HMGET', KEYS[2 + n + entry], 'state', 'attempt', 'reserved')
+    mine = e[1] == 'pending' and e[2] == ARGV[a + 1] and e[3] == ARGV[a + 1]
+    if mine then redis.call('DEL', KEYS[2 + n + entry]) end
+  end
+  local held = mine and redis.call('GET', KEYS[2 + i])
+  if held then
+    redis.call('DEL', KEYS[2 + i])
     jobs = jobs + 1
-    bytes = bytes + tonumber(ARGV[a])
+    bytes = bytes + tonumber(held)
   end
 end
 if jobs == 0 then return 0 end
@@ -69,8 +91,9 @@ if b < 0 then redis.call('SET', KEYS[2], 0) end
 return jobs
 `;
 
-/** A job asking for room: its input bytes and, when it has one, its Idempotency-Key entry and the caller's attempt. */
+/** A job asking for room: its id, input bytes and, when it has one, its Idempotency-Key entry and the caller's attempt. */
 export interface QuotaClaim {
+  jobId: string;
   bytes: number;
   entry?: { key: string; attempt: number };
 }
@@ -93,6 +116,8 @@ export class TenantQuota {
     redis: Redis,
     private readonly prefix: string,
     private readonly maxQueuedBytes: number,
+    /** How long a reservation marker outlives its job at most (a marker that expires only leaves the counters high). */
+    private readonly heldTtlMs: number,
   ) {
     if (!("citadelQuotaReserve" in redis)) redis.defineCommand("citadelQuotaReserve", { lua: RESERVE });
     if (!("citadelQuotaGiveBack" in redis)) redis.defineCommand("citadelQuotaGiveBack", { lua: GIVE_BACK });
@@ -105,16 +130,15 @@ export class TenantQuota {
 
   /** Reserves room for every claim not already reserved under its key, or refuses (429 / 503 / 409) taking nothing. */
   async reserve(tenant: Tenant, claims: QuotaClaim[]): Promise<void> {
-    const { keyed, plain } = split(claims);
+    const { keysOf, argsOf } = this.layout(tenant.id, claims, (c, entry) => [c.bytes, entry, c.entry?.attempt ?? 0]);
     const [verdict, had] = await this.r.citadelQuotaReserve(
-      2 + keyed.length,
-      ...this.counters(tenant.id),
-      ...keyed.map((c) => c.key),
+      keysOf.length,
+      ...keysOf,
       tenant.maxQueuedJobs,
       this.maxQueuedBytes,
-      plain.length,
-      plain.reduce((a, c) => a + c.bytes, 0),
-      ...keyed.flatMap((c) => [c.bytes, c.attempt]),
+      claims.length,
+      this.heldTtlMs,
+      ...argsOf,
     );
     switch (verdict) {
       case 0:
@@ -133,21 +157,23 @@ export class TenantQuota {
 
   /** Gives back what `reserve` took for jobs that never reached the queue; see GIVE_BACK. Returns the jobs given back. */
   async giveBack(tenant: string, claims: QuotaClaim[]): Promise<number> {
-    const { keyed, plain } = split(claims);
-    return this.r.citadelQuotaGiveBack(
-      2 + keyed.length,
-      ...this.counters(tenant),
-      ...keyed.map((c) => c.key),
-      plain.length,
-      plain.reduce((a, c) => a + c.bytes, 0),
-      ...keyed.flatMap((c) => [c.bytes, c.attempt]),
-    );
+    if (claims.length === 0) return 0;
+    const { keysOf, argsOf } = this.layout(tenant, claims, (c, entry) => [entry, c.entry?.attempt ?? 0]);
+    return this.r.citadelQuotaGiveBack(keysOf.length, ...keysOf, claims.length, ...argsOf);
   }
-}
 
-function split(claims: QuotaClaim[]) {
-  return {
-    keyed: claims.flatMap((c) => (c.entry ? [{ bytes: c.bytes, ...c.entry }] : [])),
-    plain: claims.filter((c) => !c.entry),
-  };
+  /** KEYS (counters, a marker per job, the keyed jobs' entries) and per-job ARGV, as both scripts read them. */
+  private layout(
+    tenant: string,
+    claims: QuotaClaim[],
+    perJob: (c: QuotaClaim, entryIndex: number) => (string | number)[],
+  ): { keysOf: string[]; argsOf: (string | number)[] } {
+    const entries: string[] = [];
+    const argsOf = claims.flatMap((c) => {
+      if (c.entry) entries.push(c.entry.key);
+      return perJob(c, c.entry ? entries.length : 0);
+    });
+    const markers = claims.map((c) => keys.quotaHeld(this.prefix, tenant, c.jobId));
+    return { keysOf: [...this.counters(tenant), ...markers, ...entries], argsOf };
+  }
 }

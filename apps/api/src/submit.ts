@@ -95,7 +95,7 @@ export class Submitter {
   ) {
     this.catalog = d.catalog;
     this.idem = new IdempotencyStore(d.redis, s.prefix, s.idempotencyTtlMs);
-    this.quota = new TenantQuota(d.redis, s.prefix, s.maxTenantQueuedBytes);
+    this.quota = new TenantQuota(d.redis, s.prefix, s.maxTenantQueuedBytes, s.queueTtlMs + s.idempotencyTtlMs);
   }
 
   /** Validates one request against its model's verified manifest (no Redis writes). */
@@ -593,7 +593,11 @@ function firstOf(p: Prepared, prev: IdempotencyEntry): Prepared {
 
 /** What a job asks of the tenant's quota. */
 function claimOf(i: Entering): QuotaClaim {
-  return { bytes: i.p.data.inputBytes, ...(i.entry ? { entry: { key: i.entry.key, attempt: i.entry.attempt } } : {}) };
+  return {
+    jobId: i.p.id,
+    bytes: i.p.data.inputBytes,
+    ...(i.entry ? { entry: { key: i.entry.key, attempt: i.entry.attempt } } : {}),
+  };
 }
 
 function entryOf(key: string, prev: IdempotencyEntry): NonNullable<Entering["entry"]> {

@@ -234,7 +234,7 @@ export class JobQueues {
         "PX",
         this.settings.failedTtlMs,
       );
-      await releaseQuota(this.redis, this.settings.prefix, job.data);
+      await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
       this.notify(id);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
@@ -349,17 +349,19 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   return { ...base, status: "queued" };
 }
 
-/** Gives a settled job's share back to its tenant's queue quota (EVALSHA after the first call). */
-export async function releaseQuota(
-  redis: Redis,
-  prefix: string,
-  data: Pick<JobData, "tenant" | "inputBytes">,
-): Promise<void> {
-  const r = redis as Redis & { citadelReleaseQuota?: (a: string, b: string, bytes: number) => Promise<unknown> };
-  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 2, lua: RELEASE_QUOTA });
-  await (r.citadelReleaseQuota as (a: string, b: string, bytes: number) => Promise<unknown>)(
-    keys.tenantQueuedJobs(prefix, data.tenant),
-    keys.tenantQueuedBytes(prefix, data.tenant),
-    data.inputBytes,
+type ReleaseQuota = (jobs: string, bytes: string, held: string) => Promise<number>;
+
+/**
+ * Gives a settled job's share back to its tenant's queue quota, at most once per job
+ * (see RELEASE_QUOTA); true when this call gave it back. EVALSHA after the first call.
+ */
+export async function releaseQuota(redis: Redis, prefix: string, tenant: string, jobId: string): Promise<boolean> {
+  const r = redis as Redis & { citadelReleaseQuota?: ReleaseQuota };
+  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 3, lua: RELEASE_QUOTA });
+  const released = await (r.citadelReleaseQuota as ReleaseQuota)(
+    keys.tenantQueuedJobs(prefix, tenant),
+    keys.tenantQueuedBytes(prefix, tenant),
+    keys.quotaHeld(prefix, tenant, jobId),
   );
+  return released === 1;
 }
