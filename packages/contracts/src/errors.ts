@@ -50,6 +50,9 @@ export const ErrorCode = z.enum([
   "PLAINTEXT_HASH_MISMATCH",
   "VAULT_UNAVAILABLE",
   "VAULT_DENIED",
+  // model lifecycle (operators)
+  "MODEL_RETIRED",
+  "VERSION_IS_STABLE",
   // execution (worker)
   "JOB_INVALID",
   "DEADLINE_EXCEEDED",
@@ -79,6 +82,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case "NOT_FOUND":
       return 404;
     case "IDEMPOTENCY_CONFLICT":
+    case "MODEL_RETIRED":
+    case "VERSION_IS_STABLE":
       return 409;
     case "PAYLOAD_TOO_LARGE":
       return 413;
