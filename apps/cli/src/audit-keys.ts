@@ -21,10 +21,11 @@ export function auditKeyFromArg(arg: string): AuditKey {
  * AUDIT_KEY_FILE, or outside production the dev keyring's.
  */
 export function ownAuditKey(env: CliEnv): AuditKey {
-  if (env.AUDIT_KEY_FILE) return auditKeyFromArg(env.AUDIT_KEY_FILE);
-  if (env.NODE_ENV === "production")
+  if (!env.AUDIT_KEY_FILE && env.NODE_ENV === "production")
     throw new Error("AUDIT_KEY_FILE is required in production (a file holding this role's audit key)");
-  const secret = new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
+  const secret = env.AUDIT_KEY_FILE
+    ? readKeyFile(env.AUDIT_KEY_FILE)
+    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
   try {
     return new AuditKey(secret);
   } finally {

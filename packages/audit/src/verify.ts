@@ -69,7 +69,7 @@ export async function createAuditAnchor(
   keys: Iterable<AuditKey>,
   key: AuditKey,
 ): Promise<{ report: VerifyReport; anchor: AuditAnchor | null }> {
-  const s = await scan(redis, prefix, new AuditKeySet([key, ...keys]), undefined);
+  const s = await scan(redis, prefix, new AuditKeySet([...keys, key]), undefined);
   if (!s.report.ok) return { report: s.report, anchor: null };
   const heads: AuditAnchor["heads"] = {};
   for (const [writer, h] of s.heads) heads[writer] = { seq: h.seq, hash: h.hash, id: s.headIds.get(writer) ?? null };
