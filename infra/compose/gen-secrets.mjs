@@ -1,32 +1,89 @@
-// Generates the compose stack's secrets into the citadel-secrets volume on first
-// start (idempotent: existing files are kept). Nothing here is ever committed or
-// baked into an image. Usage: node gen-secrets.mjs /run/citadel
+// Generates the compose stack's secrets on first start (idempotent: existing files are
+// kept; modes and groups are re-applied every run). Nothing here is ever committed or
+// baked into an image. Usage: node gen-secrets.mjs /secrets
+//
+// Each role has its own volume, mounted here at <root>/<role> and at /run/citadel in that
+// role's containers only. Files are owned by the bootstrap uid, group = the role's gid
+// (infra/compose/roles.env), mode 0440; directories 0750. A role's process (its own uid
+// and gid, no supplementary groups) reads its own files and nothing of another role.
+// <root>/vault-keys (the unseal key, written by vault-bootstrap.sh) is prepared 0700.
 import { createHash, randomBytes } from "node:crypto";
-import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 
-const dir = process.argv[2] ?? "/run/citadel";
+const root = process.argv[2] ?? "/secrets";
+const ids = readRoleIds(path.join(path.dirname(fileURLToPath(import.meta.url)), "roles.env"));
 
-function secretFile(name, make) {
-  const file = path.join(dir, name);
-  if (!existsSync(file)) {
-    writeFileSync(file, make(), { mode: 0o640, flag: "wx" });
-    process.stderr.write(`created ${file}\n`);
+function readRoleIds(file) {
+  const out = {};
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const m = /^CITADEL_ID_([A-Z]+)=(\d+)$/.exec(line.trim());
+    if (m) out[m[1].toLowerCase()] = Number(m[2]);
   }
-  chmodSync(file, 0o640);
+  return out;
+}
+
+function gidOf(role) {
+  const gid = ids[role];
+  if (gid === undefined) throw new Error(`roles.env has no CITADEL_ID_${role.toUpperCase()}`);
+  return gid;
+}
+
+function roleDir(role) {
+  const dir = path.join(root, role);
+  mkdirSync(dir, { recursive: true, mode: 0o750 });
+  chownSync(dir, -1, gidOf(role));
+  chmodSync(dir, 0o750);
+  return dir;
+}
+
+/** Writes `make()` to <role>/<name> if absent (via a private temp file), then 0440 group <role>. */
+function secretFile(role, name, make, { replace = false } = {}) {
+  const file = path.join(roleDir(role), name);
+  if (replace || !existsSync(file)) {
+    const tmp = `${file}.tmp`;
+    rmSync(tmp, { force: true }); // a leftover of an interrupted run (0440: not writable)
+    writeFileSync(tmp, make(), { mode: 0o600, flag: "wx" });
+    chownSync(tmp, -1, gidOf(role));
+    chmodSync(tmp, 0o440);
+    renameSync(tmp, file);
+    if (!replace) process.stderr.write(`created ${role}/${name}\n`);
+  }
+  chownSync(file, -1, gidOf(role));
+  chmodSync(file, 0o440);
   return file;
 }
 
-const token = () => randomBytes(24).toString("hex");
-const redisPasswordFile = secretFile("redis-password", token);
-secretFile("board-admin-password", token);
-secretFile("board-ops-password", token);
-// Redis reads users from an ACL file holding only the SHA-256 of the password.
-const redisPassword = readFileSync(redisPasswordFile, "utf8").trim();
-const hash = createHash("sha256").update(redisPassword).digest("hex");
-writeFileSync(
-  path.join(dir, "redis-users.acl"),
-  `user default on #${hash} ~* &* +@all -flushall -flushdb -debug -shutdown -config -module -acl -replicaof -slaveof -failover -monitor\n`,
-  { mode: 0o640 },
-);
-chmodSync(path.join(dir, "redis-users.acl"), 0o640);
+const password = () => randomBytes(24).toString("hex");
+// The audit chain's HMAC key: 32 random bytes, base64 (AUDIT_KEY_FILE), one per writer role.
+const auditKey = () => randomBytes(32).toString("base64");
+
+const redisUsers = {};
+for (const role of ["api", "worker", "publisher"]) {
+  redisUsers[role] = readFileSync(secretFile(role, "redis-password", password), "utf8").trim();
+  secretFile(role, "audit-key", auditKey);
+}
+secretFile("api", "board-admin-password", password);
+secretFile("api", "board-ops-password", password);
+secretFile("grafana", "grafana-admin-password", password);
+const health = readFileSync(secretFile("redis", "redis-health-password", password), "utf8").trim();
+
+// Redis reads its users from an ACL file holding only SHA-256 hashes: one user per role
+// (so a role's password can be rotated or revoked alone, and CLIENT LIST names the role),
+// the health check's user may only PING, and the password-less default user is off.
+const sha = (s) => createHash("sha256").update(s).digest("hex");
+const APP_RULES =
+  "~* &* +@all -flushall -flushdb -debug -shutdown -config -module -acl -replicaof -slaveof -failover -monitor";
+const acl = [
+  "user default off",
+  ...Object.entries(redisUsers).map(([role, pw]) => `user ${role} on #${sha(pw)} ${APP_RULES}`),
+  `user health on #${sha(health)} -@all +ping`,
+  "",
+].join("\n");
+secretFile("redis", "redis-users.acl", () => acl, { replace: true });
+
+// The bootstrap's own volume: vault-bootstrap.sh keeps the unseal key there.
+const keys = path.join(root, "vault-keys");
+mkdirSync(keys, { recursive: true, mode: 0o700 });
+chmodSync(keys, 0o700);

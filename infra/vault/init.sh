@@ -8,8 +8,10 @@
 #                                 (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
 #                                 when running in a pod; otherwise the config step is skipped)
 #   CITADEL_K8S_NAMESPACE         worker namespace (default citadel)
-#   CITADEL_APPROLE_OUT_DIR       if set, writes <role>.role-id and <role>.secret-id files (mode 0600)
-#                                 for both AppRoles there, for the services that mount them
+#   CITADEL_APPROLE_OUT           if set: space-separated ROLE:DIR[:GID] entries; writes ROLE's
+#                                 <role>.role-id and <role>.secret-id into DIR only (mode 0400, or
+#                                 0440 with group GID), for the one service role that mounts DIR
+#   CITADEL_APPROLE_OUT_DIR       older form: both AppRoles' files into one DIR (mode 0400)
 #
 # Usage: init.sh                      configure everything, print only progress lines
 #        init.sh print-approle ROLE   also print ROLE's role_id and a NEW secret_id on stdout
@@ -117,19 +119,59 @@ vault write auth/kubernetes/role/citadel-publisher \
   token_policies=citadel-publisher token_ttl=15m token_max_ttl=1h >/dev/null
 log "wrote kubernetes role citadel-publisher (service account citadel-publisher in namespace $K8S_NAMESPACE)"
 
-# Optional credential hand-off: files, never stdout.
-if [ -n "${CITADEL_APPROLE_OUT_DIR:-}" ]; then
-  mkdir -p "$CITADEL_APPROLE_OUT_DIR"
+# Optional credential hand-off: files, never stdout. Each file is written to a private
+# temp file, given its mode (and group), then renamed into place: no reader ever sees a
+# partial or wrongly-permissioned file. A secret-id is created once and kept.
+publish_file() { # TMP DEST [GID]
+  if [ -n "${3:-}" ]; then
+    chgrp "$3" "$1"
+    chmod 0440 "$1"
+  else
+    chmod 0400 "$1"
+  fi
+  mv -f "$1" "$2"
+}
+write_approle() { # ROLE DIR [GID]
+  ar_role=$1
+  ar_dir=$2
+  ar_gid=${3:-}
+  mkdir -p "$ar_dir"
+  if [ -n "$ar_gid" ]; then
+    chgrp "$ar_gid" "$ar_dir"
+    chmod 0750 "$ar_dir"
+  fi
+  vault read -field=role_id "auth/approle/role/$ar_role/role-id" >"$ar_dir/.$ar_role.role-id.tmp"
+  publish_file "$ar_dir/.$ar_role.role-id.tmp" "$ar_dir/$ar_role.role-id" "$ar_gid"
+  if [ -s "$ar_dir/$ar_role.secret-id" ]; then
+    if [ -n "$ar_gid" ]; then chgrp "$ar_gid" "$ar_dir/$ar_role.secret-id"; fi
+  else
+    vault write -f -field=secret_id "auth/approle/role/$ar_role/secret-id" >"$ar_dir/.$ar_role.secret-id.tmp"
+    publish_file "$ar_dir/.$ar_role.secret-id.tmp" "$ar_dir/$ar_role.secret-id" "$ar_gid"
+  fi
+  log "wrote AppRole $ar_role credentials to $ar_dir${ar_gid:+ (group $ar_gid, mode 0440)}"
+}
+if [ -n "${CITADEL_APPROLE_OUT:-}${CITADEL_APPROLE_OUT_DIR:-}" ]; then
   old_umask=$(umask)
   umask 077
-  for role in citadel-worker citadel-publisher; do
-    vault read -field=role_id "auth/approle/role/$role/role-id" >"$CITADEL_APPROLE_OUT_DIR/$role.role-id"
-    if [ ! -s "$CITADEL_APPROLE_OUT_DIR/$role.secret-id" ]; then
-      vault write -f -field=secret_id "auth/approle/role/$role/secret-id" >"$CITADEL_APPROLE_OUT_DIR/$role.secret-id"
-    fi
+  for entry in ${CITADEL_APPROLE_OUT:-}; do
+    case "$entry" in
+      citadel-worker:* | citadel-publisher:*) ;;
+      *)
+        log "CITADEL_APPROLE_OUT: unknown role in '$entry'"
+        exit 1
+        ;;
+    esac
+    IFS=: read -r e_role e_dir e_gid <<EOF_ENTRY
+$entry
+EOF_ENTRY
+    write_approle "$e_role" "$e_dir" "$e_gid"
   done
+  if [ -n "${CITADEL_APPROLE_OUT_DIR:-}" ]; then
+    for role in citadel-worker citadel-publisher; do
+      write_approle "$role" "$CITADEL_APPROLE_OUT_DIR"
+    done
+  fi
   umask "$old_umask"
-  log "wrote AppRole credentials to $CITADEL_APPROLE_OUT_DIR (mode 0600)"
 fi
 
 if [ "${1:-}" = "print-approle" ]; then

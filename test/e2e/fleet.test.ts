@@ -58,7 +58,6 @@ describe("one job through the whole real path", () => {
     const inputs = sizes.map((n, i) => randomInput(n * per, 17 + i, scale));
     // Submit concurrently so the workers batch them together.
     const views = await Promise.all(inputs.map((x, i) => runThroughFleet(model, [sizes[i] as number, ...dims], x)));
-    let maxBatch = 0;
     for (const [i, view] of views.entries()) {
       const n = sizes[i] as number;
       const direct = await session.run({ x: new ort.Tensor("float32", inputs[i] as Float32Array, [n, ...dims]) });
@@ -70,11 +69,10 @@ describe("one job through the whole real path", () => {
       for (let k = 0; k < want.length; k++)
         expect(Math.abs((have[k] as number) - (want[k] as number))).toBeLessThanOrEqual(1e-6);
       expect(view.result.provider).toBe("cpu");
-      maxBatch = Math.max(maxBatch, view.result.batchSize);
-      expect(view.result.batchSize).toBeLessThanOrEqual(model === "conv" ? 16 : 8);
+      // The job's own samples, whatever run it shared (test/e2e/tenant-isolation.test.ts proves sharing).
+      expect(view.result.batchSize).toBe(n);
       for (const k of ["createdAt", "startedAt", "finishedAt"]) expect(Date.parse(view[k])).toBeGreaterThan(0);
     }
-    expect(maxBatch).toBeGreaterThanOrEqual(2);
     await session.release();
   });
 });

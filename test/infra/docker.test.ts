@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { roleIds } from "./compose-secrets.js";
 import { isPinnedImage, read } from "./support.js";
 
 interface Stage {
@@ -127,5 +128,42 @@ describe(".dockerignore", () => {
     ]) {
       expect(ignore, p).toContain(p);
     }
+  });
+});
+
+describe("images: one user per role, no core dumps", () => {
+  const ids = roleIds();
+  const cases = [
+    ["infra/docker/Dockerfile", "api", ids.api],
+    ["infra/docker/Dockerfile", "worker", ids.worker],
+    ["infra/docker/Dockerfile", "tools", ids.publisher],
+    ["infra/docker/Dockerfile.gpu", "worker-gpu", ids.worker],
+  ] as const;
+
+  it.each(cases)("%s target %s runs as its role's uid:gid", (file, target, id) => {
+    const c = chain(parseDockerfile(read(file)), target);
+    const user = [...c]
+      .reverse()
+      .flatMap((s) => s.lines.filter((l) => l.startsWith("USER ")))
+      .at(-1);
+    expect(user).toBe(`USER ${id}:${id}`);
+  });
+
+  it.each(cases)("%s target %s ships prlimit and starts node under `ulimit -c 0`", (file, target) => {
+    const c = chain(parseDockerfile(read(file)), target);
+    const lines = c.flatMap((s) => s.lines);
+    // The build fails where util-linux's prlimit is missing (the worker needs it).
+    expect(lines.some((l) => l.startsWith("RUN ") && /\bprlimit --version\b/.test(l))).toBe(true);
+    const start = c.flatMap((s) => s.lines.filter((l) => /^(CMD|ENTRYPOINT) \["\/bin\/sh"/.test(l))).at(0) ?? "";
+    const argv = JSON.parse(start.replace(/^(CMD|ENTRYPOINT)\s+/, "")) as string[];
+    expect(argv.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+    expect(argv[2]).toMatch(/^ulimit -c 0 && exec node /);
+  });
+
+  it("gives compose's bootstrap the secrets mount points it writes (a new volume takes their owner)", () => {
+    const tools = chain(parseDockerfile(read("infra/docker/Dockerfile")), "tools").flatMap((s) => s.lines);
+    const run = tools.find((l) => l.includes("/secrets")) ?? "";
+    expect(run).toContain(`-o ${ids.bootstrap} -g ${ids.bootstrap}`);
+    for (const d of ["api", "worker", "publisher", "redis", "grafana", "vault-keys"]) expect(run).toContain(d);
   });
 });

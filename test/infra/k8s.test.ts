@@ -1,12 +1,14 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { roleIds } from "./compose-secrets.js";
 import {
   arr,
   at,
   configMapData,
   containersOf,
   envValue,
+  expectSaneTtls,
   INFRA,
   isObj,
   isPinnedImage,
@@ -14,7 +16,10 @@ import {
   named,
   type Obj,
   podSpecOf,
+  QUOTA_FACTOR,
+  QUOTA_FACTOR_TEXT,
   RENDERER,
+  redisBytes,
   redisConf,
   renderOverlay,
   str,
@@ -168,7 +173,7 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
   });
 
   it("wires Vault Kubernetes auth for the worker service account", () => {
-    const cfg = configMapData(docs, "citadel-config");
+    const cfg = configMapData(docs, "citadel-vault-config");
     expect(cfg.KEY_PROVIDER).toBe("vault");
     expect(cfg.VAULT_AUTH).toBe("kubernetes");
     expect(cfg.VAULT_ADDR).toMatch(/^https:\/\//);
@@ -401,5 +406,162 @@ describe("seccomp Localhost profile", () => {
     }
     const clone = arr(at(profile, "syscalls")).find((s) => arr(at(s, "names")).includes("clone"));
     expect(at(clone, "args", 0, "op")).toBe("SCMP_CMP_MASKED_EQ");
+  });
+});
+
+/** The pod-level identity of each role; Redis runs as its image's redis user. */
+const K8S_IDS: Record<string, number> = {
+  api: roleIds().api ?? -1,
+  worker: roleIds().worker ?? -1,
+  publisher: roleIds().publisher ?? -1,
+  redis: 999,
+};
+
+function component(o: Obj): string {
+  return str(at(o, "spec", "template", "metadata", "labels", "app.kubernetes.io/component"));
+}
+
+/**
+ * A container's environment as the kubelet would build it: envFrom ConfigMaps, then env
+ * (literals, `$(VAR)` expanded); Secret and field references become placeholders.
+ */
+function containerEnv(docs: Obj[], c: Obj): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const from of arr(c.envFrom)) {
+    expect(at(from, "secretRef"), "no whole Secret in the environment").toBeUndefined();
+    const ref = str(at(from, "configMapRef", "name"));
+    const data = configMapData(docs, ref);
+    if (Object.keys(data).length === 0) throw new Error(`envFrom ConfigMap ${ref} is not rendered`);
+    Object.assign(env, data);
+  }
+  for (const e of arr(c.env)) {
+    const key = str(at(e, "name"));
+    const v = at(e, "value");
+    if (typeof v === "string") env[key] = v.replace(/\$\(([A-Z0-9_]+)\)/g, (_m, ref: string) => env[ref] ?? "");
+    else if (at(e, "valueFrom", "secretKeyRef")) env[key] = `secret-${str(at(e, "valueFrom", "secretKeyRef", "key"))}`;
+    else env[key] = "from-field";
+  }
+  return env;
+}
+
+function citadelContainers(docs: Obj[], comp: string): { pod: Obj; c: Obj; w: Obj }[] {
+  return workloads(docs)
+    .filter((w) => component(w) === comp)
+    .flatMap((w) => {
+      const pod = podSpecOf(w) ?? {};
+      return arr(pod.containers)
+        .filter(isObj)
+        .map((c) => ({ pod, c, w }));
+    });
+}
+
+describe.each(["base", ...OVERLAYS] as const)(`k8s %s: roles, Vault, audit keys, core dumps (${how})`, (overlay) => {
+  const { docs, rendered } = renderOverlay(overlay);
+  const roles = overlay === "base" ? ["api", "worker", "redis"] : ["api", "worker", "publisher", "redis"];
+
+  it("puts every namespaced object, components' included, in namespace citadel", () => {
+    if (!rendered) {
+      // Structural: the base and each overlay set it (components get it from the overlay).
+      const dir = overlay === "base" ? "k8s/base" : `k8s/overlays/${overlay}`;
+      expect(readFileSync(path.join(INFRA, dir, "kustomization.yaml"), "utf8")).toMatch(/^namespace: citadel$/m);
+      return;
+    }
+    for (const d of docs) {
+      if (["Namespace", "ClusterRole", "ClusterRoleBinding"].includes(str(d.kind))) continue;
+      expect(at(d, "metadata", "namespace"), name(d)).toBe("citadel");
+    }
+  });
+
+  it("runs each role as its own uid, gid and fsGroup", () => {
+    const seen = new Map<string, string>();
+    for (const w of workloads(docs)) {
+      const comp = component(w);
+      const sc = (at(podSpecOf(w), "securityContext") as Obj | undefined) ?? {};
+      const id = `${String(sc.runAsUser)}:${String(sc.runAsGroup)}:${String(sc.fsGroup)}`;
+      expect(id, `${name(w)} (${comp})`).toBe(`${K8S_IDS[comp]}:${K8S_IDS[comp]}:${K8S_IDS[comp]}`);
+      for (const c of containersOf(podSpecOf(w) ?? {})) {
+        expect(at(c, "securityContext", "runAsUser"), `${name(w)} container uid`).toBeUndefined();
+        expect(at(c, "securityContext", "runAsGroup"), `${name(w)} container gid`).toBeUndefined();
+      }
+      seen.set(comp, id);
+    }
+    expect([...seen.keys()].sort()).toEqual([...roles].sort());
+    expect(new Set(seen.values()).size, [...seen].join(", ")).toBe(seen.size);
+  });
+
+  it("gives the API no Vault settings, identity, token or route", async () => {
+    const api = named(docs, "Deployment", "citadel-api");
+    const pod = podSpecOf(api ?? {}) ?? {};
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(named(docs, "ServiceAccount", str(pod.serviceAccountName))?.automountServiceAccountToken).toBe(false);
+    for (const v of arr(pod.volumes)) {
+      expect(at(v, "projected"), `api volume ${str(at(v, "name"))}: no projected token`).toBeUndefined();
+      expect(JSON.stringify(v), "api volume").not.toMatch(/vault/i);
+    }
+    const c = arr(pod.containers).filter(isObj)[0] ?? {};
+    const env = containerEnv(docs, c);
+    expect(Object.keys(env).filter((k) => /^VAULT_|^KEY_PROVIDER$|^NODE_EXTRA_CA_CERTS$/.test(k))).toEqual([]);
+    const { ApiEnv } = await import("@citadel/api");
+    expect(ApiEnv.safeParse(env).error?.issues ?? [], "the API's env parses as it is rendered").toEqual([]);
+  });
+
+  it("gives workers (and the publisher) the Vault settings their env schemas need", async () => {
+    const { WorkerEnv } = await import("@citadel/worker");
+    const { CliEnv } = await import("@citadel/cli/context");
+    for (const { c, w } of citadelContainers(docs, "worker")) {
+      const env = containerEnv(docs, c);
+      expect(env.KEY_PROVIDER, name(w)).toBe("vault");
+      expect(WorkerEnv.safeParse(env).error?.issues ?? [], name(w)).toEqual([]);
+    }
+    for (const { c, w } of citadelContainers(docs, "publisher")) {
+      expect(CliEnv.safeParse(containerEnv(docs, c)).error?.issues ?? [], name(w)).toEqual([]);
+    }
+  });
+
+  it("mounts each audit writer's own key file (Secret citadel-audit-<role>, mode 0400), no other role's", () => {
+    for (const role of roles.filter((r) => r !== "redis")) {
+      for (const { pod, c, w } of citadelContainers(docs, role)) {
+        const file = envValue(c, "AUDIT_KEY_FILE") ?? "";
+        const mount = arr(c.volumeMounts).find((m) => file.startsWith(`${str(at(m, "mountPath"))}/`));
+        expect(mount, `${name(w)} mounts AUDIT_KEY_FILE ${file}`).toBeDefined();
+        const vol = arr(pod.volumes).find((v) => at(v, "name") === at(mount, "name"));
+        expect(at(vol, "secret", "secretName"), name(w)).toBe(`citadel-audit-${role}`);
+        expect(at(vol, "secret", "defaultMode"), name(w)).toBe(0o400);
+        expect(file.slice(str(at(mount, "mountPath")).length + 1), name(w)).toBe("audit-key");
+        const audits = arr(pod.volumes)
+          .map((v) => str(at(v, "secret", "secretName")))
+          .filter((s) => s.startsWith("citadel-audit-"));
+        expect(audits, name(w)).toEqual([`citadel-audit-${role}`]);
+      }
+    }
+  });
+
+  it("starts every container under `ulimit -c 0` (no pod-level rlimit exists)", () => {
+    for (const role of roles) {
+      for (const { c, w } of citadelContainers(docs, role)) {
+        const cmd = arr(c.command).map(str);
+        expect(cmd.slice(0, 2), `${name(w)} command`).toEqual(["/bin/sh", "-c"]);
+        expect(cmd[2], name(w)).toMatch(/^ulimit -c 0 && exec /);
+      }
+    }
+  });
+
+  it(`keeps MAX_TENANT_QUEUED_BYTES × ${QUOTA_FACTOR_TEXT} below Redis maxmemory, and TTLs short`, () => {
+    const api = named(docs, "Deployment", "citadel-api");
+    const c = arr(at(podSpecOf(api ?? {}), "containers")).filter(isObj)[0] ?? {};
+    const env = containerEnv(docs, c);
+    const quota = Number(env.MAX_TENANT_QUEUED_BYTES);
+    expect(Number.isInteger(quota) && quota > 0, "MAX_TENANT_QUEUED_BYTES is set explicitly").toBe(true);
+    const conf = RENDERER
+      ? (configMapData(docs, "citadel-redis-config")["redis.conf"] ?? "")
+      : readFileSync(path.join(INFRA, "k8s/base/redis.conf"), "utf8");
+    const maxmemory = redisBytes(redisConf(conf).get("maxmemory") ?? "");
+    expect(quota * QUOTA_FACTOR).toBeLessThan(maxmemory);
+    // Redis itself fits in its container (AOF rewrites fork: keep headroom).
+    const redis = citadelContainers(docs, "redis")[0]?.c ?? {};
+    const limit = str(at(redis, "resources", "limits", "memory"));
+    const limitBytes = Number(/^(\d+)Gi$/.exec(limit)?.[1]) * 1024 ** 3;
+    expect(maxmemory, `maxmemory vs container limit ${limit}`).toBeLessThan(limitBytes);
+    expectSaneTtls(Number(env.RESULT_TTL_MS), Number(env.FAILED_TTL_MS));
   });
 });

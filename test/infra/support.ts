@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 import YAML from "yaml";
 
 /** Helpers for the infra tests: they read files as an operator would, no cluster needed. */
@@ -66,6 +67,11 @@ export function parseYamlDocs(src: string, name: string): unknown[] {
   return out;
 }
 
+/** `${VAR:-default}` → default, as compose interpolates with an empty environment. */
+export function interpolate(s: string): string {
+  return s.replace(/\$\{[A-Z0-9_]+(?::?-([^}]*))?\}/g, (_m, def: string | undefined) => def ?? "");
+}
+
 export function loadCompose(): Obj {
   const doc = YAML.parse(read("docker-compose.yml"), { merge: true }) as unknown;
   if (!isObj(doc)) throw new Error("docker-compose.yml is not a mapping");
@@ -99,10 +105,10 @@ const renderCache = new Map<string, Rendered>();
  * a structural fallback: the base, component and overlay resource files as written
  * (patches are not applied, so overlay-specific checks read the patch files).
  */
-export function renderOverlay(overlay: "cpu" | "gpu"): Rendered {
+export function renderOverlay(overlay: "base" | "cpu" | "gpu"): Rendered {
   const cached = renderCache.get(overlay);
   if (cached) return cached;
-  const dir = path.join(INFRA, "k8s", "overlays", overlay);
+  const dir = path.join(INFRA, "k8s", ...(overlay === "base" ? ["base"] : ["overlays", overlay]));
   let result: Rendered;
   if (KUBECTL || KUSTOMIZE) {
     const out = KUBECTL
@@ -215,4 +221,32 @@ export function isPinnedImage(image: string): boolean {
   if (tagSep < 0) return false;
   const tag = image.slice(tagSep + 1);
   return tag !== "latest" && /\d/.test(tag) && !tag.includes("${");
+}
+
+/** A redis.conf memory value ("3gb", "512mb", "1073741824") in bytes; NaN if unreadable. */
+export function redisBytes(v: string): number {
+  const m = /^(\d+)\s*(b|k|kb|m|mb|g|gb)?$/i.exec(v.trim());
+  if (!m?.[1]) return Number.NaN;
+  const unit = (m[2] ?? "b").toLowerCase();
+  // Redis: k/m/g are powers of 1000, kb/mb/gb powers of 1024.
+  const scale: Record<string, number> = { b: 1, k: 1e3, kb: 1024, m: 1e6, mb: 1024 ** 2, g: 1e9, gb: 1024 ** 3 };
+  return Number(m[1]) * (scale[unit] ?? Number.NaN);
+}
+
+/**
+ * One tenant's queued inputs may take at most this share of Redis: inputs are stored
+ * base64-encoded (4/3 of their bytes), and a tenant at its quota must leave three
+ * quarters of maxmemory to other tenants' queues, retained results and failed jobs,
+ * idempotency keys and the audit stream (docs/deployment.md, "Queue quotas and Redis
+ * memory").
+ */
+export const QUOTA_FACTOR = (4 / 3) * 4;
+export const QUOTA_FACTOR_TEXT = "4/3 (base64) × 4 (a quarter of Redis)";
+
+/** Results and failed jobs live in Redis (noeviction): their retention must be explicit and short. */
+export function expectSaneTtls(resultTtlMs: number, failedTtlMs: number): void {
+  expect(Number.isInteger(resultTtlMs) && resultTtlMs >= 60_000, `RESULT_TTL_MS ${resultTtlMs}`).toBe(true);
+  expect(resultTtlMs, "RESULT_TTL_MS at most 1 h").toBeLessThanOrEqual(3_600_000);
+  expect(Number.isInteger(failedTtlMs) && failedTtlMs >= resultTtlMs, `FAILED_TTL_MS ${failedTtlMs}`).toBe(true);
+  expect(failedTtlMs, "FAILED_TTL_MS at most 24 h").toBeLessThanOrEqual(86_400_000);
 }

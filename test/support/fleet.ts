@@ -210,6 +210,18 @@ export async function startTestFleet(
   return fleet;
 }
 
+/**
+ * Stops the fleet's workers, lets `submitAll` queue its jobs, then starts one fresh
+ * worker: every job is waiting when it starts, so which jobs share a run does not
+ * depend on timing (the tests that assert sharing use this).
+ */
+export async function queuedBeforeWorker<T>(fleet: TestFleet, submitAll: () => Promise<T>): Promise<T> {
+  await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+  const r = await submitAll();
+  await fleet.startWorker();
+  return r;
+}
+
 /** Encodes a Float32Array as the API's base64 tensor data. */
 export function b64(data: Float32Array | BigInt64Array | Int32Array): string {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString("base64");

@@ -50,7 +50,8 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
   })
   .superRefine((env, ctx) => {
-    refineKeyEnv(env, ctx);
+    // With pinned signers the API never builds a key service: no Vault settings needed.
+    if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
     refineAuditEnv(env, ctx);
     refine(env, ctx);
   }, EVEN_WITH_ISSUES);

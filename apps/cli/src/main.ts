@@ -2,10 +2,12 @@ import { readFile, writeFile } from "node:fs/promises";
 import { createAuditAnchor, verifyAuditStream } from "@citadel/audit";
 import { CitadelError, type ModelRouting } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
+import { CoreDumpsEnabledError } from "@citadel/runtime";
 import { TenantStore } from "@citadel/tenants";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ownAuditKey, verifierKeys } from "./audit-keys.js";
 import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
+import { disableCoreDumpsForCli, PLAINTEXT_VERBS } from "./harden.js";
 
 // Heavy modules (onnxruntime, the demo) load only for the verbs that need them: most
 // verbs answer in well under a second.
@@ -16,7 +18,18 @@ const program = new Command()
   .name("citadel")
   .description("Seal, sign, publish and verify models; manage tenants; submit work; check the audit chain.")
   .showHelpAfterError()
-  .configureOutput({ outputError: (s, write) => write(s) });
+  .configureOutput({ outputError: (s, write) => write(s) })
+  // A core dump of a verb that holds plaintext weights or keys would put them on disk.
+  .hook("preAction", (_program, action) => {
+    if (!PLAINTEXT_VERBS.has(action.name())) return;
+    try {
+      disableCoreDumpsForCli();
+    } catch (err) {
+      if (err instanceof CoreDumpsEnabledError) process.stderr.write(`citadel: ${err.code}: ${err.message}\n`);
+      else reportError(err);
+      process.exit(78);
+    }
+  });
 
 const int = (v: string) => {
   const n = Number(v);

@@ -34,6 +34,8 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
     /** Abandoned (hung) runner threads tolerated before the worker reports unhealthy. */
     MAX_HUNG_RUNNERS: IntEnv(0, 100).default(2),
     AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+    /** Start even where core dumps cannot be disabled (refused in production otherwise). */
+    ALLOW_CORE_DUMPS: BoolEnv.default(false),
   })
   .superRefine((env, ctx) => {
     refineKeyEnv(env, ctx);

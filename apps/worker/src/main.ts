@@ -1,8 +1,10 @@
 import { loadEnvOrExit } from "@citadel/config";
 import { WorkerEnv } from "./env.js";
+import { disableCoreDumpsOrExit } from "./harden.js";
 import { startWorker } from "./worker.js";
 
 const env = loadEnvOrExit(WorkerEnv, "citadel-worker");
+disableCoreDumpsOrExit(env);
 const worker = await startWorker(env);
 
 // First signal: graceful stop within SHUTDOWN_TIMEOUT_MS. Second: exit now.

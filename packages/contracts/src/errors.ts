@@ -48,6 +48,8 @@ export const ErrorCode = z.enum([
   "KEY_UNWRAP_FAILED",
   "DECRYPTION_FAILED",
   "PLAINTEXT_HASH_MISMATCH",
+  /** The decrypted model's own inputs/outputs disagree with its signed manifest. */
+  "MODEL_IO_MISMATCH",
   "VAULT_UNAVAILABLE",
   "VAULT_DENIED",
   // model lifecycle (operators)
@@ -56,6 +58,8 @@ export const ErrorCode = z.enum([
   // execution (worker)
   "JOB_INVALID",
   "DEADLINE_EXCEEDED",
+  /** The job's workers stopped during its run more times than allowed (it may be what kills them). */
+  "JOB_STALLED",
   "TIMEOUT",
   "CANCELLED",
   "MODEL_LOAD_FAILED",
@@ -125,9 +129,11 @@ export function httpStatusFor(code: ErrorCode): number {
     case "KEY_UNWRAP_FAILED":
     case "DECRYPTION_FAILED":
     case "PLAINTEXT_HASH_MISMATCH":
+    case "MODEL_IO_MISMATCH":
     case "VAULT_DENIED":
       return 503;
     case "DEADLINE_EXCEEDED":
+    case "JOB_STALLED":
     case "TIMEOUT":
     case "CANCELLED":
     case "MODEL_LOAD_FAILED":
@@ -140,6 +146,41 @@ export function httpStatusFor(code: ErrorCode): number {
       return assertExhaustive(code);
   }
 }
+
+/**
+ * What a tenant is told about a failure. Codes about the tenant's own request keep
+ * their message (it describes what they sent); failures inside the fleet get a fixed
+ * message per code, because their details (onnxruntime's text with node names and
+ * shapes, provider errors with paths, integrity specifics) tell an outsider about the
+ * model and the hosts. The details belong in the logs.
+ */
+export function publicError(e: Pick<CitadelError, "code" | "message">): { code: ErrorCode; message: string } {
+  const fixed = INTERNAL_MESSAGES[e.code];
+  return { code: e.code, message: fixed ?? e.message };
+}
+
+const INTEGRITY = "the model failed its integrity checks and cannot be served";
+const INTERNAL_MESSAGES: Partial<Record<ErrorCode, string>> = {
+  RUNTIME_ERROR: "inference failed",
+  MODEL_LOAD_FAILED: "the model could not be loaded",
+  PROVIDER_UNAVAILABLE: "no execution provider could load the model",
+  MODEL_IO_MISMATCH: INTEGRITY,
+  MANIFEST_INVALID: INTEGRITY,
+  SIGNATURE_MISSING: INTEGRITY,
+  SIGNATURE_INVALID: INTEGRITY,
+  SIGNER_UNTRUSTED: INTEGRITY,
+  MANIFEST_MODEL_MISMATCH: INTEGRITY,
+  ARTIFACT_MISSING: INTEGRITY,
+  ARTIFACT_TRUNCATED: INTEGRITY,
+  ARTIFACT_HASH_MISMATCH: INTEGRITY,
+  KEY_UNWRAP_FAILED: INTEGRITY,
+  DECRYPTION_FAILED: INTEGRITY,
+  PLAINTEXT_HASH_MISMATCH: INTEGRITY,
+  VAULT_UNAVAILABLE: "the key service is unavailable; the job will be retried",
+  VAULT_DENIED: "the key service refused access to the model key",
+  CIRCUIT_OPEN: "the model is paused after repeated failures",
+  INTERNAL: "internal error",
+};
 
 /** Codes that a retry cannot fix: the worker fails these with UnrecoverableError. */
 export function isRetryable(code: ErrorCode): boolean {

@@ -53,6 +53,7 @@ export type JobData = z.infer<typeof JobData>;
 export const JobResult = z.strictObject({
   outputs: z.record(z.string(), EncodedTensor),
   provider: z.string(),
+  /** This job's own samples (never the run's size, which would reveal other tenants' volume). */
   batchSize: z.number().int(),
   queueMs: z.number(),
   inferenceMs: z.number(),

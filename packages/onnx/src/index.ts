@@ -32,8 +32,10 @@ export { mulberry32 } from "./prng.js";
 export { DATA_TYPE, type Dtype, type IoSpec } from "./proto.js";
 export {
   buildBatchAxisLastModel,
+  buildCastModel,
   buildFailingModel,
   buildIdentityModel,
+  buildLookupModel,
   buildMultiInputModel,
   buildNoBatchModel,
   buildScalarInputModel,

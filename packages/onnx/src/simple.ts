@@ -91,3 +91,43 @@ export function buildFailingModel(): Uint8Array {
     }),
   );
 }
+
+/**
+ * A table lookup that fails only for some inputs: `idx` int64 [N,1] → `y` float32 [N,1] = table[idx] with a table of
+ * `size` entries (table[i] = i / 2). An index ≥ `size` makes onnxruntime's Gather fail the whole run: a "poison input"
+ * for tests of batch splitting (a manifest that allows indices past the table stands for a model with inputs it
+ * cannot handle).
+ */
+export function buildLookupModel(size = 10): Uint8Array {
+  return encodeModel(
+    makeModel({
+      graphName: "citadel_lookup",
+      nodes: [
+        node("Gather", ["table", "idx"], ["gathered"], [intAttr("axis", 0)]),
+        node("Squeeze", ["gathered", "last"], ["y"]),
+      ],
+      inputs: [{ name: "idx", dtype: "int64", shape: ["N", 1] }],
+      outputs: [{ name: "y", dtype: "float32", shape: ["N", 1] }],
+      initializers: [
+        floatTensor(
+          "table",
+          [size, 1],
+          Array.from({ length: size }, (_, i) => i / 2),
+        ),
+        int64Tensor("last", [1], [2]),
+      ],
+    }),
+  );
+}
+
+/** `x` float32 [N,4] → `y` = Cast(x) to `to` (e.g. float16 or uint32, dtypes Citadel does not serve). */
+export function buildCastModel(to: Dtype): Uint8Array {
+  return encodeModel(
+    makeModel({
+      graphName: `citadel_cast_${to}`,
+      nodes: [node("Cast", ["x"], ["y"], [intAttr("to", DATA_TYPE[to])])],
+      inputs: [{ name: "x", dtype: "float32", shape: ["N", 4] }],
+      outputs: [{ name: "y", dtype: to, shape: ["N", 4] }],
+    }),
+  );
+}

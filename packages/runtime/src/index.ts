@@ -1,1 +1,2 @@
+export * from "./core-dumps.js";
 export * from "./runner.js";

@@ -4,6 +4,7 @@
  * BullMQ locks. A run that never returns is handled by abandoning this thread.
  */
 import { parentPort } from "node:worker_threads";
+import { DType } from "@citadel/contracts";
 import { viewAs } from "@citadel/tensors";
 import * as ort from "onnxruntime-node";
 import type { FromRunner, IoMeta, ProviderAttempt, ToRunner, WireTensor } from "./protocol.js";
@@ -15,6 +16,9 @@ if (!port) throw new Error("runner-thread must run in a worker thread");
 ort.env.logLevel = "fatal";
 
 let session: ort.InferenceSession | null = null;
+
+/** Output dtypes the parent can hold (the manifest's dtypes); others fail the run. */
+const SERVED: ReadonlySet<string> = new Set(DType.options);
 
 function send(msg: FromRunner, transfer: ArrayBuffer[] = []): void {
   port?.postMessage(msg, transfer);
@@ -76,6 +80,15 @@ async function run(msg: Extract<ToRunner, { type: "run" }>): Promise<void> {
     const ms = performance.now() - t0;
     const outputs: Record<string, WireTensor> = {};
     const transfer: ArrayBuffer[] = [];
+    const unserved = Object.entries(out).find(([, t]) => !SERVED.has(t.type));
+    if (unserved) {
+      for (const t of Object.values(out)) t.dispose();
+      return send({
+        type: "run-failed",
+        id: msg.id,
+        message: `output '${unserved[0]}' has dtype ${unserved[1].type}, which Citadel does not serve`,
+      });
+    }
     for (const [name, t] of Object.entries(out)) {
       const data = t.data as Exclude<ort.Tensor.DataType, string[]>;
       // Copy into a buffer we own: ORT's output may share a larger backing store.

@@ -1,5 +1,5 @@
 import { Worker } from "node:worker_threads";
-import { CitadelError } from "@citadel/contracts";
+import { CitadelError, DType } from "@citadel/contracts";
 import { type Tensor, viewAs } from "@citadel/tensors";
 import type { FromRunner, IoMeta, ProviderAttempt, ProviderName, ToRunner, WireTensor } from "./protocol.js";
 
@@ -105,11 +105,18 @@ export class ModelRunner {
   }
 
   /**
-   * Runs one batch. Rejects with TIMEOUT after `timeoutMs` or CANCELLED when `signal`
-   * aborts; either way this runner is dead afterwards.
+   * Runs one batch once the runs queued before it are done. Rejects with TIMEOUT after
+   * `timeoutMs` or CANCELLED when `signal` aborts; either way this runner is dead
+   * afterwards. `onStart` fires when this run (not the queue wait) begins.
    */
-  run(feeds: Record<string, Tensor>, outputs: string[], timeoutMs: number, signal?: AbortSignal): Promise<RunResult> {
-    const task = this.queue.then(() => this.runNow(feeds, outputs, timeoutMs, signal));
+  run(
+    feeds: Record<string, Tensor>,
+    outputs: string[],
+    timeoutMs: number,
+    signal?: AbortSignal,
+    onStart?: () => void,
+  ): Promise<RunResult> {
+    const task = this.queue.then(() => this.runNow(feeds, outputs, timeoutMs, signal, onStart));
     this.queue = task.catch(() => undefined);
     return task;
   }
@@ -119,6 +126,7 @@ export class ModelRunner {
     outputs: string[],
     timeoutMs: number,
     signal?: AbortSignal,
+    onStart?: () => void,
   ): Promise<RunResult> {
     if (this.dead) return Promise.reject(this.dead);
     if (signal?.aborted) return Promise.reject(new CitadelError("CANCELLED", "cancelled before the run started"));
@@ -158,6 +166,7 @@ export class ModelRunner {
         },
       });
       this.post({ type: "run", id, feeds: wire, outputs }, transfer);
+      onStart?.();
     });
   }
 
@@ -182,9 +191,19 @@ export class ModelRunner {
         );
         return;
       case "result": {
+        const pending = this.pending.get(m.id);
+        // A type we cannot hold (the thread refuses these; this is the second line) fails
+        // the run instead of throwing inside the message handler, which would crash the worker.
+        const odd = Object.entries(m.outputs).find(([, w]) => !DType.safeParse(w.dtype).success);
+        if (odd) {
+          pending?.reject(
+            new CitadelError("RUNTIME_ERROR", `inference failed: output '${odd[0]}' has an unserved dtype`),
+          );
+          return;
+        }
         const outputs: Record<string, Tensor> = {};
         for (const [name, w] of Object.entries(m.outputs)) outputs[name] = fromWire(w);
-        this.pending.get(m.id)?.resolve({ outputs, ms: m.ms });
+        pending?.resolve({ outputs, ms: m.ms });
         return;
       }
       case "run-failed":

@@ -5,16 +5,25 @@ export interface CircuitOptions {
   failureThreshold: number;
   /** How long an open circuit stays open before one probe is let through. */
   cooldownMs: number;
+  /**
+   * A failure within this long after any run of the model succeeded is blamed on the
+   * inputs, not the model: the model demonstrably works, so one tenant's poison inputs
+   * cannot pause it for everyone. A model that stops succeeding opens the circuit once
+   * its last success is older than this. Default 30 s.
+   */
+  inputFaultWindowMs?: number;
 }
 
 /**
  * Per-model circuit breaker. Open: the consumer stops pulling the model's jobs
  * (they wait in Redis, nothing is lost). After the cooldown one probe batch runs;
- * success closes it, failure opens it again.
+ * success closes it, failure opens it again. Counts failures of the model, not of
+ * one job's input (see `inputFaultWindowMs`).
  */
 export class CircuitBreaker {
   private failures = 0;
   private openedAt = 0;
+  private lastSuccessAt = Number.NEGATIVE_INFINITY;
   state: CircuitState = "closed";
 
   constructor(
@@ -36,10 +45,13 @@ export class CircuitBreaker {
 
   success(): void {
     this.failures = 0;
+    this.lastSuccessAt = this.now();
     if (this.state !== "closed") this.set("closed");
   }
 
+  /** A batch whose every run failed. Ignored (blamed on its inputs) while the model recently succeeded. */
   failure(): void {
+    if (this.state === "closed" && this.now() - this.lastSuccessAt <= (this.opts.inputFaultWindowMs ?? 30_000)) return;
     this.failures++;
     if (this.state === "half-open" || this.failures >= this.opts.failureThreshold) {
       this.openedAt = this.now();

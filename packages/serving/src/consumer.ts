@@ -1,12 +1,13 @@
-import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
-import { CitadelError, coerceError, isRetryable, JobData, type JobResult } from "@citadel/contracts";
-import { formatFailure, keys, queueName, type Redis, releaseQuota } from "@citadel/queue";
+import { CitadelError, coerceError, JobData, type JobResult, publicError } from "@citadel/contracts";
+import type { Redis } from "@citadel/queue";
+import { keys } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { resolveOutputs, validateInputs } from "@citadel/tensors";
-import { type Job, UnrecoverableError, Worker } from "bullmq";
-import { type BatchItem, buildFeeds, compatible, outputsFor, splitResults } from "./batching.js";
+import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
 import { CircuitBreaker, type CircuitOptions, type CircuitState } from "./circuit.js";
+import { executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
+import { JobLease, type LeasedJob } from "./lease.js";
 import type { WorkerMetrics } from "./metrics.js";
 import type { LoadedModel, ModelHost } from "./model-host.js";
 
@@ -25,58 +26,54 @@ export interface ConsumerOptions {
   circuit: CircuitOptions;
   /** Batches in flight at once: one running, one being prepared. */
   maxInFlight: number;
+  /** Jobs held (locked, waiting in the batcher) before no more are fetched. */
+  maxHeldJobs?: number;
 }
 
-/** A job we hold the lock on, validated and ready to batch. */
-interface Held {
-  job: Job<JobData, JobResult>;
-  token: string;
+/** A job we hold the lock on, validated and waiting to run. */
+interface Held extends RunJob {
+  lease: LeasedJob;
   data: JobData;
-  item: BatchItem;
   model: LoadedModel;
-  cancelled: boolean;
+  abort: AbortController;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, "half-open": 1, open: 2 };
 
 /**
- * Serves one model queue: pulls jobs by hand (BullMQ manual fetching) to gather a
- * micro-batch of one model version up to max batch samples or max queue delay, runs
- * it in the model's runner, and settles every job exactly once: completed, failed
- * with a code, or cancelled. Locks are extended on a timer that inference never blocks.
+ * Serves one model queue, composing the parts: the lease (BullMQ) fetches and
+ * settles, the batcher (pure) decides which jobs share a run and when, the executor
+ * runs a batch and gives each job its own outcome. This file only wires them, records
+ * audit and metrics, and keeps the circuit breaker.
  */
 export class ModelConsumer {
-  private readonly worker: Worker<JobData, JobResult>;
-  /** Every job we hold a lock on (being prepared, batched or run), by id → token. */
-  private readonly locks = new Map<string, { job: Job<JobData, JobResult>; token: string }>();
-  /** Prepared jobs, for cancellation. */
-  private readonly held = new Map<string, Held>();
+  private readonly lease: JobLease;
   private readonly circuit: CircuitBreaker;
-  private carry: Held | null = null;
+  /** One batcher per version (each version has its own manifest: max batch, delay). */
+  private readonly batchers = new Map<string, DynamicBatcher<Held>>();
+  /** Prepared jobs by id, for cancellation. */
+  private readonly held = new Map<string, Held>();
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
-  private lockTimer?: NodeJS.Timeout;
   private readonly inflight = new Set<Promise<void>>();
-  /** Per held job: re-checks its batch, aborting the run once every job in it is cancelled. */
-  private readonly cancelChecks = new Map<string, () => void>();
-  /** Abort controllers of running batches (aborted on shutdown). */
-  private readonly runningBatches = new Set<AbortController>();
-  /** Cancellations that arrived for jobs we hold (possibly before they were prepared). */
+  /** Aborted on shutdown: running batches are cut off and their jobs requeued. */
+  private readonly shutdown = new AbortController();
+  /** Cancellations that arrived for jobs we hold before they were prepared. */
   private readonly cancelled = new Set<string>();
+  private readonly maxHeld: number;
 
   constructor(private readonly o: ConsumerOptions) {
-    this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
+    this.maxHeld = o.maxHeldJobs ?? 256;
+    this.lease = new JobLease({
+      model: o.model,
       connection: o.connection,
+      redis: o.redis,
       prefix: o.prefix,
-      autorun: false,
-      lockDuration: o.lockDurationMs,
-      stalledInterval: o.lockDurationMs,
-      // A worker killed mid-batch stalls its jobs; allow a few such restarts before failing them.
-      maxStalledCount: 3,
-      drainDelay: 1,
+      workerId: o.workerId,
+      lockDurationMs: o.lockDurationMs,
+      log: o.log,
     });
-    this.worker.on("error", (err) => o.log.error({ err, model: o.model }, "bullmq worker error"));
     this.circuit = new CircuitBreaker(o.circuit, (state) => {
       o.metrics.circuitState.set({ model: o.model }, CIRCUIT_VALUE[state]);
       if (state === "open") o.audit.record("circuit.opened", { model: o.model, workerId: o.workerId });
@@ -93,19 +90,22 @@ export class ModelConsumer {
   start(): void {
     if (this.running) return;
     this.running = true;
-    void this.worker.startStalledCheckTimer();
-    this.lockTimer = setInterval(() => void this.extendLocks(), Math.max(1000, this.o.lockDurationMs / 3));
-    this.lockTimer.unref();
+    this.lease.start();
     this.loopDone = this.loop();
   }
 
-  /** An API DELETE reached us: abort the job if we hold it. */
+  /** An API DELETE reached us: settle the job as cancelled if we hold it. */
   cancel(jobId: string): void {
-    if (!this.locks.has(jobId)) return;
-    this.cancelled.add(jobId);
+    if (!this.lease.holds(jobId)) return;
     const h = this.held.get(jobId);
-    if (h) h.cancelled = true;
-    this.cancelChecks.get(jobId)?.();
+    if (h) h.abort.abort();
+    else this.cancelled.add(jobId);
+  }
+
+  private get heldJobs(): number {
+    let n = 0;
+    for (const b of this.batchers.values()) n += b.size;
+    return n;
   }
 
   private async loop(): Promise<void> {
@@ -115,12 +115,21 @@ export class ModelConsumer {
           await sleep(Math.min(this.circuit.waitMs(), 500));
           continue;
         }
-        while (this.inflight.size >= this.o.maxInFlight) await Promise.race(this.inflight);
-        const batch = await this.gather(this.circuit.state === "half-open");
-        if (batch.length === 0) continue;
-        const p: Promise<void> = this.execute(batch).finally(() => this.inflight.delete(p));
-        this.inflight.add(p);
-        if (this.circuit.state === "half-open") await p;
+        const probing = this.circuit.state === "half-open";
+        const batch = this.nextBatch(probing || this.heldJobs >= this.maxHeld);
+        if (batch) {
+          while (this.inflight.size >= this.o.maxInFlight) await Promise.race(this.inflight);
+          const p: Promise<void> = this.run(batch).finally(() => this.inflight.delete(p));
+          this.inflight.add(p);
+          if (probing) await p;
+          continue;
+        }
+        // Nothing is ready: take one more job. Block (briefly) only with nothing held;
+        // otherwise poll until the oldest held batch is due.
+        const idle = this.heldJobs === 0;
+        const leased = await this.lease.fetch(idle);
+        if (leased) await this.admit(leased);
+        else if (!idle) await sleep(Math.max(0, Math.min(1, (this.readyAt() ?? 0) - performance.now())));
       } catch (err) {
         this.o.log.error({ err: coerceError(err), model: this.o.model }, "consumer loop error");
         await sleep(250);
@@ -128,268 +137,196 @@ export class ModelConsumer {
     }
   }
 
-  /** Fetches one job and prepares it; settles it at once if it cannot run. */
-  private async fetch(block: boolean): Promise<Held | null> {
-    const token = `${this.o.workerId}:${randomUUID()}`;
-    const job = (await this.worker.getNextJob(token, { block })) as Job<JobData, JobResult> | undefined;
-    if (!job?.id) return null;
-    const parsed = JobData.safeParse(job.data);
-    if (!parsed.success) {
-      await this.settleFailure(job, token, null, new CitadelError("JOB_INVALID", "job payload failed re-validation"));
-      return null;
+  private readyAt(): number | null {
+    let at: number | null = null;
+    for (const b of this.batchers.values()) {
+      const r = b.readyAt();
+      if (r !== null && (at === null || r < at)) at = r;
     }
+    return at;
+  }
+
+  /** The oldest batch that may run now (with `flush`, the oldest held one even if not due). */
+  private nextBatch(flush: boolean): Held[] | null {
+    const now = performance.now();
+    let best: { version: string; at: number } | null = null;
+    for (const [version, b] of this.batchers) {
+      const at = b.readyAt();
+      if (at !== null && (at <= now || flush) && (!best || at < best.at)) best = { version, at };
+    }
+    if (!best) return null;
+    return this.batchers.get(best.version)?.take(now, flush)?.items ?? null;
+  }
+
+  /** Validates a fetched job and hands it to its version's batcher; settles it at once if it cannot run. */
+  private async admit(lease: LeasedJob): Promise<void> {
+    const job = lease.job;
+    if (job.deferredFailure) {
+      // BullMQ marks a job that stalled more than maxStalledCount times (its workers died
+      // during its runs — possibly because of the job itself) for failure on next fetch.
+      const parsed = JobData.safeParse(job.data);
+      return this.fail(
+        lease,
+        parsed.success ? parsed.data : null,
+        new CitadelError("JOB_STALLED", "the job's worker stopped during its run too many times"),
+      );
+    }
+    const parsed = JobData.safeParse(job.data);
+    if (!parsed.success)
+      return this.fail(lease, null, new CitadelError("JOB_INVALID", "job payload failed re-validation"));
     const data = parsed.data;
-    this.locks.set(job.id, { job, token });
     try {
       if (Date.now() > data.deadline)
         throw new CitadelError("DEADLINE_EXCEEDED", "the job waited past its deadline and was not run");
       const model = await this.o.host.get(data.model, data.version);
-      const v = validateInputs(data.inputs, model.manifest);
+      const { manifest } = model;
+      const v = validateInputs(data.inputs, manifest);
       if (v.batch !== data.batch) throw new CitadelError("JOB_INVALID", "job batch does not match its inputs");
-      const item: BatchItem = {
+      if (data.timeoutMs > manifest.timeoutMs)
+        throw new CitadelError("JOB_INVALID", "job timeout exceeds the model's limit");
+      const abort = new AbortController();
+      const h: Held = {
+        id: lease.id,
+        lease,
+        data,
+        model,
+        abort,
         tensors: v.tensors,
-        batch: v.batch,
-        outputs: resolveOutputs(data.outputs, model.manifest),
-        policy: data.outputPolicy,
+        samples: v.batch,
+        outputs: resolveOutputs(data.outputs, manifest),
+        ...(data.outputPolicy ? { policy: data.outputPolicy } : {}),
+        timeoutMs: data.timeoutMs,
+        deadline: data.deadline,
+        cancel: abort.signal,
       };
-      const h: Held = { job, token, data, item, model, cancelled: this.cancelled.has(job.id) };
-      this.held.set(job.id, h);
-      return h;
+      if (this.cancelled.delete(lease.id)) abort.abort();
+      this.held.set(lease.id, h);
+      const batchable = canBatch(manifest);
+      let b = this.batchers.get(data.version);
+      if (!b) {
+        b = new DynamicBatcher<Held>({
+          maxSamples: batchable ? manifest.maxBatch : 1,
+          maxDelayMs: batchable ? manifest.maxQueueDelayMs : 0,
+        });
+        this.batchers.set(data.version, b);
+      }
+      b.add(h, batchable ? batchKey(manifest, v.tensors) : lease.id, v.batch, performance.now());
     } catch (err) {
-      await this.settleFailure(job, token, data, err);
-      return null;
+      await this.fail(lease, data, err);
     }
+  }
+
+  private async run(batch: Held[]): Promise<void> {
+    // Cancellations requested before we held the job (its pub/sub message went to no
+    // one): one read for the whole batch.
+    const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.id)));
+    flags.forEach((f, i) => {
+      if (f) batch[i]?.abort.abort();
+    });
+    const first = batch[0];
+    if (!first) return;
+    const { model, version } = first.data;
+    const start = Date.now();
+    for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
+    let loaded = first.model;
+    const summary = await executeBatch(batch, {
+      // After a failed run the runner may have been cut off: ask the host again (it reloads).
+      model: async () => {
+        if (!loaded.runner.alive) loaded = await this.o.host.get(model, version);
+        return loaded;
+      },
+      settle: (job, outcome) => this.settle(job as Held, outcome, start, loaded),
+      onRun: (r) => this.onRun(r, model, version),
+      shutdown: this.shutdown.signal,
+    });
+    // A batch in which any run succeeded had bad inputs (split off and failed alone),
+    // not a bad model; only batches where every run failed count against the model.
+    if (summary.okRuns > 0) this.circuit.success();
+    else if (summary.failedRuns > 0) this.circuit.failure();
+  }
+
+  private onRun(r: RunReport, model: string, version: string): void {
+    if (r.ok) {
+      this.o.metrics.execCount.inc({ model, version });
+      this.o.metrics.inferenceCount.inc({ model, version }, r.samples);
+      this.o.metrics.computeDuration.observe({ model, version }, r.ms / 1000);
+      this.o.metrics.batchSize.observe({ model }, r.samples);
+      return;
+    }
+    const code = r.error?.code;
+    if (code === "TIMEOUT") this.o.metrics.runnerRestarts.inc({ reason: "timeout" });
+    this.o.log.warn(
+      { model, version, code, jobs: r.jobs, split: r.bisected === true, reason: r.error?.message },
+      "run failed",
+    );
+  }
+
+  private async settle(h: Held, outcome: Outcome, start: number, loaded: LoadedModel): Promise<void> {
+    this.held.delete(h.id);
+    if (!outcome.ok) {
+      if (outcome.requeue) return this.lease.requeue(h.lease);
+      return this.fail(h.lease, h.data, outcome.error);
+    }
+    const { manifest, info } = loaded;
+    const result: JobResult = {
+      outputs: outcome.outputs,
+      provider: info.provider,
+      // The job's own samples: the run's size would tell a tenant how much others sent.
+      batchSize: h.samples,
+      queueMs: start - h.data.acceptedAt,
+      inferenceMs: outcome.inferenceMs,
+      workerId: this.o.workerId,
+      artifactSha256: manifest.artifact.plaintextSha256,
+    };
+    if (JSON.stringify(result).length > this.o.maxResultBytes) {
+      return this.fail(
+        h.lease,
+        h.data,
+        new CitadelError("RESULT_TOO_LARGE", `result exceeds ${this.o.maxResultBytes} bytes`),
+      );
+    }
+    if (!(await this.lease.complete(h.lease, result, h.data))) return;
+    this.o.metrics.success.inc({ model: h.data.model, version: h.data.version });
+    this.o.audit.record("job.completed", {
+      ...this.auditBase(h.lease, h.data),
+      queueMs: result.queueMs,
+      inferenceMs: result.inferenceMs,
+      outcome: "completed",
+      artifactSha256: result.artifactSha256,
+      provider: result.provider,
+    });
   }
 
   /**
-   * Gathers one batch: the first job blocks; more are taken while they fit the same
-   * version, the sample bound and the first job's max queue delay.
+   * Fails a job with its code. The tenant sees the code and a fixed message for
+   * failures inside the fleet (onnxruntime's text names nodes and shapes; provider
+   * errors name paths); the details stay in this log.
    */
-  private async gather(single: boolean): Promise<Held[]> {
-    const first = this.carry ?? (await this.fetch(true));
-    this.carry = null;
-    if (!first) return [];
-    const batch = [first];
-    const m = first.model.manifest;
-    let samples = first.item.batch;
-    const batchable = m.inputs.some((i) => i.batchAxis !== null) && m.maxBatch > 1;
-    if (single || !batchable) return batch;
-    const until = performance.now() + m.maxQueueDelayMs;
-    while (samples < m.maxBatch && this.running) {
-      const next = await this.fetch(false);
-      if (!next) {
-        const left = until - performance.now();
-        if (left <= 0) break;
-        await sleep(Math.min(1, left));
-        continue;
-      }
-      if (
-        next.data.version !== first.data.version ||
-        samples + next.item.batch > m.maxBatch ||
-        !compatible(m, first.item, next.item)
-      ) {
-        this.carry = next;
-        break;
-      }
-      batch.push(next);
-      samples += next.item.batch;
-    }
-    return batch;
-  }
-
-  private async execute(batch: Held[]): Promise<void> {
-    // Cancellations requested before we held the job (its pub/sub message went to no
-    // one): one read for the whole batch.
-    const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.job.id as string)));
-    flags.forEach((f, i) => {
-      const h = batch[i];
-      if (f && h) h.cancelled = true;
-    });
-    const live = batch.filter((h) => !h.cancelled);
-    for (const h of batch)
-      if (h.cancelled)
-        await this.settleFailure(h.job, h.token, h.data, new CitadelError("CANCELLED", "the job was cancelled"));
-    const first = live[0];
-    if (!first) return;
-    const { manifest, runner, info } = first.model;
-    const { model, version } = first.data;
-    const samples = live.reduce((a, h) => a + h.item.batch, 0);
-    const abort = new AbortController();
-    // A batch is aborted only when every job in it was cancelled; otherwise the
-    // cancelled jobs are settled as cancelled and their results dropped.
-    const check = () => {
-      if (live.every((h) => h.cancelled)) abort.abort();
-    };
-    for (const h of live) this.cancelChecks.set(h.job.id as string, check);
-    this.runningBatches.add(abort);
-    const start = Date.now();
-    for (const h of live) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
-    try {
-      const feeds = buildFeeds(
-        manifest,
-        live.map((h) => h.item),
-      );
-      const timeoutMs = Math.min(...live.map((h) => h.data.timeoutMs));
-      // A batch is aborted only when every job in it was cancelled; otherwise the
-      // cancelled jobs are settled as cancelled and their results dropped.
-      const onCancel = () => live.every((h) => h.cancelled) && abort.abort();
-      const poll = setInterval(onCancel, 50);
-      let res: Awaited<ReturnType<typeof runner.run>>;
-      try {
-        res = await runner.run(
-          feeds,
-          outputsFor(
-            manifest,
-            live.map((h) => h.item),
-          ),
-          timeoutMs,
-          abort.signal,
-        );
-      } finally {
-        clearInterval(poll);
-      }
-      this.o.metrics.execCount.inc({ model, version });
-      this.o.metrics.inferenceCount.inc({ model, version }, samples);
-      this.o.metrics.computeDuration.observe({ model, version }, res.ms / 1000);
-      this.o.metrics.batchSize.observe({ model }, samples);
-      const perJob = splitResults(
-        manifest,
-        live.map((h) => h.item),
-        res.outputs,
-      );
-      this.circuit.success();
-      await Promise.all(
-        live.map(async (h, k) => {
-          if (h.cancelled)
-            return this.settleFailure(h.job, h.token, h.data, new CitadelError("CANCELLED", "the job was cancelled"));
-          const result: JobResult = {
-            outputs: perJob[k] ?? {},
-            provider: info.provider,
-            batchSize: samples,
-            queueMs: start - h.data.acceptedAt,
-            inferenceMs: Math.round(res.ms * 100) / 100,
-            workerId: this.o.workerId,
-            artifactSha256: manifest.artifact.plaintextSha256,
-          };
-          if (JSON.stringify(result).length > this.o.maxResultBytes) {
-            return this.settleFailure(
-              h.job,
-              h.token,
-              h.data,
-              new CitadelError("RESULT_TOO_LARGE", `result exceeds ${this.o.maxResultBytes} bytes`),
-            );
-          }
-          return this.settleSuccess(h, result);
-        }),
-      );
-    } catch (err) {
-      const e =
-        err instanceof CitadelError
-          ? err
-          : new CitadelError("RUNTIME_ERROR", "inference failed", undefined, { cause: coerceError(err) });
-      if (e.code === "TIMEOUT") this.o.metrics.runnerRestarts.inc({ reason: "timeout" });
-      if (e.code === "CANCELLED") this.o.metrics.runnerRestarts.inc({ reason: "cancelled" });
-      if (e.code !== "CANCELLED") this.circuit.failure();
-      await Promise.all(
-        live.map((h) => {
-          if (h.cancelled)
-            return this.settleFailure(h.job, h.token, h.data, new CitadelError("CANCELLED", "the job was cancelled"));
-          // Aborted by our own shutdown: back to the queue for another worker.
-          if (!this.running && e.code === "CANCELLED") return this.requeue(h.job, h.token);
-          return this.settleFailure(h.job, h.token, h.data, e);
-        }),
-      );
-    } finally {
-      for (const h of live) this.cancelChecks.delete(h.job.id as string);
-      this.runningBatches.delete(abort);
-    }
-  }
-
-  private async settleSuccess(h: Held, result: JobResult): Promise<void> {
-    const { job, token, data } = h;
-    try {
-      await job.moveToCompleted(result, token, false);
-      // The result is kept for its TTL; the inputs are not needed any more (status reads
-      // never load them): drop them so retention costs the result's size, not the input's.
-      await Promise.all([
-        this.o.redis.hset(`${job.queueQualifiedName}:${job.id}`, "data", JSON.stringify({ ...data, inputs: {} })),
-        releaseQuota(this.o.redis, this.o.prefix, data),
-      ]);
-      this.o.metrics.success.inc({ model: data.model, version: data.version });
-      this.o.audit.record("job.completed", {
-        ...this.auditBase(job, data),
-        batchSize: result.batchSize,
-        queueMs: result.queueMs,
-        inferenceMs: result.inferenceMs,
-        outcome: "completed",
-        artifactSha256: result.artifactSha256,
-        provider: result.provider,
-      });
-    } catch (err) {
-      // Lost the lock (stalled and taken by another worker): that worker settles it.
-      this.o.log.warn({ err: coerceError(err), jobId: job.id }, "could not complete job (lock lost)");
-    } finally {
-      this.release(job.id as string);
-    }
-  }
-
-  private release(id: string): void {
-    this.held.delete(id);
-    this.locks.delete(id);
-    this.cancelled.delete(id);
-  }
-
-  private async requeue(job: Job<JobData, JobResult>, token: string): Promise<void> {
-    try {
-      await job.moveToWait(token);
-    } catch (err) {
-      this.o.log.warn(
-        { err: coerceError(err), jobId: job.id },
-        "could not return job to the queue (its lock will expire and it will be retried)",
-      );
-    } finally {
-      this.release(job.id as string);
-    }
-  }
-
-  /** Fails a job with a code; only transient codes are retried by BullMQ. */
-  private async settleFailure(
-    job: Job<JobData, JobResult>,
-    token: string,
-    data: JobData | null,
-    err: unknown,
-  ): Promise<void> {
+  private async fail(lease: LeasedJob, data: JobData | null, err: unknown): Promise<void> {
+    this.held.delete(lease.id);
+    this.cancelled.delete(lease.id);
     const e =
       err instanceof CitadelError
         ? err
         : new CitadelError("INTERNAL", "unexpected worker error", undefined, { cause: coerceError(err) });
-    const reason = formatFailure(e.code, e.message);
-    const retry = isRetryable(e.code);
-    try {
-      await job.moveToFailed(retry ? new Error(reason) : new UnrecoverableError(reason), token, false);
-      const willRetry = retry && job.attemptsMade < (job.opts.attempts ?? 1);
-      const labels = { model: data?.model ?? this.o.model, version: data?.version ?? "unknown", reason: e.code };
-      if (!willRetry) {
-        this.o.metrics.failure.inc(labels);
-        if (data) await releaseQuota(this.o.redis, this.o.prefix, data);
-      }
-      const event = e.code === "CANCELLED" ? "job.cancelled" : "job.failed";
-      this.o.audit.record(event, {
-        ...this.auditBase(job, data),
-        outcome: willRetry ? "retrying" : event.slice(4),
-        errorCode: e.code,
-      });
-      if (e.code === "INTERNAL") this.o.log.error({ err: e.cause, jobId: job.id }, "job failed unexpectedly");
-    } catch (moveErr) {
-      this.o.log.warn({ err: coerceError(moveErr), jobId: job.id }, "could not fail job (lock lost)");
-    } finally {
-      this.release(job.id as string);
-    }
+    const shown = publicError(e);
+    if (shown.message !== e.message || e.code === "INTERNAL")
+      this.o.log.warn({ jobId: lease.id, code: e.code, reason: e.message, err: e.cause }, "job failed");
+    const r = await this.lease.fail(lease, new CitadelError(shown.code, shown.message), data);
+    if (!r) return;
+    const labels = { model: data?.model ?? this.o.model, version: data?.version ?? "unknown", reason: e.code };
+    if (r.final) this.o.metrics.failure.inc(labels);
+    const event = e.code === "CANCELLED" ? "job.cancelled" : "job.failed";
+    this.o.audit.record(event, {
+      ...this.auditBase(lease, data),
+      outcome: r.final ? event.slice(4) : "retrying",
+      errorCode: e.code,
+    });
   }
 
-  private auditBase(job: Job<JobData, JobResult>, data: JobData | null) {
+  private auditBase(lease: LeasedJob, data: JobData | null) {
     return {
-      jobId: job.id,
+      jobId: lease.id,
       tenant: data?.tenant,
       clientIp: data?.clientIp,
       requestId: data?.requestId,
@@ -401,29 +338,19 @@ export class ModelConsumer {
     };
   }
 
-  private async extendLocks(): Promise<void> {
-    if (this.locks.size === 0) return;
-    const ids = [...this.locks.keys()];
-    const tokens = ids.map((id) => this.locks.get(id)?.token ?? "");
-    try {
-      await this.worker.extendJobLocks(ids, tokens, this.o.lockDurationMs);
-    } catch (err) {
-      this.o.log.error({ err: coerceError(err), model: this.o.model }, "lock extension failed");
-    }
-  }
-
   /**
-   * Stops pulling, lets in-flight batches finish within `graceMs`, then returns every
-   * job still held to the wait list (another worker runs it; nothing is lost).
+   * Stops pulling, lets in-flight batches finish within `graceMs`, then cuts off what
+   * still runs and returns every job still held to the wait list (another worker runs
+   * it; nothing is lost).
    */
   async close(graceMs: number): Promise<void> {
     this.running = false;
     const grace = sleep(graceMs).then(() => "timeout" as const);
     await Promise.race([Promise.allSettled([this.loopDone, ...this.inflight]), grace]);
-    for (const a of this.runningBatches) a.abort();
+    this.shutdown.abort();
     await Promise.race([Promise.allSettled([...this.inflight]), sleep(1000)]);
-    for (const { job, token } of [...this.locks.values()]) await this.requeue(job, token);
-    clearInterval(this.lockTimer);
-    await this.worker.close(true);
+    this.batchers.clear();
+    this.held.clear();
+    await this.lease.close();
   }
 }

@@ -6,6 +6,7 @@ import type { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { type LoadedInfo, ModelRunner, type ProviderName } from "@citadel/runtime";
 import type { Logger } from "@citadel/telemetry";
 import type { WorkerMetrics } from "./metrics.js";
+import { checkModelIo } from "./model-io.js";
 
 export interface LoadedModel {
   manifest: ManifestBody;
@@ -111,6 +112,12 @@ export class ModelHost {
       });
       // Transferred (detached, length 0) in the usual case; wiped here if it was copied.
       if (plaintext.byteLength > 0) plaintext.fill(0);
+      try {
+        checkModelIo(manifest, info);
+      } catch (err) {
+        await runner.close();
+        throw err;
+      }
       o.metrics.modelLoads.inc({ model: name, version, outcome: "loaded" });
       o.metrics.providerInfo.set({ model: name, version, provider: info.provider }, 1);
       o.audit.record("model.loaded", {

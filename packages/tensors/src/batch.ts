@@ -1,3 +1,4 @@
+import { DTYPE_BYTES } from "@citadel/contracts";
 import type { TypedArray } from "./codec.js";
 import { allocate, type Tensor } from "./codec.js";
 
@@ -19,12 +20,15 @@ function strides(shape: readonly number[], axis: number): { outer: number; inner
 }
 
 /**
- * Concatenates tensors along `axis`. All other dimensions must agree (the caller
- * groups jobs so they do). Works for any axis, not just the first.
+ * Concatenates tensors along `axis`. Every part must have the first part's dtype and
+ * rank, equal dimensions off the axis, and exactly the bytes its shape needs: a part
+ * that differs would otherwise be laid out with the first part's strides, putting one
+ * job's bytes into another job's slot (or reading past a buffer).
  */
 export function concat(parts: readonly Tensor[], axis: number): Tensor {
   const first = parts[0];
   if (!first) throw new Error("concat of nothing");
+  for (const p of parts) checkPart(p, first, axis);
   if (parts.length === 1) return first;
   const { outer, inner } = strides(first.shape, axis);
   const sizes = parts.map((p) => p.shape[axis] ?? 0);
@@ -41,6 +45,19 @@ export function concat(parts: readonly Tensor[], axis: number): Tensor {
     });
   }
   return { dtype: first.dtype, shape, data: out };
+}
+
+function checkPart(p: Tensor, first: Tensor, axis: number): void {
+  const where = `concat along axis ${axis}: part [${p.shape.join(",")}] ${p.dtype}`;
+  if (p.dtype !== first.dtype || p.shape.length !== first.shape.length || axis >= p.shape.length)
+    throw new Error(`${where} does not match [${first.shape.join(",")}] ${first.dtype}`);
+  for (let i = 0; i < p.shape.length; i++) {
+    if (i !== axis && p.shape[i] !== first.shape[i])
+      throw new Error(`${where} differs from [${first.shape.join(",")}] off the batch axis`);
+  }
+  const bytes = p.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[p.dtype];
+  if (p.data.byteLength !== bytes)
+    throw new Error(`${where} holds ${p.data.byteLength} bytes, its shape needs ${bytes}`);
 }
 
 /** The inverse of concat: cuts `t` along `axis` into pieces of the given sizes. */

@@ -134,6 +134,22 @@ describe("concat/split", () => {
     expect(Array.from(concat([a, b], 0).data as BigInt64Array)).toEqual([1n, 2n, 3n]);
     expect(encodeTensor(a).data).toBe(Buffer.from(new BigInt64Array([1n]).buffer).toString("base64"));
   });
+
+  it("refuses parts whose other dimensions differ (they would be laid out with the first part's strides)", () => {
+    // Two images of different widths: [1,1,2,2] and [1,1,2,3].
+    const a = t([1, 1, 2, 2], [1, 2, 3, 4]);
+    const b = t([1, 1, 2, 3], [5, 6, 7, 8, 9, 10]);
+    expect(() => concat([a, b], 0)).toThrow(/off the batch axis/);
+    expect(() => concat([b, a], 0)).toThrow(/off the batch axis/);
+  });
+
+  it("refuses a part whose bytes do not match its shape, or another dtype or rank", () => {
+    const a = t([1, 2], [1, 2]);
+    expect(() => concat([a, t([1, 2], [3, 4, 5])], 0)).toThrow(/holds 12 bytes, its shape needs 8/);
+    expect(() => concat([t([1, 2], [1]), a], 0)).toThrow(/holds 4 bytes/);
+    expect(() => concat([a, { dtype: "int32", shape: [1, 2], data: new Int32Array(2) }], 0)).toThrow(/does not match/);
+    expect(() => concat([a, t([2], [1, 2])], 0)).toThrow(/does not match/);
+  });
 });
 
 describe("output policy", () => {
@@ -150,6 +166,35 @@ describe("output policy", () => {
     expect(r.p?.shape).toEqual([2, 2]);
     expect(Array.from(r.p?.data as Float32Array).map((v) => Number(v.toFixed(3)))).toEqual([0.7, 0.2, 0.5, 0.3]);
     expect(Array.from(r["p.indices"]?.data as Int32Array)).toEqual([1, 2, 0, 1]);
+  });
+
+  it("covers every numeric dtype, not only floats", () => {
+    const scores = (dtype: "int8" | "uint8" | "int32" | "int16" | "uint16", data: Tensor["data"]): Tensor => ({
+      dtype,
+      shape: [2, 3],
+      data,
+    });
+    for (const s of [
+      scores("int8", Int8Array.from([1, 7, 2, 5, -3, 5])),
+      scores("uint8", Uint8Array.from([1, 7, 2, 5, 3, 5])),
+      scores("int16", Int16Array.from([1, 7, 2, 5, -3, 5])),
+      scores("uint16", Uint16Array.from([1, 7, 2, 5, 3, 5])),
+      scores("int32", Int32Array.from([1, 7, 2, 5, -3, 5])),
+    ]) {
+      const label = applyOutputPolicy({ p: s }, { labelOnly: true }).p;
+      expect(label?.shape, s.dtype).toEqual([2]);
+      expect(Array.from(label?.data as Int32Array), s.dtype).toEqual([1, 0]);
+      const top = applyOutputPolicy({ p: s }, { topK: 1, decimals: 2 });
+      expect(top.p?.dtype).toBe(s.dtype);
+      expect(top.p?.shape).toEqual([2, 1]);
+      expect(Array.from(top.p?.data as Int32Array)).toEqual([7, 5]);
+      expect(Array.from(top["p.indices"]?.data as Int32Array)).toEqual([1, 0]);
+    }
+    const big: Tensor = { dtype: "int64", shape: [1, 3], data: BigInt64Array.from([5n, 9n, 9n]) };
+    const top = applyOutputPolicy({ p: big }, { topK: 2 });
+    expect(Array.from(top.p?.data as BigInt64Array)).toEqual([9n, 9n]);
+    expect(Array.from(top["p.indices"]?.data as Int32Array)).toEqual([1, 2]);
+    expect(Array.from(applyOutputPolicy({ p: big }, { labelOnly: true }).p?.data as Int32Array)).toEqual([1]);
   });
 
   it("drops outputs that are not allowed; tenant overrides only tighten", () => {

@@ -158,7 +158,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       print(`serving:  fleet details in ${path.relative(process.cwd(), file)} (mode 0600); Ctrl-C to stop`);
     }
 
-    const code = o.jobs > 0 ? await pushJobs(api.url, apiKey, o) : 0;
+    const workerUrls = procs.slice(1).map((p) => p.url);
+    const code = o.jobs > 0 ? await pushJobs(api.url, apiKey, o, workerUrls) : 0;
     if (o.serve) {
       await new Promise<void>((resolve) => {
         process.once("SIGINT", () => resolve());
@@ -173,7 +174,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   }
 }
 
-async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise<number> {
+async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions, workerUrls: string[]): Promise<number> {
   const rand = prng(7);
   const headers = { authorization: `Bearer ${apiKey}`, "content-type": "application/json" };
   const bar = new SingleBar(
@@ -210,7 +211,6 @@ async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise
   await Promise.all(Array.from({ length: 32 }, submitOne));
   bar.update(0, { phase: "completed" });
   const latencies: number[] = [];
-  const batches: number[] = [];
   const providers = new Set<string>();
   const results = new Map<string, Record<string, { dtype: string; shape: number[]; data: string }>>();
   let idx = 0;
@@ -222,7 +222,6 @@ async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise
         status: string;
         result?: {
           outputs: Record<string, { dtype: string; shape: number[]; data: string }>;
-          batchSize: number;
           provider: string;
         };
         error?: { code: string; message: string };
@@ -233,7 +232,6 @@ async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise
       } while (view.status === "queued" || view.status === "active");
       latencies.push(performance.now() - s.t0);
       if (view.status === "completed" && view.result) {
-        batches.push(view.result.batchSize);
         providers.add(view.result.provider);
         results.set(s.id, view.result.outputs);
       } else failures.push(`${s.id}: ${view.status} ${view.error?.code ?? ""} ${view.error?.message ?? ""}`);
@@ -283,8 +281,11 @@ async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise
   print(
     `  latency     p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${percentile(latencies, 99).toFixed(1)} ms (submit → result)`,
   );
+  // A result reports its own job's samples only (another tenant's volume is not its
+  // business); the run sizes come from the workers' own counters.
+  const runs = await runTotals(workerUrls);
   print(
-    `  batching    average batch ${(batches.reduce((a, b) => a + b, 0) / Math.max(1, batches.length)).toFixed(2)} samples per run`,
+    `  batching    average batch ${(runs.samples / Math.max(1, runs.executions)).toFixed(2)} samples per run (${runs.executions} runs)`,
   );
   print(`  providers   ${[...providers].join(", ") || "none"}`);
   if (o.verify) {
@@ -295,4 +296,18 @@ async function pushJobs(apiUrl: string, apiKey: string, o: DemoOptions): Promise
   }
   for (const f of failures.slice(0, 10)) print(`  failure     ${f}`);
   return failures.length === 0 && (!o.verify || maxDiff <= 1e-5) ? 0 : 1;
+}
+
+/** Samples and executions summed over the workers' Prometheus counters. */
+async function runTotals(workerUrls: string[]): Promise<{ samples: number; executions: number }> {
+  const total = { samples: 0, executions: 0 };
+  for (const url of workerUrls) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    for (const line of text.split("\n")) {
+      const value = Number(line.split(" ").pop());
+      if (line.startsWith("citadel_inference_count_total{")) total.samples += value;
+      if (line.startsWith("citadel_inference_exec_count_total{")) total.executions += value;
+    }
+  }
+  return total;
 }

@@ -1,0 +1,195 @@
+import { CitadelError, type ManifestBody } from "@citadel/contracts";
+import type { RunResult } from "@citadel/runtime";
+import type { Tensor } from "@citadel/tensors";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { type BatchRunner, executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
+
+// An identity model y = x on [N,2]; the fake runner below stands in for onnxruntime so
+// that each rule of the executor is checked alone (the e2e suites run the real thing).
+const manifest = {
+  inputs: [{ name: "x", dtype: "float32", shape: [null, 2], batchAxis: 0 }],
+  outputs: [{ name: "y", dtype: "float32", shape: [null, 2], batchAxis: 0 }],
+  timeoutMs: 1000,
+  outputPolicy: {},
+} as unknown as ManifestBody;
+
+const POISON = -1;
+
+/** Runs y = x; a batch holding a poison value fails (or hangs, for `hang`), like a bad input would. */
+class FakeRunner implements BatchRunner {
+  runs: number[][] = [];
+  alive = true;
+  constructor(
+    private readonly mode: "fail" | "hang" = "fail",
+    private readonly gate?: Promise<void>,
+  ) {}
+  async run(
+    feeds: Record<string, Tensor>,
+    _outputs: string[],
+    timeoutMs: number,
+    signal?: AbortSignal,
+    onStart?: () => void,
+  ): Promise<RunResult> {
+    const x = feeds.x as Tensor;
+    const values = Array.from(x.data as Float32Array);
+    this.runs.push(values.filter((_, i) => i % 2 === 0));
+    onStart?.();
+    if (signal?.aborted) throw new CitadelError("CANCELLED", "aborted");
+    await this.gate;
+    if (values.includes(POISON)) {
+      if (this.mode === "fail") throw new CitadelError("RUNTIME_ERROR", "inference failed: Gather index out of range");
+      await new Promise((r) => setTimeout(r, timeoutMs));
+      this.alive = false;
+      throw new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`);
+    }
+    return { outputs: { y: { ...x, data: Float32Array.from(x.data as Float32Array) } }, ms: 1 };
+  }
+}
+
+function job(id: string, first: number, extra: Partial<RunJob> = {}): RunJob & { abort: AbortController } {
+  const abort = new AbortController();
+  return {
+    id,
+    tensors: { x: { dtype: "float32", shape: [1, 2], data: Float32Array.of(first, 0.5) } },
+    samples: 1,
+    outputs: ["y"],
+    timeoutMs: manifest.timeoutMs,
+    deadline: Date.now() + 60_000,
+    cancel: abort.signal,
+    abort,
+    ...extra,
+  };
+}
+
+async function execute(jobs: RunJob[], runner: BatchRunner, shutdown = new AbortController()) {
+  const outcomes = new Map<string, Outcome[]>();
+  const runs: RunReport[] = [];
+  const done = executeBatch(jobs, {
+    model: async () => ({ manifest, runner }),
+    settle: async (j, o) => {
+      outcomes.set(j.id, [...(outcomes.get(j.id) ?? []), o]);
+    },
+    onRun: (r) => runs.push(r),
+    shutdown: shutdown.signal,
+  });
+  return { done, outcomes, runs };
+}
+
+const code = (o: Outcome[] | undefined) => (o?.length === 1 && o[0] && !o[0].ok ? o[0].error.code : "ok-or-many");
+const firstValue = (o: Outcome[] | undefined) => {
+  const r = o?.[0];
+  if (!r?.ok) return undefined;
+  const b = Buffer.from(r.outputs.y?.data ?? "", "base64");
+  return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4)[0];
+};
+
+describe("executor", () => {
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("gives each job its own slice of the run, once", async () => {
+    const runner = new FakeRunner();
+    const { done, outcomes, runs } = await execute([job("a", 1), job("b", 2), job("c", 3)], runner);
+    await done;
+    expect(runner.runs).toEqual([[1, 2, 3]]);
+    expect(["a", "b", "c"].map((id) => firstValue(outcomes.get(id)))).toEqual([1, 2, 3]);
+    for (const o of outcomes.values()) expect(o).toHaveLength(1);
+    expect(runs).toEqual([{ jobs: 3, samples: 3, ok: true, ms: 1 }]);
+  });
+
+  it("a job's own short timeout fails that job alone; the run is bounded by the model's timeout", async () => {
+    let release = () => {};
+    const runner = new FakeRunner("fail", new Promise<void>((r) => (release = r)));
+    const { done, outcomes } = await execute([job("attacker", 1, { timeoutMs: 10 }), job("victim", 2)], runner);
+    await vi.advanceTimersByTimeAsync(50);
+    expect(code(outcomes.get("attacker"))).toBe("TIMEOUT");
+    expect(outcomes.get("victim")).toBeUndefined();
+    release();
+    await done;
+    expect(firstValue(outcomes.get("victim"))).toBe(2);
+    expect(outcomes.get("attacker")).toHaveLength(1);
+  });
+
+  it("splits a failing batch until the poison input fails alone, with its own code", async () => {
+    const runner = new FakeRunner("fail");
+    const jobs = [job("a", 1), job("b", 2), job("poison", POISON), job("d", 4), job("e", 5)];
+    const { done, outcomes, runs } = await execute(jobs, runner);
+    await done;
+    expect(code(outcomes.get("poison"))).toBe("RUNTIME_ERROR");
+    expect(["a", "b", "d", "e"].map((id) => firstValue(outcomes.get(id)))).toEqual([1, 2, 4, 5]);
+    // 5 → [a,b,poison] + [d,e]; [a,b,poison] → [a,b] + [poison].
+    expect(runner.runs).toEqual([[1, 2, POISON, 4, 5], [1, 2, POISON], [1, 2], [POISON], [4, 5]]);
+    expect(runs.filter((r) => !r.ok).map((r) => [r.jobs, r.bisected])).toEqual([
+      [5, true],
+      [3, true],
+      [1, false],
+    ]);
+  });
+
+  it("splits a batch that overran the model's timeout, so the others complete", async () => {
+    const runner = new FakeRunner("hang");
+    const { done, outcomes } = await execute([job("a", 1), job("slow", POISON)], runner);
+    await vi.advanceTimersByTimeAsync(3000);
+    await done;
+    expect(code(outcomes.get("slow"))).toBe("TIMEOUT");
+    expect(firstValue(outcomes.get("a"))).toBe(1);
+  });
+
+  it("settles a cancelled job at once without cutting off the run for the others", async () => {
+    let release = () => {};
+    const runner = new FakeRunner("fail", new Promise<void>((r) => (release = r)));
+    const a = job("a", 1);
+    const { done, outcomes } = await execute([a, job("b", 2)], runner);
+    await vi.advanceTimersByTimeAsync(1);
+    a.abort.abort();
+    expect(code(outcomes.get("a"))).toBe("CANCELLED");
+    release();
+    await done;
+    expect(firstValue(outcomes.get("b"))).toBe(2);
+    expect(outcomes.get("a")).toHaveLength(1);
+  });
+
+  it("does not run jobs past their deadline or cancelled before the run", async () => {
+    const runner = new FakeRunner();
+    const late = job("late", 1, { deadline: Date.now() - 1 });
+    const gone = job("gone", 2);
+    gone.abort.abort();
+    const { done, outcomes } = await execute([late, gone, job("ok", 3)], runner);
+    await done;
+    expect(code(outcomes.get("late"))).toBe("DEADLINE_EXCEEDED");
+    expect(code(outcomes.get("gone"))).toBe("CANCELLED");
+    expect(runner.runs).toEqual([[3]]);
+  });
+
+  it("on shutdown, every unsettled job goes back to the queue", async () => {
+    const runner = new FakeRunner("fail", new Promise<void>(() => {}));
+    const shutdown = new AbortController();
+    shutdown.abort();
+    const { done, outcomes } = await execute([job("a", 1)], runner, shutdown);
+    await done;
+    const o = outcomes.get("a")?.[0];
+    expect(o && !o.ok && o.requeue).toBe(true);
+  });
+
+  it("a model that cannot be loaded fails every job with that code", async () => {
+    const outcomes: [string, Outcome][] = [];
+    await executeBatch([job("a", 1), job("b", 2)], {
+      model: async () => {
+        throw new CitadelError("SIGNATURE_INVALID", "manifest signature does not verify");
+      },
+      settle: async (j, o) => {
+        outcomes.push([j.id, o]);
+      },
+      onRun: () => {},
+      shutdown: new AbortController().signal,
+    });
+    expect(outcomes.map(([id, o]) => [id, o.ok ? "ok" : o.error.code])).toEqual([
+      ["a", "SIGNATURE_INVALID"],
+      ["b", "SIGNATURE_INVALID"],
+    ]);
+  });
+});
