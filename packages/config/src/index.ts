@@ -157,31 +157,44 @@ export function readKeyFile(file: string): Buffer {
 }
 
 /**
- * Start-up rules for a process that writes audit records (API, worker): in production
- * its key file is required; a key file given must be readable and long enough; without
- * one, development derives the key from the dev keyring, which must then exist.
+ * The env rule for a process that writes audit records (API, worker): in production
+ * its key file is required. Pure, like every schema rule (rendered manifests are
+ * checked against it where the file does not exist); the file itself is checked at
+ * start-up by `checkAuditKeyOrExit`.
  */
-export function refineAuditEnv(
-  env: AuditEnv & { NODE_ENV: string; LOCAL_KEYRING: string },
-  ctx: z.RefinementCtx,
-): void {
-  if (env.AUDIT_KEY_FILE) {
-    try {
-      readKeyFile(env.AUDIT_KEY_FILE).fill(0);
-    } catch (err) {
-      ctx.addIssue({ code: "custom", path: ["AUDIT_KEY_FILE"], message: (err as Error).message });
-    }
-  } else if (env.NODE_ENV === "production") {
+export function refineAuditEnv(env: AuditEnv & { NODE_ENV: string }, ctx: z.RefinementCtx): void {
+  if (!env.AUDIT_KEY_FILE && env.NODE_ENV === "production") {
     ctx.addIssue({
       code: "custom",
       path: ["AUDIT_KEY_FILE"],
       message: "required in production: a file holding this process's audit key (base64 of 32 random bytes)",
     });
-  } else if (typeof env.LOCAL_KEYRING === "string" && !existsSync(env.LOCAL_KEYRING)) {
-    ctx.addIssue({
-      code: "custom",
-      path: ["AUDIT_KEY_FILE"],
-      message: "not set, and no dev keyring at LOCAL_KEYRING to derive an audit key from (run `citadel keys init`)",
-    });
   }
+}
+
+/**
+ * What keeps a process from having its audit key, or null: the key file given must
+ * be readable and long enough; without one (development) the dev keyring the key is
+ * derived from must exist.
+ */
+export function auditKeyProblem(env: AuditEnv & { LOCAL_KEYRING: string }): string | null {
+  if (env.AUDIT_KEY_FILE) {
+    try {
+      readKeyFile(env.AUDIT_KEY_FILE).fill(0);
+      return null;
+    } catch (err) {
+      return `AUDIT_KEY_FILE: ${(err as Error).message}`;
+    }
+  }
+  if (!existsSync(env.LOCAL_KEYRING))
+    return "AUDIT_KEY_FILE: not set, and no dev keyring at LOCAL_KEYRING to derive an audit key from (run `citadel keys init`)";
+  return null;
+}
+
+/** For a process entry point, after its env parsed: exits 78 naming the problem when the audit key cannot be had. */
+export function checkAuditKeyOrExit(env: AuditEnv & { LOCAL_KEYRING: string }, app: string): void {
+  const problem = auditKeyProblem(env);
+  if (problem === null) return;
+  process.stderr.write(`${app}: ${new ConfigError([problem]).message}\n`);
+  process.exit(78);
 }
