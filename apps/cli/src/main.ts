@@ -263,19 +263,30 @@ tenants
   .option("--rate <n>", "requests per second", int)
   .option("--samples <n>", "samples per second", int)
   .option("--max-queued <n>", "max queued jobs", int)
-  .description("create or update a tenant")
+  .option(
+    "--allow-high-priority",
+    'may submit priority "high" (ahead of every tenant\'s queued work); off unless given',
+  )
+  .description("create or update a tenant (options not given take their defaults)")
   .action(
-    withContext(async (ctx, id: string, o: { models: string; rate?: number; samples?: number; maxQueued?: number }) => {
-      const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
-      const t = await store.upsert({
-        id,
-        models: o.models.split(",").map((s) => s.trim()),
-        ...(o.rate ? { requestRate: o.rate, requestBurst: o.rate * 2 } : {}),
-        ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
-        ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
-      });
-      print(JSON.stringify(t));
-    }),
+    withContext(
+      async (
+        ctx,
+        id: string,
+        o: { models: string; rate?: number; samples?: number; maxQueued?: number; allowHighPriority?: boolean },
+      ) => {
+        const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
+        const t = await store.upsert({
+          id,
+          models: o.models.split(",").map((s) => s.trim()),
+          ...(o.rate ? { requestRate: o.rate, requestBurst: o.rate * 2 } : {}),
+          ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
+          ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
+          allowHighPriority: o.allowHighPriority === true,
+        });
+        print(JSON.stringify(t));
+      },
+    ),
   );
 tenants
   .command("issue-key")
@@ -302,7 +313,9 @@ tenants
     withContext(async (ctx) => {
       const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
       for (const t of await store.list())
-        print(`${t.id}  models ${t.models.join(",")}  keys ${(await store.keyHashes(t.id)).join(",")}`);
+        print(
+          `${t.id}  models ${t.models.join(",")}${t.allowHighPriority ? "  high-priority" : ""}  keys ${(await store.keyHashes(t.id)).join(",")}`,
+        );
     }),
   );
 

@@ -29,7 +29,10 @@ export const keys = {
   /** Per-tenant queued jobs and input bytes: added by the API on accept, released when a job settles. */
   tenantQueuedJobs: (prefix: string, tenant: string) => `${prefix}:queued-jobs:${tenant}`,
   tenantQueuedBytes: (prefix: string, tenant: string) => `${prefix}:queued-bytes:${tenant}`,
-  idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idem:${tenant}:${keyHash}`,
+  /** An Idempotency-Key's entry (a hash: job id, fingerprint, state; see apps/api idempotency.ts). */
+  idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idempotency:${tenant}:${keyHash}`,
+  /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */
+  job: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}`,
 };
 
 /** Releases a settled job's share of its tenant's queue quota (never below zero). */
