@@ -1,4 +1,4 @@
-import { AuditWriter } from "@citadel/audit";
+import { type AuditKey, AuditWriter } from "@citadel/audit";
 import { type JobData, JobRequest, type Priority } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
 import { bullConnection, JobQueues, queueName, type Redis, redisClient, releaseQuota } from "@citadel/queue";
@@ -222,7 +222,8 @@ describe("a fault between claim and enqueue", () => {
       backoffMs: 100,
     };
     const trusted = await (await fleet.ctx.keys()).publicKeys();
-    const catalog = new ModelCatalog(new ModelRegistry(redis, fleet.prefix), () => trusted);
+    const log = createLogger({ name: "test-submitter", destination: new LogCapture() });
+    const catalog = new ModelCatalog(new ModelRegistry(redis, fleet.prefix), () => trusted, log);
     await catalog.refresh();
     const queues = new FaultyQueues(
       conn,
@@ -231,8 +232,7 @@ describe("a fault between claim and enqueue", () => {
       settings,
       (m) => catalog.models().includes(m),
     );
-    const log = createLogger({ name: "test-submitter", destination: new LogCapture() });
-    const audit = new AuditWriter(redis, fleet.prefix, "test-submitter", log);
+    const audit = new AuditWriter(redis, fleet.prefix, "test-submitter", log, fleet.auditKeys[0] as AuditKey);
     const denials = new DenialAggregator(audit, { windowMs: 10_000, maxSources: 100 });
     closers.push(async () => {
       denials.close();

@@ -1,7 +1,19 @@
-import { BoolEnv, CommonEnv, EVEN_WITH_ISSUES, IntEnv, KeyEnv, MINUTE, refineKeyEnv, SECOND } from "@citadel/config";
+import {
+  AuditEnv,
+  BoolEnv,
+  CommonEnv,
+  EVEN_WITH_ISSUES,
+  IntEnv,
+  KeyEnv,
+  MINUTE,
+  refineAuditEnv,
+  refineKeyEnv,
+  SECOND,
+} from "@citadel/config";
 import { z } from "zod";
 
 export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend(AuditEnv.shape)
   .extend({
     API_HOST: z.string().default("0.0.0.0"),
     API_PORT: IntEnv(0, 65535).default(8080),
@@ -52,6 +64,7 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
   .superRefine((env, ctx) => {
     // With pinned signers the API never builds a key service: no Vault settings needed.
     if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
+    refineAuditEnv(env, ctx);
     refine(env, ctx);
   }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;

@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import os from "node:os";
-import { AuditWriter } from "@citadel/audit";
+import { AuditKey, AuditWriter } from "@citadel/audit";
+import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
-import { keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
+import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
 import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
@@ -25,6 +26,18 @@ export interface ApiHandle {
   close(): Promise<void>;
 }
 
+/** The API role's audit key: its key file, or in development the dev keyring's. */
+function loadAuditKey(env: ApiEnv): AuditKey {
+  const secret = env.AUDIT_KEY_FILE
+    ? readKeyFile(env.AUDIT_KEY_FILE)
+    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
+  try {
+    return new AuditKey(secret);
+  } finally {
+    secret.fill(0);
+  }
+}
+
 function secret(value: string | undefined, file: string | undefined): string | undefined {
   if (value) return value;
   return file ? readFileSync(file, "utf8").trim() : undefined;
@@ -32,6 +45,7 @@ function secret(value: string | undefined, file: string | undefined): string | u
 
 /** Composes the producer API from its packages and starts listening. */
 export async function startApi(env: ApiEnv, opts: { logDestination?: DestinationStream } = {}): Promise<ApiHandle> {
+  const auditKey = loadAuditKey(env);
   const log = createLogger({
     name: "citadel-api",
     level: env.LOG_LEVEL,
@@ -64,6 +78,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     env.CITADEL_PREFIX,
     `api:${os.hostname()}:${process.pid}`,
     log,
+    auditKey,
     env.AUDIT_MAX_LEN,
   );
   const denials = new DenialAggregator(audit, {
@@ -79,7 +94,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     trusted = env.TRUSTED_SIGNERS ? readTrustedSigners(env.TRUSTED_SIGNERS) : ((await devKeys?.publicKeys()) ?? []);
   };
   await loadTrusted();
-  const catalog = new ModelCatalog(registry, () => trusted);
+  const catalog = new ModelCatalog(registry, () => trusted, log);
   await catalog.refresh();
   // Job lookups only for models in the registry: an id naming another model creates nothing.
   const queues = new JobQueues(

@@ -55,6 +55,9 @@ export const ErrorCode = z.enum([
   "MODEL_IO_MISMATCH",
   "VAULT_UNAVAILABLE",
   "VAULT_DENIED",
+  // model lifecycle (operators)
+  "MODEL_RETIRED",
+  "VERSION_IS_STABLE",
   // execution (worker)
   "JOB_INVALID",
   "DEADLINE_EXCEEDED",
@@ -87,6 +90,8 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case "IDEMPOTENCY_CONFLICT":
     case "IDEMPOTENCY_EXPIRED":
+    case "MODEL_RETIRED":
+    case "VERSION_IS_STABLE":
       return 409;
     case "PAYLOAD_TOO_LARGE":
       return 413;
