@@ -2,7 +2,15 @@ import { existsSync } from "node:fs";
 import { buildIdentityModel } from "@citadel/onnx";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BOARD_ADMIN, BOARD_OPS, pollUntil, publishModel } from "../support/api-kit.js";
+import {
+  BOARD_ADMIN,
+  BOARD_OPS,
+  metricValue,
+  pollUntil,
+  publishModel,
+  readAudit,
+  startExtraApi,
+} from "../support/api-kit.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Bull Board at /admin/queues (SPEC §3, issue 4 point 5), driven by a real headless
@@ -30,7 +38,9 @@ beforeAll(async () => {
       `Chromium not found at ${CHROMIUM}: the board test needs Debian's chromium package (apt-get install -y chromium) or CHROMIUM_PATH`,
     );
   }
-  fleet = await startTestFleet({ workers: 0 });
+  // The tests below send many wrong credentials on purpose (every asset, every browser
+  // case): a login limit high enough for them; the limit itself is tested on its own API.
+  fleet = await startTestFleet({ workers: 0, env: { BOARD_LOGIN_BURST: "1000" } });
   for (const name of MODELS) {
     await publishModel(fleet, buildIdentityModel("float32", ["N", 4]), { name, version: "1", spec: { maxBatch: 8 } });
   }
@@ -216,5 +226,49 @@ describe("Bull Board", () => {
     // Board credentials are not API keys.
     const r = await fetch(`${fleet.apiUrl}/v1/models`, { headers: { authorization: basic(BOARD_ADMIN) } });
     expect(r.status).toBe(401);
+  });
+
+  it("rate-limits failed logins per address: 429 without checking the password; denials counted, audited once per window", async () => {
+    const api = await startExtraApi(fleet, {
+      BOARD_LOGIN_BURST: "3",
+      BOARD_LOGIN_PER_MINUTE: "1",
+      TRUST_PROXY_HOPS: "1",
+      AUDIT_DENIAL_WINDOW_MS: "600000",
+    });
+    let closed = false;
+    try {
+      const attacker = "192.0.2.66";
+      const get = (creds: { username: string; password: string } | null, ip: string) =>
+        fetch(`${api.url}/admin/queues/api/queues`, {
+          headers: { "x-forwarded-for": ip, ...(creds ? { authorization: basic(creds) } : {}) },
+        });
+      const wrong = { username: "admin", password: "guess-number-one" };
+      const statuses: number[] = [];
+      for (let i = 0; i < 3; i++) statuses.push((await get(wrong, attacker)).status);
+      // Over the limit: refused before the password is looked at, even the right one.
+      const limited = await get(wrong, attacker);
+      const right = await get(BOARD_ADMIN, attacker);
+      statuses.push(limited.status, right.status);
+      expect(statuses).toEqual([401, 401, 401, 429, 429]);
+      expect(Number(right.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+      expect(((await right.json()) as { error: { code: string } }).error.code).toBe("RATE_LIMITED");
+      // Another address is not affected; its successful logins cost nothing.
+      for (let i = 0; i < 6; i++) expect((await get(BOARD_ADMIN, "192.0.2.67")).status).toBe(200);
+      expect((await get(null, "192.0.2.68")).status).toBe(401);
+      const text = await (await fetch(`${api.url}/metrics`)).text();
+      expect(metricValue(text, "citadel_board_denials_total", { reason: "bad_credentials" })).toBe(3);
+      expect(metricValue(text, "citadel_board_denials_total", { reason: "rate_limited" })).toBe(2);
+      expect(metricValue(text, "citadel_board_denials_total", { reason: "no_credentials" })).toBe(1);
+      await api.close();
+      closed = true;
+      const recs = (await readAudit(fleet)).filter((r) => r.clientIp === attacker);
+      const denied = recs.filter((r) => r.event === "auth.denied" && r.detail === "board credentials rejected");
+      const limitedRecs = recs.filter((r) => r.event === "rate.limited" && r.detail === "board logins");
+      expect(denied.map((r) => r.count)).toEqual([1, 2]);
+      expect(limitedRecs.map((r) => r.count)).toEqual([1, 1]);
+      expect(JSON.stringify(recs)).not.toContain("guess-number-one");
+    } finally {
+      if (!closed) await api.close();
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -13,7 +14,7 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-cli-"));
 const prefix = `{cli-${process.pid}}`;
 let redis: Redis;
 
-function citadel(...args: string[]): { code: number; out: string; err: string } {
+function citadelWith(env: Record<string, string>, ...args: string[]): { code: number; out: string; err: string } {
   const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
     cwd: dir,
     encoding: "utf8",
@@ -23,10 +24,12 @@ function citadel(...args: string[]): { code: number; out: string; err: string } 
       CITADEL_PREFIX: prefix,
       MODEL_STORE_DIR: path.join(dir, "store"),
       LOCAL_KEYRING: path.join(dir, "keyring.json"),
+      ...env,
     },
   });
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
+const citadel = (...args: string[]) => citadelWith({}, ...args);
 
 beforeAll(() => {
   redis = new Redis(redisUrl());
@@ -54,13 +57,14 @@ describe("citadel CLI", () => {
       "verify",
       "models",
       "rewrap",
+      "retire",
       "tenants",
       "audit",
       "enqueue",
       "demo",
     ])
       expect(help.out).toContain(verb);
-    for (const verb of ["seal", "publish", "verify", "keys rotate", "tenants add"])
+    for (const verb of ["seal", "publish", "verify", "retire", "keys rotate", "tenants add", "audit anchor"])
       expect(citadel(...verb.split(" "), "--help").code).toBe(0);
   });
 
@@ -102,6 +106,52 @@ describe("citadel CLI", () => {
     expect(rw.out).toMatch(/rewrapped conv@1: local:v1 → local:v2/);
     expect(readFileSync(path.join(dir, "store", "conv", "1.sealed")).equals(artifactBefore)).toBe(true);
     expect(citadel("verify", "conv", "1").code).toBe(0);
+  });
+
+  it("rewrap refuses a manifest tampered in Redis and writes nothing", async () => {
+    const manifestsKey = `${prefix}:registry:manifests:loose`;
+    const seal = citadel(
+      "seal",
+      "in/conv.onnx",
+      "--name",
+      "loose",
+      "--version",
+      "1",
+      "--spec",
+      "in/spec.json",
+      "--out",
+      "sealed",
+    );
+    expect(seal.code, seal.err).toBe(0);
+    expect(citadel("publish", "sealed/loose-1.manifest.json").code).toBe(0);
+    const signed = JSON.parse((await redis.hget(manifestsKey, "1")) ?? "{}");
+    // A Redis writer loosens the inputs and drops the output policy, keeping the old
+    // signature (or none, or a copy of another version's manifest signed for that one).
+    const loosened = {
+      ...signed,
+      manifest: { ...signed.manifest, inputs: [{ ...signed.manifest.inputs[0], range: undefined }], outputPolicy: {} },
+    };
+    const cases: [string, unknown, RegExp][] = [
+      ["loosened", loosened, /SIGNATURE_INVALID/],
+      ["unsigned", { manifest: loosened.manifest }, /SIGNATURE_MISSING/],
+      ["another version's", { ...signed, manifest: { ...signed.manifest } }, /MANIFEST_MODEL_MISMATCH/],
+    ];
+    expect(citadel("keys", "rotate").code).toBe(0); // so that rewrap has work to do
+    for (const [what, body, code] of cases) {
+      const slot = what === "another version's" ? "2" : "1";
+      const raw = JSON.stringify(body);
+      await redis.hset(manifestsKey, slot, raw);
+      const rw = citadel("rewrap");
+      expect(rw.code, `${what}: ${rw.out}`).toBe(1);
+      expect(rw.err, what).toMatch(code);
+      expect(rw.err, what).toMatch(/loose@/);
+      // Redis still holds the tampered bytes: not a copy freshly signed by us.
+      expect(await redis.hget(manifestsKey, slot), what).toBe(raw);
+      await redis.hset(manifestsKey, "1", JSON.stringify(signed));
+      await redis.hdel(manifestsKey, "2");
+    }
+    // The untampered manifest rewraps as before.
+    expect(citadel("rewrap").code).toBe(0);
   });
 
   it("wraps a raw TensorRT engine as an EPContext model, checking the profile covers the batch", () => {
@@ -181,18 +231,54 @@ describe("citadel CLI", () => {
     expect(info.inputs.map((i) => i.name)).toEqual(["images"]);
   });
 
-  it("audit verify reports an intact chain, and a forged record with exit 2", async () => {
+  it("audit verify and anchor: records MACed with the CLI's key verify; forgeries and a vanished writer exit 2", async () => {
+    const empty = citadel("audit", "verify");
+    expect([empty.code, empty.out.trim()]).toEqual([0, "0 records from 0 writers: chain intact"]);
+    // `retire` writes an audit record, MACed with the CLI's audit key (here the dev keyring's).
+    const seal = citadel("seal", "in/conv.onnx", "--name", "conv", "--version", "2", "--spec", "in/spec.json");
+    expect(seal.code, seal.err).toBe(0);
+    expect(citadel("publish", "sealed/conv-2.manifest.json", "--canary", "0.1").code).toBe(0);
+    expect(citadel("retire", "conv", "2", "--reason", "superseded").out).toMatch(/^retired conv@2: superseded/);
     const ok = citadel("audit", "verify");
-    expect([ok.code, ok.out.trim()]).toEqual([0, "0 records from 0 writers: chain intact"]);
+    expect([ok.code, ok.out.trim()]).toEqual([0, "1 records from 1 writers: chain intact"]);
+    const anchored = citadel("audit", "anchor", "--out", "anchor.json");
+    expect(anchored.code, anchored.err).toBe(0);
+    expect(anchored.out).toMatch(/^anchored 1 writers and 1 entries at .* in anchor\.json/);
+    expect(citadel("audit", "verify", "--anchor", "anchor.json").code).toBe(0);
+    // An unkeyed record, as the old chain wrote them, is a forgery now.
     await redis.xadd(
       `${prefix}:audit`,
       "*",
       "r",
       JSON.stringify({ writer: "x", seq: 1, prev: "0", ts: "t", event: "job.completed", hash: "0" }),
     );
-    const bad = citadel("audit", "verify");
-    expect(bad.code).toBe(2);
-    expect(bad.out).toMatch(/x#1 was edited/);
+    const forged = citadel("audit", "verify");
+    expect(forged.code).toBe(2);
+    expect(forged.out).toMatch(/x#1 carries no key id/);
+    expect(forged.out).toMatch(/x: records with no head \(forged writer\)/);
+    // A writer removed whole (records and head) shows only against an anchor.
+    const [writer] = Object.keys(await redis.hgetall(`${prefix}:audit:heads`));
+    await redis.hdel(`${prefix}:audit:heads`, writer ?? "");
+    const vanished = citadel("audit", "verify", "--anchor", "anchor.json");
+    expect(vanished.code).toBe(2);
+    expect(vanished.out).toContain(`${writer}: anchored at #1 but its head is gone (writer removed)`);
+    // Production never falls back to the dev keyring: only the key files given count.
+    writeFileSync(path.join(dir, "cli.key"), randomBytes(32).toString("base64"));
+    writeFileSync(path.join(dir, "short.key"), randomBytes(16).toString("base64"));
+    const production = { NODE_ENV: "production", ALLOW_LOCAL_KEYS_IN_PRODUCTION: "true" };
+    const strange = citadelWith({ ...production, AUDIT_KEY_FILE: path.join(dir, "cli.key") }, "audit", "verify");
+    expect(strange.code).toBe(2);
+    expect(strange.out).toMatch(/is keyed with an unknown key/);
+    const none = citadelWith(production, "audit", "verify");
+    expect([none.code, none.err.trim()]).toEqual([
+      1,
+      "citadel: no audit keys to verify with: pass --key-file [role=]<file> or set AUDIT_KEY_FILES",
+    ]);
+    const short = citadelWith(production, "audit", "verify", "--key-file", "api=short.key");
+    expect([short.code, short.err.trim()]).toEqual([
+      1,
+      "citadel: short.key holds a 16-byte key; at least 32 bytes are needed",
+    ]);
   });
 
   it("every process refuses bad configuration at start-up, naming every problem", () => {
@@ -212,8 +298,25 @@ describe("citadel CLI", () => {
         },
       );
       expect(r.status, r.stderr).toBe(78);
-      for (const name of ["REDIS_URL", "LOG_LEVEL", "VAULT_ADDR", "TRUSTED_SIGNERS"]) expect(r.stderr).toContain(name);
+      for (const name of ["REDIS_URL", "LOG_LEVEL", "VAULT_ADDR", "TRUSTED_SIGNERS", "AUDIT_KEY_FILE"])
+        expect(r.stderr).toContain(name);
       expect(r.stderr).not.toContain("not-a-url");
+    }
+    // A key file that is there but too short is refused as well, without echoing it.
+    const shortKey = randomBytes(16).toString("base64");
+    writeFileSync(path.join(dir, "too-short.key"), shortKey);
+    for (const app of ["api", "worker"]) {
+      const r = spawnSync(
+        process.execPath,
+        ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
+        {
+          encoding: "utf8",
+          env: { PATH: process.env.PATH ?? "", AUDIT_KEY_FILE: path.join(dir, "too-short.key") },
+        },
+      );
+      expect(r.status, r.stderr).toBe(78);
+      expect(r.stderr).toMatch(/AUDIT_KEY_FILE: .*too-short\.key holds a 16-byte key; at least 32 bytes are needed/);
+      expect(r.stderr).not.toContain(shortKey);
     }
   });
 

@@ -27,7 +27,8 @@ let victimKey: string;
 beforeAll(async () => {
   fleet = await startTestFleet({ workers: 1, workerEnv: { CIRCUIT_FAILURES: "1", CIRCUIT_COOLDOWN_MS: "60000" } });
   const limits = { requestRate: 10_000, requestBurst: 10_000, sampleRate: 1_000_000, sampleBurst: 1_000_000 };
-  attackerKey = await fleet.addTenant({ id: "attacker", models: ["*"], ...limits });
+  // The worst case: an attacker holding the high-priority right (off by default).
+  attackerKey = await fleet.addTenant({ id: "attacker", models: ["*"], ...limits, allowHighPriority: true });
   victimKey = await fleet.addTenant({ id: "victim", models: ["*"], ...limits });
   // A long max delay: the jobs of a test are all queued before the worker starts, so
   // they meet in the batcher however slow the machine is.
@@ -154,7 +155,8 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
         Array.from({ length: 12 }, async (_, i) => {
           const attacker = i % 3 === 0;
           const key = attacker ? attackerKey : victimKey;
-          const id = await submit(key, body(i, attacker ? { timeoutMs: 1, priority: "high" } : {}));
+          // 100 ms: the smallest timeoutMs the API accepts (MIN_JOB_TIMEOUT_MS); a run takes ≈0.75 s.
+          const id = await submit(key, body(i, attacker ? { timeoutMs: 100, priority: "high" } : {}));
           return { i, attacker, key, id };
         }),
       ),

@@ -410,7 +410,7 @@ describe("audit and metrics", () => {
   it("writes a hash-chained audit trail that verifies, and detects tampering", async () => {
     await fleet.workers[0]?.close();
     await fleet.api.close();
-    const ok = await verifyAuditStream(fleet.redis, fleet.prefix);
+    const ok = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(ok.problems).toEqual([]);
     expect(ok.records).toBeGreaterThan(20);
     const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
@@ -418,11 +418,11 @@ describe("audit and metrics", () => {
     // Edit: delete a record and append a forged copy with a changed field.
     const rec = JSON.parse(victimFields?.[1] ?? "{}");
     await fleet.redis.xdel(`${fleet.prefix}:audit`, victimId as string);
-    const edited = await verifyAuditStream(fleet.redis, fleet.prefix);
+    const edited = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(edited.ok).toBe(false);
     expect(edited.problems.join("\n")).toMatch(/deleted or reordered|does not link/);
     await fleet.redis.xadd(`${fleet.prefix}:audit`, "*", "r", JSON.stringify({ ...rec, outcome: "forged" }));
-    const forged = await verifyAuditStream(fleet.redis, fleet.prefix);
+    const forged = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(forged.problems.join("\n")).toMatch(/edited/);
   });
 });

@@ -87,6 +87,10 @@ describe("Prometheus", () => {
     expect(byName("CitadelCircuitOpen")).toContain("== 2");
     expect(byName("CitadelVaultUnreachable")).toContain("citadel_vault_up");
     expect(byName("CitadelTenantProbing")).toContain("citadel_api_rejections_total");
+    // Extraction is measured in samples: a job may carry a whole batch (issue 10 point 4).
+    expect(byName("CitadelTenantExtractionRate")).toContain("citadel_api_samples_total");
+    expect(byName("CitadelTenantExtractionRate")).not.toContain("citadel_jobs_accepted_total");
+    expect(byName("CitadelBoardLoginFailures")).toContain("citadel_board_denials_total");
     expect(byName("CitadelQueueOldestJobTooOld")).toContain("citadel_queue_oldest_waiting_seconds");
   });
 

@@ -4,10 +4,11 @@ import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
+import { AuditKey } from "@citadel/audit";
 import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
-import { initKeyring } from "@citadel/keys";
+import { initKeyring, LocalKeyProvider } from "@citadel/keys";
 import { type TenantInput, TenantStore } from "@citadel/tenants";
 import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
 import { Redis } from "ioredis";
@@ -43,6 +44,8 @@ export interface TestFleet {
   redis: Redis;
   logs: LogCapture;
   env: Record<string, string>;
+  /** The keys the fleet's audit records are MACed with (the dev keyring's), for verifyAuditStream. */
+  auditKeys: AuditKey[];
   publish(bytes: Uint8Array, req: SealRequest, routing?: { stable?: boolean; canaryWeight?: number }): Promise<void>;
   addTenant(t: TenantInput): Promise<string>;
   startWorker(extra?: Record<string, string>): Promise<WorkerHandle>;
@@ -153,6 +156,7 @@ export async function startTestFleet(
     redis,
     logs,
     env,
+    auditKeys: [new AuditKey(new LocalKeyProvider(keyring).auditSecret())],
     publish: async (bytes, req, routing = { stable: true }) => {
       const sealed = await sealBytes(ctx, bytes, req);
       await publishSealed(ctx, sealed, routing);

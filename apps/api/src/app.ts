@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
-import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobView } from "@citadel/contracts";
+import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobStatus, JobView } from "@citadel/contracts";
 import { isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
@@ -16,6 +16,7 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fas
 import { z } from "zod";
 import { type BoardOptions, registerBoard } from "./board.js";
 import type { ModelCatalog } from "./catalog.js";
+import type { DenialAggregator } from "./denials.js";
 import { parseJsonBody } from "./json-body.js";
 import type { RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
@@ -31,6 +32,8 @@ export interface AppDeps {
   submitter: Submitter;
   limiter: RateLimiter;
   audit: AuditSink;
+  /** Auth denials and rate-limit refusals go through here: aggregated per source and window. */
+  denials: DenialAggregator;
   metrics: ApiMetrics;
   metricsRegistry: Registry;
   board?: BoardOptions;
@@ -57,7 +60,8 @@ declare module "fastify" {
 }
 
 const JobId = z.object({ id: z.string().min(1).max(200) });
-const Accepted = z.object({ id: z.string(), status: z.literal("queued"), model: z.string(), version: z.string() });
+/** "queued" for a new job; an Idempotency-Key replay answers with its job's current status. */
+const Accepted = z.object({ id: z.string(), status: JobStatus, model: z.string(), version: z.string() });
 const BulkRequest = z.strictObject({ jobs: z.array(z.unknown()).min(1) });
 const errorResponses = {
   400: ApiErrorBody,
@@ -82,7 +86,8 @@ function sendError(reply: FastifyReply, err: CitadelError): FastifyReply {
   const status = httpStatusFor(err.code);
   const retry = err.details?.retryAfterMs;
   if (typeof retry === "number") reply.header("retry-after", Math.max(1, Math.ceil(retry / 1000)));
-  else if (status === 429 || status === 503) reply.header("retry-after", 1);
+  // A refusal no wait can fix (a request larger than its burst) promises no retry time.
+  else if ((status === 429 || status === 503) && err.details?.retryable !== false) reply.header("retry-after", 1);
   return reply.code(status).send(err.toJSON());
 }
 
@@ -214,7 +219,15 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   if (s.openApiUi) await registerOpenApi(app);
-  if (d.board) await registerBoard(app, d.board, d.queues, d.catalog, d.audit);
+  if (d.board) {
+    await registerBoard(app, d.board, {
+      queues: d.queues,
+      catalog: d.catalog,
+      denials: d.denials,
+      limiter: d.limiter,
+      metrics: d.metrics,
+    });
+  }
 
   await app.register(async (v1) => {
     v1.setValidatorCompiler(validatorCompiler);
@@ -238,8 +251,9 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       if (!limit.allowed) {
         const perIp = limit.scope === "ip";
         d.metrics.rejections.inc({ tenant: perIp ? "" : (tenant?.id ?? ""), model: "", reason: "RATE_LIMITED" });
-        d.audit.record("rate.limited", {
-          ...(perIp ? {} : { tenant: tenant?.id }),
+        d.denials.note({
+          event: "rate.limited",
+          ...(perIp || !tenant ? {} : { tenant: tenant.id }),
           clientIp: ip,
           requestId: req.id,
           detail: perIp ? "ip" : "requests",
@@ -253,7 +267,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       }
       if (!tenant) {
         d.metrics.rejections.inc({ tenant: "", model: "", reason: "UNAUTHORIZED" });
-        d.audit.record("auth.denied", { clientIp: ip, requestId: req.id, detail: key ? "unknown key" : "no key" });
+        d.denials.note({
+          event: "auth.denied",
+          clientIp: ip,
+          requestId: req.id,
+          detail: key ? "unknown key" : "no key",
+        });
         req.audited = true;
         throw new CitadelError("UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)");
       }
@@ -327,6 +346,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
           valid.map((v) => v.req),
           ctx,
         );
+        // Every refused item answers for itself; together they are one audit record.
+        const refused: { model?: string; error: CitadelError }[] = [];
         const out: unknown[] = parsed.map((p, index) => {
           if (p.success) return null;
           const issue = p.error.issues[0];
@@ -334,16 +355,19 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
             "VALIDATION_FAILED",
             `${issue?.path.join(".") || "job"}: ${issue?.message ?? "invalid"}`,
           );
-          d.submitter.rejected(ctx, undefined, e);
+          refused.push({ error: e });
           return { index, status: 400, ...e.toJSON() };
         });
         valid.forEach((v, k) => {
           const r = results[k];
+          if (r && "error" in r) refused.push({ model: v.req.model, error: r.error });
           out[v.index] =
             r && "error" in r
               ? { index: v.index, status: httpStatusFor(r.error.code), ...r.error.toJSON() }
               : { index: v.index, ...r };
         });
+        d.submitter.rejectedItems(ctx, refused);
+        req.audited = true;
         return reply.code(202).send({ jobs: out as never });
       },
     );

@@ -1,17 +1,29 @@
 import { createBullBoard } from "@bull-board/api";
 import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
 import { FastifyAdapter } from "@bull-board/fastify";
-import type { AuditSink } from "@citadel/audit";
 import { CitadelError } from "@citadel/contracts";
-import type { JobQueues } from "@citadel/queue";
+import { type JobQueues, queueName } from "@citadel/queue";
 import { safeEqual } from "@citadel/tenants";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ModelCatalog } from "./catalog.js";
+import type { DenialAggregator } from "./denials.js";
+import type { Bucket, RateLimiter } from "./limits.js";
+import type { ApiMetrics } from "./metrics.js";
 
 export interface BoardOptions {
   admin: { user: string; password: string };
   /** Read-only operators: they see everything the admin sees and change nothing. */
   ops?: { user: string; password: string };
+  /** Failed logins per client address: a token bucket (per second, burst) each failure takes from. */
+  login: { rate: number; burst: number };
+}
+
+export interface BoardDeps {
+  queues: JobQueues;
+  catalog: ModelCatalog;
+  denials: DenialAggregator;
+  limiter: RateLimiter;
+  metrics: ApiMetrics;
 }
 
 const MUTATING = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -61,13 +73,8 @@ function credentials(req: FastifyRequest): { user: string; password: string } | 
  * Basic auth (browsers handle it natively), ops-read may only read (mutations 405),
  * and job payloads and results are redacted by the adapters' formatters.
  */
-export async function registerBoard(
-  app: FastifyInstance,
-  opts: BoardOptions,
-  queues: JobQueues,
-  catalog: ModelCatalog,
-  audit: AuditSink,
-): Promise<void> {
+export async function registerBoard(app: FastifyInstance, opts: BoardOptions, deps: BoardDeps): Promise<void> {
+  const { queues, catalog, denials, limiter, metrics } = deps;
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(BOARD_PATH);
   const adapterFor = (model: string) => {
@@ -83,16 +90,50 @@ export async function registerBoard(
   });
   const shown = new Set(catalog.models());
   const sync = () => {
-    for (const m of catalog.models()) {
+    const now = new Set(catalog.models());
+    for (const m of now) {
       if (shown.has(m)) continue;
       shown.add(m);
       board.addQueue(adapterFor(m));
     }
+    // A model taken out of the registry: its queue handle is closed (JobQueues.retain), so the board lets go too.
+    for (const m of [...shown]) {
+      if (now.has(m)) continue;
+      shown.delete(m);
+      board.removeQueue(queueName(m));
+    }
   };
+  const challenge = (reply: FastifyReply) =>
+    reply
+      .code(401)
+      .header("www-authenticate", 'Basic realm="citadel-board", charset="UTF-8"')
+      .send(new CitadelError("UNAUTHORIZED", "board credentials required").toJSON());
 
   await app.register(async (scope) => {
     scope.addHook("onRequest", async (req: FastifyRequest, reply: FastifyReply) => {
       const c = credentials(req);
+      // A first request without credentials is the browser's cue to prompt: counted, not audited.
+      // Answered here, not thrown: a thrown error would reach Bull Board's own error
+      // handler (the innermost one) and become a 500 without the Basic challenge.
+      if (!c) {
+        metrics.boardDenials.inc({ reason: "no_credentials" });
+        return challenge(reply);
+      }
+      // Every attempt with credentials takes a token before the password is looked at (a
+      // success gives it back), so concurrent guesses cannot outrun the limit; past it the
+      // password is not checked at all.
+      const bucket: Bucket = { scope: "board-login", id: req.ip, ...opts.login };
+      const gate = await limiter.takeAll([bucket]);
+      if (!gate.allowed) {
+        metrics.boardDenials.inc({ reason: "rate_limited" });
+        denials.note({ event: "rate.limited", clientIp: req.ip, requestId: req.id, detail: "board logins" });
+        return reply
+          .code(429)
+          .header("retry-after", Math.max(1, Math.ceil(gate.retryAfterMs / 1000)))
+          .send(
+            new CitadelError("RATE_LIMITED", "too many failed board logins from this address; retry later").toJSON(),
+          );
+      }
       const role =
         c && c.user === opts.admin.user && safeEqual(c.password, opts.admin.password)
           ? "admin"
@@ -100,18 +141,20 @@ export async function registerBoard(
             ? "ops-read"
             : null;
       if (!role) {
-        // A first request without credentials is the browser's cue to prompt; wrong ones are denials.
-        if (c)
-          audit.record("auth.denied", { clientIp: req.ip, requestId: req.id, detail: "board credentials rejected" });
-        // Answered here, not thrown: a thrown error would reach Bull Board's own error
-        // handler (the innermost one) and become a 500 without the Basic challenge.
-        return reply
-          .code(401)
-          .header("www-authenticate", 'Basic realm="citadel-board", charset="UTF-8"')
-          .send(new CitadelError("UNAUTHORIZED", "board credentials required").toJSON());
+        metrics.boardDenials.inc({ reason: "bad_credentials" });
+        denials.note({
+          event: "auth.denied",
+          clientIp: req.ip,
+          requestId: req.id,
+          detail: "board credentials rejected",
+        });
+        return challenge(reply);
       }
+      await limiter.refund(bucket);
       if (role === "ops-read" && MUTATING.has(req.method)) {
-        audit.record("auth.denied", {
+        metrics.boardDenials.inc({ reason: "read_only" });
+        denials.note({
+          event: "auth.denied",
           clientIp: req.ip,
           requestId: req.id,
           detail: `ops-read attempted ${req.method}`,

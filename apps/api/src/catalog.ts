@@ -1,11 +1,27 @@
-import { verifyManifest } from "@citadel/artifacts";
-import { CitadelError, type ManifestBody, type ModelRouting, type TrustedSigner } from "@citadel/contracts";
+import { createHash } from "node:crypto";
+import { verifyManifest, verifyRetirement } from "@citadel/artifacts";
+import {
+  CitadelError,
+  coerceError,
+  type ManifestBody,
+  type ModelRouting,
+  type TrustedSigner,
+} from "@citadel/contracts";
 import { type ModelRegistry, pickVersion } from "@citadel/registry";
+
+export interface CatalogLogger {
+  warn(obj: object, msg: string): void;
+}
 
 /**
  * The API's view of the registry: routing and verified manifests, cached and
  * refreshed on registry change events. The API validates against manifests whose
  * signatures it has checked itself, so a write to Redis cannot loosen validation.
+ *
+ * Only routed versions are served, and never a retired one: the routing kept here
+ * has retired versions taken out (a model whose stable version is retired has none),
+ * so a Redis writer who routes a retired version again gains nothing. Retirements
+ * count only when signed by a pinned signer; a forged one is ignored with a warning.
  */
 export class ModelCatalog {
   private readonly manifests = new Map<string, Promise<ManifestBody>>();
@@ -14,10 +30,13 @@ export class ModelCatalog {
   private loadedAt = 0;
   private started = 0;
   private applied = 0;
+  /** Forged retirements already warned about (by content), so a resync does not repeat it. */
+  private readonly warned = new Set<string>();
 
   constructor(
     private readonly registry: ModelRegistry,
     private readonly trusted: () => readonly TrustedSigner[],
+    private readonly log: CatalogLogger,
   ) {}
 
   get ready(): boolean {
@@ -33,7 +52,8 @@ export class ModelCatalog {
     const routing = new Map<string, ModelRouting>();
     for (const n of names) {
       const r = await this.registry.getRouting(n);
-      if (r) routing.set(n, r);
+      const served = r && this.withoutRetired(n, r, await this.registry.retirements(n));
+      if (served) routing.set(n, served);
     }
     if (gen < this.applied) return;
     this.applied = gen;
@@ -45,6 +65,34 @@ export class ModelCatalog {
     this.loadedAt = Date.now();
   }
 
+  /** Routing with validly retired versions taken out; null when the stable one is retired. */
+  private withoutRetired(name: string, r: ModelRouting, retired: Map<string, unknown>): ModelRouting | null {
+    if (this.isRetired(name, r.stable, retired.get(r.stable))) return null;
+    if (r.canary !== undefined && this.isRetired(name, r.canary, retired.get(r.canary)))
+      return { stable: r.stable, canaryWeight: 0 };
+    return r;
+  }
+
+  private isRetired(name: string, version: string, raw: unknown): boolean {
+    if (raw === undefined) return false;
+    try {
+      verifyRetirement(raw, this.trusted(), { name, version });
+      return true;
+    } catch (err) {
+      const e = coerceError(err);
+      const seen = createHash("sha256")
+        .update(`${name}@${version}|${JSON.stringify(raw)}`)
+        .digest("hex");
+      if (!this.warned.has(seen)) {
+        if (this.warned.size >= 1000) this.warned.clear(); // bounded: a flood of forgeries is warned about again
+        this.warned.add(seen);
+        const code = e instanceof CitadelError ? e.code : "MANIFEST_INVALID";
+        this.log.warn({ model: name, version, code, reason: e.message }, "ignoring a retirement that does not verify");
+      }
+      return false;
+    }
+  }
+
   /** Forgets cached manifests (a registry event may have replaced one in place). */
   invalidate(): void {
     this.manifests.clear();
@@ -54,15 +102,23 @@ export class ModelCatalog {
     return this.names;
   }
 
+  /** The model's routing as served: retired versions already taken out. */
   routingOf(name: string): ModelRouting | undefined {
     return this.routing.get(name);
   }
 
-  /** The version a request goes to: the one asked for, or stable/canary by weight. */
+  /**
+   * The version a request goes to: the one asked for if it is routed (stable or
+   * canary), or stable/canary by weight. Any other version, old or retired, is not
+   * found; the answer names no other version.
+   */
   resolveVersion(name: string, requested?: string): string {
     const r = this.routing.get(name);
     if (!r) throw new CitadelError("MODEL_NOT_FOUND", `model '${name}' is not published`);
-    return requested ?? pickVersion(r, Math.random());
+    if (requested === undefined) return pickVersion(r, Math.random());
+    if (requested !== r.stable && requested !== r.canary)
+      throw new CitadelError("MODEL_NOT_FOUND", `model '${name}' has no version '${requested}' that is served`);
+    return requested;
   }
 
   manifest(name: string, version: string): Promise<ManifestBody> {

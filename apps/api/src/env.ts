@@ -1,7 +1,19 @@
-import { BoolEnv, CommonEnv, EVEN_WITH_ISSUES, IntEnv, KeyEnv, MINUTE, refineKeyEnv, SECOND } from "@citadel/config";
+import {
+  AuditEnv,
+  BoolEnv,
+  CommonEnv,
+  EVEN_WITH_ISSUES,
+  IntEnv,
+  KeyEnv,
+  MINUTE,
+  refineAuditEnv,
+  refineKeyEnv,
+  SECOND,
+} from "@citadel/config";
 import { z } from "zod";
 
 export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend(AuditEnv.shape)
   .extend({
     API_HOST: z.string().default("0.0.0.0"),
     API_PORT: IntEnv(0, 65535).default(8080),
@@ -19,6 +31,8 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     MAX_QUEUE_DEPTH: IntEnv(1, 10_000_000).default(100_000),
     /** Backpressure: queued input bytes per tenant before 503. */
     MAX_TENANT_QUEUED_BYTES: IntEnv(1024, 64 * 1024 * 1024 * 1024).default(1024 * 1024 * 1024),
+    /** The smallest timeoutMs a job may ask for (a model whose manifest allows less has that as its floor). */
+    MIN_JOB_TIMEOUT_MS: IntEnv(1, 10 * MINUTE).default(100),
     /** Unauthenticated and authenticated requests per IP per second (token bucket). */
     IP_RATE: IntEnv(1, 1_000_000).default(200),
     IP_BURST: IntEnv(1, 1_000_000).default(400),
@@ -32,14 +46,25 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     BOARD_OPS_USER: z.string().default("ops"),
     BOARD_OPS_PASSWORD: z.string().min(12).optional(),
     BOARD_OPS_PASSWORD_FILE: z.string().optional(),
+    /** Failed board logins per client address: this many at once, then BOARD_LOGIN_PER_MINUTE (429 past it). */
+    BOARD_LOGIN_BURST: IntEnv(1, 100_000).default(10),
+    BOARD_LOGIN_PER_MINUTE: IntEnv(1, 100_000).default(6),
     /** Trust X-Forwarded-For from this many proxies (0: use the socket address). */
     TRUST_PROXY_HOPS: IntEnv(0, 10).default(0),
     OPENAPI_UI: BoolEnv.default(true),
     AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+    /**
+     * Auth denials and rate-limit refusals are audited per source (address, tenant,
+     * reason) and window: the first at once, the rest as one record with a count.
+     */
+    AUDIT_DENIAL_WINDOW_MS: IntEnv(100, 10 * MINUTE).default(10 * SECOND),
+    /** Sources tracked per window; a flood from more folds into one "many sources" record. */
+    AUDIT_DENIAL_MAX_SOURCES: IntEnv(1, 1_000_000).default(100),
   })
   .superRefine((env, ctx) => {
     // With pinned signers the API never builds a key service: no Vault settings needed.
     if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
+    refineAuditEnv(env, ctx);
     refine(env, ctx);
   }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;

@@ -44,6 +44,11 @@ export interface LimitResult {
   retryAfterMs: number;
   /** The bucket that refused, when one did. */
   scope?: string;
+  /**
+   * The request alone costs more than that bucket's burst: no wait makes it fit (it
+   * must be split), and nothing was charged.
+   */
+  overBurst?: { cost: number; burst: number };
 }
 
 type BucketCommand = (...args: (string | number)[]) => Promise<[number, number]>;
@@ -56,10 +61,23 @@ export class RateLimiter {
     if (!("citadelBuckets" in redis)) redis.defineCommand("citadelBuckets", { lua: TOKEN_BUCKETS });
   }
 
-  /** Charges every bucket or none; a request costing more than a burst is charged the burst. */
+  /**
+   * Charges every bucket or none. A request costing more than a bucket's burst is
+   * refused outright (never charged the burst: that would let one large request cost
+   * no more than a full bucket, whatever its size).
+   */
   async takeAll(buckets: Bucket[]): Promise<LimitResult> {
+    const over = buckets.find((b) => (b.cost ?? 1) > b.burst);
+    if (over) {
+      return {
+        allowed: false,
+        retryAfterMs: 0,
+        scope: over.scope,
+        overBurst: { cost: over.cost ?? 1, burst: over.burst },
+      };
+    }
     const keys = buckets.map((b) => `${this.prefix}:rl:${b.scope}:${b.id}`);
-    const args = buckets.flatMap((b) => [b.rate, b.burst, Math.min(b.cost ?? 1, b.burst)]);
+    const args = buckets.flatMap((b) => [b.rate, b.burst, b.cost ?? 1]);
     const run = (this.redis as Redis & { citadelBuckets: BucketCommand }).citadelBuckets;
     const [denied, retry] = await run.call(this.redis, keys.length, ...keys, Date.now(), ...args);
     if (denied === 0) return { allowed: true, retryAfterMs: 0 };
@@ -68,5 +86,10 @@ export class RateLimiter {
 
   take(scope: string, id: string, rate: number, burst: number, cost = 1): Promise<LimitResult> {
     return this.takeAll([{ scope, id, rate, burst, cost }]);
+  }
+
+  /** Gives tokens back (a charge that turned out not to count); the bucket still never exceeds its burst on refill. */
+  async refund(b: Bucket, tokens = 1): Promise<void> {
+    await this.takeAll([{ ...b, cost: -tokens }]);
   }
 }

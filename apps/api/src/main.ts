@@ -1,9 +1,10 @@
-import { loadEnvOrExit } from "@citadel/config";
+import { checkAuditKeyOrExit, loadEnvOrExit } from "@citadel/config";
 import closeWithGrace from "close-with-grace";
 import { ApiEnv } from "./env.js";
 import { startApi } from "./server.js";
 
 const env = loadEnvOrExit(ApiEnv, "citadel-api");
+checkAuditKeyOrExit(env, "citadel-api");
 const api = await startApi(env);
 
 // Graceful: stop accepting, finish in-flight requests, close Redis, exit 0.

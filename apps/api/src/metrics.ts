@@ -10,6 +10,9 @@ export function apiMetrics(registry: Registry) {
       "reason",
     ]),
     accepted: counter(registry, "citadel_jobs_accepted_total", "Jobs accepted", ["tenant", "model"]),
+    // What extraction by probing is measured in: one job may carry many samples.
+    samples: counter(registry, "citadel_api_samples_total", "Samples (batch items) accepted", ["tenant", "model"]),
+    boardDenials: counter(registry, "citadel_board_denials_total", "Bull Board requests refused", ["reason"]),
     pending: gauge(registry, "citadel_queue_pending_jobs", "Jobs in each queue state", ["model", "state"]),
     oldest: gauge(registry, "citadel_queue_oldest_waiting_seconds", "Age of the oldest waiting job", ["model"]),
   };

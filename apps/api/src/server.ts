@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import os from "node:os";
-import { AuditWriter } from "@citadel/audit";
+import { AuditKey, AuditWriter } from "@citadel/audit";
+import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
-import { keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
+import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
 import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
@@ -11,6 +12,7 @@ import type { FastifyInstance } from "fastify";
 import { buildApp } from "./app.js";
 import type { BoardOptions } from "./board.js";
 import { ModelCatalog } from "./catalog.js";
+import { DenialAggregator } from "./denials.js";
 import type { ApiEnv } from "./env.js";
 import { RateLimiter } from "./limits.js";
 import { apiMetrics } from "./metrics.js";
@@ -19,7 +21,21 @@ import { Submitter } from "./submit.js";
 export interface ApiHandle {
   app: FastifyInstance;
   url: string;
+  /** The API's queue handles (read by tests and tools; the routes own them). */
+  queues: JobQueues;
   close(): Promise<void>;
+}
+
+/** The API role's audit key: its key file, or in development the dev keyring's. */
+function loadAuditKey(env: ApiEnv): AuditKey {
+  const secret = env.AUDIT_KEY_FILE
+    ? readKeyFile(env.AUDIT_KEY_FILE)
+    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
+  try {
+    return new AuditKey(secret);
+  } finally {
+    secret.fill(0);
+  }
 }
 
 function secret(value: string | undefined, file: string | undefined): string | undefined {
@@ -29,6 +45,7 @@ function secret(value: string | undefined, file: string | undefined): string | u
 
 /** Composes the producer API from its packages and starts listening. */
 export async function startApi(env: ApiEnv, opts: { logDestination?: DestinationStream } = {}): Promise<ApiHandle> {
+  const auditKey = loadAuditKey(env);
   const log = createLogger({
     name: "citadel-api",
     level: env.LOG_LEVEL,
@@ -61,14 +78,12 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     env.CITADEL_PREFIX,
     `api:${os.hostname()}:${process.pid}`,
     log,
+    auditKey,
     env.AUDIT_MAX_LEN,
   );
-  const queues = new JobQueues(connection, () => bullConnection(env.REDIS_URL, onRedisError), redis, {
-    prefix: env.CITADEL_PREFIX,
-    resultTtlMs: env.RESULT_TTL_MS,
-    failedTtlMs: env.FAILED_TTL_MS,
-    attempts: env.JOB_ATTEMPTS,
-    backoffMs: env.JOB_BACKOFF_MS,
+  const denials = new DenialAggregator(audit, {
+    windowMs: env.AUDIT_DENIAL_WINDOW_MS,
+    maxSources: env.AUDIT_DENIAL_MAX_SOURCES,
   });
 
   // The API checks manifest signatures too: it validates inputs against manifests it trusts.
@@ -79,12 +94,27 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     trusted = env.TRUSTED_SIGNERS ? readTrustedSigners(env.TRUSTED_SIGNERS) : ((await devKeys?.publicKeys()) ?? []);
   };
   await loadTrusted();
-  const catalog = new ModelCatalog(registry, () => trusted);
+  const catalog = new ModelCatalog(registry, () => trusted, log);
   await catalog.refresh();
+  // Job lookups only for models in the registry: an id naming another model creates nothing.
+  const queues = new JobQueues(
+    connection,
+    () => bullConnection(env.REDIS_URL, onRedisError),
+    redis,
+    {
+      prefix: env.CITADEL_PREFIX,
+      resultTtlMs: env.RESULT_TTL_MS,
+      failedTtlMs: env.FAILED_TTL_MS,
+      attempts: env.JOB_ATTEMPTS,
+      backoffMs: env.JOB_BACKOFF_MS,
+    },
+    (model) => catalog.models().includes(model),
+  );
   await subscriber.subscribe(registry.channel);
   const refresh = () => {
     void loadTrusted()
       .then(() => catalog.refresh())
+      .then(() => queues.retain(catalog.models()))
       .catch((err: unknown) => log.error({ err: coerceError(err) }, "registry refresh failed"));
   };
   subscriber.on("message", () => {
@@ -97,19 +127,24 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
 
   const tenants = new TenantStore(redis, env.CITADEL_PREFIX);
   const limiter = new RateLimiter(redis, env.CITADEL_PREFIX);
-  const submitter = new Submitter(redis, queues, catalog, limiter, audit, metrics, {
-    prefix: env.CITADEL_PREFIX,
-    queueTtlMs: env.QUEUE_TTL_MS,
-    maxQueueDepth: env.MAX_QUEUE_DEPTH,
-    maxTenantQueuedBytes: env.MAX_TENANT_QUEUED_BYTES,
-    idempotencyTtlMs: 24 * 3600 * 1000,
-    enqueueTimeoutMs: 5000,
-  });
+  const submitter = new Submitter(
+    { redis, queues, catalog, limiter, audit, denials, metrics, log },
+    {
+      prefix: env.CITADEL_PREFIX,
+      queueTtlMs: env.QUEUE_TTL_MS,
+      maxQueueDepth: env.MAX_QUEUE_DEPTH,
+      maxTenantQueuedBytes: env.MAX_TENANT_QUEUED_BYTES,
+      idempotencyTtlMs: 24 * 3600 * 1000,
+      enqueueTimeoutMs: 5000,
+      minJobTimeoutMs: env.MIN_JOB_TIMEOUT_MS,
+    },
+  );
   const adminPassword = secret(env.BOARD_ADMIN_PASSWORD, env.BOARD_ADMIN_PASSWORD_FILE);
   const opsPassword = secret(env.BOARD_OPS_PASSWORD, env.BOARD_OPS_PASSWORD_FILE);
   const board: BoardOptions | undefined = adminPassword
     ? {
         admin: { user: env.BOARD_ADMIN_USER, password: adminPassword },
+        login: { rate: env.BOARD_LOGIN_PER_MINUTE / 60, burst: env.BOARD_LOGIN_BURST },
         ...(opsPassword ? { ops: { user: env.BOARD_OPS_USER, password: opsPassword } } : {}),
       }
     : undefined;
@@ -124,6 +159,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     submitter,
     limiter,
     audit,
+    denials,
     metrics,
     metricsRegistry,
     ...(board ? { board } : {}),
@@ -147,13 +183,18 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   let closing: Promise<void> | undefined;
   return {
     app,
+    queues,
     url: url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1"),
     close: () => {
       // Stop accepting, let in-flight requests finish (app.close waits), then close Redis.
       closing ??= (async () => {
         clearInterval(resync);
         await app.close();
+        // Enqueues whose outcome was unknown settle (accepted, or their reservations given back).
+        await submitter.drain(10_000);
         await queues.close();
+        // The denial window's pending counts become records before the audit writer flushes.
+        denials.close();
         await audit.close();
         await devKeys?.close();
         for (const r of [subscriber, connection, redis] as Redis[]) {

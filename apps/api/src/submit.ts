@@ -1,12 +1,23 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
-import { CitadelError, type JobData, type JobRequest } from "@citadel/contracts";
-import { type JobQueues, jobIdFor, keys, type Redis } from "@citadel/queue";
+import {
+  CitadelError,
+  coerceError,
+  type JobData,
+  type JobRequest,
+  type JobStatus,
+  type JobView,
+} from "@citadel/contracts";
+import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
+import type { Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, resolveOutputs, validateInputs } from "@citadel/tensors";
 import type { ModelCatalog } from "./catalog.js";
+import type { DenialAggregator } from "./denials.js";
+import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
 import type { RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
+import { type QuotaClaim, TenantQuota } from "./quota.js";
 
 export interface SubmitContext {
   tenant: Tenant;
@@ -15,9 +26,10 @@ export interface SubmitContext {
   idempotencyKey?: string;
 }
 
+/** The answer for a submitted job: "queued" when new, its current status when an Idempotency-Key replay names it. */
 export interface Accepted {
   id: string;
-  status: "queued";
+  status: JobStatus;
   model: string;
   version: string;
 }
@@ -30,6 +42,19 @@ export interface SubmitSettings {
   idempotencyTtlMs: number;
   /** Bound on one enqueue round trip before answering 503. */
   enqueueTimeoutMs: number;
+  /** The smallest timeoutMs a job may ask for (lowered to the manifest's timeout when that is smaller). */
+  minJobTimeoutMs: number;
+}
+
+export interface SubmitDeps {
+  redis: Redis;
+  queues: JobQueues;
+  catalog: ModelCatalog;
+  limiter: RateLimiter;
+  audit: AuditSink;
+  denials: DenialAggregator;
+  metrics: ApiMetrics;
+  log: Logger;
 }
 
 interface Prepared {
@@ -39,22 +64,39 @@ interface Prepared {
   fingerprint: string;
 }
 
+/** A job on its way into the queue, with the Idempotency-Key entry it answers for (if any). */
+interface Entering {
+  p: Prepared;
+  entry?: { key: string; attempt: number; reserved: boolean };
+}
+
+type Opened = { replay: Accepted } | { enter: Entering };
+
 /**
  * Turns a validated request into a queued job. Everything a client can get wrong is
  * checked before anything touches the queue; every refusal is a CitadelError.
+ *
+ * The tenant's quota is reserved before the enqueue and released exactly once per job:
+ * by the worker when the job settles, by a cancel that removes it, or here when the job
+ * provably never reached the queue. An enqueue whose outcome is unknown (a timeout, a
+ * lost reply) keeps its reservation and is settled once BullMQ's call settles.
  */
 export class Submitter {
   private readonly depth = new Map<string, { n: number; at: number }>();
+  private readonly catalog: ModelCatalog;
+  private readonly idem: IdempotencyStore;
+  private readonly quota: TenantQuota;
+  /** Enqueues of unknown outcome still being settled (drained on shutdown). */
+  private readonly settling = new Set<Promise<void>>();
 
   constructor(
-    private readonly redis: Redis,
-    private readonly queues: JobQueues,
-    private readonly catalog: ModelCatalog,
-    private readonly limiter: RateLimiter,
-    private readonly audit: AuditSink,
-    private readonly metrics: ApiMetrics,
+    private readonly d: SubmitDeps,
     private readonly s: SubmitSettings,
-  ) {}
+  ) {
+    this.catalog = d.catalog;
+    this.idem = new IdempotencyStore(d.redis, s.prefix, s.idempotencyTtlMs);
+    this.quota = new TenantQuota(d.redis, s.prefix, s.maxTenantQueuedBytes, s.queueTtlMs + s.idempotencyTtlMs);
+  }
 
   /** Validates one request against its model's verified manifest (no Redis writes). */
   async prepare(req: JobRequest, ctx: SubmitContext): Promise<Prepared> {
@@ -62,6 +104,8 @@ export class Submitter {
       throw new CitadelError("MODEL_NOT_FOUND", `model '${req.model}' is not published`);
     if (!allowsModel(ctx.tenant, req.model))
       throw new CitadelError("FORBIDDEN", `tenant may not use model '${req.model}'`);
+    if (req.priority === "high" && !ctx.tenant.allowHighPriority)
+      throw new CitadelError("FORBIDDEN", 'tenant may not use priority "high" (a right granted per tenant)');
     const version = this.catalog.resolveVersion(req.model, req.version);
     const manifest = await this.catalog.manifest(req.model, version);
     const timeoutMs = req.timeoutMs ?? manifest.timeoutMs;
@@ -73,6 +117,14 @@ export class Submitter {
           max: manifest.timeoutMs,
         },
       );
+    }
+    // A floor on the job's own timeout (never above what the model allows): a job asking
+    // for almost no time would only fail, and costs a runner slot while it does.
+    const floor = Math.min(this.s.minJobTimeoutMs, manifest.timeoutMs);
+    if (timeoutMs < floor) {
+      throw new CitadelError("TIMEOUT_TOO_SMALL", `timeoutMs ${timeoutMs} is below this model's minimum of ${floor}`, {
+        min: floor,
+      });
     }
     const v = validateInputs(req.inputs, manifest);
     const outputs = req.outputs ? resolveOutputs(req.outputs, manifest) : undefined;
@@ -107,159 +159,71 @@ export class Submitter {
     };
   }
 
-  /**
-   * Backpressure: reserves room for `jobs` in the model's queue and in the tenant's
-   * share of Redis, or refuses (503 / 429). Reservations are taken before anything is
-   * enqueued so that concurrent requests cannot all pass one stale check; the
-   * returned function gives them back when the enqueue does not happen.
-   */
-  private async reserve(tenant: Tenant, model: string, jobs: number, bytes: number): Promise<() => Promise<void>> {
-    const jobsKey = keys.tenantQueuedJobs(this.s.prefix, tenant.id);
-    const bytesKey = keys.tenantQueuedBytes(this.s.prefix, tenant.id);
-    const [verdict, had] = (await this.redis.eval(
-      RESERVE_QUOTA,
-      2,
-      jobsKey,
-      bytesKey,
-      jobs,
-      bytes,
-      tenant.maxQueuedJobs,
-      this.s.maxTenantQueuedBytes,
-    )) as [number, number];
-    if (verdict === 1) {
-      throw new CitadelError("QUOTA_EXCEEDED", `tenant has ${had} queued jobs; the limit is ${tenant.maxQueuedJobs}`);
-    }
-    if (verdict === 2) {
-      throw new CitadelError("QUEUE_FULL", "tenant's queued input bytes are at their bound; retry later");
-    }
-    const releaseTenant = async () => {
-      await this.redis.eval(RELEASE_RESERVATION, 2, jobsKey, bytesKey, jobs, bytes).catch(() => 0);
-    };
-    let entry: { n: number; at: number };
-    try {
-      entry = await this.depthOf(model);
-    } catch (err) {
-      await releaseTenant();
-      throw err;
-    }
-    if (entry.n + jobs > this.s.maxQueueDepth) {
-      await releaseTenant();
-      throw new CitadelError("QUEUE_FULL", `queue for '${model}' is full (${entry.n} waiting); retry later`);
-    }
-    // Counted at once (no await in between), so this replica's concurrent requests see it.
-    entry.n += jobs;
-    return async () => {
-      entry.n -= jobs;
-      await releaseTenant();
-    };
-  }
-
-  /** The model's queued jobs, read from Redis at most every 250 ms; reservations are added to the cached count. */
-  private async depthOf(model: string): Promise<{ n: number; at: number }> {
-    const cached = this.depth.get(model);
-    if (cached && Date.now() - cached.at < 250) return cached;
-    const started = Date.now();
-    const c = await this.queues.queue(model).getJobCounts("waiting", "prioritized", "delayed");
-    const n = (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0);
-    // Another request may have refreshed (and reserved) while this one read: keep its entry.
-    const now = this.depth.get(model);
-    if (now && now.at >= started) return now;
-    const entry = { n, at: Date.now() };
-    this.depth.set(model, entry);
-    return entry;
-  }
-
-  private async takeSamples(tenant: Tenant, model: string, samples: number): Promise<void> {
-    const r = await this.limiter.take("samples", tenant.id, tenant.sampleRate, tenant.sampleBurst, samples);
-    if (!r.allowed) {
-      this.audit.record("rate.limited", { tenant: tenant.id, model, detail: "samples" });
-      throw new CitadelError("RATE_LIMITED", "sample rate limit reached", {
-        retryAfterMs: r.retryAfterMs,
-        scope: "samples",
-      });
-    }
+  async submitOne(req: JobRequest, ctx: SubmitContext): Promise<Accepted> {
+    const p = await this.prepare(req, ctx);
+    this.checkBurst(ctx, p.data.batch);
+    const opened: Opened = ctx.idempotencyKey ? await this.open(req, ctx, p, ctx.idempotencyKey) : { enter: { p } };
+    if ("replay" in opened) return opened.replay;
+    const [accepted] = await this.admit(ctx, [opened.enter]);
+    if (!accepted) throw new CitadelError("INTERNAL", "internal error");
+    return accepted;
   }
 
   /**
-   * Claims an idempotency key. Returns the job it already names, or null when this
-   * request now owns it. The job id is fixed before enqueueing, so a crash between
-   * claim and enqueue cannot produce a second job: a retry re-adds the same id.
+   * Bulk submit: each item is validated on its own and answers for itself; the items
+   * to enqueue share one sample-rate charge, one capacity check and one pipelined
+   * enqueue per model. A bulk whose samples exceed the tenant's sample burst is refused
+   * whole (it can never be admitted: the client must split it).
    */
-  private async claim(ctx: SubmitContext, p: Prepared, key: string): Promise<Accepted | null> {
-    const k = keys.idempotency(this.s.prefix, ctx.tenant.id, createHash("sha256").update(key).digest("hex"));
-    const value = JSON.stringify({ id: p.id, fp: p.fingerprint, model: p.data.model, version: p.data.version });
-    const set = await this.redis.set(k, value, "PX", this.s.idempotencyTtlMs, "NX");
-    if (set === "OK") return null;
-    const prev = JSON.parse((await this.redis.get(k)) ?? "{}") as {
-      id?: string;
-      fp?: string;
-      model?: string;
-      version?: string;
-    };
-    if (prev.fp !== p.fingerprint || !prev.id) {
-      throw new CitadelError("IDEMPOTENCY_CONFLICT", "this Idempotency-Key was used with a different request");
+  async submitMany(reqs: JobRequest[], ctx: SubmitContext): Promise<(Accepted | { error: CitadelError })[]> {
+    const prepared = await Promise.all(
+      reqs.map(async (r) => {
+        try {
+          return await this.prepare(r, ctx);
+        } catch (err) {
+          return { error: asCitadel(err) };
+        }
+      }),
+    );
+    const samples = prepared.reduce((a, p) => a + ("data" in p ? p.data.batch : 0), 0);
+    this.checkBurst(ctx, samples);
+    const opened: (Opened | { error: CitadelError })[] = await Promise.all(
+      prepared.map(async (p, i) => {
+        if (!("data" in p)) return p;
+        const r = reqs[i];
+        if (!ctx.idempotencyKey || !r) return { enter: { p } };
+        try {
+          return await this.open(r, ctx, p, `${ctx.idempotencyKey}#${i}`);
+        } catch (err) {
+          return { error: asCitadel(err) };
+        }
+      }),
+    );
+    const entering = opened.flatMap((o) => ("enter" in o ? [o.enter] : []));
+    let admitted: Accepted[] = [];
+    let refused: CitadelError | undefined;
+    if (entering.length > 0) {
+      try {
+        admitted = await this.admit(ctx, entering);
+      } catch (err) {
+        refused = asCitadel(err);
+      }
     }
-    // Re-add under the same id: a no-op if it exists, and completes a crashed first attempt.
-    const first = { ...p, id: prev.id, data: { ...p.data, version: prev.version ?? p.data.version } };
-    await this.enqueue([first]);
-    return {
-      id: prev.id,
-      status: "queued",
-      model: prev.model ?? p.data.model,
-      version: prev.version ?? p.data.version,
-    };
-  }
-
-  private async enqueue(items: Prepared[]): Promise<void> {
-    const byModel = new Map<string, Prepared[]>();
-    for (const p of items) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      // BullMQ waits for its connection to be ready; while Redis is down that would hold
-      // the request open. Answer 503 within a bound instead (a retry with the same
-      // Idempotency-Key returns the same job if this one did get through).
-      const adds = (async () => {
-        for (const [model, list] of byModel)
-          await this.queues.enqueueMany(
-            model,
-            list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
-          );
-      })();
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("enqueue timed out")), this.s.enqueueTimeoutMs);
-      });
-      adds.catch(() => undefined); // settled either way; the race below reports it
-      await Promise.race([adds, timeout]);
-    } catch (err) {
-      throw new CitadelError("QUEUE_UNAVAILABLE", "the job queue is unavailable; retry later", undefined, {
-        cause: err,
-      });
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  private accepted(ctx: SubmitContext, p: Prepared): Accepted {
-    this.metrics.accepted.inc({ tenant: ctx.tenant.id, model: p.data.model });
-    this.audit.record("job.accepted", {
-      tenant: ctx.tenant.id,
-      clientIp: ctx.clientIp,
-      requestId: ctx.requestId,
-      jobId: p.id,
-      model: p.data.model,
-      version: p.data.version,
-      batchSize: p.data.batch,
-      inputBytes: p.data.inputBytes,
-      outcome: "accepted",
+    let k = 0;
+    return opened.map((o) => {
+      if ("error" in o) return o;
+      if ("replay" in o) return o.replay;
+      const a = admitted[k++];
+      return refused || !a ? { error: refused ?? new CitadelError("INTERNAL", "internal error") } : a;
     });
-    return { id: p.id, status: "queued", model: p.data.model, version: p.data.version };
   }
 
+  /** One job.rejected record and its metrics: a request refused as a whole. */
   rejected(ctx: SubmitContext, model: string | undefined, err: CitadelError): void {
-    // Only published models become a label: a client's made-up names must not grow the metric without bound.
-    const known = model !== undefined && this.catalog.routingOf(model) !== undefined;
-    this.metrics.rejections.inc({ tenant: ctx.tenant.id, model: known ? model : "", reason: err.code });
-    this.audit.record("job.rejected", {
+    this.countRejection(ctx, model, err);
+    // A rate-limit refusal's evidence is the aggregated rate.limited record (a flood of them is one record).
+    if (err.code === "RATE_LIMITED") return;
+    this.d.audit.record("job.rejected", {
       tenant: ctx.tenant.id,
       clientIp: ctx.clientIp,
       requestId: ctx.requestId,
@@ -269,130 +233,380 @@ export class Submitter {
     });
   }
 
-  async submitOne(req: JobRequest, ctx: SubmitContext): Promise<Accepted> {
-    const p = await this.prepare(req, ctx);
-    if (ctx.idempotencyKey) {
-      const existing = await this.claim(ctx, p, ctx.idempotencyKey);
-      if (existing) return existing;
+  /**
+   * A bulk's refused items: each counted in metrics, one job.rejected record for all of
+   * them (their count, codes and how many of each), so a bulk of 500 invalid items is
+   * one record, not 500.
+   */
+  rejectedItems(ctx: SubmitContext, items: { model?: string; error: CitadelError }[]): void {
+    if (items.length === 0) return;
+    const byCode = new Map<string, number>();
+    for (const i of items) {
+      this.countRejection(ctx, i.model, i.error);
+      byCode.set(i.error.code, (byCode.get(i.error.code) ?? 0) + 1);
     }
-    let enqueueStarted = false;
-    try {
-      await this.takeSamples(ctx.tenant, req.model, p.data.batch);
-      const release = await this.reserve(ctx.tenant, req.model, 1, p.data.inputBytes);
-      enqueueStarted = true;
-      await this.enqueue([p]).catch(async (err: unknown) => {
-        await release();
-        throw err;
-      });
-    } catch (err) {
-      // A refusal before the enqueue frees the key for a retry. After the enqueue began
-      // it may still land (a timeout is not a "no"): the key keeps naming this job id,
-      // so the client's retry re-adds that same id instead of creating a second job.
-      if (ctx.idempotencyKey && !enqueueStarted) await this.release(ctx, ctx.idempotencyKey);
-      throw err;
-    }
-    return this.accepted(ctx, p);
+    const codes = [...byCode.keys()].sort();
+    const models = [...new Set(items.map((i) => i.model).filter((m) => m !== undefined && this.isPublished(m)))];
+    this.d.audit.record("job.rejected", {
+      tenant: ctx.tenant.id,
+      clientIp: ctx.clientIp,
+      requestId: ctx.requestId,
+      ...(models.length === 1 ? { model: models[0] } : {}),
+      errorCode: codes.join(","),
+      detail: `bulk items refused: ${codes.map((c) => `${c}×${byCode.get(c)}`).join(", ")}`,
+      count: items.length,
+      outcome: "rejected",
+    });
   }
 
-  private async release(ctx: SubmitContext, key: string): Promise<void> {
-    await this.redis
-      .del(keys.idempotency(this.s.prefix, ctx.tenant.id, createHash("sha256").update(key).digest("hex")))
-      .catch(() => 0);
+  /** Settles what is still in flight, for at most `ms` (shutdown). */
+  async drain(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.settling]),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, ms);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  private isPublished(model: string): boolean {
+    return this.catalog.routingOf(model) !== undefined;
+  }
+
+  private countRejection(ctx: SubmitContext, model: string | undefined, err: CitadelError): void {
+    // Only published models become a label: a client's made-up names must not grow the metric without bound.
+    const known = model !== undefined && this.isPublished(model);
+    this.d.metrics.rejections.inc({ tenant: ctx.tenant.id, model: known ? model : "", reason: err.code });
+  }
+
+  /** A request whose samples alone exceed the tenant's sample burst can never be admitted: refused, nothing charged. */
+  private checkBurst(ctx: SubmitContext, samples: number): void {
+    if (samples > ctx.tenant.sampleBurst) throw this.overBurst(ctx, samples);
+  }
+
+  private overBurst(ctx: SubmitContext, samples: number): CitadelError {
+    const burst = ctx.tenant.sampleBurst;
+    this.d.denials.note({
+      event: "rate.limited",
+      clientIp: ctx.clientIp,
+      tenant: ctx.tenant.id,
+      detail: "samples over burst",
+      requestId: ctx.requestId,
+    });
+    return new CitadelError(
+      "RATE_LIMITED",
+      `this request carries ${samples} samples, more than the tenant's sample burst of ${burst}: ` +
+        `it can never be admitted whole; split it into requests of at most ${burst} samples`,
+      { scope: "samples", samples, burst, retryable: false },
+    );
+  }
+
+  private async takeSamples(ctx: SubmitContext, samples: number): Promise<void> {
+    const t = ctx.tenant;
+    const r = await this.d.limiter.take("samples", t.id, t.sampleRate, t.sampleBurst, samples);
+    if (r.overBurst) throw this.overBurst(ctx, samples);
+    if (!r.allowed) {
+      this.d.denials.note({
+        event: "rate.limited",
+        clientIp: ctx.clientIp,
+        tenant: t.id,
+        detail: "samples",
+        requestId: ctx.requestId,
+      });
+      throw new CitadelError("RATE_LIMITED", "sample rate limit reached", {
+        retryAfterMs: r.retryAfterMs,
+        scope: "samples",
+      });
+    }
+  }
+
+  /** How long a request owns a pending Idempotency-Key before a retry may take it over. */
+  private leaseMs(): number {
+    return this.s.enqueueTimeoutMs + 2000;
   }
 
   /**
-   * Bulk submit: each item is validated on its own and answers for itself; the valid
-   * ones share one sample-rate charge, one capacity check and one pipelined enqueue
-   * per model.
+   * How long after its key was claimed a job that reached the queue is surely still
+   * visible (in some state, or as a cancellation tombstone). Past it, a pending key
+   * whose job is not there cannot be told apart from one whose result expired.
    */
-  async submitMany(reqs: JobRequest[], ctx: SubmitContext): Promise<(Accepted | { error: CitadelError })[]> {
-    const results: (Accepted | { error: CitadelError } | Prepared)[] = await Promise.all(
-      reqs.map(async (r, i) => {
-        try {
-          const p = await this.prepare(r, ctx);
-          if (ctx.idempotencyKey) {
-            const existing = await this.claim(ctx, p, `${ctx.idempotencyKey}#${i}`);
-            if (existing) return existing;
-          }
-          return p;
-        } catch (err) {
-          return { error: asCitadel(err) };
+  private horizonMs(): number {
+    const q = this.d.queues.settings;
+    return Math.min(q.resultTtlMs, q.failedTtlMs) / 2;
+  }
+
+  private async viewOf(id: string, tenant: string): Promise<JobView | null> {
+    try {
+      return await this.d.queues.view(id, tenant);
+    } catch (err) {
+      if (err instanceof CitadelError && err.code === "JOB_NOT_FOUND") return null;
+      throw err;
+    }
+  }
+
+  /**
+   * Opens an Idempotency-Key for a request: a new key is claimed for this job; a used
+   * one answers with its job's current state (never running it again), or 409 when that
+   * job no longer exists. A key whose first request is still in flight is waited for;
+   * one whose job provably never reached the queue (its request crashed, or its
+   * enqueue failed) is taken over, and its job (same id) enqueued by this request.
+   */
+  private async open(req: JobRequest, ctx: SubmitContext, p: Prepared, idemKey: string): Promise<Opened> {
+    const key = this.idem.keyFor(ctx.tenant.id, idemKey);
+    const giveUp = Date.now() + this.leaseMs() + 5000;
+    for (;;) {
+      const prev = await this.idem.claim(
+        key,
+        { id: p.id, fp: p.fingerprint, model: p.data.model, version: p.data.version },
+        this.leaseMs(),
+      );
+      if (!prev) return { enter: { p, entry: { key, attempt: 1, reserved: false } } };
+      if (prev.fp !== p.fingerprint || !prev.id) {
+        throw new CitadelError("IDEMPOTENCY_CONFLICT", "this Idempotency-Key was used with a different request");
+      }
+      const view = await this.viewOf(prev.id, ctx.tenant.id);
+      if (view) {
+        // In the queue (or cancelled): a pending key's job landed; the first to confirm records it.
+        if (prev.state === "pending") await this.landed(ctx, [{ p: firstOf(p, prev), entry: entryOf(key, prev) }]);
+        return { replay: { id: view.id, status: view.status, model: view.model, version: view.version } };
+      }
+      if (prev.state === "confirmed") {
+        throw new CitadelError(
+          "IDEMPOTENCY_EXPIRED",
+          `the job this Idempotency-Key named (${prev.id}) no longer exists: its result expired or it was removed; ` +
+            "it is not run again (send the request with a new key to run it again)",
+          { id: prev.id },
+        );
+      }
+      const now = Date.now();
+      if (now - prev.claimedAt > this.horizonMs()) {
+        throw new CitadelError(
+          "IDEMPOTENCY_EXPIRED",
+          `the job this Idempotency-Key named (${prev.id}) no longer exists, and whether it ran cannot be known any ` +
+            "more; it is not run again (send the request with a new key to run it)",
+          { id: prev.id },
+        );
+      }
+      if (now > giveUp) {
+        throw new CitadelError(
+          "IDEMPOTENCY_CONFLICT",
+          "another request with this Idempotency-Key is still in progress; retry shortly",
+        );
+      }
+      if (now < prev.leaseUntil) {
+        // The first request may still be enqueueing: wait for its outcome.
+        await sleep(Math.min(50, prev.leaseUntil - now));
+        continue;
+      }
+      const attempt = await this.idem.takeOver(key, this.leaseMs());
+      if (attempt <= 0) continue;
+      // The job is enqueued under its first id; validated against the version the key recorded.
+      const again = prev.version === p.data.version ? p : await this.prepare({ ...req, version: prev.version }, ctx);
+      return { enter: { p: firstOf(again, prev), entry: { key, attempt, reserved: prev.reserved } } };
+    }
+  }
+
+  /**
+   * Charges samples, reserves capacity and enqueues; every job is reserved before it
+   * can be in the queue. A refusal before the enqueue frees the Idempotency-Keys.
+   */
+  private async admit(ctx: SubmitContext, items: Entering[]): Promise<Accepted[]> {
+    let entered = false;
+    try {
+      // Samples of a key whose earlier attempt already reserved were charged by that attempt.
+      const samples = items.filter((i) => !i.entry?.reserved).reduce((a, i) => a + i.p.data.batch, 0);
+      if (samples > 0) await this.takeSamples(ctx, samples);
+      await this.reserve(ctx.tenant, items);
+      entered = true;
+      await this.enqueue(ctx, items);
+    } catch (err) {
+      if (!entered) {
+        await Promise.all(
+          items.map(async (i) => {
+            if (!i.entry) return;
+            await this.idem.unclaim(i.entry.key, i.entry.attempt).catch((e: unknown) => {
+              this.d.log.warn({ err: coerceError(e) }, "could not free an Idempotency-Key after a refusal");
+            });
+          }),
+        );
+      }
+      throw err;
+    }
+    return this.landed(ctx, items);
+  }
+
+  /**
+   * Backpressure: the tenant's share of Redis (one atomic reservation), then room in
+   * each model's queue (counted in this process at once, so concurrent requests cannot
+   * all pass one stale check), or a refusal (429 / 503) holding nothing.
+   */
+  private async reserve(tenant: Tenant, items: Entering[]): Promise<void> {
+    const claims = items.map(claimOf);
+    await this.quota.reserve(tenant, claims);
+    const perModel = new Map<string, number>();
+    for (const i of items) perModel.set(i.p.data.model, (perModel.get(i.p.data.model) ?? 0) + 1);
+    const undo: (() => void)[] = [];
+    try {
+      for (const [model, n] of perModel) {
+        const entry = await this.depthOf(model);
+        if (entry.n + n > this.s.maxQueueDepth) {
+          throw new CitadelError("QUEUE_FULL", `queue for '${model}' is full (${entry.n} waiting); retry later`);
         }
+        entry.n += n;
+        undo.push(() => {
+          entry.n -= n;
+        });
+      }
+    } catch (err) {
+      for (const u of undo) u();
+      await this.quota.giveBack(tenant.id, claims).catch((e: unknown) => {
+        this.d.log.warn({ err: coerceError(e) }, "could not give back a quota reservation after a refusal");
+      });
+      throw err;
+    }
+  }
+
+  /** The model's queued jobs, read from Redis at most every 250 ms; reservations are added to the cached count. */
+  private async depthOf(model: string): Promise<{ n: number; at: number }> {
+    const cached = this.depth.get(model);
+    if (cached && Date.now() - cached.at < 250) return cached;
+    const started = Date.now();
+    const c = await this.d.queues.queue(model).getJobCounts("waiting", "prioritized", "delayed");
+    const n = (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0);
+    // Another request may have refreshed (and reserved) while this one read: keep its entry.
+    const now = this.depth.get(model);
+    if (now && now.at >= started) return now;
+    const entry = { n, at: Date.now() };
+    this.depth.set(model, entry);
+    return entry;
+  }
+
+  /**
+   * Adds the jobs, answering 503 within enqueueTimeoutMs. When BullMQ's call times out
+   * or fails, the jobs may still have landed (a timeout is not a "no", a lost reply
+   * is not a lost write): the reservations are kept and the outcome is settled once the
+   * call itself settles (see settle).
+   */
+  private async enqueue(ctx: SubmitContext, items: Entering[]): Promise<void> {
+    const byModel = new Map<string, Prepared[]>();
+    for (const { p } of items) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
+    const adds = (async () => {
+      for (const [model, list] of byModel)
+        await this.d.queues.enqueueMany(
+          model,
+          list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
+        );
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    let cause: unknown;
+    try {
+      const done = await Promise.race([
+        adds.then(() => true),
+        new Promise<false>((resolve) => {
+          timer = setTimeout(() => resolve(false), this.s.enqueueTimeoutMs);
+        }),
+      ]);
+      if (done) return;
+      cause = new Error(`enqueue took longer than ${this.s.enqueueTimeoutMs} ms`);
+    } catch (err) {
+      cause = err;
+    } finally {
+      clearTimeout(timer);
+    }
+    this.track(this.settle(ctx, items, adds));
+    throw new CitadelError(
+      "QUEUE_UNAVAILABLE",
+      "the job queue is unavailable; retry later (with the same Idempotency-Key a retry returns this job if it was queued)",
+      undefined,
+      { cause },
+    );
+  }
+
+  private track(p: Promise<void>): void {
+    const t: Promise<void> = p
+      .catch((err: unknown) => {
+        this.d.log.warn(
+          { err: coerceError(err) },
+          "could not settle an enqueue of unknown outcome; its quota reservation is kept",
+        );
+      })
+      .finally(() => this.settling.delete(t));
+    this.settling.add(t);
+  }
+
+  /**
+   * An enqueue of unknown outcome, once BullMQ's call has settled (nothing of it can
+   * reach Redis any more): jobs that are there are accepted (confirmed and recorded);
+   * those that are not never will be, and their reservations are given back (with
+   * their keys, so a retry starts afresh).
+   */
+  private async settle(ctx: SubmitContext, items: Entering[], adds: Promise<void>): Promise<void> {
+    const ok = await adds.then(
+      () => true,
+      () => false,
+    );
+    if (ok) {
+      await this.landed(ctx, items);
+      return;
+    }
+    const landed: Entering[] = [];
+    const never: Entering[] = [];
+    for (const i of items) ((await this.d.queues.exists(i.p.id)) ? landed : never).push(i);
+    await this.quota.giveBack(ctx.tenant.id, never.map(claimOf));
+    if (landed.length > 0) await this.landed(ctx, landed);
+  }
+
+  /**
+   * Jobs now in the queue: each key is confirmed, and whoever confirms it (or, without
+   * a key, the request itself) records the acceptance once: metrics and job.accepted.
+   */
+  private async landed(ctx: SubmitContext, items: Entering[]): Promise<Accepted[]> {
+    return Promise.all(
+      items.map(async ({ p, entry }) => {
+        if (!entry || (await this.idem.confirm(entry.key))) {
+          this.d.metrics.accepted.inc({ tenant: ctx.tenant.id, model: p.data.model });
+          this.d.metrics.samples.inc({ tenant: ctx.tenant.id, model: p.data.model }, p.data.batch);
+          this.d.audit.record("job.accepted", {
+            tenant: ctx.tenant.id,
+            clientIp: ctx.clientIp,
+            requestId: ctx.requestId,
+            jobId: p.id,
+            model: p.data.model,
+            version: p.data.version,
+            batchSize: p.data.batch,
+            inputBytes: p.data.inputBytes,
+            outcome: "accepted",
+          });
+        }
+        return { id: p.id, status: "queued" as const, model: p.data.model, version: p.data.version };
       }),
     );
-    const fresh = results.filter((r): r is Prepared => "data" in r);
-    if (fresh.length > 0) {
-      let enqueueStarted = false;
-      try {
-        const samples = fresh.reduce((a, p) => a + p.data.batch, 0);
-        await this.takeSamples(ctx.tenant, fresh[0]?.data.model ?? "", samples);
-        const byModel = new Map<string, Prepared[]>();
-        for (const p of fresh) byModel.set(p.data.model, [...(byModel.get(p.data.model) ?? []), p]);
-        const releases: (() => Promise<void>)[] = [];
-        const releaseAll = async () => {
-          for (const r of releases) await r();
-        };
-        try {
-          for (const [model, list] of byModel) {
-            releases.push(
-              await this.reserve(
-                ctx.tenant,
-                model,
-                list.length,
-                list.reduce((a, p) => a + p.data.inputBytes, 0),
-              ),
-            );
-          }
-          enqueueStarted = true;
-          await this.enqueue(fresh);
-        } catch (err) {
-          await releaseAll();
-          throw err;
-        }
-      } catch (err) {
-        const e = asCitadel(err);
-        if (ctx.idempotencyKey && !enqueueStarted) {
-          await Promise.all(
-            results.map((r, i) => ("data" in r ? this.release(ctx, `${ctx.idempotencyKey}#${i}`) : null)),
-          );
-        }
-        return results.map((r) => ("data" in r ? { error: e } : r));
-      }
-    }
-    return results.map((r, i) => {
-      if (!("data" in r)) {
-        if ("error" in r) this.rejected(ctx, reqs[i]?.model, r.error);
-        return r;
-      }
-      return this.accepted(ctx, r);
-    });
   }
 }
 
-/**
- * Takes a tenant's share for new jobs atomically: refused (and nothing kept) when the
- * jobs (verdict 1) or the bytes (verdict 2) would pass their bound. Returns {verdict, jobs before}.
- */
-const RESERVE_QUOTA = `
-local j = redis.call('INCRBY', KEYS[1], ARGV[1])
-local b = redis.call('INCRBY', KEYS[2], ARGV[2])
-local verdict = 0
-if j > tonumber(ARGV[3]) then verdict = 1 elseif b > tonumber(ARGV[4]) then verdict = 2 end
-if verdict > 0 then
-  redis.call('DECRBY', KEYS[1], ARGV[1])
-  redis.call('DECRBY', KEYS[2], ARGV[2])
-end
-return {verdict, j - tonumber(ARGV[1])}
-`;
+/** The request as its key's first job: that job's id and version. */
+function firstOf(p: Prepared, prev: IdempotencyEntry): Prepared {
+  return { ...p, id: prev.id, data: { ...p.data, version: prev.version } };
+}
 
-/** Gives back a reservation whose jobs were never enqueued (never below zero). */
-const RELEASE_RESERVATION = `
-local j = redis.call('DECRBY', KEYS[1], ARGV[1])
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], ARGV[2])
-if b < 0 then redis.call('SET', KEYS[2], 0) end
-return j
-`;
+/** What a job asks of the tenant's quota. */
+function claimOf(i: Entering): QuotaClaim {
+  return {
+    jobId: i.p.id,
+    bytes: i.p.data.inputBytes,
+    ...(i.entry ? { entry: { key: i.entry.key, attempt: i.entry.attempt } } : {}),
+  };
+}
+
+function entryOf(key: string, prev: IdempotencyEntry): NonNullable<Entering["entry"]> {
+  return { key, attempt: prev.attempt, reserved: prev.reserved };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 export function asCitadel(err: unknown): CitadelError {
   if (err instanceof CitadelError) return err;

@@ -1,11 +1,11 @@
-import { CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
-import { CitadelError } from "@citadel/contracts";
-import { type KeyService, keyServiceFromEnv } from "@citadel/keys";
+import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
+import { CitadelError, type TrustedSigner } from "@citadel/contracts";
+import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
 import { type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import type { z } from "zod";
 
-export const CliEnv = CommonEnv.extend(KeyEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
+export const CliEnv = CommonEnv.extend(KeyEnv.shape).extend(AuditEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
 export type CliEnv = z.infer<typeof CliEnv>;
 
 /** What most verbs need: the registry in Redis, the model store and the key service. */
@@ -15,6 +15,10 @@ export interface CliContext {
   registry: ModelRegistry;
   store: FsModelStore;
   keys(): Promise<KeyService>;
+  /** The signer keys the fleet pins: TRUSTED_SIGNERS, or the key service's own public keys. */
+  trusted(): Promise<TrustedSigner[]>;
+  /** A warning for the operator (stderr), not a failure. */
+  warn(message: string): void;
   close(): Promise<void>;
 }
 
@@ -36,6 +40,12 @@ export function openContext(env: CliEnv = loadCliEnv()): CliContext {
       keys ??= keyServiceFromEnv(env);
       return keys;
     },
+    trusted: async () => {
+      if (env.TRUSTED_SIGNERS) return readTrustedSigners(env.TRUSTED_SIGNERS);
+      keys ??= keyServiceFromEnv(env);
+      return (await keys).publicKeys();
+    },
+    warn: (message) => process.stderr.write(`citadel: warning: ${message}\n`),
     close: async () => {
       if (keys) await (await keys).close();
       if (redis.status === "ready") await redis.quit();

@@ -1,16 +1,18 @@
-import { readFile } from "node:fs/promises";
-import { verifyAuditStream } from "@citadel/audit";
-import { type ModelRouting, SignedManifest } from "@citadel/contracts";
-import { initKeyring, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
+import { readFile, writeFile } from "node:fs/promises";
+import { createAuditAnchor, verifyAuditStream } from "@citadel/audit";
+import { CitadelError, type ModelRouting } from "@citadel/contracts";
+import { initKeyring, LocalKeyProvider } from "@citadel/keys";
 import { CoreDumpsEnabledError } from "@citadel/runtime";
 import { TenantStore } from "@citadel/tenants";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { ownAuditKey, verifierKeys } from "./audit-keys.js";
 import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
 import { disableCoreDumpsForCli, PLAINTEXT_VERBS } from "./harden.js";
 
 // Heavy modules (onnxruntime, the demo) load only for the verbs that need them: most
 // verbs answer in well under a second.
 const models = () => import("./models.js");
+const retirement = () => import("./retire.js");
 
 const program = new Command()
   .name("citadel")
@@ -55,10 +57,7 @@ function withContext(fn: (ctx: CliContext, ...args: never[]) => Promise<void>) {
   };
 }
 
-async function trustedFor(ctx: CliContext) {
-  if (ctx.env.TRUSTED_SIGNERS) return readTrustedSigners(ctx.env.TRUSTED_SIGNERS);
-  return (await ctx.keys()).publicKeys();
-}
+const collect = (v: string, all: string[]) => [...all, v];
 
 const keys = program.command("keys").description("the key service: dev keyring, rotation, signer public keys");
 keys
@@ -169,6 +168,8 @@ program
   .action(
     withContext(async (ctx, model: string, o: { stable: string; canary?: string; weight: number }) => {
       const r: ModelRouting = { stable: o.stable, canaryWeight: o.weight, ...(o.canary ? { canary: o.canary } : {}) };
+      const { assertNotRetired } = await retirement();
+      await assertNotRetired(ctx, model, [o.stable, ...(o.canary ? [o.canary] : [])]);
       await ctx.registry.setRouting(model, r);
       print(`routing for ${model}: ${JSON.stringify(r)}`);
     }),
@@ -182,7 +183,7 @@ program
   .action(
     withContext(async (ctx, model: string, version: string) => {
       const { verifyPublished } = await models();
-      const r = await verifyPublished(ctx, model, version, await trustedFor(ctx));
+      const r = await verifyPublished(ctx, model, version, await ctx.trusted());
       print(
         `ok ${model}@${version}: signature by a pinned key, ciphertext and plaintext hashes match, decrypts (${r.plaintextBytes} B, wiped)`,
       );
@@ -209,21 +210,48 @@ program
   )
   .action(
     withContext(async (ctx) => {
+      const { signManifest, verifyManifest } = await import("@citadel/artifacts");
       const k = await ctx.keys();
+      const trusted = await ctx.trusted();
+      // Re-signing vouches for a manifest anew: every stored one must first verify
+      // against the pinned signers and name its own registry slot, or nothing is written.
+      const verified = [];
       for (const m of await ctx.registry.models()) {
         for (const v of await ctx.registry.versions(m)) {
-          const signed = SignedManifest.parse(await ctx.registry.getManifest(m, v));
-          const a = signed.manifest.artifact;
-          const wrappedKey = await k.rewrapDataKey(a.keyName, a.wrappedKey);
-          if (wrappedKey === a.wrappedKey) continue;
-          const { signManifest } = await import("@citadel/artifacts");
-          const next = await signManifest({ ...signed.manifest, artifact: { ...a, wrappedKey } }, k);
-          await ctx.registry.putRaw(m, v, JSON.stringify(next));
-          print(
-            `rewrapped ${m}@${v}: ${a.wrappedKey.split(":").slice(0, 2).join(":")} → ${wrappedKey.split(":").slice(0, 2).join(":")}`,
-          );
+          try {
+            verified.push(verifyManifest(await ctx.registry.getManifest(m, v), trusted, { name: m, version: v }));
+          } catch (err) {
+            if (!(err instanceof CitadelError)) throw err;
+            throw new CitadelError(err.code, `${m}@${v}: ${err.message}; nothing was rewrapped`, undefined, {
+              cause: err,
+            });
+          }
         }
       }
+      for (const manifest of verified) {
+        const a = manifest.artifact;
+        const wrappedKey = await k.rewrapDataKey(a.keyName, a.wrappedKey);
+        if (wrappedKey === a.wrappedKey) continue;
+        const next = await signManifest({ ...manifest, artifact: { ...a, wrappedKey } }, k);
+        await ctx.registry.putRaw(manifest.name, manifest.version, JSON.stringify(next));
+        print(
+          `rewrapped ${manifest.name}@${manifest.version}: ${a.wrappedKey.split(":").slice(0, 2).join(":")} → ${wrappedKey.split(":").slice(0, 2).join(":")}`,
+        );
+      }
+    }),
+  );
+
+program
+  .command("retire")
+  .description("retire a version for good: a signed statement, taken out of routing, never served or routed again")
+  .argument("<model>")
+  .argument("<version>")
+  .option("--reason <text>", "why (kept in the signed statement and the audit record)")
+  .action(
+    withContext(async (ctx, model: string, version: string, o: { reason?: string }) => {
+      const { retireVersion } = await retirement();
+      const r = await retireVersion(ctx, model, version, o.reason);
+      print(`${r} ${model}@${version}${o.reason ? `: ${o.reason}` : ""}`);
     }),
   );
 
@@ -235,19 +263,30 @@ tenants
   .option("--rate <n>", "requests per second", int)
   .option("--samples <n>", "samples per second", int)
   .option("--max-queued <n>", "max queued jobs", int)
-  .description("create or update a tenant")
+  .option(
+    "--allow-high-priority",
+    'may submit priority "high" (ahead of every tenant\'s queued work); off unless given',
+  )
+  .description("create or update a tenant (options not given take their defaults)")
   .action(
-    withContext(async (ctx, id: string, o: { models: string; rate?: number; samples?: number; maxQueued?: number }) => {
-      const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
-      const t = await store.upsert({
-        id,
-        models: o.models.split(",").map((s) => s.trim()),
-        ...(o.rate ? { requestRate: o.rate, requestBurst: o.rate * 2 } : {}),
-        ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
-        ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
-      });
-      print(JSON.stringify(t));
-    }),
+    withContext(
+      async (
+        ctx,
+        id: string,
+        o: { models: string; rate?: number; samples?: number; maxQueued?: number; allowHighPriority?: boolean },
+      ) => {
+        const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
+        const t = await store.upsert({
+          id,
+          models: o.models.split(",").map((s) => s.trim()),
+          ...(o.rate ? { requestRate: o.rate, requestBurst: o.rate * 2 } : {}),
+          ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
+          ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
+          allowHighPriority: o.allowHighPriority === true,
+        });
+        print(JSON.stringify(t));
+      },
+    ),
   );
 tenants
   .command("issue-key")
@@ -274,22 +313,66 @@ tenants
     withContext(async (ctx) => {
       const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
       for (const t of await store.list())
-        print(`${t.id}  models ${t.models.join(",")}  keys ${(await store.keyHashes(t.id)).join(",")}`);
+        print(
+          `${t.id}  models ${t.models.join(",")}${t.allowHighPriority ? "  high-priority" : ""}  keys ${(await store.keyHashes(t.id)).join(",")}`,
+        );
     }),
   );
 
-const audit = program.command("audit").description("the hash-chained audit stream");
+const audit = program.command("audit").description("the keyed, chained audit stream");
 audit
   .command("verify")
-  .description("check every writer's chain: edits, deletions and reordering are reported")
+  .description("check every writer's chain: edits, forgeries, deletions and reordering are reported (exit 2)")
+  .option(
+    "--key-file <[role=]file>",
+    "an audit key the records may be MACed with (repeatable; also AUDIT_KEY_FILES and this CLI's own key)",
+    collect,
+    [],
+  )
+  .option("--anchor <file>", "an anchor from `citadel audit anchor`: the stream must still hold or extend it")
   .action(
-    withContext(async (ctx) => {
-      const r = await verifyAuditStream(ctx.redis, ctx.env.CITADEL_PREFIX);
+    withContext(async (ctx, o: { keyFile: string[]; anchor?: string }) => {
+      const keys = verifierKeys(ctx.env, o.keyFile);
+      const anchor = o.anchor ? (JSON.parse(await readFile(o.anchor, "utf8")) as unknown) : undefined;
+      const r = await verifyAuditStream(ctx.redis, ctx.env.CITADEL_PREFIX, keys, anchor ? { anchor } : {});
       print(
         `${r.records} records from ${r.writers} writers: ${r.ok ? "chain intact" : `${r.problems.length} problem(s)`}`,
       );
       for (const p of r.problems.slice(0, 50)) print(`  ${p}`);
+      for (const n of r.notes) print(`  note: ${n}`);
       if (!r.ok) process.exitCode = 2;
+    }),
+  );
+audit
+  .command("anchor")
+  .description(
+    "verify the stream, then write every writer's head and the stream's counters, MACed, to keep outside Redis",
+  )
+  .option("--key-file <[role=]file>", "an audit key to verify with (repeatable; as for verify)", collect, [])
+  .option("--out <file>", "write the anchor here instead of stdout")
+  .action(
+    withContext(async (ctx, o: { keyFile: string[]; out?: string }) => {
+      const { report, anchor } = await createAuditAnchor(
+        ctx.redis,
+        ctx.env.CITADEL_PREFIX,
+        verifierKeys(ctx.env, o.keyFile),
+        ownAuditKey(ctx.env),
+      );
+      if (!anchor) {
+        print(`not anchored: the stream does not verify (${report.problems.length} problem(s))`);
+        for (const p of report.problems.slice(0, 50)) print(`  ${p}`);
+        process.exitCode = 2;
+        return;
+      }
+      const json = `${JSON.stringify(anchor, null, 2)}\n`;
+      if (!o.out) {
+        process.stdout.write(json);
+        return;
+      }
+      await writeFile(o.out, json);
+      print(
+        `anchored ${Object.keys(anchor.heads).length} writers and ${anchor.entriesAdded} entries at ${anchor.at} in ${o.out}`,
+      );
     }),
   );
 

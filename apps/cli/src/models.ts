@@ -5,6 +5,7 @@ import { CitadelError, type ManifestBody, SignedManifest, type TrustedSigner } f
 import { type IoSpec, wrapEngineAsEpContext } from "@citadel/onnx";
 import type { CliContext } from "./context.js";
 import { describeIo, type IoDescription, inspectWithOrt, SealSpec, type SealSpecInput } from "./describe.js";
+import { assertNotRetired } from "./retire.js";
 
 export interface SealRequest {
   name: string;
@@ -95,6 +96,7 @@ export async function publishSealed(
   if (sha256(s.artifact) !== s.signed.manifest.artifact.ciphertextSha256) {
     throw new CitadelError("ARTIFACT_HASH_MISMATCH", "artifact does not match its manifest; refusing to publish");
   }
+  await assertNotRetired(ctx, name, [version]);
   await ctx.store.put(name, version, s.artifact);
   return ctx.registry.publish(s.signed, routing);
 }

@@ -1,7 +1,19 @@
-import { BoolEnv, CommonEnv, EVEN_WITH_ISSUES, IntEnv, KeyEnv, ListEnv, refineKeyEnv, SECOND } from "@citadel/config";
+import {
+  AuditEnv,
+  BoolEnv,
+  CommonEnv,
+  EVEN_WITH_ISSUES,
+  IntEnv,
+  KeyEnv,
+  ListEnv,
+  refineAuditEnv,
+  refineKeyEnv,
+  SECOND,
+} from "@citadel/config";
 import { z } from "zod";
 
 export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend(AuditEnv.shape)
   .extend({
     /** Models this worker serves: "*" for every published model. */
     WORKER_MODELS: ListEnv.default(["*"]),
@@ -27,6 +39,7 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
   })
   .superRefine((env, ctx) => {
     refineKeyEnv(env, ctx);
+    refineAuditEnv(env, ctx);
     if (env.NODE_ENV === "production" && !env.TRUSTED_SIGNERS) {
       ctx.addIssue({
         code: "custom",

@@ -1,9 +1,10 @@
-import { loadEnvOrExit } from "@citadel/config";
+import { checkAuditKeyOrExit, loadEnvOrExit } from "@citadel/config";
 import { WorkerEnv } from "./env.js";
 import { disableCoreDumpsOrExit } from "./harden.js";
 import { startWorker } from "./worker.js";
 
 const env = loadEnvOrExit(WorkerEnv, "citadel-worker");
+checkAuditKeyOrExit(env, "citadel-worker");
 disableCoreDumpsOrExit(env);
 const worker = await startWorker(env);
 

@@ -1,8 +1,9 @@
 import { createServer, type Server } from "node:http";
 import os from "node:os";
-import { AuditWriter } from "@citadel/audit";
+import { AuditKey, AuditWriter } from "@citadel/audit";
+import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
-import { keyServiceFromEnv, trustedSignersFromEnv, VaultKeyProvider } from "@citadel/keys";
+import { keyServiceFromEnv, LocalKeyProvider, trustedSignersFromEnv, VaultKeyProvider } from "@citadel/keys";
 import { bullConnection, keys as queueKeys, type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { ModelRunner } from "@citadel/runtime";
@@ -18,12 +19,25 @@ export interface WorkerHandle {
   healthy(): boolean;
 }
 
+/** The worker role's audit key: its key file, or in development the dev keyring's. */
+function loadAuditKey(env: WorkerEnv): AuditKey {
+  const secret = env.AUDIT_KEY_FILE
+    ? readKeyFile(env.AUDIT_KEY_FILE)
+    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
+  try {
+    return new AuditKey(secret);
+  } finally {
+    secret.fill(0);
+  }
+}
+
 /** Composes a worker from its packages. One process per GPU. */
 export async function startWorker(
   env: WorkerEnv,
   opts: { logDestination?: DestinationStream } = {},
 ): Promise<WorkerHandle> {
   const workerId = env.WORKER_ID ?? `${os.hostname()}-${process.pid}`;
+  const auditKey = loadAuditKey(env);
   const log: Logger = createLogger({
     name: "citadel-worker",
     level: env.LOG_LEVEL,
@@ -39,7 +53,7 @@ export async function startWorker(
   const store = new FsModelStore(env.MODEL_STORE_DIR);
   const metricsRegistry = createRegistry("worker");
   const metrics = workerMetrics(metricsRegistry);
-  const audit = new AuditWriter(redis, env.CITADEL_PREFIX, `worker:${workerId}`, log, env.AUDIT_MAX_LEN);
+  const audit = new AuditWriter(redis, env.CITADEL_PREFIX, `worker:${workerId}`, log, auditKey, env.AUDIT_MAX_LEN);
   const keys = await keyServiceFromEnv(env, log);
   if (keys instanceof VaultKeyProvider) vaultUpGauge(metricsRegistry, () => keys.reachable());
   let trusted: TrustedSigner[] = await trustedSignersFromEnv(env, keys);

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { canonicalJson } from "./canonical.js";
 import { type ModelDescription, sealModel } from "./manifest.js";
 import { openArtifact, sha256 } from "./seal.js";
-import { verifyManifest } from "./signing.js";
+import { signRetirement, verifyManifest, verifyRetirement } from "./signing.js";
 
 const description = (name: string): ModelDescription => ({
   name,
@@ -158,5 +158,38 @@ describe("seal → verify → open", () => {
 
   it("canonical JSON ignores key order", () => {
     expect(canonicalJson({ b: 1, a: [1, { d: 2, c: 3 }] })).toBe('{"a":[1,{"c":3,"d":2}],"b":1}');
+  });
+});
+
+describe("signed retirements", () => {
+  const body = {
+    schema: "citadel.retirement/v1" as const,
+    name: "m",
+    version: "1",
+    retiredAt: "2025-01-01T00:00:00.000Z",
+    reason: "policy too loose",
+  };
+
+  it("verify against the pinned signers, for the version they name", async () => {
+    const signed = await signRetirement(body, keys);
+    expect(verifyRetirement(signed, trusted, { name: "m", version: "1" })).toEqual(body);
+    expect(await codeOf(async () => verifyRetirement(signed, trusted, { name: "m", version: "2" }))).toBe(
+      "MANIFEST_MODEL_MISMATCH",
+    );
+  });
+
+  it("refuse a changed, unsigned, foreign-signed or malformed statement, each with its code", async () => {
+    const signed = await signRetirement(body, keys);
+    const at = { name: "m", version: "1" };
+    const changed = { ...signed, retirement: { ...signed.retirement, reason: "other" } };
+    expect(await codeOf(async () => verifyRetirement(changed, trusted, at))).toBe("SIGNATURE_INVALID");
+    expect(await codeOf(async () => verifyRetirement({ retirement: body }, trusted, at))).toBe("SIGNATURE_MISSING");
+    const foreign = { ...signed, signature: { ...signed.signature, keyId: "local:0000000000000000" } };
+    expect(await codeOf(async () => verifyRetirement(foreign, trusted, at))).toBe("SIGNER_UNTRUSTED");
+    expect(await codeOf(async () => verifyRetirement("not json", trusted, at))).toBe("MANIFEST_INVALID");
+    // A manifest's signature cannot be lifted onto a retirement.
+    const { signed: manifest } = await sealModel(model, description("m"), keys, "citadel-models", keys);
+    const lifted = { retirement: body, signature: manifest.signature };
+    expect(await codeOf(async () => verifyRetirement(lifted, trusted, at))).toBe("SIGNATURE_INVALID");
   });
 });

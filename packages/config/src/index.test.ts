@@ -1,6 +1,21 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { BoolEnv, CommonEnv, ConfigError, KeyEnv, parseEnv, refineKeyEnv } from "./index.js";
+import {
+  AuditEnv,
+  auditKeyProblem,
+  BoolEnv,
+  CommonEnv,
+  ConfigError,
+  KeyEnv,
+  parseEnv,
+  readKeyFile,
+  refineAuditEnv,
+  refineKeyEnv,
+} from "./index.js";
 
 describe("parseEnv", () => {
   it("lists every problem without echoing values", () => {
@@ -32,5 +47,45 @@ describe("parseEnv", () => {
       "local",
     );
     expect(() => parseEnv(Env, { KEY_PROVIDER: "vault" })).toThrow(/VAULT_ADDR[\s\S]*VAULT_TOKEN/);
+  });
+});
+
+describe("audit key files", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-config-"));
+  const file = (name: string, text: string) => {
+    const p = path.join(dir, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const Env = CommonEnv.extend(KeyEnv.shape).extend(AuditEnv.shape).superRefine(refineAuditEnv);
+
+  it("reads base64 of at least 32 bytes, whitespace ignored", () => {
+    const key = randomBytes(32);
+    expect(readKeyFile(file("ok.key", `${key.toString("base64")}\n`)).equals(key)).toBe(true);
+  });
+
+  it("refuses a short, non-base64 or missing key file without echoing it", () => {
+    const short = randomBytes(16).toString("base64");
+    expect(() => readKeyFile(file("short.key", short))).toThrow(/holds a 16-byte key; at least 32 bytes/);
+    expect(() => readKeyFile(file("text.key", "not a key!"))).toThrow(/must hold base64/);
+    expect(() => readKeyFile(path.join(dir, "absent.key"))).toThrow(/cannot read .*absent\.key \(ENOENT\)/);
+    const problem = auditKeyProblem({ AUDIT_KEY_FILE: path.join(dir, "short.key"), LOCAL_KEYRING: "" });
+    expect(problem).toMatch(/^AUDIT_KEY_FILE: .*short\.key holds a 16-byte key/);
+    expect(problem).not.toContain(short);
+  });
+
+  it("requires a key file in production (the schema reads no file), and a dev keyring to derive one from otherwise", () => {
+    expect(() => parseEnv(Env, { NODE_ENV: "production" })).toThrow(/AUDIT_KEY_FILE: required in production/);
+    // The schema only checks presence: rendered manifests are checked where the file is not.
+    const elsewhere = "/run/nowhere/audit-key";
+    expect(parseEnv(Env, { NODE_ENV: "production", AUDIT_KEY_FILE: elsewhere }).AUDIT_KEY_FILE).toBe(elsewhere);
+    expect(auditKeyProblem({ AUDIT_KEY_FILE: elsewhere, LOCAL_KEYRING: "" })).toMatch(/cannot read .*\(ENOENT\)/);
+    expect(auditKeyProblem({ LOCAL_KEYRING: path.join(dir, "none.json") })).toMatch(
+      /AUDIT_KEY_FILE: not set, and no dev keyring/,
+    );
+    expect(auditKeyProblem({ LOCAL_KEYRING: file("keyring.json", "{}") })).toBeNull();
+    expect(
+      auditKeyProblem({ AUDIT_KEY_FILE: file("prod.key", randomBytes(32).toString("base64")), LOCAL_KEYRING: "" }),
+    ).toBeNull();
   });
 });

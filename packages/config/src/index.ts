@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
 
 export const SECOND = 1000;
@@ -114,4 +115,86 @@ export function refineKeyEnv(env: KeyEnv & { NODE_ENV: string }, ctx: z.Refineme
     });
   if (env.VAULT_AUTH === "kubernetes" && !env.VAULT_K8S_ROLE)
     ctx.addIssue({ code: "custom", path: ["VAULT_K8S_ROLE"], message: "required when VAULT_AUTH=kubernetes" });
+}
+
+/**
+ * Audit keys. Each process that writes audit records MACs them with its role's key,
+ * read from a file (never from Redis, never from the environment itself).
+ */
+export const AuditEnv = z.object({
+  /** This process's audit key: a file holding base64 of 32 random bytes (`openssl rand -base64 32`). */
+  AUDIT_KEY_FILE: z.string().min(1).optional(),
+  /** Keys `citadel audit verify` may use besides its own: comma-separated `path` or `role=path`. */
+  AUDIT_KEY_FILES: ListEnv.optional(),
+});
+export type AuditEnv = z.infer<typeof AuditEnv>;
+
+/** Bytes a key file must decode to. */
+export const KEY_FILE_MIN_BYTES = 32;
+
+/**
+ * Reads a key file: base64 (standard or url-safe, whitespace ignored) of at least 32
+ * bytes. The error names the file and the problem, never the contents.
+ */
+export function readKeyFile(file: string): Buffer {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new Error(`cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? "unreadable"})`);
+  }
+  const b64 = text.replace(/\s+/g, "");
+  if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(b64))
+    throw new Error(
+      `${file} must hold base64 of ${KEY_FILE_MIN_BYTES} random bytes (e.g. \`openssl rand -base64 32\`)`,
+    );
+  const key = Buffer.from(b64, "base64");
+  if (key.length < KEY_FILE_MIN_BYTES) {
+    key.fill(0);
+    throw new Error(`${file} holds a ${key.length}-byte key; at least ${KEY_FILE_MIN_BYTES} bytes are needed`);
+  }
+  return key;
+}
+
+/**
+ * The env rule for a process that writes audit records (API, worker): in production
+ * its key file is required. Pure, like every schema rule (rendered manifests are
+ * checked against it where the file does not exist); the file itself is checked at
+ * start-up by `checkAuditKeyOrExit`.
+ */
+export function refineAuditEnv(env: AuditEnv & { NODE_ENV: string }, ctx: z.RefinementCtx): void {
+  if (!env.AUDIT_KEY_FILE && env.NODE_ENV === "production") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["AUDIT_KEY_FILE"],
+      message: "required in production: a file holding this process's audit key (base64 of 32 random bytes)",
+    });
+  }
+}
+
+/**
+ * What keeps a process from having its audit key, or null: the key file given must
+ * be readable and long enough; without one (development) the dev keyring the key is
+ * derived from must exist.
+ */
+export function auditKeyProblem(env: AuditEnv & { LOCAL_KEYRING: string }): string | null {
+  if (env.AUDIT_KEY_FILE) {
+    try {
+      readKeyFile(env.AUDIT_KEY_FILE).fill(0);
+      return null;
+    } catch (err) {
+      return `AUDIT_KEY_FILE: ${(err as Error).message}`;
+    }
+  }
+  if (!existsSync(env.LOCAL_KEYRING))
+    return "AUDIT_KEY_FILE: not set, and no dev keyring at LOCAL_KEYRING to derive an audit key from (run `citadel keys init`)";
+  return null;
+}
+
+/** For a process entry point, after its env parsed: exits 78 naming the problem when the audit key cannot be had. */
+export function checkAuditKeyOrExit(env: AuditEnv & { LOCAL_KEYRING: string }, app: string): void {
+  const problem = auditKeyProblem(env);
+  if (problem === null) return;
+  process.stderr.write(`${app}: ${new ConfigError([problem]).message}\n`);
+  process.exit(78);
 }

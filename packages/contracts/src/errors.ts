@@ -14,6 +14,8 @@ export const ErrorCode = z.enum([
   "JOB_NOT_FOUND",
   "NOT_FOUND",
   "IDEMPOTENCY_CONFLICT",
+  /** The job an Idempotency-Key named no longer exists (its result expired): it is never run again. */
+  "IDEMPOTENCY_EXPIRED",
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
   // tensors against the manifest (API and worker re-validation)
@@ -30,6 +32,7 @@ export const ErrorCode = z.enum([
   "BATCH_TOO_LARGE",
   "BATCH_MISMATCH",
   "TIMEOUT_TOO_LARGE",
+  "TIMEOUT_TOO_SMALL",
   // abuse controls
   "RATE_LIMITED",
   "QUOTA_EXCEEDED",
@@ -52,6 +55,9 @@ export const ErrorCode = z.enum([
   "MODEL_IO_MISMATCH",
   "VAULT_UNAVAILABLE",
   "VAULT_DENIED",
+  // model lifecycle (operators)
+  "MODEL_RETIRED",
+  "VERSION_IS_STABLE",
   // execution (worker)
   "JOB_INVALID",
   "DEADLINE_EXCEEDED",
@@ -83,6 +89,9 @@ export function httpStatusFor(code: ErrorCode): number {
     case "NOT_FOUND":
       return 404;
     case "IDEMPOTENCY_CONFLICT":
+    case "IDEMPOTENCY_EXPIRED":
+    case "MODEL_RETIRED":
+    case "VERSION_IS_STABLE":
       return 409;
     case "PAYLOAD_TOO_LARGE":
       return 413;
@@ -101,6 +110,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case "BATCH_TOO_LARGE":
     case "BATCH_MISMATCH":
     case "TIMEOUT_TOO_LARGE":
+    case "TIMEOUT_TOO_SMALL":
     case "JOB_INVALID":
       return 422;
     case "RATE_LIMITED":

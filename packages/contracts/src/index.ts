@@ -1,3 +1,5 @@
+export * from "./audit.js";
+export * from "./canonical.js";
 export * from "./errors.js";
 export * from "./jobs.js";
 export * from "./manifest.js";

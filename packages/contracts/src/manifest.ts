@@ -83,6 +83,27 @@ export const SignedManifest = z.strictObject({
 });
 export type SignedManifest = z.infer<typeof SignedManifest>;
 
+/**
+ * A signed statement that a version must never be served again (its output policy was
+ * too loose, it leaked, it is broken). Signed with the manifest signer over canonical
+ * JSON; `schema` keeps a retirement's signature from ever verifying as a manifest's.
+ */
+export const RetirementBody = z.strictObject({
+  schema: z.literal("citadel.retirement/v1"),
+  name: ModelName,
+  version: ModelVersion,
+  retiredAt: z.string(),
+  reason: z.string().min(1).max(500).optional(),
+});
+export type RetirementBody = z.infer<typeof RetirementBody>;
+
+/** What the registry stores for a retired version. */
+export const SignedRetirement = z.strictObject({
+  retirement: RetirementBody,
+  signature: ManifestSignature,
+});
+export type SignedRetirement = z.infer<typeof SignedRetirement>;
+
 /** Routing for a model: a stable version and an optional canary with a weight in [0,1]. */
 export const ModelRouting = z.strictObject({
   stable: ModelVersion,

@@ -4,6 +4,7 @@ import {
   createHash,
   createPrivateKey,
   generateKeyPairSync,
+  hkdfSync,
   randomBytes,
   sign,
 } from "node:crypto";
@@ -13,13 +14,16 @@ import { CitadelError } from "@citadel/contracts";
 import type { DataKey, KeyProvider, ManifestSigner, SignerPublicKey } from "./provider.js";
 
 /**
- * The dev keyring: master keys per key name (versioned, like Transit keys) and an
- * ed25519 signing key. A file with mode 0600; the local provider refuses a looser one.
+ * The dev keyring: master keys per key name (versioned, like Transit keys), an
+ * ed25519 signing key and the audit key. A file with mode 0600; the local provider
+ * refuses a looser one.
  */
 interface Keyring {
   format: "citadel.keyring/v1";
   masterKeys: Record<string, { version: number; key: string }[]>;
   signing: { privateKeyPem: string; publicKey: string }[];
+  /** The dev audit key (32 random bytes, base64); absent in keyrings made before audit keys. */
+  audit?: { key: string };
 }
 
 const WRAPPED_RE = /^local:v(\d+):([A-Za-z0-9+/=]+)$/;
@@ -45,6 +49,7 @@ export function initKeyring(file: string, keyNames: readonly string[] = ["citade
     format: "citadel.keyring/v1",
     masterKeys: Object.fromEntries(keyNames.map((n) => [n, [{ version: 1, key: randomBytes(32).toString("base64") }]])),
     signing: [newSigningKey()],
+    audit: { key: randomBytes(32).toString("base64") },
   };
   writeKeyring(file, ring);
   return true;
@@ -169,6 +174,24 @@ export class LocalKeyProvider implements KeyProvider, ManifestSigner {
     if (!k) throw new CitadelError("SIGNATURE_MISSING", "the keyring has no signing key");
     const signature = sign(null, payload, createPrivateKey(k.privateKeyPem)).toString("base64");
     return { keyId: keyIdFor(k.publicKey), signature };
+  }
+
+  /**
+   * The dev audit key (every dev process shares it; production gives each role its own
+   * file). A keyring made before audit keys derives one from its first signing key,
+   * which never changes, so old keyrings keep working without being rewritten.
+   */
+  auditSecret(): Buffer {
+    if (this.ring.audit) return Buffer.from(this.ring.audit.key, "base64");
+    const first = this.ring.signing[0];
+    if (!first)
+      throw new CitadelError("KEY_UNWRAP_FAILED", "the keyring has no signing key to derive an audit key from");
+    const ikm = createPrivateKey(first.privateKeyPem).export({ format: "der", type: "pkcs8" });
+    try {
+      return Buffer.from(hkdfSync("sha256", ikm, "citadel-keyring", "citadel.audit.key/v1", 32));
+    } finally {
+      ikm.fill(0);
+    }
   }
 
   async publicKeys(): Promise<SignerPublicKey[]> {

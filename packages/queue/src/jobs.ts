@@ -43,7 +43,13 @@ export function parseFailure(reason: string | undefined): { code: string; messag
 
 const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
 
-/** The API's view of the per-model BullMQ queues. */
+/**
+ * The API's view of the per-model BullMQ queues. A Queue (and, for long-polls, a
+ * QueueEvents with its own Redis connection) is created per model on first use, so
+ * job ids are looked up only for published models: an id naming any other model is
+ * not found before anything is created (job ids carry their model, and anyone can
+ * make one up). `retain` closes what belongs to models no longer published.
+ */
 export class JobQueues {
   private readonly queues = new Map<string, Queue<JobData, JobResult>>();
   private readonly events = new Map<string, QueueEvents>();
@@ -55,7 +61,50 @@ export class JobQueues {
     private readonly blockingConnection: () => Redis,
     private readonly redis: Redis,
     readonly settings: QueueSettings,
+    /** Models whose jobs may be looked up (the API passes its catalog); none without it. */
+    private readonly isPublished: (model: string) => boolean = () => false,
   ) {}
+
+  /** How many Queue and QueueEvents objects are held (each QueueEvents holds a Redis connection). */
+  cached(): { queues: number; events: number } {
+    return { queues: this.queues.size, events: this.events.size };
+  }
+
+  /**
+   * Closes the queues and event listeners of models not in `published` (a model taken
+   * out of the registry), so the caches hold published models only.
+   */
+  async retain(published: Iterable<string>): Promise<void> {
+    const keep = new Set(published);
+    const gone = [...new Set([...this.queues.keys(), ...this.events.keys()])].filter((m) => !keep.has(m));
+    for (const model of gone) {
+      const q = this.queues.get(model);
+      const ev = this.events.get(model);
+      this.queues.delete(model);
+      this.events.delete(model);
+      await Promise.allSettled([q?.close(), ev?.close()]);
+      await Promise.allSettled([ev?.disconnect()]);
+    }
+  }
+
+  /** The model a job id names, when its jobs may be looked up; otherwise the job is not found. */
+  private modelOf(id: string): string {
+    const model = modelOfJobId(id);
+    if (!this.isPublished(model)) throw new CitadelError("JOB_NOT_FOUND", "no such job");
+    return model;
+  }
+
+  /**
+   * Whether a job with this id ever reached the queue and is still accounted for: its
+   * BullMQ hash exists (any state) or its cancellation left a tombstone. Reads keys
+   * only; creates no Queue, whatever model the id names.
+   */
+  async exists(id: string): Promise<boolean> {
+    const model = modelOfJobId(id);
+    // Two single-key reads: under a per-model hash tag the two keys sit in different slots.
+    if ((await this.redis.exists(keys.job(this.settings.prefix, model, id))) > 0) return true;
+    return (await this.redis.exists(keys.cancelled(this.settings.prefix, id))) > 0;
+  }
 
   queue(model: string): Queue<JobData, JobResult> {
     let q = this.queues.get(model);
@@ -91,14 +140,15 @@ export class JobQueues {
 
   /** A job visible to `tenant`, or JOB_NOT_FOUND (another tenant's job is not found). */
   async find(id: string, tenant: string): Promise<Job<JobData, JobResult> | null> {
-    const model = modelOfJobId(id);
+    const model = this.modelOf(id);
     const job = await this.queue(model).getJob(id);
     if (job && job.data.tenant !== tenant) throw new CitadelError("JOB_NOT_FOUND", "no such job");
     return job ?? null;
   }
 
   async view(id: string, tenant: string): Promise<JobView> {
-    const q = this.queue(modelOfJobId(id));
+    const model = this.modelOf(id);
+    const q = this.queue(model);
     // State first, then the hash: a job that fails in between still shows its reason
     // (the other order could pair "failed" with a hash read before failedReason was set).
     // Only the small fields are read: a status poll never pulls the job's input tensors.
@@ -117,7 +167,7 @@ export class JobQueues {
     if (owner.tenant !== tenant) throw new CitadelError("JOB_NOT_FOUND", "no such job");
     const base = {
       id,
-      model: modelOfJobId(id),
+      model,
       version: owner.version,
       createdAt: iso(Number(ts)) ?? new Date(0).toISOString(),
       ...(processedOn ? { startedAt: iso(Number(processedOn)) } : {}),
@@ -184,7 +234,7 @@ export class JobQueues {
         "PX",
         this.settings.failedTtlMs,
       );
-      await releaseQuota(this.redis, this.settings.prefix, job.data);
+      await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
       this.notify(id);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
@@ -227,7 +277,7 @@ export class JobQueues {
   }
 
   private async ensureEvents(model: string): Promise<void> {
-    if (this.events.has(model)) return;
+    if (this.events.has(model) || !this.isPublished(model)) return;
     const ev = new QueueEvents(queueName(model), {
       connection: this.blockingConnection(),
       prefix: this.settings.prefix,
@@ -299,17 +349,19 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   return { ...base, status: "queued" };
 }
 
-/** Gives a settled job's share back to its tenant's queue quota (EVALSHA after the first call). */
-export async function releaseQuota(
-  redis: Redis,
-  prefix: string,
-  data: Pick<JobData, "tenant" | "inputBytes">,
-): Promise<void> {
-  const r = redis as Redis & { citadelReleaseQuota?: (a: string, b: string, bytes: number) => Promise<unknown> };
-  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 2, lua: RELEASE_QUOTA });
-  await (r.citadelReleaseQuota as (a: string, b: string, bytes: number) => Promise<unknown>)(
-    keys.tenantQueuedJobs(prefix, data.tenant),
-    keys.tenantQueuedBytes(prefix, data.tenant),
-    data.inputBytes,
+type ReleaseQuota = (jobs: string, bytes: string, held: string) => Promise<number>;
+
+/**
+ * Gives a settled job's share back to its tenant's queue quota, at most once per job
+ * (see RELEASE_QUOTA); true when this call gave it back. EVALSHA after the first call.
+ */
+export async function releaseQuota(redis: Redis, prefix: string, tenant: string, jobId: string): Promise<boolean> {
+  const r = redis as Redis & { citadelReleaseQuota?: ReleaseQuota };
+  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 3, lua: RELEASE_QUOTA });
+  const released = await (r.citadelReleaseQuota as ReleaseQuota)(
+    keys.tenantQueuedJobs(prefix, tenant),
+    keys.tenantQueuedBytes(prefix, tenant),
+    keys.quotaHeld(prefix, tenant, jobId),
   );
+  return released === 1;
 }

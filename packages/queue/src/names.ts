@@ -29,14 +29,30 @@ export const keys = {
   /** Per-tenant queued jobs and input bytes: added by the API on accept, released when a job settles. */
   tenantQueuedJobs: (prefix: string, tenant: string) => `${prefix}:queued-jobs:${tenant}`,
   tenantQueuedBytes: (prefix: string, tenant: string) => `${prefix}:queued-bytes:${tenant}`,
-  idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idem:${tenant}:${keyHash}`,
+  /**
+   * A job's reservation in its tenant's counters (value: its input bytes), set when the
+   * API reserves and deleted by whoever releases it: release happens at most once per
+   * job, whoever races to it (a cancel and a worker settling the same job).
+   */
+  quotaHeld: (prefix: string, tenant: string, jobId: string) => `${prefix}:quota-held:${tenant}:${jobId}`,
+  /** An Idempotency-Key's entry (a hash: job id, fingerprint, state; see apps/api idempotency.ts). */
+  idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idempotency:${tenant}:${keyHash}`,
+  /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */
+  job: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}`,
 };
 
-/** Releases a settled job's share of its tenant's queue quota (never below zero). */
+/**
+ * Releases a settled job's share of its tenant's queue quota, once: only the caller that
+ * deletes the job's reservation marker (KEYS[3], holding its bytes) gives the share back.
+ * Never below zero. Returns 1 when this call released it, 0 when it was already released.
+ */
 export const RELEASE_QUOTA = `
+local bytes = redis.call('GET', KEYS[3])
+if not bytes then return 0 end
+redis.call('DEL', KEYS[3])
 local j = redis.call('DECR', KEYS[1])
 if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], ARGV[1])
+local b = redis.call('DECRBY', KEYS[2], bytes)
 if b < 0 then redis.call('SET', KEYS[2], 0) end
-return j
+return 1
 `;

@@ -1,4 +1,4 @@
-import { CitadelError, ModelRouting, type SignedManifest } from "@citadel/contracts";
+import { CitadelError, ModelRouting, type SignedManifest, type SignedRetirement } from "@citadel/contracts";
 import type { Redis } from "ioredis";
 
 /**
@@ -22,6 +22,10 @@ export class ModelRegistry {
 
   private manifestsKey(name: string): string {
     return `${this.prefix}:registry:manifests:${name}`;
+  }
+
+  private retiredKey(name: string): string {
+    return `${this.prefix}:registry:retired:${name}`;
   }
 
   /**
@@ -84,6 +88,30 @@ export class ModelRegistry {
     return parsed.data;
   }
 
+  /**
+   * Stores a signed retirement and, in the same transaction, the routing without the
+   * retired version (the caller refuses to retire the stable one). Readers honour a
+   * retirement only when its signature verifies.
+   */
+  async retire(signed: SignedRetirement, routing: ModelRouting | null): Promise<void> {
+    const { name, version } = signed.retirement;
+    const m = this.redis.multi().hset(this.retiredKey(name), version, JSON.stringify(signed));
+    if (routing) m.hset(this.routingKey, name, JSON.stringify(ModelRouting.parse(routing)));
+    await m.publish(this.channel, JSON.stringify({ name, version })).exec();
+  }
+
+  /** The stored retirement of a version as parsed JSON (unverified), or null. */
+  async getRetirement(name: string, version: string): Promise<unknown | null> {
+    const raw = await this.redis.hget(this.retiredKey(name), version);
+    return raw === null ? null : parseOrRaw(raw);
+  }
+
+  /** Every stored retirement of a model, by version (unverified). */
+  async retirements(name: string): Promise<Map<string, unknown>> {
+    const all = await this.redis.hgetall(this.retiredKey(name));
+    return new Map(Object.entries(all).map(([v, raw]) => [v, parseOrRaw(raw)]));
+  }
+
   /** Replaces a stored manifest as-is (operators and tamper tests; no routing change). */
   async putRaw(name: string, version: string, raw: string): Promise<void> {
     await this.redis
@@ -98,4 +126,13 @@ export class ModelRegistry {
 export function pickVersion(routing: ModelRouting, rand: number): string {
   if (routing.canary && routing.canaryWeight > 0 && rand < routing.canaryWeight) return routing.canary;
   return routing.stable;
+}
+
+/** JSON if it parses, else the raw string: a verifier then refuses it with its own code. */
+function parseOrRaw(raw: string): unknown {
+  try {
+    return JSON.parse(raw) as unknown;
+  } catch {
+    return raw;
+  }
 }

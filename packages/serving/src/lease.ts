@@ -96,7 +96,7 @@ export class JobLease {
   async complete(l: LeasedJob, result: JobResult, data: JobData): Promise<boolean> {
     try {
       await l.job.moveToCompleted(result, l.token, false);
-      await Promise.all([this.dropJobInputs(l, data), releaseQuota(this.o.redis, this.o.prefix, data)]);
+      await Promise.all([this.dropJobInputs(l, data), releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id)]);
       return true;
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not complete job (lock lost)");
@@ -119,7 +119,7 @@ export class JobLease {
       if (final) {
         await Promise.all([
           this.dropJobInputs(l, data),
-          data ? releaseQuota(this.o.redis, this.o.prefix, data) : Promise.resolve(),
+          data ? releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id) : Promise.resolve(),
         ]);
       }
       return { final };

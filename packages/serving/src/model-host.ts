@@ -1,4 +1,4 @@
-import { openArtifact, verifyManifest } from "@citadel/artifacts";
+import { openArtifact, verifyManifest, verifyRetirement } from "@citadel/artifacts";
 import type { AuditSink } from "@citadel/audit";
 import { CitadelError, coerceError, type ManifestBody, type TrustedSigner } from "@citadel/contracts";
 import type { KeyProvider } from "@citadel/keys";
@@ -89,6 +89,14 @@ export class ModelHost {
     const t0 = performance.now();
     let manifest: ManifestBody | undefined;
     try {
+      // Only routed versions are served: an old version (say, one published before its
+      // output policy was tightened) cannot be loaded just because a job names it, and a
+      // retired one not even when a Redis writer routes it again.
+      const routing = await o.registry.getRouting(name);
+      if (routing?.stable !== version && routing?.canary !== version)
+        throw new CitadelError("MODEL_NOT_FOUND", `${name}@${version} is not routed`);
+      if (retiredByTrustedSigner(await o.registry.getRetirement(name, version), name, version, o))
+        throw new CitadelError("MODEL_NOT_FOUND", `${name}@${version} is retired`);
       const raw = await o.registry.getManifest(name, version);
       if (raw === null) throw new CitadelError("MODEL_NOT_FOUND", `${name}@${version} is not in the registry`);
       manifest = verifyManifest(raw, o.trusted(), { name, version });
@@ -154,5 +162,27 @@ export class ModelHost {
     const all = [...this.loaded.values()];
     this.loaded.clear();
     await Promise.allSettled(all.map(async (p) => (await p).runner.close()));
+  }
+}
+
+/**
+ * Whether a stored retirement holds: signed by a pinned signer, for this version. A
+ * forged one is ignored (with a warning), so a Redis writer cannot deny service with it.
+ */
+function retiredByTrustedSigner(
+  raw: unknown,
+  name: string,
+  version: string,
+  o: Pick<ModelHostOptions, "trusted" | "log">,
+): boolean {
+  if (raw === null) return false;
+  try {
+    verifyRetirement(raw, o.trusted(), { name, version });
+    return true;
+  } catch (err) {
+    const e = coerceError(err);
+    const code = e instanceof CitadelError ? e.code : "MANIFEST_INVALID";
+    o.log.warn({ model: name, version, code, reason: e.message }, "ignoring a retirement that does not verify");
+    return false;
   }
 }

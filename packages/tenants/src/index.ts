@@ -14,6 +14,11 @@ export const Tenant = z.strictObject({
   sampleRate: z.number().positive().default(500),
   sampleBurst: z.number().int().positive().default(2000),
   maxQueuedJobs: z.number().int().positive().default(10_000),
+  /**
+   * May submit `priority: "high"` (jumps ahead of every tenant's queued work). A right
+   * given explicitly, never by default: one tenant's urgent jobs delay everyone else's.
+   */
+  allowHighPriority: z.boolean().default(false),
   /** Per-model output-policy overrides (only ever tighten the model's policy). */
   outputPolicy: z.record(z.string(), OutputPolicy).default({}),
   roles: z.array(z.enum(["tenant", "admin", "ops-read"])).default(["tenant"]),

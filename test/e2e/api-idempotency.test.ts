@@ -1,0 +1,330 @@
+import { type AuditKey, AuditWriter } from "@citadel/audit";
+import { type JobData, JobRequest, type Priority } from "@citadel/contracts";
+import { buildIdentityModel } from "@citadel/onnx";
+import { bullConnection, JobQueues, queueName, type Redis, redisClient, releaseQuota } from "@citadel/queue";
+import { ModelRegistry } from "@citadel/registry";
+import { createLogger, createRegistry } from "@citadel/telemetry";
+import { TenantStore } from "@citadel/tenants";
+import { Queue } from "bullmq";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ModelCatalog } from "../../apps/api/src/catalog.js";
+import { DenialAggregator } from "../../apps/api/src/denials.js";
+import { RateLimiter } from "../../apps/api/src/limits.js";
+import { apiMetrics } from "../../apps/api/src/metrics.js";
+import { Submitter } from "../../apps/api/src/submit.js";
+import { pollUntil, publishModel, queueCounts, readAudit } from "../support/api-kit.js";
+import { LogCapture, startTestFleet, type TestFleet } from "../support/fleet.js";
+
+// Issue 10 point 7: replaying an Idempotency-Key answers with the first job's state and
+// never runs its work again; quota counters never fall below what is really queued;
+// and a crash or a lost reply between claim and enqueue still yields exactly one job.
+
+const tiny = buildIdentityModel("float32", ["N", 4]);
+const spec = {
+  maxBatch: 8,
+  maxQueueDelayMs: 2,
+  timeoutMs: 4000,
+  inputs: { x: { range: [-10, 10] as [number, number] } },
+};
+const MODELS = ["idem-cancel", "idem-quota", "idem-done", "idem-fault"] as const;
+const job = (model: string, v = 0.5) => ({
+  model,
+  inputs: { x: { dtype: "float32", shape: [1, 4], data: [v, v, v, v] } },
+});
+const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
+
+let fleet: TestFleet;
+
+beforeAll(async () => {
+  fleet = await startTestFleet({ workers: 0 });
+  for (const name of MODELS) await publishModel(fleet, tiny, { name, version: "1", spec });
+});
+afterAll(async () => {
+  await fleet?.close();
+});
+
+/** The tenant's queued-jobs counter, as the API's quota check reads it. */
+async function quota(tenant: string): Promise<number> {
+  return Number((await fleet.redis.get(`${fleet.prefix}:queued-jobs:${tenant}`)) ?? 0);
+}
+
+/** Jobs of a model that are really queued or running (each test's model has one tenant). */
+async function live(model: string): Promise<number> {
+  const c = await queueCounts(fleet, model);
+  return c.waiting + c.prioritized + c.delayed + c.active;
+}
+
+async function acceptedRecords(id: string): Promise<number> {
+  return (await readAudit(fleet)).filter((r) => r.event === "job.accepted" && r.jobId === id).length;
+}
+
+describe("Idempotency-Key replays", () => {
+  it("answer a cancelled job as cancelled and never queue it again", async () => {
+    const key = await fleet.addTenant({ id: "idem-c", models: ["*"] });
+    const h = { ...bearer(key), "idempotency-key": "cancel-me" };
+    const first = await fleet.request("POST", "/v1/jobs", job("idem-cancel"), h);
+    expect(first.status).toBe(202);
+    const id = first.json.id as string;
+    const del = await fleet.request("DELETE", `/v1/jobs/${id}`, undefined, bearer(key));
+    expect(del.json.status).toBe("cancelled");
+    for (let i = 0; i < 3; i++) {
+      const again = await fleet.request("POST", "/v1/jobs", job("idem-cancel"), h);
+      expect([again.status, again.json]).toEqual([
+        202,
+        { id, status: "cancelled", model: "idem-cancel", version: "1" },
+      ]);
+    }
+    expect((await queueCounts(fleet, "idem-cancel")).total).toBe(0);
+    expect(await quota("idem-c")).toBe(0);
+    expect(await acceptedRecords(id)).toBe(1);
+    // A bulk replay answers the same way, item by item.
+    const b = { ...bearer(key), "idempotency-key": "bulk-cancel" };
+    const bulk = await fleet.request(
+      "POST",
+      "/v1/jobs/bulk",
+      { jobs: [job("idem-cancel", 1), job("idem-cancel", 2)] },
+      b,
+    );
+    const [x, y] = bulk.json.jobs as { id: string }[];
+    await fleet.request("DELETE", `/v1/jobs/${x?.id}`, undefined, bearer(key));
+    const replay = await fleet.request(
+      "POST",
+      "/v1/jobs/bulk",
+      { jobs: [job("idem-cancel", 1), job("idem-cancel", 2)] },
+      b,
+    );
+    expect(replay.json.jobs.map((j: { id: string; status: string }) => [j.id, j.status])).toEqual([
+      [x?.id, "cancelled"],
+      [y?.id, "queued"],
+    ]);
+    expect((await queueCounts(fleet, "idem-cancel")).total).toBe(1);
+    expect(await quota("idem-c")).toBe(1);
+  });
+
+  it("never drive the tenant's quota counter below what is really queued", async () => {
+    const key = await fleet.addTenant({ id: "idem-q", models: ["*"], maxQueuedJobs: 3 });
+    const check = async (what: string) => {
+      const [q, n] = [await quota("idem-q"), await live("idem-quota")];
+      expect(q, `${what}: counter ${q}, queued ${n}`).toBe(n);
+      expect(n, what).toBeLessThanOrEqual(3);
+    };
+    const a = await fleet.request("POST", "/v1/jobs", job("idem-quota", 1), {
+      ...bearer(key),
+      "idempotency-key": "qa",
+    });
+    const b = await fleet.request("POST", "/v1/jobs", job("idem-quota", 2), {
+      ...bearer(key),
+      "idempotency-key": "qb",
+    });
+    expect([a.status, b.status]).toEqual([202, 202]);
+    await check("two queued");
+    await fleet.request("DELETE", `/v1/jobs/${a.json.id}`, undefined, bearer(key));
+    await check("one cancelled");
+    for (let i = 0; i < 3; i++) {
+      await fleet.request("POST", "/v1/jobs", job("idem-quota", 1), { ...bearer(key), "idempotency-key": "qa" });
+      await fleet.request("POST", "/v1/jobs", job("idem-quota", 2), { ...bearer(key), "idempotency-key": "qb" });
+    }
+    await check("after replays");
+    const answers = [];
+    for (let i = 0; i < 4; i++)
+      answers.push((await fleet.request("POST", "/v1/jobs", job("idem-quota", 3 + i), bearer(key))).status);
+    // Two more fit under the cap of 3; the rest are refused.
+    expect(answers).toEqual([202, 202, 429, 429]);
+    await check("at the cap");
+  });
+
+  it("answer a completed job as completed; once it is gone, 409 and no second run", async () => {
+    const key = await fleet.addTenant({ id: "idem-d", models: ["*"] });
+    const h = { ...bearer(key), "idempotency-key": "run-once" };
+    await fleet.startWorker();
+    const first = await fleet.request("POST", "/v1/jobs", job("idem-done"), h);
+    expect(first.status).toBe(202);
+    const id = first.json.id as string;
+    const done = await fleet.request("GET", `/v1/jobs/${id}?wait=30000`, undefined, bearer(key));
+    expect(done.json.status).toBe("completed");
+    const again = await fleet.request("POST", "/v1/jobs", job("idem-done"), h);
+    expect([again.status, again.json]).toEqual([202, { id, status: "completed", model: "idem-done", version: "1" }]);
+    expect((await queueCounts(fleet, "idem-done")).total).toBe(1);
+    // The result expires (simulated: the job is removed from BullMQ as its retention would).
+    const q = new Queue(queueName("idem-done"), { connection: fleet.redis, prefix: fleet.prefix });
+    try {
+      await q.remove(id);
+    } finally {
+      await q.close();
+    }
+    const gone = await fleet.request("POST", "/v1/jobs", job("idem-done"), h);
+    expect([gone.status, gone.json.error?.code]).toEqual([409, "IDEMPOTENCY_EXPIRED"]);
+    expect(gone.json.error.message).toMatch(/no longer exists/);
+    expect((await queueCounts(fleet, "idem-done")).total).toBe(0);
+    expect(await quota("idem-d")).toBe(0);
+    const completed = (await readAudit(fleet)).filter((r) => r.event === "job.completed" && r.jobId === id);
+    expect(completed).toHaveLength(1);
+  });
+});
+
+type Fault = "none" | "refused" | "lost-reply" | "hang";
+
+/** The real queues with one injected fault on the next enqueue. */
+class FaultyQueues extends JobQueues {
+  fault: Fault = "none";
+  override async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]) {
+    const f = this.fault;
+    this.fault = "none";
+    if (f === "refused") throw new Error("read ECONNRESET (injected before the write)");
+    if (f === "hang") return new Promise<void>(() => undefined);
+    await super.enqueueMany(model, items);
+    if (f === "lost-reply") throw new Error("read ECONNRESET (injected after the write)");
+  }
+}
+
+describe("a job's share of the quota", () => {
+  it("is given back once, whoever settles the job (a cancel racing a worker cannot release it twice)", async () => {
+    const key = await fleet.addTenant({ id: "idem-once", models: ["*"] });
+    // No worker: the jobs stay queued, and the test plays the worker's part.
+    await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+    const ids: string[] = [];
+    for (const v of [0.1, 0.2, 0.3]) {
+      const r = await fleet.request("POST", "/v1/jobs", job("idem-quota", v), bearer(key));
+      expect(r.status).toBe(202);
+      ids.push(r.json.id);
+    }
+    expect(await quota("idem-once")).toBe(3);
+    const [first, second] = ids as [string, string];
+    // The API cancels the first job (it releases its share) ...
+    expect((await fleet.request("DELETE", `/v1/jobs/${first}`, undefined, bearer(key))).json.status).toBe("cancelled");
+    expect(await quota("idem-once")).toBe(2);
+    // ... and a worker that had also settled it releases again: nothing moves.
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", first)).toBe(false);
+    expect(await quota("idem-once")).toBe(2);
+    // A worker settling the second job releases it once, however often it is asked.
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(true);
+    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(false);
+    expect(await quota("idem-once")).toBe(1);
+    expect(Number(await fleet.redis.get(`${fleet.prefix}:queued-bytes:idem-once`))).toBe(16);
+  });
+});
+
+describe("a fault between claim and enqueue", () => {
+  const clients: Redis[] = [];
+  const closers: (() => Promise<void>)[] = [];
+
+  /** A Submitter as startApi composes it, over the fleet's Redis, with its own queues. */
+  async function submitter(enqueueTimeoutMs: number): Promise<{ s: Submitter; queues: FaultyQueues }> {
+    const url = fleet.env.REDIS_URL ?? "";
+    const redis = redisClient(url, () => undefined);
+    const conn = redisClient(url, () => undefined, { enableAutoPipelining: false });
+    clients.push(redis, conn);
+    const settings = {
+      prefix: fleet.prefix,
+      resultTtlMs: 3_600_000,
+      failedTtlMs: 3_600_000,
+      attempts: 1,
+      backoffMs: 100,
+    };
+    const trusted = await (await fleet.ctx.keys()).publicKeys();
+    const log = createLogger({ name: "test-submitter", destination: new LogCapture() });
+    const catalog = new ModelCatalog(new ModelRegistry(redis, fleet.prefix), () => trusted, log);
+    await catalog.refresh();
+    const queues = new FaultyQueues(
+      conn,
+      () => bullConnection(url, () => undefined),
+      redis,
+      settings,
+      (m) => catalog.models().includes(m),
+    );
+    const audit = new AuditWriter(redis, fleet.prefix, "test-submitter", log, fleet.auditKeys[0] as AuditKey);
+    const denials = new DenialAggregator(audit, { windowMs: 10_000, maxSources: 100 });
+    closers.push(async () => {
+      denials.close();
+      await queues.close();
+      await audit.close();
+    });
+    const deps = {
+      redis,
+      queues,
+      catalog,
+      limiter: new RateLimiter(redis, fleet.prefix),
+      audit,
+      denials,
+      metrics: apiMetrics(createRegistry("t", false)),
+      log,
+    };
+    const s = new Submitter(deps, {
+      prefix: fleet.prefix,
+      queueTtlMs: 60_000,
+      maxQueueDepth: 10_000,
+      maxTenantQueuedBytes: 1 << 30,
+      idempotencyTtlMs: 86_400_000,
+      enqueueTimeoutMs,
+      minJobTimeoutMs: 100,
+    });
+    return { s, queues };
+  }
+
+  beforeAll(async () => {
+    // No worker may take these jobs: they must stay countable.
+    await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+    await fleet.addTenant({ id: "idem-f", models: ["*"] });
+  });
+  afterAll(async () => {
+    for (const c of closers) await c();
+    for (const c of clients) await c.quit();
+  });
+
+  const tenantOf = async () => {
+    const t = await new TenantStore(fleet.redis, fleet.prefix).get("idem-f");
+    if (!t) throw new Error("no tenant");
+    return t;
+  };
+  const ctx = async (k: string) => ({
+    tenant: await tenantOf(),
+    requestId: `r-${k}`,
+    clientIp: "127.0.0.1",
+    idempotencyKey: k,
+  });
+  const req = (v: number) => JobRequest.parse(job("idem-fault", v));
+  const balanced = async (what: string) => {
+    await pollUntil(
+      `${what}: counter equals queued jobs`,
+      async () => (await quota("idem-f")) === (await live("idem-fault")),
+    );
+  };
+
+  it("a lost reply: the job landed; the 503's retry gets it, the quota counts it once", async () => {
+    const { s, queues } = await submitter(10_000);
+    const before = await live("idem-fault");
+    queues.fault = "lost-reply";
+    await expect(s.submitOne(req(1), await ctx("lost"))).rejects.toMatchObject({ code: "QUEUE_UNAVAILABLE" });
+    const again = await s.submitOne(req(1), await ctx("lost"));
+    expect(again.status).toBe("queued");
+    expect(await live("idem-fault")).toBe(before + 1);
+    await balanced("lost reply");
+    await pollUntil("one job.accepted record", async () => (await acceptedRecords(again.id)) === 1);
+  });
+
+  it("a refused write: nothing landed; the reservation is given back and a retry queues one job", async () => {
+    const { s, queues } = await submitter(10_000);
+    const before = await live("idem-fault");
+    queues.fault = "refused";
+    await expect(s.submitOne(req(2), await ctx("refused"))).rejects.toMatchObject({ code: "QUEUE_UNAVAILABLE" });
+    await balanced("refused");
+    const again = await s.submitOne(req(2), await ctx("refused"));
+    expect(await live("idem-fault")).toBe(before + 1);
+    await balanced("refused, then retried");
+    expect(await acceptedRecords(again.id)).toBe(1);
+  });
+
+  it("a crash mid-enqueue: another API instance queues the job on retry, once, with its reservation", async () => {
+    const crashed = await submitter(300);
+    const before = await live("idem-fault");
+    crashed.queues.fault = "hang";
+    await expect(crashed.s.submitOne(req(3), await ctx("crash"))).rejects.toMatchObject({ code: "QUEUE_UNAVAILABLE" });
+    const restarted = await submitter(10_000);
+    const again = await restarted.s.submitOne(req(3), await ctx("crash"));
+    const twice = await restarted.s.submitOne(req(3), await ctx("crash"));
+    expect([again.status, twice.id]).toEqual(["queued", again.id]);
+    expect(await live("idem-fault")).toBe(before + 1);
+    await balanced("crash");
+    await pollUntil("one job.accepted record", async () => (await acceptedRecords(again.id)) === 1);
+  });
+});

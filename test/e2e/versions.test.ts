@@ -1,0 +1,201 @@
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import path from "node:path";
+import { verifyRetirement } from "@citadel/artifacts";
+import { repoRoot } from "@citadel/cli/fleet";
+import type { JobData } from "@citadel/contracts";
+import { buildConvNet } from "@citadel/onnx";
+import { JobQueues } from "@citadel/queue";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pollUntil, queueCounts, readAudit } from "../support/api-kit.js";
+import { b64, type Loose, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
+
+// Only routed versions (stable, canary) are served: an old version published before a
+// policy was tightened cannot be asked for by number, loaded by a worker from a job
+// injected into Redis, or routed again once retired.
+
+let fleet: TestFleet;
+let queues: JobQueues;
+const x = () => ({
+  x: { dtype: "float32" as const, shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) },
+});
+
+beforeAll(async () => {
+  fleet = await startTestFleet({ workers: 1 });
+  queues = new JobQueues(
+    new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+    () => new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+    fleet.redis,
+    { prefix: fleet.prefix, resultTtlMs: 60_000, failedTtlMs: 60_000, attempts: 3, backoffMs: 10 },
+  );
+});
+afterAll(async () => {
+  await queues?.close();
+  await fleet?.close();
+});
+
+function citadel(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH ?? "", ...fleet.env },
+  });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+/** Publishes two versions: 1 with full outputs, then 2 (label only) as the stable one. */
+async function twoVersions(name: string): Promise<void> {
+  await fleet.publish(buildConvNet({ seed: 1 }), { name, version: "1", spec: {} });
+  await fleet.publish(
+    buildConvNet({ seed: 2 }),
+    { name, version: "2", spec: { outputPolicy: { labelOnly: true } } },
+    { stable: true },
+  );
+}
+
+/** Enqueues straight onto BullMQ, as a Redis writer could. */
+async function enqueueDirect(model: string, version: string): Promise<string> {
+  const id = `${model}.${randomBytes(18).toString("base64url")}`;
+  const data: JobData = {
+    tenant: "acme",
+    model,
+    version,
+    inputs: x(),
+    batch: 1,
+    inputBytes: 12288,
+    timeoutMs: 5000,
+    acceptedAt: Date.now(),
+    deadline: Date.now() + 60_000,
+    requestId: "versions-test",
+  };
+  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
+  return id;
+}
+
+async function finalView(id: string): Promise<Loose> {
+  return pollUntil(
+    `job ${id} to finish`,
+    async () => {
+      const r = await fleet.request("GET", `/v1/jobs/${id}?wait=5000`);
+      return r.json.status !== "queued" && r.json.status !== "active" ? r.json : undefined;
+    },
+    60_000,
+  );
+}
+
+async function modelEvents(event: string, model: string, version: string) {
+  return (await readAudit(fleet)).filter((r) => r.event === event && r.model === model && r.version === version);
+}
+
+describe("only routed versions are served", () => {
+  it("the API refuses a job naming an unrouted version, without saying which versions exist; nothing is enqueued", async () => {
+    await twoVersions("old");
+    const before = await queueCounts(fleet, "old");
+    const one = await fleet.request("POST", "/v1/jobs", { model: "old", version: "1", inputs: x() });
+    expect(one.status, JSON.stringify(one.json)).toBe(404);
+    expect(one.json.error.code).toBe("MODEL_NOT_FOUND");
+    expect(one.json.error.message).not.toMatch(/\b2\b/);
+    const bulk = await fleet.request("POST", "/v1/jobs/bulk", { jobs: [{ model: "old", version: "1", inputs: x() }] });
+    expect(bulk.json.jobs[0]).toMatchObject({ status: 404, error: { code: "MODEL_NOT_FOUND" } });
+    expect((await queueCounts(fleet, "old")).total).toBe(before.total);
+    expect((await readAudit(fleet)).some((r) => r.event === "job.accepted" && r.model === "old")).toBe(false);
+    // The routed version is served, with its policy.
+    const two = await fleet.request("POST", "/v1/jobs", { model: "old", version: "2", inputs: x() });
+    expect(two.status).toBe(202);
+    const done = await finalView(two.json.id);
+    expect(done.status).toBe("completed");
+    expect(done.result.outputs.probs.dtype).toBe("int32");
+  });
+
+  it("a worker fails a job injected into Redis for an unrouted version without loading it", async () => {
+    await twoVersions("injected");
+    const view = await finalView(await enqueueDirect("injected", "1"));
+    expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
+    expect(await modelEvents("model.loaded", "injected", "1")).toEqual([]);
+    expect((await modelEvents("model.rejected", "injected", "1"))[0]).toMatchObject({ errorCode: "MODEL_NOT_FOUND" });
+  });
+});
+
+describe("citadel retire", () => {
+  it("refuses the stable version; retires another with a signed, audited statement; a retired version is never routed again", async () => {
+    await fleet.publish(buildConvNet({ seed: 1 }), { name: "ret", version: "1", spec: {} });
+    await fleet.publish(buildConvNet({ seed: 2 }), { name: "ret", version: "2", spec: {} }, { canaryWeight: 0.5 });
+    const stable = citadel("retire", "ret", "1");
+    expect(stable.code).toBe(1);
+    expect(stable.err).toMatch(/VERSION_IS_STABLE: ret@1 is the stable version; make another version stable first/);
+    expect(citadel("route", "ret", "--stable", "2").code).toBe(0);
+    const retired = citadel("retire", "ret", "1", "--reason", "published before the output policy was tightened");
+    expect(retired.code, retired.err).toBe(0);
+    expect(retired.out).toMatch(/retired ret@1/);
+    // The statement in Redis is signed by the pinned signer and names the version.
+    const stored = await fleet.ctx.registry.getRetirement("ret", "1");
+    expect(verifyRetirement(stored, await fleet.ctx.trusted(), { name: "ret", version: "1" }).reason).toBe(
+      "published before the output policy was tightened",
+    );
+    const rec = await pollUntil("the model.retired audit record", async () =>
+      (await modelEvents("model.retired", "ret", "1")).at(0),
+    );
+    expect(rec.detail).toBe("published before the output policy was tightened");
+    // Retiring the canary takes it out of routing in the same step.
+    await fleet.publish(buildConvNet({ seed: 3 }), { name: "ret", version: "3", spec: {} }, { canaryWeight: 0.5 });
+    expect(citadel("retire", "ret", "3").code).toBe(0);
+    expect(await fleet.ctx.registry.getRouting("ret")).toEqual({ stable: "2", canaryWeight: 0 });
+    // Routing it again, by route or by publish, is refused.
+    const again = citadel("route", "ret", "--stable", "1");
+    expect([again.code, again.err]).toEqual([1, expect.stringMatching(/MODEL_RETIRED: ret@1 is retired/)]);
+    const canary = citadel("route", "ret", "--stable", "2", "--canary", "1", "--weight", "0.5");
+    expect(canary.err).toMatch(/MODEL_RETIRED/);
+    await expect(fleet.publish(buildConvNet({ seed: 1 }), { name: "ret", version: "1", spec: {} })).rejects.toThrow(
+      /ret@1 is retired/,
+    );
+    // A Redis writer puts it back as the stable version: the API and the worker still refuse it.
+    await fleet.redis.hset(`${fleet.prefix}:registry:routing`, "ret", JSON.stringify({ stable: "1", canaryWeight: 0 }));
+    await fleet.redis.publish(`${fleet.prefix}:registry:changed`, JSON.stringify({ name: "ret" }));
+    await pollUntil("the API to stop listing ret", async () => {
+      const r = await fleet.request("GET", "/v1/models");
+      return !(r.json.models as { name: string }[]).some((m) => m.name === "ret");
+    });
+    for (const version of ["1", undefined]) {
+      const sub = await fleet.request("POST", "/v1/jobs", { model: "ret", version, inputs: x() });
+      expect([sub.status, sub.json.error?.code]).toEqual([404, "MODEL_NOT_FOUND"]);
+    }
+    const view = await finalView(await enqueueDirect("ret", "1"));
+    expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
+    expect(await modelEvents("model.loaded", "ret", "1")).toEqual([]);
+  });
+
+  it("ignores a forged retirement, with a warning: it cannot deny service", async () => {
+    await fleet.publish(buildConvNet({ seed: 5 }), { name: "forged", version: "1", spec: {} });
+    const statement = {
+      schema: "citadel.retirement/v1",
+      name: "forged",
+      version: "1",
+      retiredAt: new Date().toISOString(),
+    };
+    await fleet.redis.hset(
+      `${fleet.prefix}:registry:retired:forged`,
+      "1",
+      JSON.stringify({
+        retirement: statement,
+        signature: { alg: "ed25519", keyId: "local:0000000000000000", value: randomBytes(64).toString("base64") },
+      }),
+    );
+    await fleet.redis.publish(`${fleet.prefix}:registry:changed`, JSON.stringify({ name: "forged" }));
+    const sub = await fleet.request("POST", "/v1/jobs", { model: "forged", version: "1", inputs: x() });
+    expect(sub.status, JSON.stringify(sub.json)).toBe(202);
+    expect((await finalView(sub.json.id)).status).toBe("completed");
+    const route = citadel("route", "forged", "--stable", "1");
+    expect(route.code, route.err).toBe(0);
+    expect(route.err).toMatch(/ignoring a retirement of forged@1 that does not verify \(SIGNER_UNTRUSTED\)/);
+    await pollUntil(
+      "the API's and the worker's warnings",
+      async () =>
+        fleet.logs.lines.some(
+          (l) => l.includes('"ignoring a retirement that does not verify"') && l.includes("citadel-worker"),
+        ) &&
+        fleet.logs.lines.some(
+          (l) => l.includes('"ignoring a retirement that does not verify"') && l.includes("citadel-api"),
+        ),
+    );
+  });
+});
