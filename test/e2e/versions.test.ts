@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import path from "node:path";
-import { verifyRetirement } from "@citadel/artifacts";
+import { signRetirement, verifyRetirement } from "@citadel/artifacts";
 import { repoRoot } from "@citadel/cli/fleet";
 import type { JobData } from "@citadel/contracts";
 import { buildConvNet } from "@citadel/onnx";
@@ -162,6 +162,27 @@ describe("citadel retire", () => {
     const view = await finalView(await enqueueDirect("ret", "1"));
     expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
     expect(await modelEvents("model.loaded", "ret", "1")).toEqual([]);
+  });
+
+  it("a loaded version is unloaded once retired, even when a Redis writer routes it again in the same breath", async () => {
+    await fleet.publish(buildConvNet({ seed: 6 }), { name: "live", version: "1", spec: {} });
+    await fleet.publish(buildConvNet({ seed: 7 }), { name: "live", version: "2", spec: {} }, { canaryWeight: 0.5 });
+    const first = await fleet.request("POST", "/v1/jobs", { model: "live", version: "2", inputs: x() });
+    expect((await finalView(first.json.id)).status).toBe("completed");
+    expect(await modelEvents("model.loaded", "live", "2")).toHaveLength(1);
+    // A valid retirement lands, and a Redis writer keeps the version routed: one event for both.
+    const signed = await signRetirement(
+      { schema: "citadel.retirement/v1", name: "live", version: "2", retiredAt: new Date().toISOString() },
+      await fleet.ctx.keys(),
+    );
+    await fleet.redis.hset(`${fleet.prefix}:registry:retired:live`, "2", JSON.stringify(signed));
+    await fleet.redis.publish(`${fleet.prefix}:registry:changed`, JSON.stringify({ name: "live" }));
+    await pollUntil("the worker to unload live@2", async () =>
+      (await modelEvents("model.unloaded", "live", "2")).at(0),
+    );
+    const view = await finalView(await enqueueDirect("live", "2"));
+    expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
+    expect(await modelEvents("model.loaded", "live", "2")).toHaveLength(1);
   });
 
   it("ignores a forged retirement, with a warning: it cannot deny service", async () => {

@@ -26,18 +26,6 @@ export interface ApiHandle {
   close(): Promise<void>;
 }
 
-/** The API role's audit key: its key file, or in development the dev keyring's. */
-function loadAuditKey(env: ApiEnv): AuditKey {
-  const secret = env.AUDIT_KEY_FILE
-    ? readKeyFile(env.AUDIT_KEY_FILE)
-    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
-  try {
-    return new AuditKey(secret);
-  } finally {
-    secret.fill(0);
-  }
-}
-
 function secret(value: string | undefined, file: string | undefined): string | undefined {
   if (value) return value;
   return file ? readFileSync(file, "utf8").trim() : undefined;
@@ -45,7 +33,9 @@ function secret(value: string | undefined, file: string | undefined): string | u
 
 /** Composes the producer API from its packages and starts listening. */
 export async function startApi(env: ApiEnv, opts: { logDestination?: DestinationStream } = {}): Promise<ApiHandle> {
-  const auditKey = loadAuditKey(env);
+  const auditKey = AuditKey.adopt(
+    env.AUDIT_KEY_FILE ? readKeyFile(env.AUDIT_KEY_FILE) : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret(),
+  );
   const log = createLogger({
     name: "citadel-api",
     level: env.LOG_LEVEL,

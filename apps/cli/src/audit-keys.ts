@@ -8,12 +8,7 @@ import type { CliEnv } from "./context.js";
 export function auditKeyFromArg(arg: string): AuditKey {
   const m = /^([a-z][a-z0-9-]{0,31})=(.+)$/.exec(arg);
   const [role, file] = m ? [m[1], m[2] as string] : [undefined, arg];
-  const secret = readKeyFile(file);
-  try {
-    return new AuditKey(secret, role);
-  } finally {
-    secret.fill(0);
-  }
+  return AuditKey.adopt(readKeyFile(file), role);
 }
 
 /**
@@ -23,14 +18,9 @@ export function auditKeyFromArg(arg: string): AuditKey {
 export function ownAuditKey(env: CliEnv): AuditKey {
   if (!env.AUDIT_KEY_FILE && env.NODE_ENV === "production")
     throw new Error("AUDIT_KEY_FILE is required in production (a file holding this role's audit key)");
-  const secret = env.AUDIT_KEY_FILE
-    ? readKeyFile(env.AUDIT_KEY_FILE)
-    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
-  try {
-    return new AuditKey(secret);
-  } finally {
-    secret.fill(0);
-  }
+  return AuditKey.adopt(
+    env.AUDIT_KEY_FILE ? readKeyFile(env.AUDIT_KEY_FILE) : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret(),
+  );
 }
 
 /**

@@ -19,25 +19,15 @@ export interface WorkerHandle {
   healthy(): boolean;
 }
 
-/** The worker role's audit key: its key file, or in development the dev keyring's. */
-function loadAuditKey(env: WorkerEnv): AuditKey {
-  const secret = env.AUDIT_KEY_FILE
-    ? readKeyFile(env.AUDIT_KEY_FILE)
-    : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret();
-  try {
-    return new AuditKey(secret);
-  } finally {
-    secret.fill(0);
-  }
-}
-
 /** Composes a worker from its packages. One process per GPU. */
 export async function startWorker(
   env: WorkerEnv,
   opts: { logDestination?: DestinationStream } = {},
 ): Promise<WorkerHandle> {
   const workerId = env.WORKER_ID ?? `${os.hostname()}-${process.pid}`;
-  const auditKey = loadAuditKey(env);
+  const auditKey = AuditKey.adopt(
+    env.AUDIT_KEY_FILE ? readKeyFile(env.AUDIT_KEY_FILE) : new LocalKeyProvider(env.LOCAL_KEYRING).auditSecret(),
+  );
   const log: Logger = createLogger({
     name: "citadel-worker",
     level: env.LOG_LEVEL,
@@ -107,8 +97,7 @@ export async function startWorker(
         host.forgetRejection(name);
         if (env.TRUSTED_SIGNERS === undefined && env.KEY_PROVIDER === "local") trusted = await keys.publicKeys();
         serve(name);
-        const routing = await registry.getRouting(name);
-        if (routing) await host.retain(name, new Set([routing.stable, ...(routing.canary ? [routing.canary] : [])]));
+        await host.refresh(name);
       } else {
         for (const c of consumers.values()) c.cancel(message);
       }

@@ -30,6 +30,15 @@ export class AuditKey {
     this.kid = createHmac("sha256", this.#secret).update("citadel.audit.kid/v1").digest("hex").slice(0, 16);
   }
 
+  /** A key from a secret the caller is done with: the secret is copied, then wiped. */
+  static adopt(secret: Buffer, role?: string): AuditKey {
+    try {
+      return new AuditKey(secret, role);
+    } finally {
+      secret.fill(0);
+    }
+  }
+
   /** HMAC-SHA256 (hex) over the parts, JSON-encoded so no two part lists share an encoding. */
   mac(...parts: string[]): string {
     return createHmac("sha256", this.#secret).update(JSON.stringify(parts)).digest("hex");

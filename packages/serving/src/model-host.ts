@@ -70,6 +70,19 @@ export class ModelHost {
     return p;
   }
 
+  /**
+   * After a registry change: unloads every version no longer served — not routed, or
+   * retired by a trusted signer (even if a Redis writer routed it again).
+   */
+  async refresh(name: string): Promise<void> {
+    const routing = await this.o.registry.getRouting(name);
+    const keep = new Set<string>();
+    for (const v of [routing?.stable, routing?.canary]) {
+      if (v && !retiredByTrustedSigner(await this.o.registry.getRetirement(name, v), name, v, this.o)) keep.add(v);
+    }
+    await this.retain(name, keep);
+  }
+
   /** Unloads versions not in `keep` once their in-flight runs end (the runner serialises). */
   async retain(name: string, keep: ReadonlySet<string>): Promise<void> {
     for (const [key, p] of this.loaded) {
