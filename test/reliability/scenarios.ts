@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { buildConvNet, buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { queueName } from "@citadel/queue";
+import { keys, queueName } from "@citadel/queue";
 import type { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import {
@@ -877,7 +877,7 @@ export async function apiRestart(env: ScenarioEnv): Promise<Row> {
       }),
   });
   const claimKey = (key: string) =>
-    `${fleet.setup.prefix}:idem:bench:${createHash("sha256").update(key).digest("hex")}`;
+    keys.idempotency(fleet.setup.prefix, "bench", createHash("sha256").update(key).digest("hex"));
   const bodyOf = (r: number) =>
     JSON.stringify({
       jobs: Array.from({ length: per }, (_, i) => {
@@ -950,7 +950,8 @@ export async function apiRestart(env: ScenarioEnv): Promise<Row> {
         const stop = env.witness.watch((c) => {
           const cmd = c.args[0]?.toLowerCase();
           let r: number | undefined;
-          if (step === "claim" && c.source !== "lua" && cmd === "set") r = claimOf.get(c.args[1] ?? "");
+          // The claim's key is the first key of whatever command touches it (a script's EVAL, or a command in it).
+          if (step === "claim") r = claimOf.get(c.args[1] ?? "") ?? claimOf.get(c.args[3] ?? "");
           if (step === "store" && c.source === "lua" && cmd === "hmset" && c.args[4] === "data") {
             const logical = logicalOf(c.args[5] ?? "");
             r = logical ? Number(/^bulk-(\d+)#/.exec(logical)?.[1]) : undefined;
@@ -973,8 +974,10 @@ export async function apiRestart(env: ScenarioEnv): Promise<Row> {
       let claimed = 0;
       let stored = 0;
       try {
-        const claims = await admin.mget(...Array.from({ length: per }, (_, i) => claimKey(`bulk-${r}#${i}`)));
-        const ids = claims.flatMap((c) => (c ? [(JSON.parse(c) as { id: string }).id] : []));
+        const claims = await Promise.all(
+          Array.from({ length: per }, (_, i) => admin.hget(claimKey(`bulk-${r}#${i}`), "id")),
+        );
+        const ids = claims.flatMap((id) => (id ? [id] : []));
         claimed = ids.length;
         const q = `${fleet.setup.prefix}:${queueName("tiny")}`;
         stored = ids.length ? await admin.exists(...ids.map((id) => `${q}:${id}`)) : 0;
