@@ -16,7 +16,7 @@ export interface ConsumerOptions {
   connection: Redis;
   redis: Redis;
   prefix: string;
-  host: ModelHost;
+  host: Pick<ModelHost, "get">;
   audit: AuditSink;
   metrics: WorkerMetrics;
   log: Logger;
@@ -216,13 +216,25 @@ export class ModelConsumer {
     }
   }
 
+  /** Runs one batch; every job in it is settled, or returned to the queue, whatever fails. */
   private async run(batch: Held[]): Promise<void> {
-    // Cancellations requested before we held the job (its pub/sub message went to no
-    // one): one read for the whole batch.
-    const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.id)));
-    flags.forEach((f, i) => {
-      if (f) batch[i]?.abort.abort();
-    });
+    try {
+      await this.execute(batch);
+    } catch (err) {
+      this.o.log.error({ err: coerceError(err), model: this.o.model }, "batch failed outside its runs");
+    } finally {
+      // A job not settled (Redis unreachable mid-settle, a bug) goes back to the queue;
+      // if Redis cannot take it now, its lock lapses and the stalled check requeues it.
+      for (const h of batch) {
+        if (!this.lease.holds(h.id)) continue;
+        this.held.delete(h.id);
+        await this.lease.requeue(h.lease);
+      }
+    }
+  }
+
+  private async execute(batch: Held[]): Promise<void> {
+    await this.applyCancelFlags(batch);
     const first = batch[0];
     if (!first) return;
     const { model, version } = first.data;
@@ -243,6 +255,22 @@ export class ModelConsumer {
     // not a bad model; only batches where every run failed count against the model.
     if (summary.okRuns > 0) this.circuit.success();
     else if (summary.failedRuns > 0) this.circuit.failure();
+  }
+
+  /**
+   * Cancellations requested before we held a job (its pub/sub message went to no one):
+   * one read for the whole batch. Without Redis the batch runs; its settling then
+   * fails and the jobs come back (their cancellations are honoured then).
+   */
+  private async applyCancelFlags(batch: Held[]): Promise<void> {
+    try {
+      const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.id)));
+      flags.forEach((f, i) => {
+        if (f) batch[i]?.abort.abort();
+      });
+    } catch (err) {
+      this.o.log.warn({ err: coerceError(err), model: this.o.model }, "could not read cancellation flags");
+    }
   }
 
   private onRun(r: RunReport, model: string, version: string): void {

@@ -96,14 +96,14 @@ export class JobLease {
   async complete(l: LeasedJob, result: JobResult, data: JobData): Promise<boolean> {
     try {
       await l.job.moveToCompleted(result, l.token, false);
-      await Promise.all([this.dropJobInputs(l, data), releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id)]);
-      return true;
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not complete job (lock lost)");
       return false;
     } finally {
       this.held.delete(l.id);
     }
+    await this.afterFinal(l, data);
+    return true;
   }
 
   /**
@@ -115,19 +115,33 @@ export class JobLease {
     const retry = isRetryable(e.code);
     try {
       await l.job.moveToFailed(retry ? new Error(reason) : new UnrecoverableError(reason), l.token, false);
-      const final = !(retry && l.job.attemptsMade < (l.job.opts.attempts ?? 1));
-      if (final) {
-        await Promise.all([
-          this.dropJobInputs(l, data),
-          data ? releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id) : Promise.resolve(),
-        ]);
-      }
-      return { final };
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not fail job (lock lost)");
       return null;
     } finally {
       this.held.delete(l.id);
+    }
+    const final = !(retry && l.job.attemptsMade < (l.job.opts.attempts ?? 1));
+    if (final) await this.afterFinal(l, data);
+    return { final };
+  }
+
+  /**
+   * A job's final outcome is recorded: its inputs go and its quota share comes back.
+   * When Redis cannot do that now, the outcome stands (it is logged): the counters stay
+   * high, never low, and the inputs wait for their expiry.
+   */
+  private async afterFinal(l: LeasedJob, data: JobData | null): Promise<void> {
+    try {
+      await Promise.all([
+        this.dropJobInputs(l, data),
+        data ? releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id) : Promise.resolve(),
+      ]);
+    } catch (err) {
+      this.o.log.error(
+        { err: coerceError(err), jobId: l.id },
+        "settled job: could not drop its inputs or release its quota share",
+      );
     }
   }
 

@@ -1,0 +1,116 @@
+import { randomBytes } from "node:crypto";
+import { Writable } from "node:stream";
+import type { AuditEvent, AuditFields } from "@citadel/audit";
+import type { JobData, ManifestBody } from "@citadel/contracts";
+import { bullConnection, queueName, type Redis, redisClient } from "@citadel/queue";
+import type { RunResult } from "@citadel/runtime";
+import { createLogger, createRegistry } from "@citadel/telemetry";
+import type { Tensor } from "@citadel/tensors";
+import { Queue } from "bullmq";
+import { afterAll, describe, expect, it } from "vitest";
+import { ModelConsumer } from "./consumer.js";
+import { workerMetrics } from "./metrics.js";
+import type { LoadedModel } from "./model-host.js";
+
+const url = process.env.CITADEL_TEST_REDIS_URL;
+if (!url) throw new Error("CITADEL_TEST_REDIS_URL is not set: run through vitest's unit project");
+
+const manifest = {
+  name: "m",
+  version: "1",
+  inputs: [{ name: "x", dtype: "float32", shape: [null, 2], batchAxis: 0 }],
+  outputs: [{ name: "y", dtype: "float32", shape: [null, 2], batchAxis: 0 }],
+  maxBatch: 4,
+  maxQueueDelayMs: 0,
+  timeoutMs: 5000,
+  outputPolicy: {},
+  artifact: { plaintextSha256: "0".repeat(64) },
+} as unknown as ManifestBody;
+
+// A stand-in for a loaded model (y = x): this test is about the consumer's Redis
+// handling; the e2e suites run real models.
+const loaded = {
+  manifest,
+  info: { provider: "cpu", inputs: [], outputs: [], attempts: [] },
+  runner: {
+    alive: true,
+    run: async (feeds: Record<string, Tensor>): Promise<RunResult> => ({ outputs: { y: feeds.x as Tensor }, ms: 1 }),
+  },
+} as unknown as LoadedModel;
+
+const clients: Redis[] = [];
+afterAll(async () => {
+  for (const c of clients) c.disconnect();
+});
+
+describe("the consumer when Redis commands fail mid-batch", () => {
+  it("does not crash the process: the batch still runs and its jobs are settled", async () => {
+    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
+    const errors: Error[] = [];
+    const connection = bullConnection(url, (e) => errors.push(e));
+    // Every ordinary command fails, as while Redis restarts (the cancel-flag read comes first).
+    const dead = redisClient("redis://127.0.0.1:1", (e) => errors.push(e), { connectTimeout: 200 });
+    clients.push(connection, dead);
+    const lines: string[] = [];
+    const log = createLogger({
+      name: "consumer-test",
+      destination: new Writable({
+        write(chunk, _enc, cb) {
+          lines.push(String(chunk));
+          cb();
+        },
+      }),
+    });
+    const audit: [AuditEvent, AuditFields][] = [];
+    const consumer = new ModelConsumer({
+      model: "m",
+      connection,
+      redis: dead,
+      prefix,
+      host: { get: async () => loaded },
+      audit: { record: (e, f) => audit.push([e, f]) },
+      metrics: workerMetrics(createRegistry("consumer-test")),
+      log,
+      workerId: "w-test",
+      lockDurationMs: 5000,
+      maxResultBytes: 1 << 20,
+      circuit: { failureThreshold: 5, cooldownMs: 1000 },
+      maxInFlight: 2,
+    });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+    const data: JobData = {
+      tenant: "t",
+      model: "m",
+      version: "1",
+      inputs: {
+        x: { dtype: "float32", shape: [1, 2], data: Buffer.from(Float32Array.of(1, 2).buffer).toString("base64") },
+      },
+      batch: 1,
+      inputBytes: 8,
+      timeoutMs: 5000,
+      acceptedAt: Date.now(),
+      deadline: Date.now() + 60_000,
+      requestId: "r",
+    };
+    await queue.add("infer/t/1", data, { jobId: "m.consumer-test-job-0001" });
+    consumer.start();
+    try {
+      let state = "";
+      for (let i = 0; i < 500 && state !== "completed"; i++) {
+        state = await queue.getJobState("m.consumer-test-job-0001");
+        if (state !== "completed") await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(state).toBe("completed");
+      expect(lines.join("")).toMatch(/could not read cancellation flags/);
+      // The outcome stands and is audited even though its bookkeeping could not reach Redis.
+      for (let i = 0; i < 500 && !audit.some(([e]) => e === "job.completed"); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(audit.map(([e]) => e)).toContain("job.completed");
+      expect(lines.join("")).toMatch(/could not drop its inputs or release its quota share/);
+    } finally {
+      await consumer.close(1000);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  });
+});
