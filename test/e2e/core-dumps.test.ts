@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -15,25 +16,29 @@ import { startTestFleet, type TestFleet } from "../support/fleet.js";
 describe("worker core dumps", () => {
   let fleet: TestFleet;
   let signers: string;
+  let auditKey: string;
   const procs: FleetProcess[] = [];
 
   beforeAll(async () => {
     fleet = await startTestFleet({ workers: 0 });
     signers = path.join(fleet.dir, "trusted-signers.json");
     writeFileSync(signers, JSON.stringify(await (await fleet.ctx.keys()).publicKeys()));
+    auditKey = path.join(fleet.dir, "audit-key");
+    writeFileSync(auditKey, randomBytes(32).toString("base64"), { mode: 0o600 });
   });
   afterAll(async () => {
     for (const p of procs) await p.stop("SIGTERM");
     await fleet?.close();
   });
 
-  /** A production worker env that parses (local keys allowed explicitly, pinned signers). */
+  /** A production worker env that parses (local keys allowed explicitly, pinned signers, its audit key). */
   function productionEnv(extra: Record<string, string> = {}): Record<string, string> {
     return {
       ...fleet.env,
       NODE_ENV: "production",
       ALLOW_LOCAL_KEYS_IN_PRODUCTION: "true",
       TRUSTED_SIGNERS: signers,
+      AUDIT_KEY_FILE: auditKey,
       RUNTIME_THREADS: "1",
       ...extra,
     };

@@ -167,7 +167,9 @@ describe("nothing secret leaks", () => {
       JSON.parse(readFileSync(path.join(work, "sealed", "leaky-1.manifest.json"), "utf8")),
     );
     const dataKey = await keys.unwrapDataKey(signed.manifest.artifact.keyName, signed.manifest.artifact.wrappedKey);
+    const auditKey = keys.auditSecret();
     const keyForms = [dataKey, Buffer.from(dataKey.toString("base64")), Buffer.from(dataKey.toString("hex"))];
+    const auditForms = [auditKey, Buffer.from(auditKey.toString("base64")), Buffer.from(auditKey.toString("hex"))];
     const files = [...filesUnder(work), ...filesUnder(tmp), ...filesUnder(store)];
     expect(files.length).toBeGreaterThan(5);
     for (const f of files) {
@@ -187,12 +189,14 @@ describe("nothing secret leaks", () => {
         seen++;
         expect(containsWindow(dump, Buffer.from(model)), `plaintext model in redis key ${k}`).toBe(false);
         for (const kf of keyForms) expect(dump.includes(kf), `data key in redis key ${k}`).toBe(false);
+        for (const af of auditForms) expect(dump.includes(af), `audit key in redis key ${k}`).toBe(false);
       }
     } while (cursor !== "0");
     expect(seen).toBeGreaterThan(5);
     // TMPDIR holds tsx's transpile cache of our own source; it was searched above with the rest.
     expect(filesUnder(tmp).length).toBeGreaterThan(0);
     dataKey.fill(0);
+    auditKey.fill(0);
   });
 
   it("logs and errors never contain the API key, a data key, keyring secrets, board password or tensor data", () => {
@@ -204,6 +208,7 @@ describe("nothing secret leaks", () => {
     const ring = JSON.parse(readFileSync(env.LOCAL_KEYRING, "utf8")) as {
       masterKeys: Record<string, { key: string }[]>;
       signing: { privateKeyPem: string }[];
+      audit: { key: string };
     };
     const secrets = [
       apiKey,
@@ -211,6 +216,8 @@ describe("nothing secret leaks", () => {
       "board-password-secret-1",
       ...Object.values(ring.masterKeys).flatMap((v) => v.map((k) => k.key)),
       ...ring.signing.map((s) => s.privateKeyPem.split("\n")[1] ?? "x"),
+      ring.audit.key,
+      Buffer.from(ring.audit.key, "base64").toString("hex"),
       b64(input).slice(0, 64),
       Buffer.from(input.buffer).toString("hex").slice(0, 64),
     ];
