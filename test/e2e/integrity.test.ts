@@ -1,12 +1,11 @@
-import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
-import type { JobData } from "@citadel/contracts";
 import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { convInput, enqueueDirect } from "../support/api-kit.js";
 import type { Loose } from "../support/fleet.js";
-import { b64, redisUrl, type TestFleet } from "../support/fleet.js";
+import { redisUrl, type TestFleet } from "../support/fleet.js";
 import { startVaultTestFleet, unwrapCalls } from "../support/vault-fleet.js";
 import type { VaultTestServer } from "../support/vault-server/index.js";
 
@@ -15,9 +14,7 @@ let vault: VaultTestServer;
 let closeFleet: () => Promise<void> = async () => undefined;
 let queues: JobQueues;
 let version = 0;
-const x = () => ({
-  x: { dtype: "float32" as const, shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) },
-});
+const x = convInput;
 
 /**
  * On the production key path (Vault Transit, the test server): "before any plaintext"
@@ -53,25 +50,6 @@ async function freshTarget(): Promise<{ name: string; version: string }> {
   const v = String(version);
   await fleet.publish(buildConvNet({ seed: 3 }), { name: "target", version: v, spec: {} }, { stable: true });
   return { name: "target", version: v };
-}
-
-/** Enqueues straight onto BullMQ, as an attacker with Redis access could: the worker must still refuse. */
-async function enqueueDirect(model: string, v: string): Promise<string> {
-  const id = `${model}.${randomBytes(18).toString("base64url")}`;
-  const data: JobData = {
-    tenant: "acme",
-    model,
-    version: v,
-    inputs: x(),
-    batch: 1,
-    inputBytes: 12288,
-    timeoutMs: 5000,
-    acceptedAt: Date.now(),
-    deadline: Date.now() + 60_000,
-    requestId: "integrity-test",
-  };
-  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
-  return id;
 }
 
 async function finalView(id: string) {
@@ -248,7 +226,7 @@ describe("a tampered manifest is refused by the API and by the worker, before an
     }
     expect([api.status, api.json.error.code]).toEqual([503, code]);
     // A job that reaches the queue anyway (Redis is a trust boundary) fails with the same code.
-    const view = await finalView(await enqueueDirect(t.name, t.version));
+    const view = await finalView(await enqueueDirect(queues, t.name, t.version, "integrity-test"));
     expect([view.status, view.error.code]).toEqual(["failed", code]);
     expect(await auditHas(t.name, t.version, code)).toBe(true);
     // Before any plaintext: Vault was never asked for the data key, no session exists.

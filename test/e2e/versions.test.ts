@@ -3,13 +3,12 @@ import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { signRetirement, verifyRetirement } from "@citadel/artifacts";
 import { repoRoot } from "@citadel/cli/fleet";
-import type { JobData } from "@citadel/contracts";
 import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pollUntil, queueCounts, readAudit } from "../support/api-kit.js";
-import { b64, type Loose, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
+import { convInput, enqueueDirect, pollUntil, queueCounts, readAudit } from "../support/api-kit.js";
+import { type Loose, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Only routed versions (stable, canary) are served: an old version published before a
 // policy was tightened cannot be asked for by number, loaded by a worker from a job
@@ -17,9 +16,7 @@ import { b64, type Loose, redisUrl, startTestFleet, type TestFleet } from "../su
 
 let fleet: TestFleet;
 let queues: JobQueues;
-const x = () => ({
-  x: { dtype: "float32" as const, shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) },
-});
+const x = convInput;
 
 beforeAll(async () => {
   fleet = await startTestFleet({ workers: 1 });
@@ -51,25 +48,6 @@ async function twoVersions(name: string): Promise<void> {
     { name, version: "2", spec: { outputPolicy: { labelOnly: true } } },
     { stable: true },
   );
-}
-
-/** Enqueues straight onto BullMQ, as a Redis writer could. */
-async function enqueueDirect(model: string, version: string): Promise<string> {
-  const id = `${model}.${randomBytes(18).toString("base64url")}`;
-  const data: JobData = {
-    tenant: "acme",
-    model,
-    version,
-    inputs: x(),
-    batch: 1,
-    inputBytes: 12288,
-    timeoutMs: 5000,
-    acceptedAt: Date.now(),
-    deadline: Date.now() + 60_000,
-    requestId: "versions-test",
-  };
-  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
-  return id;
 }
 
 async function finalView(id: string): Promise<Loose> {
@@ -109,7 +87,7 @@ describe("only routed versions are served", () => {
 
   it("a worker fails a job injected into Redis for an unrouted version without loading it", async () => {
     await twoVersions("injected");
-    const view = await finalView(await enqueueDirect("injected", "1"));
+    const view = await finalView(await enqueueDirect(queues, "injected", "1", "versions-test"));
     expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
     expect(await modelEvents("model.loaded", "injected", "1")).toEqual([]);
     expect((await modelEvents("model.rejected", "injected", "1"))[0]).toMatchObject({ errorCode: "MODEL_NOT_FOUND" });
@@ -159,7 +137,7 @@ describe("citadel retire", () => {
       const sub = await fleet.request("POST", "/v1/jobs", { model: "ret", version, inputs: x() });
       expect([sub.status, sub.json.error?.code]).toEqual([404, "MODEL_NOT_FOUND"]);
     }
-    const view = await finalView(await enqueueDirect("ret", "1"));
+    const view = await finalView(await enqueueDirect(queues, "ret", "1", "versions-test"));
     expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
     expect(await modelEvents("model.loaded", "ret", "1")).toEqual([]);
   });
@@ -180,7 +158,7 @@ describe("citadel retire", () => {
     await pollUntil("the worker to unload live@2", async () =>
       (await modelEvents("model.unloaded", "live", "2")).at(0),
     );
-    const view = await finalView(await enqueueDirect("live", "2"));
+    const view = await finalView(await enqueueDirect(queues, "live", "2", "versions-test"));
     expect([view.status, view.error?.code]).toEqual(["failed", "MODEL_NOT_FOUND"]);
     expect(await modelEvents("model.loaded", "live", "2")).toHaveLength(1);
   });

@@ -1,11 +1,12 @@
+import { randomBytes } from "node:crypto";
 import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
 import type { AuditRecord } from "@citadel/audit";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
-import { ErrorCode } from "@citadel/contracts";
-import { queueName } from "@citadel/queue";
+import { ErrorCode, type JobData } from "@citadel/contracts";
+import { type JobQueues, queueName } from "@citadel/queue";
 import { Queue } from "bullmq";
-import { LogCapture, type TestFleet } from "./fleet.js";
+import { b64, LogCapture, type TestFleet } from "./fleet.js";
 
 /** Board credentials startTestFleet gives its API. */
 export const BOARD_ADMIN = { username: "admin", password: "admin-password-for-tests" } as const;
@@ -161,4 +162,33 @@ export function metricValue(text: string, name: string, labels: Record<string, s
     if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(line.slice(close + 1).trim());
   }
   return undefined;
+}
+
+/** One conv-net sample ([1,3,32,32], 0.25 everywhere) as the API's base64 tensor. */
+export function convInput(): JobData["inputs"] {
+  return { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) } };
+}
+
+/** Enqueues a one-sample conv-net job straight onto BullMQ, as a Redis writer could: the worker must still refuse what is wrong. */
+export async function enqueueDirect(
+  queues: JobQueues,
+  model: string,
+  version: string,
+  requestId: string,
+): Promise<string> {
+  const id = `${model}.${randomBytes(18).toString("base64url")}`;
+  const data: JobData = {
+    tenant: "acme",
+    model,
+    version,
+    inputs: convInput(),
+    batch: 1,
+    inputBytes: 12288,
+    timeoutMs: 5000,
+    acceptedAt: Date.now(),
+    deadline: Date.now() + 60_000,
+    requestId,
+  };
+  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
+  return id;
 }

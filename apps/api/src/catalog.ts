@@ -1,12 +1,6 @@
 import { createHash } from "node:crypto";
-import { verifyManifest, verifyRetirement } from "@citadel/artifacts";
-import {
-  CitadelError,
-  coerceError,
-  type ManifestBody,
-  type ModelRouting,
-  type TrustedSigner,
-} from "@citadel/contracts";
+import { retirementHolds, verifyManifest } from "@citadel/artifacts";
+import { CitadelError, type ManifestBody, type ModelRouting, type TrustedSigner } from "@citadel/contracts";
 import { type ModelRegistry, pickVersion } from "@citadel/registry";
 
 export interface CatalogLogger {
@@ -74,23 +68,18 @@ export class ModelCatalog {
   }
 
   private isRetired(name: string, version: string, raw: unknown): boolean {
-    if (raw === undefined) return false;
-    try {
-      verifyRetirement(raw, this.trusted(), { name, version });
-      return true;
-    } catch (err) {
-      const e = coerceError(err);
+    return retirementHolds(raw, this.trusted(), { name, version }, (e) => {
       const seen = createHash("sha256")
         .update(`${name}@${version}|${JSON.stringify(raw)}`)
         .digest("hex");
-      if (!this.warned.has(seen)) {
-        if (this.warned.size >= 1000) this.warned.clear(); // bounded: a flood of forgeries is warned about again
-        this.warned.add(seen);
-        const code = e instanceof CitadelError ? e.code : "MANIFEST_INVALID";
-        this.log.warn({ model: name, version, code, reason: e.message }, "ignoring a retirement that does not verify");
-      }
-      return false;
-    }
+      if (this.warned.has(seen)) return;
+      if (this.warned.size >= 1000) this.warned.clear(); // bounded: a flood of forgeries is warned about again
+      this.warned.add(seen);
+      this.log.warn(
+        { model: name, version, code: e.code, reason: e.message },
+        "ignoring a retirement that does not verify",
+      );
+    });
   }
 
   /** Forgets cached manifests (a registry event may have replaced one in place). */

@@ -103,3 +103,28 @@ export function verifyRetirement(
   }
   return parsed.data;
 }
+
+/**
+ * Whether a stored retirement holds: signed by a pinned signer, for this version.
+ * Anything else (absent: false, silently) is ignored and reported through `forged`:
+ * an unsigned or forged retirement must not be able to deny service.
+ */
+export function retirementHolds(
+  raw: unknown,
+  trusted: readonly TrustedSigner[],
+  id: { name: string; version: string },
+  forged: (problem: CitadelError) => void,
+): boolean {
+  if (raw === undefined || raw === null) return false;
+  try {
+    verifyRetirement(raw, trusted, id);
+    return true;
+  } catch (err) {
+    forged(
+      err instanceof CitadelError
+        ? err
+        : new CitadelError("MANIFEST_INVALID", err instanceof Error ? err.message : "retirement is malformed"),
+    );
+    return false;
+  }
+}

@@ -1,4 +1,4 @@
-import { openArtifact, verifyManifest, verifyRetirement } from "@citadel/artifacts";
+import { openArtifact, retirementHolds, verifyManifest } from "@citadel/artifacts";
 import type { AuditSink } from "@citadel/audit";
 import { CitadelError, coerceError, type ManifestBody, type TrustedSigner } from "@citadel/contracts";
 import type { KeyProvider } from "@citadel/keys";
@@ -178,24 +178,14 @@ export class ModelHost {
   }
 }
 
-/**
- * Whether a stored retirement holds: signed by a pinned signer, for this version. A
- * forged one is ignored (with a warning), so a Redis writer cannot deny service with it.
- */
+/** Whether a stored retirement holds (signed by a pinned signer, for this version); a forged one is logged and ignored. */
 function retiredByTrustedSigner(
   raw: unknown,
   name: string,
   version: string,
   o: Pick<ModelHostOptions, "trusted" | "log">,
 ): boolean {
-  if (raw === null) return false;
-  try {
-    verifyRetirement(raw, o.trusted(), { name, version });
-    return true;
-  } catch (err) {
-    const e = coerceError(err);
-    const code = e instanceof CitadelError ? e.code : "MANIFEST_INVALID";
-    o.log.warn({ model: name, version, code, reason: e.message }, "ignoring a retirement that does not verify");
-    return false;
-  }
+  return retirementHolds(raw, o.trusted(), { name, version }, (e) =>
+    o.log.warn({ model: name, version, code: e.code, reason: e.message }, "ignoring a retirement that does not verify"),
+  );
 }
