@@ -168,6 +168,22 @@ export function encodeTensor(t: Tensor): EncodedTensor {
   return { dtype: t.dtype, shape: [...t.shape], data: bytesOf(t.data).toString("base64") };
 }
 
+/**
+ * Raw little-endian bytes as `dtype` (a binary request body, a job's stored inputs),
+ * checked against the shape's byte length first; a view, not a copy, when aligned.
+ */
+export function decodeRawData(name: string, dtype: DType, shape: readonly number[], bytes: Uint8Array): TypedArray {
+  const expected = elementCount(shape, name) * DTYPE_BYTES[dtype];
+  if (bytes.byteLength !== expected) {
+    throw new CitadelError(
+      "TENSOR_DATA_LENGTH_MISMATCH",
+      `${name}: shape [${shape.join(",")}] of ${dtype} needs ${expected} bytes, data has ${bytes.byteLength}`,
+      { input: name, expectedBytes: expected, gotBytes: bytes.byteLength },
+    );
+  }
+  return viewAs(dtype, bytes);
+}
+
 /** Decodes a tensor that was validated earlier (queue payloads are re-checked by the caller). */
 export function decodeEncoded(name: string, t: EncodedTensor): Tensor {
   return { dtype: t.dtype, shape: [...t.shape], data: decodeBase64Data(name, t.dtype, t.shape, t.data) };

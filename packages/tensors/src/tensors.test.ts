@@ -35,6 +35,22 @@ describe("validateInputs", () => {
     expect(j.batch).toBe(1);
   });
 
+  it("accepts raw bytes as a view (no copy when aligned) and checks their length and values", () => {
+    const bytes = new Uint8Array(new Float32Array([1, 2, 3, 4, 5, 6]).buffer);
+    const r = validateInputs({ x: { dtype: "float32", shape: [2, 3], bytes } }, io);
+    expect(r.batch).toBe(2);
+    expect(r.tensors.x?.data.buffer).toBe(bytes.buffer);
+    expect(Array.from(r.tensors.x?.data as Float32Array)).toEqual([1, 2, 3, 4, 5, 6]);
+    const short = bytes.subarray(0, 20);
+    expect(code(() => validateInputs({ x: { dtype: "float32", shape: [2, 3], bytes: short } }, io))).toBe(
+      "TENSOR_DATA_LENGTH_MISMATCH",
+    );
+    const nan = new Uint8Array(new Float32Array([1, Number.NaN, 3]).buffer);
+    expect(code(() => validateInputs({ x: { dtype: "float32", shape: [1, 3], bytes: nan } }, io))).toBe(
+      "TENSOR_NON_FINITE",
+    );
+  });
+
   it.each([
     ["unknown input", { y: { dtype: "float32", shape: [1, 3], data: [1, 2, 3] } }, "INPUT_UNKNOWN"],
     ["missing input", {}, "INPUT_MISSING"],

@@ -1,5 +1,22 @@
-import { CitadelError, DTYPE_BYTES, type EncodedTensor, type TensorPayload, type TensorSpec } from "@citadel/contracts";
-import { decodeArrayData, decodeBase64Data, encodeTensor, type Tensor } from "./codec.js";
+import {
+  CitadelError,
+  DTYPE_BYTES,
+  type DType,
+  type EncodedTensor,
+  type TensorPayload,
+  type TensorSpec,
+} from "@citadel/contracts";
+import { decodeArrayData, decodeBase64Data, decodeRawData, encodeTensor, type Tensor } from "./codec.js";
+
+/** A tensor whose data is raw little-endian bytes (a binary request body, stored job inputs). */
+export interface RawTensor {
+  dtype: DType;
+  shape: number[];
+  bytes: Uint8Array;
+}
+
+/** Any form a tensor reaches validation in: JSON (base64 or numbers), queued base64, or raw bytes. */
+export type TensorInput = TensorPayload | EncodedTensor | RawTensor;
 
 export interface ModelIo {
   inputs: readonly TensorSpec[];
@@ -21,10 +38,7 @@ export interface ValidatedInputs {
  * names, dtype, rank, each dimension, batch bound, data length and encoding, then
  * values (NaN/Inf, declared range). Throws a CitadelError naming the input.
  */
-export function validateInputs(
-  inputs: Readonly<Record<string, TensorPayload | EncodedTensor>>,
-  io: ModelIo,
-): ValidatedInputs {
+export function validateInputs(inputs: Readonly<Record<string, TensorInput>>, io: ModelIo): ValidatedInputs {
   const specs = new Map(io.inputs.map((s) => [s.name, s]));
   for (const name of Object.keys(inputs)) {
     if (!specs.has(name)) {
@@ -62,20 +76,24 @@ export function validateInputs(
       }
     }
     const data =
-      typeof t.data === "string"
-        ? decodeBase64Data(spec.name, spec.dtype, t.shape, t.data)
-        : decodeArrayData(spec.name, spec.dtype, t.shape, t.data);
+      "bytes" in t
+        ? decodeRawData(spec.name, spec.dtype, t.shape, t.bytes)
+        : typeof t.data === "string"
+          ? decodeBase64Data(spec.name, spec.dtype, t.shape, t.data)
+          : decodeArrayData(spec.name, spec.dtype, t.shape, t.data);
     checkValues(spec, data);
     const tensor: Tensor = { dtype: spec.dtype, shape: [...t.shape], data };
     tensors[spec.name] = tensor;
     encoded[spec.name] =
-      typeof t.data === "string" ? { dtype: spec.dtype, shape: [...t.shape], data: t.data } : encodeTensor(tensor);
+      "data" in t && typeof t.data === "string"
+        ? { dtype: spec.dtype, shape: [...t.shape], data: t.data }
+        : encodeTensor(tensor);
     inputBytes += data.length * DTYPE_BYTES[spec.dtype];
   }
   return { tensors, encoded, batch: batch ?? 1, inputBytes };
 }
 
-function checkShape(spec: TensorSpec, t: TensorPayload | EncodedTensor, maxBatch: number): void {
+function checkShape(spec: TensorSpec, t: TensorInput, maxBatch: number): void {
   if (t.dtype !== spec.dtype) {
     throw new CitadelError("TENSOR_DTYPE_MISMATCH", `input '${spec.name}' must be ${spec.dtype}, got ${t.dtype}`, {
       input: spec.name,
