@@ -1,7 +1,15 @@
 import { type AuditKey, AuditWriter } from "@citadel/audit";
 import { type JobData, JobRequest, type Priority } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
-import { bullConnection, JobQueues, queueName, type Redis, redisClient, releaseQuota } from "@citadel/queue";
+import {
+  bullConnection,
+  type EnqueueItem,
+  JobQueues,
+  queueName,
+  type Redis,
+  redisClient,
+  releaseQuota,
+} from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import { TenantStore } from "@citadel/tenants";
@@ -167,7 +175,7 @@ type Fault = "none" | "refused" | "lost-reply" | "hang";
 /** The real queues with one injected fault on the next enqueue. */
 class FaultyQueues extends JobQueues {
   fault: Fault = "none";
-  override async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]) {
+  override async enqueueMany(model: string, items: EnqueueItem[]) {
     const f = this.fault;
     this.fault = "none";
     if (f === "refused") throw new Error("read ECONNRESET (injected before the write)");

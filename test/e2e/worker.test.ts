@@ -10,11 +10,12 @@ import {
   buildScalarInputModel,
   buildSlowModel,
 } from "@citadel/onnx";
-import { JobQueues, parseFailure, queueName } from "@citadel/queue";
+import { JOB_NAME, JobQueues, keys, parseFailure, queueName } from "@citadel/queue";
 import { type Job, Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { storedInputs } from "../support/api-kit.js";
 import { b64, decodeF32, queuedBeforeWorker, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 let fleet: TestFleet;
@@ -327,9 +328,26 @@ describe("failures a retry cannot fix are failed once; a transient one is retrie
     ...over,
   });
 
-  async function writeIntoRedis(model: string, data: Record<string, unknown>): Promise<string> {
+  /**
+   * Writes a job as a Redis writer could: base64 tensors in `data.inputs` are stored as
+   * the API stores them (described in the data, bytes beside it); `bytes` replaces the
+   * stored bytes, and null stores none.
+   */
+  async function writeIntoRedis(model: string, data: Record<string, unknown>, bytes?: Buffer | null): Promise<string> {
     const id = `${model}.${randomBytes(18).toString("base64url")}`;
-    await queues.enqueueMany(model, [{ id, data: data as JobData, priority: "normal" }]);
+    if (typeof data.deadline !== "number") {
+      // Not a job at all: straight onto BullMQ, with no stored inputs.
+      await queues.queue(model).add(JOB_NAME, data as JobData, { jobId: id, attempts: 3 });
+      return id;
+    }
+    const tensors = data.inputs;
+    const stored =
+      tensors && typeof tensors === "object" && !Array.isArray(tensors)
+        ? storedInputs(tensors as Parameters<typeof storedInputs>[0])
+        : { meta: tensors, bytes: Buffer.alloc(0) };
+    const written = { ...data, inputs: stored.meta } as JobData;
+    await queues.enqueueMany(model, [{ id, data: written, inputs: bytes ?? stored.bytes, priority: "normal" }]);
+    if (bytes === null) await f.redis.del(keys.inputs(f.prefix, model, id));
     return id;
   }
 
@@ -347,51 +365,72 @@ describe("failures a retry cannot fix are failed once; a transient one is retrie
     throw new Error(`job ${id} never settled`);
   }
 
-  const cases: [string, string, Record<string, unknown>, string][] = [
+  // Each job is built when its test runs: a deadline fixed at collection time could pass on a slow machine.
+  const cases: [string, string, () => Record<string, unknown>, string][] = [
     [
       "a payload that is not a job",
       "nobatch",
-      { tenant: "acme", model: "nobatch", inputs: "not tensors" },
+      () => ({ tenant: "acme", model: "nobatch", inputs: "not tensors" }),
       "JOB_INVALID",
     ],
     [
       "an input of the wrong shape",
       "nobatch",
-      job("nobatch", { x: { dtype: "float32", shape: [3, 3], data: f32(1, 2, 3, 4, 5, 6, 7, 8, 9) } }),
+      () => job("nobatch", { x: { dtype: "float32", shape: [3, 3], data: f32(1, 2, 3, 4, 5, 6, 7, 8, 9) } }),
       "TENSOR_SHAPE_MISMATCH",
     ],
     [
       "a NaN input",
       "nobatch",
-      job("nobatch", { x: { dtype: "float32", shape: [2, 3], data: f32(1, 2, Number.NaN, 4, 5, 6) } }),
+      () => job("nobatch", { x: { dtype: "float32", shape: [2, 3], data: f32(1, 2, Number.NaN, 4, 5, 6) } }),
       "TENSOR_NON_FINITE",
     ],
     [
       "a batch count that does not match its inputs",
       "wide",
-      job("wide", { x: { dtype: "float32", shape: [2, 512], data: b64(new Float32Array(1024)) } }, { batch: 1 }),
+      () => job("wide", { x: { dtype: "float32", shape: [2, 512], data: b64(new Float32Array(1024)) } }, { batch: 1 }),
       "JOB_INVALID",
     ],
     [
       "a job past its deadline",
       "nobatch",
-      job(
-        "nobatch",
-        { x: { dtype: "float32", shape: [2, 3], data: f32(1, 2, 3, 4, 5, 6) } },
-        { deadline: Date.now() - 1000 },
-      ),
+      () =>
+        job(
+          "nobatch",
+          { x: { dtype: "float32", shape: [2, 3], data: f32(1, 2, 3, 4, 5, 6) } },
+          { deadline: Date.now() - 1000 },
+        ),
       "DEADLINE_EXCEEDED",
     ],
     [
       "a result larger than MAX_RESULT_BYTES",
       "wide",
-      job("wide", { x: { dtype: "float32", shape: [1, 512], data: b64(new Float32Array(512).fill(0.5)) } }),
+      () => job("wide", { x: { dtype: "float32", shape: [1, 512], data: b64(new Float32Array(512).fill(0.5)) } }),
       "RESULT_TOO_LARGE",
     ],
   ];
 
+  const six = () => job("nobatch", { x: { dtype: "float32", shape: [2, 3], data: f32(1, 2, 3, 4, 5, 6) } });
+  const stored: [string, Buffer | null, string][] = [
+    ["stored input bytes shorter than their description", Buffer.alloc(20), "JOB_INVALID"],
+    ["stored input bytes longer than their description", Buffer.alloc(28), "JOB_INVALID"],
+    ["no stored input bytes", null, "JOB_INVALID"],
+    [
+      "stored bytes that hold a NaN",
+      Buffer.from(Float32Array.of(1, 2, 3, Number.NaN, 5, 6).buffer),
+      "TENSOR_NON_FINITE",
+    ],
+  ];
+
+  it.each(stored)("%s: failed once with its code", async (_label, bytes, code) => {
+    const j = await settled("nobatch", await writeIntoRedis("nobatch", six(), bytes));
+    expect(await j.getState()).toBe("failed");
+    expect(parseFailure(j.failedReason).code).toBe(code);
+    expect([j.attemptsMade, j.opts.attempts]).toEqual([1, 3]);
+  });
+
   it.each(cases)("%s: failed once with its code, never retried", async (_label, model, data, code) => {
-    const j = await settled(model, await writeIntoRedis(model, data));
+    const j = await settled(model, await writeIntoRedis(model, data()));
     expect(await j.getState()).toBe("failed");
     expect(parseFailure(j.failedReason).code).toBe(code);
     expect([j.attemptsMade, j.opts.attempts]).toEqual([1, 3]);

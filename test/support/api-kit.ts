@@ -3,7 +3,7 @@ import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
 import type { AuditRecord } from "@citadel/audit";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
-import { ErrorCode, type JobData } from "@citadel/contracts";
+import { ErrorCode, type JobData, type TensorPayload } from "@citadel/contracts";
 import { type JobQueues, queueName } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { b64, LogCapture, type TestFleet } from "./fleet.js";
@@ -165,7 +165,7 @@ export function metricValue(text: string, name: string, labels: Record<string, s
 }
 
 /** One conv-net sample ([1,3,32,32], 0.25 everywhere) as the API's base64 tensor. */
-export function convInput(): JobData["inputs"] {
+export function convInput(): Record<string, TensorPayload> {
   return { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.25)) } };
 }
 
@@ -177,11 +177,12 @@ export async function enqueueDirect(
   requestId: string,
 ): Promise<string> {
   const id = `${model}.${randomBytes(18).toString("base64url")}`;
+  const stored = storedInputs(convInput());
   const data: JobData = {
     tenant: "acme",
     model,
     version,
-    inputs: convInput(),
+    inputs: stored.meta,
     batch: 1,
     inputBytes: 12288,
     timeoutMs: 5000,
@@ -189,6 +190,21 @@ export async function enqueueDirect(
     deadline: Date.now() + 60_000,
     requestId,
   };
-  await queues.enqueueMany(model, [{ id, data, priority: "normal" }]);
+  await queues.enqueueMany(model, [{ id, data, inputs: stored.bytes, priority: "normal" }]);
   return id;
+}
+
+/**
+ * Base64 tensors as a job stores them (description in the job data, bytes back to back
+ * beside it), written as a Redis writer could: no validation on the way.
+ */
+export function storedInputs(inputs: Record<string, { dtype: string; shape: number[]; data: unknown }>): {
+  meta: JobData["inputs"];
+  bytes: Buffer;
+} {
+  const entries = Object.entries(inputs);
+  return {
+    meta: entries.map(([name, t]) => ({ name, dtype: t.dtype as TensorPayload["dtype"], shape: t.shape })),
+    bytes: Buffer.concat(entries.map(([, t]) => Buffer.from(String(t.data), "base64"))),
+  };
 }

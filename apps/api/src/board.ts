@@ -32,8 +32,8 @@ export const BOARD_PATH = "/admin/queues";
 /** What the board may show of a job: never tensors, results or tenant secrets. */
 export function redactJobData(data: unknown): unknown {
   const d = (data ?? {}) as Record<string, unknown>;
-  const inputs =
-    d.inputs && typeof d.inputs === "object" ? (d.inputs as Record<string, { dtype?: string; shape?: number[] }>) : {};
+  // Job data describes its inputs (their bytes are stored apart); only names, dtypes and shapes are shown.
+  const inputs = Array.isArray(d.inputs) ? (d.inputs as { name?: string; dtype?: string; shape?: number[] }[]) : [];
   return {
     tenant: d.tenant,
     model: d.model,
@@ -43,9 +43,7 @@ export function redactJobData(data: unknown): unknown {
     timeoutMs: d.timeoutMs,
     deadline: d.deadline,
     requestId: d.requestId,
-    inputs: Object.fromEntries(
-      Object.entries(inputs).map(([k, t]) => [k, { dtype: t?.dtype, shape: t?.shape, data: "[redacted]" }]),
-    ),
+    inputs: inputs.map((t) => ({ name: t?.name, dtype: t?.dtype, shape: t?.shape })),
   };
 }
 

@@ -11,7 +11,7 @@ import {
 import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
-import { mergePolicies, resolveOutputs, validateInputs } from "@citadel/tensors";
+import { mergePolicies, packInputs, resolveOutputs, validateInputs } from "@citadel/tensors";
 import type { ModelCatalog } from "./catalog.js";
 import type { DenialAggregator } from "./denials.js";
 import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
@@ -60,6 +60,8 @@ export interface SubmitDeps {
 interface Prepared {
   id: string;
   data: JobData;
+  /** The validated input bytes, stored once beside the job. */
+  inputs: Buffer;
   priority: JobRequest["priority"];
   fingerprint: string;
 }
@@ -127,6 +129,10 @@ export class Submitter {
       });
     }
     const v = validateInputs(req.inputs, manifest);
+    const packed = packInputs(
+      v.tensors,
+      manifest.inputs.map((i) => i.name),
+    );
     const outputs = req.outputs ? resolveOutputs(req.outputs, manifest) : undefined;
     const now = Date.now();
     const policy = mergePolicies(manifest.outputPolicy, ctx.tenant.outputPolicy[req.model]);
@@ -134,7 +140,7 @@ export class Submitter {
       tenant: ctx.tenant.id,
       model: req.model,
       version,
-      inputs: v.encoded,
+      inputs: packed.meta,
       ...(outputs ? { outputs } : {}),
       batch: v.batch,
       inputBytes: v.inputBytes,
@@ -150,10 +156,12 @@ export class Submitter {
         JSON.stringify([req.model, req.version ?? null, req.outputs ?? null, req.timeoutMs ?? null, req.priority]),
       )
       .update(JSON.stringify(data.inputs))
+      .update(packed.bytes)
       .digest("hex");
     return {
       id: jobIdFor(req.model, randomBytes(18).toString("base64url")),
       data,
+      inputs: packed.bytes,
       priority: req.priority,
       fingerprint,
     };
@@ -496,7 +504,7 @@ export class Submitter {
       for (const [model, list] of byModel)
         await this.d.queues.enqueueMany(
           model,
-          list.map((p) => ({ id: p.id, data: p.data, priority: p.priority })),
+          list.map((p) => ({ id: p.id, data: p.data, inputs: p.inputs, priority: p.priority })),
         );
     })();
     let timer: NodeJS.Timeout | undefined;

@@ -29,12 +29,28 @@ export const EncodedTensor = z.strictObject({
 });
 export type EncodedTensor = z.infer<typeof EncodedTensor>;
 
-/** What the API puts on the queue. Workers re-validate it: Redis is a trust boundary. */
+/**
+ * A queued input, described: its bytes are not in the job data but stored once as raw
+ * little-endian bytes beside the job (inputs in this order, back to back), so status
+ * reads, the board and every BullMQ script that copies job data never carry tensors.
+ */
+export const InputMeta = z.strictObject({
+  name: z.string().min(1).max(256),
+  dtype: TensorPayload.shape.dtype,
+  shape: z.array(z.number().int().min(0).max(LIMITS.maxDim)).max(LIMITS.maxRank),
+});
+export type InputMeta = z.infer<typeof InputMeta>;
+
+/**
+ * What the API puts on the queue. Workers re-validate it and the stored input bytes
+ * against the manifest: Redis is a trust boundary. The tenant who owns a job is here,
+ * in data the API wrote, not in the job's name.
+ */
 export const JobData = z.strictObject({
   tenant: z.string().min(1),
   model: ModelName,
   version: ModelVersion,
-  inputs: z.record(z.string(), EncodedTensor),
+  inputs: z.array(InputMeta).max(LIMITS.maxInputsPerJob),
   outputs: z.array(z.string()).optional(),
   /** Samples along the batch axis (1 for a model without one). */
   batch: z.number().int().min(1),

@@ -1,7 +1,7 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { keys, modelOfJobId, queueName, RELEASE_QUOTA } from "./names.js";
+import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName, RELEASE_QUOTA } from "./names.js";
 
 export interface QueueSettings {
   prefix: string;
@@ -131,10 +131,20 @@ export class JobQueues {
     };
   }
 
-  /** Adds jobs in one round trip (BullMQ addBulk pipelines them). Re-adding an id is a no-op. */
-  async enqueueMany(model: string, items: { id: string; data: JobData; priority: Priority }[]): Promise<void> {
+  /**
+   * Adds jobs: first their input bytes (one pipeline), then the jobs (BullMQ's addBulk,
+   * one transaction), so no worker can see a job whose inputs are not there. Inputs
+   * written for jobs that then fail to be added expire after their deadline. Re-adding
+   * an id is a no-op (its inputs are the same bytes: an idempotent retry sends them again).
+   */
+  async enqueueMany(model: string, items: EnqueueItem[]): Promise<void> {
+    const write = this.redis.pipeline();
+    for (const i of items) {
+      write.set(keys.inputs(this.settings.prefix, model, i.id), i.inputs, "PXAT", i.data.deadline + INPUTS_GRACE_MS);
+    }
+    for (const [err] of (await write.exec()) ?? []) if (err) throw err;
     await this.queue(model).addBulk(
-      items.map((i) => ({ name: jobName(i.data), data: i.data, opts: this.jobOptions(i.id, i.priority) })),
+      items.map((i) => ({ name: JOB_NAME, data: i.data, opts: this.jobOptions(i.id, i.priority) })),
     );
   }
 
@@ -151,18 +161,18 @@ export class JobQueues {
     const q = this.queue(model);
     // State first, then the hash: a job that fails in between still shows its reason
     // (the other order could pair "failed" with a hash read before failedReason was set).
-    // Only the small fields are read: a status poll never pulls the job's input tensors.
+    // The hash's fields only: a status poll never reads a job's input bytes (a key of their own).
     const state = await q.getJobState(id);
-    const [name, ts, processedOn, finishedOn, returnvalue, failedReason] = await this.redis.hmget(
+    const [data, ts, processedOn, finishedOn, returnvalue, failedReason] = await this.redis.hmget(
       q.toKey(id),
-      "name",
+      "data",
       "timestamp",
       "processedOn",
       "finishedOn",
       "returnvalue",
       "failedReason",
     );
-    const owner = name ? parseJobName(name) : null;
+    const owner = data ? ownerOf(data) : null;
     if (!owner || state === "unknown") return this.tombstone(id, tenant);
     if (owner.tenant !== tenant) throw new CitadelError("JOB_NOT_FOUND", "no such job");
     const base = {
@@ -228,12 +238,11 @@ export class JobQueues {
         createdAt: new Date(job.timestamp).toISOString(),
         finishedAt: new Date().toISOString(),
       };
-      await this.redis.set(
-        keys.cancelled(this.settings.prefix, id),
-        JSON.stringify(view),
-        "PX",
-        this.settings.failedTtlMs,
-      );
+      await this.redis
+        .multi()
+        .set(keys.cancelled(this.settings.prefix, id), JSON.stringify(view), "PX", this.settings.failedTtlMs)
+        .del(keys.inputs(this.settings.prefix, job.data.model, id))
+        .exec();
       await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
       this.notify(id);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
@@ -311,17 +320,28 @@ async function removeUnlessLocked(job: Job<JobData, JobResult>): Promise<boolean
   }
 }
 
-/**
- * A job's BullMQ name carries its owner and version (`infer/<tenant>/<version>`), so a
- * status read can check ownership without loading the job's data (its tensors).
- */
-export function jobName(d: Pick<JobData, "tenant" | "version">): string {
-  return `infer/${d.tenant}/${d.version}`;
+/** Every job's BullMQ name: who owns a job is in its data, which only the API writes. */
+export const JOB_NAME = "infer";
+
+/** A job to add: its data (small: no tensors) and its input bytes, stored beside it. */
+export interface EnqueueItem {
+  id: string;
+  data: JobData;
+  inputs: Buffer;
+  priority: Priority;
 }
 
-function parseJobName(name: string): { tenant: string; version: string } | null {
-  const [kind, tenant, version] = name.split("/");
-  return kind === "infer" && tenant && version ? { tenant, version } : null;
+/** Owner and version from a job's stored data (small JSON: its inputs are stored apart). */
+function ownerOf(raw: string): { tenant: string; version: string } | null {
+  try {
+    const d = JSON.parse(raw) as Partial<JobData>;
+    return typeof d.tenant === "string" && typeof d.version === "string"
+      ? { tenant: d.tenant, version: d.version }
+      : null;
+  } catch {
+    // A hash whose data is not JSON was not written by the API: no one owns it.
+    return null;
+  }
 }
 
 export function isFinal(s: JobView["status"]): boolean {

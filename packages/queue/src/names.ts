@@ -39,7 +39,20 @@ export const keys = {
   idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idempotency:${tenant}:${keyHash}`,
   /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */
   job: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}`,
+  /**
+   * A job's input bytes (raw, back to back as its data describes them), written once by
+   * the API before the job is added and deleted on the job's final outcome. Named after
+   * the job's hash, so it shares the queue's hash tag and slot.
+   */
+  inputs: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}:in`,
 };
+
+/**
+ * How long stored inputs outlive their job's deadline at most: a job that started just
+ * before its deadline may still run, be retried after a transient failure, and settle.
+ * Every final outcome deletes them sooner; this only bounds what an orphan costs.
+ */
+export const INPUTS_GRACE_MS = 15 * 60_000;
 
 /**
  * Releases a settled job's share of its tenant's queue quota, once: only the caller that

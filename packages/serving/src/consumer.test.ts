@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import type { AuditEvent, AuditFields } from "@citadel/audit";
 import type { JobData, ManifestBody } from "@citadel/contracts";
-import { bullConnection, queueName, type Redis, redisClient } from "@citadel/queue";
+import { bullConnection, keys, queueName, type Redis, redisClient } from "@citadel/queue";
 import type { RunResult } from "@citadel/runtime";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
@@ -82,9 +82,7 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       tenant: "t",
       model: "m",
       version: "1",
-      inputs: {
-        x: { dtype: "float32", shape: [1, 2], data: Buffer.from(Float32Array.of(1, 2).buffer).toString("base64") },
-      },
+      inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
       batch: 1,
       inputBytes: 8,
       timeoutMs: 5000,
@@ -92,7 +90,11 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       deadline: Date.now() + 60_000,
       requestId: "r",
     };
-    await queue.add("infer/t/1", data, { jobId: "m.consumer-test-job-0001" });
+    await connection.set(
+      keys.inputs(prefix, "m", "m.consumer-test-job-0001"),
+      Buffer.from(Float32Array.of(1, 2).buffer),
+    );
+    await queue.add("infer", data, { jobId: "m.consumer-test-job-0001" });
     consumer.start();
     try {
       let state = "";

@@ -3,7 +3,7 @@ import { CitadelError, coerceError, JobData, type JobResult, publicError } from 
 import type { Redis } from "@citadel/queue";
 import { keys } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
-import { resolveOutputs, validateInputs } from "@citadel/tensors";
+import { resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
 import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
 import { CircuitBreaker, type CircuitOptions, type CircuitState } from "./circuit.js";
 import { executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
@@ -178,9 +178,15 @@ export class ModelConsumer {
     try {
       if (Date.now() > data.deadline)
         throw new CitadelError("DEADLINE_EXCEEDED", "the job waited past its deadline and was not run");
+      if (data.model !== this.o.model) throw new CitadelError("JOB_INVALID", "job names another model than its queue");
       const model = await this.o.host.get(data.model, data.version);
       const { manifest } = model;
-      const v = validateInputs(data.inputs, manifest);
+      // Read on BullMQ's connection, as part of the fetch: it waits out a Redis restart.
+      const bytes = await this.o.connection.getBuffer(keys.inputs(this.o.prefix, this.o.model, lease.id));
+      if (!bytes) throw new CitadelError("JOB_INVALID", "the job's inputs are missing");
+      // Defence in depth without the API's decoding: sizes against the manifest and a
+      // range/NaN scan over the stored bytes (views, no copy), as the manifest demands.
+      const v = validateInputs(unpackInputs(data.inputs, bytes), manifest);
       if (v.batch !== data.batch) throw new CitadelError("JOB_INVALID", "job batch does not match its inputs");
       if (data.timeoutMs > manifest.timeoutMs)
         throw new CitadelError("JOB_INVALID", "job timeout exceeds the model's limit");

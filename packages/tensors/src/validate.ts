@@ -6,7 +6,7 @@ import {
   type TensorPayload,
   type TensorSpec,
 } from "@citadel/contracts";
-import { decodeArrayData, decodeBase64Data, decodeRawData, encodeTensor, type Tensor } from "./codec.js";
+import { decodeArrayData, decodeBase64Data, decodeRawData, type Tensor } from "./codec.js";
 
 /** A tensor whose data is raw little-endian bytes (a binary request body, stored job inputs). */
 export interface RawTensor {
@@ -26,8 +26,6 @@ export interface ModelIo {
 
 export interface ValidatedInputs {
   tensors: Record<string, Tensor>;
-  /** The inputs as they go on the queue: the client's own base64 where it sent base64 (no re-encoding). */
-  encoded: Record<string, EncodedTensor>;
   /** Samples along the batch axis (1 when no input has one). */
   batch: number;
   inputBytes: number;
@@ -54,7 +52,6 @@ export function validateInputs(inputs: Readonly<Record<string, TensorInput>>, io
   let batch: number | null = null;
   let batchFrom = "";
   const tensors: Record<string, Tensor> = {};
-  const encoded: Record<string, EncodedTensor> = {};
   let inputBytes = 0;
   for (const spec of io.inputs) {
     const t = inputs[spec.name];
@@ -84,13 +81,9 @@ export function validateInputs(inputs: Readonly<Record<string, TensorInput>>, io
     checkValues(spec, data);
     const tensor: Tensor = { dtype: spec.dtype, shape: [...t.shape], data };
     tensors[spec.name] = tensor;
-    encoded[spec.name] =
-      "data" in t && typeof t.data === "string"
-        ? { dtype: spec.dtype, shape: [...t.shape], data: t.data }
-        : encodeTensor(tensor);
     inputBytes += data.length * DTYPE_BYTES[spec.dtype];
   }
-  return { tensors, encoded, batch: batch ?? 1, inputBytes };
+  return { tensors, batch: batch ?? 1, inputBytes };
 }
 
 function checkShape(spec: TensorSpec, t: TensorInput, maxBatch: number): void {
