@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
-import { formatFailure, queueName, type Redis, releaseQuota } from "@citadel/queue";
+import { formatFailure, queueName, type Redis, releaseQuota, scripts } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, UnrecoverableError, Worker } from "bullmq";
 
@@ -31,23 +31,13 @@ export interface LeaseOptions {
   log: Logger;
 }
 
-/** Replaces a job's data with its inputs-free copy, only while the job exists (never re-creates a removed one). */
-const DROP_INPUTS = `
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'data', ARGV[1])
-  return 1
-end
-return 0
-`;
-
-type DropInputs = (key: string, data: string) => Promise<number>;
-
 export class JobLease {
   private readonly worker: Worker<JobData, JobResult>;
   /** Every job we hold the lock on, by id. */
   private readonly held = new Map<string, LeasedJob>();
   private lockTimer?: NodeJS.Timeout;
-  private readonly dropInputs: DropInputs;
+  /** Replaces a job's data with its inputs-free copy, only while the job exists (dropInputs-1.lua). */
+  private readonly dropInputs: (jobKey: string, data: string) => Promise<number>;
 
   constructor(private readonly o: LeaseOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
@@ -62,10 +52,8 @@ export class JobLease {
       drainDelay: 1,
     });
     this.worker.on("error", (err) => o.log.error({ err, model: o.model }, "bullmq worker error"));
-    const r = o.redis as Redis & { citadelDropInputs?: DropInputs };
-    if (!r.citadelDropInputs) o.redis.defineCommand("citadelDropInputs", { numberOfKeys: 1, lua: DROP_INPUTS });
-    this.dropInputs = (key, data) =>
-      (o.redis as Redis & { citadelDropInputs: DropInputs }).citadelDropInputs(key, data);
+    const { dropInputs } = scripts(o.redis);
+    this.dropInputs = dropInputs;
   }
 
   start(): void {
