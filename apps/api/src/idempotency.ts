@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { keys, type Redis } from "@citadel/queue";
+import { type CitadelScripts, keys, type Redis, scripts } from "@citadel/queue";
 
 /**
  * What an Idempotency-Key names, kept in a Redis hash for the key's lifetime. The job
@@ -24,68 +24,16 @@ export interface IdempotencyEntry {
   leaseUntil: number;
 }
 
-/** Creates the entry unless one exists; returns the existing one's fields, or nil when this call created it. */
-const CLAIM = `
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HMGET', KEYS[1], 'id', 'fp', 'model', 'version', 'state', 'attempt', 'reserved', 'at', 'lease')
-end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'fp', ARGV[2], 'model', ARGV[3], 'version', ARGV[4],
-  'state', 'pending', 'attempt', 1, 'reserved', 0, 'at', ARGV[5], 'lease', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return false
-`;
-
-/**
- * A pending entry whose lease has run out (ARGV[2] = now) gets a new attempt number
- * (returned) and a new lease (ARGV[1]); 0 when it is no longer pending, -1 when
- * another request took it over first.
- */
-const TAKE_OVER = `
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'lease') or 0) > tonumber(ARGV[2]) then return -1 end
-redis.call('HSET', KEYS[1], 'lease', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-`;
-
-/** pending → confirmed; 1 for the one caller that made the change. */
-const CONFIRM = `
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'confirmed')
-return 1
-`;
-
-/** Frees a key whose request was refused before its enqueue: only the current attempt, and only with nothing reserved. */
-const UNCLAIM = `
-local e = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'reserved')
-if e[1] ~= 'pending' or e[2] ~= ARGV[1] or e[3] ~= '0' then return 0 end
-return redis.call('DEL', KEYS[1])
-`;
-
-type Script = (key: string, ...args: (string | number)[]) => Promise<unknown>;
-type Scripts = {
-  citadelIdemClaim: Script;
-  citadelIdemTakeOver: Script;
-  citadelIdemConfirm: Script;
-  citadelIdemUnclaim: Script;
-};
-
-/** The Idempotency-Key entries of every tenant; each transition is one atomic script. */
+/** The Idempotency-Key entries of every tenant; each transition is one atomic script (idempotency*.lua in @citadel/queue). */
 export class IdempotencyStore {
-  private readonly r: Redis & Scripts;
+  private readonly scripts: CitadelScripts;
 
   constructor(
     redis: Redis,
     private readonly prefix: string,
     private readonly ttlMs: number,
   ) {
-    const defs: [keyof Scripts, string][] = [
-      ["citadelIdemClaim", CLAIM],
-      ["citadelIdemTakeOver", TAKE_OVER],
-      ["citadelIdemConfirm", CONFIRM],
-      ["citadelIdemUnclaim", UNCLAIM],
-    ];
-    for (const [name, lua] of defs) if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
-    this.r = redis as Redis & Scripts;
+    this.scripts = scripts(redis);
   }
 
   /** The Redis key for a tenant's Idempotency-Key (hashed: keys are client-chosen strings). */
@@ -103,16 +51,7 @@ export class IdempotencyStore {
     leaseMs: number,
   ): Promise<IdempotencyEntry | null> {
     const now = Date.now();
-    const raw = (await this.r.citadelIdemClaim(
-      key,
-      first.id,
-      first.fp,
-      first.model,
-      first.version,
-      now,
-      this.ttlMs,
-      now + leaseMs,
-    )) as (string | null)[] | null;
+    const raw = await this.scripts.idempotencyClaim(key, first, now, this.ttlMs, now + leaseMs);
     if (!raw) return null;
     const [id, fp, model, version, state, attempt, reserved, at, lease] = raw;
     return {
@@ -134,16 +73,16 @@ export class IdempotencyStore {
    */
   async takeOver(key: string, leaseMs: number): Promise<number> {
     const now = Date.now();
-    return Number(await this.r.citadelIdemTakeOver(key, now + leaseMs, now));
+    return this.scripts.idempotencyTakeOver(key, now + leaseMs, now);
   }
 
   /** Marks the job as in the queue; true for the one caller that did (it records the acceptance). */
   async confirm(key: string): Promise<boolean> {
-    return Number(await this.r.citadelIdemConfirm(key)) === 1;
+    return (await this.scripts.idempotencyConfirm(key)) === 1;
   }
 
   /** Frees the key after a refusal before the enqueue, so the client may retry with it. */
   async unclaim(key: string, attempt: number): Promise<void> {
-    await this.r.citadelIdemUnclaim(key, attempt);
+    await this.scripts.idempotencyUnclaim(key, attempt);
   }
 }

@@ -1,3 +1,4 @@
 export * from "./jobs.js";
 export * from "./names.js";
 export * from "./redis.js";
+export * from "./scripts/index.js";

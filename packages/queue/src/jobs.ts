@@ -1,7 +1,8 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName, RELEASE_QUOTA } from "./names.js";
+import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
+import { scripts } from "./scripts/index.js";
 
 export interface QueueSettings {
   prefix: string;
@@ -369,19 +370,14 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   return { ...base, status: "queued" };
 }
 
-type ReleaseQuota = (jobs: string, bytes: string, held: string) => Promise<number>;
-
 /**
  * Gives a settled job's share back to its tenant's queue quota, at most once per job
- * (see RELEASE_QUOTA); true when this call gave it back. EVALSHA after the first call.
+ * (quotaRelease-3.lua); true when this call gave it back. EVALSHA after the first call.
  */
 export async function releaseQuota(redis: Redis, prefix: string, tenant: string, jobId: string): Promise<boolean> {
-  const r = redis as Redis & { citadelReleaseQuota?: ReleaseQuota };
-  if (!r.citadelReleaseQuota) redis.defineCommand("citadelReleaseQuota", { numberOfKeys: 3, lua: RELEASE_QUOTA });
-  const released = await (r.citadelReleaseQuota as ReleaseQuota)(
+  return scripts(redis).quotaRelease(
     keys.tenantQueuedJobs(prefix, tenant),
     keys.tenantQueuedBytes(prefix, tenant),
     keys.quotaHeld(prefix, tenant, jobId),
   );
-  return released === 1;
 }

@@ -53,19 +53,3 @@ export const keys = {
  * Every final outcome deletes them sooner; this only bounds what an orphan costs.
  */
 export const INPUTS_GRACE_MS = 15 * 60_000;
-
-/**
- * Releases a settled job's share of its tenant's queue quota, once: only the caller that
- * deletes the job's reservation marker (KEYS[3], holding its bytes) gives the share back.
- * Never below zero. Returns 1 when this call released it, 0 when it was already released.
- */
-export const RELEASE_QUOTA = `
-local bytes = redis.call('GET', KEYS[3])
-if not bytes then return 0 end
-redis.call('DEL', KEYS[3])
-local j = redis.call('DECR', KEYS[1])
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], bytes)
-if b < 0 then redis.call('SET', KEYS[2], 0) end
-return 1
-`;

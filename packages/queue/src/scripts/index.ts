@@ -1,0 +1,214 @@
+import { readFileSync } from "node:fs";
+import type { Redis } from "ioredis";
+
+/**
+ * Citadel's Redis Lua scripts, one `.lua` file each in this folder (their headers say
+ * what KEYS, ARGV and the result are), as BullMQ keeps its commands/ folder. A file
+ * named `<name>-<n>.lua` takes exactly n keys; a plain `<name>.lua` takes as many as
+ * the call passes. The files are read once, when this module loads (relative to it, so
+ * any working directory finds them), and defined on a client once with
+ * `defineCommand`: ioredis then sends EVALSHA, and the full script only the first time
+ * a connection runs it.
+ */
+const FILES = {
+  quotaReserve: "quotaReserve.lua",
+  quotaGiveBack: "quotaGiveBack.lua",
+  quotaRelease: "quotaRelease-3.lua",
+  tokenBuckets: "tokenBuckets.lua",
+  idempotencyClaim: "idempotencyClaim-1.lua",
+  idempotencyTakeOver: "idempotencyTakeOver-1.lua",
+  idempotencyConfirm: "idempotencyConfirm-1.lua",
+  idempotencyUnclaim: "idempotencyUnclaim-1.lua",
+} as const;
+
+export type ScriptName = keyof typeof FILES;
+
+export interface ScriptSource {
+  file: string;
+  /** Fixed key count from the file name; undefined when each call passes its own. */
+  numberOfKeys: number | undefined;
+  lua: string;
+}
+
+function load(file: string): ScriptSource {
+  const keyCount = /-(\d+)\.lua$/.exec(file)?.[1];
+  return {
+    file,
+    numberOfKeys: keyCount === undefined ? undefined : Number(keyCount),
+    lua: readFileSync(new URL(`./${file}`, import.meta.url), "utf8"),
+  };
+}
+
+/** Every script's source, read once per process. */
+export const scriptSources: Readonly<Record<ScriptName, ScriptSource>> = Object.fromEntries(
+  Object.entries(FILES).map(([name, file]) => [name, load(file)]),
+) as Record<ScriptName, ScriptSource>;
+
+/** The name a script is defined under on a client (its method there). */
+export function commandName(name: ScriptName): string {
+  return `citadel:${name}`;
+}
+
+type Arg = string | number;
+type Command = (...args: Arg[]) => Promise<unknown>;
+
+/** A job asking the quota for room: its reservation marker and bytes, and its Idempotency-Key entry when it has one. */
+export interface QuotaJob {
+  marker: string;
+  bytes: number;
+  entry?: { key: string; attempt: number };
+}
+
+export interface QuotaReserveCall {
+  jobsKey: string;
+  bytesKey: string;
+  maxJobs: number;
+  maxBytes: number;
+  markerTtlMs: number;
+  jobs: QuotaJob[];
+}
+
+/** 0 taken, 1 over the jobs bound, 2 over the bytes bound, 3 an entry is another attempt's. */
+export type QuotaVerdict = 0 | 1 | 2 | 3;
+
+export interface QuotaReserveResult {
+  verdict: QuotaVerdict;
+  /** The tenant's queued jobs before this call. */
+  jobsBefore: number;
+  /** Jobs this call reserved (keyed jobs reserved earlier are not counted again). */
+  reservedNow: number;
+}
+
+export interface TokenBucketCharge {
+  key: string;
+  /** Tokens per second. */
+  rate: number;
+  burst: number;
+  /** Negative gives tokens back. */
+  cost: number;
+}
+
+/** The typed calls, one per script; see each `.lua` header for what it does. */
+export interface CitadelScripts {
+  quotaReserve(call: QuotaReserveCall): Promise<QuotaReserveResult>;
+  /** Gives back the shares of jobs that never reached the queue; returns how many. */
+  quotaGiveBack(call: { jobsKey: string; bytesKey: string; jobs: Omit<QuotaJob, "bytes">[] }): Promise<number>;
+  /** Releases a settled job's share; true when this call released it. */
+  quotaRelease(jobsKey: string, bytesKey: string, marker: string): Promise<boolean>;
+  /** Charges every bucket or none: 0 when charged, else the 1-based index of the bucket that refused. */
+  tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
+  /** The existing entry's fields (id, fp, model, version, state, attempt, reserved, at, lease), or null when claimed now. */
+  idempotencyClaim(
+    key: string,
+    first: { id: string; fp: string; model: string; version: string },
+    nowMs: number,
+    ttlMs: number,
+    leaseUntilMs: number,
+  ): Promise<(string | null)[] | null>;
+  idempotencyTakeOver(key: string, leaseUntilMs: number, nowMs: number): Promise<number>;
+  idempotencyConfirm(key: string): Promise<number>;
+  idempotencyUnclaim(key: string, attempt: number): Promise<number>;
+}
+
+/**
+ * KEYS (the counters, a marker per job, the keyed jobs' entries) and per-job ARGV, as
+ * quotaReserve.lua and quotaGiveBack.lua read them.
+ */
+function quotaLayout<J extends Omit<QuotaJob, "bytes">>(
+  jobsKey: string,
+  bytesKey: string,
+  jobs: J[],
+  perJob: (j: J, entryIndex: number) => Arg[],
+): { keys: string[]; args: Arg[] } {
+  const entries: string[] = [];
+  const args = jobs.flatMap((j) => {
+    if (j.entry) entries.push(j.entry.key);
+    return perJob(j, j.entry ? entries.length : 0);
+  });
+  return { keys: [jobsKey, bytesKey, ...jobs.map((j) => j.marker), ...entries], args };
+}
+
+function bind(redis: Redis): CitadelScripts {
+  const client = redis as unknown as Record<string, unknown>;
+  for (const [name, s] of Object.entries(scriptSources)) {
+    const command = commandName(name as ScriptName);
+    if (typeof client[command] === "function") continue;
+    redis.defineCommand(
+      command,
+      s.numberOfKeys === undefined ? { lua: s.lua } : { numberOfKeys: s.numberOfKeys, lua: s.lua },
+    );
+  }
+  const run = (name: ScriptName, ...args: Arg[]): Promise<unknown> =>
+    (client[commandName(name)] as Command).apply(redis, args);
+  const variadic = (name: ScriptName, keys: string[], args: Arg[]): Promise<unknown> =>
+    run(name, keys.length, ...keys, ...args);
+
+  return {
+    async quotaReserve(c) {
+      const { keys, args } = quotaLayout(c.jobsKey, c.bytesKey, c.jobs, (j, entry) => [
+        j.bytes,
+        entry,
+        j.entry?.attempt ?? 0,
+      ]);
+      const [verdict, jobsBefore, reservedNow] = (await variadic("quotaReserve", keys, [
+        c.maxJobs,
+        c.maxBytes,
+        c.jobs.length,
+        c.markerTtlMs,
+        ...args,
+      ])) as [QuotaVerdict, number, number];
+      return { verdict, jobsBefore, reservedNow };
+    },
+    async quotaGiveBack(c) {
+      const { keys, args } = quotaLayout(c.jobsKey, c.bytesKey, c.jobs, (j, entry) => [entry, j.entry?.attempt ?? 0]);
+      return Number(await variadic("quotaGiveBack", keys, [c.jobs.length, ...args]));
+    },
+    async quotaRelease(jobsKey, bytesKey, marker) {
+      return Number(await run("quotaRelease", jobsKey, bytesKey, marker)) === 1;
+    },
+    async tokenBuckets(nowMs, buckets) {
+      const args = buckets.flatMap((b) => [b.rate, b.burst, b.cost]);
+      const [refusedBy, retryAfterMs] = (await variadic(
+        "tokenBuckets",
+        buckets.map((b) => b.key),
+        [nowMs, ...args],
+      )) as [number, number];
+      return { refusedBy, retryAfterMs };
+    },
+    async idempotencyClaim(key, first, nowMs, ttlMs, leaseUntilMs) {
+      const raw = await run(
+        "idempotencyClaim",
+        key,
+        first.id,
+        first.fp,
+        first.model,
+        first.version,
+        nowMs,
+        ttlMs,
+        leaseUntilMs,
+      );
+      return (raw ?? null) as (string | null)[] | null;
+    },
+    async idempotencyTakeOver(key, leaseUntilMs, nowMs) {
+      return Number(await run("idempotencyTakeOver", key, leaseUntilMs, nowMs));
+    },
+    async idempotencyConfirm(key) {
+      return Number(await run("idempotencyConfirm", key));
+    },
+    async idempotencyUnclaim(key, attempt) {
+      return Number(await run("idempotencyUnclaim", key, attempt));
+    },
+  };
+}
+
+const bound = new WeakMap<Redis, CitadelScripts>();
+
+/** The scripts on `redis`, defined there on the first call for that client and reused after. */
+export function scripts(redis: Redis): CitadelScripts {
+  let s = bound.get(redis);
+  if (!s) {
+    s = bind(redis);
+    bound.set(redis, s);
+  }
+  return s;
+}

@@ -1,0 +1,302 @@
+import { execFile } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
+import { commandName, type QuotaJob, type ScriptName, scriptSources, scripts } from "./index.js";
+
+// Every script against the real Redis the run shares, under this file's own prefix.
+
+const prefix = `{scripts-${randomBytes(4).toString("hex")}}`;
+const k = (name: string): string => `${prefix}:${name}`;
+let redis: Redis;
+
+beforeAll(() => {
+  redis = new Redis(inject("redisUrl"));
+});
+afterAll(async () => {
+  let cursor = "0";
+  do {
+    const [next, found] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
+    cursor = next;
+    if (found.length) await redis.del(...found);
+  } while (cursor !== "0");
+  await redis.quit();
+});
+
+describe("the script files", () => {
+  const folder = fileURLToPath(new URL(".", import.meta.url));
+
+  it("are all loaded, and each header documents its keys, arguments and result", () => {
+    const onDisk = readdirSync(folder).filter((f) => f.endsWith(".lua"));
+    expect(
+      Object.values(scriptSources)
+        .map((s) => s.file)
+        .sort(),
+    ).toEqual(onDisk.sort());
+    for (const s of Object.values(scriptSources)) {
+      const header = /^--\[\[([\s\S]*?)\]\]/.exec(s.lua)?.[1] ?? "";
+      expect(header, s.file).toMatch(/\n\s+Input/);
+      expect(header, s.file).toMatch(/KEYS\[/);
+      expect(header, s.file).toMatch(/\n\s+Output:/);
+      if (/ARGV\[/.test(s.lua.slice(header.length + 4))) expect(header, s.file).toMatch(/ARGV\[/);
+    }
+  });
+
+  it("take their key count from the file name when it has one", () => {
+    expect(scriptSources.quotaRelease.numberOfKeys).toBe(3);
+    expect(scriptSources.idempotencyConfirm.numberOfKeys).toBe(1);
+    expect(scriptSources.quotaReserve.numberOfKeys).toBeUndefined();
+    expect(scriptSources.tokenBuckets.numberOfKeys).toBeUndefined();
+  });
+});
+
+describe("scripts(redis)", () => {
+  it("defines each script once per client, however often it is asked", async () => {
+    const client = new Redis(inject("redisUrl"));
+    try {
+      const define = vi.spyOn(client, "defineCommand");
+      const first = scripts(client);
+      const again = scripts(client);
+      expect(again).toBe(first);
+      const names = Object.keys(scriptSources) as ScriptName[];
+      expect(define.mock.calls.map((c) => c[0]).sort()).toEqual(names.map(commandName).sort());
+      // A second client gets its own definitions.
+      const other = new Redis(inject("redisUrl"));
+      const defineOther = vi.spyOn(other, "defineCommand");
+      expect(scripts(other)).not.toBe(first);
+      expect(defineOther).toHaveBeenCalledTimes(names.length);
+      other.disconnect();
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it("sends the script once per connection, then only its SHA (EVALSHA)", async () => {
+    const client = new Redis(inject("redisUrl"));
+    const monitor = await new Redis(inject("redisUrl")).monitor();
+    try {
+      const tag = k(`monitor-${randomBytes(4).toString("hex")}`);
+      const seen: string[][] = [];
+      const sentinel = `${tag}:sentinel`;
+      const sawSentinel = new Promise<void>((resolve) => {
+        monitor.on("monitor", (_time: string, args: string[], source: string) => {
+          if (source.includes("lua") || !args.some((a) => a.startsWith(tag))) return;
+          if (args.includes(sentinel)) resolve();
+          else seen.push(args);
+        });
+      });
+      const s = scripts(client);
+      for (let i = 0; i < 3; i++) await s.quotaRelease(`${tag}:jobs`, `${tag}:bytes`, `${tag}:held:${i}`);
+      // MONITOR reports commands in the order Redis ran them: once the sentinel shows, every call has.
+      await client.get(sentinel);
+      await sawSentinel;
+      const sha = createHash("sha1").update(scriptSources.quotaRelease.lua).digest("hex");
+      expect(seen.map((a) => a[0]?.toLowerCase())).toEqual(["eval", "evalsha", "evalsha"]);
+      // The first carries the script's text (MONITOR escapes its newlines), the others its SHA.
+      expect(seen[0]?.[1]).toContain("redis.call('DEL', KEYS[3])");
+      expect(seen.slice(1).map((a) => a[1])).toEqual([sha, sha]);
+      expect(await redis.script("EXISTS", sha)).toEqual([1]);
+    } finally {
+      monitor.disconnect();
+      client.disconnect();
+    }
+  });
+});
+
+describe("quota scripts", () => {
+  let n = 0;
+  /** A fresh tenant's counters and a job maker under them. */
+  const tenant = () => {
+    const t = `t${n++}`;
+    const counters = { jobsKey: k(`${t}:jobs`), bytesKey: k(`${t}:bytes`) };
+    const job = (id: string, bytes: number, entry?: QuotaJob["entry"]): QuotaJob => ({
+      marker: k(`${t}:held:${id}`),
+      bytes,
+      ...(entry ? { entry } : {}),
+    });
+    const counts = async () => [Number(await redis.get(counters.jobsKey)), Number(await redis.get(counters.bytesKey))];
+    return { counters, job, counts };
+  };
+  const bounds = { maxJobs: 3, maxBytes: 1000, markerTtlMs: 60_000 };
+
+  it("reserves jobs and bytes with a marker per job, and refuses past either bound keeping nothing", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const taken = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("a", 100), job("b", 200)] });
+    expect(taken).toEqual({ verdict: 0, jobsBefore: 0, reservedNow: 2 });
+    expect(await counts()).toEqual([2, 300]);
+    expect(await redis.get(job("a", 0).marker)).toBe("100");
+    expect(await redis.pttl(job("a", 0).marker)).toBeGreaterThan(0);
+
+    const tooMany = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("c", 1), job("d", 1)] });
+    expect(tooMany).toEqual({ verdict: 1, jobsBefore: 2, reservedNow: 0 });
+    const tooBig = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("c", 701)] });
+    expect(tooBig).toEqual({ verdict: 2, jobsBefore: 2, reservedNow: 0 });
+    expect(await counts()).toEqual([2, 300]);
+    expect(await redis.exists(job("c", 0).marker, job("d", 0).marker)).toBe(0);
+  });
+
+  it("reserves a keyed job once, only under the entry's current attempt", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const entry = k(`entry-${n}`);
+    await redis.hset(entry, "attempt", "2", "reserved", "0");
+    const stale = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("a", 10, { key: entry, attempt: 1 })] });
+    expect(stale.verdict).toBe(3);
+    expect(await counts()).toEqual([0, 0]);
+
+    const keyed = job("a", 10, { key: entry, attempt: 2 });
+    expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [job("x", 5), keyed] })).toEqual({
+      verdict: 0,
+      jobsBefore: 0,
+      reservedNow: 2,
+    });
+    expect(await redis.hget(entry, "reserved")).toBe("2");
+    // Already reserved under its key: a retry counts nothing again.
+    expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [keyed] })).toEqual({
+      verdict: 0,
+      jobsBefore: 2,
+      reservedNow: 0,
+    });
+    expect(await counts()).toEqual([2, 15]);
+  });
+
+  it("gives back only the caller's own reservations, each once, freeing their keys", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const mine = k(`entry-mine-${n}`);
+    const adopted = k(`entry-adopted-${n}`);
+    await redis.hset(mine, "state", "pending", "attempt", "1", "reserved", "0");
+    await redis.hset(adopted, "state", "pending", "attempt", "2", "reserved", "0");
+    const plain = job("p", 7);
+    const keyed = job("k", 11, { key: mine, attempt: 1 });
+    await s.quotaReserve({ ...counters, ...bounds, jobs: [plain, keyed] });
+    // Reserved by attempt 1, now owned by attempt 2: an earlier attempt's enqueue may still land.
+    await s.quotaReserve({ ...counters, ...bounds, jobs: [job("o", 13, { key: adopted, attempt: 2 })] });
+    await redis.hset(adopted, "attempt", "3");
+    expect(await counts()).toEqual([3, 31]);
+
+    const jobs = [plain, keyed, job("o", 0, { key: adopted, attempt: 3 })];
+    expect(await s.quotaGiveBack({ ...counters, jobs })).toBe(2);
+    expect(await counts()).toEqual([1, 13]);
+    expect(await redis.exists(mine)).toBe(0);
+    expect(await redis.exists(adopted)).toBe(1);
+    expect(await s.quotaGiveBack({ ...counters, jobs })).toBe(0);
+    expect(await counts()).toEqual([1, 13]);
+  });
+
+  it("releases a settled job's share once and never below zero", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const a = job("a", 40);
+    await s.quotaReserve({ ...counters, ...bounds, jobs: [a] });
+    expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, a.marker)).toBe(true);
+    expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, a.marker)).toBe(false);
+    expect(await counts()).toEqual([0, 0]);
+    // Counters that drifted low (an expired marker's job released late) stop at zero.
+    await redis.set(a.marker, "40");
+    expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, a.marker)).toBe(true);
+    expect(await counts()).toEqual([0, 0]);
+  });
+});
+
+describe("tokenBuckets", () => {
+  const slow = (key: string, cost: number) => ({ key: k(key), rate: 0.001, burst: 10, cost });
+
+  it("charges every bucket or none, naming the first that refuses and when it could pass", async () => {
+    const s = scripts(redis);
+    const now = Date.now();
+    expect(await s.tokenBuckets(now, [slow("ip", 4), slow("tenant", 8)])).toEqual({ refusedBy: 0, retryAfterMs: 0 });
+    const refused = await s.tokenBuckets(now, [slow("ip", 1), slow("tenant", 3)]);
+    // The tenant bucket holds 2 tokens; the third refills in 1 token / 0.001 per second = 1,000,000 ms.
+    expect(refused).toEqual({ refusedBy: 2, retryAfterMs: 1_000_000 });
+    expect(Number(await redis.hget(k("ip"), "t"))).toBe(6);
+    expect(await redis.pttl(k("ip"))).toBeGreaterThan(0);
+  });
+
+  it("refunds with a negative cost, never past the burst on refill", async () => {
+    const s = scripts(redis);
+    const now = Date.now();
+    await s.tokenBuckets(now, [slow("refund", 10)]);
+    await s.tokenBuckets(now, [slow("refund", -3)]);
+    expect(Number(await redis.hget(k("refund"), "t"))).toBe(3);
+    await s.tokenBuckets(now + 1_000_000_000, [slow("refund", 0)]);
+    expect(Number(await redis.hget(k("refund"), "t"))).toBe(10);
+  });
+});
+
+describe("idempotency scripts", () => {
+  const first = { id: "m.job", fp: "fp1", model: "m", version: "1.0.0" };
+
+  it("claim creates a pending entry once and returns the existing one after", async () => {
+    const s = scripts(redis);
+    const key = k("idem-claim");
+    expect(await s.idempotencyClaim(key, first, 1000, 60_000, 5000)).toBeNull();
+    expect(await redis.pttl(key)).toBeGreaterThan(0);
+    expect(await s.idempotencyClaim(key, { ...first, id: "other" }, 2000, 60_000, 9000)).toEqual([
+      "m.job",
+      "fp1",
+      "m",
+      "1.0.0",
+      "pending",
+      "1",
+      "0",
+      "1000",
+      "5000",
+    ]);
+  });
+
+  it("take-over waits for the lease, bumps the attempt, and stops once confirmed", async () => {
+    const s = scripts(redis);
+    const key = k("idem-take");
+    await s.idempotencyClaim(key, first, 1000, 60_000, 5000);
+    expect(await s.idempotencyTakeOver(key, 9000, 4999)).toBe(-1);
+    expect(await s.idempotencyTakeOver(key, 9000, 5000)).toBe(2);
+    expect(await redis.hget(key, "lease")).toBe("9000");
+    expect(await s.idempotencyConfirm(key)).toBe(1);
+    expect(await s.idempotencyConfirm(key)).toBe(0);
+    expect(await s.idempotencyTakeOver(key, 20_000, 10_000)).toBe(0);
+  });
+
+  it("unclaim frees only the current attempt's pending entry with nothing reserved", async () => {
+    const s = scripts(redis);
+    const key = k("idem-unclaim");
+    await s.idempotencyClaim(key, first, 1000, 60_000, 5000);
+    await s.idempotencyTakeOver(key, 9000, 6000);
+    expect(await s.idempotencyUnclaim(key, 1)).toBe(0);
+    await redis.hset(key, "reserved", "2");
+    expect(await s.idempotencyUnclaim(key, 2)).toBe(0);
+    await redis.hset(key, "reserved", "0");
+    expect(await s.idempotencyUnclaim(key, 2)).toBe(1);
+    expect(await redis.exists(key)).toBe(0);
+  });
+});
+
+describe("run as production runs it", () => {
+  it("finds the .lua files from any working directory (node --import tsx)", async () => {
+    const entry = new URL("./index.ts", import.meta.url).href;
+    const marker = k("spawned-held");
+    await redis.set(marker, "5");
+    const program = `
+      const { scripts } = await import(${JSON.stringify(entry)});
+      const { Redis } = await import(${JSON.stringify(import.meta.resolve("ioredis"))});
+      const r = new Redis(process.env.REDIS_URL);
+      const released = await scripts(r).quotaRelease(process.env.J, process.env.B, process.env.M);
+      process.stdout.write(JSON.stringify({ released }));
+      r.disconnect();`;
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ["--import", import.meta.resolve("tsx"), "--input-type=module", "-e", program],
+      {
+        cwd: tmpdir(),
+        env: { ...process.env, REDIS_URL: inject("redisUrl"), J: k("spawned-jobs"), B: k("spawned-bytes"), M: marker },
+      },
+    );
+    expect(JSON.parse(stdout)).toEqual({ released: true });
+    expect(await redis.exists(marker)).toBe(0);
+  });
+});

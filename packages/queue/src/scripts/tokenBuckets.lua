@@ -1,0 +1,41 @@
+--[[
+  Token buckets, so limits hold across API replicas (apps/api limits.ts, RateLimiter).
+  One call checks several buckets at once (per-IP and per-tenant on every request) and
+  charges them only if all allow it; state is two fields with a TTL, so idle buckets
+  disappear. A negative cost refunds tokens (never past the burst on the next refill).
+
+  Input (one key per bucket):
+    KEYS[i]  bucket i's state (a hash: t tokens, ts last update in ms), i = 1..#KEYS
+
+    ARGV[1]  now (epoch ms)
+    then per bucket i, at a = 2 + (i - 1) * 3:
+      ARGV[a]      rate (tokens per second)
+      ARGV[a + 1]  burst (the bucket's size)
+      ARGV[a + 2]  cost
+
+  Output: {0, 0} when every bucket was charged; else {i, retry after ms} for the first
+  bucket i that refused, and nothing was charged
+]]
+local now = tonumber(ARGV[1])
+local n = #KEYS
+local tokens = {}
+for i = 1, n do
+  local rate = tonumber(ARGV[2 + (i - 1) * 3])
+  local burst = tonumber(ARGV[3 + (i - 1) * 3])
+  local cost = tonumber(ARGV[4 + (i - 1) * 3])
+  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local t = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now
+  t = math.min(burst, t + (now - ts) * rate / 1000)
+  if t < cost then
+    return {i, math.ceil((cost - t) * 1000 / rate)}
+  end
+  tokens[i] = t - cost
+end
+for i = 1, n do
+  local rate = tonumber(ARGV[2 + (i - 1) * 3])
+  local burst = tonumber(ARGV[3 + (i - 1) * 3])
+  redis.call('HSET', KEYS[i], 't', tokens[i], 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+end
+return {0, 0}
