@@ -1,4 +1,5 @@
 export * from "./batch.js";
 export * from "./codec.js";
+export * from "./kserve.js";
 export * from "./policy.js";
 export * from "./validate.js";
