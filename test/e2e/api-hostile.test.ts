@@ -428,6 +428,8 @@ type Req = {
   headers: Record<string, string>;
   payload?: Buffer;
   bulk?: boolean;
+  /** A KServe v2 binary body (application/octet-stream). */
+  binary?: boolean;
 };
 
 /** Counterexamples print as a short line, not as every byte of a 3 MB body. */
@@ -490,8 +492,173 @@ const readOrCancel = fc.record({ del: fc.boolean(), id: jobId, q: waitQuery, aut
 const listing = fc
   .record({ q: fc.constantFrom("", "?a=1", "?__proto__=1"), auth })
   .map((r): Req => described({ method: "GET", url: `/v1/models${r.q}`, headers: authHeader(r.auth) }));
+// ---------- binary bodies (KServe v2 binary tensor data extension) ----------
+
+const DATATYPE: Record<string, string> = {
+  float32: "FP32",
+  float64: "FP64",
+  int8: "INT8",
+  uint8: "UINT8",
+  int16: "INT16",
+  uint16: "UINT16",
+  int32: "INT32",
+  int64: "INT64",
+  bool: "BOOL",
+};
+
+/** A JSON tensor's data as the raw bytes a binary client would send (whatever the data is worth). */
+function rawBytes(dtype: unknown, data: unknown): Buffer {
+  if (typeof data === "string") return Buffer.from(data, "base64");
+  if (!Array.isArray(data)) return Buffer.alloc(0);
+  const nums = data.map((v) => (typeof v === "number" && Number.isFinite(v) ? v : 0));
+  switch (dtype) {
+    case "int64":
+      return Buffer.from(
+        BigInt64Array.from(nums, (v) => BigInt(Math.trunc(Math.max(-(2 ** 62), Math.min(2 ** 62, v))))).buffer,
+      );
+    case "int8":
+      return Buffer.from(Int8Array.from(nums).buffer);
+    case "uint8":
+    case "bool":
+      return Buffer.from(Uint8Array.from(nums).buffer);
+    case "int32":
+      return Buffer.from(Int32Array.from(nums).buffer);
+    case "float64":
+      return Buffer.from(Float64Array.from(nums).buffer);
+    default:
+      return Buffer.from(Float32Array.from(nums).buffer);
+  }
+}
+
+/** A JSON job as a binary job: its header (KServe-style inputs) and its inputs' bytes in order. */
+function asBinaryJob(job: unknown): { header: unknown; parts: Buffer[] } {
+  if (typeof job !== "object" || job === null || Array.isArray(job)) return { header: job, parts: [] };
+  const { inputs, outputs, ...rest } = job as Record<string, unknown>;
+  const header: Record<string, unknown> = { ...rest };
+  if (Array.isArray(outputs)) header.outputs = outputs.map((name) => ({ name }));
+  else if (outputs !== undefined) header.outputs = outputs;
+  if (typeof inputs !== "object" || inputs === null || Array.isArray(inputs)) {
+    header.inputs = inputs;
+    return { header, parts: [] };
+  }
+  const parts: Buffer[] = [];
+  header.inputs = Object.entries(inputs as Record<string, Record<string, unknown>>).map(([name, t]) => {
+    const bytes = rawBytes(t?.dtype, t?.data);
+    parts.push(bytes);
+    const dt = t?.dtype;
+    return {
+      name,
+      datatype: typeof dt === "string" && DATATYPE[dt] ? DATATYPE[dt] : dt,
+      shape: t?.shape,
+      parameters: { binary_data_size: bytes.length },
+    };
+  });
+  return { header, parts };
+}
+
+type Framing =
+  | { kind: "none" }
+  | { kind: "headerLength"; value: string | null }
+  | { kind: "lengthDelta"; by: number }
+  | { kind: "sizeDelta"; by: number }
+  | { kind: "dropSize" }
+  | { kind: "tail"; by: number }
+  | { kind: "header"; m: Mutation };
+
+const framing: fc.Arbitrary<Framing> = fc.oneof(
+  { weight: 8, arbitrary: fc.constant<Framing>({ kind: "none" }) },
+  {
+    weight: 2,
+    arbitrary: fc
+      .constantFrom<string | null>(
+        null,
+        "",
+        "-1",
+        "abc",
+        "1e2",
+        "1.5",
+        " 4",
+        "0",
+        "99999999999",
+        "18446744073709551616",
+      )
+      .map((value): Framing => ({ kind: "headerLength", value })),
+  },
+  { weight: 2, arbitrary: fc.integer({ min: -8, max: 8 }).map((by): Framing => ({ kind: "lengthDelta", by })) },
+  { weight: 2, arbitrary: fc.integer({ min: -9, max: 9 }).map((by): Framing => ({ kind: "sizeDelta", by })) },
+  { weight: 1, arbitrary: fc.constant<Framing>({ kind: "dropSize" }) },
+  { weight: 2, arbitrary: fc.integer({ min: -5, max: 5 }).map((by): Framing => ({ kind: "tail", by })) },
+  { weight: 3, arbitrary: mutation.map((m): Framing => ({ kind: "header", m })) },
+);
+
+/** Breaks one thing about a binary body's framing (or nothing); the header is a JSON object. */
+function frame(header: unknown, parts: Buffer[], f: Framing): { body: Buffer; headerLength: string | null } {
+  const inputsOf = (h: unknown): { parameters?: Record<string, unknown> }[] => {
+    const jobs = (h as { jobs?: unknown })?.jobs;
+    const all = Array.isArray(jobs) ? jobs : [h];
+    return all.flatMap((j) => {
+      const ins = (j as { inputs?: unknown })?.inputs;
+      return Array.isArray(ins) ? ins.filter((i) => typeof i === "object" && i !== null) : [];
+    });
+  };
+  const h = structuredClone(header);
+  const first = inputsOf(h)[0];
+  if (f.kind === "sizeDelta" && first?.parameters) {
+    first.parameters.binary_data_size = Number(first.parameters.binary_data_size) + f.by;
+  }
+  if (f.kind === "dropSize" && first) delete first.parameters;
+  const json = JSON.stringify(h);
+  const head = f.kind === "header" ? mutate(json, f.m) : Buffer.from(json, "utf8");
+  let data = Buffer.concat(parts);
+  if (f.kind === "tail")
+    data = f.by >= 0 ? Buffer.concat([data, Buffer.alloc(f.by, 7)]) : data.subarray(0, data.length + f.by);
+  const length = f.kind === "headerLength" ? f.value : String(head.length + (f.kind === "lengthDelta" ? f.by : 0));
+  return { body: Buffer.concat([head, data]), headerLength: length };
+}
+
+const binaryContentType = fc.oneof(
+  { weight: 10, arbitrary: fc.constant("application/octet-stream") },
+  { weight: 1, arbitrary: fc.constantFrom("application/octet-stream; charset=utf-8", "APPLICATION/OCTET-STREAM") },
+);
+
+const binarySubmit = fc
+  .record({
+    bulk: fc.boolean(),
+    body: fc.oneof(
+      { weight: 2, arbitrary: jobBody },
+      { weight: 3, arbitrary: nearValid },
+      { weight: 3, arbitrary: validJob },
+    ),
+    more: fc.array(fc.oneof(nearValid, validJob), { maxLength: 5 }),
+    framing,
+    auth,
+    contentType: binaryContentType,
+    idempotencyKey,
+  })
+  .map((r): Req => {
+    const jobs = (r.bulk ? [r.body, ...r.more] : [r.body]).map(asBinaryJob);
+    const header = r.bulk ? { jobs: jobs.map((j) => j.header) } : jobs[0]?.header;
+    const { body, headerLength } = frame(
+      header,
+      jobs.flatMap((j) => j.parts),
+      r.framing,
+    );
+    const headers: Record<string, string> = { ...authHeader(r.auth), "content-type": r.contentType };
+    if (headerLength !== null) headers["inference-header-content-length"] = headerLength;
+    if (r.idempotencyKey !== null) headers["idempotency-key"] = r.idempotencyKey;
+    return described({
+      method: "POST",
+      url: r.bulk ? "/v1/jobs/bulk" : "/v1/jobs",
+      headers,
+      payload: body,
+      bulk: r.bulk,
+      binary: true,
+    });
+  });
+
 const anyRequest = fc.oneof(
   { weight: 14, arbitrary: submit },
+  { weight: 6, arbitrary: binarySubmit },
   { weight: 3, arbitrary: readOrCancel },
   { weight: 1, arbitrary: listing },
 );
@@ -502,10 +669,20 @@ interface Tally {
   sent: number;
   byStatus: Map<number, number>;
   accepted: Set<string>;
+  /** Jobs accepted from binary bodies, and the error codes binary bodies were answered with. */
+  binaryAccepted: Set<string>;
+  binaryCodes: Map<string, number>;
 }
 
 function checkAnswer(req: Req, a: Answer, tally: Tally): void {
   tally.sent++;
+  const accept = (id: string) => {
+    tally.accepted.add(id);
+    if (req.binary) tally.binaryAccepted.add(id);
+  };
+  const noteCode = (code: string) => {
+    if (req.binary) tally.binaryCodes.set(code, (tally.binaryCodes.get(code) ?? 0) + 1);
+  };
   tally.byStatus.set(a.status, (tally.byStatus.get(a.status) ?? 0) + 1);
   const where = `${req.method} ${req.url} → ${a.status} ${a.text.slice(0, 300)}`;
   expect(a.status < 500, where).toBe(true);
@@ -525,15 +702,16 @@ function checkAnswer(req: Req, a: Answer, tally: Tally): void {
         if (e) {
           expect(isErrorCode(e.code), where).toBe(true);
           expect((item as { status?: unknown }).status, where).toBe(httpStatusFor(e.code as ErrorCode));
+          noteCode(e.code);
         } else {
           const id = (item as { id?: unknown }).id;
           expect(typeof id, where).toBe("string");
-          tally.accepted.add(id as string);
+          accept(id as string);
         }
       }
     } else {
       expect(typeof body.id, where).toBe("string");
-      tally.accepted.add(body.id as string);
+      accept(body.id as string);
     }
     return;
   }
@@ -542,6 +720,7 @@ function checkAnswer(req: Req, a: Answer, tally: Tally): void {
   expect(isErrorCode(e?.code ?? ""), where).toBe(true);
   expect(httpStatusFor(e?.code as ErrorCode), where).toBe(a.status);
   expect(e?.message.length, where).toBeGreaterThan(0);
+  noteCode(e?.code ?? "");
   if (a.status === 429) expect(Number(a.headers["retry-after"]), where).toBeGreaterThanOrEqual(1);
 }
 
@@ -610,7 +789,13 @@ describe("hostile clients", () => {
     const before = await totalQueued();
     const rssBefore = process.memoryUsage().rss;
     const started = Date.now();
-    const tally: Tally = { sent: 0, byStatus: new Map(), accepted: new Set() };
+    const tally: Tally = {
+      sent: 0,
+      byStatus: new Map(),
+      accepted: new Set(),
+      binaryAccepted: new Set(),
+      binaryCodes: new Map(),
+    };
     await fc.assert(
       fc.asyncProperty(fc.array(anyRequest, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
         const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
@@ -652,16 +837,30 @@ describe("hostile clients", () => {
     for (const s of [202, 400, 401, 403, 404, 413, 415, 422])
       expect(tally.byStatus.get(s) ?? 0, `status ${s}`).toBeGreaterThan(0);
     expect(tally.accepted.size).toBeGreaterThan(50);
+    // Binary bodies reach every layer too: framing faults, schema, tensors, and acceptance.
+    for (const c of [
+      "BINARY_HEADER_LENGTH_INVALID",
+      "BINARY_DATA_SIZE_MISSING",
+      "BINARY_DATA_SIZE_MISMATCH",
+      "MALFORMED_JSON",
+      "VALIDATION_FAILED",
+      "TENSOR_DATA_LENGTH_MISMATCH",
+    ])
+      expect(tally.binaryCodes.get(c) ?? 0, `binary ${c}`).toBeGreaterThan(0);
+    expect(tally.binaryAccepted.size).toBeGreaterThan(20);
   }, 180_000);
 
-  it("refuses a streamed oversized body with 413 before reading it whole", async () => {
+  it.each([
+    ["JSON", { "content-type": "application/json" }],
+    ["binary", { "content-type": "application/octet-stream", "inference-header-content-length": "1" }],
+  ])("refuses a streamed oversized %s body with 413 before reading it whole", async (_label, type) => {
     const before = await totalQueued();
     const req: Req = {
       method: "POST",
       url: "/v1/jobs",
       headers: {
         authorization: `Bearer ${fleet.apiKey}`,
-        "content-type": "application/json",
+        ...type,
         "transfer-encoding": "chunked",
       },
     };
@@ -677,7 +876,7 @@ describe("hostile clients", () => {
       url: "/v1/jobs",
       headers: {
         authorization: `Bearer ${fleet.apiKey}`,
-        "content-type": "application/json",
+        ...type,
         "content-length": String(2 * 1024 ** 3),
       },
       payload: Buffer.from("{"),

@@ -3,7 +3,7 @@ import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { convInput, enqueueDirect } from "../support/api-kit.js";
+import { convBinaryJob, convInput, enqueueDirect, postBinary } from "../support/api-kit.js";
 import type { Loose } from "../support/fleet.js";
 import { redisUrl, type TestFleet } from "../support/fleet.js";
 import { startVaultTestFleet, unwrapCalls } from "../support/vault-fleet.js";
@@ -225,6 +225,10 @@ describe("a tampered manifest is refused by the API and by the worker, before an
       if (api.status !== 503) await new Promise((r) => setTimeout(r, 20));
     }
     expect([api.status, api.json.error.code]).toEqual([503, code]);
+    // A binary submit is refused the same way.
+    const bin = convBinaryJob(t.name, t.version);
+    const binary = await postBinary(fleet, "/v1/jobs", bin.header, [bin.bytes]);
+    expect([binary.status, binary.json.error.code]).toEqual([503, code]);
     // A job that reaches the queue anyway (Redis is a trust boundary) fails with the same code.
     const view = await finalView(await enqueueDirect(queues, t.name, t.version, "integrity-test"));
     expect([view.status, view.error.code]).toEqual(["failed", code]);
@@ -243,8 +247,14 @@ describe("a tampered artifact is refused by the worker before decryption", () =>
     const unwrapsBefore = unwrapCalls(vault);
     const sub = await fleet.request("POST", "/v1/jobs", { model: t.name, version: t.version, inputs: x() });
     expect(sub.status).toBe(202);
-    const view = await finalView(sub.json.id);
-    expect([view.status, view.error.code], JSON.stringify(view)).toEqual(["failed", code]);
+    // The same job sent as a binary body meets the same refusal.
+    const bin = convBinaryJob(t.name, t.version);
+    const binSub = await postBinary(fleet, "/v1/jobs", bin.header, [bin.bytes]);
+    expect(binSub.status, JSON.stringify(binSub.json)).toBe(202);
+    for (const id of [sub.json.id, binSub.json.id]) {
+      const view = await finalView(id);
+      expect([view.status, view.error.code], JSON.stringify(view)).toEqual(["failed", code]);
+    }
     expect(await auditHas(t.name, t.version, code)).toBe(true);
     // Before decryption: the data key was never unwrapped, no session exists.
     expect(unwrapCalls(vault)).toBe(unwrapsBefore);

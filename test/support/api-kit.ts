@@ -6,7 +6,7 @@ import { parseEnv } from "@citadel/config";
 import { ErrorCode, type JobData, type TensorPayload } from "@citadel/contracts";
 import { type JobQueues, queueName } from "@citadel/queue";
 import { Queue } from "bullmq";
-import { b64, LogCapture, type TestFleet } from "./fleet.js";
+import { b64, LogCapture, type Loose, type TestFleet } from "./fleet.js";
 
 /** Board credentials startTestFleet gives its API. */
 export const BOARD_ADMIN = { username: "admin", password: "admin-password-for-tests" } as const;
@@ -207,4 +207,38 @@ export function storedInputs(inputs: Record<string, { dtype: string; shape: numb
     meta: entries.map(([name, t]) => ({ name, dtype: t.dtype as TensorPayload["dtype"], shape: t.shape })),
     bytes: Buffer.concat(entries.map(([, t]) => Buffer.from(String(t.data), "base64"))),
   };
+}
+
+/** One conv-net sample as a KServe v2 binary job: its JSON header and its input's bytes. */
+export function convBinaryJob(model: string, version?: string): { header: Record<string, unknown>; bytes: Buffer } {
+  const x = new Float32Array(3072).fill(0.25);
+  return {
+    header: {
+      model,
+      ...(version ? { version } : {}),
+      inputs: [{ name: "x", datatype: "FP32", shape: [1, 3, 32, 32], parameters: { binary_data_size: x.byteLength } }],
+    },
+    bytes: Buffer.from(x.buffer),
+  };
+}
+
+/** POSTs a binary body (JSON header, then the bytes) the way a KServe v2 client does; the answer read as JSON. */
+export async function postBinary(
+  fleet: TestFleet,
+  url: string,
+  header: unknown,
+  parts: Uint8Array[],
+): Promise<{ status: number; json: Loose }> {
+  const head = Buffer.from(JSON.stringify(header), "utf8");
+  const res = await fetch(`${fleet.apiUrl}${url}`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${fleet.apiKey}`,
+      "content-type": "application/octet-stream",
+      "inference-header-content-length": String(head.length),
+    },
+    body: Buffer.concat([head, ...parts]),
+  });
+  const text = await res.text();
+  return { status: res.status, json: JSON.parse(text) as Loose };
 }

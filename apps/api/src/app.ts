@@ -1,7 +1,18 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
-import { ApiErrorBody, CitadelError, httpStatusFor, JobRequest, JobStatus, JobView } from "@citadel/contracts";
-import { isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
+import {
+  ApiErrorBody,
+  BINARY_CONTENT_TYPE,
+  BinaryBulkHeader,
+  BinaryJobHeader,
+  CitadelError,
+  httpStatusFor,
+  INFERENCE_HEADER_LENGTH,
+  JobRequest,
+  JobStatus,
+  JobView,
+} from "@citadel/contracts";
+import { isFinal, isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
@@ -14,6 +25,7 @@ import Fastify, {
 } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { type BinarySubmit, binaryBodyDoc, decodeBinarySubmit, sendBinaryView, wantsBinary } from "./binary-body.js";
 import { type BoardOptions, registerBoard } from "./board.js";
 import type { ModelCatalog } from "./catalog.js";
 import type { DenialAggregator } from "./denials.js";
@@ -21,7 +33,7 @@ import { parseJsonBody } from "./json-body.js";
 import type { RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
-import { asCitadel, type SubmitContext, type Submitter } from "./submit.js";
+import { asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "./submit.js";
 
 export interface AppDeps {
   log: Logger;
@@ -63,6 +75,28 @@ const JobId = z.object({ id: z.string().min(1).max(200) });
 /** "queued" for a new job; an Idempotency-Key replay answers with its job's current status. */
 const Accepted = z.object({ id: z.string(), status: JobStatus, model: z.string(), version: z.string() });
 const BulkRequest = z.strictObject({ jobs: z.array(z.unknown()).min(1) });
+/** The two bodies a submit route takes: JSON, or a KServe v2 binary body (decoded by the handler, which needs the header). */
+const submitBody = (json: z.ZodType, header: z.ZodType) => ({
+  content: {
+    "application/json": { schema: json },
+    [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(header) },
+  },
+});
+const BinaryHeaders = z.object({
+  [INFERENCE_HEADER_LENGTH]: z
+    .string()
+    .optional()
+    .describe("Byte length of the JSON header that starts a binary (application/octet-stream) body"),
+});
+/** A job view as JSON, or (completed, asked for with Accept or binary_data_output) as a binary body. */
+const ViewResponse = {
+  content: {
+    "application/json": { schema: JobView },
+    [BINARY_CONTENT_TYPE]: {
+      schema: binaryBodyDoc(JobView, "the job view, with result.outputs as KServe output descriptors"),
+    },
+  },
+};
 const errorResponses = {
   400: ApiErrorBody,
   401: ApiErrorBody,
@@ -136,6 +170,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       done(err as Error, undefined);
     }
   });
+  // KServe v2 binary bodies: buffered under the same bodyLimit, decoded by the submit handlers.
+  app.addContentTypeParser(BINARY_CONTENT_TYPE, { parseAs: "buffer" }, (_req, body, done) => done(null, body));
 
   // A submit refused before its handler ran (body parser, schema, headers) is audited
   // and counted here; refusals from the hooks and handlers record themselves.
@@ -167,7 +203,11 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       case "FST_ERR_CTP_BODY_TOO_LARGE":
         return refuse(req, reply, new CitadelError("PAYLOAD_TOO_LARGE", `request body exceeds ${s.bodyLimit} bytes`));
       case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-        return refuse(req, reply, new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json"));
+        return refuse(
+          req,
+          reply,
+          new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json or application/octet-stream"),
+        );
       case "FST_ERR_CTP_EMPTY_JSON_BODY":
       case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
         return refuse(req, reply, new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong"));
@@ -292,26 +332,57 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       };
     };
 
+    /** The binary body of a submit, decoded (a framing fault throws 400), or undefined for JSON. */
+    const binaryOf = (req: FastifyRequest, bulk: boolean): BinarySubmit | undefined =>
+      Buffer.isBuffer(req.body)
+        ? decodeBinarySubmit(req.headers[INFERENCE_HEADER_LENGTH], req.body, {
+            bulk,
+            maxJsonDepth: s.maxJsonDepth,
+            bulkMaxJobs: s.bulkMaxJobs,
+          })
+        : undefined;
+
+    /** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
+    const finalWithin = async (req: FastifyRequest, id: string, ms: number): Promise<JobView | undefined> => {
+      try {
+        const view = await d.queues.waitForFinish(id, (req.tenant as Tenant).id, ms);
+        return isFinal(view.status) ? view : undefined;
+      } catch (err) {
+        req.log.warn({ err, jobId: id }, "waiting for a submitted job failed; answering 202");
+        return undefined;
+      }
+    };
+
     api.post(
       "/v1/jobs",
       {
         schema: {
-          body: JobRequest,
-          response: { 202: Accepted, ...errorResponses },
+          body: submitBody(JobRequest, BinaryJobHeader),
+          headers: BinaryHeaders,
+          querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
+          response: { 200: ViewResponse, 202: Accepted, ...errorResponses },
           tags: ["jobs"],
-          summary: "Submit one job",
+          summary:
+            "Submit one job (JSON or KServe v2 binary); ?wait=ms answers 200 with the result if it is ready in time",
         },
       },
       async (req, reply) => {
         const ctx = ctxOf(req);
+        const binary = binaryOf(req, false);
+        const job: SubmitRequest = binary?.jobs[0] ?? (req.body as JobRequest);
+        let accepted: Awaited<ReturnType<Submitter["submitOne"]>>;
         try {
-          return reply.code(202).send(await d.submitter.submitOne(req.body, ctx));
+          accepted = await d.submitter.submitOne(job, ctx);
         } catch (err) {
           const e = asCitadel(err);
-          d.submitter.rejected(ctx, req.body.model, e);
+          d.submitter.rejected(ctx, job.model, e);
           req.audited = true;
           throw e;
         }
+        const view = req.query.wait === undefined ? undefined : await finalWithin(req, accepted.id, req.query.wait);
+        if (!view) return reply.code(202).send(accepted);
+        if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
+        return reply.code(200).send(view);
       },
     );
 
@@ -319,7 +390,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       "/v1/jobs/bulk",
       {
         schema: {
-          body: BulkRequest,
+          body: submitBody(BulkRequest, BinaryBulkHeader),
+          headers: BinaryHeaders,
           response: {
             202: z.object({
               jobs: z.array(
@@ -337,10 +409,15 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       },
       async (req, reply) => {
         const ctx = ctxOf(req);
-        if (req.body.jobs.length > s.bulkMaxJobs) {
+        const binary = binaryOf(req, true);
+        const items = binary?.jobs ?? (req.body as z.infer<typeof BulkRequest>).jobs;
+        if (items.length > s.bulkMaxJobs) {
           throw new CitadelError("VALIDATION_FAILED", `at most ${s.bulkMaxJobs} jobs per bulk request`);
         }
-        const parsed = req.body.jobs.map((j) => JobRequest.safeParse(j));
+        // A binary bulk's header passed its schema whole; JSON items are checked one by one.
+        const parsed = binary
+          ? binary.jobs.map((data) => ({ success: true as const, data }))
+          : items.map((j) => JobRequest.safeParse(j));
         const valid = parsed.flatMap((p, index) => (p.success ? [{ index, req: p.data }] : []));
         const results = await d.submitter.submitMany(
           valid.map((v) => v.req),
@@ -378,14 +455,17 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         schema: {
           params: JobId,
           querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
-          response: { 200: JobView, ...errorResponses },
+          response: { 200: ViewResponse, ...errorResponses },
           tags: ["jobs"],
-          summary: "Job status and result; ?wait=ms long-polls",
+          summary:
+            "Job status and result; ?wait=ms long-polls; Accept: application/octet-stream answers a result binary",
         },
       },
-      async (req) => {
+      async (req, reply) => {
         const tenant = (req.tenant as Tenant).id;
-        return d.queues.waitForFinish(req.params.id, tenant, req.query.wait ?? 0);
+        const view = await d.queues.waitForFinish(req.params.id, tenant, req.query.wait ?? 0);
+        if (wantsBinary(req.headers.accept)) return sendBinaryView(reply, view);
+        return reply.code(200).send(view);
       },
     );
 

@@ -11,7 +11,7 @@ import {
 import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
-import { mergePolicies, packInputs, resolveOutputs, validateInputs } from "@citadel/tensors";
+import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
 import type { ModelCatalog } from "./catalog.js";
 import type { DenialAggregator } from "./denials.js";
 import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
@@ -25,6 +25,9 @@ export interface SubmitContext {
   clientIp: string;
   idempotencyKey?: string;
 }
+
+/** A job request with its inputs in any form validation accepts: JSON tensors, or raw bytes from a binary body. */
+export type SubmitRequest = Omit<JobRequest, "inputs"> & { inputs: Readonly<Record<string, TensorInput>> };
 
 /** The answer for a submitted job: "queued" when new, its current status when an Idempotency-Key replay names it. */
 export interface Accepted {
@@ -101,7 +104,7 @@ export class Submitter {
   }
 
   /** Validates one request against its model's verified manifest (no Redis writes). */
-  async prepare(req: JobRequest, ctx: SubmitContext): Promise<Prepared> {
+  async prepare(req: SubmitRequest, ctx: SubmitContext): Promise<Prepared> {
     if (!this.catalog.routingOf(req.model))
       throw new CitadelError("MODEL_NOT_FOUND", `model '${req.model}' is not published`);
     if (!allowsModel(ctx.tenant, req.model))
@@ -167,7 +170,7 @@ export class Submitter {
     };
   }
 
-  async submitOne(req: JobRequest, ctx: SubmitContext): Promise<Accepted> {
+  async submitOne(req: SubmitRequest, ctx: SubmitContext): Promise<Accepted> {
     const p = await this.prepare(req, ctx);
     this.checkBurst(ctx, p.data.batch);
     const opened: Opened = ctx.idempotencyKey ? await this.open(req, ctx, p, ctx.idempotencyKey) : { enter: { p } };
@@ -183,7 +186,7 @@ export class Submitter {
    * enqueue per model. A bulk whose samples exceed the tenant's sample burst is refused
    * whole (it can never be admitted: the client must split it).
    */
-  async submitMany(reqs: JobRequest[], ctx: SubmitContext): Promise<(Accepted | { error: CitadelError })[]> {
+  async submitMany(reqs: SubmitRequest[], ctx: SubmitContext): Promise<(Accepted | { error: CitadelError })[]> {
     const prepared = await Promise.all(
       reqs.map(async (r) => {
         try {
@@ -361,7 +364,7 @@ export class Submitter {
    * one whose job provably never reached the queue (its request crashed, or its
    * enqueue failed) is taken over, and its job (same id) enqueued by this request.
    */
-  private async open(req: JobRequest, ctx: SubmitContext, p: Prepared, idemKey: string): Promise<Opened> {
+  private async open(req: SubmitRequest, ctx: SubmitContext, p: Prepared, idemKey: string): Promise<Opened> {
     const key = this.idem.keyFor(ctx.tenant.id, idemKey);
     const giveUp = Date.now() + this.leaseMs() + 5000;
     for (;;) {

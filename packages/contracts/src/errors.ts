@@ -18,6 +18,13 @@ export const ErrorCode = z.enum([
   "IDEMPOTENCY_EXPIRED",
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
+  // binary bodies (KServe v2 binary tensor data extension)
+  /** Inference-Header-Content-Length is missing, not a non-negative integer, or past the body's end. */
+  "BINARY_HEADER_LENGTH_INVALID",
+  /** An input in a binary body's header has no parameters.binary_data_size. */
+  "BINARY_DATA_SIZE_MISSING",
+  /** The binary_data_size values do not add up to the bytes after the header (too few, or bytes left over). */
+  "BINARY_DATA_SIZE_MISMATCH",
   // tensors against the manifest (API and worker re-validation)
   "INPUT_MISSING",
   "INPUT_UNKNOWN",
@@ -79,6 +86,9 @@ export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case "MALFORMED_JSON":
     case "VALIDATION_FAILED":
+    case "BINARY_HEADER_LENGTH_INVALID":
+    case "BINARY_DATA_SIZE_MISSING":
+    case "BINARY_DATA_SIZE_MISMATCH":
       return 400;
     case "UNAUTHORIZED":
       return 401;

@@ -2,5 +2,6 @@ export * from "./audit.js";
 export * from "./canonical.js";
 export * from "./errors.js";
 export * from "./jobs.js";
+export * from "./kserve.js";
 export * from "./manifest.js";
 export * from "./tensor.js";
