@@ -73,3 +73,83 @@ describe("medians and targets", () => {
     expect(passes({ name: "", value: Number.NaN, op: "<=", goal: 1, unit: "" })).toBeNull();
   });
 });
+
+describe("submit and wait (the client side of the wire contract)", () => {
+  it("sends binary bodies as octet-stream with the header length, takes a 200 view, and falls back to GET on 202", async () => {
+    const { createServer } = await import("node:http");
+    const { Client } = await import("./harness.js");
+    const seen: { method?: string; url?: string; type?: string; headerLength?: string; bytes: number }[] = [];
+    const view = { id: "m.abc", status: "completed", result: { outputs: {}, batchSize: 1, inferenceMs: 1 } };
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        seen.push({
+          method: req.method,
+          url: req.url,
+          type: req.headers["content-type"],
+          headerLength: req.headers["inference-header-content-length"] as string | undefined,
+          bytes: Buffer.concat(chunks).length,
+        });
+        res.setHeader("content-type", "application/json");
+        if (req.method === "POST" && req.headers["content-type"] === "application/octet-stream") {
+          res.writeHead(200).end(JSON.stringify(view));
+        } else if (req.method === "POST") res.writeHead(202).end(JSON.stringify({ id: "m.abc", status: "queued" }));
+        else res.writeHead(200).end(JSON.stringify(view));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const { port } = server.address() as { port: number };
+      const client = new Client(`http://127.0.0.1:${port}`, "key");
+      const bin = binaryBody("m", [{ name: "x", shape: [1, 2], data: Float32Array.from([1, 2]) }]);
+      const a = await client.submitAndWait(bin.body, { headerLength: bin.headerLength, waitMs: 5000 });
+      expect(a).toMatchObject({ status: 200, view: { status: "completed" } });
+      expect(seen[0]).toEqual({
+        method: "POST",
+        url: "/v1/jobs?wait=5000",
+        type: "application/octet-stream",
+        headerLength: String(bin.headerLength),
+        bytes: bin.body.length,
+      });
+      const b = await client.submitAndWait(
+        jsonBody("m", [{ name: "x", shape: [1, 1], data: Float32Array.from([1]) }]).body,
+        {
+          waitMs: 5000,
+        },
+      );
+      expect(b).toMatchObject({ status: 202, view: { status: "completed" } });
+      expect(seen.slice(1).map((s) => [s.method, s.url])).toEqual([
+        ["POST", "/v1/jobs?wait=5000"],
+        ["GET", "/v1/jobs/m.abc?wait=5000"],
+      ]);
+      expect(seen[1]?.type).toBe("application/json");
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("reports a refusal (e.g. 415 before the binary route exists) with its status and code, without throwing", async () => {
+    const { createServer } = await import("node:http");
+    const { Client } = await import("./harness.js");
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on("end", () =>
+        res
+          .writeHead(415, { "content-type": "application/json" })
+          .end(JSON.stringify({ error: { code: "UNSUPPORTED_MEDIA_TYPE", message: "send application/json" } })),
+      );
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const { port } = server.address() as { port: number };
+      const bin = binaryBody("m", [{ name: "x", shape: [1, 1], data: Float32Array.from([1]) }]);
+      const r = await new Client(`http://127.0.0.1:${port}`, "key").submitAndWait(bin.body, {
+        headerLength: bin.headerLength,
+      });
+      expect(r).toEqual({ status: 415, code: "UNSUPPORTED_MEDIA_TYPE", message: "send application/json" });
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
