@@ -2,59 +2,73 @@
  * Citadel against the onnxruntime limit and a naive BullMQ worker, in one run, on
  * the same machine, models, inputs and intra-op thread count.
  *
- *   npm run bench                 # full (~8 min on 2 cores)
- *   npm run bench -- --quick      # ~3 min, shorter windows
+ *   npm run bench                 # full (~15 min on 2 cores: three repeats of everything)
+ *   npm run bench -- --quick      # ~5 min, shorter windows, one repeat
  *   node --import tsx test/bench/bench.ts [--quick] [--models heavy,ocr] [--threads 2]
- *        [--workers 1] [--seconds 20] [--no-svg]
+ *        [--workers 1] [--seconds 20] [--repeats 3] [--capacity-jobs 20000] [--no-svg]
  *
- * Contenders, per model:
- *   limit   onnxruntime alone in a loop, best of a few batch sizes (samples/s);
- *   naive   a plain BullMQ Worker (its own process) calling session.run per job, fed
- *           by Queue.add with the same base64 payload; clients wait with
- *           job.waitUntilFinished (jobs/s);
- *   citadel the API and worker(s) as real processes; clients POST /v1/jobs and fetch
- *           the result with GET /v1/jobs/:id?wait= (jobs/s, samples/s).
- * Plus bulk submit (POST /v1/jobs/bulk, small inputs, one API process) and the
- * overhead at half load (end-to-end latency minus inference time).
+ * Rows, per model:
+ *   limit          onnxruntime alone in a loop, batch 1/4/8/16/32 (samples/s);
+ *   naive          a plain BullMQ Worker calling session.run per job (contenders.ts);
+ *   Citadel JSON   the API and worker(s) as real processes, JSON/base64 bodies, submit
+ *                  and wait in one request (POST /v1/jobs?wait=);
+ *   Citadel binary the same with binary tensor bodies (reported as unavailable when
+ *                  the API refuses them);
+ *   half load      naive and Citadel in an open loop at the same rate: half the slowest
+ *                  contender's closed-loop jobs/s.
+ * Plus: jobs of 16 samples each (one model, samples/s against the limit), bulk submit,
+ * and worker capacity on a no-op model against bare BullMQ Workers (capacity.ts).
+ *
+ * Fairness: every body is built before measuring; every contender gets the same
+ * warm-up, clients and windows, is started fresh for each measurement, and is measured
+ * `--repeats` times (interleaved with the others) with the median run kept. Latency
+ * counts unfinished jobs (measure.ts).
  *
  * Uses a private redis-server on a free port when one can be started (so that
  * `INFO commandstats` counts only this benchmark), else REDIS_URL.
- * Prints a table and, last, one line of JSON. Writes docs/perf-bench.svg.
+ * Prints a table, the targets of issue 11 with pass/miss, and, last, one line of JSON.
+ * Writes docs/perf-bench.svg.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { Queue, QueueEvents } from "bullmq";
+import { queueName } from "@citadel/queue";
+import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
+import { type DrainResult, measureDrain } from "./capacity.js";
+import {
+  binaryRefusal,
+  type Contender,
+  citadelContender,
+  citadelWorkerProbes,
+  naiveContender,
+  sharedProbes,
+  spawnNaiveWorker,
+  startCitadelWorkers,
+} from "./contenders.js";
 import {
   apiEnv,
   b64,
   Client,
-  type CommandStats,
-  commandDelta,
-  commandStats,
-  cpuMsOf,
   freePort,
   haveRedisServer,
   mean,
   type OwnRedis,
   type Proc,
-  percentile,
   randomInput,
   repoRoot,
-  rssOf,
   say,
   setupFleet,
-  sleep,
   startOwnRedis,
   startProc,
-  threadCpuMs,
-  workerEnv,
 } from "./harness.js";
+import { closedLoop, type LoadResult, median, medianRun, openLoop, percentile, Sampler, Window } from "./measure.js";
 import { renderChart } from "./svg.js";
+import { passes, type Target, targetLines } from "./targets.js";
+import { naiveJobData, type PreparedBody, prepareBody, stackSamples, type Wire } from "./wire.js";
 
 // ---------------------------------------------------------------------------------
 // options
@@ -66,11 +80,22 @@ interface Options {
   threads: number;
   workers: number;
   seconds: number;
+  repeats: number;
+  capacityJobs: number;
   svg: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { quick: false, models: ["heavy", "ocr"], threads: 1, workers: 1, seconds: 0, svg: true };
+  const o: Options = {
+    quick: false,
+    models: ["heavy", "ocr"],
+    threads: 1,
+    workers: 1,
+    seconds: 0,
+    repeats: 0,
+    capacityJobs: 0,
+    svg: true,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i] ?? "";
@@ -79,17 +104,25 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--threads") o.threads = Number(next());
     else if (a === "--workers") o.workers = Number(next());
     else if (a === "--seconds") o.seconds = Number(next());
+    else if (a === "--repeats") o.repeats = Number(next());
+    else if (a === "--capacity-jobs") o.capacityJobs = Number(next());
     else if (a === "--no-svg") o.svg = false;
     else if (a === "--help" || a === "-h") {
       process.stdout.write(
-        "usage: bench.ts [--quick] [--models heavy,ocr] [--threads N] [--workers N] [--seconds S] [--no-svg]\n",
+        "usage: bench.ts [--quick] [--models heavy,ocr] [--threads N] [--workers N] [--seconds S] [--repeats N] [--capacity-jobs N] [--no-svg]\n",
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
   if (o.seconds === 0) o.seconds = o.quick ? 8 : 20;
+  if (o.repeats === 0) o.repeats = o.quick ? 1 : 3;
+  if (o.capacityJobs === 0) o.capacityJobs = o.quick ? 5_000 : 20_000;
   return o;
 }
+
+/** The same for every contender: warm-up before each closed or open loop, and the half-load window. */
+const warmupMs = (o: Options) => (o.quick ? 2000 : 4000);
+const halfLoadMs = (o: Options) => Math.min(o.quick ? 6 : 12, Math.max(3, o.seconds)) * 1000;
 
 // ---------------------------------------------------------------------------------
 // models
@@ -131,10 +164,15 @@ function benchModels(keys: string[]): BenchModel[] {
 
 const perSample = (m: BenchModel) => m.dims.reduce((a, b) => a * b, 1);
 
-/** A pool of distinct inputs (1 sample each), base64-encoded once, reused round-robin by every contender. */
-function inputPool(m: BenchModel, n: number): string[] {
-  return Array.from({ length: n }, (_, i) => b64(randomInput(perSample(m), 1000 + i)));
+/** A pool of distinct 1-sample inputs, reused round-robin by every contender. */
+function inputPool(m: BenchModel, n: number): Float32Array[] {
+  return Array.from({ length: n }, (_, i) => randomInput(perSample(m), 1000 + i));
 }
+
+/** Samples per job in the 16-sample row; the bench's manifests take at least this many. */
+const MULTI_SAMPLES = 16;
+/** The no-op model of the capacity row: identity over x[N,16], batches of up to 64 jobs. */
+const NOOP = { name: "noop", width: 16, maxBatch: 64 };
 
 // ---------------------------------------------------------------------------------
 // limit: onnxruntime alone
@@ -147,16 +185,22 @@ interface LimitResult {
   byBatch: Record<number, number>;
 }
 
-async function measureLimit(m: BenchModel, threads: number, batches: number[], ms: number): Promise<LimitResult> {
+/** `passes` interleaved passes over the batch sizes; the median pass per batch size is kept. */
+async function measureLimit(
+  m: BenchModel,
+  threads: number,
+  batches: number[],
+  ms: number,
+  passes: number,
+): Promise<LimitResult> {
   const session = await ort.InferenceSession.create(m.bytes, {
     executionProviders: ["cpu"],
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
   });
-  const byBatch: Record<number, number> = {};
+  const runs: Record<number, number[]> = {};
   try {
-    // Two interleaved passes, best of both: other processes on a shared machine add noise.
-    for (let pass = 0; pass < 2; pass++) {
+    for (let pass = 0; pass < passes; pass++) {
       for (const b of batches) {
         const data = new Float32Array(b * perSample(m));
         for (let k = 0; k < b; k++) data.set(randomInput(perSample(m), 1000 + k), k * perSample(m));
@@ -169,12 +213,13 @@ async function measureLimit(m: BenchModel, threads: number, batches: number[], m
           n += b;
         }
         const rate = n / ((performance.now() - t0) / 1000);
-        byBatch[b] = Math.max(byBatch[b] ?? 0, rate);
+        runs[b] = [...(runs[b] ?? []), rate];
       }
     }
   } finally {
     await session.release();
   }
+  const byBatch: Record<number, number> = Object.fromEntries(batches.map((b) => [b, median(runs[b] ?? [])]));
   let bestBatch = batches[0] ?? 1;
   for (const b of batches) if ((byBatch[b] ?? 0) > (byBatch[bestBatch] ?? 0)) bestBatch = b;
   const samplesPerSec = byBatch[bestBatch] ?? 0;
@@ -182,429 +227,107 @@ async function measureLimit(m: BenchModel, threads: number, batches: number[], m
 }
 
 // ---------------------------------------------------------------------------------
-// closed-loop load
+// one measurement of a contender
 // ---------------------------------------------------------------------------------
 
-interface JobOutcome {
-  ok: boolean;
-  latencyMs: number;
-  batchSize?: number;
-  inferenceMs?: number;
-  code?: string;
-}
-
-interface LoadResult {
-  jobs: number;
-  failed: number;
-  failures: Record<string, number>;
-  seconds: number;
-  jobsPerSec: number;
-  latencies: number[];
-  overheads: number[];
-  batchSizes: number[];
-}
-
-/**
- * `concurrency` clients each run `one()` back to back. Only jobs *started* after the
- * warm-up and finished before the end count; throughput is completions in the window.
- */
-async function closedLoop(
-  concurrency: number,
-  warmupMs: number,
-  measureMs: number,
-  one: (i: number) => Promise<JobOutcome>,
-  onWindow?: (phase: "start" | "end") => Promise<void>,
-): Promise<LoadResult> {
-  const t0 = performance.now();
-  const winStart = t0 + warmupMs;
-  const winEnd = winStart + measureMs;
-  let seq = 0;
-  const r: LoadResult = {
-    jobs: 0,
-    failed: 0,
-    failures: {},
-    seconds: measureMs / 1000,
-    jobsPerSec: 0,
-    latencies: [],
-    overheads: [],
-    batchSizes: [],
-  };
-  let windowStarted = false;
-  const windowTimer = setTimeout(() => {
-    windowStarted = true;
-    void onWindow?.("start");
-  }, warmupMs);
-  const client = async () => {
-    while (performance.now() < winEnd) {
-      const started = performance.now();
-      const o = await one(seq++);
-      const done = performance.now();
-      if (done >= winStart && done <= winEnd) {
-        if (o.ok) r.jobs++;
-        else {
-          r.failed++;
-          const c = o.code ?? "UNKNOWN";
-          r.failures[c] = (r.failures[c] ?? 0) + 1;
-        }
-      }
-      if (started >= winStart && done <= winEnd && o.ok) {
-        r.latencies.push(o.latencyMs);
-        if (o.inferenceMs !== undefined) r.overheads.push(o.latencyMs - o.inferenceMs);
-        if (o.batchSize !== undefined) r.batchSizes.push(o.batchSize);
-      }
-    }
-  };
-  const clients = Array.from({ length: concurrency }, client);
-  await sleep(warmupMs + measureMs);
-  if (windowStarted) await onWindow?.("end");
-  clearTimeout(windowTimer);
-  await Promise.all(clients);
-  r.jobsPerSec = r.jobs / r.seconds;
-  r.latencies.sort((a, b) => a - b);
-  r.overheads.sort((a, b) => a - b);
-  return r;
-}
-
-/** Open loop: one job every 1/rate s for `ms`, regardless of completions. */
-async function openLoop(rate: number, warmupMs: number, ms: number, one: (i: number) => Promise<JobOutcome>) {
-  const interval = 1000 / rate;
-  const t0 = performance.now();
-  const pending: Promise<void>[] = [];
-  const r = { jobs: 0, failed: 0, latencies: [] as number[], overheads: [] as number[], batchSizes: [] as number[] };
-  for (let i = 0; ; i++) {
-    const due = t0 + i * interval;
-    if (due > t0 + warmupMs + ms) break;
-    const wait = due - performance.now();
-    if (wait > 0) await sleep(wait);
-    const counted = due >= t0 + warmupMs;
-    pending.push(
-      one(i).then((o) => {
-        if (!counted) return;
-        if (!o.ok) {
-          r.failed++;
-          return;
-        }
-        r.jobs++;
-        r.latencies.push(o.latencyMs);
-        if (o.inferenceMs !== undefined) r.overheads.push(o.latencyMs - o.inferenceMs);
-        if (o.batchSize !== undefined) r.batchSizes.push(o.batchSize);
-      }),
-    );
-  }
-  await Promise.all(pending);
-  r.latencies.sort((a, b) => a - b);
-  r.overheads.sort((a, b) => a - b);
-  return r;
-}
-
-// ---------------------------------------------------------------------------------
-// resource sampling
-// ---------------------------------------------------------------------------------
-
-class Sampler {
-  private timer?: NodeJS.Timeout;
-  readonly rss: number[] = [];
-  private cpu0 = 0;
-  private threads0 = { main: 0, others: 0 };
-  private at0 = 0;
-  /** CPU ms used during the window, in total and split by main thread / other threads. */
-  cpuMs = 0;
-  mainMs = 0;
-  otherMs = 0;
-  cpuShare = 0;
-  constructor(private readonly pid: number) {}
-  start(): void {
-    this.cpu0 = this.pid === process.pid ? cpuUsageMs() : cpuMsOf(this.pid);
-    this.threads0 = threadCpuMs(this.pid);
-    this.at0 = performance.now();
-    this.timer = setInterval(() => this.rss.push(rssOf(this.pid)), 500);
-    this.timer.unref();
-  }
-  stop(): void {
-    clearInterval(this.timer);
-    this.rss.push(rssOf(this.pid));
-    this.cpuMs = (this.pid === process.pid ? cpuUsageMs() : cpuMsOf(this.pid)) - this.cpu0;
-    const t = threadCpuMs(this.pid);
-    this.mainMs = t.main - this.threads0.main;
-    this.otherMs = t.others - this.threads0.others;
-    this.cpuShare = this.cpuMs / (performance.now() - this.at0);
-  }
-  get maxRss(): number {
-    return Math.max(0, ...this.rss);
-  }
-}
-
-function cpuUsageMs(): number {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
-}
-
-// ---------------------------------------------------------------------------------
-// naive contender
-// ---------------------------------------------------------------------------------
-
-interface ContenderResult {
-  jobsPerSec: number;
-  samplesPerSec: number;
+interface RunSummary {
+  load: LoadResult;
   p50: number;
   p99: number;
-  failed: number;
-  failures: Record<string, number>;
-  avgBatch: number;
-  rssMb: number;
-  cpuCores: number;
-  redisCmdsPerJob: number;
-  redisTop: Record<string, number>;
-  /** CPU ms per job by component, during the measured window. */
-  cpuPerJob: Record<string, number>;
-}
-
-async function runNaive(
-  m: BenchModel,
-  o: Options,
-  redisUrl: string,
-  dir: string,
-  pool: string[],
-  concurrency: number,
-  admin: Redis,
-  redisPid: number,
-): Promise<ContenderResult> {
-  const modelFile = path.join(dir, `${m.name}.onnx`);
-  writeFileSync(modelFile, m.bytes, { mode: 0o600 });
-  const prefix = `{naive-${process.pid}}`;
-  const queueName = `naive-${m.name}`;
-  const { spawn } = await import("node:child_process");
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(repoRoot, "test/bench/naive-worker.ts")], {
-    cwd: repoRoot,
-    env: {
-      PATH: process.env.PATH ?? "",
-      REDIS_URL: redisUrl,
-      NAIVE_QUEUE: queueName,
-      NAIVE_PREFIX: prefix,
-      NAIVE_MODEL: modelFile,
-      NAIVE_THREADS: String(o.threads),
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
-    child.once("exit", (c) => reject(new Error(`naive worker exited with ${c}`)));
-  });
-  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
-  const queue = new Queue(queueName, { connection, prefix });
-  const events = new QueueEvents(queueName, {
-    connection: new Redis(redisUrl, { maxRetriesPerRequest: null }),
-    prefix,
-  });
-  await events.waitUntilReady();
-  queue.setMaxListeners(concurrency * 4);
-  events.setMaxListeners(concurrency * 4);
-  const sampler = new Sampler(child.pid ?? 0);
-  const redisSampler = new Sampler(redisPid);
-  const clientSampler = new Sampler(process.pid);
-  let stats0: CommandStats = new Map();
-  let stats1: CommandStats = new Map();
-  try {
-    const res = await closedLoop(
-      concurrency,
-      o.quick ? 2000 : 4000,
-      o.seconds * 1000,
-      async (i) => {
-        const t = performance.now();
-        try {
-          const job = await queue.add("infer", {
-            inputs: { [m.input]: { dtype: "float32", shape: [1, ...m.dims], data: pool[i % pool.length] ?? "" } },
-          });
-          await job.waitUntilFinished(events, 60_000);
-          return { ok: true, latencyMs: performance.now() - t, batchSize: 1 };
-        } catch {
-          return { ok: false, latencyMs: performance.now() - t, code: "FAILED" };
-        }
-      },
-      async (phase) => {
-        if (phase === "start") {
-          for (const x of [sampler, redisSampler, clientSampler]) x.start();
-          stats0 = await commandStats(admin);
-        } else {
-          for (const x of [sampler, redisSampler, clientSampler]) x.stop();
-          stats1 = await commandStats(admin);
-        }
-      },
-    );
-    const cmds = commandDelta(stats0, stats1);
-    return {
-      jobsPerSec: res.jobsPerSec,
-      samplesPerSec: res.jobsPerSec,
-      p50: percentile(res.latencies, 50),
-      p99: percentile(res.latencies, 99),
-      failed: res.failed,
-      failures: res.failures,
-      avgBatch: 1,
-      rssMb: sampler.maxRss / 2 ** 20,
-      cpuCores: sampler.cpuShare,
-      redisCmdsPerJob: cmds.all / Math.max(1, res.jobs),
-      redisTop: topN(cmds.byCommand, res.jobs, 6),
-      cpuPerJob: perJob(res.jobs, {
-        worker: sampler.cpuMs,
-        redis: redisPid ? redisSampler.cpuMs : Number.NaN,
-        client: clientSampler.cpuMs,
-      }),
-    };
-  } finally {
-    child.kill("SIGTERM");
-    await new Promise((r) => child.once("exit", r));
-    await events.close();
-    await queue.obliterate({ force: true }).catch(() => undefined);
-    await queue.close();
-    connection.disconnect();
-  }
-}
-
-function perJob(jobs: number, ms: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, Math.round((v / Math.max(1, jobs)) * 100) / 100]));
-}
-
-function topN(by: Record<string, number>, jobs: number, n: number): Record<string, number> {
-  return Object.fromEntries(
-    Object.entries(by)
-      .sort((a, b) => b[1] - a[1])
-      .slice(0, n)
-      .map(([k, v]) => [k, Math.round((v / Math.max(1, jobs)) * 100) / 100]),
-  );
-}
-
-// ---------------------------------------------------------------------------------
-// Citadel contender
-// ---------------------------------------------------------------------------------
-
-function citadelJob(client: Client, m: BenchModel, pool: string[]): (i: number) => Promise<JobOutcome> {
-  // Bodies are built once: the client's own cost should not be what is measured.
-  const bodies = pool.map((data) =>
-    JSON.stringify({ model: m.name, inputs: { [m.input]: { dtype: "float32", shape: [1, ...m.dims], data } } }),
-  );
-  return async (i) => {
-    const body = bodies[i % bodies.length] ?? "";
-    const t = performance.now();
-    try {
-      const s = await client.submit(body);
-      if (s.status !== 202 || !s.id)
-        return { ok: false, latencyMs: performance.now() - t, code: s.code ?? `HTTP_${s.status}` };
-      const v = await client.waitFinal(s.id);
-      const latencyMs = performance.now() - t;
-      if (v.status !== "completed" || !v.result)
-        return { ok: false, latencyMs, code: v.error?.code ?? v.status.toUpperCase() };
-      return { ok: true, latencyMs, batchSize: v.result.batchSize, inferenceMs: v.result.inferenceMs };
-    } catch (err) {
-      return { ok: false, latencyMs: performance.now() - t, code: (err as Error).name };
-    }
-  };
-}
-
-interface CitadelResult extends ContenderResult {
-  halfLoad: {
-    rate: number;
-    jobs: number;
-    p50: number;
-    p99: number;
-    overheadP50: number;
-    overheadP99: number;
-    avgBatch: number;
-  };
   overheadP50: number;
   overheadP99: number;
-  apiCpuCores: number;
-  redisCpuCores: number;
+  avgBatch: number;
+  rssMb: number;
+  /** Cores busy: the worker process(es), the API, Redis. */
+  workerCores: number;
+  apiCores: number;
+  redisCores: number;
+  cpuPerJob: Record<string, number>;
+  redisCmdsPerJob: number;
+  redisTop: Record<string, number>;
 }
 
-async function runCitadel(
-  m: BenchModel,
-  o: Options,
-  fleet: Awaited<ReturnType<typeof setupFleet>>,
-  api: Proc,
-  pool: string[],
-  concurrency: number,
-  admin: Redis,
-  redisPid: number,
-): Promise<CitadelResult> {
-  const workers: Proc[] = [];
-  for (let w = 0; w < o.workers; w++) {
-    const port = await freePort();
-    workers.push(
-      await startProc(
-        "worker",
-        `worker-${m.key}-${w + 1}`,
-        workerEnv(fleet.env, port, `bench-${m.key}-${w + 1}`, {
-          WORKER_MODELS: m.name,
-          RUNTIME_THREADS: String(o.threads),
-        }),
-        fleet.logDir,
-        port,
-      ),
-    );
-  }
-  const client = new Client(api.url, fleet.apiKey);
-  const one = citadelJob(client, m, pool);
-  const samplers = workers.map((w) => new Sampler(w.pid));
-  const apiSampler = new Sampler(api.pid);
-  const redisSampler = new Sampler(redisPid);
-  const clientSampler = new Sampler(process.pid);
-  let stats0: CommandStats = new Map();
-  let stats1: CommandStats = new Map();
+/** A percentile, NaN (printed "-") when there is no sample: 0 would read as a measurement. */
+const pct = (sorted: readonly number[], p: number) => (sorted.length ? percentile(sorted, p) : Number.NaN);
+
+function summarize(load: LoadResult, w: Window | null): RunSummary {
+  const redis = w?.redis(load.jobs) ?? { perJob: Number.NaN, top: {} };
+  return {
+    load,
+    p50: pct(load.latencies, 50),
+    p99: pct(load.latencies, 99),
+    overheadP50: pct(load.overheads, 50),
+    overheadP99: pct(load.overheads, 99),
+    avgBatch: load.batchSizes.length ? mean(load.batchSizes) : Number.NaN,
+    rssMb: w?.maxRssMb(["worker", "workerMain"]) ?? Number.NaN,
+    workerCores: w?.cores(["worker", "workerMain"]) ?? Number.NaN,
+    apiCores: w?.cores(["api"]) ?? 0,
+    redisCores: w?.cores(["redis"]) ?? 0,
+    cpuPerJob: w?.cpuPerJob(load.jobs) ?? {},
+    redisCmdsPerJob: redis.perJob,
+    redisTop: redis.top,
+  };
+}
+
+async function closedRun(c: Contender, concurrency: number, o: Options, admin: Redis): Promise<RunSummary> {
+  const running = await c.start();
+  const w = new Window(running.probes, admin);
   try {
-    const res = await closedLoop(concurrency, o.quick ? 3000 : 5000, o.seconds * 1000, one, async (phase) => {
-      if (phase === "start") {
-        for (const s of [...samplers, apiSampler, redisSampler, clientSampler]) s.start();
-        stats0 = await commandStats(admin);
-      } else {
-        for (const s of [...samplers, apiSampler, redisSampler, clientSampler]) s.stop();
-        stats1 = await commandStats(admin);
-      }
-    });
-    const cmds = commandDelta(stats0, stats1);
-    // Half load: an open loop at half the closed-loop throughput.
-    const rate = Math.max(1, res.jobsPerSec / 2);
-    const half = await openLoop(rate, 2000, (o.quick ? 6 : 12) * 1000, one);
-    return {
-      jobsPerSec: res.jobsPerSec,
-      samplesPerSec: res.jobsPerSec,
-      p50: percentile(res.latencies, 50),
-      p99: percentile(res.latencies, 99),
-      failed: res.failed,
-      failures: res.failures,
-      avgBatch: mean(res.batchSizes),
-      rssMb: Math.max(...samplers.map((s) => s.maxRss)) / 2 ** 20,
-      cpuCores: samplers.reduce((a, s) => a + s.cpuShare, 0),
-      apiCpuCores: apiSampler.cpuShare,
-      redisCpuCores: redisPid ? redisSampler.cpuShare : 0,
-      redisCmdsPerJob: cmds.all / Math.max(1, res.jobs),
-      redisTop: topN(cmds.byCommand, res.jobs, 8),
-      cpuPerJob: perJob(res.jobs, {
-        api: apiSampler.cpuMs,
-        workerMain: samplers.reduce((a, x) => a + x.mainMs, 0),
-        workerRunner: samplers.reduce((a, x) => a + x.otherMs, 0),
-        redis: redisPid ? redisSampler.cpuMs : Number.NaN,
-        client: clientSampler.cpuMs,
-      }),
-      overheadP50: percentile(res.overheads, 50),
-      overheadP99: percentile(res.overheads, 99),
-      halfLoad: {
-        rate,
-        jobs: half.jobs,
-        p50: percentile(half.latencies, 50),
-        p99: percentile(half.latencies, 99),
-        overheadP50: percentile(half.overheads, 50),
-        overheadP99: percentile(half.overheads, 99),
-        avgBatch: mean(half.batchSizes),
-      },
-    };
+    const load = await closedLoop(concurrency, warmupMs(o), o.seconds * 1000, running.one, (phase) =>
+      phase === "start" ? w.start() : w.stop(),
+    );
+    return summarize(load, w);
   } finally {
-    await Promise.all(workers.map((w) => w.stop()));
+    await running.stop();
   }
+}
+
+async function openRun(c: Contender, rate: number, o: Options): Promise<RunSummary> {
+  const running = await c.start();
+  try {
+    return summarize(await openLoop(rate, warmupMs(o), halfLoadMs(o), running.one), null);
+  } finally {
+    await running.stop();
+  }
+}
+
+/** Every contender measured `o.repeats` times, interleaved; the median run (by jobs/s) of each kept. */
+async function measureInterleaved(
+  contenders: readonly Contender[],
+  concurrency: number,
+  o: Options,
+  admin: Redis,
+): Promise<{ median: RunSummary; runs: number[] }[]> {
+  const runs: RunSummary[][] = contenders.map(() => []);
+  for (let r = 0; r < o.repeats; r++) {
+    for (const [k, c] of contenders.entries()) {
+      say(`${c.label}: run ${r + 1}/${o.repeats}, ${concurrency} clients`);
+      const s = await closedRun(c, concurrency, o, admin);
+      say(
+        `${c.label}: ${fmt(s.load.jobsPerSec)} jobs/s, p50 ${fmt(s.p50)} ms, p99 ${fmt(s.p99)} ms` +
+          (s.load.failed ? `, failed ${JSON.stringify(s.load.failures)}` : "") +
+          (s.load.unfinished ? `, unfinished ${s.load.unfinished}` : ""),
+      );
+      runs[k]?.push(s);
+    }
+  }
+  return runs.map((rs) => ({
+    median: medianRun(rs, (s) => s.load.jobsPerSec),
+    runs: rs.map((s) => round1(s.load.jobsPerSec)),
+  }));
 }
 
 // ---------------------------------------------------------------------------------
 // bulk submit
 // ---------------------------------------------------------------------------------
+
+function bulkBody(model: string, width: number, count: number): string {
+  const jobs = Array.from({ length: count }, (_, i) => ({
+    model,
+    inputs: { x: { dtype: "float32", shape: [1, width], data: b64(randomInput(width, i)) } },
+  }));
+  return JSON.stringify({ jobs });
+}
 
 async function runBulk(
   o: Options,
@@ -621,24 +344,18 @@ async function runBulk(
 }> {
   const client = new Client(api.url, apiKey);
   const per = 500;
-  const jobs = Array.from({ length: per }, (_, i) => ({
-    model,
-    inputs: { x: { dtype: "float32", shape: [1, width], data: b64(randomInput(width, i)) } },
-  }));
-  const body = JSON.stringify({ jobs });
+  const body = bulkBody(model, width, per);
   const refused: Record<string, number> = {};
   let accepted = 0;
   let requests = 0;
   const warm = performance.now() + 1500;
   const end = warm + (o.quick ? 4000 : 8000);
-  let counting = false;
   const sampler = new Sampler(api.pid);
   const loop = async () => {
     while (performance.now() < end) {
       const started = performance.now();
       const r = await client.bulk(body);
       if (started < warm || performance.now() > end) continue;
-      counting = true;
       requests++;
       if (r.status !== 202) refused[r.code ?? `HTTP_${r.status}`] = (refused[r.code ?? `HTTP_${r.status}`] ?? 0) + per;
       for (const j of r.results) {
@@ -651,15 +368,253 @@ async function runBulk(
   await Promise.all([loop(), loop(), loop(), loop()]);
   clearTimeout(t);
   sampler.stop();
-  void counting;
   return { jobsPerSec: accepted / ((end - warm) / 1000), requests, accepted, refused, apiCpuCores: sampler.cpuShare };
 }
+
+// ---------------------------------------------------------------------------------
+// worker capacity on a no-op model
+// ---------------------------------------------------------------------------------
+
+interface CapacityResult {
+  jobs: number;
+  citadel: DrainResult;
+  bareC1: DrainResult;
+  bareC50: DrainResult;
+  runs: { citadel: number[]; bareC1: number[]; bareC50: number[] };
+}
+
+/** Pre-fills Citadel's no-op queue through the API (bulk submit), exactly `total` jobs. */
+async function prefillCitadel(client: Client, total: number): Promise<void> {
+  const per = 500;
+  const full = bulkBody(NOOP.name, NOOP.width, per);
+  let accepted = 0;
+  for (let left = total; left > 0; left -= per) {
+    const r = await client.bulk(left >= per ? full : bulkBody(NOOP.name, NOOP.width, left));
+    accepted += r.results.filter((j) => j.id).length;
+  }
+  if (accepted !== total) throw new Error(`capacity: the API accepted ${accepted} of ${total} pre-filled jobs`);
+}
+
+async function prefillBare(queue: Queue, total: number): Promise<void> {
+  const data = naiveJobData([{ name: "x", shape: [1, NOOP.width], data: randomInput(NOOP.width, 7) }]);
+  for (let left = total; left > 0; left -= 1000) {
+    await queue.addBulk(Array.from({ length: Math.min(1000, left) }, () => ({ name: "noop", data })));
+  }
+}
+
+async function runCapacity(
+  o: Options,
+  fleet: Awaited<ReturnType<typeof setupFleet>>,
+  api: Proc,
+  redisUrl: string,
+  admin: Redis,
+  redisPid: number,
+): Promise<CapacityResult> {
+  const total = o.capacityJobs;
+  const capMs = o.seconds * 1000;
+  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  const citadelQueue = new Queue(queueName(NOOP.name), { connection, prefix: fleet.prefix });
+  const bareQueue = new Queue("bare-noop", { connection, prefix: `{bare-${process.pid}}` });
+  const client = new Client(api.url, fleet.apiKey);
+  const runs: { citadel: DrainResult[]; bareC1: DrainResult[]; bareC50: DrainResult[] } = {
+    citadel: [],
+    bareC1: [],
+    bareC50: [],
+  };
+  const bare = async (concurrency: number) => {
+    await prefillBare(bareQueue, total);
+    const r = await measureDrain({
+      queue: bareQueue,
+      total,
+      capMs,
+      admin,
+      start: async () => {
+        const w = await spawnNaiveWorker(redisUrl, {
+          NAIVE_QUEUE: bareQueue.name,
+          NAIVE_PREFIX: `{bare-${process.pid}}`,
+          NAIVE_NOOP: "1",
+          NAIVE_CONCURRENCY: String(concurrency),
+        });
+        return { probes: [{ key: "worker", pid: w.pid }, ...sharedProbes(redisPid)], stop: () => w.stop() };
+      },
+    });
+    await bareQueue.obliterate({ force: true });
+    return r;
+  };
+  try {
+    for (let r = 0; r < o.repeats; r++) {
+      say(`capacity: run ${r + 1}/${o.repeats}: one Citadel worker drains ${total} pre-filled no-op jobs`);
+      await prefillCitadel(client, total);
+      const c = await measureDrain({
+        queue: citadelQueue,
+        total,
+        capMs,
+        admin,
+        start: async () => {
+          const workers = await startCitadelWorkers(fleet, NOOP.name, 1, o.threads, "capacity");
+          return {
+            probes: [...citadelWorkerProbes(workers), ...sharedProbes(redisPid)],
+            stop: async () => {
+              await Promise.all(workers.map((w) => w.stop()));
+            },
+          };
+        },
+      });
+      // Jobs left when the time cap ended the drain: out of the next run's way.
+      await citadelQueue.obliterate({ force: true });
+      runs.citadel.push(c);
+      say(`capacity: Citadel ${fmt(c.jobsPerSec)} jobs/s${c.reachedEnd ? "" : " (time cap reached)"}`);
+      for (const [conc, into] of [
+        [1, runs.bareC1],
+        [50, runs.bareC50],
+      ] as const) {
+        const b = await bare(conc);
+        into.push(b);
+        say(`capacity: bare BullMQ Worker, concurrency ${conc}: ${fmt(b.jobsPerSec)} jobs/s`);
+      }
+    }
+  } finally {
+    await citadelQueue.close();
+    await bareQueue.close();
+    connection.disconnect();
+  }
+  const rate = (d: DrainResult) => d.jobsPerSec;
+  const list = (ds: DrainResult[]) => ds.map((d) => Math.round(d.jobsPerSec));
+  return {
+    jobs: total,
+    citadel: medianRun(runs.citadel, rate),
+    bareC1: medianRun(runs.bareC1, rate),
+    bareC50: medianRun(runs.bareC50, rate),
+    runs: { citadel: list(runs.citadel), bareC1: list(runs.bareC1), bareC50: list(runs.bareC50) },
+  };
+}
+
+// ---------------------------------------------------------------------------------
+// per model
+// ---------------------------------------------------------------------------------
+
+interface ModelResult {
+  model: BenchModel;
+  limit: LimitResult;
+  naive: RunSummary;
+  citadel: RunSummary;
+  binary: RunSummary | { unavailable: string };
+  runs: { naive: number[]; citadel: number[]; binary: number[] };
+  half: { rate: number; naive: RunSummary; citadel: RunSummary; binary: RunSummary | null };
+  multi: { wire: Wire; run: RunSummary; runs: number[] } | null;
+}
+
+const isRun = (x: RunSummary | { unavailable: string }): x is RunSummary => "load" in x;
+
+async function runModel(
+  m: BenchModel,
+  limit: LimitResult,
+  multi: boolean,
+  o: Options,
+  ctx: {
+    fleet: Awaited<ReturnType<typeof setupFleet>>;
+    api: Proc;
+    admin: Redis;
+    redisUrl: string;
+    redisPid: number;
+    dir: string;
+  },
+): Promise<ModelResult> {
+  const pool = inputPool(m, 64);
+  const maxBatch = manifestMaxBatch(limit);
+  const concurrency = Math.max(16, 3 * maxBatch * o.workers);
+  const one = (i: number) => [{ name: m.input, shape: [1, ...m.dims], data: pool[i] as Float32Array }];
+  const bodiesOf = (wire: Wire) => pool.map((_, i) => prepareBody(wire, m.name, one(i)));
+  const modelFile = path.join(ctx.dir, `${m.name}.onnx`);
+  writeFileSync(modelFile, m.bytes, { mode: 0o600 });
+
+  const naive = naiveContender({
+    label: `naive:   ${m.name}`,
+    redisUrl: ctx.redisUrl,
+    redisPid: ctx.redisPid,
+    modelFile,
+    queueName: `naive-${m.name}`,
+    threads: o.threads,
+    data: pool.map((_, i) => naiveJobData(one(i))),
+    concurrency,
+  });
+  const citadelOf = (bodies: PreparedBody[], samplesPerJob: number, label: string) =>
+    citadelContender({
+      label,
+      fleet: ctx.fleet,
+      api: ctx.api,
+      redisPid: ctx.redisPid,
+      model: m.name,
+      workers: o.workers,
+      threads: o.threads,
+      bodies,
+      samplesPerJob,
+    });
+  const json = citadelOf(bodiesOf("json"), 1, `citadel: ${m.name} (JSON/base64)`);
+  const binaryBodies = bodiesOf("binary");
+  const refusal = await binaryRefusal(ctx.api, ctx.fleet.apiKey, binaryBodies[0] as PreparedBody);
+  if (refusal) say(`citadel: ${m.name} (binary): unavailable, the API answers ${refusal}`);
+  const binary = refusal ? null : citadelOf(binaryBodies, 1, `citadel: ${m.name} (binary)`);
+
+  const [n, j, b] = await measureInterleaved(binary ? [naive, json, binary] : [naive, json], concurrency, o, ctx.admin);
+  if (!n || !j) throw new Error("a contender returned no measurement");
+
+  // Half load: every contender in an open loop at the same rate, half the slowest one's jobs/s.
+  const rate = Math.max(1, Math.min(...[n, j, b].flatMap((x) => (x ? [x.median.load.jobsPerSec] : []))) / 2);
+  say(`half load: ${m.name}: ${fmt(rate, 1)} jobs/s for every contender`);
+  const half = {
+    rate,
+    naive: await openRun(naive, rate, o),
+    citadel: await openRun(json, rate, o),
+    binary: binary ? await openRun(binary, rate, o) : null,
+  };
+  say(
+    `half load: ${m.name}: p99 e2e−inference naive ${fmt(half.naive.overheadP99, 1)} ms, Citadel JSON ${fmt(half.citadel.overheadP99, 1)} ms` +
+      (half.binary ? `, binary ${fmt(half.binary.overheadP99, 1)} ms` : ""),
+  );
+
+  let multiResult: ModelResult["multi"] = null;
+  if (multi) {
+    const wire: Wire = binary ? "binary" : "json";
+    const bodies = Array.from({ length: pool.length / MULTI_SAMPLES }, (_, k) =>
+      prepareBody(wire, m.name, [
+        {
+          name: m.input,
+          shape: [MULTI_SAMPLES, ...m.dims],
+          data: stackSamples(pool, k * MULTI_SAMPLES, MULTI_SAMPLES),
+        },
+      ]),
+    );
+    const c = citadelOf(bodies, MULTI_SAMPLES, `citadel: ${m.name} (${MULTI_SAMPLES}-sample jobs, ${wire})`);
+    const clients = Math.max(4, 3 * Math.ceil(maxBatch / MULTI_SAMPLES) * o.workers);
+    const [r] = await measureInterleaved([c], clients, o, ctx.admin);
+    if (r) multiResult = { wire, run: r.median, runs: r.runs };
+  }
+  return {
+    model: m,
+    limit,
+    naive: n.median,
+    citadel: j.median,
+    binary: b ? b.median : { unavailable: refusal ?? "no measurement" },
+    runs: { naive: n.runs, citadel: j.runs, binary: b?.runs ?? [] },
+    half,
+    multi: multiResult,
+  };
+}
+
+/**
+ * Citadel's manifest gets the batch size the limit found best, and at least 16: room for
+ * dynamic batching where batching helps only a little, and for the 16-sample jobs.
+ */
+const manifestMaxBatch = (l: LimitResult) => Math.max(MULTI_SAMPLES, l.bestBatch);
 
 // ---------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------
 
 const fmt = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "-");
+const round1 = (n: number) => Math.round(n * 10) / 10;
+const round2 = (n: number) => Math.round(n * 100) / 100;
 
 async function main(): Promise<number> {
   const o = parseArgs(process.argv.slice(2));
@@ -669,6 +624,9 @@ async function main(): Promise<number> {
     `bench: ${o.quick ? "quick" : "full"}; ${os.cpus().length} cores; load avg ${load0.map((x) => x.toFixed(2)).join(" ")}`,
   );
   say(`bench: onnxruntime intra-op threads ${o.threads} in every contender; ${o.workers} Citadel worker(s)`);
+  say(
+    `bench: ${o.repeats} measurement(s) per contender${o.repeats >= 3 ? ", median kept" : o.repeats === 1 ? " (not a median: one repeat)" : ", lower median kept"}; ${o.seconds} s windows after ${warmupMs(o) / 1000} s warm-ups`,
+  );
 
   let own: OwnRedis | null = null;
   let redisUrl = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -681,14 +639,11 @@ async function main(): Promise<number> {
   const redisPid = Number(/process_id:(\d+)/.exec(await admin.info("server"))?.[1] ?? "0");
   const models = benchModels(o.models);
   const fleet = await setupFleet({ redisUrl, prefix: "{bench}" });
-  const dir = fleet.dir;
-  const results: Record<
-    string,
-    { model: BenchModel; limit: LimitResult; naive: ContenderResult; citadel: CitadelResult }
-  > = {};
+  const results: Record<string, ModelResult> = {};
   const limitsAlt = new Map<string, LimitResult & { threads: number }>();
   let api: Proc | null = null;
   let bulk: Awaited<ReturnType<typeof runBulk>> | null = null;
+  let capacity: CapacityResult | null = null;
   try {
     // Limits first, with nothing else running.
     const limits = new Map<string, LimitResult>();
@@ -696,7 +651,7 @@ async function main(): Promise<number> {
     for (const m of models) {
       for (const threads of altThreads === o.threads ? [o.threads] : [o.threads, altThreads]) {
         say(`limit:   ${m.name}: onnxruntime alone, ${threads} thread(s), batch 1/4/8/16/32`);
-        const l = await measureLimit(m, threads, [1, 4, 8, 16, 32], o.quick ? 1500 : 3000);
+        const l = await measureLimit(m, threads, [1, 4, 8, 16, 32], o.quick ? 1500 : 3000, o.repeats);
         if (threads === o.threads) limits.set(m.key, l);
         else limitsAlt.set(m.key, { threads, ...l });
         say(
@@ -708,15 +663,12 @@ async function main(): Promise<number> {
         );
       }
     }
-    // Publish: Citadel's manifest gets the batch size the limit found best (at least 8, so
-    // dynamic batching has room when batching helps only a little).
     for (const m of models) {
-      const l = limits.get(m.key);
       await fleet.publish(m.bytes, {
         name: m.name,
         version: "1",
         spec: {
-          maxBatch: Math.max(8, l?.bestBatch ?? 8),
+          maxBatch: manifestMaxBatch(limits.get(m.key) as LimitResult),
           maxQueueDelayMs: 2,
           timeoutMs: 10_000,
           executionProviders: ["cpu"],
@@ -730,6 +682,16 @@ async function main(): Promise<number> {
       version: "1",
       spec: { maxBatch: 64, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
     });
+    await fleet.publish(buildIdentityModel("float32", ["N", NOOP.width]), {
+      name: NOOP.name,
+      version: "1",
+      spec: {
+        maxBatch: NOOP.maxBatch,
+        maxQueueDelayMs: 0,
+        executionProviders: ["cpu"],
+        inputs: { x: { range: [-1, 1] } },
+      },
+    });
     const apiPort = await freePort();
     api = await startProc(
       "api",
@@ -739,49 +701,202 @@ async function main(): Promise<number> {
       apiPort,
     );
 
+    // The 16-sample row runs on one model: PaddleOCR when it is in the run (its inputs
+    // are the large ones the data plane is about), else the first.
+    const multiKey = models.some((m) => m.key === "ocr") ? "ocr" : models[0]?.key;
     for (const m of models) {
-      const limit = limits.get(m.key) as LimitResult;
-      const pool = inputPool(m, 64);
-      const maxBatch = Math.max(8, limit.bestBatch);
-      const concurrency = Math.max(16, 3 * maxBatch * o.workers);
-      say(`naive:   ${m.name}: BullMQ Worker + session.run per job, ${concurrency} clients`);
-      const naive = await runNaive(m, o, redisUrl, dir, pool, concurrency, admin, redisPid);
-      say(`naive:   ${m.name}: ${fmt(naive.jobsPerSec)} jobs/s, p50 ${fmt(naive.p50)} ms, p99 ${fmt(naive.p99)} ms`);
-      say(`citadel: ${m.name}: HTTP submit → queue → worker → ?wait result, ${concurrency} clients`);
-      const citadel = await runCitadel(m, o, fleet, api, pool, concurrency, admin, redisPid);
-      say(
-        `citadel: ${m.name}: ${fmt(citadel.samplesPerSec)} samples/s, p50 ${fmt(citadel.p50)} ms, p99 ${fmt(citadel.p99)} ms, avg batch ${fmt(citadel.avgBatch, 2)}; half load p99 overhead ${fmt(citadel.halfLoad.overheadP99, 1)} ms`,
-      );
-      results[m.key] = { model: m, limit, naive, citadel };
+      results[m.key] = await runModel(m, limits.get(m.key) as LimitResult, m.key === multiKey, o, {
+        fleet,
+        api,
+        admin,
+        redisUrl,
+        redisPid,
+        dir: fleet.dir,
+      });
     }
 
     say("bulk:    POST /v1/jobs/bulk, 500 small jobs per request, 4 clients, one API process");
     bulk = await runBulk(o, api, fleet.apiKey, "tiny", TINY_WIDTH);
     say(`bulk:    ${fmt(bulk.jobsPerSec)} jobs/s accepted`);
+
+    capacity = await runCapacity(o, fleet, api, redisUrl, admin, redisPid);
   } finally {
     await api?.stop();
     await fleet.close();
     admin.disconnect();
     await own?.stop();
   }
+  report(o, results, limitsAlt, bulk, capacity, load0, started);
+  return 0;
+}
 
-  // ---- report ----
-  const rows: string[][] = [
-    [
-      "model",
-      "contender",
-      "samples/s",
-      "jobs/s",
-      "p50 ms",
-      "p99 ms",
-      "avg batch",
-      "RSS MB",
-      "CPU cores",
-      "Redis cmds/job",
-    ],
+// ---------------------------------------------------------------------------------
+// report
+// ---------------------------------------------------------------------------------
+
+function runJson(s: RunSummary) {
+  return {
+    jobsPerSec: Math.round(s.load.jobsPerSec),
+    samplesPerSec: Math.round(s.load.samplesPerSec),
+    p50Ms: round1(s.p50),
+    p99Ms: round1(s.p99),
+    overheadP50Ms: round1(s.overheadP50),
+    overheadP99Ms: round1(s.overheadP99),
+    avgBatch: round2(s.avgBatch),
+    failed: s.load.failed,
+    failures: s.load.failures,
+    unfinished: s.load.unfinished,
+    rssMb: Math.round(s.rssMb),
+    cpuMsPerJob: s.cpuPerJob,
+    redisCmdsPerJob: round1(s.redisCmdsPerJob),
+    redisTopPerJob: s.redisTop,
+  };
+}
+
+function halfJson(rate: number, s: RunSummary) {
+  return {
+    rateJobsPerSec: Math.round(rate),
+    jobs: s.load.jobs,
+    failed: s.load.failed,
+    unfinished: s.load.unfinished,
+    p50Ms: round1(s.p50),
+    p99Ms: round1(s.p99),
+    overheadP50Ms: round1(s.overheadP50),
+    overheadP99Ms: round1(s.overheadP99),
+    avgBatch: round2(s.avgBatch),
+  };
+}
+
+function drainJson(d: DrainResult) {
+  return {
+    jobsPerSec: Math.round(d.jobsPerSec),
+    jobs: d.jobs,
+    seconds: round2(d.seconds),
+    reachedEnd: d.reachedEnd,
+    cpuMsPerJob: d.cpuPerJob,
+    redisCmdsPerJob: round1(d.redisCmdsPerJob),
+    redisTopPerJob: d.redisTop,
+  };
+}
+
+/** Citadel's best wire for a model: binary when the API takes it. */
+function bestCitadel(r: ModelResult): { wire: Wire; run: RunSummary; half: RunSummary } {
+  return isRun(r.binary) && r.half.binary
+    ? { wire: "binary", run: r.binary, half: r.half.binary }
+    : { wire: "json", run: r.citadel, half: r.half.citadel };
+}
+
+function collectTargets(results: Record<string, ModelResult>, capacity: CapacityResult | null): Target[] {
+  const t: Target[] = [];
+  const ratio = (a: number, b: number) => a / Math.max(1e-9, b);
+  const ocr = results.ocr;
+  if (ocr) {
+    t.push({
+      name: "PaddleOCR cls, binary bodies: Citadel / naive jobs/s",
+      value: isRun(ocr.binary) ? ratio(ocr.binary.load.jobsPerSec, ocr.naive.load.jobsPerSec) : null,
+      op: ">=",
+      goal: 1.5,
+      unit: "×",
+      ...(isRun(ocr.binary) ? {} : { note: `binary route unavailable: ${ocr.binary.unavailable}` }),
+    });
+  }
+  const heavy = results.heavy;
+  if (heavy) {
+    const best = bestCitadel(heavy);
+    t.push({
+      name: `heavy conv: Citadel (${best.wire}) / naive jobs/s`,
+      value: ratio(best.run.load.jobsPerSec, heavy.naive.load.jobsPerSec),
+      op: ">=",
+      goal: 1.1,
+      unit: "×",
+    });
+    t.push({
+      name: `heavy conv: Citadel (${best.wire}) / onnxruntime alone, samples/s`,
+      value: ratio(best.run.load.samplesPerSec, heavy.limit.samplesPerSec),
+      op: ">=",
+      goal: 0.85,
+      unit: "×",
+    });
+  }
+  for (const r of Object.values(results)) {
+    if (!r.multi) continue;
+    t.push({
+      name: `${MULTI_SAMPLES}-sample jobs (${r.model.name}, ${r.multi.wire}): Citadel / onnxruntime alone, samples/s`,
+      value: ratio(r.multi.run.load.samplesPerSec, r.limit.samplesPerSec),
+      op: ">=",
+      goal: 0.8,
+      unit: "×",
+    });
+  }
+  if (capacity) {
+    t.push({
+      name: "worker capacity, no-op model: Citadel / bare BullMQ Worker at concurrency 50",
+      value: ratio(capacity.citadel.jobsPerSec, capacity.bareC50.jobsPerSec),
+      op: ">=",
+      goal: 0.5,
+      unit: "×",
+    });
+  }
+  for (const r of Object.values(results)) {
+    const best = bestCitadel(r);
+    t.push({
+      name: `${r.model.name} (${best.wire}): Redis commands per job`,
+      value: best.run.redisCmdsPerJob,
+      op: "<=",
+      goal: 45,
+      unit: "",
+    });
+  }
+  for (const r of Object.values(results)) {
+    const best = bestCitadel(r);
+    t.push({
+      name: `${r.model.name} (${best.wire}): half load (${fmt(r.half.rate)} jobs/s), p99 of e2e − inference`,
+      value: best.half.overheadP99,
+      op: "<=",
+      goal: 10,
+      unit: " ms",
+    });
+  }
+  return t;
+}
+
+function report(
+  o: Options,
+  results: Record<string, ModelResult>,
+  limitsAlt: Map<string, LimitResult & { threads: number }>,
+  bulk: Awaited<ReturnType<typeof runBulk>> | null,
+  capacity: CapacityResult | null,
+  load0: number[],
+  started: number,
+): void {
+  const header = [
+    "model",
+    "contender",
+    "samples/s",
+    "jobs/s",
+    "p50 ms",
+    "p99 ms",
+    "avg batch",
+    "RSS MB",
+    "CPU cores",
+    "Redis cmds/job",
+  ];
+  const rows: string[][] = [header];
+  const contenderRow = (model: string, label: string, s: RunSummary) => [
+    model,
+    label,
+    fmt(s.load.samplesPerSec),
+    fmt(s.load.jobsPerSec),
+    fmt(s.p50),
+    fmt(s.p99),
+    fmt(s.avgBatch, 2),
+    fmt(s.rssMb),
+    fmt(s.workerCores + s.apiCores, 2),
+    fmt(s.redisCmdsPerJob, 1),
   ];
   const summary: Record<string, unknown> = {};
-  for (const { model: m, limit, naive, citadel } of Object.values(results)) {
+  for (const r of Object.values(results)) {
+    const { model: m, limit, naive, citadel } = r;
     rows.push([
       m.name,
       `limit (ORT, batch ${limit.bestBatch})`,
@@ -794,110 +909,143 @@ async function main(): Promise<number> {
       "-",
       "-",
     ]);
-    rows.push([
-      m.name,
-      "naive BullMQ worker",
-      fmt(naive.samplesPerSec),
-      fmt(naive.jobsPerSec),
-      fmt(naive.p50),
-      fmt(naive.p99),
-      "1",
-      fmt(naive.rssMb),
-      fmt(naive.cpuCores, 2),
-      fmt(naive.redisCmdsPerJob, 1),
-    ]);
-    rows.push([
-      m.name,
-      `Citadel (${o.workers} worker)`,
-      fmt(citadel.samplesPerSec),
-      fmt(citadel.jobsPerSec),
-      fmt(citadel.p50),
-      fmt(citadel.p99),
-      fmt(citadel.avgBatch, 2),
-      fmt(citadel.rssMb),
-      fmt(citadel.cpuCores + citadel.apiCpuCores, 2),
-      fmt(citadel.redisCmdsPerJob, 1),
-    ]);
+    rows.push(contenderRow(m.name, "naive BullMQ worker", naive));
+    rows.push(contenderRow(m.name, `Citadel JSON (${o.workers} worker)`, citadel));
+    if (isRun(r.binary)) rows.push(contenderRow(m.name, `Citadel binary (${o.workers} worker)`, r.binary));
+    else rows.push([m.name, "Citadel binary", "unavailable", "-", "-", "-", "-", "-", "-", "-"]);
+    if (r.multi) rows.push(contenderRow(m.name, `Citadel ${MULTI_SAMPLES}-sample jobs (${r.multi.wire})`, r.multi.run));
+    const alt = limitsAlt.get(m.key);
     summary[m.key] = {
       model: m.name,
       limitSamplesPerSec: Math.round(limit.samplesPerSec),
       limitBestBatch: limit.bestBatch,
-      limitOtherThreads: limitsAlt.has(m.key)
-        ? {
-            threads: limitsAlt.get(m.key)?.threads,
-            samplesPerSec: Math.round(limitsAlt.get(m.key)?.samplesPerSec ?? 0),
-            bestBatch: limitsAlt.get(m.key)?.bestBatch,
-          }
+      limitOtherThreads: alt
+        ? { threads: alt.threads, samplesPerSec: Math.round(alt.samplesPerSec), bestBatch: alt.bestBatch }
         : null,
       limitByBatch: Object.fromEntries(Object.entries(limit.byBatch).map(([k, v]) => [k, Math.round(v)])),
-      naiveJobsPerSec: Math.round(naive.jobsPerSec),
+      naiveJobsPerSec: Math.round(naive.load.jobsPerSec),
       naiveP50Ms: round1(naive.p50),
       naiveP99Ms: round1(naive.p99),
       naiveRedisCmdsPerJob: round1(naive.redisCmdsPerJob),
       naiveRssMb: Math.round(naive.rssMb),
       naiveCpuMsPerJob: naive.cpuPerJob,
       citadelCpuMsPerJob: citadel.cpuPerJob,
-      citadelSamplesPerSec: Math.round(citadel.samplesPerSec),
-      citadelJobsPerSec: Math.round(citadel.jobsPerSec),
+      citadelSamplesPerSec: Math.round(citadel.load.samplesPerSec),
+      citadelJobsPerSec: Math.round(citadel.load.jobsPerSec),
       citadelP50Ms: round1(citadel.p50),
       citadelP99Ms: round1(citadel.p99),
       citadelOverheadP50Ms: round1(citadel.overheadP50),
       citadelOverheadP99Ms: round1(citadel.overheadP99),
-      citadelAvgBatch: Math.round(citadel.avgBatch * 100) / 100,
-      citadelFailed: citadel.failed,
-      citadelFailures: citadel.failures,
+      citadelAvgBatch: round2(citadel.avgBatch),
+      citadelFailed: citadel.load.failed,
+      citadelFailures: citadel.load.failures,
       workerRssMb: Math.round(citadel.rssMb),
-      workerCpuCores: round2(citadel.cpuCores),
-      apiCpuCores: round2(citadel.apiCpuCores),
-      redisCpuCores: round2(citadel.redisCpuCores),
+      workerCpuCores: round2(citadel.workerCores),
+      apiCpuCores: round2(citadel.apiCores),
+      redisCpuCores: round2(citadel.redisCores),
       redisCmdsPerJob: round1(citadel.redisCmdsPerJob),
       redisTopPerJob: citadel.redisTop,
-      halfLoad: {
-        rateJobsPerSec: Math.round(citadel.halfLoad.rate),
-        jobs: citadel.halfLoad.jobs,
-        p50Ms: round1(citadel.halfLoad.p50),
-        p99Ms: round1(citadel.halfLoad.p99),
-        overheadP50Ms: round1(citadel.halfLoad.overheadP50),
-        overheadP99Ms: round1(citadel.halfLoad.overheadP99),
-        avgBatch: round2(citadel.halfLoad.avgBatch),
-      },
-      overheadOverInference: round2(1 - citadel.samplesPerSec / limit.samplesPerSec),
-      citadelOverLimit: round2(citadel.samplesPerSec / limit.samplesPerSec),
-      citadelOverNaive: round2(citadel.jobsPerSec / Math.max(1e-9, naive.jobsPerSec)),
-      naiveOverLimit: round2(naive.samplesPerSec / limit.samplesPerSec),
+      halfLoad: halfJson(r.half.rate, r.half.citadel),
+      overheadOverInference: round2(1 - citadel.load.samplesPerSec / limit.samplesPerSec),
+      citadelOverLimit: round2(citadel.load.samplesPerSec / limit.samplesPerSec),
+      citadelOverNaive: round2(citadel.load.jobsPerSec / Math.max(1e-9, naive.load.jobsPerSec)),
+      naiveOverLimit: round2(naive.load.samplesPerSec / limit.samplesPerSec),
+      // Added with issue 11.
+      repeats: o.repeats,
+      jobsPerSecRuns: r.runs,
+      naiveUnfinished: naive.load.unfinished,
+      citadelUnfinished: citadel.load.unfinished,
+      naiveHalfLoad: halfJson(r.half.rate, r.half.naive),
+      citadelBinary: isRun(r.binary)
+        ? {
+            available: true,
+            ...runJson(r.binary),
+            overLimit: round2(r.binary.load.samplesPerSec / limit.samplesPerSec),
+            overNaive: round2(r.binary.load.jobsPerSec / Math.max(1e-9, naive.load.jobsPerSec)),
+            halfLoad: r.half.binary ? halfJson(r.half.rate, r.half.binary) : null,
+          }
+        : { available: false, reason: r.binary.unavailable },
     };
   }
-  const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
+  const widths = header.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
   const line = (r: string[]) =>
     r.map((cell, c) => (c < 2 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("  ");
   const out: string[] = [""];
-  out.push(line(rows[0] ?? []));
+  out.push(
+    o.repeats === 1
+      ? "one measurement per contender (--repeats 1, the --quick default): not a median"
+      : `median of ${o.repeats} measurements per contender (jobs/s of each run in the JSON, jobsPerSecRuns)`,
+  );
+  out.push(line(header));
   out.push(widths.map((w) => "-".repeat(w)).join("  "));
   for (const r of rows.slice(1)) out.push(line(r));
   out.push("");
-  for (const { model: m, citadel } of Object.values(results)) {
+  for (const r of Object.values(results)) {
+    const { model: m, citadel, naive } = r;
     const s = summary[m.key] as Record<string, number>;
     out.push(
-      `${m.name}: Citadel/limit ${s.citadelOverLimit}×, Citadel/naive ${s.citadelOverNaive}×; e2e−inference p50 ${fmt(citadel.overheadP50, 1)} ms / p99 ${fmt(citadel.overheadP99, 1)} ms under load; at half load (${fmt(citadel.halfLoad.rate)} jobs/s) p99 e2e−inference ${fmt(citadel.halfLoad.overheadP99, 1)} ms`,
+      `${m.name}: Citadel JSON/limit ${s.citadelOverLimit}×, Citadel JSON/naive ${s.citadelOverNaive}×` +
+        (isRun(r.binary)
+          ? `, Citadel binary/limit ${fmt(r.binary.load.samplesPerSec / r.limit.samplesPerSec, 2)}×, binary/naive ${fmt(r.binary.load.jobsPerSec / Math.max(1e-9, naive.load.jobsPerSec), 2)}×`
+          : `; binary unavailable (${r.binary.unavailable})`),
     );
-    out.push(`  Redis commands per job (incl. inside Lua): ${JSON.stringify(citadel.redisTop)}`);
     out.push(
-      `  CPU ms per job: Citadel ${JSON.stringify(citadel.cpuPerJob)}; naive ${JSON.stringify(results[m.key]?.naive.cpuPerJob)}`,
+      `  e2e−inference under load, p50 / p99: Citadel JSON ${fmt(citadel.overheadP50, 1)} / ${fmt(citadel.overheadP99, 1)} ms` +
+        (isRun(r.binary) ? `, binary ${fmt(r.binary.overheadP50, 1)} / ${fmt(r.binary.overheadP99, 1)} ms` : "") +
+        `, naive ${fmt(naive.overheadP50, 1)} / ${fmt(naive.overheadP99, 1)} ms`,
     );
+    out.push(
+      `  half load, all at ${fmt(r.half.rate, 1)} jobs/s, p99 e2e−inference: naive ${fmt(r.half.naive.overheadP99, 1)} ms, Citadel JSON ${fmt(r.half.citadel.overheadP99, 1)} ms` +
+        (r.half.binary ? `, binary ${fmt(r.half.binary.overheadP99, 1)} ms` : ""),
+    );
+    out.push(`  Redis commands per job (incl. inside Lua): Citadel JSON ${JSON.stringify(citadel.redisTop)}`);
+    if (isRun(r.binary))
+      out.push(`    binary ${fmt(r.binary.redisCmdsPerJob, 1)}: ${JSON.stringify(r.binary.redisTop)}`);
+    out.push(
+      `  CPU ms per job: Citadel JSON ${JSON.stringify(citadel.cpuPerJob)}; naive ${JSON.stringify(naive.cpuPerJob)}`,
+    );
+    if (isRun(r.binary)) out.push(`    Citadel binary ${JSON.stringify(r.binary.cpuPerJob)}`);
+    if (r.multi)
+      out.push(
+        `  ${MULTI_SAMPLES}-sample jobs (${r.multi.wire}): ${fmt(r.multi.run.load.samplesPerSec)} samples/s = ${fmt(r.multi.run.load.samplesPerSec / r.limit.samplesPerSec, 2)}× onnxruntime alone (${fmt(r.limit.byBatch[MULTI_SAMPLES] ?? Number.NaN)} at batch ${MULTI_SAMPLES}); CPU ms per job ${JSON.stringify(r.multi.run.cpuPerJob)}`,
+      );
     const alt = limitsAlt.get(m.key);
     if (alt)
       out.push(`  limit with ${alt.threads} thread(s): ${fmt(alt.samplesPerSec)} samples/s at batch ${alt.bestBatch}`);
+    const runs = r.runs;
+    if (o.repeats > 1)
+      out.push(
+        `  jobs/s per run: naive ${runs.naive.join(", ")}; Citadel JSON ${runs.citadel.join(", ")}; binary ${runs.binary.join(", ") || "-"}`,
+      );
   }
   if (bulk)
     out.push(
       `bulk submit (one API process, 16-float inputs, 500/request): ${fmt(bulk.jobsPerSec)} jobs/s accepted; refused ${JSON.stringify(bulk.refused)}`,
     );
+  if (capacity) {
+    out.push(
+      `worker capacity, no-op model, ${capacity.jobs} pre-filled jobs each (jobs/s between 5% and 95% settled):`,
+    );
+    for (const [label, d] of [
+      ["one Citadel worker", capacity.citadel],
+      ["bare BullMQ Worker, concurrency 1", capacity.bareC1],
+      ["bare BullMQ Worker, concurrency 50", capacity.bareC50],
+    ] as const)
+      out.push(
+        `  ${label.padEnd(35)} ${fmt(d.jobsPerSec).padStart(7)} jobs/s${d.reachedEnd ? "" : " (time cap)"}; Redis cmds/job ${fmt(d.redisCmdsPerJob, 1)}; CPU ms/job ${JSON.stringify(d.cpuPerJob)}`,
+      );
+  }
+  const targets = collectTargets(results, capacity);
+  out.push("");
+  out.push(`targets (issue 11)${o.quick || o.repeats < 3 ? "; a quick or single-repeat run: indicative only" : ""}:`);
+  out.push(...targetLines(targets).map((l) => `  ${l}`));
   const load1 = os.loadavg();
   out.push(
     `load average before ${load0.map((x) => x.toFixed(2)).join(" ")}, after ${load1.map((x) => x.toFixed(2)).join(" ")}; ${fmt((performance.now() - started) / 1000)} s`,
   );
   process.stdout.write(`${out.join("\n")}\n`);
 
+  const sixteen = Object.values(results).find((r) => r.multi);
   const json = {
     bench: "citadel",
     quick: o.quick,
@@ -909,6 +1057,39 @@ async function main(): Promise<number> {
     bulkJobsPerSec: bulk ? Math.round(bulk.jobsPerSec) : null,
     bulkApiCpuCores: bulk ? round2(bulk.apiCpuCores) : null,
     seconds: Math.round((performance.now() - started) / 1000),
+    // Added with issue 11.
+    repeats: o.repeats,
+    sixteenSampleJobs: sixteen?.multi
+      ? {
+          model: sixteen.model.name,
+          wire: sixteen.multi.wire,
+          samplesPerJob: MULTI_SAMPLES,
+          ...runJson(sixteen.multi.run),
+          jobsPerSecRuns: sixteen.multi.runs,
+          limitSamplesPerSec: Math.round(sixteen.limit.samplesPerSec),
+          overLimit: round2(sixteen.multi.run.load.samplesPerSec / sixteen.limit.samplesPerSec),
+        }
+      : null,
+    workerCapacity: capacity
+      ? {
+          jobs: capacity.jobs,
+          citadel: drainJson(capacity.citadel),
+          bareConcurrency1: drainJson(capacity.bareC1),
+          bareConcurrency50: drainJson(capacity.bareC50),
+          jobsPerSecRuns: capacity.runs,
+          citadelOverBareConcurrency1: round2(capacity.citadel.jobsPerSec / Math.max(1e-9, capacity.bareC1.jobsPerSec)),
+          citadelOverBareConcurrency50: round2(
+            capacity.citadel.jobsPerSec / Math.max(1e-9, capacity.bareC50.jobsPerSec),
+          ),
+        }
+      : null,
+    targets: targets.map((t) => ({
+      name: t.name,
+      value: t.value === null ? null : round2(t.value),
+      goal: `${t.op} ${t.goal}`,
+      pass: passes(t),
+      ...(t.note ? { note: t.note } : {}),
+    })),
   };
   if (o.svg && Object.keys(results).length > 0) {
     const file = path.join(repoRoot, "docs", "perf-bench.svg");
@@ -916,11 +1097,11 @@ async function main(): Promise<number> {
     writeFileSync(
       file,
       renderChart(
-        Object.values(results).map(({ model: m, limit, naive, citadel }) => ({
-          label: m.name,
-          limit: limit.samplesPerSec,
-          naive: naive.samplesPerSec,
-          citadel: citadel.samplesPerSec,
+        Object.values(results).map((r) => ({
+          label: r.model.name,
+          limit: r.limit.samplesPerSec,
+          naive: r.naive.load.samplesPerSec,
+          citadel: bestCitadel(r).run.load.samplesPerSec,
         })),
         `${os.cpus().length} cores, ${o.threads} intra-op threads each, ${o.workers} Citadel worker(s)${o.quick ? ", --quick" : ""}`,
       ),
@@ -928,11 +1109,7 @@ async function main(): Promise<number> {
     process.stdout.write(`chart: ${path.relative(process.cwd(), file)}\n`);
   }
   process.stdout.write(`${JSON.stringify(json)}\n`);
-  return 0;
 }
-
-const round1 = (n: number) => Math.round(n * 10) / 10;
-const round2 = (n: number) => Math.round(n * 100) / 100;
 
 main().then(
   (code) => process.exit(code),

@@ -399,6 +399,45 @@ export class Client {
     };
   }
 
+  /**
+   * Submit and wait in one request: `POST /v1/jobs?wait=ms` answers 200 with the job's
+   * view once it is final, or 202 {id} when it is not final in time (and from an API
+   * without submit-and-wait); then `GET /v1/jobs/:id?wait=` until final. `headerLength`
+   * sends `body` as a binary tensor body (its first `headerLength` bytes the JSON header).
+   * Never throws on HTTP errors: `status` and the error's code and message say what.
+   */
+  async submitAndWait(
+    body: string | Uint8Array,
+    opts: { headerLength?: number; waitMs?: number } = {},
+  ): Promise<{ status: number; view?: ResultView; code?: string; message?: string }> {
+    const waitMs = opts.waitMs ?? 30_000;
+    const headers =
+      opts.headerLength === undefined
+        ? this.headers
+        : {
+            ...this.headers,
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": String(opts.headerLength),
+          };
+    const res = await fetch(`${this.baseUrl}/v1/jobs?wait=${waitMs}`, {
+      method: "POST",
+      headers,
+      body,
+      signal: AbortSignal.timeout(waitMs + 15_000),
+    });
+    const json = (await res.json().catch(() => ({}))) as Partial<ResultView> & {
+      error?: { code: string; message?: string };
+      code?: string;
+      message?: string;
+    };
+    if (res.status === 200 && json.id && json.status) return { status: 200, view: json as ResultView };
+    if (res.status === 202 && json.id) return { status: 202, view: await this.waitFinal(json.id, waitMs) };
+    // Citadel's errors are {error: {code, message}}; Fastify's own (e.g. 415) are {code, message}.
+    const code = json.error?.code ?? json.code;
+    const message = json.error?.message ?? json.message;
+    return { status: res.status, ...(code ? { code } : {}), ...(message ? { message } : {}) };
+  }
+
   async bulk(
     body: string,
     idempotencyKey?: string,
