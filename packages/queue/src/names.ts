@@ -56,3 +56,21 @@ local b = redis.call('DECRBY', KEYS[2], bytes)
 if b < 0 then redis.call('SET', KEYS[2], 0) end
 return 1
 `;
+
+/**
+ * A job's bookkeeping once it is final, sent right after its moveToFinished in the
+ * worker's settle pipeline (same connection, so it sees that move's effect). It acts
+ * only when the job is final — its hash gone (removed) or carrying finishedOn — so a
+ * job whose lock was lost and that runs again elsewhere keeps its inputs and quota
+ * share. Then: the input bytes key goes, the hash's data is replaced by its
+ * inputs-free copy (ARGV[1]), and the quota share is released once (RELEASE_QUOTA).
+ * KEYS[1..3] as RELEASE_QUOTA's; KEYS[4] the job's hash; KEYS[5] its input bytes.
+ * Returns -1 when the job is not final, else RELEASE_QUOTA's answer. All keys share
+ * the prefix's hash tag (one slot); a per-queue tag would need this split in two.
+ */
+export const SETTLE_FINAL = `
+local exists = redis.call('EXISTS', KEYS[4]) == 1
+if exists and redis.call('HEXISTS', KEYS[4], 'finishedOn') == 0 then return -1 end
+redis.call('DEL', KEYS[5])
+if exists then redis.call('HSET', KEYS[4], 'data', ARGV[1]) end
+${RELEASE_QUOTA}`;
