@@ -84,6 +84,11 @@ export class DynamicBatcher<T> {
     return this.jobs;
   }
 
+  /** Samples one run may take. */
+  get maxSamples(): number {
+    return this.o.maxSamples;
+  }
+
   /** Samples held (open and closed groups). */
   get samples(): number {
     return this.samplesHeld;

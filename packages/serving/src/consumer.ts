@@ -62,6 +62,16 @@ export class ModelConsumer {
   /** Cancellations that arrived for jobs we hold before they were prepared. */
   private readonly cancelled = new Set<string>();
   private readonly maxHeld: number;
+  /** The last fetch found fewer jobs than it asked for: wait for one instead of asking again. */
+  private drained = false;
+  /** The blocking fetch in progress, and what such fetches brought and is not admitted yet. */
+  private arrival: Promise<void> | null = null;
+  private readonly arrivals: LeasedJob[] = [];
+  private stop: () => void = () => {};
+  /** Resolves when close() begins: waits end at once. */
+  private readonly stopped = new Promise<void>((r) => {
+    this.stop = r;
+  });
 
   constructor(private readonly o: ConsumerOptions) {
     this.maxHeld = o.maxHeldJobs ?? 256;
@@ -112,9 +122,10 @@ export class ModelConsumer {
     while (this.running) {
       try {
         if (!this.circuit.allow()) {
-          await sleep(Math.min(this.circuit.waitMs(), 500));
+          await this.idle(Math.min(this.circuit.waitMs(), 500));
           continue;
         }
+        await this.admitArrivals();
         const probing = this.circuit.state === "half-open";
         const batch = this.nextBatch(probing || this.heldJobs >= this.maxHeld);
         if (batch) {
@@ -124,17 +135,93 @@ export class ModelConsumer {
           if (probing) await p;
           continue;
         }
-        // Nothing is ready: take one more job. Block (briefly) only with nothing held;
-        // otherwise poll until the oldest held batch is due.
-        const idle = this.heldJobs === 0;
-        const leased = await this.lease.fetch(idle);
-        if (leased) await this.admit(leased);
-        else if (!idle) await sleep(Math.max(0, Math.min(1, (this.readyAt() ?? 0) - performance.now())));
+        // Nothing is due: take what waits in one round trip, unless the last wave found
+        // the queue drained; then wait for a job or the oldest held batch's due time.
+        const room = probing ? 1 - this.heldJobs : this.waveSize();
+        if (room > 0 && !this.drained) {
+          const jobs = await this.lease.fetch(room);
+          await this.admitAll(jobs);
+          this.drained = jobs.length < room;
+          if (jobs.length > 0) continue;
+        }
+        await this.waitForWork(room > 0);
       } catch (err) {
         this.o.log.error({ err: coerceError(err), model: this.o.model }, "consumer loop error");
-        await sleep(250);
+        await this.idle(250);
       }
     }
+  }
+
+  /**
+   * How many jobs the next fetch may take: what the roomiest batcher can still take in
+   * one run (1 before a job has shown its model's max batch), within maxHeldJobs.
+   */
+  private waveSize(): number {
+    let n = 1;
+    for (const b of this.batchers.values()) n = Math.max(n, b.maxSamples - b.samples);
+    return Math.min(n, this.maxHeld - this.heldJobs);
+  }
+
+  /**
+   * Sleeps until a job arrives (BullMQ's blocking fetch, no polling), the oldest held
+   * batch is due, or the consumer stops. A wait cut short stays pending: the job it
+   * brings later is admitted on a later turn.
+   */
+  private async waitForWork(fetch: boolean): Promise<void> {
+    const waits: Promise<unknown>[] = [this.stopped];
+    if (fetch) {
+      this.arrival ??= this.lease.next().then(
+        (l) => {
+          this.arrival = null;
+          if (l) this.arrivals.push(l);
+        },
+        async (err: unknown) => {
+          this.o.log.error({ err: coerceError(err), model: this.o.model }, "blocking fetch failed");
+          await this.idle(250);
+          this.arrival = null;
+        },
+      );
+      waits.push(this.arrival);
+    }
+    const at = this.readyAt() ?? (fetch ? null : performance.now() + 50);
+    let timer: NodeJS.Timeout | undefined;
+    if (at !== null) waits.push(new Promise((r) => (timer = setTimeout(r, Math.max(0, at - performance.now())))));
+    try {
+      await Promise.race(waits);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Jobs a blocking fetch brought: admitted, and the queue is worth another wave. */
+  private async admitArrivals(): Promise<void> {
+    if (this.arrivals.length === 0) return;
+    const arrived = this.arrivals.splice(0);
+    this.drained = false;
+    await this.admitAll(arrived);
+  }
+
+  /**
+   * Admits a wave: its input bytes in one round trip, then each job on its own, together,
+   * so the jobs refused at once are settled in one pipeline. Jobs whose inputs cannot be
+   * read now go back to the queue.
+   */
+  private async admitAll(jobs: LeasedJob[]): Promise<void> {
+    if (jobs.length === 0) return;
+    let inputs: (Buffer | null)[];
+    try {
+      inputs = await this.lease.readInputs(jobs);
+    } catch (err) {
+      this.o.log.warn({ err: coerceError(err), model: this.o.model }, "could not read a wave's inputs; requeued");
+      await Promise.all(jobs.map((l) => this.lease.requeue(l)));
+      return;
+    }
+    await Promise.all(jobs.map((l, i) => this.admit(l, inputs[i] ?? null)));
+  }
+
+  /** A pause that ends early when the consumer stops. */
+  private idle(ms: number): Promise<unknown> {
+    return Promise.race([sleep(ms), this.stopped]);
   }
 
   private readyAt(): number | null {
@@ -159,7 +246,7 @@ export class ModelConsumer {
   }
 
   /** Validates a fetched job and hands it to its version's batcher; settles it at once if it cannot run. */
-  private async admit(lease: LeasedJob): Promise<void> {
+  private async admit(lease: LeasedJob, bytes: Buffer | null): Promise<void> {
     const job = lease.job;
     if (job.deferredFailure) {
       // BullMQ marks a job that stalled more than maxStalledCount times (its workers died
@@ -181,8 +268,6 @@ export class ModelConsumer {
       if (data.model !== this.o.model) throw new CitadelError("JOB_INVALID", "job names another model than its queue");
       const model = await this.o.host.get(data.model, data.version);
       const { manifest } = model;
-      // Read on BullMQ's connection, as part of the fetch: it waits out a Redis restart.
-      const bytes = await this.o.connection.getBuffer(keys.inputs(this.o.prefix, this.o.model, lease.id));
       if (!bytes) throw new CitadelError("JOB_INVALID", "the job's inputs are missing");
       // Defence in depth without the API's decoding: sizes against the manifest and a
       // range/NaN scan over the stored bytes (views, no copy), as the manifest demands.
@@ -379,6 +464,7 @@ export class ModelConsumer {
    */
   async close(graceMs: number): Promise<void> {
     this.running = false;
+    this.stop();
     const grace = sleep(graceMs).then(() => "timeout" as const);
     await Promise.race([Promise.allSettled([this.loopDone, ...this.inflight]), grace]);
     this.shutdown.abort();

@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
-import { formatFailure, keys, queueName, type Redis, releaseQuota } from "@citadel/queue";
+import { commandName, formatFailure, keys, queueName, type Redis, scripts } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
-import { type Job, UnrecoverableError, Worker } from "bullmq";
+import { type Job, Worker } from "bullmq";
 
 /**
  * The lease: the one place in the worker that speaks BullMQ. It fetches jobs by hand
@@ -11,6 +11,25 @@ import { type Job, UnrecoverableError, Worker } from "bullmq";
  * codes) or returned to the queue. Settling also releases the tenant's quota share
  * and drops the job's inputs once they can never be needed again (every final
  * outcome), so retention costs a result's size, not an input's.
+ *
+ * Round trips, not jobs, are what it economises:
+ * - `fetch(n)` takes up to n jobs in one wave: n `getNextJob` calls issued together on
+ *   one connection, so their `moveToActive` scripts (atomic per job) travel as one
+ *   pipeline on the wire and come back together.
+ * - `next()` waits instead of polling: BullMQ's blocking fetch (BZPOPMIN on the
+ *   queue's marker, up to `drainDelay`), one wait at a time.
+ * - settlements asked for in the same tick (the executor settles a run's jobs
+ *   together) go out as one ioredis pipeline: each final job's `moveToFinished`
+ *   followed by the settleFinal script, which releases its quota share and drops its
+ *   inputs only if the job did reach a final state — never for a job whose lock we
+ *   lost and that runs again elsewhere.
+ *
+ * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
+ * `worker.backend.client` (the connection's BullMQ-wrapped client, whose pipelines run
+ * BullMQ's versioned scripts), `backend.moveToCompletedArgs` / `moveToFailedArgs`
+ * (the exact arguments `Job.moveToCompleted` / `moveToFailed` send), `execCommand`
+ * and `finishedErrors` (the error a negative script answer maps to). Retries
+ * (backoff, delayed set) still go through the public `Job.moveToFailed`.
  */
 
 export interface LeasedJob {
@@ -21,14 +40,43 @@ export interface LeasedJob {
 
 export interface LeaseOptions {
   model: string;
-  /** BullMQ's connection (maxRetriesPerRequest: null). */
+  /** BullMQ's connection (maxRetriesPerRequest: null); settlements travel on it too. */
   connection: Redis;
-  /** An ordinary client for quota and input bookkeeping. */
+  /** An ordinary client for reads that should fail fast (job inputs). */
   redis: Redis;
   prefix: string;
   workerId: string;
   lockDurationMs: number;
   log: Logger;
+  /** Seconds a blocking fetch waits for a job before answering none (BullMQ's drainDelay). */
+  blockSeconds?: number;
+}
+
+/** What one settle asks for; resolved with the job's own answer. */
+type Settlement =
+  | { kind: "complete"; l: LeasedJob; result: JobResult; data: JobData; done: (ok: boolean) => void }
+  | {
+      kind: "fail";
+      l: LeasedJob;
+      error: CitadelError;
+      data: JobData | null;
+      done: (r: { final: boolean } | null) => void;
+    };
+
+/** The settleFinal script (packages/queue scripts/settleFinal-5.lua) on a pipeline. */
+type SettleFinal = (
+  queuedJobs: string,
+  queuedBytes: string,
+  quotaHeld: string,
+  jobKey: string,
+  inputs: string,
+) => unknown;
+const SETTLE_FINAL = commandName("settleFinal");
+
+/** Answers a final settlement: settled, or not (lock lost). */
+function answer(s: Settlement, settled: boolean): void {
+  if (s.kind === "complete") s.done(settled);
+  else s.done(settled ? { final: true } : null);
 }
 
 export class JobLease {
@@ -36,6 +84,11 @@ export class JobLease {
   /** Every job we hold the lock on, by id. */
   private readonly held = new Map<string, LeasedJob>();
   private lockTimer?: NodeJS.Timeout;
+  /** The blocking fetch in progress, if any (BullMQ allows one wait at a time). */
+  private waiting: Promise<LeasedJob | null> | null = null;
+  /** Settlements waiting for this tick's pipeline. */
+  private pending: Settlement[] = [];
+  private closing = false;
 
   constructor(private readonly o: LeaseOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
@@ -47,9 +100,11 @@ export class JobLease {
       // A worker killed mid-batch stalls its jobs; a few such restarts are allowed, then
       // BullMQ marks the job for failure and the next fetch settles it (JOB_STALLED).
       maxStalledCount: 3,
-      drainDelay: 1,
+      drainDelay: o.blockSeconds ?? 1,
     });
     this.worker.on("error", (err) => o.log.error({ err, model: o.model }, "bullmq worker error"));
+    // Defines the scripts on BullMQ's connection: its pipelines carry settleFinal.
+    scripts(o.connection);
   }
 
   start(): void {
@@ -66,8 +121,42 @@ export class JobLease {
     return this.held.size;
   }
 
-  /** The next job (blocking briefly when `block`), locked to us; null when none. */
-  async fetch(block: boolean): Promise<LeasedJob | null> {
+  /**
+   * Up to `n` jobs, locked to us, in one round trip (fewer when the queue has fewer).
+   * Jobs fetched before a failed answer are kept (they are locked to us); the error is
+   * thrown only when no job came back.
+   */
+  async fetch(n: number): Promise<LeasedJob[]> {
+    if (n <= 0 || this.closing) return [];
+    const answers = await Promise.allSettled(Array.from({ length: n }, () => this.take(false)));
+    const jobs: LeasedJob[] = [];
+    let failure: unknown;
+    for (const a of answers) {
+      if (a.status === "fulfilled") {
+        if (a.value) jobs.push(a.value);
+      } else failure ??= a.reason;
+    }
+    if (failure !== undefined) {
+      if (jobs.length === 0) throw failure;
+      this.o.log.warn({ err: coerceError(failure), model: this.o.model }, "part of a fetch failed");
+    }
+    return jobs;
+  }
+
+  /**
+   * The next job to arrive, waiting up to `blockSeconds` (no polling); null when none
+   * came. Callers may race it against other events: it stays pending, and a second
+   * call gets the same promise.
+   */
+  next(): Promise<LeasedJob | null> {
+    if (this.closing) return Promise.resolve(null);
+    this.waiting ??= this.take(true).finally(() => {
+      this.waiting = null;
+    });
+    return this.waiting;
+  }
+
+  private async take(block: boolean): Promise<LeasedJob | null> {
     const token = `${this.o.workerId}:${randomUUID()}`;
     const job = (await this.worker.getNextJob(token, { block })) as Job<JobData, JobResult> | undefined;
     if (!job?.id) return null;
@@ -76,57 +165,160 @@ export class JobLease {
     return leased;
   }
 
+  /**
+   * The input bytes of several jobs, in one round trip; null where a job has none. Read
+   * on BullMQ's connection, as part of the fetch: it waits out a Redis restart.
+   */
+  async readInputs(jobs: readonly LeasedJob[]): Promise<(Buffer | null)[]> {
+    if (jobs.length === 0) return [];
+    const p = this.o.connection.pipeline();
+    for (const l of jobs) p.getBuffer(keys.inputs(this.o.prefix, this.o.model, l.id));
+    const replies = (await p.exec()) ?? [];
+    return jobs.map((_, i) => {
+      const [err, value] = replies[i] ?? [new Error("no reply"), null];
+      if (err) throw err;
+      return (value as Buffer | null) ?? null;
+    });
+  }
+
   /** Completes a job with its result; false when the lock was lost (another worker settles it). */
-  async complete(l: LeasedJob, result: JobResult, data: JobData): Promise<boolean> {
-    try {
-      await l.job.moveToCompleted(result, l.token, false);
-    } catch (err) {
-      this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not complete job (lock lost)");
-      return false;
-    } finally {
-      this.held.delete(l.id);
-    }
-    await this.afterFinal(l, data);
-    return true;
+  complete(l: LeasedJob, result: JobResult, data: JobData): Promise<boolean> {
+    return new Promise((done) => this.enqueue({ kind: "complete", l, result, data, done }));
   }
 
   /**
    * Fails a job with a code; only transient codes are retried (with backoff). Returns
    * whether this was its final outcome, or null when the lock was lost.
    */
-  async fail(l: LeasedJob, e: CitadelError, data: JobData | null): Promise<{ final: boolean } | null> {
-    const reason = formatFailure(e.code, e.message);
-    const retry = isRetryable(e.code);
+  fail(l: LeasedJob, error: CitadelError, data: JobData | null): Promise<{ final: boolean } | null> {
+    return new Promise((done) => this.enqueue({ kind: "fail", l, error, data, done }));
+  }
+
+  private enqueue(s: Settlement): void {
+    this.pending.push(s);
+    if (this.pending.length === 1) queueMicrotask(() => void this.flush());
+  }
+
+  /** Sends this tick's settlements: final outcomes in one pipeline, retries beside it. */
+  private async flush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = [];
+    const finals: Settlement[] = [];
+    const retries: Promise<void>[] = [];
+    for (const s of batch) {
+      if (s.kind === "fail" && this.retries(s.l, s.error)) retries.push(this.retry(s.l, s.error, s.done));
+      else finals.push(s);
+    }
+    await Promise.all([this.settleFinals(finals), ...retries]);
+  }
+
+  /** Whether BullMQ will retry this failure: a transient code with attempts left. */
+  private retries(l: LeasedJob, e: CitadelError): boolean {
+    return isRetryable(e.code) && l.job.attemptsMade + 1 < (l.job.opts.attempts ?? 1);
+  }
+
+  /** A retry goes through BullMQ's own path (backoff, delayed set); nothing is released. */
+  private async retry(l: LeasedJob, e: CitadelError, done: (r: { final: boolean } | null) => void): Promise<void> {
     try {
-      await l.job.moveToFailed(retry ? new Error(reason) : new UnrecoverableError(reason), l.token, false);
+      await l.job.moveToFailed(new Error(formatFailure(e.code, e.message)), l.token, false);
+      done({ final: false });
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not fail job (lock lost)");
-      return null;
+      done(null);
     } finally {
       this.held.delete(l.id);
     }
-    const final = !(retry && l.job.attemptsMade < (l.job.opts.attempts ?? 1));
-    if (final) await this.afterFinal(l, data);
-    return { final };
   }
 
   /**
-   * A job's final outcome is recorded: its inputs go and its quota share comes back.
-   * When Redis cannot do that now, the outcome stands (it is logged): the counters stay
-   * high, never low, and the inputs wait for their expiry.
+   * One pipeline: per job, BullMQ's moveToFinished, then settleFinal (quota share
+   * back, inputs dropped, only if the job is final). A job whose move fails (lock lost)
+   * is answered alone; when its bookkeeping fails the outcome still stands (it is
+   * logged): the counters stay high, never low, and the inputs wait for their expiry.
    */
-  private async afterFinal(l: LeasedJob, data: JobData | null): Promise<void> {
+  private async settleFinals(batch: Settlement[]): Promise<void> {
+    if (batch.length === 0) return;
+    let replies: [Error | null, unknown][] = [];
     try {
-      await Promise.all([
-        this.o.redis.del(keys.inputs(this.o.prefix, this.o.model, l.id)),
-        data ? releaseQuota(this.o.redis, this.o.prefix, data.tenant, l.id) : Promise.resolve(),
-      ]);
+      const backend = this.worker.backend;
+      const pipe = (await backend.client).pipeline();
+      for (const s of batch) {
+        const { job, token } = s.l;
+        const args =
+          s.kind === "complete"
+            ? // BullMQ passes the value already stringified (as Job.moveToCompleted does).
+              backend.moveToCompletedArgs<JobData, string>(
+                job as unknown as Job<JobData, string>,
+                JSON.stringify(s.result),
+                job.opts.removeOnComplete ?? false,
+                token,
+              )
+            : this.failArgs(s.l, s.error);
+        backend.execCommand(pipe, "moveToFinished", args);
+        const settleFinal = (pipe as unknown as Record<string, SettleFinal | undefined>)[SETTLE_FINAL];
+        if (!settleFinal) throw new Error("the settleFinal script is not defined on BullMQ's connection");
+        settleFinal.apply(pipe, this.finalKeys(s));
+      }
+      replies = ((await pipe.exec()) ?? []) as [Error | null, unknown][];
     } catch (err) {
-      this.o.log.error(
-        { err: coerceError(err), jobId: l.id },
-        "settled job: could not drop its inputs or release its quota share",
-      );
+      replies = batch.flatMap(() => [
+        [coerceError(err), null],
+        [coerceError(err), null],
+      ]);
     }
+    for (const [i, s] of batch.entries()) {
+      this.held.delete(s.l.id);
+      const [moveErr, moved] = replies[2 * i] ?? [new Error("no reply"), null];
+      const [finalErr] = replies[2 * i + 1] ?? [new Error("no reply"), null];
+      const lost =
+        moveErr ??
+        (typeof moved === "number" && moved < 0
+          ? this.worker.backend.finishedErrors({
+              code: moved,
+              jobId: s.l.id,
+              command: "moveToFinished",
+              state: "active",
+            })
+          : null);
+      if (lost) {
+        const what = s.kind === "complete" ? "complete" : "fail";
+        this.o.log.warn({ err: coerceError(lost), jobId: s.l.id }, `could not ${what} job (lock lost)`);
+        answer(s, false);
+        continue;
+      }
+      if (finalErr) {
+        this.o.log.error(
+          { err: coerceError(finalErr), jobId: s.l.id },
+          "settled job: could not drop its inputs or release its quota share",
+        );
+      }
+      answer(s, true);
+    }
+  }
+
+  /** What `Job.moveToFailed` sends for a failure that is not retried. */
+  private failArgs(l: LeasedJob, e: CitadelError) {
+    const reason = formatFailure(e.code, e.message);
+    const stacktrace = JSON.stringify(l.job.stacktrace ?? []);
+    const removeOnFail = l.job.opts.removeOnFail ?? false;
+    return this.worker.backend.moveToFailedArgs(l.job, reason, removeOnFail, l.token, false, {
+      failedReason: reason,
+      stacktrace,
+    });
+  }
+
+  /** settleFinal's keys for one job. */
+  private finalKeys(s: Settlement): Parameters<SettleFinal> {
+    const { prefix, model } = this.o;
+    const tenant = s.data?.tenant ?? "";
+    return [
+      keys.tenantQueuedJobs(prefix, tenant),
+      keys.tenantQueuedBytes(prefix, tenant),
+      // Without job data (invalid payload) there is no tenant to credit: a marker that never exists.
+      s.data ? keys.quotaHeld(prefix, tenant, s.l.id) : `${prefix}:quota-held::${s.l.id}`,
+      keys.job(prefix, model, s.l.id),
+      keys.inputs(prefix, model, s.l.id),
+    ];
   }
 
   /** Returns a job to the wait list (shutdown): another worker runs it. */
@@ -143,11 +335,18 @@ export class JobLease {
     }
   }
 
-  /** Returns every job still held to the queue and closes the BullMQ worker. */
+  /**
+   * Stops fetching, interrupts a blocking wait, and returns every job still held
+   * (one that arrived during the wait included) to the queue.
+   */
   async close(): Promise<void> {
-    for (const l of [...this.held.values()]) await this.requeue(l);
+    this.closing = true;
     clearInterval(this.lockTimer);
+    // Closing the worker cuts its blocking connection: a pending wait ends now. Our
+    // connection is shared (BullMQ does not close it), so requeueing still works after.
     await this.worker.close(true);
+    await this.waiting?.catch(() => null);
+    for (const l of [...this.held.values()]) await this.requeue(l);
   }
 
   private async extendLocks(): Promise<void> {

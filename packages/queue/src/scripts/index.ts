@@ -14,6 +14,7 @@ const FILES = {
   quotaReserve: "quotaReserve.lua",
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
+  settleFinal: "settleFinal-5.lua",
   tokenBuckets: "tokenBuckets.lua",
   idempotencyClaim: "idempotencyClaim-1.lua",
   idempotencyTakeOver: "idempotencyTakeOver-1.lua",

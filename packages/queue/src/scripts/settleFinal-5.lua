@@ -1,0 +1,31 @@
+--[[
+  A job's bookkeeping once it is final, sent right after its moveToFinished in the
+  worker's settle pipeline (packages/serving lease.ts; same connection, so it sees that
+  move's effect). It acts only when the job is final: its hash gone (removed on
+  completion) or carrying finishedOn. A job whose lock was lost and that runs again
+  elsewhere keeps its inputs and its quota share. Then the job's input bytes go and its
+  quota share is released once (as quotaRelease-3.lua does).
+
+  All keys share one hash tag (one slot): the job's queue and its tenant's counters.
+
+  Input:
+    KEYS[1] the tenant's queued-jobs counter
+    KEYS[2] the tenant's queued-bytes counter
+    KEYS[3] the job's reservation marker (value: its input bytes)
+    KEYS[4] the job's BullMQ hash
+    KEYS[5] the job's input bytes
+
+  Output: -1 when the job is not final (nothing done); else 1 when this call released
+    the share, 0 when it was already released
+]]
+local exists = redis.call('EXISTS', KEYS[4]) == 1
+if exists and redis.call('HEXISTS', KEYS[4], 'finishedOn') == 0 then return -1 end
+redis.call('DEL', KEYS[5])
+local bytes = redis.call('GET', KEYS[3])
+if not bytes then return 0 end
+redis.call('DEL', KEYS[3])
+local j = redis.call('DECR', KEYS[1])
+if j < 0 then redis.call('SET', KEYS[1], 0) end
+local b = redis.call('DECRBY', KEYS[2], bytes)
+if b < 0 then redis.call('SET', KEYS[2], 0) end
+return 1

@@ -1,0 +1,333 @@
+import { randomBytes } from "node:crypto";
+import { connect, type Socket } from "node:net";
+import { Writable } from "node:stream";
+import { CitadelError, type JobData, type JobResult } from "@citadel/contracts";
+import { bullConnection, JOB_NAME, keys, queueName, type Redis, redisClient } from "@citadel/queue";
+import { createLogger } from "@citadel/telemetry";
+import { Queue } from "bullmq";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { JobLease, type LeasedJob } from "./lease.js";
+
+const url = process.env.CITADEL_TEST_REDIS_URL;
+if (!url) throw new Error("CITADEL_TEST_REDIS_URL is not set: run through vitest's unit project");
+
+const clients: Redis[] = [];
+const client = (c: Redis) => {
+  clients.push(c);
+  return c;
+};
+afterAll(async () => {
+  for (const c of clients) c.disconnect();
+});
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const logLines: string[] = [];
+const log = createLogger({
+  name: "lease-test",
+  destination: new Writable({
+    write(chunk, _enc, cb) {
+      logLines.push(String(chunk));
+      cb();
+    },
+  }),
+});
+
+const result: JobResult = {
+  outputs: {},
+  provider: "cpu",
+  batchSize: 1,
+  queueMs: 0,
+  inferenceMs: 0,
+  workerId: "w",
+  artifactSha256: "0".repeat(64),
+};
+
+/** A lease on a fresh queue, with a producer and an ordinary client beside it. */
+async function setup(opts: { attempts?: number } = {}) {
+  const prefix = `{t-lease-${randomBytes(4).toString("hex")}}`;
+  const onError = () => {};
+  const connection = client(bullConnection(url as string, onError));
+  const redis = client(redisClient(url as string, onError));
+  const lease = new JobLease({
+    model: "m",
+    connection,
+    redis,
+    prefix,
+    workerId: "w-test",
+    lockDurationMs: 30_000,
+    log,
+    blockSeconds: 5,
+  });
+  const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+  cleanups.push(async () => {
+    await lease.close();
+    await queue.obliterate({ force: true });
+    await queue.close();
+  });
+  const data = (tenant: string): JobData => ({
+    tenant,
+    model: "m",
+    version: "1",
+    inputs: [{ name: "x", dtype: "float32", shape: [1, 1] }],
+    batch: 1,
+    inputBytes: 4,
+    timeoutMs: 5000,
+    acceptedAt: Date.now(),
+    deadline: Date.now() + 60_000,
+    requestId: "r",
+  });
+  /** Enqueues jobs as the API does: a quota reservation per job, and input bytes beside the job. */
+  const add = async (n: number, tenant = "t") => {
+    const ids = Array.from({ length: n }, () => `m.${randomBytes(12).toString("hex")}`);
+    await queue.addBulk(
+      ids.map((id) => ({
+        name: JOB_NAME,
+        data: data(tenant),
+        opts: { jobId: id, attempts: opts.attempts ?? 1, backoff: { type: "fixed", delay: 60_000 } },
+      })),
+    );
+    const m = redis.multi();
+    for (const id of ids) {
+      m.set(keys.quotaHeld(prefix, tenant, id), "4");
+      m.incr(keys.tenantQueuedJobs(prefix, tenant));
+      m.incrby(keys.tenantQueuedBytes(prefix, tenant), 4);
+      m.set(keys.inputs(prefix, "m", id), Buffer.from([1, 2, 3, 4]));
+    }
+    await m.exec();
+    return ids;
+  };
+  const quota = async (tenant = "t") => {
+    const [jobs, bytes] = await redis.mget(
+      keys.tenantQueuedJobs(prefix, tenant),
+      keys.tenantQueuedBytes(prefix, tenant),
+    );
+    return { jobs: Number(jobs), bytes: Number(bytes) };
+  };
+  // Scripts loaded and connections ready before anything is measured.
+  expect(await lease.fetch(1)).toEqual([]);
+  const inputsOf = (l: LeasedJob) => keys.inputs(prefix, "m", l.id);
+  return { prefix, connection, redis, lease, queue, add, quota, inputsOf };
+}
+
+/**
+ * Records what goes over a client's socket: "w" for each write, "r" for each chunk
+ * read. A single round trip shows as writes then reads, no write after a read.
+ */
+function wire(c: Redis) {
+  const stream = (c as unknown as { stream: Socket }).stream;
+  const events: ("w" | "r")[] = [];
+  const write = stream.write;
+  stream.write = ((...args: Parameters<Socket["write"]>) => {
+    events.push("w");
+    return write.apply(stream, args);
+  }) as Socket["write"];
+  const onData = () => events.push("r");
+  stream.on("data", onData);
+  return {
+    events,
+    stop() {
+      stream.write = write;
+      stream.off("data", onData);
+    },
+    /** Times the client sent something after it had read a reply: round trips past the first. */
+    turns() {
+      let turns = 0;
+      for (let i = 1; i < events.length; i++) if (events[i] === "w" && events[i - 1] === "r") turns++;
+      return events.length > 0 ? turns + 1 : 0;
+    },
+  };
+}
+
+/**
+ * Commands a client sent, as Redis's MONITOR saw them (its own commands, not those run
+ * inside scripts). A raw socket: the server is shared and busy, and only lines from the
+ * watched client's port are kept.
+ */
+async function monitor(c: Redis) {
+  const port = (c as unknown as { stream: Socket }).stream.localPort;
+  const { hostname, port: redisPort } = new URL(url as string);
+  const sock = connect(Number(redisPort || 6379), hostname || "127.0.0.1");
+  const seen: string[] = [];
+  const marker = `end-${randomBytes(4).toString("hex")}`;
+  let buffered = "";
+  let ended: () => void = () => {};
+  const end = new Promise<void>((r) => {
+    ended = r;
+  });
+  let ready: () => void = () => {};
+  const started = new Promise<void>((r) => {
+    ready = r;
+  });
+  sock.setEncoding("utf8");
+  sock.on("data", (chunk: string) => {
+    buffered += chunk;
+    const lines = buffered.split("\r\n");
+    buffered = lines.pop() ?? "";
+    for (const line of lines) {
+      if (line === "+OK") ready();
+      const m = /^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]*)"(.*)$/.exec(line);
+      if (!m || !m[1]?.endsWith(`:${port}`)) continue;
+      if (m[3]?.includes(marker)) ended();
+      else seen.push((m[2] ?? "").toLowerCase());
+    }
+  });
+  sock.write("MONITOR\r\n");
+  await started;
+  return async () => {
+    // MONITOR's feed lags the commands; a PING from the watched client marks the end.
+    await c.ping(marker);
+    await end;
+    sock.destroy();
+    return seen;
+  };
+}
+
+describe("JobLease fetch", () => {
+  it("takes up to n jobs in one round trip: one moveToActive each, all sent before any answer", async () => {
+    const { connection, lease, add } = await setup();
+    const ids = await add(10);
+    const trace = wire(connection);
+    const commands = await monitor(connection);
+    const jobs = await lease.fetch(8);
+    trace.stop();
+    const sent = await commands();
+    for (const j of jobs) expect(ids).toContain(j.id);
+    expect(new Set(jobs.map((j) => j.id)).size).toBe(8);
+    expect(lease.size).toBe(8);
+    expect(sent).toEqual(Array(8).fill("evalsha"));
+    expect(trace.turns()).toBe(1);
+  });
+
+  it("returns what the queue has when it has fewer than asked, still in one round trip", async () => {
+    const { connection, lease, add } = await setup();
+    await add(3);
+    const trace = wire(connection);
+    const jobs = await lease.fetch(8);
+    trace.stop();
+    expect(jobs).toHaveLength(3);
+    expect(trace.turns()).toBe(1);
+    expect(await lease.fetch(4)).toEqual([]);
+  });
+
+  it("waits for a job on BullMQ's blocking fetch instead of polling, and wakes when one is added", async () => {
+    const { connection, redis, lease, add } = await setup();
+    const commands = await monitor(connection);
+    const waiting = lease.next();
+    // The wait is a BZPOPMIN on another connection; until a job comes, this one is silent.
+    for (let i = 0; i < 500; i++) {
+      const list = await redis.client("LIST");
+      if (/cmd=bzpopmin/.test(String(list))) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const before = await commands();
+    expect(before).toEqual([]);
+    const [id] = await add(1);
+    const got = await waiting;
+    expect(got?.id).toBe(id);
+    expect(lease.next()).toBe(lease.next());
+  });
+
+  it("reads several jobs' input bytes in one round trip", async () => {
+    const { connection, redis, lease, add, inputsOf } = await setup();
+    await add(3);
+    const jobs = await lease.fetch(3);
+    const second = jobs[1] as LeasedJob;
+    await redis.del(inputsOf(second));
+    const trace = wire(connection);
+    const inputs = await lease.readInputs(jobs);
+    trace.stop();
+    expect(inputs.map((b) => b?.toString("hex") ?? null)).toEqual(["01020304", null, "01020304"]);
+    expect(trace.turns()).toBe(1);
+  });
+});
+
+describe("JobLease settle", () => {
+  it("settles a batch in one pipeline: final states, quota released once, inputs dropped", async () => {
+    const { connection, redis, lease, queue, add, quota, inputsOf } = await setup();
+    await add(6);
+    const jobs = await lease.fetch(6);
+    expect(await quota()).toEqual({ jobs: 6, bytes: 24 });
+    const trace = wire(connection);
+    const outcomes = await Promise.all(
+      jobs.map((l, i) =>
+        i < 4
+          ? lease.complete(l, result, l.job.data)
+          : lease.fail(l, new CitadelError("JOB_INVALID", "bad input"), l.job.data),
+      ),
+    );
+    trace.stop();
+    expect(trace.turns()).toBe(1);
+    expect(trace.events.filter((e) => e === "w")).toHaveLength(1);
+    expect(outcomes).toEqual([true, true, true, true, { final: true }, { final: true }]);
+    expect(lease.size).toBe(0);
+    for (const [i, l] of jobs.entries()) {
+      expect(await queue.getJobState(l.id)).toBe(i < 4 ? "completed" : "failed");
+      expect(await redis.exists(inputsOf(l))).toBe(0);
+      const stored = await queue.getJob(l.id);
+      if (i >= 4) expect(stored?.failedReason).toBe("JOB_INVALID: bad input");
+      else expect(stored?.returnvalue).toEqual(result);
+    }
+    expect(await quota()).toEqual({ jobs: 0, bytes: 0 });
+  });
+
+  it("retries a transient failure through BullMQ, keeping its inputs and quota share", async () => {
+    const { redis, lease, queue, add, quota, inputsOf } = await setup({ attempts: 2 });
+    await add(2);
+    const [a, b] = (await lease.fetch(2)) as [LeasedJob, LeasedJob];
+    const [ra, rb] = await Promise.all([
+      lease.fail(a, new CitadelError("RUNTIME_ERROR", "inference failed"), a.job.data),
+      lease.fail(b, new CitadelError("JOB_INVALID", "bad input"), b.job.data),
+    ]);
+    expect(ra).toEqual({ final: false });
+    expect(rb).toEqual({ final: true });
+    expect(await queue.getJobState(a.id)).toBe("delayed");
+    expect(await redis.exists(inputsOf(a))).toBe(1);
+    expect(await queue.getJobState(b.id)).toBe("failed");
+    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
+  });
+
+  it("answers a job whose lock was lost alone: not settled, its inputs and quota share kept", async () => {
+    const { redis, lease, queue, add, quota, inputsOf } = await setup();
+    await add(3);
+    const jobs = (await lease.fetch(3)) as [LeasedJob, LeasedJob, LeasedJob];
+    const lost = jobs[1];
+    // Another worker took it over: its lock now holds another token.
+    await redis.set(`${lost.job.queueQualifiedName}:${lost.id}:lock`, "someone-else");
+    logLines.length = 0;
+    const outcomes = await Promise.all(jobs.map((l) => lease.complete(l, result, l.job.data)));
+    expect(outcomes).toEqual([true, false, true]);
+    expect(logLines.join("")).toMatch(/could not complete job \(lock lost\)/);
+    expect(await queue.getJobState(lost.id)).toBe("active");
+    expect(await redis.exists(inputsOf(lost))).toBe(1);
+    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
+    expect(lease.holds(lost.id)).toBe(false);
+  });
+
+  it("releases a job's quota share only once, whoever settles it", async () => {
+    const { lease, add, quota, prefix, redis } = await setup();
+    await add(2);
+    const [a] = (await lease.fetch(2)) as [LeasedJob];
+    // A cancel released this job's share first (RELEASE_QUOTA deletes the marker).
+    await redis.del(keys.quotaHeld(prefix, "t", a.id));
+    await redis.decr(keys.tenantQueuedJobs(prefix, "t"));
+    await redis.decrby(keys.tenantQueuedBytes(prefix, "t"), 4);
+    expect(await lease.complete(a, result, a.job.data)).toBe(true);
+    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
+  });
+});
+
+describe("JobLease close", () => {
+  it("ends a pending blocking fetch and returns held jobs to the queue", async () => {
+    const { lease, add, queue } = await setup();
+    await add(2);
+    const jobs = await lease.fetch(2);
+    const waiting = lease.next();
+    await lease.close();
+    expect(await waiting).toBeNull();
+    for (const l of jobs) expect(await queue.getJobState(l.id)).toBe("waiting");
+  });
+});
