@@ -11,15 +11,12 @@ import {
   releaseQuota,
 } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
+import { DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import { TenantStore } from "@citadel/tenants";
 import { Queue } from "bullmq";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ModelCatalog } from "../../apps/api/src/catalog.js";
-import { DenialAggregator } from "../../apps/api/src/denials.js";
-import { RateLimiter } from "../../apps/api/src/limits.js";
 import { apiMetrics } from "../../apps/api/src/metrics.js";
-import { Submitter } from "../../apps/api/src/submit.js";
 import { pollUntil, publishModel, queueCounts, readAudit } from "../support/api-kit.js";
 import { LogCapture, startTestFleet, type TestFleet } from "../support/fleet.js";
 

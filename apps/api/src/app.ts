@@ -13,6 +13,15 @@ import {
   JobView,
 } from "@citadel/contracts";
 import { isFinal, isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
+import {
+  asCitadel,
+  type DenialAggregator,
+  type ModelCatalog,
+  type RateLimiter,
+  type SubmitContext,
+  type SubmitRequest,
+  type Submitter,
+} from "@citadel/submit";
 import type { Logger, Registry } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
@@ -27,13 +36,9 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fas
 import { z } from "zod";
 import { type BinarySubmit, binaryBodyDoc, decodeBinarySubmit, sendBinaryView, wantsBinary } from "./binary-body.js";
 import { type BoardOptions, registerBoard } from "./board.js";
-import type { ModelCatalog } from "./catalog.js";
-import type { DenialAggregator } from "./denials.js";
 import { parseJsonBody } from "./json-body.js";
-import type { RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
-import { asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "./submit.js";
 
 export interface AppDeps {
   log: Logger;

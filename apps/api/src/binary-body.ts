@@ -6,6 +6,7 @@ import {
   INFERENCE_HEADER_LENGTH,
   type JobView,
 } from "@citadel/contracts";
+import type { SubmitRequest } from "@citadel/submit";
 import {
   binaryDescriptor,
   encodeBinaryBody,
@@ -17,7 +18,6 @@ import {
 import type { FastifyReply } from "fastify";
 import { z } from "zod";
 import { parseJsonBody } from "./json-body.js";
-import type { SubmitRequest } from "./submit.js";
 
 /** A binary submit decoded: one request per job (inputs are views of the body) and whether results go back binary. */
 export interface BinarySubmit {

@@ -3,11 +3,9 @@ import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
 import { FastifyAdapter } from "@bull-board/fastify";
 import { CitadelError } from "@citadel/contracts";
 import { type JobQueues, queueName } from "@citadel/queue";
+import type { Bucket, DenialAggregator, ModelCatalog, RateLimiter } from "@citadel/submit";
 import { safeEqual } from "@citadel/tenants";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { ModelCatalog } from "./catalog.js";
-import type { DenialAggregator } from "./denials.js";
-import type { Bucket, RateLimiter } from "./limits.js";
 import type { ApiMetrics } from "./metrics.js";
 
 export interface BoardOptions {

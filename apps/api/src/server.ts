@@ -6,17 +6,14 @@ import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
 import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
+import { DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
 import { TenantStore } from "@citadel/tenants";
 import type { FastifyInstance } from "fastify";
 import { buildApp } from "./app.js";
 import type { BoardOptions } from "./board.js";
-import { ModelCatalog } from "./catalog.js";
-import { DenialAggregator } from "./denials.js";
 import type { ApiEnv } from "./env.js";
-import { RateLimiter } from "./limits.js";
 import { apiMetrics } from "./metrics.js";
-import { Submitter } from "./submit.js";
 
 export interface ApiHandle {
   app: FastifyInstance;

@@ -9,14 +9,13 @@ import {
   type JobView,
 } from "@citadel/contracts";
 import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
-import type { Logger } from "@citadel/telemetry";
+import type { Counter, Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
 import type { ModelCatalog } from "./catalog.js";
 import type { DenialAggregator } from "./denials.js";
 import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
 import type { RateLimiter } from "./limits.js";
-import type { ApiMetrics } from "./metrics.js";
 import { type QuotaClaim, TenantQuota } from "./quota.js";
 
 export interface SubmitContext {
@@ -49,6 +48,13 @@ export interface SubmitSettings {
   minJobTimeoutMs: number;
 }
 
+/** The counters a submit moves (the API's metrics carry them). */
+export interface SubmitMetrics {
+  accepted: Counter<"tenant" | "model">;
+  samples: Counter<"tenant" | "model">;
+  rejections: Counter<"tenant" | "model" | "reason">;
+}
+
 export interface SubmitDeps {
   redis: Redis;
   queues: JobQueues;
@@ -56,7 +62,7 @@ export interface SubmitDeps {
   limiter: RateLimiter;
   audit: AuditSink;
   denials: DenialAggregator;
-  metrics: ApiMetrics;
+  metrics: SubmitMetrics;
   log: Logger;
 }
 
