@@ -2,7 +2,8 @@
  * The reliability suite's duplicate counter (test/reliability/witness.ts) can fail: it
  * counts what Redis executes, so a second job for one logical request, a job stored
  * twice and a job completed twice all show; and what Redis ran in its last instant
- * before a SIGKILL is read back after the restart.
+ * before a SIGKILL is read back after the restart. Jobs are told apart by their stored
+ * input bytes, read from the feed's escaped text.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { queueName } from "@citadel/queue";
@@ -51,7 +52,11 @@ function bull() {
     await queue.close();
     connection.disconnect();
   });
-  const add = (id: string, nonce: string) => queue.add("job", { nonce }, { jobId: id });
+  // As Citadel's API adds a job: its input bytes (here the nonce, with bytes MONITOR escapes) first.
+  const add = async (id: string, nonce: string) => {
+    await connection.set(`${prefix}:${queueName("m")}:${id}:in`, Buffer.concat([Buffer.from(nonce), NOISE]));
+    return queue.add("job", {}, { jobId: id });
+  };
   const completeNext = async (): Promise<Job> => {
     const token = randomUUID();
     const job = (await worker.getNextJob(token, { block: false })) as Job | undefined;
@@ -62,7 +67,10 @@ function bull() {
   return { prefix, queue, add, completeNext };
 }
 
-const nonceOf = (data: string) => (JSON.parse(data) as { nonce?: string }).nonce;
+/** Bytes MONITOR prints escaped (quote, backslash, controls, high bytes): the witness must read them back exactly. */
+const NOISE = Buffer.from([0x22, 0x5c, 0x00, 0x0a, 0x0d, 0x09, 0x07, 0x08, 0xff, 0x80, 0x20, 0x22, 0x20, 0x22]);
+const nonceOf = (inputs: Buffer) =>
+  inputs.subarray(-NOISE.length).equals(NOISE) ? inputs.subarray(0, -NOISE.length).toString() : undefined;
 
 describe("the reliability suite's witness (Redis MONITOR)", () => {
   it("counts a second job for one logical request, a job stored twice and a job completed twice", async () => {

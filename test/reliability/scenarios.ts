@@ -32,7 +32,7 @@ import {
   workerEnv,
 } from "../bench/harness.js";
 import { POLICY_DIR, startVaultTestServer } from "../support/vault-server/index.js";
-import type { RedisWitness, WitnessScope } from "./witness.js";
+import { type LogicalOf, monitorBytes, type RedisWitness, type WitnessScope } from "./witness.js";
 
 export interface Row {
   fault: string;
@@ -357,14 +357,9 @@ async function account(
 }
 
 /** Picks the logical request out of a stored job's data: the base64 input tensor it carries. */
-function inputLookup(byInput: Map<string, string>): (data: string) => string | undefined {
-  return (data) => {
-    for (const m of data.matchAll(/"data":"([A-Za-z0-9+/=]+)"/g)) {
-      const logical = byInput.get(m[1] ?? "");
-      if (logical) return logical;
-    }
-    return undefined;
-  };
+/** A job's stored input bytes (one input: the scenario's tensor) → its logical request, by the tensor's base64. */
+function inputLookup(byInput: Map<string, string>): LogicalOf {
+  return (inputs) => byInput.get(inputs.toString("base64"));
 }
 
 // ---------------------------------------------------------------------------------
@@ -397,7 +392,7 @@ async function startFleet(
     /** The model queues the witness watches. */
     models: string[];
     /** Names a stored job's logical request from its data (for per-request counts). */
-    logicalOf?: (data: string) => string | undefined;
+    logicalOf?: LogicalOf;
   },
 ): Promise<Fleet> {
   const setup =
@@ -952,8 +947,9 @@ export async function apiRestart(env: ScenarioEnv): Promise<Row> {
           let r: number | undefined;
           // The claim's key is the first key of whatever command touches it (a script's EVAL, or a command in it).
           if (step === "claim") r = claimOf.get(c.args[1] ?? "") ?? claimOf.get(c.args[3] ?? "");
-          if (step === "store" && c.source === "lua" && cmd === "hmset" && c.args[4] === "data") {
-            const logical = logicalOf(c.args[5] ?? "");
+          // Its jobs are being stored: their input bytes are written first, then the jobs.
+          if (step === "store" && c.source !== "lua" && cmd === "set" && c.args[1]?.endsWith(":in")) {
+            const logical = logicalOf(monitorBytes(c.args[2] ?? ""));
             r = logical ? Number(/^bulk-(\d+)#/.exec(logical)?.[1]) : undefined;
           }
           if (r === undefined || !inflight.has(r)) return;

@@ -3,9 +3,10 @@
  * every command it executes, scripts' inner commands included. From BullMQ's Lua it
  * counts, per job id, how often the job's hash was stored (the add script's HMSET of
  * name/data) and how often the job was finished as completed (moveToFinished's
- * `XADD … event completed jobId <id>`); from each stored job's data it finds the logical
- * request (a nonce the scenario put in the input tensor). A logical request with two
- * job ids, a job stored twice or a job completed twice is a duplicate.
+ * `XADD … event completed jobId <id>`); from each stored job's input bytes (the SET of
+ * `<job key>:in` that precedes its add) it finds the logical request (a nonce the
+ * scenario put in the input tensor). A logical request with two job ids, a job stored
+ * twice or a job completed twice is a duplicate.
  *
  * The feed is collected as it happens (inputs leave Redis when a job ends). It attaches
  * over the harness's unix socket before Redis opens its TCP port, at the first start and
@@ -25,6 +26,50 @@ export interface Executed {
 
 type Listener = (c: Executed) => void;
 
+/** Which logical request a job's stored input bytes belong to, if any. */
+export type LogicalOf = (inputs: Buffer) => string | undefined;
+
+/**
+ * The bytes of a MONITOR argument. Redis prints each argument as a quoted C-like
+ * string (sdscatrepr: `\\`, `\"`, `\n`, `\r`, `\t`, `\a`, `\b`, `\xhh`); ioredis
+ * has already turned `\"` back into `"`.
+ */
+export function monitorBytes(arg: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < arg.length; i++) {
+    const ch = arg.charCodeAt(i);
+    if (ch !== 0x5c) {
+      out.push(ch);
+      continue;
+    }
+    const next = arg[++i];
+    switch (next) {
+      case "x":
+        out.push(Number.parseInt(arg.slice(i + 1, i + 3), 16));
+        i += 2;
+        break;
+      case "n":
+        out.push(0x0a);
+        break;
+      case "r":
+        out.push(0x0d);
+        break;
+      case "t":
+        out.push(0x09);
+        break;
+      case "a":
+        out.push(0x07);
+        break;
+      case "b":
+        out.push(0x08);
+        break;
+      default:
+        out.push((next ?? "").charCodeAt(0));
+    }
+  }
+  return Buffer.from(out);
+}
+
 export class RedisWitness {
   private monitor: Redis | null = null;
   private readonly scopes = new Set<WitnessScope>();
@@ -43,7 +88,7 @@ export class RedisWitness {
   }
 
   /** Evidence for one fleet (its key prefix) and its model queues. */
-  scope(prefix: string, models: string[], logicalOf?: (data: string) => string | undefined): WitnessScope {
+  scope(prefix: string, models: string[], logicalOf?: LogicalOf): WitnessScope {
     const s = new WitnessScope(prefix, models, logicalOf, () => this.scopes.delete(s));
     this.scopes.add(s);
     return s;
@@ -117,12 +162,14 @@ export class WitnessScope {
   readonly logicalById = new Map<string, string>();
   /** Read back from a restarted Redis: executed just before a SIGKILL, MONITOR line never sent. */
   readonly unseen = { stored: 0, completed: 0 };
+  /** Job id → the logical request its stored inputs name (known before the job itself is stored). */
+  private readonly inputsOf = new Map<string, string>();
   private readonly queuePrefixes: string[];
 
   constructor(
     readonly prefix: string,
     readonly models: string[],
-    private readonly logicalOf: ((data: string) => string | undefined) | undefined,
+    private readonly logicalOf: LogicalOf | undefined,
     readonly close: () => void,
   ) {
     this.queuePrefixes = models.map((m) => `${prefix}:${queueName(m)}:`);
@@ -133,13 +180,20 @@ export class WitnessScope {
   }
 
   observe(c: Executed): void {
-    if (c.source !== "lua") return;
     const cmd = c.args[0]?.toLowerCase();
     const key = c.args[1];
     const q = this.queueOf(key);
     if (!q || key === undefined) return;
+    if (c.source !== "lua") {
+      // A job's input bytes, written just before it is added.
+      if (cmd === "set" && key.endsWith(":in") && c.args[2] !== undefined) {
+        const logical = this.logicalOf?.(monitorBytes(c.args[2]));
+        if (logical !== undefined) this.inputsOf.set(key.slice(q.length, -3), logical);
+      }
+      return;
+    }
     if (cmd === "hmset" && c.args[2] === "name" && c.args[4] === "data") {
-      this.store(key.slice(q.length), c.args[5]);
+      this.store(key.slice(q.length));
     } else if (cmd === "xadd" && key === `${q}events`) {
       const at = c.args.indexOf("event");
       const event = c.args[at + 1];
@@ -150,9 +204,9 @@ export class WitnessScope {
     }
   }
 
-  private store(id: string, data: string | undefined): void {
+  private store(id: string): void {
     this.stored.set(id, (this.stored.get(id) ?? 0) + 1);
-    const logical = data !== undefined ? this.logicalOf?.(data) : undefined;
+    const logical = this.inputsOf.get(id);
     if (logical === undefined) return;
     this.logicalById.set(id, logical);
     const ids = this.idsByLogical.get(logical) ?? new Set<string>();
@@ -180,7 +234,10 @@ export class WitnessScope {
       for (const id of new Set([...wait, ...active, ...paused, ...sets.flat()])) {
         if (this.stored.has(id)) continue;
         this.unseen.stored++;
-        this.store(id, (await admin.hget(`${q}${id}`, "data")) ?? undefined);
+        const inputs = await admin.getBuffer(`${q}${id}:in`);
+        const logical = inputs ? this.logicalOf?.(inputs) : undefined;
+        if (logical !== undefined) this.inputsOf.set(id, logical);
+        this.store(id);
       }
       for (const id of sets[0] ?? []) {
         if (this.completed.has(id)) continue;
