@@ -31,13 +31,18 @@ export interface ScriptSource {
   lua: string;
 }
 
+/**
+ * A script's text with its `--- @include "<file>"` lines replaced by that file (as
+ * BullMQ's commands include shared parts), so a step two scripts share is written once.
+ */
+function read(file: string): string {
+  const text = readFileSync(new URL(`./${file}`, import.meta.url), "utf8");
+  return text.replace(/^--- @include "([\w/.-]+\.lua)"$/gm, (_line, inc: string) => read(inc).trimEnd());
+}
+
 function load(file: string): ScriptSource {
   const keyCount = /-(\d+)\.lua$/.exec(file)?.[1];
-  return {
-    file,
-    numberOfKeys: keyCount === undefined ? undefined : Number(keyCount),
-    lua: readFileSync(new URL(`./${file}`, import.meta.url), "utf8"),
-  };
+  return { file, numberOfKeys: keyCount === undefined ? undefined : Number(keyCount), lua: read(file) };
 }
 
 /** Every script's source, read once per process. */

@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -29,6 +29,13 @@ afterAll(async () => {
 
 describe("the script files", () => {
   const folder = fileURLToPath(new URL(".", import.meta.url));
+
+  it("have their shared parts included in place (a step two scripts share is written once)", () => {
+    for (const s of Object.values(scriptSources)) expect(s.lua, s.file).not.toMatch(/@include/);
+    const shared = readFileSync(new URL("./includes/releaseQuota.lua", import.meta.url), "utf8").trimEnd();
+    expect(scriptSources.quotaRelease.lua).toContain(shared);
+    expect(scriptSources.settleFinal.lua).toContain(shared);
+  });
 
   it("are all loaded, and each header documents its keys, arguments and result", () => {
     const onDisk = readdirSync(folder).filter((f) => f.endsWith(".lua"));

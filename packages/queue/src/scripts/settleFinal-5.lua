@@ -21,11 +21,4 @@
 local exists = redis.call('EXISTS', KEYS[4]) == 1
 if exists and redis.call('HEXISTS', KEYS[4], 'finishedOn') == 0 then return -1 end
 redis.call('DEL', KEYS[5])
-local bytes = redis.call('GET', KEYS[3])
-if not bytes then return 0 end
-redis.call('DEL', KEYS[3])
-local j = redis.call('DECR', KEYS[1])
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], bytes)
-if b < 0 then redis.call('SET', KEYS[2], 0) end
-return 1
+--- @include "includes/releaseQuota.lua"
