@@ -250,7 +250,7 @@ interface RunSummary {
 /** A percentile, NaN (printed "-") when there is no sample: 0 would read as a measurement. */
 const pct = (sorted: readonly number[], p: number) => (sorted.length ? percentile(sorted, p) : Number.NaN);
 
-function summarize(load: LoadResult, w: Window | null): RunSummary {
+function summarize(load: LoadResult, w: Window | null, perRun?: number): RunSummary {
   const redis = w?.redis(load.jobs) ?? { perJob: Number.NaN, top: {} };
   return {
     load,
@@ -258,7 +258,8 @@ function summarize(load: LoadResult, w: Window | null): RunSummary {
     p99: pct(load.latencies, 99),
     overheadP50: pct(load.overheads, 50),
     overheadP99: pct(load.overheads, 99),
-    avgBatch: load.batchSizes.length ? mean(load.batchSizes) : Number.NaN,
+    // Samples per run: the workers' own count where they report it, else the jobs' (naive: 1 per run).
+    avgBatch: perRun ?? (load.batchSizes.length ? mean(load.batchSizes) : Number.NaN),
     rssMb: w?.maxRssMb(["worker", "workerMain"]) ?? Number.NaN,
     workerCores: w?.cores(["worker", "workerMain"]) ?? Number.NaN,
     apiCores: w?.cores(["api"]) ?? 0,
@@ -276,7 +277,7 @@ async function closedRun(c: Contender, concurrency: number, o: Options, admin: R
     const load = await closedLoop(concurrency, warmupMs(o), o.seconds * 1000, running.one, (phase) =>
       phase === "start" ? w.start() : w.stop(),
     );
-    return summarize(load, w);
+    return summarize(load, w, await running.samplesPerRun?.());
   } finally {
     await running.stop();
   }
@@ -285,7 +286,8 @@ async function closedRun(c: Contender, concurrency: number, o: Options, admin: R
 async function openRun(c: Contender, rate: number, o: Options): Promise<RunSummary> {
   const running = await c.start();
   try {
-    return summarize(await openLoop(rate, warmupMs(o), halfLoadMs(o), running.one), null);
+    const load = await openLoop(rate, warmupMs(o), halfLoadMs(o), running.one);
+    return summarize(load, null, await running.samplesPerRun?.());
   } finally {
     await running.stop();
   }
@@ -876,7 +878,7 @@ function report(
     "jobs/s",
     "p50 ms",
     "p99 ms",
-    "avg batch",
+    "samples/run",
     "RSS MB",
     "CPU cores",
     "Redis cmds/job",

@@ -24,6 +24,26 @@ export interface Running {
   one: (i: number) => Promise<JobOutcome>;
   probes: Probe[];
   stop(): Promise<void>;
+  /** Samples per inference run so far (warm-up included), from the workers' own metrics. */
+  samplesPerRun?(): Promise<number>;
+}
+
+/**
+ * Samples per run from Citadel workers' `citadel_batch_size` histograms: a job's result
+ * reports only its own samples (the run's size would tell a tenant about others).
+ */
+export async function samplesPerRun(workers: readonly Proc[]): Promise<number> {
+  let sum = 0;
+  let count = 0;
+  for (const w of workers) {
+    const text = await (await fetch(`${w.url}/metrics`)).text();
+    for (const line of text.split("\n")) {
+      const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+      if (line.startsWith("citadel_batch_size_sum")) sum += value;
+      else if (line.startsWith("citadel_batch_size_count")) count += value;
+    }
+  }
+  return count > 0 ? sum / count : Number.NaN;
 }
 
 export interface Contender {
@@ -205,6 +225,7 @@ export function citadelContender(opts: {
       return {
         probes: [{ key: "api", pid: opts.api.pid }, ...citadelWorkerProbes(workers), ...sharedProbes(opts.redisPid)],
         one: citadelJob(new Client(opts.api.url, opts.fleet.apiKey), opts.bodies, opts.samplesPerJob),
+        samplesPerRun: () => samplesPerRun(workers),
         stop: async () => {
           await Promise.all(workers.map((w) => w.stop()));
         },

@@ -350,7 +350,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     /** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
     const finalWithin = async (req: FastifyRequest, id: string, ms: number): Promise<JobView | undefined> => {
       try {
-        const view = await d.queues.waitForFinish(id, (req.tenant as Tenant).id, ms);
+        const view = await d.queues.waitForFinish(id, (req.tenant as Tenant).id, ms, { justSubmitted: true });
         return isFinal(view.status) ? view : undefined;
       } catch (err) {
         req.log.warn({ err, jobId: id }, "waiting for a submitted job failed; answering 202");

@@ -257,10 +257,16 @@ export class JobQueues {
   }
 
   /** Resolves when the job finishes or `ms` pass, whichever is first. */
-  async waitForFinish(id: string, tenant: string, ms: number): Promise<JobView> {
-    let view = await this.view(id, tenant);
-    if (ms <= 0 || isFinal(view.status)) return view;
-    await this.ensureEvents(view.model);
+  async waitForFinish(
+    id: string,
+    tenant: string,
+    ms: number,
+    opts: { justSubmitted?: boolean } = {},
+  ): Promise<JobView> {
+    // A job this request has just submitted is not final yet: no need to read it before subscribing.
+    let view = opts.justSubmitted && ms > 0 ? undefined : await this.view(id, tenant);
+    if (view && (ms <= 0 || isFinal(view.status))) return view;
+    await this.ensureEvents(view?.model ?? this.modelOf(id));
     await new Promise<void>((resolve) => {
       const set = this.waiters.get(id) ?? new Set();
       this.waiters.set(id, set);

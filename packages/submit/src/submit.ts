@@ -72,7 +72,8 @@ interface Prepared {
   /** The validated input bytes, stored once beside the job. */
   inputs: Buffer;
   priority: JobRequest["priority"];
-  fingerprint: string;
+  /** What an Idempotency-Key's replay must match (the request and its input bytes). */
+  readonly fingerprint: string;
 }
 
 /** A job on its way into the queue, with the Idempotency-Key entry it answers for (if any). */
@@ -160,19 +161,23 @@ export class Submitter {
       clientIp: ctx.clientIp,
       outputPolicy: policy,
     };
-    const fingerprint = createHash("sha256")
-      .update(
-        JSON.stringify([req.model, req.version ?? null, req.outputs ?? null, req.timeoutMs ?? null, req.priority]),
-      )
-      .update(JSON.stringify(data.inputs))
-      .update(packed.bytes)
-      .digest("hex");
+    let fingerprint: string | undefined;
     return {
       id: jobIdFor(req.model, randomBytes(18).toString("base64url")),
       data,
       inputs: packed.bytes,
       priority: req.priority,
-      fingerprint,
+      // Hashed on first use: only a request with an Idempotency-Key pays for hashing its bytes.
+      get fingerprint() {
+        fingerprint ??= createHash("sha256")
+          .update(
+            JSON.stringify([req.model, req.version ?? null, req.outputs ?? null, req.timeoutMs ?? null, req.priority]),
+          )
+          .update(JSON.stringify(data.inputs))
+          .update(packed.bytes)
+          .digest("hex");
+        return fingerprint;
+      },
     };
   }
 
