@@ -37,6 +37,8 @@ export const keys = {
   quotaHeld: (prefix: string, tenant: string, jobId: string) => `${prefix}:quota-held:${tenant}:${jobId}`,
   /** An Idempotency-Key's entry (a hash: job id, fingerprint, state; see apps/api idempotency.ts). */
   idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idempotency:${tenant}:${keyHash}`,
+  /** One of BullMQ's own keys of a model's queue (`wait`, `prioritized`, …), as BullMQ names it. */
+  bull: (prefix: string, model: string, part: string) => `${prefix}:${queueName(model)}:${part}`,
   /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */
   job: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}`,
   /**

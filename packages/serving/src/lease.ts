@@ -13,9 +13,10 @@ import { type Job, Worker } from "bullmq";
  * outcome), so retention costs a result's size, not an input's.
  *
  * Round trips, not jobs, are what it economises:
- * - `fetch(n)` takes up to n jobs in one wave: n `getNextJob` calls issued together on
- *   one connection, so their `moveToActive` scripts (atomic per job) travel as one
- *   pipeline on the wire and come back together.
+ * - `fetch(n)` takes up to n jobs in one wave: it reads how many wait (LLEN + ZCARD, one
+ *   round trip), then issues that many `getNextJob` calls (at most n) together on one
+ *   connection, so their `moveToActive` scripts (atomic per job) travel as one pipeline
+ *   on the wire and come back together; an empty queue costs no script call.
  * - `next()` waits instead of polling: BullMQ's blocking fetch (BZPOPMIN on the
  *   queue's marker, up to `drainDelay`), one wait at a time.
  * - settlements asked for in the same tick (the executor settles a run's jobs
@@ -122,13 +123,16 @@ export class JobLease {
   }
 
   /**
-   * Up to `n` jobs, locked to us, in one round trip (fewer when the queue has fewer).
+   * Up to `n` jobs, locked to us, in one wave (fewer when the queue has fewer).
    * Jobs fetched before a failed answer are kept (they are locked to us); the error is
    * thrown only when no job came back.
    */
   async fetch(n: number): Promise<LeasedJob[]> {
     if (n <= 0 || this.closing) return [];
-    const answers = await Promise.allSettled(Array.from({ length: n }, () => this.take(false)));
+    // As many calls as jobs wait: a moveToActive that finds none still costs Redis six commands.
+    const take = Math.min(n, await this.backlog());
+    if (take === 0) return [];
+    const answers = await Promise.allSettled(Array.from({ length: take }, () => this.take(false)));
     const jobs: LeasedJob[] = [];
     let failure: unknown;
     for (const a of answers) {
@@ -141,6 +145,22 @@ export class JobLease {
       this.o.log.warn({ err: coerceError(failure), model: this.o.model }, "part of a fetch failed");
     }
     return jobs;
+  }
+
+  /** Jobs waiting to be taken: BullMQ's wait list and prioritized set (one round trip). */
+  private async backlog(): Promise<number> {
+    const { prefix, model } = this.o;
+    const replies = await this.o.connection
+      .pipeline()
+      .llen(keys.bull(prefix, model, "wait"))
+      .zcard(keys.bull(prefix, model, "prioritized"))
+      .exec();
+    let n = 0;
+    for (const [err, count] of replies ?? []) {
+      if (err) throw err;
+      n += Number(count);
+    }
+    return n;
   }
 
   /**
