@@ -1,4 +1,4 @@
-import { CitadelError } from "@citadel/contracts";
+import { CitadelError, thrownCode } from "@citadel/contracts";
 import { describe, expect, it } from "vitest";
 import { decodeBinarySubmit, wantsBinary } from "./binary-body.js";
 
@@ -14,15 +14,7 @@ const input = (name: string, size: number, datatype = "UINT8") => ({
   shape: [1, size],
   parameters: { binary_data_size: size },
 });
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof CitadelError) return e.code;
-    throw e;
-  }
-  return "none";
-}
+const code = thrownCode;
 
 describe("decodeBinarySubmit", () => {
   it("turns a header and its bytes into a job request with raw-byte inputs, in header order", () => {

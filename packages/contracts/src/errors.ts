@@ -240,3 +240,14 @@ export function coerceError(err: unknown): Error {
   if (err instanceof Error) return err;
   return new Error(typeof err === "string" ? err : `non-error thrown: ${typeof err}`);
 }
+
+/** The code of the CitadelError `fn` throws, or "none" when it returns (any other error propagates). */
+export function thrownCode(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof CitadelError) return e.code;
+    throw e;
+  }
+  return "none";
+}

@@ -1,4 +1,4 @@
-import { CitadelError, DTYPE_BYTES, DType } from "@citadel/contracts";
+import { CitadelError, DTYPE_BYTES, DType, thrownCode } from "@citadel/contracts";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
@@ -11,15 +11,7 @@ import {
   splitBinaryBody,
 } from "./kserve.js";
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof CitadelError) return e.code;
-    throw e;
-  }
-  return "none";
-}
+const code = thrownCode;
 
 const bytes = (...b: number[]) => new Uint8Array(b);
 const desc = (name: string, size: number) => ({

@@ -1,4 +1,4 @@
-import { CitadelError, type TensorSpec } from "@citadel/contracts";
+import { CitadelError, type TensorSpec, thrownCode } from "@citadel/contracts";
 import { describe, expect, it } from "vitest";
 import { concat, split } from "./batch.js";
 import { encodeTensor, type Tensor } from "./codec.js";
@@ -15,15 +15,7 @@ const io = {
 function b64(values: number[]): string {
   return Buffer.from(new Float32Array(values).buffer).toString("base64");
 }
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof CitadelError) return e.code;
-    throw e;
-  }
-  return "none";
-}
+const code = thrownCode;
 
 describe("validateInputs", () => {
   it("accepts base64 and JSON arrays and reports batch and bytes", () => {
