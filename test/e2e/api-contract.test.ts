@@ -1,5 +1,6 @@
 import type { AuditRecord } from "@citadel/audit";
 import { buildConvNet, buildIdentityModel } from "@citadel/onnx";
+import { keys as queueKeys } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -445,14 +446,19 @@ describe("without workers (jobs stay queued)", () => {
     const again = await fleet.request("DELETE", `/v1/jobs/${a.json.id}`);
     expect([again.status, again.json.status]).toEqual([202, "cancelled"]);
     expect((await queueCounts(fleet, "m-cancel")).total).toBe(1);
+    // The cancelled job's input bytes went with it; the other's wait for its run.
+    const inputsOf = (id: string) => fleet.redis.exists(queueKeys.inputs(fleet.prefix, "m-cancel", id));
+    expect([await inputsOf(a.json.id), await inputsOf(b.json.id)]).toEqual([0, 1]);
     await auditWhere(fleet, "job.cancelled", (r) => r.event === "job.cancelled" && r.jobId === a.json.id);
-    // Long-poll the other job, then start a worker: the poll returns when it completes.
+    // Long-poll the other job, then start a worker: the poll returns when it completes,
+    // before its own 30 s wait is over (a poll that ran out would answer "queued").
     const t0 = Date.now();
     const waiting = fleet.request("GET", `/v1/jobs/${b.json.id}?wait=30000`);
     await fleet.startWorker();
     const done = await waiting;
     expect([done.status, done.json.status]).toEqual([200, "completed"]);
-    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect(await inputsOf(b.json.id)).toBe(0);
     const view = await fleet.request("GET", `/v1/jobs/${a.json.id}`);
     expect(view.status).toBe(200);
     expect(view.json).toMatchObject({ id: a.json.id, status: "cancelled", model: "m-cancel" });
