@@ -468,7 +468,8 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
         const c = connect(url(svc));
         await c.connect();
         expect(String(await c.call("CLIENT", "INFO")), svc).toContain(` user=${svc} `);
-        expect(await c.set(`{t}:${svc}`, "1"), svc).toBe("OK");
+        // A key every application role may write (test/infra/redis-acl.test.ts covers each role's rights).
+        expect(await c.set(`{citadel}:cancelled:${svc}`, "1"), svc).toBe("OK");
         await expect(c.flushall(), svc).rejects.toThrow(/NOPERM/);
       }
       // No password: the default user is off. Another role's user with this role's
