@@ -80,20 +80,15 @@ export interface AppProcess {
 }
 
 /**
- * Starts argv in its own process group with exactly `env` (plus PATH, and Node's
- * `--conditions=@citadel/source` so workspace packages resolve to their sources where
- * no build exists).
+ * Starts argv in its own process group with exactly `env` (plus this machine's PATH):
+ * the image's command as it is, run from the repository root (the images' workdir).
  */
 export function startApp(name: string, argv: string[], env: Record<string, string>): AppProcess {
   const [cmd = "", ...args] = argv;
   const child = spawn(cmd, args, {
     cwd: ROOT,
     detached: true,
-    env: {
-      PATH: process.env.PATH ?? "",
-      ...env,
-      NODE_OPTIONS: [env.NODE_OPTIONS, "--conditions=@citadel/source"].filter(Boolean).join(" "),
-    },
+    env: { PATH: process.env.PATH ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const chunks: string[] = [];
