@@ -13,7 +13,20 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = process.argv[2] ?? "/secrets";
-const ids = readRoleIds(path.join(path.dirname(fileURLToPath(import.meta.url)), "roles.env"));
+// This folder (mounted at /opt/citadel/compose; infra/redis next to it at /opt/citadel/redis).
+const here = path.dirname(fileURLToPath(import.meta.url));
+const ids = readRoleIds(path.join(here, "roles.env"));
+
+/** infra/redis/acl-rules.conf: `user <name> <rules…>` lines (no passwords), comments skipped. */
+function readAclRules(file) {
+  const out = [];
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const m = /^user\s+(\S+)\s+(.*\S)\s*$/.exec(line);
+    if (m) out.push({ name: m[1], rules: m[2] });
+    else if (line.trim() && !line.trim().startsWith("#")) throw new Error(`acl-rules.conf: cannot read "${line}"`);
+  }
+  return out;
+}
 
 function readRoleIds(file) {
   const out = {};
@@ -71,17 +84,21 @@ const health = readFileSync(secretFile("redis", "redis-health-password", passwor
 
 // Redis reads its users from an ACL file holding only SHA-256 hashes: one user per role
 // (so a role's password can be rotated or revoked alone, and CLIENT LIST names the role),
-// the health check's user may only PING, and the password-less default user is off.
+// each limited to its own keys and commands by infra/redis/acl-rules.conf (shared with
+// Kubernetes), and the password-less default user is off. Rules for roles compose does
+// not run (the KEDA scaler) are left out.
 const sha = (s) => createHash("sha256").update(s).digest("hex");
-const APP_RULES =
-  "~* &* +@all -flushall -flushdb -debug -shutdown -config -module -acl -replicaof -slaveof -failover -monitor";
-const acl = [
-  "user default off",
-  ...Object.entries(redisUsers).map(([role, pw]) => `user ${role} on #${sha(pw)} ${APP_RULES}`),
-  `user health on #${sha(health)} -@all +ping`,
-  "",
-].join("\n");
-secretFile("redis", "redis-users.acl", () => acl, { replace: true });
+const passwords = { ...redisUsers, health };
+const acl = ["user default off"];
+for (const { name, rules } of readAclRules(path.join(here, "../redis/acl-rules.conf"))) {
+  if (passwords[name] !== undefined) acl.push(`user ${name} on #${sha(passwords[name])} ${rules}`);
+}
+for (const role of Object.keys(passwords)) {
+  if (!acl.some((l) => l.startsWith(`user ${role} on `))) throw new Error(`acl-rules.conf has no rules for ${role}`);
+}
+acl.push("");
+const aclText = acl.join("\n");
+secretFile("redis", "redis-users.acl", () => aclText, { replace: true });
 
 // The bootstrap's own volume: vault-bootstrap.sh keeps the unseal key there.
 const keys = path.join(root, "vault-keys");

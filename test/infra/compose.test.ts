@@ -17,6 +17,7 @@ import {
 import {
   arr,
   at,
+  composeSubstitute,
   expectSaneTtls,
   interpolate,
   isObj,
@@ -28,6 +29,7 @@ import {
   read,
   redisBytes,
   redisConf,
+  renderCompose,
   str,
 } from "./support.js";
 
@@ -468,7 +470,8 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
         const c = connect(url(svc));
         await c.connect();
         expect(String(await c.call("CLIENT", "INFO")), svc).toContain(` user=${svc} `);
-        expect(await c.set(`{t}:${svc}`, "1"), svc).toBe("OK");
+        // A key every application role may write (test/infra/redis-acl.test.ts covers each role's rights).
+        expect(await c.set(`{citadel}:cancelled:${svc}`, "1"), svc).toBe("OK");
         await expect(c.flushall(), svc).rejects.toThrow(/NOPERM/);
       }
       // No password: the default user is off. Another role's user with this role's
@@ -525,5 +528,29 @@ describe("docker-compose.yml: queue quotas fit in Redis", () => {
   it("keeps results and failed jobs for bounded, explicit times", () => {
     const env = (at(services.api, "environment") as Obj | undefined) ?? {};
     expectSaneTtls(Number(env.RESULT_TTL_MS), Number(env.FAILED_TTL_MS));
+  });
+});
+
+describe("renderCompose: docker compose config's substitution, env_file and command forms", () => {
+  it("substitutes like compose: $$, ${VAR}, $VAR, :- and - defaults, :? errors", () => {
+    const vars = { SET: "x", EMPTY: "" };
+    expect(composeSubstitute("a $$(cat f) $${SET}", vars)).toBe("a $(cat f) ${SET}");
+    expect(composeSubstitute("${SET}/$SET/${UNSET}", vars)).toBe("x/x/");
+    expect(composeSubstitute("${EMPTY:-d} ${EMPTY-d} ${UNSET-d} ${SET:-d}", vars)).toBe("d  d x");
+    expect(() => composeSubstitute("${UNSET:?must be set}", vars)).toThrow(/UNSET is missing: must be set/);
+    expect(() => composeSubstitute("${EMPTY:?}", vars)).toThrow(/EMPTY/);
+    expect(composeSubstitute("${EMPTY?}", vars)).toBe("");
+  });
+
+  it("renders the services a fresh clone gets: defaults filled in, anchors merged", () => {
+    const rendered = renderCompose();
+    const api = rendered.get("api");
+    expect(str(api?.spec.image)).toMatch(/^citadel\/api:\d+\.\d+\.\d+$/);
+    expect(arr(api?.spec.ports)).toEqual(["127.0.0.1:8080:8080"]);
+    expect(api?.environment.LOG_LEVEL).toBe("info");
+    expect(api?.entrypoint).toEqual(["/bin/sh", "/opt/citadel/compose/with-secrets.sh"]);
+    // `$$` in a healthcheck reaches the container as `$`.
+    expect(JSON.stringify(rendered.get("redis")?.spec.healthcheck)).toContain('REDISCLI_AUTH=\\"$(cat ');
+    expect(renderCompose({ CITADEL_API_PORT: "9000" }).get("api")?.spec.ports).toEqual(["127.0.0.1:9000:8080"]);
   });
 });

@@ -250,3 +250,109 @@ export function expectSaneTtls(resultTtlMs: number, failedTtlMs: number): void {
   expect(Number.isInteger(failedTtlMs) && failedTtlMs >= resultTtlMs, `FAILED_TTL_MS ${failedTtlMs}`).toBe(true);
   expect(failedTtlMs, "FAILED_TTL_MS at most 24 h").toBeLessThanOrEqual(86_400_000);
 }
+
+/**
+ * Compose's variable substitution on one string, as `docker compose config` does it:
+ * `$$` is a literal `$`; `${VAR}`, `$VAR`, `${VAR:-default}` (unset or empty),
+ * `${VAR-default}` (unset), `${VAR:?message}` / `${VAR?message}` (an error).
+ */
+export function composeSubstitute(s: string, vars: Record<string, string | undefined>): string {
+  return s.replace(
+    /\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))/g,
+    (_m, dollar: string | undefined, name?: string, colon?: string, op?: string, arg?: string, bare?: string) => {
+      if (dollar) return "$";
+      const key = name ?? bare ?? "";
+      const v = vars[key];
+      const missing = v === undefined || (colon === ":" && v === "");
+      if (op === "-") return missing ? (arg ?? "") : (v ?? "");
+      if (op === "?" && missing) throw new Error(`compose: required variable ${key} is missing: ${arg ?? ""}`);
+      return v ?? "";
+    },
+  );
+}
+
+function substituteDeep(v: unknown, vars: Record<string, string | undefined>): unknown {
+  if (typeof v === "string") return composeSubstitute(v, vars);
+  if (Array.isArray(v)) return v.map((x) => substituteDeep(x, vars));
+  if (isObj(v)) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, substituteDeep(x, vars)]));
+  return v;
+}
+
+/** `KEY=value` lines of an env_file (comments and blank lines skipped). */
+function readEnvFile(file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const t = line.trim();
+    if (!t || t.startsWith("#")) continue;
+    const i = t.indexOf("=");
+    if (i > 0) out[t.slice(0, i).trim()] = t.slice(i + 1).replace(/^(["'])(.*)\1$/, "$2");
+  }
+  return out;
+}
+
+export interface ComposeService {
+  name: string;
+  /** The service after merge keys and substitution, as `docker compose config` shows it. */
+  spec: Obj;
+  /** env_file entries, then `environment` (list or map form), substituted. */
+  environment: Record<string, string>;
+  /** `entrypoint` and `command` (the image's own are not known here: every app service sets one). */
+  entrypoint: string[];
+  command: string[];
+  /** Mounts: bind mounts as absolute paths on this machine, named volumes by name. */
+  mounts: { source: string; target: string; bind: boolean }[];
+  /** Service `secrets:` as files, at /run/secrets/<name> unless a target is given. */
+  secrets: { file: string; target: string }[];
+}
+
+/**
+ * docker-compose.yml as `docker compose config` renders it (no Docker needed): YAML
+ * merge keys, variable substitution everywhere from `vars` (a fresh clone's empty
+ * environment by default), env_file merged under `environment`, secrets as files.
+ */
+export function renderCompose(vars: Record<string, string | undefined> = {}): Map<string, ComposeService> {
+  const doc = substituteDeep(loadCompose(), vars);
+  const out = new Map<string, ComposeService>();
+  const topSecrets = (at(doc, "secrets") as Obj | undefined) ?? {};
+  for (const [name, raw] of Object.entries((at(doc, "services") as Obj | undefined) ?? {})) {
+    if (!isObj(raw)) continue;
+    const environment: Record<string, string> = {};
+    for (const f of Array.isArray(raw.env_file) ? raw.env_file : raw.env_file ? [raw.env_file] : []) {
+      Object.assign(environment, readEnvFile(path.resolve(ROOT, str(isObj(f) ? f.path : f))));
+    }
+    const env = raw.environment;
+    if (Array.isArray(env)) {
+      for (const e of env.map(String)) {
+        const i = e.indexOf("=");
+        if (i > 0) environment[e.slice(0, i)] = e.slice(i + 1);
+        else if (vars[e] !== undefined) environment[e] = vars[e] ?? "";
+      }
+    } else if (isObj(env)) {
+      for (const [k, v] of Object.entries(env)) if (v !== null && v !== undefined) environment[k] = String(v);
+    }
+    // A string entrypoint/command is split into words (compose does not add a shell).
+    const list = (v: unknown) => (Array.isArray(v) ? v.map(String) : typeof v === "string" ? v.split(/\s+/) : []);
+    const mounts = arr(raw.volumes).map((v) => {
+      const [source = "", target = ""] = str(v).split(":");
+      const bind = source.startsWith(".") || source.startsWith("/");
+      return { source: bind ? path.resolve(ROOT, source) : source, target, bind };
+    });
+    const secrets = arr(raw.secrets).map((s) => {
+      const ref = isObj(s) ? str(s.source) : str(s);
+      const target = isObj(s) && str(s.target) ? str(s.target) : ref;
+      const file = str(at(topSecrets, ref, "file"));
+      if (!file) throw new Error(`compose: service ${name} uses secret ${ref}, which has no file`);
+      return { file: path.resolve(ROOT, file), target: target.startsWith("/") ? target : `/run/secrets/${target}` };
+    });
+    out.set(name, {
+      name,
+      spec: raw,
+      environment,
+      entrypoint: list(raw.entrypoint),
+      command: list(raw.command),
+      mounts,
+      secrets,
+    });
+  }
+  return out;
+}

@@ -1,2 +1,3 @@
 export * from "./core-dumps.js";
+export * from "./host-providers.js";
 export * from "./runner.js";
