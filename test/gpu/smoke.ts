@@ -40,7 +40,7 @@ const env: Record<string, string> = {
 initKeyring(env.LOCAL_KEYRING as string);
 const ctx = openContext(loadCliEnv(env));
 await ctx.redis.connect();
-const api = await startApi(parseEnv(ApiEnv, { ...env, API_HOST: "127.0.0.1", API_PORT: "0" }));
+const api = await startApi(parseEnv(ApiEnv, { ...env, API_HOST: "127.0.0.1", API_PORT: "0", METRICS_PORT: "0" }));
 const worker = await startWorker(parseEnv(WorkerEnv, { ...env, METRICS_PORT: "0", REQUIRE_GPU: "true" }));
 const tenants = new TenantStore(ctx.redis, env.CITADEL_PREFIX as string);
 await tenants.upsert({ id: "smoke", models: ["*"] });
