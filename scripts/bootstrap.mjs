@@ -94,9 +94,29 @@ function ensureChromium() {
     say("chromium: install failed");
 }
 
+/**
+ * The alert rules are checked and unit-tested with promtool, from Debian's prometheus
+ * package (no download outside apt); without it those tests are skipped, saying why.
+ */
+function ensurePromtool() {
+  if (spawnSync("promtool", ["--version"], { stdio: "ignore" }).status === 0) return;
+  if (process.getuid?.() !== 0 || spawnSync("apt-get", ["--version"], { stdio: "ignore" }).status !== 0) {
+    say(
+      "promtool: not found and cannot be installed here (needs root + apt-get); the promtool rule tests are skipped (apt-get install prometheus)",
+    );
+    return;
+  }
+  say("promtool: installing Debian's prometheus for the alert rule tests");
+  const aptEnv = { DEBIAN_FRONTEND: "noninteractive" };
+  run("apt-get", ["update", "-qq"], aptEnv);
+  if (run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "prometheus"], aptEnv) !== 0)
+    say("promtool: install failed; the promtool rule tests are skipped");
+}
+
 /** Typecheck, lint, circular imports, then every test; ends with "N passed, N failed". */
 async function test(args) {
   ensureChromium();
+  ensurePromtool();
   // One TypeScript program over the whole repo (turbo root task): much faster than one per package.
   if (pnpm(["exec", "turbo", "run", "typecheck:all", "--output-logs=errors-only"]) !== 0) return 1;
   if (pnpm(["exec", "biome", "ci", ".", "--colors=off", "--diagnostic-level=error"]) !== 0) return 1;

@@ -323,6 +323,9 @@ export function apiEnv(
     ...base,
     API_HOST: "127.0.0.1",
     API_PORT: String(port),
+    // Several APIs may run on one host; nothing here scrapes them.
+    METRICS_HOST: "127.0.0.1",
+    METRICS_PORT: "0",
     BOARD_ADMIN_PASSWORD: "bench-admin-password",
     BOARD_OPS_PASSWORD: "bench-ops-password",
     IP_RATE: "1000000",

@@ -36,7 +36,7 @@ afterAll(async () => {
   await fleet?.close();
 });
 
-async function metrics(url = fleet.apiUrl): Promise<string> {
+async function metrics(url = fleet.apiMetricsUrl): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
 }
 

@@ -14,7 +14,7 @@ import {
 } from "../support/api-kit.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 
-// SPEC §3 end to end: every endpoint, idempotency, tenants and keys at run time, the
+// docs/contract.md#jobs end to end: every endpoint, idempotency, tenants and keys at run time, the
 // abuse controls (rate limits, queue and quota bounds), audit records and shutdown.
 
 const tiny = buildIdentityModel("float32", ["N", 4]);
@@ -141,7 +141,7 @@ describe("with a worker", () => {
     });
     expect(recs.every((r) => r.outcome === "rejected" && typeof r.requestId === "string")).toBe(true);
     if (rid) expect(recs.some((r) => r.requestId === rid)).toBe(true);
-    const m = await (await fetch(`${fleet.apiUrl}/metrics`)).text();
+    const m = await (await fetch(`${fleet.apiMetricsUrl}/metrics`)).text();
     expect(
       metricValue(m, "citadel_api_rejections_total", { tenant: "acme", reason: "VALIDATION_FAILED" }),
     ).toBeGreaterThanOrEqual(1);
@@ -160,7 +160,7 @@ describe("with a worker", () => {
     expect((await fleet.request("GET", "/v1/models", undefined, { authorization: "Bearer ctd_nope" })).status).toBe(
       401,
     );
-    const res = await fetch(`${fleet.apiUrl}/metrics`);
+    const res = await fetch(`${fleet.apiMetricsUrl}/metrics`);
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toMatch(/text\/plain/);
     const text = await res.text();
@@ -228,7 +228,7 @@ describe("with a worker", () => {
       "tenant rate.limited",
       (r) => r.event === "rate.limited" && r.tenant === "slow" && r.detail === "requests",
     );
-    const text = await (await fetch(`${fleet.apiUrl}/metrics`)).text();
+    const text = await (await fetch(`${fleet.apiMetricsUrl}/metrics`)).text();
     expect(
       metricValue(text, "citadel_api_rejections_total", { tenant: "slow", reason: "RATE_LIMITED" }),
     ).toBeGreaterThanOrEqual(2);

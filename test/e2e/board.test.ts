@@ -13,7 +13,7 @@ import {
 } from "../support/api-kit.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 
-// Bull Board at /admin/queues (SPEC §3, issue 4 point 5), driven by a real headless
+// Bull Board at /admin/queues (docs/operations.md, issue 4 point 5), driven by a real headless
 // Chromium: refused without credentials (page and static assets), loads with the
 // admin's, shows the model queues, never shows tensor data, read-only for ops.
 
@@ -255,7 +255,7 @@ describe("Bull Board", () => {
       // Another address is not affected; its successful logins cost nothing.
       for (let i = 0; i < 6; i++) expect((await get(BOARD_ADMIN, "192.0.2.67")).status).toBe(200);
       expect((await get(null, "192.0.2.68")).status).toBe(401);
-      const text = await (await fetch(`${api.url}/metrics`)).text();
+      const text = await (await fetch(`${api.metricsUrl}/metrics`)).text();
       expect(metricValue(text, "citadel_board_denials_total", { reason: "bad_credentials" })).toBe(3);
       expect(metricValue(text, "citadel_board_denials_total", { reason: "rate_limited" })).toBe(2);
       expect(metricValue(text, "citadel_board_denials_total", { reason: "no_credentials" })).toBe(1);

@@ -97,7 +97,14 @@ beforeAll(async () => {
     await startProcess(
       "api",
       "api",
-      { ...env, API_HOST: "127.0.0.1", API_PORT: String(apiPort), BOARD_ADMIN_PASSWORD: "board-password-secret-1" },
+      {
+        ...env,
+        API_HOST: "127.0.0.1",
+        API_PORT: String(apiPort),
+        METRICS_HOST: "127.0.0.1",
+        METRICS_PORT: "0",
+        BOARD_ADMIN_PASSWORD: "board-password-secret-1",
+      },
       logs,
       `http://127.0.0.1:${apiPort}/readyz`,
       { cwd: work },

@@ -55,7 +55,14 @@ initKeyring(env.LOCAL_KEYRING as string);
 const ctx = openContext(loadCliEnv(env));
 await ctx.redis.connect();
 const api = await startApi(
-  parseEnv(ApiEnv, { ...env, API_HOST: "127.0.0.1", API_PORT: "0", IP_RATE: "100000", IP_BURST: "100000" }),
+  parseEnv(ApiEnv, {
+    ...env,
+    API_HOST: "127.0.0.1",
+    API_PORT: "0",
+    METRICS_PORT: "0",
+    IP_RATE: "100000",
+    IP_BURST: "100000",
+  }),
 );
 const worker = await startWorker(
   parseEnv(WorkerEnv, { ...env, METRICS_PORT: "0", REQUIRE_GPU: cpuOnly ? "false" : "true" }),

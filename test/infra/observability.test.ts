@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { buildConvNet } from "@citadel/onnx";
@@ -6,23 +7,35 @@ import YAML from "yaml";
 import { b64, startTestFleet } from "../support/fleet.js";
 import { startVaultTestFleet } from "../support/vault-fleet.js";
 import type { VaultTestServer } from "../support/vault-server/index.js";
-import { arr, at, INFRA, isObj, type Obj, read, str } from "./support.js";
+import { metricsIn } from "./promql.js";
+import {
+  arr,
+  at,
+  containersOf,
+  envValue,
+  INFRA,
+  isObj,
+  loadCompose,
+  named,
+  type Obj,
+  parseYamlDocs,
+  podSpecOf,
+  ROOT,
+  read,
+  str,
+  which,
+} from "./support.js";
 
 /**
- * Metric names an expression reads: plain identifiers, and the names a
- * `{__name__=~"a_(x|y)_total"}` matcher selects (one alternation group, expanded).
+ * Metrics a rule or panel may read that no Citadel process exports, each with its
+ * source. Listed by prefix (or exact name) so nothing of Citadel's own can hide here.
  */
-function metricsIn(expr: string): string[] {
-  const out: string[] = [];
-  const rest = expr.replace(/__name__=~?"([^"]*)"/g, (_m, re: string) => {
-    const group = /\(([^()]*)\)/.exec(re);
-    const names = group ? (group[1] ?? "").split("|").map((alt) => re.replace(group[0], alt)) : [re];
-    out.push(...names);
-    return "";
-  });
-  for (const m of rest.matchAll(/(?<![:\w])citadel_[a-z0-9_]+(?![:\w])/g)) out.push(m[0]);
-  return out;
-}
+const EXTERNAL: { match: string; exact?: true; source: string }[] = [
+  { match: "DCGM_FI_", source: "NVIDIA DCGM exporter on GPU nodes" },
+  { match: "kube_", source: "kube-state-metrics" },
+  { match: "up", exact: true, source: "Prometheus, one per scrape target" },
+];
+const isExternal = (name: string) => EXTERNAL.some((e) => (e.exact ? name === e.match : name.startsWith(e.match)));
 
 /**
  * The sample names a Prometheus text exposition offers: every declared metric (`# TYPE`,
@@ -56,8 +69,53 @@ describe("Prometheus", () => {
     const jobs = arr(at(cfg, "scrape_configs")).map((j) => str(at(j, "job_name")));
     expect(jobs).toEqual(expect.arrayContaining(["citadel-api", "citadel-worker", "citadel-k8s-pods"]));
     expect(arr(at(cfg, "rule_files")).map(str)).toContain("/etc/prometheus/rules/*.yml");
-    const worker = arr(at(cfg, "scrape_configs")).find((j) => at(j, "job_name") === "citadel-worker");
-    expect(at(worker, "dns_sd_configs", 0, "port")).toBe(9464);
+    const job = (name: string) => arr(at(cfg, "scrape_configs")).find((j) => at(j, "job_name") === name);
+    expect(at(job("citadel-worker"), "dns_sd_configs", 0, "port")).toBe(9464);
+    // The API's metrics listener, not its public port 8080.
+    expect(at(job("citadel-api"), "static_configs", 0, "targets")).toEqual(["api:9465"]);
+    // In a cluster only the ports named `metrics` are scraped (never the API's `http`).
+    const keep = arr(at(job("citadel-k8s-pods"), "relabel_configs")).find(
+      (r) => at(r, "source_labels", 0) === "__meta_kubernetes_pod_container_port_name",
+    );
+    expect(at(keep, "regex")).toBe("metrics");
+    expect(at(job("dcgm-exporter"), "kubernetes_sd_configs", 0, "role")).toBe("pod");
+  });
+
+  it("scrapes the API on its metrics port, which compose and k8s serve and never publish", () => {
+    const api = at(loadCompose(), "services", "api");
+    expect(at(api, "environment", "METRICS_PORT")).toBe("9465");
+    expect(arr(at(api, "ports")).map(str).join(" ")).not.toMatch(/9465/);
+    const docs = parseYamlDocs(read("infra/k8s/base/api.yaml"), "api.yaml").filter(isObj);
+    const c = containersOf(podSpecOf(named(docs, "Deployment", "citadel-api") ?? {}) ?? {})[0] ?? {};
+    expect(envValue(c, "METRICS_PORT")).toBe("9465");
+    expect(arr(c.ports)).toContainEqual({ name: "metrics", containerPort: 9465 });
+    expect(JSON.stringify(named(docs, "Service", "citadel-api"))).not.toMatch(/metrics|9465/);
+    const monitors = parseYamlDocs(read("infra/k8s/components/monitoring/podmonitors.yaml"), "podmonitors").filter(
+      isObj,
+    );
+    for (const m of monitors)
+      expect(at(m, "spec", "podMetricsEndpoints", 0, "port"), str(at(m, "metadata", "name"))).toBe("metrics");
+    const policies = parseYamlDocs(read("infra/k8s/base/networkpolicies.yaml"), "networkpolicies").filter(isObj);
+    const ingress = arr(at(named(policies, "NetworkPolicy", "citadel-api"), "spec", "ingress"));
+    const metricsRule = ingress.find((r) => arr(at(r, "ports")).some((p) => at(p, "port") === 9465));
+    expect(at(metricsRule, "from", 0, "namespaceSelector", "matchLabels")).toEqual({
+      "kubernetes.io/metadata.name": "monitoring",
+    });
+  });
+
+  it("reads metric names out of PromQL, not function, label or keyword names", () => {
+    expect(
+      metricsIn(
+        'sum by (le, model) (rate(a_bucket{model=~"$model", x="y z"}[$__rate_interval])) / on (model) group_left clamp_min(b_total offset 1d, 1e-9) > bool 0.5',
+      ).sort(),
+    ).toEqual(["a_bucket", "b_total"]);
+    expect(metricsIn('rate({__name__=~"c_(ok|bad)_total"}[5m]) and d:rec:max')).toEqual([
+      "c_ok_total",
+      "c_bad_total",
+      "d:rec:max",
+    ]);
+    expect(metricsIn("label_values(citadel_queue_pending_jobs, model)")).toEqual(["citadel_queue_pending_jobs"]);
+    expect(metricsIn("count by (job) (up == 1) unless deriv(x[10m:1m]) > 0")).toEqual(["up", "x"]);
   });
 
   it("alerts on probing, queues, failing models, open circuits, Vault and restarts", () => {
@@ -102,6 +160,56 @@ describe("Prometheus", () => {
   });
 });
 
+/** promtool from Debian's `prometheus` package (scripts/bootstrap.mjs installs it for the test suite). */
+const PROMTOOL = which("promtool");
+const NO_PROMTOOL =
+  "promtool is not installed: run `node scripts/bootstrap.mjs test` as root (it apt-get installs Debian's prometheus) or install it yourself";
+if (!PROMTOOL) process.stderr.write(`test/infra/observability.test.ts: SKIPPING the promtool checks: ${NO_PROMTOOL}\n`);
+const RULES_TEST = "infra/prometheus/tests/citadel.rules.test.yml";
+
+function promtool(...args: string[]): { code: number; out: string } {
+  const r = spawnSync(PROMTOOL ?? "promtool", args, { cwd: ROOT, encoding: "utf8" });
+  return { code: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
+}
+
+describe("promtool", () => {
+  it(`checks the rule file${PROMTOOL ? "" : ` (SKIPPED: ${NO_PROMTOOL})`}`, (ctx) => {
+    if (!PROMTOOL) return ctx.skip(NO_PROMTOOL);
+    const r = promtool("check", "rules", "infra/prometheus/rules/citadel.rules.yml");
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(new RegExp(`SUCCESS: ${rules.length} rules found`));
+  });
+
+  it(`passes the alert unit tests${PROMTOOL ? "" : ` (SKIPPED: ${NO_PROMTOOL})`}`, (ctx) => {
+    if (!PROMTOOL) return ctx.skip(NO_PROMTOOL);
+    const r = promtool("test", "rules", RULES_TEST);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/SUCCESS/);
+  });
+
+  it("has unit tests where every alert fires and where it does not", () => {
+    const suite = YAML.parse(read(RULES_TEST)) as unknown;
+    // The shipped rule file itself, not a copy.
+    expect(arr(at(suite, "rule_files"))).toEqual(["../rules/citadel.rules.yml"]);
+    // Every group in a fixed order (promtool's is random otherwise), recording rules first.
+    const groups = arr(at(rulesFile, "groups")).map((g) => str(at(g, "name")));
+    expect(arr(at(suite, "group_eval_order"))).toEqual(groups);
+    expect(groups[0]).toBe("citadel.recording");
+    const cases = arr(at(suite, "tests")).flatMap((t) => arr(at(t, "alert_rule_test")));
+    const firing = new Set(
+      cases.filter((c) => arr(at(c, "exp_alerts")).length > 0).map((c) => str(at(c, "alertname"))),
+    );
+    const quiet = new Set(
+      cases.filter((c) => arr(at(c, "exp_alerts")).length === 0).map((c) => str(at(c, "alertname"))),
+    );
+    const missing = alerts.flatMap((a) => {
+      const n = str(a.alert);
+      return [...(firing.has(n) ? [] : [`${n}: no firing case`]), ...(quiet.has(n) ? [] : [`${n}: no quiet case`])];
+    });
+    expect(missing).toEqual([]);
+  });
+});
+
 describe("Grafana dashboard", () => {
   const dash = JSON.parse(readFileSync(path.join(INFRA, "grafana/dashboards/citadel.json"), "utf8")) as unknown;
   const panels = arr(at(dash, "panels")).filter(isObj);
@@ -121,6 +229,18 @@ describe("Grafana dashboard", () => {
     expect(all).toMatch(/sum by \(reason\) \(rate\(citadel_api_rejections_total/);
   });
 
+  it("has a GPU row from the DCGM exporter: utilization and framebuffer memory per GPU", () => {
+    const row = panels.findIndex((p) => p.type === "row" && /GPU/.test(str(p.title)));
+    expect(row).toBeGreaterThan(-1);
+    const gpu = panels.slice(row + 1).flatMap((p: Obj) => arr(p.targets).map((t) => str(at(t, "expr"))));
+    const all = gpu.join("\n");
+    expect(all).toMatch(/avg by \(Hostname, gpu\) \(DCGM_FI_DEV_GPU_UTIL/);
+    expect(all).toMatch(/DCGM_FI_DEV_FB_USED/);
+    expect(all).toMatch(/DCGM_FI_DEV_FB_FREE/);
+    // The row reads only the exporter's series; Citadel's panels stay above it.
+    for (const q of gpu) for (const m of metricsIn(q)) expect(m, q).toMatch(/^DCGM_FI_/);
+  });
+
   it("lays panels out without ids colliding", () => {
     const ids = panels.map((p) => p.id);
     expect(new Set(ids).size).toBe(ids.length);
@@ -128,10 +248,16 @@ describe("Grafana dashboard", () => {
   });
 });
 
+function dashboard(): unknown {
+  return JSON.parse(readFileSync(path.join(INFRA, "grafana/dashboards/citadel.json"), "utf8")) as unknown;
+}
+
 /** Every PromQL string in the dashboard: panel targets (rows included) and template-variable queries. */
 function dashboardQueries(node: unknown, key = ""): string[] {
   if (typeof node === "string") return key === "expr" || key === "query" || key === "definition" ? [node] : [];
   if (Array.isArray(node)) return node.flatMap((n) => dashboardQueries(n, key));
+  // A data-source variable's `query` is a data-source type ("prometheus"), not PromQL.
+  if (isObj(node) && node.type === "datasource") return [];
   if (isObj(node)) return Object.entries(node).flatMap(([k, v]) => dashboardQueries(v, k));
   return [];
 }
@@ -151,6 +277,7 @@ describe("every metric an alert, a recording rule or a panel reads is exported",
   let vault: VaultTestServer;
   let workerUrl = "";
   let apiUrl = "";
+  let publicApiUrl = "";
   let close: () => Promise<void> = async () => undefined;
   const exported = new Set<string>();
 
@@ -160,7 +287,8 @@ describe("every metric an alert, a recording rule or a panel reads is exported",
     vault = started.vault;
     const { fleet } = started;
     workerUrl = fleet.workers[0]?.metricsUrl ?? "";
-    apiUrl = fleet.apiUrl;
+    apiUrl = fleet.apiMetricsUrl;
+    publicApiUrl = fleet.apiUrl;
     await fleet.publish(buildConvNet(), { name: "conv", version: "1", spec: {} });
     const sub = await fleet.request("POST", "/v1/jobs", {
       model: "conv",
@@ -171,7 +299,7 @@ describe("every metric an alert, a recording rule or a panel reads is exported",
     while (view.status === "queued" || view.status === "active")
       view = (await fleet.request("GET", `/v1/jobs/${sub.json.id}?wait=10000`)).json;
     expect(view.status, JSON.stringify(view)).toBe("completed");
-    for (const url of [fleet.apiUrl, ...fleet.workers.map((w) => w.metricsUrl)])
+    for (const url of [fleet.apiMetricsUrl, ...fleet.workers.map((w) => w.metricsUrl)])
       for (const n of exposedNames(await scrape(url))) exported.add(n);
   });
   afterAll(async () => close());
@@ -181,25 +309,40 @@ describe("every metric an alert, a recording rule or a panel reads is exported",
       expect(exported.has(n), n).toBe(true);
   });
 
-  it("alert and recording rules use only exported names (or recorded ones)", () => {
+  const known = (m: string) => exported.has(m) || recorded.has(m) || isExternal(m);
+
+  it("serves /metrics only on the metrics listener, not on the public API", async () => {
+    expect((await fetch(`${publicApiUrl}/metrics`)).status).toBe(404);
+    expect(apiUrl).not.toBe(publicApiUrl);
+  });
+
+  it("alert and recording rules use only exported, recorded or listed external names", () => {
     const missing = rules.flatMap((r) =>
       metricsIn(str(r.expr))
-        .filter((m) => !exported.has(m) && !recorded.has(m))
+        .filter((m) => !known(m))
         .map((m) => `${str(r.alert ?? r.record)} uses ${m}`),
     );
     expect(missing).toEqual([]);
   });
 
-  it("dashboard panels and variables use only exported names (or recorded ones)", () => {
-    const dash = JSON.parse(readFileSync(path.join(INFRA, "grafana/dashboards/citadel.json"), "utf8")) as unknown;
-    const queries = dashboardQueries(dash);
+  it("dashboard panels and variables use only exported, recorded or listed external names", () => {
+    const queries = dashboardQueries(dashboard());
     expect(queries.length).toBeGreaterThan(10);
     const missing = queries.flatMap((q) =>
       metricsIn(q)
-        .filter((m) => !exported.has(m) && !recorded.has(m))
+        .filter((m) => !known(m))
         .map((m) => `${m} in ${q}`),
     );
     expect(missing).toEqual([]);
+  });
+
+  it("lists no external source that nothing reads, and none that Citadel itself exports", () => {
+    const read = [...rules.map((r) => str(r.expr)), ...dashboardQueries(dashboard())].flatMap(metricsIn);
+    for (const e of EXTERNAL) {
+      const matches = (n: string) => (e.exact ? n === e.match : n.startsWith(e.match));
+      expect(read.some(matches), `${e.match} (${e.source}) is read by a rule or panel`).toBe(true);
+      expect([...exported].filter(matches), `${e.match} is exported by Citadel itself`).toEqual([]);
+    }
   });
 
   it("the queue gauges carry the published model's series", async () => {

@@ -78,7 +78,7 @@ export function loadCompose(): Obj {
   return doc;
 }
 
-function which(bin: string): string | null {
+export function which(bin: string): string | null {
   for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
     const full = path.join(dir, bin);
     if (dir && existsSync(full)) return full;

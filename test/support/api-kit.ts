@@ -98,6 +98,8 @@ export async function startExtraApi(fleet: TestFleet, env: Record<string, string
       ...fleet.env,
       API_HOST: "127.0.0.1",
       API_PORT: "0",
+      METRICS_HOST: "127.0.0.1",
+      METRICS_PORT: "0",
       BOARD_ADMIN_PASSWORD: BOARD_ADMIN.password,
       BOARD_OPS_PASSWORD: BOARD_OPS.password,
       ...env,
@@ -138,7 +140,7 @@ export async function inject(
   return { status: res.statusCode, body, text: res.body, headers: res.headers };
 }
 
-/** The error envelope of SPEC §3, narrowed from unknown; null when the body is not one. */
+/** The error envelope of docs/contract.md#errors, narrowed from unknown; null when the body is not one. */
 export function errorEnvelope(body: unknown): { code: string; message: string } | null {
   if (typeof body !== "object" || body === null || !("error" in body)) return null;
   const e = (body as { error: unknown }).error;

@@ -37,6 +37,8 @@ export interface TestFleet {
   prefix: string;
   dir: string;
   apiUrl: string;
+  /** The API's /metrics listener (apart from apiUrl). */
+  apiMetricsUrl: string;
   apiKey: string;
   api: ApiHandle;
   workers: WorkerHandle[];
@@ -110,6 +112,8 @@ export async function startTestFleet(
       ...env,
       API_HOST: "127.0.0.1",
       API_PORT: "0",
+      METRICS_HOST: "127.0.0.1",
+      METRICS_PORT: "0",
       BOARD_ADMIN_PASSWORD: "admin-password-for-tests",
       BOARD_OPS_PASSWORD: "ops-password-for-tests",
       IP_RATE: "100000",
@@ -149,6 +153,7 @@ export async function startTestFleet(
     prefix,
     dir,
     apiUrl: api.url,
+    apiMetricsUrl: api.metricsUrl,
     apiKey,
     api,
     workers,

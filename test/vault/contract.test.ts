@@ -1,5 +1,5 @@
 /**
- * One Vault contract, run against whichever Vault is available (SPEC §8): a real Vault at
+ * One Vault contract, run against whichever Vault is available (docs/contract.md#runtime-boundaries): a real Vault at
  * VAULT_ADDR, else hashicorp/vault in testcontainers, else the Vault-API-compatible test
  * server. The same HTTP calls set everything up (engines, policies from
  * infra/vault/policies, AppRole) so each backend is held to the same behaviour.

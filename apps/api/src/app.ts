@@ -22,7 +22,7 @@ import {
   type SubmitRequest,
   type Submitter,
 } from "@citadel/submit";
-import type { Logger, Registry } from "@citadel/telemetry";
+import type { Logger } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
 import Fastify, {
@@ -52,7 +52,6 @@ export interface AppDeps {
   /** Auth denials and rate-limit refusals go through here: aggregated per source and window. */
   denials: DenialAggregator;
   metrics: ApiMetrics;
-  metricsRegistry: Registry;
   board?: BoardOptions;
   settings: {
     bodyLimit: number;
@@ -257,10 +256,6 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     );
     const ok = redisOk && d.catalog.ready;
     return reply.code(ok ? 200 : 503).send({ ok, redis: redisOk, registry: d.catalog.ready });
-  });
-  app.get("/metrics", async (_req, reply) => {
-    await collectQueueGauges(d);
-    return reply.header("content-type", d.metricsRegistry.contentType).send(await d.metricsRegistry.metrics());
   });
 
   if (s.openApiUi) await registerOpenApi(app);
@@ -542,20 +537,4 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   return app;
-}
-
-async function collectQueueGauges(d: AppDeps): Promise<void> {
-  for (const model of d.catalog.models()) {
-    try {
-      const q = d.queues.queue(model);
-      const c = await q.getJobCounts("waiting", "prioritized", "active", "delayed");
-      for (const state of ["waiting", "prioritized", "active", "delayed"] as const)
-        d.metrics.pending.set({ model, state }, c[state] ?? 0);
-      const oldest = await q.getJobs(["wait"], 0, 0, true);
-      const ts = oldest[0]?.timestamp;
-      d.metrics.oldest.set({ model }, ts ? (Date.now() - ts) / 1000 : 0);
-    } catch (err) {
-      d.log.warn({ err, model }, "queue gauges unavailable");
-    }
-  }
 }

@@ -17,6 +17,12 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
   .extend({
     API_HOST: z.string().default("0.0.0.0"),
     API_PORT: IntEnv(0, 65535).default(8080),
+    /**
+     * /metrics is served here, not on API_PORT (scraped in-cluster, never published).
+     * 9465, next to the worker's 9464, so both run on one host with the defaults.
+     */
+    METRICS_HOST: z.string().default("0.0.0.0"),
+    METRICS_PORT: IntEnv(0, 65535).default(9465),
     /** Request bodies over this are refused with 413 while streaming, before being buffered whole. */
     BODY_LIMIT_BYTES: IntEnv(1024, 256 * 1024 * 1024).default(16 * 1024 * 1024),
     MAX_JSON_DEPTH: IntEnv(4, 256).default(32),

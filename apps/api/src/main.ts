@@ -1,8 +1,10 @@
-import { checkAuditKeyOrExit, loadEnvOrExit } from "@citadel/config";
+import { checkAuditKeyOrExit, loadEnvOrExit, stopWithParent } from "@citadel/config";
 import closeWithGrace from "close-with-grace";
 import { ApiEnv } from "./env.js";
 import { startApi } from "./server.js";
 
+// Started by the CLI (the demo): stop when it dies, even by SIGKILL.
+stopWithParent("citadel-api");
 const env = loadEnvOrExit(ApiEnv, "citadel-api");
 checkAuditKeyOrExit(env, "citadel-api");
 const api = await startApi(env);

@@ -14,10 +14,14 @@ import { buildApp } from "./app.js";
 import type { BoardOptions } from "./board.js";
 import type { ApiEnv } from "./env.js";
 import { apiMetrics } from "./metrics.js";
+import { startMetricsServer } from "./metrics-server.js";
+import { collectQueueGauges } from "./queue-gauges.js";
 
 export interface ApiHandle {
   app: FastifyInstance;
   url: string;
+  /** Where /metrics is served: a listener apart from the public API (METRICS_HOST:METRICS_PORT). */
+  metricsUrl: string;
   /** The API's queue handles (read by tests and tools; the routes own them). */
   queues: JobQueues;
   close(): Promise<void>;
@@ -148,7 +152,6 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     audit,
     denials,
     metrics,
-    metricsRegistry,
     ...(board ? { board } : {}),
     settings: {
       bodyLimit: env.BODY_LIMIT_BYTES,
@@ -165,18 +168,27 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   });
   app.server.maxConnections = env.MAX_CONNECTIONS;
   const url = await app.listen({ host: env.API_HOST, port: env.API_PORT });
-  log.info({ url: url.replace("0.0.0.0", "127.0.0.1") }, "api listening");
+  const metricsServer = await startMetricsServer({
+    host: env.METRICS_HOST,
+    port: env.METRICS_PORT,
+    registry: metricsRegistry,
+    collect: () => collectQueueGauges({ catalog, queues, metrics, log }),
+    log,
+  });
+  log.info({ url: url.replace("0.0.0.0", "127.0.0.1"), metricsUrl: metricsServer.url }, "api listening");
 
   let closing: Promise<void> | undefined;
   return {
     app,
     queues,
     url: url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1"),
+    metricsUrl: metricsServer.url,
     close: () => {
       // Stop accepting, let in-flight requests finish (app.close waits), then close Redis.
       closing ??= (async () => {
         clearInterval(resync);
         await app.close();
+        await metricsServer.close();
         // Enqueues whose outcome was unknown settle (accepted, or their reservations given back).
         await submitter.drain(10_000);
         await queues.close();

@@ -1,8 +1,9 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, mkdirSync } from "node:fs";
-import net from "node:net";
+import net, { type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { PARENT_FD_ENV } from "@citadel/config";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -49,10 +50,16 @@ export async function startProcess(
       // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
       // child with one SIGTERM (a second signal would force it to exit mid-drain).
       detached: true,
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+      // fd 3: a pipe we hold and never write. When we die, by any signal, the child
+      // reads end-of-file on it and shuts down (stopWithParent in @citadel/config).
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env, [PARENT_FD_ENV]: "3" },
+      stdio: ["ignore", "pipe", "pipe", "pipe"],
     },
   );
+  // Our end must not keep us alive; it stays open for as long as we live (or the child does).
+  const parentEnd = child.stdio[3] as Socket | null;
+  parentEnd?.unref();
+  child.once("exit", () => parentEnd?.destroy());
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
   // The exit code, or the signal's name when a signal ended the process.

@@ -379,7 +379,7 @@ audit
 program
   .command("enqueue")
   .description("submit a job over HTTP (reads the request JSON from a file or -)")
-  .argument("<request>", "a JSON job request (SPEC §3), or - for stdin")
+  .argument("<request>", "a JSON job request (docs/contract.md#jobs), or - for stdin")
   .requiredOption("--api <url>", "API base URL", process.env.CITADEL_API_URL)
   .option("--key <key>", "API key (default: CITADEL_API_KEY)")
   .option("--wait <ms>", "wait for the result up to this long", int, 0)

@@ -1,8 +1,10 @@
-import { checkAuditKeyOrExit, loadEnvOrExit } from "@citadel/config";
+import { checkAuditKeyOrExit, loadEnvOrExit, stopWithParent } from "@citadel/config";
 import { WorkerEnv } from "./env.js";
 import { disableCoreDumpsOrExit } from "./harden.js";
 import { startWorker } from "./worker.js";
 
+// Started by the CLI (the demo): stop when it dies, even by SIGKILL.
+stopWithParent("citadel-worker");
 const env = loadEnvOrExit(WorkerEnv, "citadel-worker");
 checkAuditKeyOrExit(env, "citadel-worker");
 disableCoreDumpsOrExit(env);

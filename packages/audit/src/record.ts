@@ -17,7 +17,7 @@ export type AuditEvent =
   | "circuit.opened"
   | "circuit.closed";
 
-/** The fields of SPEC §6; absent ones are simply left out. Never tensor data or secrets. */
+/** The fields of docs/contract.md#audit-records; absent ones are simply left out. Never tensor data or secrets. */
 export interface AuditFields {
   tenant?: string;
   clientIp?: string;

@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
 
+export * from "./parent.js";
+
 export const SECOND = 1000;
 export const MINUTE = 60 * SECOND;
 

@@ -1,4 +1,4 @@
-// Wrap a serialized TensorRT engine as an ONNX "EPContext" model (SPEC §8): the Node binding of onnxruntime cannot
+// Wrap a serialized TensorRT engine as an ONNX "EPContext" model (docs/contract.md#runtime-boundaries): the Node binding of onnxruntime cannot
 // pass trt_* options, but it can load such a model from a buffer with executionProviders: ["tensorrt"].
 //
 // Attribute names and types follow onnxruntime's own definitions (microsoft/onnxruntime):

@@ -1,5 +1,5 @@
 /**
- * A Vault-API-compatible HTTP server for tests where no real Vault runs (SPEC §8).
+ * A Vault-API-compatible HTTP server for tests where no real Vault runs (docs/contract.md#runtime-boundaries).
  * node:http only. Follows Vault's documented request/response shapes, status codes and
  * `{"errors":[…]}` bodies; enforces ACL policies parsed from the same HCL files as
  * `infra/vault/policies/`. State lives in memory; nothing is persisted.

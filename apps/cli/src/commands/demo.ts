@@ -102,6 +102,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const opsPassword = randomBytes(18).toString("base64url");
     const logDir = path.join(dir, "logs");
     const apiPort = await freePort();
+    const apiMetricsPort = await freePort();
     const api = await startProcess(
       "api",
       "api",
@@ -109,6 +110,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
         ...baseEnv,
         API_HOST: "127.0.0.1",
         API_PORT: String(apiPort),
+        METRICS_HOST: "127.0.0.1",
+        METRICS_PORT: String(apiMetricsPort),
         BOARD_ADMIN_PASSWORD: boardPassword,
         BOARD_OPS_PASSWORD: opsPassword,
         IP_RATE: "500",
@@ -151,6 +154,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
         modelStore: store,
         models: SAMPLE_MODELS.map((m) => m.name),
         workers: procs.slice(1).map((p) => p.url),
+        apiMetricsUrl: `http://127.0.0.1:${apiMetricsPort}`,
+        // The processes this CLI started: they stop when it does, however it ends.
+        pids: Object.fromEntries(procs.map((p) => [p.name, p.child.pid ?? null])),
       };
       const file = path.join(dir, "demo.json");
       writeFileSync(file, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
