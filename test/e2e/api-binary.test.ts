@@ -455,6 +455,16 @@ describe("a binary body that does not add up is refused whole (400 + code), with
     expect(after.queue).toBe(before.queue + 1);
   });
 
+  it("refuses a submit with no body at all (no content type: no schema ran) with 400, nothing queued", async () => {
+    const before = await state();
+    for (const url of ["/v1/jobs", "/v1/jobs/bulk", "/v1/jobs?wait=10"]) {
+      const res = await fetch(`${fleet.apiUrl}${url}`, { method: "POST", headers: bearer(key) });
+      const json = (await res.json()) as { error?: { code?: string } };
+      expect([url, res.status, json.error?.code]).toEqual([url, 400, "VALIDATION_FAILED"]);
+    }
+    expect(await state()).toEqual(before);
+  });
+
   it("refuses ?wait out of bounds with 400 before anything is queued", async () => {
     const before = await state();
     for (const q of ["?wait=-1", `?wait=${MAX_WAIT + 1}`, "?wait=abc", "?wait=1.5"]) {

@@ -332,15 +332,26 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       };
     };
 
-    /** The binary body of a submit, decoded (a framing fault throws 400), or undefined for JSON. */
-    const binaryOf = (req: FastifyRequest, bulk: boolean): BinarySubmit | undefined =>
-      Buffer.isBuffer(req.body)
+    /**
+     * The binary body of a submit, decoded (a framing fault throws 400), or undefined for
+     * JSON. Fastify validates a body by its content type, so a request with no body (and
+     * no content type) reached here unvalidated: refused.
+     */
+    const binaryOf = (req: FastifyRequest, bulk: boolean): BinarySubmit | undefined => {
+      if (req.body === undefined || req.body === null) {
+        throw new CitadelError(
+          "VALIDATION_FAILED",
+          "a request body is required (application/json, or application/octet-stream for binary tensors)",
+        );
+      }
+      return Buffer.isBuffer(req.body)
         ? decodeBinarySubmit(req.headers[INFERENCE_HEADER_LENGTH], req.body, {
             bulk,
             maxJsonDepth: s.maxJsonDepth,
             bulkMaxJobs: s.bulkMaxJobs,
           })
         : undefined;
+    };
 
     /** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
     const finalWithin = async (req: FastifyRequest, id: string, ms: number): Promise<JobView | undefined> => {
