@@ -10,7 +10,7 @@
  *     engine with a min/opt/max profile, sealed as an EPContext model (embed_mode=1),
  *     loaded from memory and run at batch 1 and at max batch.
  *
- * Usage: REDIS_URL=redis://… node --import tsx test/gpu/smoke.ts
+ * Usage: REDIS_URL=redis://… node --conditions=@citadel/source --import tsx test/gpu/smoke.ts
  * Exit 0 when every available check passed; prints one line per check.
  */
 import { spawnSync } from "node:child_process";
