@@ -1,4 +1,14 @@
+import { defaultServerConditions } from "vite";
 import { defineConfig } from "vitest/config";
+
+// Workspace packages export "@citadel/source" → src/*.ts and default → dist/*.js: tests
+// run the sources (no build needed). Inline projects do not inherit the root's resolve
+// options, so each one gets them.
+const SOURCE_CONDITIONS = ["@citadel/source", ...defaultServerConditions];
+const sources = {
+  resolve: { conditions: SOURCE_CONDITIONS },
+  ssr: { resolve: { conditions: SOURCE_CONDITIONS } },
+};
 
 // Unit tests live next to the source; cross-app tests under test/ share one Redis
 // (started once in globalSetup) and isolate themselves by queue/key prefix.
@@ -6,6 +16,7 @@ export default defineConfig({
   test: {
     projects: [
       {
+        ...sources,
         test: {
           name: "unit",
           include: ["packages/*/src/**/*.test.ts", "apps/*/src/**/*.test.ts"],
@@ -15,6 +26,7 @@ export default defineConfig({
         },
       },
       {
+        ...sources,
         test: {
           name: "e2e",
           include: ["test/**/*.test.ts"],

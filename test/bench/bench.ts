@@ -4,7 +4,7 @@
  *
  *   npm run bench                 # full (~15 min on 2 cores: three repeats of everything)
  *   npm run bench -- --quick      # ~5 min, shorter windows, one repeat
- *   node --import tsx test/bench/bench.ts [--quick] [--models heavy,ocr] [--threads 2]
+ *   node --conditions=@citadel/source --import tsx test/bench/bench.ts [--quick] [--models heavy,ocr] [--threads 2]
  *        [--workers 1] [--seconds 20] [--repeats 3] [--capacity-jobs 20000] [--no-svg]
  *
  * Rows, per model:

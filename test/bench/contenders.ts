@@ -70,11 +70,15 @@ export interface ChildWorker {
 
 /** Starts naive-worker.ts with `env` (see its header) and waits for its "ready". */
 export async function spawnNaiveWorker(redisUrl: string, env: Record<string, string>): Promise<ChildWorker> {
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(repoRoot, "test/bench/naive-worker.ts")], {
-    cwd: repoRoot,
-    env: { PATH: process.env.PATH ?? "", REDIS_URL: redisUrl, ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    ["--conditions=@citadel/source", "--import", "tsx", path.join(repoRoot, "test/bench/naive-worker.ts")],
+    {
+      cwd: repoRoot,
+      env: { PATH: process.env.PATH ?? "", REDIS_URL: redisUrl, ...env },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());

@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
-import { type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
+import { type AppForm, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { initKeyring } from "@citadel/keys";
 import { mulberry32 } from "@citadel/onnx";
@@ -158,14 +158,18 @@ export interface Proc extends FleetProcess {
   pid: number;
 }
 
-/** Starts `apps/<app>/src/main.ts` as a child process (logs in logDir) and waits for its readyz. */
+/**
+ * Starts `apps/<app>` as a child process (logs in logDir) and waits for its readyz: from
+ * source when the harness runs from source (`node --conditions=@citadel/source --import tsx`),
+ * built when it runs built, or as `opts.form` says.
+ */
 export async function startProc(
   app: "api" | "worker",
   name: string,
   env: Record<string, string>,
   logDir: string,
   port: number,
-  opts: { timeoutMs?: number; nodeArgs?: string[] } = {},
+  opts: { timeoutMs?: number; nodeArgs?: string[]; form?: AppForm } = {},
 ): Promise<Proc> {
   const p = await startProcess(app, name, env, logDir, `http://127.0.0.1:${port}/readyz`, opts);
   return { ...p, pid: p.child.pid ?? 0 };

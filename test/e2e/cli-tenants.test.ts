@@ -1,6 +1,5 @@
 import { spawnSync } from "node:child_process";
-import path from "node:path";
-import { repoRoot } from "@citadel/cli/fleet";
+import { cliArgs } from "@citadel/cli/fleet";
 import { TenantStore } from "@citadel/tenants";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,7 +11,7 @@ const prefix = `{cli-tenants-${process.pid}}`;
 let redis: Redis;
 
 function citadel(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
     encoding: "utf8",
     env: { PATH: process.env.PATH ?? "", REDIS_URL: redisUrl(), CITADEL_PREFIX: prefix },
   });

@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { repoRoot } from "@citadel/cli/fleet";
+import { appArgs, cliArgs } from "@citadel/cli/fleet";
 import { SignedManifest } from "@citadel/contracts";
 import { buildConvNet, inspectModel } from "@citadel/onnx";
 import { Redis } from "ioredis";
@@ -15,7 +15,7 @@ const prefix = `{cli-${process.pid}}`;
 let redis: Redis;
 
 function citadelWith(env: Record<string, string>, ...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
     cwd: dir,
     encoding: "utf8",
     env: {
@@ -282,21 +282,17 @@ describe("citadel CLI", () => {
   });
 
   it("every process refuses bad configuration at start-up, naming every problem", () => {
-    for (const app of ["api", "worker"]) {
-      const r = spawnSync(
-        process.execPath,
-        ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
-        {
-          encoding: "utf8",
-          env: {
-            PATH: process.env.PATH ?? "",
-            REDIS_URL: "not-a-url",
-            LOG_LEVEL: "loud",
-            KEY_PROVIDER: "vault",
-            NODE_ENV: "production",
-          },
+    for (const app of ["api", "worker"] as const) {
+      const r = spawnSync(process.execPath, appArgs(app), {
+        encoding: "utf8",
+        env: {
+          PATH: process.env.PATH ?? "",
+          REDIS_URL: "not-a-url",
+          LOG_LEVEL: "loud",
+          KEY_PROVIDER: "vault",
+          NODE_ENV: "production",
         },
-      );
+      });
       expect(r.status, r.stderr).toBe(78);
       for (const name of ["REDIS_URL", "LOG_LEVEL", "VAULT_ADDR", "TRUSTED_SIGNERS", "AUDIT_KEY_FILE"])
         expect(r.stderr).toContain(name);
@@ -305,15 +301,11 @@ describe("citadel CLI", () => {
     // A key file that is there but too short is refused as well, without echoing it.
     const shortKey = randomBytes(16).toString("base64");
     writeFileSync(path.join(dir, "too-short.key"), shortKey);
-    for (const app of ["api", "worker"]) {
-      const r = spawnSync(
-        process.execPath,
-        ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
-        {
-          encoding: "utf8",
-          env: { PATH: process.env.PATH ?? "", AUDIT_KEY_FILE: path.join(dir, "too-short.key") },
-        },
-      );
+    for (const app of ["api", "worker"] as const) {
+      const r = spawnSync(process.execPath, appArgs(app), {
+        encoding: "utf8",
+        env: { PATH: process.env.PATH ?? "", AUDIT_KEY_FILE: path.join(dir, "too-short.key") },
+      });
       expect(r.status, r.stderr).toBe(78);
       expect(r.stderr).toMatch(/AUDIT_KEY_FILE: .*too-short\.key holds a 16-byte key; at least 32 bytes are needed/);
       expect(r.stderr).not.toContain(shortKey);

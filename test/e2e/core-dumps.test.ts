@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type FleetProcess, freePort, repoRoot, startProcess } from "@citadel/cli/fleet";
+import { appArgs, cliArgs, type FleetProcess, freePort, repoRoot, startProcess } from "@citadel/cli/fleet";
 import { buildConvNet } from "@citadel/onnx";
 import { readCoreDumpState } from "@citadel/runtime";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -74,15 +74,11 @@ describe("worker core dumps", () => {
   async function runWithoutPrlimit(env: Record<string, string>, timeoutMs: number) {
     const port = String(await freePort());
     return new Promise<{ code: number | null; out: string; killed: boolean }>((resolve) => {
-      const child = spawn(
-        process.execPath,
-        ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps/worker/src/main.ts")],
-        {
-          cwd: repoRoot,
-          env: { ...env, METRICS_HOST: "127.0.0.1", METRICS_PORT: port, PATH: "/nonexistent" },
-          stdio: ["ignore", "pipe", "pipe"],
-        },
-      );
+      const child = spawn(process.execPath, appArgs("worker"), {
+        cwd: repoRoot,
+        env: { ...env, METRICS_HOST: "127.0.0.1", METRICS_PORT: port, PATH: "/nonexistent" },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       let out = "";
       let killed = false;
       const onData = (d: Buffer) => {
@@ -133,7 +129,7 @@ describe("CLI core dumps", () => {
   writeFileSync(path.join(dir, "conv.onnx"), buildConvNet());
 
   function citadel(args: string[], env: Record<string, string>) {
-    return spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+    return spawnSync(process.execPath, [...cliArgs(), ...args], {
       cwd: dir,
       encoding: "utf8",
       env: {

@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type FleetProcess, freePort, repoRoot, startProcess } from "@citadel/cli/fleet";
+import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { SignedManifest } from "@citadel/contracts";
 import { LocalKeyProvider } from "@citadel/keys";
 import { buildConvNet } from "@citadel/onnx";
@@ -39,7 +39,7 @@ let redis: Redis;
 const input = Float32Array.from({ length: 3072 }, (_, i) => Math.fround(0.123456 + i * 1e-4));
 
 function citadel(...args: string[]): string {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
     cwd: work,
     env: { PATH: process.env.PATH ?? "", HOME: work, ...env },
     encoding: "utf8",

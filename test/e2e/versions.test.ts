@@ -1,8 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import path from "node:path";
 import { signRetirement, verifyRetirement } from "@citadel/artifacts";
-import { repoRoot } from "@citadel/cli/fleet";
+import { cliArgs } from "@citadel/cli/fleet";
 import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
@@ -33,7 +32,7 @@ afterAll(async () => {
 });
 
 function citadel(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), ...args], {
+  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
     encoding: "utf8",
     env: { PATH: process.env.PATH ?? "", ...fleet.env },
   });

@@ -91,6 +91,62 @@ describe.each([
   });
 });
 
+const APP_TARGETS: [file: string, targets: [target: string, app: string][]][] = [
+  [
+    "infra/docker/Dockerfile",
+    [
+      ["api", "api"],
+      ["worker", "worker"],
+      ["tools", "cli"],
+    ],
+  ],
+  ["infra/docker/Dockerfile.gpu", [["worker-gpu", "worker"]]],
+];
+
+describe.each(APP_TARGETS)("%s: built JavaScript, production dependencies only", (file, targets) => {
+  const stages = parseDockerfile(read(file));
+  const build = stages.find((s) => s.name === "build");
+
+  it("the build stage compiles and deploys each app with production dependencies only", () => {
+    const lines = build?.lines.join("\n") ?? "";
+    expect(lines).toContain("COPY tsconfig.base.json tsconfig.json tsconfig.build.json ./");
+    expect(lines).toContain("COPY scripts/copy-assets.mjs scripts/");
+    expect(lines).toContain("npx --yes pnpm@10.34.9 run build");
+    for (const [, app] of targets)
+      expect(lines).toContain(`--filter @citadel/${app} deploy --prod --legacy /deploy/apps/${app}`);
+    // the build fails if tsx reached a production deploy
+    expect(lines).toContain("-path '*/node_modules/tsx'");
+  });
+
+  it.each(targets)("target %s copies only its app's deploy and runs node on dist (no tsx)", (target, app) => {
+    const c = chain(stages, target);
+    const lines = c.flatMap((s) => s.lines);
+    expect(lines).toContain(`COPY --from=build --chown=root:root /deploy/apps/${app} /app/apps/${app}`);
+    expect(lines.filter((l) => /^COPY --from=build\b/.test(l))).toHaveLength(1);
+    expect(lines.filter((l) => /\btsx\b/.test(l))).toEqual([]);
+    const start = lines.find((l) => /^(CMD|ENTRYPOINT) \["\/bin\/sh"/.test(l)) ?? "";
+    const argv = JSON.parse(start.replace(/^(CMD|ENTRYPOINT)\s+/, "")) as string[];
+    expect(argv[2]).toBe(
+      app === "cli"
+        ? 'ulimit -c 0 && exec node apps/cli/bin/citadel.mjs "$@"'
+        : `ulimit -c 0 && exec node apps/${app}/dist/main.js`,
+    );
+  });
+});
+
+describe("Node version", () => {
+  it("images run the current LTS line, the Node 24 release CI runs the suite on", () => {
+    const ci = /^NODE24=(\S+)$/m.exec(read(".ci/run"))?.[1];
+    expect(ci).toMatch(/^24\.\d+\.\d+$/);
+    for (const file of ["infra/docker/Dockerfile", "infra/docker/Dockerfile.gpu"]) {
+      const image = /^ARG NODE_IMAGE=(\S+)$/m.exec(read(file))?.[1];
+      expect(image, file).toMatch(
+        new RegExp(`^node:${ci?.replaceAll(".", "\\.")}-bookworm-slim(@sha256:[0-9a-f]{64})?$`),
+      );
+    }
+  });
+});
+
 describe("GPU worker image", () => {
   const stages = parseDockerfile(read("infra/docker/Dockerfile.gpu"));
 

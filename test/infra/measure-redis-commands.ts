@@ -1,7 +1,7 @@
 /**
  * Measures what one BullMQ job costs Redis, for docs/capacity.md.
  *
- *   REDIS_URL=redis://127.0.0.1:6379 npx tsx test/infra/measure-redis-commands.ts [jobs]   (from the repository root)
+ *   REDIS_URL=redis://127.0.0.1:6379 node --conditions=@citadel/source --import tsx test/infra/measure-redis-commands.ts [jobs]   (from the repository root)
  *
  * Use a Redis that nothing else is talking to (the numbers are server-wide
  * `INFO commandstats` deltas). For each path it prints, per job:

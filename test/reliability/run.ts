@@ -3,7 +3,7 @@
  * accepted job accounted for.
  *
  *   npm run reliability                      # full (soak of 100,000 jobs; ~10 min)
- *   node --import tsx test/reliability/run.ts [--short] [--only kill,redis,vault,api,soak] [--soak-jobs N]
+ *   node --conditions=@citadel/source --import tsx test/reliability/run.ts [--short] [--only kill,redis,vault,api,soak] [--soak-jobs N]
  *
  * Uses a redis-server of its own (AOF, appendfsync always) on a free 127.0.0.1 port,
  * never the shared one: the Redis scenario kills and restarts it. Duplicates are counted

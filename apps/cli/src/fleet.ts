@@ -1,11 +1,40 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, mkdirSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import net, { type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { PARENT_FD_ENV } from "@citadel/config";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** How an app is started: its built dist/main.js with plain node, or its TypeScript source through tsx. */
+export type AppForm = "dist" | "source";
+
+/** The form this module itself runs in (vitest and tsx load it as .ts; the build as .js). */
+export const OWN_FORM: AppForm = import.meta.url.endsWith(".ts") ? "source" : "dist";
+
+/** Node's arguments that start `apps/<app>` in `form`. */
+export function appArgs(app: "api" | "worker", form: AppForm = OWN_FORM): string[] {
+  if (form === "dist") {
+    const main = path.join(repoRoot, "apps", app, "dist", "main.js");
+    if (!existsSync(main)) throw new Error(`${main} is missing: run \`pnpm build\` first`);
+    return [main];
+  }
+  // The source condition makes workspace packages resolve to src/*.ts; tsx is resolved
+  // from here, so the child can run from any working directory.
+  return [
+    "--conditions=@citadel/source",
+    "--import",
+    import.meta.resolve("tsx"),
+    path.join(repoRoot, "apps", app, "src", "main.ts"),
+  ];
+}
+
+/** Node's arguments that start the `citadel` CLI in `form` (its bin picks dist or source by the condition). */
+export function cliArgs(form: AppForm = OWN_FORM): string[] {
+  const bin = path.join(repoRoot, "apps", "cli", "bin", "citadel.mjs");
+  return form === "source" ? ["--conditions=@citadel/source", bin] : [bin];
+}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -29,33 +58,32 @@ export interface FleetProcess {
   stop(signal?: NodeJS.Signals): Promise<number | string | null>;
 }
 
-/** Starts `apps/<app>/src/main.ts` as a child process, logging to `logDir/<name>.log`. */
+/**
+ * Starts `apps/<app>` as a child process, logging to `logDir/<name>.log`: built or from
+ * source as `opts.form` says, by default in the form this module runs in (the demo from
+ * the build runs built apps; tests from source run the apps' sources).
+ */
 export async function startProcess(
   app: "api" | "worker",
   name: string,
   env: Record<string, string>,
   logDir: string,
   readyUrl: string,
-  opts: { timeoutMs?: number; cwd?: string; nodeArgs?: string[] } = {},
+  opts: { timeoutMs?: number; cwd?: string; nodeArgs?: string[]; form?: AppForm } = {},
 ): Promise<FleetProcess> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   mkdirSync(logDir, { recursive: true });
   const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: "a", mode: 0o600 });
-  // tsx resolved from here, so the child can run from any working directory.
-  const child = spawn(
-    process.execPath,
-    ["--import", import.meta.resolve("tsx"), path.join(repoRoot, "apps", app, "src", "main.ts")],
-    {
-      cwd: opts.cwd ?? repoRoot,
-      // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
-      // child with one SIGTERM (a second signal would force it to exit mid-drain).
-      detached: true,
-      // fd 3: a pipe we hold and never write. When we die, by any signal, the child
-      // reads end-of-file on it and shuts down (stopWithParent in @citadel/config).
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env, [PARENT_FD_ENV]: "3" },
-      stdio: ["ignore", "pipe", "pipe", "pipe"],
-    },
-  );
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...appArgs(app, opts.form)], {
+    cwd: opts.cwd ?? repoRoot,
+    // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
+    // child with one SIGTERM (a second signal would force it to exit mid-drain).
+    detached: true,
+    // fd 3: a pipe we hold and never write. When we die, by any signal, the child
+    // reads end-of-file on it and shuts down (stopWithParent in @citadel/config).
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env, [PARENT_FD_ENV]: "3" },
+    stdio: ["ignore", "pipe", "pipe", "pipe"],
+  });
   // Our end must not keep us alive; it stays open for as long as we live (or the child does).
   const parentEnd = child.stdio[3] as Socket | null;
   parentEnd?.unref();

@@ -38,6 +38,7 @@ async function child(call: string, env: NodeJS.ProcessEnv = {}): Promise<{ pid: 
       "-c",
       'ulimit -S -c "$(ulimit -H -c)" && exec "$0" "$@"',
       process.execPath,
+      "--conditions=@citadel/source",
       "--import",
       "tsx",
       "--input-type=module",

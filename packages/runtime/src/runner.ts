@@ -37,6 +37,19 @@ function toWire(t: Tensor): { wire: WireTensor; transfer: ArrayBuffer } {
   return { wire: { dtype: t.dtype, shape: t.shape, buffer }, transfer: buffer };
 }
 
+/**
+ * The runner thread's entry, in the form this module runs as. Built (dist/runner.js):
+ * the compiled runner-thread.js, plain Node. From source (vitest, tsx): a shim that
+ * registers tsx in the thread, which also resolves workspace packages to their sources.
+ */
+const FROM_SOURCE = import.meta.url.endsWith(".ts");
+const RUNNER_ENTRY = FROM_SOURCE
+  ? new URL("./runner-entry.mjs", import.meta.url)
+  : new URL("./runner-thread.js", import.meta.url);
+const SOURCE_CONDITION = "--conditions=@citadel/source";
+const RUNNER_EXEC_ARGV =
+  FROM_SOURCE && !process.execArgv.includes(SOURCE_CONDITION) ? [...process.execArgv, SOURCE_CONDITION] : undefined;
+
 function fromWire(w: WireTensor): Tensor {
   return { dtype: w.dtype, shape: w.shape, data: viewAs(w.dtype, new Uint8Array(w.buffer)) };
 }
@@ -58,10 +71,11 @@ export class ModelRunner {
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor() {
-    this.worker = new Worker(new URL("./runner-entry.mjs", import.meta.url), {
+    this.worker = new Worker(RUNNER_ENTRY, {
       // The thread needs no env or argv of ours (secrets stay in the parent).
       env: {},
       argv: [],
+      ...(RUNNER_EXEC_ARGV ? { execArgv: RUNNER_EXEC_ARGV } : {}),
       stdout: false,
       stderr: false,
     });

@@ -284,7 +284,7 @@ describe("idempotency scripts", () => {
 });
 
 describe("run as production runs it", () => {
-  it("finds the .lua files from any working directory (node --import tsx)", async () => {
+  it("finds the .lua files from any working directory (a child node process from source)", async () => {
     const entry = new URL("./index.ts", import.meta.url).href;
     const marker = k("spawned-held");
     await redis.set(marker, "5");
@@ -297,7 +297,7 @@ describe("run as production runs it", () => {
       r.disconnect();`;
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      ["--import", import.meta.resolve("tsx"), "--input-type=module", "-e", program],
+      ["--conditions=@citadel/source", "--import", import.meta.resolve("tsx"), "--input-type=module", "-e", program],
       {
         cwd: tmpdir(),
         env: { ...process.env, REDIS_URL: inject("redisUrl"), J: k("spawned-jobs"), B: k("spawned-bytes"), M: marker },
