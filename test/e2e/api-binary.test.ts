@@ -196,6 +196,12 @@ describe("binary submit and results", () => {
     expect(r.json.status).toBe("completed");
     const want = await directOcr(x, 1);
     expectClose(decodeF32(r.json.result.outputs[want.name].data), want.data);
+    // The view the wait built from the completion event is the job's view, times included.
+    const later = await fleet.request("GET", `/v1/jobs/${r.json.id}`);
+    expect(r.json).toEqual(later.json);
+    expect(Object.keys(r.json).sort()).toEqual(
+      ["createdAt", "finishedAt", "id", "model", "result", "startedAt", "status", "version"].sort(),
+    );
     // Without ?wait: 202 as before.
     const plain = await fleet.request("POST", "/v1/jobs", {
       model: OCR.model,

@@ -354,12 +354,18 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     };
 
     /** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
-    const finalWithin = async (req: FastifyRequest, id: string, ms: number): Promise<JobView | undefined> => {
+    const finalWithin = async (
+      req: FastifyRequest,
+      a: z.infer<typeof Accepted>,
+      ms: number,
+    ): Promise<JobView | undefined> => {
       try {
-        const view = await d.queues.waitForFinish(id, (req.tenant as Tenant).id, ms, { justSubmitted: true });
+        // A job this request queued (or a replay that found it queued) is not final yet: no read before waiting.
+        const submitted = a.status === "queued" ? { submitted: { version: a.version } } : {};
+        const view = await d.queues.waitForFinish(a.id, (req.tenant as Tenant).id, ms, submitted);
         return isFinal(view.status) ? view : undefined;
       } catch (err) {
-        req.log.warn({ err, jobId: id }, "waiting for a submitted job failed; answering 202");
+        req.log.warn({ err, jobId: a.id }, "waiting for a submitted job failed; answering 202");
         return undefined;
       }
     };
@@ -390,7 +396,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
           req.audited = true;
           throw e;
         }
-        const view = req.query.wait === undefined ? undefined : await finalWithin(req, accepted.id, req.query.wait);
+        const view = req.query.wait === undefined ? undefined : await finalWithin(req, accepted, req.query.wait);
         if (!view) return reply.code(202).send(accepted);
         if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);

@@ -75,6 +75,12 @@ export const JobResult = z.strictObject({
   inferenceMs: z.number(),
   workerId: z.string(),
   artifactSha256: z.string(),
+  /**
+   * When the job was created, started and finished (epoch ms), as BullMQ records them:
+   * a waiter builds the job's final view from the completion event alone, without
+   * reading the job back. Not part of the view's result (the view has its own fields).
+   */
+  at: z.strictObject({ created: z.number().int(), started: z.number().int(), finished: z.number().int() }).optional(),
 });
 export type JobResult = z.infer<typeof JobResult>;
 
@@ -90,7 +96,7 @@ export const JobView = z.object({
   createdAt: z.string(),
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
-  result: JobResult.omit({ workerId: true, artifactSha256: true }).optional(),
+  result: JobResult.omit({ workerId: true, artifactSha256: true, at: true }).optional(),
   error: z.object({ code: ErrorCode.or(z.string()), message: z.string() }).optional(),
 });
 export type JobView = z.infer<typeof JobView>;

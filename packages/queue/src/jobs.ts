@@ -53,8 +53,10 @@ const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undef
  */
 export class JobQueues {
   private readonly queues = new Map<string, Queue<JobData, JobResult>>();
-  private readonly events = new Map<string, QueueEvents>();
-  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly events = new Map<string, Listener>();
+  private readonly waiters = new Map<string, Set<(f: Finish | null) => void>>();
+  /** Ids whose final event came with no one waiting: a waiter arriving just after reads the job. */
+  private readonly finished = new RecentIds(10_000);
 
   constructor(
     private readonly connection: Redis,
@@ -64,6 +66,8 @@ export class JobQueues {
     readonly settings: QueueSettings,
     /** Models whose jobs may be looked up (the API passes its catalog); none without it. */
     private readonly isPublished: (model: string) => boolean = () => false,
+    /** How long after a listener starts a waiter also reads the job (events before it are not seen). */
+    private readonly eventsWarmupMs = 5000,
   ) {}
 
   /** How many Queue and QueueEvents objects are held (each QueueEvents holds a Redis connection). */
@@ -80,7 +84,7 @@ export class JobQueues {
     const gone = [...new Set([...this.queues.keys(), ...this.events.keys()])].filter((m) => !keep.has(m));
     for (const model of gone) {
       const q = this.queues.get(model);
-      const ev = this.events.get(model);
+      const ev = this.events.get(model)?.ev;
       this.queues.delete(model);
       this.events.delete(model);
       await Promise.allSettled([q?.close(), ev?.close()]);
@@ -185,7 +189,7 @@ export class JobQueues {
       ...(finishedOn ? { finishedAt: iso(Number(finishedOn)) } : {}),
     };
     if (state === "completed" && returnvalue) {
-      const { workerId: _w, artifactSha256: _a, ...result } = JSON.parse(returnvalue) as JobResult;
+      const { workerId: _w, artifactSha256: _a, at: _t, ...result } = JSON.parse(returnvalue) as JobResult;
       return { ...base, status: "completed", result };
     }
     if (state === "failed") {
@@ -245,7 +249,7 @@ export class JobQueues {
         .del(keys.inputs(this.settings.prefix, job.data.model, id))
         .exec();
       await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
-      this.notify(id);
+      this.notify(id, null);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
     await this.redis
@@ -256,60 +260,133 @@ export class JobQueues {
     return { status: "cancelling" };
   }
 
-  /** Resolves when the job finishes or `ms` pass, whichever is first. */
+  /**
+   * Resolves when the job finishes or `ms` pass, whichever is first. A completed job's
+   * view is built from its completion event (its result carries its times), so a waiter
+   * reads the job at most once, before subscribing; `submitted` (the submitting request
+   * itself, which knows the job is its tenant's, of that version, and not final yet)
+   * skips that read too. Failures and cancellations are read back (they are rare and
+   * their events carry no times).
+   */
   async waitForFinish(
     id: string,
     tenant: string,
     ms: number,
-    opts: { justSubmitted?: boolean } = {},
+    opts: { submitted?: { version: string } } = {},
   ): Promise<JobView> {
-    // A job this request has just submitted is not final yet: no need to read it before subscribing.
-    let view = opts.justSubmitted && ms > 0 ? undefined : await this.view(id, tenant);
-    if (view && (ms <= 0 || isFinal(view.status))) return view;
-    await this.ensureEvents(view?.model ?? this.modelOf(id));
-    await new Promise<void>((resolve) => {
+    const model = this.modelOf(id);
+    const first = opts.submitted && ms > 0 ? undefined : await this.view(id, tenant);
+    if (first && (ms <= 0 || isFinal(first.status))) return first;
+    const version = first?.version ?? opts.submitted?.version ?? "";
+    const fresh = await this.ensureEvents(model);
+    const finish = await new Promise<Finish | null>((resolve) => {
       const set = this.waiters.get(id) ?? new Set();
       this.waiters.set(id, set);
-      const done = () => {
+      const done = (f: Finish | null) => {
         clearTimeout(timer);
         set.delete(done);
         if (set.size === 0) this.waiters.delete(id);
-        resolve();
+        resolve(f);
       };
-      const timer = setTimeout(done, ms);
+      const timer = setTimeout(() => done(null), ms);
       set.add(done);
-      // Re-check after subscribing: the job may have finished in between.
-      void this.view(id, tenant).then(
-        (v) => isFinal(v.status) && done(),
-        () => done(),
+      if (this.finished.has(id)) {
+        // Its event came before this waiter did: read the outcome.
+        done(null);
+      } else if (fresh) {
+        // The listener may have started after the job finished: check once.
+        void this.view(id, tenant).then(
+          (v) => isFinal(v.status) && done(null),
+          () => done(null),
+        );
+      }
+    });
+    const at = finish?.result?.at;
+    if (finish?.result && at) {
+      const { workerId: _w, artifactSha256: _a, at: _t, ...result } = finish.result;
+      return {
+        id,
+        status: "completed",
+        model,
+        version,
+        createdAt: new Date(at.created).toISOString(),
+        startedAt: new Date(at.started).toISOString(),
+        finishedAt: new Date(at.finished).toISOString(),
+        result,
+      };
+    }
+    return this.view(id, tenant);
+  }
+
+  private notify(id: string, f: Finish | null): void {
+    const set = this.waiters.get(id);
+    if (!set) {
+      this.finished.add(id);
+      return;
+    }
+    for (const w of [...set]) w(f);
+  }
+
+  /**
+   * Listens to the model's events (one QueueEvents per model); true while the listener
+   * is young enough that events from before it started may have been missed.
+   */
+  private async ensureEvents(model: string): Promise<boolean> {
+    let e = this.events.get(model);
+    if (!e) {
+      const ev = new QueueEvents(queueName(model), {
+        connection: this.blockingConnection(),
+        prefix: this.settings.prefix,
+      });
+      e = { ev, since: Date.now(), ready: ev.waitUntilReady() };
+      this.events.set(model, e);
+      ev.on("completed", ({ jobId, returnvalue }) =>
+        // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
+        this.notify(jobId, { result: isResult(returnvalue) ? returnvalue : undefined }),
       );
-    });
-    view = await this.view(id, tenant);
-    return view;
-  }
-
-  private notify(id: string): void {
-    for (const w of [...(this.waiters.get(id) ?? [])]) w();
-  }
-
-  private async ensureEvents(model: string): Promise<void> {
-    if (this.events.has(model) || !this.isPublished(model)) return;
-    const ev = new QueueEvents(queueName(model), {
-      connection: this.blockingConnection(),
-      prefix: this.settings.prefix,
-    });
-    this.events.set(model, ev);
-    ev.on("completed", ({ jobId }) => this.notify(jobId));
-    ev.on("failed", ({ jobId }) => this.notify(jobId));
-    ev.on("removed", ({ jobId }) => this.notify(jobId));
-    await ev.waitUntilReady();
+      ev.on("failed", ({ jobId }) => this.notify(jobId, null));
+      ev.on("removed", ({ jobId }) => this.notify(jobId, null));
+    }
+    await e.ready;
+    return Date.now() - e.since < this.eventsWarmupMs;
   }
 
   async close(): Promise<void> {
-    for (const w of this.waiters.values()) for (const done of [...w]) done();
-    await Promise.allSettled([...this.events.values()].map((e) => e.close()));
+    for (const w of this.waiters.values()) for (const done of [...w]) done(null);
+    const events = [...this.events.values()].map((e) => e.ev);
+    await Promise.allSettled(events.map((e) => e.close()));
     await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
-    await Promise.allSettled([...this.events.values()].map((e) => e.disconnect()));
+    await Promise.allSettled(events.map((e) => e.disconnect()));
+  }
+}
+
+/** What a job's final event tells a waiter: a completed job's result, or nothing (read the job). */
+interface Finish {
+  result: JobResult | undefined;
+}
+
+/** A model's event listener, since when it listens, and when it is connected. */
+interface Listener {
+  ev: QueueEvents;
+  since: number;
+  ready: Promise<unknown>;
+}
+
+function isResult(v: unknown): v is JobResult {
+  return typeof v === "object" && v !== null && "outputs" in v;
+}
+
+/** The last `max` ids added (a Set in insertion order: the oldest goes first). */
+class RecentIds {
+  private readonly ids = new Set<string>();
+  constructor(private readonly max: number) {}
+  add(id: string): void {
+    this.ids.delete(id);
+    this.ids.add(id);
+    if (this.ids.size > this.max) this.ids.delete(this.ids.values().next().value as string);
+  }
+  has(id: string): boolean {
+    return this.ids.has(id);
   }
 }
 
@@ -365,7 +442,7 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
     ...(job.finishedOn ? { finishedAt: iso(job.finishedOn) } : {}),
   };
   if (state === "completed" && job.returnvalue) {
-    const { workerId: _w, artifactSha256: _a, ...result } = job.returnvalue;
+    const { workerId: _w, artifactSha256: _a, at: _t, ...result } = job.returnvalue;
     return { ...base, status: "completed", result };
   }
   if (state === "failed") {

@@ -27,8 +27,9 @@ import { type Job, Worker } from "bullmq";
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
  * `worker.backend.client` (the connection's BullMQ-wrapped client, whose pipelines run
- * BullMQ's versioned scripts), `backend.moveToCompletedArgs` / `moveToFailedArgs`
- * (the exact arguments `Job.moveToCompleted` / `moveToFailed` send), `execCommand`
+ * BullMQ's versioned scripts), `backend.moveToFinishedArgs` (protected; what
+ * `Job.moveToCompleted` sends, with a finish time of our choosing) and
+ * `moveToFailedArgs` (what `Job.moveToFailed` sends), `execCommand`
  * and `finishedErrors` (the error a negative script answer maps to). Retries
  * (backoff, delayed set) still go through the public `Job.moveToFailed`.
  */
@@ -73,6 +74,20 @@ type SettleFinal = (
   inputs: string,
 ) => unknown;
 const SETTLE_FINAL = commandName("settleFinal");
+
+/** BullMQ's protected `RedisQueueBackend.moveToFinishedArgs` (bullmq 6.x). */
+interface FinishArgs {
+  moveToFinishedArgs(
+    job: Job<JobData, string>,
+    val: string,
+    propVal: "returnvalue",
+    shouldRemove: Job["opts"]["removeOnComplete"],
+    target: "completed",
+    token: string,
+    timestamp: number,
+    fetchNext: boolean,
+  ): (string | number | boolean | Buffer)[];
+}
 
 /** Answers a final settlement: settled, or not (lock lost). */
 function answer(s: Settlement, settled: boolean): void {
@@ -264,16 +279,7 @@ export class JobLease {
       const pipe = (await backend.client).pipeline();
       for (const s of batch) {
         const { job, token } = s.l;
-        const args =
-          s.kind === "complete"
-            ? // BullMQ passes the value already stringified (as Job.moveToCompleted does).
-              backend.moveToCompletedArgs<JobData, string>(
-                job as unknown as Job<JobData, string>,
-                JSON.stringify(s.result),
-                job.opts.removeOnComplete ?? false,
-                token,
-              )
-            : this.failArgs(s.l, s.error);
+        const args = s.kind === "complete" ? this.completeArgs(s.l, s.result) : this.failArgs(s.l, s.error);
         backend.execCommand(pipe, "moveToFinished", args);
         const settleFinal = (pipe as unknown as Record<string, SettleFinal | undefined>)[SETTLE_FINAL];
         if (!settleFinal) throw new Error("the settleFinal script is not defined on BullMQ's connection");
@@ -314,6 +320,32 @@ export class JobLease {
       }
       answer(s, true);
     }
+  }
+
+  /**
+   * What `Job.moveToCompleted` sends, with the finish time chosen here so the result
+   * can carry it: the completion event then holds everything the job's final view
+   * shows (an API waiting for the job answers without reading it back).
+   */
+  private completeArgs(l: LeasedJob, result: JobResult) {
+    const { job, token } = l;
+    const finished = Date.now();
+    const stamped: JobResult = {
+      ...result,
+      at: { created: job.timestamp, started: job.processedOn ?? finished, finished },
+    };
+    // BullMQ passes the value already stringified (as Job.moveToCompleted does).
+    const backend = this.worker.backend as unknown as FinishArgs;
+    return backend.moveToFinishedArgs(
+      job as unknown as Job<JobData, string>,
+      JSON.stringify(stamped),
+      "returnvalue",
+      job.opts.removeOnComplete ?? false,
+      "completed",
+      token,
+      finished,
+      false,
+    );
   }
 
   /** What `Job.moveToFailed` sends for a failure that is not retried. */

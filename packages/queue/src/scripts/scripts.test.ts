@@ -104,7 +104,7 @@ describe("scripts(redis)", () => {
       const sha = createHash("sha1").update(scriptSources.quotaRelease.lua).digest("hex");
       expect(seen.map((a) => a[0]?.toLowerCase())).toEqual(["eval", "evalsha", "evalsha"]);
       // The first carries the script's text (MONITOR escapes its newlines), the others its SHA.
-      expect(seen[0]?.[1]).toContain("redis.call('DEL', KEYS[3])");
+      expect(seen[0]?.[1]).toContain("redis.call('GETDEL', KEYS[3])");
       expect(seen.slice(1).map((a) => a[1])).toEqual([sha, sha]);
       expect(await redis.script("EXISTS", sha)).toEqual([1]);
     } finally {
@@ -213,6 +213,8 @@ describe("quota scripts", () => {
 
 describe("tokenBuckets", () => {
   const slow = (key: string, cost: number) => ({ key: k(key), rate: 0.001, burst: 10, cost });
+  /** Tokens in a bucket's state ("tokens:updated at"). */
+  const tokensIn = async (key: string) => Number((await redis.get(k(key)))?.split(":")[0]);
 
   it("charges every bucket or none, naming the first that refuses and when it could pass", async () => {
     const s = scripts(redis);
@@ -221,8 +223,15 @@ describe("tokenBuckets", () => {
     const refused = await s.tokenBuckets(now, [slow("ip", 1), slow("tenant", 3)]);
     // The tenant bucket holds 2 tokens; the third refills in 1 token / 0.001 per second = 1,000,000 ms.
     expect(refused).toEqual({ refusedBy: 2, retryAfterMs: 1_000_000 });
-    expect(Number(await redis.hget(k("ip"), "t"))).toBe(6);
+    expect(await tokensIn("ip")).toBe(6);
     expect(await redis.pttl(k("ip"))).toBeGreaterThan(0);
+  });
+
+  it("reads a bucket left in the older format (a hash) as full, and replaces it", async () => {
+    const s = scripts(redis);
+    await redis.hset(k("old"), "t", "0", "ts", String(Date.now()));
+    expect(await s.tokenBuckets(Date.now(), [slow("old", 4)])).toEqual({ refusedBy: 0, retryAfterMs: 0 });
+    expect(await tokensIn("old")).toBe(6);
   });
 
   it("refunds with a negative cost, never past the burst on refill", async () => {
@@ -230,9 +239,9 @@ describe("tokenBuckets", () => {
     const now = Date.now();
     await s.tokenBuckets(now, [slow("refund", 10)]);
     await s.tokenBuckets(now, [slow("refund", -3)]);
-    expect(Number(await redis.hget(k("refund"), "t"))).toBe(3);
+    expect(await tokensIn("refund")).toBe(3);
     await s.tokenBuckets(now + 1_000_000_000, [slow("refund", 0)]);
-    expect(Number(await redis.hget(k("refund"), "t"))).toBe(10);
+    expect(await tokensIn("refund")).toBe(10);
   });
 });
 

@@ -1,11 +1,12 @@
 --[[
   Token buckets, so limits hold across API replicas (apps/api limits.ts, RateLimiter).
   One call checks several buckets at once (per-IP and per-tenant on every request) and
-  charges them only if all allow it; state is two fields with a TTL, so idle buckets
-  disappear. A negative cost refunds tokens (never past the burst on the next refill).
+  charges them only if all allow it; state is one string with a TTL (GET and SET PX:
+  two commands per bucket, where a hash took three), so idle buckets disappear. A
+  negative cost refunds tokens (never past the burst on the next refill).
 
   Input (one key per bucket):
-    KEYS[i]  bucket i's state (a hash: t tokens, ts last update in ms), i = 1..#KEYS
+    KEYS[i]  bucket i's state (a string "tokens:last update in ms"), i = 1..#KEYS
 
     ARGV[1]  now (epoch ms)
     then per bucket i, at a = 2 + (i - 1) * 3:
@@ -23,9 +24,14 @@ for i = 1, n do
   local rate = tonumber(ARGV[2 + (i - 1) * 3])
   local burst = tonumber(ARGV[3 + (i - 1) * 3])
   local cost = tonumber(ARGV[4 + (i - 1) * 3])
-  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local t = tonumber(state[1]) or burst
-  local ts = tonumber(state[2]) or now
+  -- pcall: a key left by an older format (a hash) reads as a full bucket; SET replaces it.
+  local raw = redis.pcall('GET', KEYS[i])
+  local t, ts = burst, now
+  if type(raw) == 'string' then
+    local a, b = string.match(raw, '^([^:]+):(.+)$')
+    t = tonumber(a) or burst
+    ts = tonumber(b) or now
+  end
   t = math.min(burst, t + (now - ts) * rate / 1000)
   if t < cost then
     return {i, math.ceil((cost - t) * 1000 / rate)}
@@ -35,7 +41,6 @@ end
 for i = 1, n do
   local rate = tonumber(ARGV[2 + (i - 1) * 3])
   local burst = tonumber(ARGV[3 + (i - 1) * 3])
-  redis.call('HSET', KEYS[i], 't', tokens[i], 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+  redis.call('SET', KEYS[i], string.format('%.17g:%d', tokens[i], now), 'PX', math.ceil(burst * 1000 / rate) + 1000)
 end
 return {0, 0}
