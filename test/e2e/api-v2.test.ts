@@ -220,6 +220,16 @@ describe("infer", () => {
     expect([job.status, job.json.status, job.json.model]).toEqual([200, "completed", "multi"]);
   });
 
+  it("answers a repeated infer with the same Idempotency-Key from the first job, run once", async () => {
+    const body = { inputs: [{ name: "x", shape: [1, 3], datatype: "BOOL", data: [1, 0, 1] }] };
+    const headers = { ...auth(), "idempotency-key": "v2-idem-1" };
+    const first = await inferJson("/v2/models/flags/infer", body, headers);
+    const again = await inferJson("/v2/models/flags/infer", body, headers);
+    expect([first.status, again.status]).toEqual([200, 200]);
+    expect(again.json.parameters).toEqual(first.json.parameters);
+    expect(again.json.outputs).toEqual([{ name: "y", datatype: "BOOL", shape: [1, 3], data: [true, false, true] }]);
+  });
+
   it("takes BOOL data as JSON booleans and answers booleans", async () => {
     const r = await inferJson("/v2/models/flags/versions/1/infer", {
       inputs: [{ name: "x", shape: [2, 3], datatype: "BOOL", data: [true, false, true, false, false, true] }],
@@ -396,6 +406,11 @@ describe("the OpenAPI document", () => {
     const body = doc.paths["/v2/models/{name}/infer"]?.post?.requestBody?.content ?? {};
     expect(Object.keys(body).sort()).toEqual(["application/json", "application/octet-stream"]);
     expect(JSON.stringify(body["application/json"])).toContain("binary_data_output");
+    expect(JSON.stringify(body["application/octet-stream"])).toContain("binary_data_size");
+    const infer = doc.paths["/v2/models/{name}/infer"]?.post as { responses?: Record<string, { content?: object }> };
+    const answers = infer.responses ?? {};
+    expect(Object.keys(answers["200"]?.content ?? {}).sort()).toEqual(["application/json", "application/octet-stream"]);
+    expect(Object.keys(answers)).toEqual(expect.arrayContaining(["400", "401", "404", "413", "429", "503", "504"]));
   });
 });
 
