@@ -886,16 +886,25 @@ describe("hostile clients", () => {
     expect((await inject(fleet.api.app, { method: "GET", url: "/healthz" })).status).toBe(200);
   });
 
-  it("answers unknown routes and methods 404 with the error envelope", async () => {
+  it("answers unknown routes and methods 404 with the error envelope (the protocol's under /v2)", async () => {
     for (const [method, url] of [
       ["PUT", "/v1/jobs"],
       ["PATCH", "/v1/jobs/x"],
-      ["GET", "/v2/jobs"],
+      ["GET", "/v3/jobs"],
       ["POST", "/v1/models"],
     ] as const) {
       const a = await inject(fleet.api.app, { method, url, headers: { authorization: `Bearer ${fleet.apiKey}` } });
       expect(a.status).toBe(404);
       expect(errorEnvelope(a.body)).not.toBeNull();
+    }
+    // Under /v2 (the Open Inference Protocol) the envelope is the protocol's: one string, the code first.
+    for (const [method, url] of [
+      ["GET", "/v2/jobs"],
+      ["PUT", "/v2/models/x/infer"],
+    ] as const) {
+      const a = await inject(fleet.api.app, { method, url, headers: { authorization: `Bearer ${fleet.apiKey}` } });
+      expect(a.status).toBe(404);
+      expect(a.body).toEqual({ error: expect.stringMatching(/^NOT_FOUND: /) });
     }
   });
 });

@@ -12,13 +12,12 @@ import {
   JobStatus,
   JobView,
 } from "@citadel/contracts";
-import { isFinal, isRedisUnavailable, type JobQueues, type Redis } from "@citadel/queue";
+import type { JobQueues, Redis } from "@citadel/queue";
 import {
   asCitadel,
   type DenialAggregator,
   type ModelCatalog,
   type RateLimiter,
-  type SubmitContext,
   type SubmitRequest,
   type Submitter,
 } from "@citadel/submit";
@@ -34,11 +33,22 @@ import Fastify, {
 } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
-import { type BinarySubmit, binaryBodyDoc, decodeBinarySubmit, sendBinaryView, wantsBinary } from "./binary-body.js";
+import { tenantAuth } from "./auth.js";
+import {
+  type BinarySubmit,
+  binaryBodyDoc,
+  binaryHeaders,
+  decodeBinarySubmit,
+  sendBinaryView,
+  wantsBinary,
+} from "./binary-body.js";
 import { type BoardOptions, registerBoard } from "./board.js";
+import { requestError, sendError } from "./errors.js";
 import { parseJsonBody } from "./json-body.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
+import { finalWithin, submitContext } from "./submit-context.js";
+import { INFER_ROUTES, registerV2 } from "./v2.js";
 
 export interface AppDeps {
   log: Logger;
@@ -58,6 +68,8 @@ export interface AppDeps {
     maxJsonDepth: number;
     bulkMaxJobs: number;
     maxWaitMs: number;
+    /** How long an accepted job may wait in the queue (bounds how long a /v2 infer waits for it). */
+    queueTtlMs: number;
     requestTimeoutMs: number;
     maxEventLoopDelayMs: number;
     ipRate: number;
@@ -65,14 +77,6 @@ export interface AppDeps {
     trustProxyHops: number;
     openApiUi: boolean;
   };
-}
-
-declare module "fastify" {
-  interface FastifyRequest {
-    tenant?: Tenant;
-    /** Set once this request's refusal has been audited and counted. */
-    audited?: boolean;
-  }
 }
 
 const JobId = z.object({ id: z.string().min(1).max(200) });
@@ -85,12 +89,6 @@ const submitBody = (json: z.ZodType, header: z.ZodType) => ({
     "application/json": { schema: json },
     [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(header) },
   },
-});
-const BinaryHeaders = z.object({
-  [INFERENCE_HEADER_LENGTH]: z
-    .string()
-    .optional()
-    .describe("Byte length of the JSON header that starts a binary (application/octet-stream) body"),
 });
 /** A job view as JSON, or (completed, asked for with Accept or binary_data_output) as a binary body. */
 const ViewResponse = {
@@ -111,22 +109,19 @@ const errorResponses = {
   503: ApiErrorBody,
 };
 
-const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk"]);
+const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk", ...INFER_ROUTES]);
 
-/** The body's model name when it is a string, for audit and metric labels (which admit only published ones). */
-function modelOf(body: unknown): string | undefined {
-  if (typeof body !== "object" || body === null || !("model" in body)) return undefined;
-  const m = (body as { model: unknown }).model;
-  return typeof m === "string" && m.length <= 64 ? m : undefined;
-}
-
-function sendError(reply: FastifyReply, err: CitadelError): FastifyReply {
-  const status = httpStatusFor(err.code);
-  const retry = err.details?.retryAfterMs;
-  if (typeof retry === "number") reply.header("retry-after", Math.max(1, Math.ceil(retry / 1000)));
-  // A refusal no wait can fix (a request larger than its burst) promises no retry time.
-  else if ((status === 429 || status === 503) && err.details?.retryable !== false) reply.header("retry-after", 1);
-  return reply.code(status).send(err.toJSON());
+/**
+ * The model a submit names when it is a string (the body's `model`, or a /v2 route's
+ * `:name`), for audit and metric labels (which admit only published ones).
+ */
+function modelOf(req: FastifyRequest): string | undefined {
+  const named = (o: unknown, key: string) => {
+    if (typeof o !== "object" || o === null || !(key in o)) return undefined;
+    const m = (o as Record<string, unknown>)[key];
+    return typeof m === "string" && m.length <= 64 ? m : undefined;
+  };
+  return named(req.body, "model") ?? named(req.params, "name");
 }
 
 /** The producer API as a Fastify instance; process concerns live in server.ts. */
@@ -143,12 +138,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     // Malformed percent-encoding or an over-long path parameter: the documented 400, not Fastify's own body.
-    frameworkErrors: (err, _req, reply) => {
+    frameworkErrors: (err, req, reply) => {
       const msg =
         err.code === "FST_ERR_MAX_PARAM_LENGTH"
           ? "a path parameter is too long"
           : "the URL is not valid (bad percent-encoding)";
-      void sendError(reply, new CitadelError("VALIDATION_FAILED", msg));
+      void sendError(req, reply, new CitadelError("VALIDATION_FAILED", msg));
     },
   });
 
@@ -182,62 +177,25 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   const refuse = (req: FastifyRequest, reply: FastifyReply, err: CitadelError): FastifyReply => {
     if (req.tenant && !req.audited && req.method === "POST" && SUBMIT_ROUTES.has(req.routeOptions.url ?? "")) {
       req.audited = true;
-      d.submitter.rejected({ tenant: req.tenant, requestId: req.id, clientIp: req.ip }, modelOf(req.body), err);
+      d.submitter.rejected({ tenant: req.tenant, requestId: req.id, clientIp: req.ip }, modelOf(req), err);
     }
-    return sendError(reply, err);
+    return sendError(req, reply, err);
   };
 
   app.setErrorHandler((err, req, reply) => {
-    if (err instanceof CitadelError) return refuse(req, reply, err);
-    const fe = err as {
-      code?: string;
-      validation?: { instancePath?: string; message?: string }[];
-      statusCode?: number;
-    };
-    if (fe.validation) {
-      const issues = fe.validation
-        .slice(0, 10)
-        .map((v) => ({ path: v.instancePath ?? "", message: v.message ?? "invalid" }));
-      const where = issues[0]
-        ? `${issues[0].path || "body"}: ${issues[0].message}`
-        : "request does not match the schema";
-      return refuse(req, reply, new CitadelError("VALIDATION_FAILED", where, { issues }));
-    }
-    switch (fe.code) {
-      case "FST_ERR_CTP_BODY_TOO_LARGE":
-        return refuse(req, reply, new CitadelError("PAYLOAD_TOO_LARGE", `request body exceeds ${s.bodyLimit} bytes`));
-      case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-        return refuse(
-          req,
-          reply,
-          new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send application/json or application/octet-stream"),
-        );
-      case "FST_ERR_CTP_EMPTY_JSON_BODY":
-      case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
-        return refuse(req, reply, new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong"));
-    }
-    if (fe.statusCode === 503 && fe.code === "FST_UNDER_PRESSURE") {
-      return sendError(reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
-    }
-    if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
-      return refuse(req, reply, new CitadelError("VALIDATION_FAILED", "bad request"));
-    }
-    if (isRedisUnavailable(err)) {
-      return refuse(req, reply, new CitadelError("QUEUE_UNAVAILABLE", "the job store is unavailable; retry later"));
-    }
+    const refusal = requestError(err, s.bodyLimit);
+    if (refusal) return refuse(req, reply, refusal);
     req.log.error({ err }, "unhandled error");
-    return reply.code(500).send({ error: { code: "INTERNAL", message: "internal error" } });
+    return sendError(req, reply, new CitadelError("INTERNAL", "internal error"));
   });
-  app.setNotFoundHandler((_req, reply) =>
-    reply.code(404).send({ error: { code: "NOT_FOUND", message: "no such route" } }),
-  );
+  app.setNotFoundHandler((req, reply) => sendError(req, reply, new CitadelError("NOT_FOUND", "no such route")));
 
   // Load shedding: refuse with 503 when the event loop lags, before work piles up.
   await app.register(underPressure, {
     maxEventLoopDelay: s.maxEventLoopDelayMs,
     exposeStatusRoute: false,
-    pressureHandler: (_req, reply) => {
-      void sendError(reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
+    pressureHandler: (req, reply) => {
+      void sendError(req, reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
     },
   });
 
@@ -249,13 +207,17 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/healthz", async () => ({ ok: true }));
-  app.get("/readyz", async (_req, reply) => {
-    const redisOk = await d.redis.ping().then(
+  /** Ready: Redis answers and the catalog has loaded the registry once. */
+  const readiness = async () => {
+    const redis = await d.redis.ping().then(
       () => true,
       () => false,
     );
-    const ok = redisOk && d.catalog.ready;
-    return reply.code(ok ? 200 : 503).send({ ok, redis: redisOk, registry: d.catalog.ready });
+    return { ok: redis && d.catalog.ready, redis, registry: d.catalog.ready };
+  };
+  app.get("/readyz", async (_req, reply) => {
+    const r = await readiness();
+    return reply.code(r.ok ? 200 : 503).send(r);
   });
 
   if (s.openApiUi) await registerOpenApi(app);
@@ -269,68 +231,13 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     });
   }
 
+  const authenticate = tenantAuth({ ...d, ipRate: s.ipRate, ipBurst: s.ipBurst });
   await app.register(async (v1) => {
     v1.setValidatorCompiler(validatorCompiler);
     v1.setSerializerCompiler(serializerCompiler);
     const api = v1.withTypeProvider<ZodTypeProvider>();
 
-    // The key is checked first (cached in-process); then one Redis call charges the
-    // per-IP bucket and, for a known tenant, the tenant's bucket together. Unknown keys
-    // still pay the per-IP bucket, which is what slows key guessing.
-    api.addHook("onRequest", async (req) => {
-      const ip = req.ip;
-      const auth = req.headers.authorization;
-      const key = auth?.startsWith("Bearer ") ? auth.slice(7).trim() : "";
-      const tenant = key ? await d.tenants.authenticate(key) : null;
-      const byIp = { scope: "ip", id: ip, rate: s.ipRate, burst: s.ipBurst };
-      const limit = await d.limiter.takeAll(
-        tenant
-          ? [byIp, { scope: "tenant", id: tenant.id, rate: tenant.requestRate, burst: tenant.requestBurst }]
-          : [byIp],
-      );
-      if (!limit.allowed) {
-        const perIp = limit.scope === "ip";
-        d.metrics.rejections.inc({ tenant: perIp ? "" : (tenant?.id ?? ""), model: "", reason: "RATE_LIMITED" });
-        d.denials.note({
-          event: "rate.limited",
-          ...(perIp || !tenant ? {} : { tenant: tenant.id }),
-          clientIp: ip,
-          requestId: req.id,
-          detail: perIp ? "ip" : "requests",
-        });
-        req.audited = true;
-        throw new CitadelError(
-          "RATE_LIMITED",
-          perIp ? "too many requests from this address" : "request rate limit reached",
-          { retryAfterMs: limit.retryAfterMs, scope: perIp ? "ip" : "tenant" },
-        );
-      }
-      if (!tenant) {
-        d.metrics.rejections.inc({ tenant: "", model: "", reason: "UNAUTHORIZED" });
-        d.denials.note({
-          event: "auth.denied",
-          clientIp: ip,
-          requestId: req.id,
-          detail: key ? "unknown key" : "no key",
-        });
-        req.audited = true;
-        throw new CitadelError("UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)");
-      }
-      req.tenant = tenant;
-    });
-
-    const ctxOf = (req: FastifyRequest): SubmitContext => {
-      const idem = req.headers["idempotency-key"];
-      if (idem !== undefined && (typeof idem !== "string" || idem.length < 1 || idem.length > 200)) {
-        throw new CitadelError("VALIDATION_FAILED", "Idempotency-Key must be 1-200 characters");
-      }
-      return {
-        tenant: req.tenant as Tenant,
-        requestId: req.id,
-        clientIp: req.ip,
-        ...(idem ? { idempotencyKey: idem } : {}),
-      };
-    };
+    api.addHook("onRequest", authenticate);
 
     /**
      * The binary body of a submit, decoded (a framing fault throws 400), or undefined for
@@ -353,29 +260,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         : undefined;
     };
 
-    /** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
-    const finalWithin = async (
-      req: FastifyRequest,
-      a: z.infer<typeof Accepted>,
-      ms: number,
-    ): Promise<JobView | undefined> => {
-      try {
-        // A job this request queued (or a replay that found it queued) is not final yet: no read before waiting.
-        const submitted = a.status === "queued" ? { submitted: { version: a.version } } : {};
-        const view = await d.queues.waitForFinish(a.id, (req.tenant as Tenant).id, ms, submitted);
-        return isFinal(view.status) ? view : undefined;
-      } catch (err) {
-        req.log.warn({ err, jobId: a.id }, "waiting for a submitted job failed; answering 202");
-        return undefined;
-      }
-    };
-
     api.post(
       "/v1/jobs",
       {
         schema: {
           body: submitBody(JobRequest, BinaryJobHeader),
-          headers: BinaryHeaders,
+          headers: binaryHeaders,
           querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
           response: { 200: ViewResponse, 202: Accepted, ...errorResponses },
           tags: ["jobs"],
@@ -384,7 +274,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         },
       },
       async (req, reply) => {
-        const ctx = ctxOf(req);
+        const ctx = submitContext(req);
         const binary = binaryOf(req, false);
         const job: SubmitRequest = binary?.jobs[0] ?? (req.body as JobRequest);
         let accepted: Awaited<ReturnType<Submitter["submitOne"]>>;
@@ -396,7 +286,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
           req.audited = true;
           throw e;
         }
-        const view = req.query.wait === undefined ? undefined : await finalWithin(req, accepted, req.query.wait);
+        const view =
+          req.query.wait === undefined ? undefined : await finalWithin(d.queues, req, accepted, req.query.wait);
         if (!view) return reply.code(202).send(accepted);
         if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);
@@ -408,7 +299,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       {
         schema: {
           body: submitBody(BulkRequest, BinaryBulkHeader),
-          headers: BinaryHeaders,
+          headers: binaryHeaders,
           response: {
             202: z.object({
               jobs: z.array(
@@ -425,7 +316,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         },
       },
       async (req, reply) => {
-        const ctx = ctxOf(req);
+        const ctx = submitContext(req);
         const binary = binaryOf(req, true);
         const items = binary?.jobs ?? (req.body as z.infer<typeof BulkRequest>).jobs;
         if (items.length > s.bulkMaxJobs) {
@@ -551,6 +442,15 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         return { models };
       },
     );
+  });
+
+  await registerV2(app, {
+    catalog: d.catalog,
+    queues: d.queues,
+    submitter: d.submitter,
+    authenticate,
+    readiness,
+    settings: { maxJsonDepth: s.maxJsonDepth, maxWaitMs: s.maxWaitMs, queueTtlMs: s.queueTtlMs },
   });
 
   return app;

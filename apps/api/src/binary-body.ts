@@ -5,6 +5,7 @@ import {
   CitadelError,
   INFERENCE_HEADER_LENGTH,
   type JobView,
+  V2InferRequest,
 } from "@citadel/contracts";
 import type { SubmitRequest } from "@citadel/submit";
 import {
@@ -71,6 +72,21 @@ export function decodeBinarySubmit(
     return req;
   });
   return { jobs, binaryOutput: headers.some((h) => h.parameters?.binary_data_output === true) };
+}
+
+/**
+ * Cuts a binary POST /v2/.../infer body: its header as an infer request (parsed as
+ * strictly as a JSON body, then the protocol's schema) and the bytes after it, which
+ * v2Inputs slices by the inputs' binary_data_size.
+ */
+export function decodeBinaryInfer(
+  headerLength: string | string[] | undefined,
+  body: Buffer,
+  maxJsonDepth: number,
+): { request: V2InferRequest; data: Uint8Array } {
+  const { header, data } = splitBinaryBody(headerLength, body);
+  const doc = parseJsonBody(Buffer.from(header.buffer, header.byteOffset, header.byteLength), maxJsonDepth);
+  return { request: parseHeader(V2InferRequest, doc), data };
 }
 
 /** Every input must name its size; checked before the schema runs, so a missing size is its own fault. */
@@ -165,3 +181,11 @@ export function binaryBodyDoc(header: z.ZodType, what = "the JSON header"): z.Zo
     "x-inference-header": z.toJSONSchema(header, { target: "openapi-3.0", io: "input", unrepresentable: "any" }),
   });
 }
+
+/** The OpenAPI description of the header that frames a binary body. */
+export const binaryHeaders = z.object({
+  [INFERENCE_HEADER_LENGTH]: z
+    .string()
+    .optional()
+    .describe("Byte length of the JSON header that starts a binary (application/octet-stream) body"),
+});

@@ -158,6 +158,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       maxJsonDepth: env.MAX_JSON_DEPTH,
       bulkMaxJobs: env.BULK_MAX_JOBS,
       maxWaitMs: env.MAX_WAIT_MS,
+      queueTtlMs: env.QUEUE_TTL_MS,
       requestTimeoutMs: env.REQUEST_TIMEOUT_MS,
       maxEventLoopDelayMs: env.MAX_EVENT_LOOP_DELAY_MS,
       ipRate: env.IP_RATE,

@@ -46,6 +46,8 @@ export const ErrorCode = z.enum([
   "QUEUE_FULL",
   "QUEUE_UNAVAILABLE",
   "OVERLOADED",
+  /** A synchronous infer (POST /v2/.../infer) whose job was accepted but is not final within the wait: fetch it by id. */
+  "RESULT_PENDING",
   // model supply chain (artifacts, keys)
   "MANIFEST_INVALID",
   "SIGNATURE_MISSING",
@@ -147,6 +149,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case "MODEL_IO_MISMATCH":
     case "VAULT_DENIED":
       return 503;
+    case "RESULT_PENDING":
+      return 504;
     case "DEADLINE_EXCEEDED":
     case "JOB_STALLED":
     case "TIMEOUT":

@@ -4,4 +4,5 @@ export * from "./errors.js";
 export * from "./jobs.js";
 export * from "./kserve.js";
 export * from "./manifest.js";
+export * from "./open-inference.js";
 export * from "./tensor.js";

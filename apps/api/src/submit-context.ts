@@ -1,0 +1,37 @@
+import { CitadelError, type JobView } from "@citadel/contracts";
+import { isFinal, type JobQueues } from "@citadel/queue";
+import type { Accepted, SubmitContext } from "@citadel/submit";
+import type { Tenant } from "@citadel/tenants";
+import type { FastifyRequest } from "fastify";
+
+/** The submit context of an authenticated request: its tenant, ids and Idempotency-Key. */
+export function submitContext(req: FastifyRequest): SubmitContext {
+  const idem = req.headers["idempotency-key"];
+  if (idem !== undefined && (typeof idem !== "string" || idem.length < 1 || idem.length > 200)) {
+    throw new CitadelError("VALIDATION_FAILED", "Idempotency-Key must be 1-200 characters");
+  }
+  return {
+    tenant: req.tenant as Tenant,
+    requestId: req.id,
+    clientIp: req.ip,
+    ...(idem ? { idempotencyKey: idem } : {}),
+  };
+}
+
+/** The job's view once final within `ms`, else undefined (the job stands accepted whatever the wait meets). */
+export async function finalWithin(
+  queues: JobQueues,
+  req: FastifyRequest,
+  a: Accepted,
+  ms: number,
+): Promise<JobView | undefined> {
+  try {
+    // A job this request queued (or a replay that found it queued) is not final yet: no read before waiting.
+    const submitted = a.status === "queued" ? { submitted: { version: a.version } } : {};
+    const view = await queues.waitForFinish(a.id, (req.tenant as Tenant).id, ms, submitted);
+    return isFinal(view.status) ? view : undefined;
+  } catch (err) {
+    req.log.warn({ err, jobId: a.id }, "waiting for a submitted job failed; answering that it is not final");
+    return undefined;
+  }
+}

@@ -1,0 +1,263 @@
+import { readFileSync } from "node:fs";
+import {
+  BINARY_CONTENT_TYPE,
+  CitadelError,
+  ErrorCode,
+  INFERENCE_HEADER_LENGTH,
+  type JobView,
+  type ManifestBody,
+  V2ErrorBody,
+  V2InferRequest,
+  V2InferResponse,
+  V2ModelMetadata,
+  V2ServerMetadata,
+} from "@citadel/contracts";
+import type { JobQueues } from "@citadel/queue";
+import { asCitadel, type ModelCatalog, type SubmitRequest, type Submitter } from "@citadel/submit";
+import { allowsModel, type Tenant } from "@citadel/tenants";
+import { v2Answer, v2Inputs, v2ModelMetadata, v2OutputNames } from "@citadel/tensors";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
+import { z } from "zod";
+import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer } from "./binary-body.js";
+import { sendError } from "./errors.js";
+import { finalWithin, submitContext } from "./submit-context.js";
+
+/**
+ * The Open Inference Protocol (KServe v2) over HTTP, beside /v1 and on the same
+ * machinery: the same Bearer auth and rate limits (tenantAuth), the same submit path
+ * (limits, quota, validation against the signed manifest, audit), the same waiting as
+ * POST /v1/jobs?wait and the worker's output policy. Health is open, like /healthz.
+ * Protocol mapping lives in @citadel/tensors (open-inference.ts); errors take the
+ * protocol's shape in errors.ts.
+ */
+
+export interface V2Deps {
+  catalog: ModelCatalog;
+  queues: JobQueues;
+  submitter: Submitter;
+  authenticate: (req: FastifyRequest) => Promise<void>;
+  readiness: () => Promise<{ ok: boolean }>;
+  settings: { maxJsonDepth: number; maxWaitMs: number; queueTtlMs: number };
+}
+
+/** The routes whose refusals are audited as refused submits (app.ts). */
+export const INFER_ROUTES = ["/v2/models/:name/infer", "/v2/models/:name/versions/:version/infer"] as const;
+
+const MODEL_PATHS = ["/v2/models/:name", "/v2/models/:name/versions/:version"] as const;
+const ModelParams = z.object({ name: z.string().min(1).max(200), version: z.string().min(1).max(200).optional() });
+type ModelParams = z.infer<typeof ModelParams>;
+
+const errors = Object.fromEntries([400, 401, 403, 404, 409, 413, 415, 429, 500, 503, 504].map((s) => [s, V2ErrorBody]));
+const tags = ["v2 (Open Inference Protocol)"];
+
+/** The server's name and version (apps/api/package.json, one directory above src/ and dist/ alike). */
+function serverMetadata(): V2ServerMetadata {
+  const pkg = z
+    .object({ version: z.string() })
+    .parse(JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")));
+  return { name: "citadel", version: pkg.version, extensions: ["binary_tensor_data"] };
+}
+
+export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void> {
+  const metadata = serverMetadata();
+
+  // Probes carry no key, as /healthz and /readyz.
+  await app.register(async (open) => {
+    open.setValidatorCompiler(validatorCompiler);
+    open.setSerializerCompiler(serializerCompiler);
+    const api = open.withTypeProvider<ZodTypeProvider>();
+    api.get(
+      "/v2/health/live",
+      { schema: { response: { 200: z.object({ live: z.boolean() }) }, tags, summary: "Server live" } },
+      async () => ({ live: true }),
+    );
+    api.get(
+      "/v2/health/ready",
+      {
+        schema: {
+          response: { 200: z.object({ ready: z.boolean() }), 503: z.object({ ready: z.boolean() }) },
+          tags,
+          summary: "Server ready: Redis answers and the model registry is loaded (as /readyz)",
+        },
+      },
+      async (_req, reply) => {
+        const { ok } = await d.readiness();
+        return reply.code(ok ? 200 : 503).send({ ready: ok });
+      },
+    );
+  });
+
+  await app.register(async (v2) => {
+    v2.setValidatorCompiler(validatorCompiler);
+    v2.setSerializerCompiler(serializerCompiler);
+    const api = v2.withTypeProvider<ZodTypeProvider>();
+    api.addHook("onRequest", d.authenticate);
+
+    api.get(
+      "/v2",
+      { schema: { response: { 200: V2ServerMetadata, ...errors }, tags, summary: "Server metadata" } },
+      async () => metadata,
+    );
+
+    for (const path of MODEL_PATHS) {
+      api.get(
+        path,
+        {
+          schema: {
+            params: ModelParams,
+            response: { 200: V2ModelMetadata, ...errors },
+            tags,
+            summary: "Model metadata from the signed manifest (404 for a model this tenant may not use)",
+          },
+        },
+        async (req) => {
+          const m = await served(d.catalog, req.tenant as Tenant, req.params);
+          return v2ModelMetadata(req.params.name, m.versions, m.manifest);
+        },
+      );
+      api.get(
+        `${path}/ready`,
+        {
+          schema: {
+            params: ModelParams,
+            response: { 200: z.object({ name: z.string(), ready: z.boolean() }), ...errors },
+            tags,
+            summary: "Model ready: routed, and its manifest verifies",
+          },
+        },
+        async (req) => {
+          await served(d.catalog, req.tenant as Tenant, req.params);
+          return { name: req.params.name, ready: true };
+        },
+      );
+    }
+
+    for (const path of INFER_ROUTES) {
+      api.post(
+        path,
+        {
+          schema: {
+            params: ModelParams,
+            headers: binaryHeaders,
+            body: {
+              content: {
+                "application/json": { schema: V2InferRequest },
+                [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(V2InferRequest, "the infer request") },
+              },
+            },
+            response: {
+              200: {
+                content: {
+                  "application/json": { schema: V2InferResponse },
+                  [BINARY_CONTENT_TYPE]: {
+                    schema: binaryBodyDoc(V2InferResponse, "the infer answer, binary outputs with binary_data_size"),
+                  },
+                },
+              },
+              ...errors,
+            },
+            tags,
+            summary:
+              "Infer, synchronously: the job is queued like POST /v1/jobs and awaited; 504 RESULT_PENDING names a job not final in time",
+          },
+        },
+        (req, reply) => infer(d, req, reply),
+      );
+    }
+  });
+}
+
+/**
+ * The model (and version) a request names, if this tenant may use it and it is served;
+ * a model the tenant may not use is not found, in the same words as one never published.
+ */
+async function served(
+  catalog: ModelCatalog,
+  tenant: Tenant,
+  p: ModelParams,
+): Promise<{ version: string; versions: string[]; manifest: ManifestBody }> {
+  const routing = allowsModel(tenant, p.name) ? catalog.routingOf(p.name) : undefined;
+  if (!routing) throw new CitadelError("MODEL_NOT_FOUND", `model '${p.name}' is not published`);
+  const versions = [...new Set([routing.stable, ...(routing.canary ? [routing.canary] : [])])];
+  if (p.version !== undefined && !versions.includes(p.version)) {
+    throw new CitadelError("MODEL_NOT_FOUND", `model '${p.name}' has no version '${p.version}' that is served`);
+  }
+  const version = p.version ?? routing.stable;
+  return { version, versions, manifest: await catalog.manifest(p.name, version) };
+}
+
+async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  const params = req.params as ModelParams;
+  if (!allowsModel(req.tenant as Tenant, params.name)) {
+    throw new CitadelError("MODEL_NOT_FOUND", `model '${params.name}' is not published`);
+  }
+  const ctx = submitContext(req);
+  const { request, data } = decodeBody(req, d.settings.maxJsonDepth);
+  const outputs = v2OutputNames(request);
+  const job: SubmitRequest = {
+    model: params.name,
+    ...(params.version !== undefined ? { version: params.version } : {}),
+    inputs: v2Inputs(request, data),
+    ...(outputs ? { outputs } : {}),
+    priority: "normal",
+  };
+  let accepted: Awaited<ReturnType<Submitter["submitOne"]>>;
+  try {
+    accepted = await d.submitter.submitOne(job, ctx);
+  } catch (err) {
+    const e = asCitadel(err);
+    d.submitter.rejected(ctx, params.name, e);
+    req.audited = true;
+    throw e;
+  }
+  // Accepted: from here the job's own records stand for it, whatever this request meets.
+  req.audited = true;
+  // The model's timeout bounds the run and QUEUE_TTL_MS the wait before it; past both the
+  // job is final anyway. MAX_WAIT_MS bounds how long a request is held.
+  const manifest = await d.catalog.manifest(params.name, accepted.version);
+  const waitMs = Math.min(d.settings.maxWaitMs, d.settings.queueTtlMs + manifest.timeoutMs);
+  const view = await finalWithin(d.queues, req, accepted, waitMs);
+  if (!view) {
+    return sendError(
+      req,
+      reply,
+      new CitadelError(
+        "RESULT_PENDING",
+        `job '${accepted.id}' is accepted but not final after ${waitMs} ms; GET /v1/jobs/${accepted.id}?wait=<ms> answers it`,
+      ),
+    );
+  }
+  if (view.status !== "completed" || !view.result) return sendError(req, reply, jobFailure(view));
+  const answer = v2Answer(request, view.result.outputs, {
+    modelName: view.model,
+    modelVersion: view.version,
+    id: request.id ?? view.id,
+    jobId: view.id,
+  });
+  if ("json" in answer) return reply.code(200).send(answer.json);
+  return reply
+    .code(200)
+    .header("content-type", BINARY_CONTENT_TYPE)
+    .header(INFERENCE_HEADER_LENGTH, answer.headerLength)
+    .send(answer.body);
+}
+
+/** An infer body: JSON, or a binary body cut at its header (framing faults refuse it, 400). */
+function decodeBody(req: FastifyRequest, maxJsonDepth: number): { request: V2InferRequest; data?: Uint8Array } {
+  if (req.body === undefined || req.body === null) {
+    throw new CitadelError(
+      "VALIDATION_FAILED",
+      "a request body is required (application/json, or application/octet-stream for binary tensors)",
+    );
+  }
+  if (!Buffer.isBuffer(req.body)) return { request: req.body as V2InferRequest };
+  return decodeBinaryInfer(req.headers[INFERENCE_HEADER_LENGTH], req.body, maxJsonDepth);
+}
+
+/** A final job that did not complete, as the error it answers with (its code, or CANCELLED). */
+function jobFailure(view: JobView): CitadelError {
+  if (!view.error) return new CitadelError("CANCELLED", `job '${view.id}' was ${view.status}`);
+  const code = ErrorCode.safeParse(view.error.code);
+  return new CitadelError(code.success ? code.data : "INTERNAL", `job '${view.id}': ${view.error.message}`);
+}
