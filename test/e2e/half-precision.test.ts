@@ -1,8 +1,12 @@
+import { randomBytes } from "node:crypto";
+import type { JobData } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
+import { JobQueues } from "@citadel/queue";
+import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publishModel, queueCounts } from "../support/api-kit.js";
-import { type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
+import { type Loose, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Issue 12 point 6: float16 and bfloat16 tensors end to end through a running fleet (API,
 // Redis, BullMQ, worker, onnxruntime), as JSON and as KServe binary bodies.
@@ -247,5 +251,65 @@ describe("bfloat16", () => {
       message: expect.stringMatching(/only a float32 input can be sent as bfloat16/),
     });
     expect(await fleet.ctx.registry.getManifest("bf16-native", "1")).toBeNull();
+  });
+});
+
+describe("the worker's own scan of stored bytes", () => {
+  let queues: JobQueues;
+  const blocking: Redis[] = [];
+  beforeAll(() => {
+    queues = new JobQueues(
+      fleet.redis,
+      () => {
+        const r = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+        blocking.push(r);
+        return r;
+      },
+      fleet.redis,
+      { prefix: fleet.prefix, resultTtlMs: 60_000, failedTtlMs: 60_000, attempts: 3, backoffMs: 10 },
+    );
+  });
+  afterAll(async () => {
+    await queues?.close();
+    for (const r of blocking) r.disconnect();
+  });
+
+  /** A job written into Redis as a Redis writer could, past the API's validation. */
+  async function writeIntoRedis(model: string, dtype: "float16" | "bfloat16", bits: number[]): Promise<string> {
+    const id = `${model}.${randomBytes(18).toString("base64url")}`;
+    const data: JobData = {
+      tenant: "acme",
+      model,
+      version: "1",
+      inputs: [{ name: "x", dtype, shape: [1, 4] }],
+      batch: 1,
+      inputBytes: 8,
+      timeoutMs: 5000,
+      acceptedAt: Date.now(),
+      deadline: Date.now() + 60_000,
+      requestId: "written-into-redis",
+    };
+    const inputs = Buffer.from(Uint16Array.from(bits).buffer);
+    await queues.enqueueMany(model, [{ id, data, inputs, priority: "normal" }]);
+    return id;
+  }
+
+  it.each([
+    ["float16 +Inf", "fp16", "float16", [0, 0x7c00, 0, 0], "TENSOR_NON_FINITE"],
+    ["float16 NaN", "fp16", "float16", [0, 0, 0xfe00, 0], "TENSOR_NON_FINITE"],
+    ["bfloat16 -Inf", "bf16", "bfloat16", [0xff80, 0, 0, 0], "TENSOR_NON_FINITE"],
+    ["bfloat16 NaN", "bf16", "bfloat16", [0, 0, 0, 0x7fc1], "TENSOR_NON_FINITE"],
+    ["a float16 past the range", "fp16-ranged", "float16", [0, 0, 0x4000, 0], "TENSOR_OUT_OF_RANGE"],
+  ] as const)("%s fails the job with %s before it runs", async (_l, model, dtype, bits, code) => {
+    const id = await writeIntoRedis(model, dtype, [...bits]);
+    const r = await fleet.request("GET", `/v1/jobs/${id}?wait=${WAIT}`);
+    expect([r.status, r.json.status, r.json.error?.code]).toEqual([200, "failed", code]);
+  });
+
+  it("the same bytes without the fault run", async () => {
+    const id = await writeIntoRedis("fp16", "float16", [0x3c00, 0, 0x7bff, 0x8001]);
+    const r = await fleet.request("GET", `/v1/jobs/${id}?wait=${WAIT}`);
+    expectCompleted(r);
+    expect(bitsOf(r.json.result.outputs.y.data)).toEqual([0x3c00, 0, 0x7bff, 0x8001]);
   });
 });
