@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { JobData } from "@citadel/contracts";
-import { buildIdentityModel } from "@citadel/onnx";
+import { buildCastModel, buildIdentityModel } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
@@ -244,6 +244,10 @@ describe("bfloat16", () => {
       message: expect.stringMatching(
         /input 'x' is bfloat16, which onnxruntime-node cannot feed: export the model with a float32 input/,
       ),
+    });
+    await expect(seal(buildCastModel("bfloat16"))).rejects.toMatchObject({
+      code: "MANIFEST_INVALID",
+      message: expect.stringMatching(/output 'y' is bfloat16, which onnxruntime-node cannot return/),
     });
     // Only a float32 input can be sent as bfloat16 (a float16 one cannot hold bfloat16's range).
     await expect(seal(buildIdentityModel("float16", ["N", 4]), { x: { dtype: "bfloat16" } })).rejects.toMatchObject({
