@@ -377,7 +377,7 @@ describe("a binary body that does not add up is refused whole (400 + code), with
     [
       "an unknown datatype",
       "/v1/jobs",
-      binaryBody(job([input(16, { datatype: "FP16" })]), [bytesOf(row)]),
+      binaryBody(job([input(16, { datatype: "UINT32" })]), [bytesOf(row)]),
       "VALIDATION_FAILED",
     ],
     ["a negative binary_data_size", "/v1/jobs", binaryBody(job([input(-16)]), [bytesOf(row)]), "VALIDATION_FAILED"],

@@ -78,8 +78,11 @@ const shape = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom<unknown>("1,4", 4, null, { 0: 1 }) },
 );
 const dtype = fc.oneof(
-  { weight: 8, arbitrary: fc.constantFrom("float32", "int64", "int8", "float64", "uint8", "bool", "int32") },
-  { weight: 1, arbitrary: fc.constantFrom<unknown>("float16", "FLOAT32", "string", "", 1, null) },
+  {
+    weight: 8,
+    arbitrary: fc.constantFrom("float32", "int64", "int8", "float64", "uint8", "bool", "int32", "float16", "bfloat16"),
+  },
+  { weight: 1, arbitrary: fc.constantFrom<unknown>("float8", "FLOAT32", "string", "", 1, null) },
 );
 const b64Of = (bytes: number) => Buffer.alloc(Math.max(0, bytes), 0x3f).toString("base64");
 const data = fc.oneof(

@@ -1,4 +1,5 @@
-import { DType, type ManifestBody, type TensorSpec } from "@citadel/contracts";
+import { CitadelError, DType, type ManifestBody, type TensorSpec } from "@citadel/contracts";
+import { inspectModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { z } from "zod";
 
@@ -17,6 +18,8 @@ export const SealSpec = z.strictObject({
         range: z.tuple([z.number(), z.number()]).optional(),
         maxDim: z.number().int().min(1).optional(),
         batchAxis: z.number().int().min(0).nullable().optional(),
+        /** Clients send this float32 input as bfloat16; the worker widens it exactly (docs/contract.md#jobs). */
+        dtype: z.literal("bfloat16").optional(),
       }),
     )
     .default({}),
@@ -61,18 +64,48 @@ function toSpec(
   return { name: io.name, dtype: dtype.data, shape, batchAxis: axis, ...extra };
 }
 
+/**
+ * onnxruntime-node has no bfloat16 tensors (it cannot even open a model with bfloat16
+ * inputs or outputs), so such a model is refused here, saying what works instead.
+ */
+function refuseBfloat16(kind: "input" | "output", name: string): CitadelError {
+  return new CitadelError(
+    "MANIFEST_INVALID",
+    kind === "input"
+      ? `input '${name}' is bfloat16, which onnxruntime-node cannot feed: export the model with a float32 input and seal it with inputs.${name}.dtype "bfloat16" (clients send bfloat16, the worker widens it to float32 exactly)`
+      : `output '${name}' is bfloat16, which onnxruntime-node cannot return: export the model with a float32 or float16 output`,
+    { [kind]: name },
+  );
+}
+
+/** A bfloat16 wire dtype on a float32 model input (the only widening there is). */
+function wireDtype(io: IoDescription, wanted: "bfloat16" | undefined): Pick<TensorSpec, "dtype" | "modelDtype"> | null {
+  if (wanted === undefined) return null;
+  if (io.type !== "float32") {
+    throw new CitadelError(
+      "MANIFEST_INVALID",
+      `input '${io.name}' is ${io.type}: only a float32 input can be sent as bfloat16 (widened exactly)`,
+      { input: io.name },
+    );
+  }
+  return { dtype: "bfloat16", modelDtype: "float32" };
+}
+
 /** Builds the manifest's I/O from the model's own metadata plus the operator's spec. */
 export function describeIo(
   inputs: IoDescription[],
   outputs: IoDescription[],
   spec: SealSpec,
 ): Pick<ManifestBody, "inputs" | "outputs" | "maxBatch"> {
+  for (const i of inputs) if (i.type === "bfloat16") throw refuseBfloat16("input", i.name);
+  for (const o of outputs) if (o.type === "bfloat16") throw refuseBfloat16("output", o.name);
   const ins = inputs.map((i) => {
     const o = spec.inputs[i.name] ?? {};
-    return toSpec(i, o.batchAxis === undefined ? spec.batchAxis : o.batchAxis, {
+    const t = toSpec(i, o.batchAxis === undefined ? spec.batchAxis : o.batchAxis, {
       ...(o.range ? { range: o.range } : {}),
       ...(o.maxDim ? { maxDim: o.maxDim } : {}),
     });
+    return { ...t, ...wireDtype(i, o.dtype) };
   });
   for (const name of Object.keys(spec.inputs)) {
     if (!inputs.some((i) => i.name === name))
@@ -90,10 +123,30 @@ export function describeIo(
 export async function inspectWithOrt(
   model: Uint8Array,
 ): Promise<{ inputs: IoDescription[]; outputs: IoDescription[] }> {
-  const session = await ort.InferenceSession.create(model, { executionProviders: ["cpu"] });
+  let session: ort.InferenceSession;
+  try {
+    session = await ort.InferenceSession.create(model, { executionProviders: ["cpu"] });
+  } catch (err) {
+    // onnxruntime says only "Unsupported data type: 16" of a bfloat16 input or output.
+    throw bfloat16Refusal(model) ?? err;
+  }
   const pick = (m: readonly ort.InferenceSession.ValueMetadata[]) =>
     m.map((v) => ({ name: v.name, type: v.isTensor ? v.type : "non-tensor", shape: v.isTensor ? [...v.shape] : [] }));
   const r = { inputs: pick(session.inputMetadata), outputs: pick(session.outputMetadata) };
   await session.release();
   return r;
+}
+
+/** The refusal for the model's first bfloat16 input or output, if it has one (read from the protobuf). */
+function bfloat16Refusal(model: Uint8Array): CitadelError | undefined {
+  let info: ReturnType<typeof inspectModel>;
+  try {
+    info = inspectModel(model);
+  } catch {
+    return undefined; // not readable without onnxruntime either: its own error says more
+  }
+  const input = info.inputs.find((i) => i.dtype === "bfloat16");
+  if (input) return refuseBfloat16("input", input.name);
+  const output = info.outputs.find((o) => o.dtype === "bfloat16");
+  return output ? refuseBfloat16("output", output.name) : undefined;
 }

@@ -9,8 +9,23 @@ import { LIMITS } from "./tensor.js";
  * bytes of this JSON, then each input's raw little-endian bytes in the order listed.
  */
 
-/** KServe v2 datatypes Citadel serves (each maps to one Citadel dtype; FP16, BYTES and 32/64-bit unsigned do not). */
-export const KServeDatatype = z.enum(["BOOL", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "FP32", "FP64"]);
+/**
+ * KServe v2 datatypes Citadel serves, each mapping to one Citadel dtype (the table is
+ * KSERVE_TO_DTYPE in packages/tensors/src/kserve.ts); BYTES and 32/64-bit unsigned do not.
+ */
+export const KServeDatatype = z.enum([
+  "BOOL",
+  "UINT8",
+  "INT8",
+  "UINT16",
+  "INT16",
+  "INT32",
+  "INT64",
+  "FP16",
+  "BF16",
+  "FP32",
+  "FP64",
+]);
 export type KServeDatatype = z.infer<typeof KServeDatatype>;
 
 /** One input sent as binary data: its bytes follow the header, `binary_data_size` of them. */

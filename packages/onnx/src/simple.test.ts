@@ -115,8 +115,8 @@ describe("buildIdentityModel", () => {
   // tensor's data as one (it wraps our Uint16Array), and onnxruntime-node 1.30's native
   // binding reads a Float16Array as 0 bytes: the run is refused ("not enough space").
   // Node 20/22 have no Float16Array, the data stays a Uint16Array and passes through.
-  // Citadel serves no float16 tensors (a model with them is refused at load), so this is
-  // onnxruntime's limit on each version, asserted as it is.
+  // This is onnxruntime's limit on each version, asserted as it is; Citadel's runner pins
+  // the tensor's data back to the Uint16Array (packages/runtime/src/ort-tensor.ts).
   const float16ArrayInRuntime = typeof (globalThis as { Float16Array?: unknown }).Float16Array === "function";
 
   it.each(cases)("passes %s through unchanged", async (dtype, tensor) => {

@@ -5,8 +5,8 @@
  */
 import { parentPort } from "node:worker_threads";
 import { DType } from "@citadel/contracts";
-import { viewAs } from "@citadel/tensors";
 import * as ort from "onnxruntime-node";
+import { toOrtTensor } from "./ort-tensor.js";
 import type { FromRunner, IoMeta, ToRunner, WireTensor } from "./protocol.js";
 import { createSessionAndWipe, firstLine } from "./session-load.js";
 
@@ -23,10 +23,6 @@ const SERVED: ReadonlySet<string> = new Set(DType.options);
 
 function send(msg: FromRunner, transfer: ArrayBuffer[] = []): void {
   port?.postMessage(msg, transfer);
-}
-
-function toOrt(t: WireTensor): ort.Tensor {
-  return new ort.Tensor(t.dtype, viewAs(t.dtype, new Uint8Array(t.buffer)) as ort.Tensor.DataType, t.shape);
 }
 
 function meta(m: readonly ort.InferenceSession.ValueMetadata[]): IoMeta[] {
@@ -58,7 +54,7 @@ async function run(msg: Extract<ToRunner, { type: "run" }>): Promise<void> {
   if (!session) return send({ type: "run-failed", id: msg.id, message: "no model loaded" });
   try {
     const feeds: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = toOrt(t);
+    for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = toOrtTensor(t);
     const t0 = performance.now();
     const out = await session.run(feeds, msg.outputs);
     const ms = performance.now() - t0;

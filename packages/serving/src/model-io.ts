@@ -33,8 +33,9 @@ function compare(kind: string, specs: readonly TensorSpec[], metas: readonly IoM
       continue;
     }
     byName.delete(spec.name);
-    if (meta.type !== spec.dtype)
-      problems.push(`${kind} '${spec.name}' is ${meta.type}, the manifest says ${spec.dtype}`);
+    // A bfloat16 input is fed widened to the float32 the manifest names as its modelDtype.
+    const want = spec.modelDtype ?? spec.dtype;
+    if (meta.type !== want) problems.push(`${kind} '${spec.name}' is ${meta.type}, the manifest says ${want}`);
     if (meta.shape.length !== spec.shape.length) {
       problems.push(`${kind} '${spec.name}' has rank ${meta.shape.length}, the manifest says ${spec.shape.length}`);
       continue;

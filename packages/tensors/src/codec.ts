@@ -1,4 +1,5 @@
 import { CitadelError, DTYPE_BYTES, type DType, type EncodedTensor, LIMITS } from "@citadel/contracts";
+import { toBfloat16Bits, toFloat16Bits } from "./half.js";
 
 export type TypedArray =
   | Float32Array
@@ -10,7 +11,7 @@ export type TypedArray =
   | Int32Array
   | BigInt64Array;
 
-/** A tensor in memory: a typed array over little-endian bytes, row-major. */
+/** A tensor in memory: a typed array over little-endian bytes, row-major (float16 and bfloat16: raw bits in a Uint16Array). */
 export interface Tensor {
   dtype: DType;
   shape: number[];
@@ -22,6 +23,8 @@ type Ctor = { new (length: number): TypedArray; new (buf: ArrayBufferLike, off: 
 const CTORS: Record<DType, Ctor> = {
   float32: Float32Array,
   float64: Float64Array,
+  float16: Uint16Array,
+  bfloat16: Uint16Array,
   int8: Int8Array,
   uint8: Uint8Array,
   int16: Int16Array,
@@ -118,7 +121,10 @@ const INT_RANGES: Partial<Record<DType, [number, number]>> = {
   bool: [0, 1],
 };
 
-/** Decodes a flat JSON array; each element must fit the dtype exactly. */
+/** JSON numbers to 16-bit float patterns, rounded to nearest even; out of range becomes ±Inf (refused by validation). */
+const NARROW: Partial<Record<DType, (x: number) => number>> = { float16: toFloat16Bits, bfloat16: toBfloat16Bits };
+
+/** Decodes a flat JSON array; each integer element must fit the dtype exactly, floats are rounded to it. */
 export function decodeArrayData(
   name: string,
   dtype: DType,
@@ -139,6 +145,7 @@ export function decodeArrayData(
   }
   const out = allocate(dtype, count);
   const range = INT_RANGES[dtype];
+  const narrow = NARROW[dtype];
   for (let i = 0; i < count; i++) {
     const raw = data[i];
     const v = typeof raw === "boolean" ? (dtype === "bool" ? Number(raw) : Number.NaN) : raw;
@@ -157,6 +164,8 @@ export function decodeArrayData(
       }
       if (out instanceof BigInt64Array) out[i] = BigInt(v);
       else out[i] = v;
+    } else if (narrow) {
+      (out as Uint16Array)[i] = narrow(v);
     } else {
       (out as Float32Array | Float64Array)[i] = v;
     }

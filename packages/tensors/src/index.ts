@@ -1,5 +1,6 @@
 export * from "./batch.js";
 export * from "./codec.js";
+export * from "./half.js";
 export * from "./kserve.js";
 export * from "./open-inference.js";
 export * from "./policy.js";

@@ -17,6 +17,8 @@ export const KSERVE_TO_DTYPE: Readonly<Record<KServeDatatype, DType>> = {
   INT16: "int16",
   INT32: "int32",
   INT64: "int64",
+  FP16: "float16",
+  BF16: "bfloat16",
   FP32: "float32",
   FP64: "float64",
 };
@@ -31,6 +33,8 @@ export const DTYPE_TO_KSERVE: Readonly<Record<DType, KServeDatatype>> = {
   int64: "INT64",
   float32: "FP32",
   float64: "FP64",
+  float16: "FP16",
+  bfloat16: "BF16",
 };
 
 /** A tensor with its name, as a binary body carries it. */

@@ -1,5 +1,6 @@
-import type { OutputPolicy } from "@citadel/contracts";
+import { FLOAT_DTYPES, type OutputPolicy } from "@citadel/contracts";
 import { allocate, type Tensor, type TypedArray } from "./codec.js";
+import { fromBfloat16Bits, fromFloat16Bits, toBfloat16Bits, toFloat16Bits } from "./half.js";
 
 /** Merges a tenant's overrides onto the model's policy; the stricter setting wins. */
 export function mergePolicies(model: OutputPolicy, tenant?: OutputPolicy): OutputPolicy {
@@ -47,11 +48,25 @@ export function applyOutputPolicy(outputs: Record<string, Tensor>, policy: Outpu
 }
 
 function isFloat(t: Tensor): boolean {
-  return t.dtype === "float32" || t.dtype === "float64";
+  return FLOAT_DTYPES.has(t.dtype);
+}
+
+/** Reads and writes elements as numbers; float16/bfloat16 go through their bit patterns. */
+function numberCodec(t: Tensor): { get: (bits: number) => number; set: (x: number) => number } | null {
+  if (t.dtype === "float16") return { get: fromFloat16Bits, set: toFloat16Bits };
+  if (t.dtype === "bfloat16") return { get: fromBfloat16Bits, set: toBfloat16Bits };
+  return null;
 }
 
 /** Descending order of two elements of any dtype (bigint for int64); ties keep the lower index first. */
-function descending(src: TypedArray): (a: number, b: number) => number {
+function descending(t: Tensor): (a: number, b: number) => number {
+  const src = t.data;
+  const half = numberCodec(t);
+  if (half) {
+    // Compare values, not patterns (a sign bit makes a pattern large); NaN sorts last.
+    const v = Array.from(src as Uint16Array, (b) => half.get(b));
+    return (a, b) => desc(v[a] as number, v[b] as number) || a - b;
+  }
   if (src instanceof BigInt64Array) {
     return (a, b) => {
       const x = src[a] as bigint;
@@ -69,7 +84,7 @@ function topK(t: Tensor, k: number): { values: Tensor; indices: Tensor } {
   const rows = last === 0 ? 0 : t.data.length / last;
   const values = allocate(t.dtype, rows * kk);
   const indices = allocate("int32", rows * kk) as Int32Array;
-  const order = descending(t.data);
+  const order = descending(t);
   const idx = Array.from({ length: last }, (_, i) => i);
   for (let r = 0; r < rows; r++) {
     const base = r * last;
@@ -84,10 +99,21 @@ function topK(t: Tensor, k: number): { values: Tensor; indices: Tensor } {
   return { values: { dtype: t.dtype, shape, data: values }, indices: { dtype: "int32", shape, data: indices } };
 }
 
+function desc(x: number, y: number): number {
+  if (Number.isNaN(x)) return Number.isNaN(y) ? 0 : 1;
+  if (Number.isNaN(y)) return -1;
+  return y - x;
+}
+
 function round(t: Tensor, decimals: number): Tensor {
   const f = 10 ** decimals;
-  const src = t.data as Float32Array | Float64Array;
-  const data = allocate(t.dtype, src.length) as Float32Array;
-  for (let i = 0; i < src.length; i++) data[i] = Math.round((src[i] ?? 0) * f) / f;
+  const src = t.data as Float32Array | Float64Array | Uint16Array;
+  const data = allocate(t.dtype, src.length) as Float32Array | Float64Array | Uint16Array;
+  const half = numberCodec(t);
+  for (let i = 0; i < src.length; i++) {
+    const x = half ? half.get(src[i] ?? 0) : (src[i] ?? 0);
+    const r = Math.round(x * f) / f;
+    data[i] = half ? half.set(r) : r;
+  }
   return { dtype: t.dtype, shape: t.shape, data };
 }

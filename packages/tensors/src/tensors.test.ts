@@ -2,6 +2,7 @@ import { CitadelError, type TensorSpec, thrownCode } from "@citadel/contracts";
 import { describe, expect, it } from "vitest";
 import { concat, split } from "./batch.js";
 import { encodeTensor, type Tensor } from "./codec.js";
+import { toBfloat16Bits, toFloat16Bits } from "./half.js";
 import { applyOutputPolicy, mergePolicies } from "./policy.js";
 import { resolveOutputs, validateInputs } from "./validate.js";
 
@@ -106,6 +107,129 @@ describe("validateInputs", () => {
   });
 });
 
+describe("validateInputs with float16 and bfloat16", () => {
+  const spec = (dtype: "float16" | "bfloat16", range?: [number, number]): TensorSpec => ({
+    name: "h",
+    dtype,
+    shape: [null, 4],
+    batchAxis: 0,
+    ...(range ? { range } : {}),
+  });
+  const ioOf = (s: TensorSpec) => ({ inputs: [s], outputs: [], maxBatch: 4 });
+  const raw = (...bits: number[]) => new Uint8Array(Uint16Array.from(bits).buffer);
+  const base64 = (...bits: number[]) => Buffer.from(Uint16Array.from(bits).buffer).toString("base64");
+
+  it.each(["float16", "bfloat16"] as const)(
+    "takes %s as base64, raw bytes or JSON numbers (rounded to nearest even)",
+    (dtype) => {
+      const to = dtype === "float16" ? toFloat16Bits : toBfloat16Bits;
+      const values = [1.5, -0, 0.1, -3];
+      const bits = values.map(to);
+      const io1 = ioOf(spec(dtype));
+      const fromJson = validateInputs({ h: { dtype, shape: [1, 4], data: values } }, io1);
+      const fromB64 = validateInputs({ h: { dtype, shape: [1, 4], data: base64(...bits) } }, io1);
+      const fromRaw = validateInputs({ h: { dtype, shape: [1, 4], bytes: raw(...bits) } }, io1);
+      for (const v of [fromJson, fromB64, fromRaw]) {
+        expect(v.tensors.h?.data).toBeInstanceOf(Uint16Array);
+        expect(Array.from(v.tensors.h?.data as Uint16Array)).toEqual(bits);
+        expect(v.inputBytes).toBe(8);
+      }
+      expect(encodeTensor(fromJson.tensors.h as Tensor)).toEqual({ dtype, shape: [1, 4], data: base64(...bits) });
+    },
+  );
+
+  it.each([
+    ["float16 +Inf", "float16", [0x3c00, 0x7c00, 0, 0]],
+    ["float16 -Inf", "float16", [0xfc00, 0, 0, 0]],
+    ["float16 quiet NaN", "float16", [0, 0, 0, 0x7e00]],
+    ["float16 signalling NaN", "float16", [0, 0x7c01, 0, 0]],
+    ["float16 negative NaN", "float16", [0, 0, 0xffff, 0]],
+    ["bfloat16 +Inf", "bfloat16", [0x3f80, 0x7f80, 0, 0]],
+    ["bfloat16 -Inf", "bfloat16", [0xff80, 0, 0, 0]],
+    ["bfloat16 quiet NaN", "bfloat16", [0, 0, 0, 0x7fc0]],
+    ["bfloat16 signalling NaN", "bfloat16", [0, 0x7f81, 0, 0]],
+  ] as const)("refuses %s on its bit pattern (raw and base64)", (_label, dtype, bits) => {
+    const io1 = ioOf(spec(dtype));
+    expect(code(() => validateInputs({ h: { dtype, shape: [1, 4], bytes: raw(...bits) } }, io1))).toBe(
+      "TENSOR_NON_FINITE",
+    );
+    expect(code(() => validateInputs({ h: { dtype, shape: [1, 4], data: base64(...bits) } }, io1))).toBe(
+      "TENSOR_NON_FINITE",
+    );
+  });
+
+  it("accepts the largest finite values and subnormals, which share no pattern with Inf/NaN", () => {
+    expect(() =>
+      validateInputs(
+        { h: { dtype: "float16", shape: [1, 4], bytes: raw(0x7bff, 0xfbff, 0x0001, 0x8000) } },
+        ioOf(spec("float16")),
+      ),
+    ).not.toThrow();
+    expect(() =>
+      validateInputs(
+        { h: { dtype: "bfloat16", shape: [1, 4], bytes: raw(0x7f7f, 0xff7f, 0x0001, 0x8000) } },
+        ioOf(spec("bfloat16")),
+      ),
+    ).not.toThrow();
+  });
+
+  it("refuses JSON numbers past the format's range as they become Inf (as float32 does)", () => {
+    expect(
+      code(() =>
+        validateInputs({ h: { dtype: "float16", shape: [1, 4], data: [1, 70000, 0, 0] } }, ioOf(spec("float16"))),
+      ),
+    ).toBe("TENSOR_NON_FINITE");
+    // 65519 rounds to 65504, the largest float16: accepted.
+    expect(() =>
+      validateInputs({ h: { dtype: "float16", shape: [1, 4], data: [65519, 0, 0, 0] } }, ioOf(spec("float16"))),
+    ).not.toThrow();
+    expect(
+      code(() =>
+        validateInputs({ h: { dtype: "bfloat16", shape: [1, 4], data: [1e39, 0, 0, 0] } }, ioOf(spec("bfloat16"))),
+      ),
+    ).toBe("TENSOR_NON_FINITE");
+  });
+
+  it("checks the manifest's range on the exact value of each pattern", () => {
+    const f16 = ioOf(spec("float16", [-1, 1]));
+    // 1 + 2^-10 is the float16 just above 1: out of range; 1 itself is in.
+    expect(
+      code(() => validateInputs({ h: { dtype: "float16", shape: [1, 4], bytes: raw(0x3c01, 0, 0, 0) } }, f16)),
+    ).toBe("TENSOR_OUT_OF_RANGE");
+    expect(() =>
+      validateInputs({ h: { dtype: "float16", shape: [1, 4], bytes: raw(0x3c00, 0xbc00, 0, 0) } }, f16),
+    ).not.toThrow();
+    const bf16 = ioOf(spec("bfloat16", [0, 255]));
+    expect(code(() => validateInputs({ h: { dtype: "bfloat16", shape: [1, 4], data: [0, 256, 0, 0] } }, bf16))).toBe(
+      "TENSOR_OUT_OF_RANGE",
+    );
+    // -0 is within [0, 255]; -2^-133 (a negative subnormal) is not.
+    expect(() =>
+      validateInputs({ h: { dtype: "bfloat16", shape: [1, 4], bytes: raw(0x8000, 0, 0, 0) } }, bf16),
+    ).not.toThrow();
+    expect(
+      code(() => validateInputs({ h: { dtype: "bfloat16", shape: [1, 4], bytes: raw(0x8001, 0, 0, 0) } }, bf16)),
+    ).toBe("TENSOR_OUT_OF_RANGE");
+    // 255.5 rounds to 256 in bfloat16 (8 significant bits): refused after rounding, as the model would see it.
+    expect(code(() => validateInputs({ h: { dtype: "bfloat16", shape: [1, 4], data: [255.5, 0, 0, 0] } }, bf16))).toBe(
+      "TENSOR_OUT_OF_RANGE",
+    );
+  });
+
+  it("refuses a byte count that is not 2 per element", () => {
+    expect(
+      code(() =>
+        validateInputs({ h: { dtype: "float16", shape: [1, 4], bytes: new Uint8Array(7) } }, ioOf(spec("float16"))),
+      ),
+    ).toBe("TENSOR_DATA_LENGTH_MISMATCH");
+    expect(
+      code(() =>
+        validateInputs({ h: { dtype: "float32", shape: [1, 4], bytes: new Uint8Array(8) } }, ioOf(spec("float16"))),
+      ),
+    ).toBe("TENSOR_DTYPE_MISMATCH");
+  });
+});
+
 describe("concat/split", () => {
   const t = (shape: number[], values: number[]): Tensor => ({
     dtype: "float32",
@@ -134,6 +258,14 @@ describe("concat/split", () => {
     const parts = split(c, 1, [1, 2]);
     expect(parts[0]).toEqual(a);
     expect(parts[1]).toEqual(b);
+  });
+
+  it("moves float16 patterns as they are", () => {
+    const a: Tensor = { dtype: "float16", shape: [1, 2], data: Uint16Array.from([0x3c00, 0x8000]) };
+    const b: Tensor = { dtype: "float16", shape: [2, 2], data: Uint16Array.from([0x7bff, 0x0001, 0xc000, 0x3555]) };
+    const c = concat([a, b], 0);
+    expect(Array.from(c.data as Uint16Array)).toEqual([0x3c00, 0x8000, 0x7bff, 0x0001, 0xc000, 0x3555]);
+    expect(split(c, 0, [1, 2])).toEqual([a, b]);
   });
 
   it("handles int64", () => {
@@ -203,6 +335,21 @@ describe("output policy", () => {
     expect(Array.from(top.p?.data as BigInt64Array)).toEqual([9n, 9n]);
     expect(Array.from(top["p.indices"]?.data as Int32Array)).toEqual([1, 2]);
     expect(Array.from(applyOutputPolicy({ p: big }, { labelOnly: true }).p?.data as Int32Array)).toEqual([1]);
+  });
+
+  it("ranks and rounds float16 and bfloat16 by value, not by bit pattern", () => {
+    for (const [dtype, to] of [
+      ["float16", toFloat16Bits],
+      ["bfloat16", toBfloat16Bits],
+    ] as const) {
+      // As patterns, -2 (sign bit set) would rank above every positive value.
+      const t: Tensor = { dtype, shape: [1, 4], data: Uint16Array.from([-2, 0.3, 1.25, 0.7].map(to)) };
+      const top = applyOutputPolicy({ p: t }, { topK: 2, decimals: 1 });
+      expect(top.p?.dtype).toBe(dtype);
+      expect(Array.from(top.p?.data as Uint16Array)).toEqual([1.3, 0.7].map(to));
+      expect(Array.from(top["p.indices"]?.data as Int32Array)).toEqual([2, 3]);
+      expect(Array.from(applyOutputPolicy({ p: t }, { labelOnly: true }).p?.data as Int32Array)).toEqual([2]);
+    }
   });
 
   it("drops outputs that are not allowed; tenant overrides only tighten", () => {

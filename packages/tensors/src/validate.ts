@@ -3,10 +3,12 @@ import {
   DTYPE_BYTES,
   type DType,
   type EncodedTensor,
+  FLOAT_DTYPES,
   type TensorPayload,
   type TensorSpec,
 } from "@citadel/contracts";
 import { decodeArrayData, decodeBase64Data, decodeRawData, type Tensor } from "./codec.js";
+import { fromBfloat16Bits, fromFloat16Bits, isNonFiniteHalf } from "./half.js";
 
 /** A tensor whose data is raw little-endian bytes (a binary request body, stored job inputs). */
 export interface RawTensor {
@@ -142,7 +144,11 @@ function describe(spec: TensorSpec): string {
 }
 
 function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
-  const isFloat = spec.dtype === "float32" || spec.dtype === "float64";
+  if (spec.dtype === "float16" || spec.dtype === "bfloat16") {
+    checkHalfValues(spec, data as Uint16Array);
+    return;
+  }
+  const isFloat = FLOAT_DTYPES.has(spec.dtype);
   const range = spec.range;
   if (!isFloat && !range) return;
   if (data instanceof BigInt64Array) {
@@ -161,15 +167,35 @@ function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
     const v = data[i] as number;
     // One comparison pass: NaN fails both `>=` tests, ±Inf fails isFinite.
     if (!(v >= lo && v <= hi) || (isFloat && !Number.isFinite(v))) {
-      if (isFloat && !Number.isFinite(v)) {
-        throw new CitadelError("TENSOR_NON_FINITE", `input '${spec.name}' element ${i} is NaN or infinite`, {
-          input: spec.name,
-          index: i,
-        });
-      }
+      if (isFloat && !Number.isFinite(v)) throw nonFinite(spec, i);
       throw rangeError(spec, i, range ?? [lo, hi]);
     }
   }
+}
+
+/**
+ * float16/bfloat16 patterns: NaN and ±Inf are the patterns whose exponent bits are all
+ * set (0x7C00 in float16, 0x7F80 in bfloat16), tested on the bits; a range compares
+ * each value decoded exactly.
+ */
+function checkHalfValues(spec: TensorSpec, bits: Uint16Array): void {
+  const dtype = spec.dtype === "float16" ? "float16" : "bfloat16";
+  const range = spec.range;
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i] as number;
+    if (isNonFiniteHalf(b, dtype)) throw nonFinite(spec, i);
+    if (range) {
+      const v = dtype === "float16" ? fromFloat16Bits(b) : fromBfloat16Bits(b);
+      if (!(v >= range[0] && v <= range[1])) throw rangeError(spec, i, range);
+    }
+  }
+}
+
+function nonFinite(spec: TensorSpec, index: number): CitadelError {
+  return new CitadelError("TENSOR_NON_FINITE", `input '${spec.name}' element ${index} is NaN or infinite`, {
+    input: spec.name,
+    index,
+  });
 }
 
 function rangeError(spec: TensorSpec, index: number, range: readonly [number, number]): CitadelError {
