@@ -1,0 +1,100 @@
+/**
+ * Where one Citadel worker's main thread spends its time on a no-op model: pre-fills
+ * `jobs` jobs through the API's bulk route, starts one worker with `--cpu-prof`, lets it
+ * drain the queue, stops it, and prints the functions with the most self time.
+ *
+ *   node --conditions=@citadel/source --import tsx test/bench/capacity-profile.ts [jobs] [profile dir]
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { buildIdentityModel } from "@citadel/onnx";
+import { queueName } from "@citadel/queue";
+import { Queue } from "bullmq";
+import { Redis } from "ioredis";
+import {
+  apiEnv,
+  b64,
+  Client,
+  freePort,
+  randomInput,
+  say,
+  setupFleet,
+  sleep,
+  startOwnRedis,
+  startProc,
+  workerEnv,
+} from "./harness.js";
+
+const jobs = Number(process.argv[2] ?? 20_000);
+const dir = path.resolve(process.argv[3] ?? "/tmp/citadel-capacity-profile");
+const own = await startOwnRedis();
+const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
+await fleet.publish(buildIdentityModel("float32", ["N", 16]), {
+  name: "noop",
+  version: "1",
+  spec: { maxBatch: 64, maxQueueDelayMs: 0, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
+});
+const apiPort = await freePort();
+const api = await startProc(
+  "api",
+  "api",
+  apiEnv(fleet.env, apiPort, { QUEUE_TTL_MS: "600000" }),
+  fleet.logDir,
+  apiPort,
+);
+const client = new Client(api.url, fleet.apiKey);
+const body = JSON.stringify({
+  jobs: Array.from({ length: 500 }, (_, i) => ({
+    model: "noop",
+    inputs: { x: { dtype: "float32", shape: [1, 16], data: b64(randomInput(16, i)) } },
+  })),
+});
+for (let left = jobs; left > 0; left -= 500) await client.bulk(body);
+const queue = new Queue(queueName("noop"), { connection: new Redis(own.url), prefix: "{bench}" });
+say(`profile: ${await queue.count()} jobs queued; starting one worker with --cpu-prof (${dir})`);
+const port = await freePort();
+const worker = await startProc(
+  "worker",
+  "worker-profile",
+  workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "noop" }),
+  fleet.logDir,
+  port,
+  { nodeArgs: process.env.NO_PROFILE ? [] : ["--cpu-prof", `--cpu-prof-dir=${dir}`] },
+);
+const unsettled = async () =>
+  Object.values(await queue.getJobCounts("wait", "active", "prioritized")).reduce((a, n) => a + n, 0);
+// The rate between 5% and 95% settled (start-up and the tail left out), as the bench measures it.
+while ((await unsettled()) > jobs * 0.95) await sleep(5);
+const t = performance.now();
+while ((await unsettled()) > jobs * 0.05) await sleep(5);
+const s = (performance.now() - t) / 1000;
+say(`profile: 90% of ${jobs} jobs settled in ${s.toFixed(2)} s: ${((jobs * 0.9) / s).toFixed(0)} jobs/s`);
+while ((await unsettled()) > 0) await sleep(20);
+await worker.stop();
+await api.stop();
+await queue.close();
+await fleet.close();
+await own.stop();
+
+interface Node {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+}
+const file = readdirSync(dir)
+  .filter((f) => f.endsWith(".cpuprofile"))
+  .map((f) => path.join(dir, f))
+  .sort()
+  .pop();
+if (!file) throw new Error("no profile written");
+const prof = JSON.parse(readFileSync(file, "utf8")) as { nodes: Node[]; samples: number[] };
+const self = new Map<string, number>();
+const total = prof.samples.length;
+for (const n of prof.nodes) {
+  const f = n.callFrame;
+  const key = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*node_modules\//, "nm/").replace(/^file:\/\/.*?\/(packages|apps)\//, "$1/")}:${f.lineNumber + 1}`;
+  self.set(key, (self.get(key) ?? 0) + (n.hitCount ?? 0));
+}
+say(`profile: ${file}: ${total} samples; top self time:`);
+for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 40))
+  say(`  ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
