@@ -414,7 +414,12 @@ apiFlags(
       file === "-"
         ? await new Response(process.stdin as unknown as ReadableStream).text()
         : await readFile(file, "utf8");
-    const body = JSON.parse(text) as unknown;
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      throw new Refusal("MALFORMED_JSON", `${file}: ${err instanceof Error ? err.message : "not JSON"}`);
+    }
     const checked = JobRequest.safeParse(body);
     if (!checked.success) throw new Refusal("VALIDATION_FAILED", zodMessage(checked.error.issues));
     const start = Date.now();
@@ -455,7 +460,13 @@ apiFlags(
     .option("--version <version>", "a routed version (default: routing picks)")
     .option("--input <name=file.npy>", "an input from a .npy file (repeatable)", collect, [])
     .option("--output <name>", "an output wanted (repeatable; default: those the output policy allows)", collect, [])
-    .addOption(new Option("--priority <p>").choices(["high", "normal", "low"]))
+    .addOption(
+      new Option("--priority <p>", "queue priority (high is a right the tenant must hold)").choices([
+        "high",
+        "normal",
+        "low",
+      ]),
+    )
     .option("--timeout-ms <ms>", "the job's run-time bound", int)
     .option("--wait <ms>", "wait up to this long for the result, print the job's view (exit codes as `jobs wait`)", int)
     .option("--jsonl <file>", "one JSON job request per line (as POST /v1/jobs, plus an optional custom_id)")
