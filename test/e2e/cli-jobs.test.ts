@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { cliArgs, freePort } from "@citadel/cli/fleet";
@@ -205,7 +205,7 @@ describe("citadel jobs", () => {
     expect(missing.err.trim()).toMatch(/^citadel: JOB_NOT_FOUND: .* \(HTTP 404\)$/);
   });
 
-  it("an address that does not answer is named in one line; a missing key is asked for", async () => {
+  it("an address that does not answer is named in one line; a missing key is asked for; the demo's state is read", async () => {
     const port = await freePort();
     const r = await citadel(["jobs", "get", "x.y", "--api", `http://127.0.0.1:${port}`]);
     expect([r.code, r.err]).toEqual([
@@ -214,6 +214,18 @@ describe("citadel jobs", () => {
     ]);
     const noKey = await citadel(["jobs", "get", "x.y"], { CITADEL_API_KEY: "" });
     expect([noKey.code, noKey.err]).toEqual([1, "citadel: no API key: pass --key <key> or set CITADEL_API_KEY\n"]);
+    // With neither, a running demo's .citadel/demo.json in the working directory is used.
+    mkdirSync(path.join(dir, ".citadel"));
+    writeFileSync(
+      path.join(dir, ".citadel", "demo.json"),
+      JSON.stringify({ apiUrl: fleet.apiUrl, apiKey: fleet.apiKey }),
+    );
+    try {
+      const demo = await citadel(["jobs", "get", "multi.doesnotexist"], { CITADEL_API_URL: "", CITADEL_API_KEY: "" });
+      expect([demo.code, demo.err.trim()]).toEqual([1, "citadel: JOB_NOT_FOUND: no such job (HTTP 404)"]);
+    } finally {
+      rmSync(path.join(dir, ".citadel"), { recursive: true });
+    }
   });
 });
 

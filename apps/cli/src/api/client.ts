@@ -24,9 +24,14 @@ export function resolveTarget(flags: { api?: string; key?: string }, env: NodeJS
   let url = flags.api ?? env.CITADEL_API_URL;
   let key = flags.key ?? env.CITADEL_API_KEY;
   if ((!url || !key) && existsSync(DEMO_STATE)) {
-    const demo = JSON.parse(readFileSync(DEMO_STATE, "utf8")) as { apiUrl?: unknown; apiKey?: unknown };
-    if (!url && typeof demo.apiUrl === "string") url = demo.apiUrl;
-    if (!key && typeof demo.apiKey === "string") key = demo.apiKey;
+    let demo: { apiUrl?: unknown; apiKey?: unknown } | null;
+    try {
+      demo = JSON.parse(readFileSync(DEMO_STATE, "utf8")) as typeof demo;
+    } catch (err) {
+      throw new Error(`${DEMO_STATE}: ${err instanceof Error ? err.message : "unreadable"}`, { cause: err });
+    }
+    if (!url && typeof demo?.apiUrl === "string") url = demo.apiUrl;
+    if (!key && typeof demo?.apiKey === "string") key = demo.apiKey;
   }
   if (!url) throw new Error("no API address: pass --api <url> or set CITADEL_API_URL");
   if (!key) throw new Error("no API key: pass --key <key> or set CITADEL_API_KEY");
