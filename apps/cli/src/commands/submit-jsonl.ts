@@ -1,5 +1,6 @@
 import { once } from "node:events";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import type { Writable } from "node:stream";
 import { finished } from "node:stream/promises";
@@ -49,11 +50,15 @@ const RETRIES = 5;
  */
 export async function submitJsonl(client: ApiClient, o: JsonlOptions): Promise<number> {
   const total = await countLines(o.file);
-  const out: Writable = o.out ? createWriteStream(o.out) : process.stdout;
+  // Opened before anything is sent: a results file that cannot be written stops the run first.
+  const out: Writable = o.out ? (await open(o.out, "w")).createWriteStream() : process.stdout;
   const tally: Tally = { done: 0, completed: 0, failed: 0, rejected: 0, inFlight: 0 };
   const progress = new Progress(total);
   const inFlight = new Set<Promise<void>>();
   let fatal: unknown;
+  out.on("error", (err) => {
+    fatal ??= err;
+  });
   const write = async (r: LineResult) => {
     if (!out.write(`${JSON.stringify(r)}\n`)) await once(out, "drain");
     tally.done++;
