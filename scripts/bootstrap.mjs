@@ -4,7 +4,7 @@
 // dependencies (skipping onnxruntime-node's CUDA download), the build (tsc -b: every
 // package's dist/) and a Redis. Then it runs the demo (built JavaScript, as production
 // runs it), the test suite, the benchmark or the reliability suite (the last two from
-// TypeScript source through tsx).
+// TypeScript source through tsx), or the `citadel` CLI (from source: no build, no Redis).
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -24,9 +24,11 @@ const env = {
   npm_config_update_notifier: "false",
 };
 const say = (m) => process.stderr.write(`» ${m}\n`);
+// The CLI's stdout is its answer (JSON, results): set-up output goes to stderr then.
+let setupStdio = "inherit";
 
 function run(cmd, args, extraEnv = {}) {
-  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env: { ...env, ...extraEnv } });
+  const r = spawnSync(cmd, args, { cwd: root, stdio: setupStdio, env: { ...env, ...extraEnv } });
   if (r.error) throw r.error;
   return r.status ?? 1;
 }
@@ -79,9 +81,9 @@ async function withRedis(fn) {
   }
 }
 
-function node(args, extraEnv) {
+function node(args, extraEnv, cwd = root) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, { cwd: root, stdio: "inherit", env: { ...env, ...extraEnv } });
+    const child = spawn(process.execPath, args, { cwd, stdio: "inherit", env: { ...env, ...extraEnv } });
     const forward = (sig) => child.kill(sig);
     process.on("SIGINT", forward);
     process.on("SIGTERM", forward);
@@ -168,6 +170,7 @@ async function test(args) {
 }
 
 const [verb = "test", ...rest] = process.argv.slice(2);
+if (verb === "citadel") setupStdio = ["inherit", 2, 2];
 try {
   ensurePnpm();
   install();
@@ -193,8 +196,17 @@ try {
         node([...FROM_SOURCE, path.join(root, "test/reliability/run.ts"), ...rest], { REDIS_URL: url }),
       );
       break;
+    case "citadel":
+      // `npm run citadel -- <args>`: the CLI from its TypeScript source (works before any
+      // build), in the directory npm was started from, so relative paths mean what they say.
+      code = await node(
+        ["--conditions=@citadel/source", path.join(root, "apps/cli/bin/citadel.mjs"), ...rest],
+        {},
+        process.env.INIT_CWD ?? process.cwd(),
+      );
+      break;
     default:
-      say(`unknown command '${verb}' (demo | test | bench | reliability)`);
+      say(`unknown command '${verb}' (demo | test | bench | reliability | citadel)`);
       code = 2;
   }
   process.exit(code);

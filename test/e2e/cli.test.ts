@@ -61,10 +61,22 @@ describe("citadel CLI", () => {
       "tenants",
       "audit",
       "enqueue",
+      "submit",
+      "jobs",
       "demo",
     ])
       expect(help.out).toContain(verb);
-    for (const verb of ["seal", "publish", "verify", "retire", "keys rotate", "tenants add", "audit anchor"])
+    for (const verb of [
+      "seal",
+      "publish",
+      "verify",
+      "retire",
+      "keys rotate",
+      "tenants add",
+      "audit anchor",
+      "submit",
+      "jobs wait",
+    ])
       expect(citadel(...verb.split(" "), "--help").code).toBe(0);
   });
 

@@ -3,7 +3,9 @@ import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
 import { type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
-import type { z } from "zod";
+import { z } from "zod";
+import { ApiError } from "./api/api-error.js";
+import { zodMessage } from "./zod-message.js";
 
 export const CliEnv = CommonEnv.extend(KeyEnv.shape).extend(AuditEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
 export type CliEnv = z.infer<typeof CliEnv>;
@@ -54,9 +56,14 @@ export function openContext(env: CliEnv = loadCliEnv()): CliContext {
   };
 }
 
-/** Prints a CLI failure as one line (no stack, no secrets) and sets the exit code. */
+/**
+ * Prints a CLI failure as one line (no stack, no secrets) and sets the exit code: the
+ * API's refusals as `CODE: message (HTTP status)`, schema failures with their paths.
+ */
 export function reportError(err: unknown): void {
   if (err instanceof CitadelError) process.stderr.write(`citadel: ${err.code}: ${err.message}\n`);
+  else if (err instanceof ApiError) process.stderr.write(`citadel: ${err.line}\n`);
+  else if (err instanceof z.ZodError) process.stderr.write(`citadel: VALIDATION_FAILED: ${zodMessage(err.issues)}\n`);
   else if (err instanceof Error) process.stderr.write(`citadel: ${err.message}\n`);
   else process.stderr.write("citadel: failed\n");
   process.exitCode = 1;

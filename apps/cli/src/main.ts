@@ -1,11 +1,13 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { createAuditAnchor, verifyAuditStream } from "@citadel/audit";
+import type { JobView, Priority } from "@citadel/contracts";
 import { CitadelError, type ModelRouting } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
 import { CoreDumpsEnabledError } from "@citadel/runtime";
 import { TenantStore } from "@citadel/tenants";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ownAuditKey, verifierKeys } from "./audit-keys.js";
+import type { ApiFlags } from "./commands/jobs.js";
 import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
 import { disableCoreDumpsForCli, PLAINTEXT_VERBS } from "./harden.js";
 
@@ -58,6 +60,20 @@ function withContext(fn: (ctx: CliContext, ...args: never[]) => Promise<void>) {
 }
 
 const collect = (v: string, all: string[]) => [...all, v];
+
+interface SubmitFlags {
+  model?: string;
+  version?: string;
+  input: string[];
+  output: string[];
+  priority?: Priority;
+  timeoutMs?: number;
+  wait?: number;
+  jsonl?: string;
+  out?: string;
+  concurrency: number;
+  timeout?: number;
+}
 
 const keys = program.command("keys").description("the key service: dev keyring, rotation, signer public keys");
 keys
@@ -376,34 +392,108 @@ audit
     }),
   );
 
-program
-  .command("enqueue")
-  .description("submit a job over HTTP (reads the request JSON from a file or -)")
-  .argument("<request>", "a JSON job request (docs/contract.md#jobs), or - for stdin")
-  .requiredOption("--api <url>", "API base URL", process.env.CITADEL_API_URL)
-  .option("--key <key>", "API key (default: CITADEL_API_KEY)")
-  .option("--wait <ms>", "wait for the result up to this long", int, 0)
-  .action(async (file: string, o: { api: string; key?: string; wait: number }) => {
+const apiFlags = (cmd: Command) =>
+  cmd
+    .option("--api <url>", "API base URL (default: CITADEL_API_URL, else .citadel/demo.json)")
+    .option("--key <key>", "tenant API key (default: CITADEL_API_KEY, else .citadel/demo.json)");
+const jobCommands = () => import("./commands/jobs.js");
+
+apiFlags(
+  program
+    .command("enqueue")
+    .description("submit a job over HTTP (reads the request JSON from a file or -)")
+    .argument("<request>", "a JSON job request (docs/contract.md#jobs), or - for stdin")
+    .option("--wait <ms>", "wait for the result up to this long", int),
+).action(async (file: string, o: ApiFlags & { wait?: number }) => {
+  const { withApi, printJson, finish } = await jobCommands();
+  const { JobRequest, CitadelError: Refusal } = await import("@citadel/contracts");
+  const { zodMessage } = await import("./zod-message.js");
+  const { isFinal, outcomeOf, waitFinal, POLL_CHUNK_MS } = await import("./api/outcome.js");
+  await withApi(o, async (client) => {
+    const text =
+      file === "-"
+        ? await new Response(process.stdin as unknown as ReadableStream).text()
+        : await readFile(file, "utf8");
+    let body: unknown;
     try {
-      const body =
-        file === "-"
-          ? await new Response(process.stdin as unknown as ReadableStream).text()
-          : await readFile(file, "utf8");
-      const key = o.key ?? process.env.CITADEL_API_KEY;
-      if (!key) throw new Error("an API key is required (--key or CITADEL_API_KEY)");
-      const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
-      const res = await fetch(`${o.api}/v1/jobs`, { method: "POST", headers, body });
-      const json = (await res.json()) as { id?: string };
-      if (!res.ok || !json.id || o.wait === 0) {
-        print(JSON.stringify(json));
-        if (!res.ok) process.exitCode = 1;
-        return;
-      }
-      print(JSON.stringify(await (await fetch(`${o.api}/v1/jobs/${json.id}?wait=${o.wait}`, { headers })).json()));
+      body = JSON.parse(text);
     } catch (err) {
-      reportError(err);
+      throw new Refusal("MALFORMED_JSON", `${file}: ${err instanceof Error ? err.message : "not JSON"}`);
     }
+    const checked = JobRequest.safeParse(body);
+    if (!checked.success) throw new Refusal("VALIDATION_FAILED", zodMessage(checked.error.issues));
+    const start = Date.now();
+    const first = await client.submitJson(body, o.wait && Math.min(o.wait, POLL_CHUNK_MS));
+    if (!o.wait) return printJson(first);
+    const view = isFinal(first.status) ? (first as JobView) : await waitFinal(client, first.id, o.wait, start);
+    printJson(view);
+    finish(outcomeOf(view, o.wait));
   });
+});
+
+const jobs = program
+  .command("jobs")
+  .description(
+    "a job's view, waiting for it, cancelling it (over HTTP; exit 0 completed, 2 failed, 3 cancelled, 4 not final)",
+  );
+apiFlags(jobs.command("get").description("print a job's view as JSON").argument("<id>")).action(
+  async (id: string, o: ApiFlags) => (await jobCommands()).jobsGet(id, o),
+);
+apiFlags(
+  jobs
+    .command("wait")
+    .description("wait until a job is final (long polls), then print its view as JSON")
+    .argument("<id>")
+    .option("--timeout <ms>", "give up after this long (exit 4); default: no limit", int),
+).action(async (id: string, o: ApiFlags & { timeout?: number }) => (await jobCommands()).jobsWait(id, o));
+apiFlags(
+  jobs.command("cancel").description("cancel a queued job (a running one stops at its next check)").argument("<id>"),
+).action(async (id: string, o: ApiFlags) => (await jobCommands()).jobsCancel(id, o));
+
+apiFlags(
+  program
+    .command("submit")
+    .description(
+      "submit a job from .npy files (binary body), or a JSONL file of jobs with bounded concurrency and a results JSONL",
+    )
+    .option("--model <name>", "the model (with --input)")
+    .option("--version <version>", "a routed version (default: routing picks)")
+    .option("--input <name=file.npy>", "an input from a .npy file (repeatable)", collect, [])
+    .option("--output <name>", "an output wanted (repeatable; default: those the output policy allows)", collect, [])
+    .addOption(
+      new Option("--priority <p>", "queue priority (high is a right the tenant must hold)").choices([
+        "high",
+        "normal",
+        "low",
+      ]),
+    )
+    .option("--timeout-ms <ms>", "the job's run-time bound", int)
+    .option("--wait <ms>", "wait up to this long for the result, print the job's view (exit codes as `jobs wait`)", int)
+    .option("--jsonl <file>", "one JSON job request per line (as POST /v1/jobs, plus an optional custom_id)")
+    .option("--out <file>", "with --jsonl: write the results JSONL here (default: stdout)")
+    .option("--concurrency <n>", "with --jsonl: jobs in flight at once", int, 8)
+    .option("--timeout <ms>", "with --jsonl: per job, give up waiting after this long (RESULT_PENDING)", int),
+).action(async (o: ApiFlags & SubmitFlags) => {
+  const { withApi } = await jobCommands();
+  await withApi(o, async (client) => {
+    if (o.jsonl !== undefined) {
+      if (o.model !== undefined || o.input.length > 0)
+        throw new Error("--jsonl takes the jobs from the file: leave out --model and --input");
+      if (o.concurrency < 1) throw new Error("--concurrency must be at least 1");
+      const { submitJsonl } = await import("./commands/submit-jsonl.js");
+      process.exitCode = await submitJsonl(client, {
+        file: o.jsonl,
+        concurrency: o.concurrency,
+        ...(o.out !== undefined ? { out: o.out } : {}),
+        ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
+      });
+      return;
+    }
+    if (o.model === undefined) throw new Error("give --model <name> and --input <name>=<file.npy>, or --jsonl <file>");
+    const { submitNpy } = await import("./commands/submit.js");
+    await submitNpy(client, { ...o, model: o.model });
+  });
+});
 
 program
   .command("demo")

@@ -2,6 +2,7 @@ export * from "./batch.js";
 export * from "./codec.js";
 export * from "./half.js";
 export * from "./kserve.js";
+export * from "./npy.js";
 export * from "./open-inference.js";
 export * from "./policy.js";
 export * from "./stored.js";
