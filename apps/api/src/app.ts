@@ -294,7 +294,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
           throw e;
         }
         const view =
-          req.query.wait === undefined ? undefined : await finalWithin(d.queues, req, accepted, req.query.wait);
+          req.query.wait === undefined
+            ? undefined
+            : await finalWithin(d.queues, req, accepted, req.query.wait, {
+                ...(job.custom_id !== undefined ? { custom_id: job.custom_id } : {}),
+                ...(job.metadata !== undefined ? { metadata: job.metadata } : {}),
+              });
         if (!view) return reply.code(202).send(accepted);
         if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);
