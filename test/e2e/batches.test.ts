@@ -316,3 +316,22 @@ describe("custom_id and metadata on single jobs", () => {
     }
   });
 });
+
+describe("the OpenAPI document", () => {
+  it("describes the batch routes, the JSONL bodies and the view", async () => {
+    const doc = (await (await fetch(`${fleet.apiUrl}/openapi.json`)).json()) as Loose;
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining(["/v1/batches", "/v1/batches/{id}", "/v1/batches/{id}/results"]),
+    );
+    expect(Object.keys(doc.paths["/v1/batches/{id}"]).sort()).toEqual(["delete", "get"]);
+    const post = doc.paths["/v1/batches"].post;
+    expect(Object.keys(post.requestBody.content).sort()).toEqual(["application/jsonl", "application/x-ndjson"]);
+    expect(post.requestBody.content["application/jsonl"].schema["x-jsonl-line"].required).toEqual(
+      expect.arrayContaining(["custom_id", "body"]),
+    );
+    expect(post.responses["202"].content["application/json"].schema.properties.counts).toBeDefined();
+    expect(Object.keys(doc.paths["/v1/batches/{id}/results"].get.responses["200"].content)).toEqual([
+      "application/jsonl",
+    ]);
+  });
+});
