@@ -240,8 +240,10 @@ describe("the batch file's bounds", () => {
     const big = `${line(1)}\n`.repeat(Math.ceil((BATCH_MAX_BYTES + 10) / (line(1).length + 1)));
     const r = await postBatch(big);
     expect([r.status, r.json.error?.code]).toEqual([413, "PAYLOAD_TOO_LARGE"]);
-    const t = await postBatch(line(1), { "content-type": "text/csv" });
-    expect([t.status, t.json.error?.code]).toEqual([415, "UNSUPPORTED_MEDIA_TYPE"]);
+    for (const type of ["text/csv", "application/json"]) {
+      const t = await postBatch(line(1), { "content-type": type });
+      expect([t.status, t.json.error?.code], type).toEqual([415, "UNSUPPORTED_MEDIA_TYPE"]);
+    }
   });
 });
 

@@ -80,16 +80,19 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
           });
         }
         const body = req.body as Readable | undefined;
-        if (!(body instanceof Readable)) {
+        if (body === undefined || body === null) {
           throw new CitadelError("VALIDATION_FAILED", "a JSONL body is required (application/jsonl)");
+        }
+        // Another media type this server parses (JSON) reached the route parsed: not a batch file.
+        if (!(body instanceof Readable)) {
+          throw new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send the batch file as application/jsonl");
         }
         try {
           const id = await d.batches.ingest(body, ctx);
           return reply.code(202).send(await d.store.view(ctx.tenant.id, id));
-        } catch (err) {
-          // The rest of a refused body is not read: the connection closes after the answer.
+        } finally {
+          // A body not read to its end (refused, or its batch cancelled meanwhile): the connection closes after the answer.
           if (!body.readableEnded) reply.header("connection", "close");
-          throw err;
         }
       },
     );
