@@ -1,4 +1,5 @@
 import { rmSync } from "node:fs";
+import { keys, scripts } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
 import { Queue, Worker } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
@@ -166,6 +167,17 @@ describe.each([
     ).rejects.toThrow(NOPERM);
     await expect(worker.hset(`${PREFIX}:tenants:defs`, "acme", "{}"), "worker writes tenants").rejects.toThrow(NOPERM);
     await expect(worker.hget(`${PREFIX}:tenants:keys`, "h"), "worker reads API key hashes").rejects.toThrow(NOPERM);
+
+    // Batches: the API keeps a batch's keys; a worker records its jobs' outcomes there (batchRecord-3.lua).
+    const batchId = "batch_acl0000000000000000";
+    const batch = keys.batch(PREFIX, "acme", batchId);
+    await api.multi().hset(batch, "created", Date.now()).pexpire(batch, 60_000).exec();
+    const recorded = await scripts(worker).batchRecord(
+      [`${PREFIX}:infer-${model}:${job.id}`, batch, keys.batchResults(PREFIX, "acme", batchId)],
+      { line: 1, jobId: String(job.id) },
+    );
+    expect(recorded).toBe(1);
+    expect(await api.hget(keys.batchResults(PREFIX, "acme", batchId), "1")).toContain('"s":"completed"');
     await queue.close();
 
     // No application role may run dangerous or admin commands.

@@ -15,6 +15,8 @@ import {
 import type { JobQueues, Redis } from "@citadel/queue";
 import {
   asCitadel,
+  type Batches,
+  type BatchStore,
   type DenialAggregator,
   type ModelCatalog,
   type RateLimiter,
@@ -34,6 +36,7 @@ import Fastify, {
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { tenantAuth } from "./auth.js";
+import { registerBatches } from "./batches.js";
 import {
   type BinarySubmit,
   binaryBodyDoc,
@@ -57,6 +60,8 @@ export interface AppDeps {
   catalog: ModelCatalog;
   tenants: TenantStore;
   submitter: Submitter;
+  batches: Batches;
+  batchStore: BatchStore;
   limiter: RateLimiter;
   audit: AuditSink;
   /** Auth denials and rate-limit refusals go through here: aggregated per source and window. */
@@ -67,6 +72,8 @@ export interface AppDeps {
     bodyLimit: number;
     maxJsonDepth: number;
     bulkMaxJobs: number;
+    /** A batch file's bound (BATCH_MAX_BYTES), enforced as it streams. */
+    batchMaxBytes: number;
     maxWaitMs: number;
     /** How long an accepted job may wait in the queue (bounds how long a /v2 infer waits for it). */
     queueTtlMs: number;
@@ -109,7 +116,7 @@ const errorResponses = {
   503: ApiErrorBody,
 };
 
-const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk", ...INFER_ROUTES]);
+const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk", "/v1/batches", ...INFER_ROUTES]);
 
 /**
  * The model a submit names when it is a string (the body's `model`, or a /v2 route's
@@ -287,7 +294,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
           throw e;
         }
         const view =
-          req.query.wait === undefined ? undefined : await finalWithin(d.queues, req, accepted, req.query.wait);
+          req.query.wait === undefined
+            ? undefined
+            : await finalWithin(d.queues, req, accepted, req.query.wait, {
+                ...(job.custom_id !== undefined ? { custom_id: job.custom_id } : {}),
+                ...(job.metadata !== undefined ? { metadata: job.metadata } : {}),
+              });
         if (!view) return reply.code(202).send(accepted);
         if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);
@@ -442,6 +454,13 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         return { models };
       },
     );
+  });
+
+  await registerBatches(app, {
+    batches: d.batches,
+    store: d.batchStore,
+    authenticate,
+    settings: { maxBytes: s.batchMaxBytes },
   });
 
   await registerV2(app, {

@@ -68,6 +68,8 @@ export function decodeBinarySubmit(
       ...(h.version !== undefined ? { version: h.version } : {}),
       ...(h.timeoutMs !== undefined ? { timeoutMs: h.timeoutMs } : {}),
       ...(h.outputs ? { outputs: h.outputs.map((o) => o.name) } : {}),
+      ...(h.custom_id !== undefined ? { custom_id: h.custom_id } : {}),
+      ...(h.metadata !== undefined ? { metadata: h.metadata } : {}),
     };
     return req;
   });

@@ -27,6 +27,12 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     BODY_LIMIT_BYTES: IntEnv(1024, 256 * 1024 * 1024).default(16 * 1024 * 1024),
     MAX_JSON_DEPTH: IntEnv(4, 256).default(32),
     BULK_MAX_JOBS: IntEnv(1, 10_000).default(500),
+    /** A batch file (POST /v1/batches) over this is refused with 413 while it streams. */
+    BATCH_MAX_BYTES: IntEnv(1024, 2 * 1024 * 1024 * 1024).default(200 * 1024 * 1024),
+    /** Request lines in one batch file (413 past it). */
+    BATCH_MAX_LINES: IntEnv(1, 1_000_000).default(50_000),
+    /** How long a batch and its results are kept after it is created (longer than QUEUE_TTL_MS). */
+    BATCH_TTL_MS: IntEnv(60 * SECOND, 30 * 24 * 60 * MINUTE).default(24 * 60 * MINUTE),
     /** How long an accepted job may wait in the queue before it must not start. */
     QUEUE_TTL_MS: IntEnv(1000, 24 * 60 * MINUTE).default(5 * MINUTE),
     RESULT_TTL_MS: IntEnv(1000, 30 * 24 * 60 * MINUTE).default(60 * MINUTE),
@@ -75,7 +81,21 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
   }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;
 
-function refine(env: z.infer<typeof CommonEnv> & z.infer<typeof KeyEnv>, ctx: z.RefinementCtx) {
+/** A batch is complete by its last job's deadline plus this (the longest a started job may still run). */
+export const BATCH_RUN_GRACE_MS = 10 * MINUTE;
+
+function refine(
+  env: z.infer<typeof CommonEnv> & z.infer<typeof KeyEnv> & { BATCH_TTL_MS: number; QUEUE_TTL_MS: number },
+  ctx: z.RefinementCtx,
+) {
+  // A batch must outlive its jobs' window, or its results could expire before its jobs ran.
+  if (env.BATCH_TTL_MS <= env.QUEUE_TTL_MS + BATCH_RUN_GRACE_MS) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["BATCH_TTL_MS"],
+      message: `must exceed QUEUE_TTL_MS + ${BATCH_RUN_GRACE_MS / MINUTE} minutes (a batch's completion window)`,
+    });
+  }
   if (env.NODE_ENV === "production" && !env.TRUSTED_SIGNERS) {
     ctx.addIssue({
       code: "custom",

@@ -6,13 +6,14 @@ import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
 import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
-import { DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
+import { Batches, BatchStore, DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
 import { TenantStore } from "@citadel/tenants";
 import type { FastifyInstance } from "fastify";
 import { buildApp } from "./app.js";
 import type { BoardOptions } from "./board.js";
-import type { ApiEnv } from "./env.js";
+import { type ApiEnv, BATCH_RUN_GRACE_MS } from "./env.js";
+import { parseJsonBody } from "./json-body.js";
 import { apiMetrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
 import { collectQueueGauges } from "./queue-gauges.js";
@@ -130,6 +131,22 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       minJobTimeoutMs: env.MIN_JOB_TIMEOUT_MS,
     },
   );
+  const batchStore = new BatchStore(redis, {
+    prefix: env.CITADEL_PREFIX,
+    ttlMs: env.BATCH_TTL_MS,
+    queueTtlMs: env.QUEUE_TTL_MS,
+    runGraceMs: BATCH_RUN_GRACE_MS,
+  });
+  const batches = new Batches(
+    { submitter, store: batchStore, queues, audit, log, parseLine: (b) => parseJsonBody(b, env.MAX_JSON_DEPTH) },
+    {
+      maxBytes: env.BATCH_MAX_BYTES,
+      // A line is one job: bounded as a POST /v1/jobs body is.
+      maxLineBytes: env.BODY_LIMIT_BYTES,
+      maxLines: env.BATCH_MAX_LINES,
+      chunkLines: Math.min(64, env.BULK_MAX_JOBS),
+    },
+  );
   const adminPassword = secret(env.BOARD_ADMIN_PASSWORD, env.BOARD_ADMIN_PASSWORD_FILE);
   const opsPassword = secret(env.BOARD_OPS_PASSWORD, env.BOARD_OPS_PASSWORD_FILE);
   const board: BoardOptions | undefined = adminPassword
@@ -148,6 +165,8 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     catalog,
     tenants,
     submitter,
+    batches,
+    batchStore,
     limiter,
     audit,
     denials,
@@ -157,6 +176,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       bodyLimit: env.BODY_LIMIT_BYTES,
       maxJsonDepth: env.MAX_JSON_DEPTH,
       bulkMaxJobs: env.BULK_MAX_JOBS,
+      batchMaxBytes: env.BATCH_MAX_BYTES,
       maxWaitMs: env.MAX_WAIT_MS,
       queueTtlMs: env.QUEUE_TTL_MS,
       requestTimeoutMs: env.REQUEST_TIMEOUT_MS,

@@ -24,10 +24,12 @@ export async function finalWithin(
   req: FastifyRequest,
   a: Accepted,
   ms: number,
+  /** The request's own custom_id and metadata, which a view built from the completion event shows. */
+  labels: Pick<JobView, "custom_id" | "metadata"> = {},
 ): Promise<JobView | undefined> {
   try {
     // A job this request queued (or a replay that found it queued) is not final yet: no read before waiting.
-    const submitted = a.status === "queued" ? { submitted: { version: a.version } } : {};
+    const submitted = a.status === "queued" ? { submitted: { version: a.version, ...labels } } : {};
     const view = await queues.waitForFinish(a.id, (req.tenant as Tenant).id, ms, submitted);
     return isFinal(view.status) ? view : undefined;
   } catch (err) {

@@ -12,6 +12,8 @@ export const ErrorCode = z.enum([
   "FORBIDDEN",
   "MODEL_NOT_FOUND",
   "JOB_NOT_FOUND",
+  /** No such batch, or another tenant's, or past its retention (BATCH_TTL_MS). */
+  "BATCH_NOT_FOUND",
   "NOT_FOUND",
   "IDEMPOTENCY_CONFLICT",
   /** The job an Idempotency-Key named no longer exists (its result expired): it is never run again. */
@@ -98,6 +100,7 @@ export function httpStatusFor(code: ErrorCode): number {
       return 403;
     case "MODEL_NOT_FOUND":
     case "JOB_NOT_FOUND":
+    case "BATCH_NOT_FOUND":
     case "NOT_FOUND":
       return 404;
     case "IDEMPOTENCY_CONFLICT":

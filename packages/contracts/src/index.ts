@@ -1,4 +1,5 @@
 export * from "./audit.js";
+export * from "./batches.js";
 export * from "./canonical.js";
 export * from "./errors.js";
 export * from "./jobs.js";

@@ -6,6 +6,26 @@ import { LIMITS, TensorPayload } from "./tensor.js";
 export const Priority = z.enum(["high", "normal", "low"]);
 export type Priority = z.infer<typeof Priority>;
 
+/**
+ * A client's own name for a job (OpenAI Batch API's `custom_id`), echoed in its view and
+ * keying a batch's results. Job data is small: bounded here.
+ */
+export const CustomId = z.string().min(1).max(128);
+export type CustomId = z.infer<typeof CustomId>;
+
+/** Small string metadata a client attaches to a job (as OpenAI's): at most 16 keys of 64 characters, values of 256. */
+export const JobMetadata = z
+  .record(z.string().min(1).max(64), z.string().max(256))
+  .refine((m) => Object.keys(m).length <= 16, { message: "at most 16 metadata keys" });
+export type JobMetadata = z.infer<typeof JobMetadata>;
+
+/** The batch a job belongs to and its line in the batch's file (1-based); the worker records its outcome there. */
+export const BatchRef = z.strictObject({
+  id: z.string().regex(/^batch_[A-Za-z0-9_-]{16,64}$/),
+  line: z.number().int().min(1),
+});
+export type BatchRef = z.infer<typeof BatchRef>;
+
 /** POST /v1/jobs body. Unknown fields are refused. */
 export const JobRequest = z.strictObject({
   model: ModelName,
@@ -18,6 +38,8 @@ export const JobRequest = z.strictObject({
   outputs: z.array(z.string().min(1).max(256)).max(32).optional(),
   timeoutMs: z.number().int().min(1).optional(),
   priority: Priority.default("normal"),
+  custom_id: CustomId.optional(),
+  metadata: JobMetadata.optional(),
 });
 export type JobRequest = z.infer<typeof JobRequest>;
 
@@ -62,6 +84,9 @@ export const JobData = z.strictObject({
   requestId: z.string(),
   clientIp: z.string().optional(),
   outputPolicy: OutputPolicy.optional(),
+  customId: CustomId.optional(),
+  metadata: JobMetadata.optional(),
+  batchRef: BatchRef.optional(),
 });
 export type JobData = z.infer<typeof JobData>;
 
@@ -96,6 +121,8 @@ export const JobView = z.object({
   createdAt: z.string(),
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
+  custom_id: z.string().optional(),
+  metadata: z.record(z.string(), z.string()).optional(),
   result: JobResult.omit({ workerId: true, artifactSha256: true, at: true }).optional(),
   error: z.object({ code: ErrorCode.or(z.string()), message: z.string() }).optional(),
 });

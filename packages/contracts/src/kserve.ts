@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { Priority } from "./jobs.js";
+import { CustomId, JobMetadata, Priority } from "./jobs.js";
 import { ModelName, ModelVersion } from "./manifest.js";
 import { LIMITS } from "./tensor.js";
 
@@ -47,6 +47,8 @@ export const BinaryJobHeader = z.strictObject({
   version: ModelVersion.optional(),
   timeoutMs: z.number().int().min(1).optional(),
   priority: Priority.default("normal"),
+  custom_id: CustomId.optional(),
+  metadata: JobMetadata.optional(),
   inputs: z.array(BinaryInputHeader).max(LIMITS.maxInputsPerJob),
   outputs: z
     .array(z.strictObject({ name: z.string().min(1).max(256) }))

@@ -1,3 +1,4 @@
+export * from "./batch-keys.js";
 export * from "./jobs.js";
 export * from "./names.js";
 export * from "./redis.js";

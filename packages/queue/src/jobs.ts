@@ -1,6 +1,7 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
+import { recordBatchLine } from "./batch-keys.js";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
 import { scripts } from "./scripts/index.js";
 
@@ -184,6 +185,7 @@ export class JobQueues {
       id,
       model,
       version: owner.version,
+      ...labelsOf(owner),
       createdAt: iso(Number(ts)) ?? new Date(0).toISOString(),
       ...(processedOn ? { startedAt: iso(Number(processedOn)) } : {}),
       ...(finishedOn ? { finishedAt: iso(Number(finishedOn)) } : {}),
@@ -209,6 +211,8 @@ export class JobQueues {
           status: t.status,
           model: t.model,
           version: t.version,
+          ...(t.custom_id !== undefined ? { custom_id: t.custom_id } : {}),
+          ...(t.metadata !== undefined ? { metadata: t.metadata } : {}),
           createdAt: t.createdAt,
           finishedAt: t.finishedAt,
         };
@@ -240,6 +244,7 @@ export class JobQueues {
         status: "cancelled",
         model: job.data.model,
         version: job.data.version,
+        ...labelsOf(job.data),
         createdAt: new Date(job.timestamp).toISOString(),
         finishedAt: new Date().toISOString(),
       };
@@ -249,6 +254,8 @@ export class JobQueues {
         .del(keys.inputs(this.settings.prefix, job.data.model, id))
         .exec();
       await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
+      // A batch's job: its line is settled here, as the worker settles the lines it runs.
+      if (job.data.batchRef) await recordBatchLine(this.redis, this.settings.prefix, id, job.data, Date.now());
       this.notify(id, null);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
@@ -272,7 +279,7 @@ export class JobQueues {
     id: string,
     tenant: string,
     ms: number,
-    opts: { submitted?: { version: string } } = {},
+    opts: { submitted?: { version: string; custom_id?: string; metadata?: Record<string, string> } } = {},
   ): Promise<JobView> {
     const model = this.modelOf(id);
     const first = opts.submitted && ms > 0 ? undefined : await this.view(id, tenant);
@@ -309,6 +316,7 @@ export class JobQueues {
         status: "completed",
         model,
         version,
+        ...labelsOf(first ? { customId: first.custom_id, metadata: first.metadata } : (opts.submitted ?? {})),
         createdAt: new Date(at.created).toISOString(),
         startedAt: new Date(at.started).toISOString(),
         finishedAt: new Date(at.finished).toISOString(),
@@ -415,12 +423,32 @@ export interface EnqueueItem {
   priority: Priority;
 }
 
-/** Owner and version from a job's stored data (small JSON: its inputs are stored apart). */
-function ownerOf(raw: string): { tenant: string; version: string } | null {
+/** A job's client labels (custom_id, metadata) as its view shows them, from its data (or a waiter's submit). */
+function labelsOf(d: {
+  customId?: string | undefined;
+  custom_id?: string | undefined;
+  metadata?: Record<string, string> | undefined;
+}): Pick<JobView, "custom_id" | "metadata"> {
+  const customId = d.customId ?? d.custom_id;
+  return {
+    ...(typeof customId === "string" ? { custom_id: customId } : {}),
+    ...(d.metadata && typeof d.metadata === "object" ? { metadata: d.metadata } : {}),
+  };
+}
+
+/** Owner, version and labels from a job's stored data (small JSON: its inputs are stored apart). */
+function ownerOf(
+  raw: string,
+): { tenant: string; version: string; customId?: string; metadata?: Record<string, string> } | null {
   try {
     const d = JSON.parse(raw) as Partial<JobData>;
     return typeof d.tenant === "string" && typeof d.version === "string"
-      ? { tenant: d.tenant, version: d.version }
+      ? {
+          tenant: d.tenant,
+          version: d.version,
+          ...(typeof d.customId === "string" ? { customId: d.customId } : {}),
+          ...(d.metadata ? { metadata: d.metadata } : {}),
+        }
       : null;
   } catch {
     // A hash whose data is not JSON was not written by the API: no one owns it.
@@ -437,6 +465,7 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
     id: job.id ?? "",
     model: job.data.model,
     version: job.data.version,
+    ...labelsOf(job.data),
     createdAt: new Date(job.timestamp).toISOString(),
     ...(job.processedOn ? { startedAt: iso(job.processedOn) } : {}),
     ...(job.finishedOn ? { finishedAt: iso(job.finishedOn) } : {}),

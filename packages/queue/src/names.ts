@@ -37,6 +37,15 @@ export const keys = {
   quotaHeld: (prefix: string, tenant: string, jobId: string) => `${prefix}:quota-held:${tenant}:${jobId}`,
   /** An Idempotency-Key's entry (a hash: job id, fingerprint, state; see apps/api idempotency.ts). */
   idempotency: (prefix: string, tenant: string, keyHash: string) => `${prefix}:idempotency:${tenant}:${keyHash}`,
+  /**
+   * A batch (POST /v1/batches): a hash of its counters and state, and beside it the
+   * lines as accepted or refused (line -> JSON) and their final outcomes (line -> JSON).
+   * Tenant-scoped: another tenant's id names another key. All three expire at the
+   * batch's retention end (BATCH_TTL_MS after it was created).
+   */
+  batch: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}`,
+  batchLines: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}:lines`,
+  batchResults: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}:results`,
   /** One of BullMQ's own keys of a model's queue (`wait`, `prioritized`, …), as BullMQ names it. */
   bull: (prefix: string, model: string, part: string) => `${prefix}:${queueName(model)}:${part}`,
   /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */

@@ -1,6 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
-import { commandName, formatFailure, keys, queueName, type Redis, scripts } from "@citadel/queue";
+import {
+  batchRecordArgv,
+  batchRecordCall,
+  commandName,
+  formatFailure,
+  keys,
+  queueName,
+  type Redis,
+  scripts,
+} from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, Worker } from "bullmq";
 
@@ -74,6 +83,9 @@ type SettleFinal = (
   inputs: string,
 ) => unknown;
 const SETTLE_FINAL = commandName("settleFinal");
+/** The batchRecord script (packages/queue scripts/batchRecord-3.lua) on a pipeline. */
+type BatchRecord = (...args: (string | number)[]) => unknown;
+const BATCH_RECORD = commandName("batchRecord");
 
 /** BullMQ's protected `RedisQueueBackend.moveToFinishedArgs` (bullmq 6.x). */
 interface FinishArgs {
@@ -274,28 +286,40 @@ export class JobLease {
   private async settleFinals(batch: Settlement[]): Promise<void> {
     if (batch.length === 0) return;
     let replies: [Error | null, unknown][] = [];
+    // Where each settlement's replies start: a batch job has a third command (its line's record).
+    const at: number[] = [];
+    let n = 0;
+    for (const s of batch) {
+      at.push(n);
+      n += s.data?.batchRef ? 3 : 2;
+    }
     try {
       const backend = this.worker.backend;
       const pipe = (await backend.client).pipeline();
+      const named = pipe as unknown as Record<string, SettleFinal | BatchRecord | undefined>;
+      const settleFinal = named[SETTLE_FINAL] as SettleFinal | undefined;
+      const batchRecord = named[BATCH_RECORD] as BatchRecord | undefined;
+      if (!settleFinal || !batchRecord) throw new Error("Citadel's scripts are not defined on BullMQ's connection");
       for (const s of batch) {
-        const { job, token } = s.l;
         const args = s.kind === "complete" ? this.completeArgs(s.l, s.result) : this.failArgs(s.l, s.error);
         backend.execCommand(pipe, "moveToFinished", args);
-        const settleFinal = (pipe as unknown as Record<string, SettleFinal | undefined>)[SETTLE_FINAL];
-        if (!settleFinal) throw new Error("the settleFinal script is not defined on BullMQ's connection");
         settleFinal.apply(pipe, this.finalKeys(s));
+        // In the same pipeline as the move: a worker that dies after it loses no batch line.
+        if (s.data?.batchRef) {
+          const call = batchRecordCall(this.o.prefix, s.l.id, { ...s.data, batchRef: s.data.batchRef });
+          batchRecord.apply(pipe, [...call.keys, ...batchRecordArgv(call.args)]);
+        }
       }
       replies = ((await pipe.exec()) ?? []) as [Error | null, unknown][];
     } catch (err) {
-      replies = batch.flatMap(() => [
-        [coerceError(err), null],
-        [coerceError(err), null],
-      ]);
+      replies = Array.from({ length: n }, () => [coerceError(err), null]);
     }
     for (const [i, s] of batch.entries()) {
       this.held.delete(s.l.id);
-      const [moveErr, moved] = replies[2 * i] ?? [new Error("no reply"), null];
-      const [finalErr] = replies[2 * i + 1] ?? [new Error("no reply"), null];
+      const k = at[i] ?? 0;
+      const [moveErr, moved] = replies[k] ?? [new Error("no reply"), null];
+      const [finalErr] = replies[k + 1] ?? [new Error("no reply"), null];
+      const [recordErr, recorded] = s.data?.batchRef ? (replies[k + 2] ?? [new Error("no reply"), null]) : [null, 1];
       const lost =
         moveErr ??
         (typeof moved === "number" && moved < 0
@@ -316,6 +340,12 @@ export class JobLease {
         this.o.log.error(
           { err: coerceError(finalErr), jobId: s.l.id },
           "settled job: could not drop its inputs or release its quota share",
+        );
+      }
+      if (recordErr || (typeof recorded === "number" && recorded < 0)) {
+        this.o.log.error(
+          { err: recordErr ? coerceError(recordErr) : undefined, jobId: s.l.id, answer: recorded },
+          "settled job: could not record its outcome in its batch",
         );
       }
       answer(s, true);

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
 import {
+  type BatchRef,
   CitadelError,
   coerceError,
   type JobData,
@@ -26,7 +27,11 @@ export interface SubmitContext {
 }
 
 /** A job request with its inputs in any form validation accepts: JSON tensors, or raw bytes from a binary body. */
-export type SubmitRequest = Omit<JobRequest, "inputs"> & { inputs: Readonly<Record<string, TensorInput>> };
+export type SubmitRequest = Omit<JobRequest, "inputs"> & {
+  inputs: Readonly<Record<string, TensorInput>>;
+  /** Set by a batch's ingest (never by a client): the batch and line whose outcome the worker records. */
+  batchRef?: BatchRef;
+};
 
 /** The answer for a submitted job: "queued" when new, its current status when an Idempotency-Key replay names it. */
 export interface Accepted {
@@ -160,6 +165,9 @@ export class Submitter {
       requestId: ctx.requestId,
       clientIp: ctx.clientIp,
       outputPolicy: policy,
+      ...(req.custom_id !== undefined ? { customId: req.custom_id } : {}),
+      ...(req.metadata !== undefined ? { metadata: req.metadata } : {}),
+      ...(req.batchRef ? { batchRef: req.batchRef } : {}),
     };
     let fingerprint: string | undefined;
     return {
@@ -171,7 +179,17 @@ export class Submitter {
       get fingerprint() {
         fingerprint ??= createHash("sha256")
           .update(
-            JSON.stringify([req.model, req.version ?? null, req.outputs ?? null, req.timeoutMs ?? null, req.priority]),
+            JSON.stringify([
+              req.model,
+              req.version ?? null,
+              req.outputs ?? null,
+              req.timeoutMs ?? null,
+              req.priority,
+              // Only when given: keys recorded before these fields existed keep their fingerprints.
+              ...(req.custom_id !== undefined || req.metadata !== undefined
+                ? [req.custom_id ?? null, req.metadata ?? null]
+                : []),
+            ]),
           )
           .update(JSON.stringify(data.inputs))
           .update(packed.bytes)

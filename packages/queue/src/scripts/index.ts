@@ -15,6 +15,7 @@ const FILES = {
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
   settleFinal: "settleFinal-5.lua",
+  batchRecord: "batchRecord-3.lua",
   tokenBuckets: "tokenBuckets.lua",
   idempotencyClaim: "idempotencyClaim-1.lua",
   idempotencyTakeOver: "idempotencyTakeOver-1.lua",
@@ -57,6 +58,22 @@ export function commandName(name: ScriptName): string {
 
 type Arg = string | number;
 type Command = (...args: Arg[]) => Promise<unknown>;
+
+/** batchRecord-3.lua's keys: the job's hash, the batch's hash and its results. */
+export type BatchRecordKeys = [job: string, batch: string, results: string];
+
+export interface BatchRecordArgs {
+  line: number;
+  jobId: string;
+  customId?: string | undefined;
+  /** The outcome when the job's hash is gone (a cancel that removed it). */
+  fallback?: { status: "cancelled"; finishedAt: number };
+}
+
+/** batchRecord-3.lua's ARGV. */
+export function batchRecordArgv(a: BatchRecordArgs): Arg[] {
+  return [a.line, a.jobId, a.customId ?? "", a.fallback?.status ?? "", a.fallback?.finishedAt ?? 0];
+}
 
 /** A job asking the quota for room: its reservation marker and bytes, and its Idempotency-Key entry when it has one. */
 export interface QuotaJob {
@@ -103,6 +120,8 @@ export interface CitadelScripts {
   quotaRelease(jobsKey: string, bytesKey: string, marker: string): Promise<boolean>;
   /** Charges every bucket or none: 0 when charged, else the 1-based index of the bucket that refused. */
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
+  /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone), -1 not final, -2 gone. */
+  batchRecord(keys: BatchRecordKeys, args: BatchRecordArgs): Promise<number>;
   /** The existing entry's fields (id, fp, model, version, state, attempt, reserved, at, lease), or null when claimed now. */
   idempotencyClaim(
     key: string,
@@ -180,6 +199,9 @@ function bind(redis: Redis): CitadelScripts {
         [nowMs, ...args],
       )) as [number, number];
       return { refusedBy, retryAfterMs };
+    },
+    async batchRecord(keys, args) {
+      return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));
     },
     async idempotencyClaim(key, first, nowMs, ttlMs, leaseUntilMs) {
       const raw = await run(
