@@ -226,10 +226,11 @@ describe("the batch file's bounds", () => {
     expect([r.status, r.json.error?.code]).toEqual([413, "PAYLOAD_TOO_LARGE"]);
     const id = r.json.error.details?.batch as string;
     expect(id).toMatch(/^batch_/);
-    // The lines it queued before the bound are cancelled (or finished, had a worker taken them first).
+    // The lines it queued before the bound (how many depends on how the body's chunks
+    // arrived: none at all when the bound came first) are cancelled, or finished had a
+    // worker taken them first; every one is accounted for.
     const done = await settled(id);
     expect(done.status).toBe("cancelled");
-    expect(done.counts.accepted).toBeGreaterThan(0);
     expect(done.counts.completed + done.counts.cancelled + done.counts.failed).toBe(done.counts.accepted);
     // It stopped reading: the client never had to produce the whole (64 MiB) stream.
     expect(sent).toBeLessThan(16 * 1024 * 1024);
