@@ -50,7 +50,7 @@ import { requestError, sendError } from "./errors.js";
 import { parseJsonBody } from "./json-body.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
-import { finalWithin, submitContext } from "./submit-context.js";
+import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
 import { INFER_ROUTES, registerV2 } from "./v2.js";
 
 export interface AppDeps {
@@ -284,15 +284,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         const ctx = submitContext(req);
         const binary = binaryOf(req, false);
         const job: SubmitRequest = binary?.jobs[0] ?? (req.body as JobRequest);
-        let accepted: Awaited<ReturnType<Submitter["submitOne"]>>;
-        try {
-          accepted = await d.submitter.submitOne(job, ctx);
-        } catch (err) {
-          const e = asCitadel(err);
-          d.submitter.rejected(ctx, job.model, e);
-          req.audited = true;
-          throw e;
-        }
+        const accepted = await submitOneRecorded(d.submitter, req, job, ctx);
         const view =
           req.query.wait === undefined
             ? undefined

@@ -1,6 +1,6 @@
 import { CitadelError, type JobView } from "@citadel/contracts";
 import { isFinal, type JobQueues } from "@citadel/queue";
-import type { Accepted, SubmitContext } from "@citadel/submit";
+import { type Accepted, asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "@citadel/submit";
 import type { Tenant } from "@citadel/tenants";
 import type { FastifyRequest } from "fastify";
 
@@ -35,5 +35,25 @@ export async function finalWithin(
   } catch (err) {
     req.log.warn({ err, jobId: a.id }, "waiting for a submitted job failed; answering that it is not final");
     return undefined;
+  }
+}
+
+/**
+ * Submits one job; a refusal is recorded (metrics, one job.rejected record) before it
+ * is thrown, so the request's own audit hook does not record it again.
+ */
+export async function submitOneRecorded(
+  submitter: Submitter,
+  req: FastifyRequest,
+  job: SubmitRequest,
+  ctx: SubmitContext,
+): Promise<Accepted> {
+  try {
+    return await submitter.submitOne(job, ctx);
+  } catch (err) {
+    const e = asCitadel(err);
+    submitter.rejected(ctx, job.model, e);
+    req.audited = true;
+    throw e;
   }
 }

@@ -21,7 +21,7 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fas
 import { z } from "zod";
 import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer } from "./binary-body.js";
 import { sendError } from "./errors.js";
-import { finalWithin, submitContext } from "./submit-context.js";
+import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
 
 /**
  * The Open Inference Protocol (KServe v2) over HTTP, beside /v1 and on the same
@@ -202,15 +202,7 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
     ...(outputs ? { outputs } : {}),
     priority: "normal",
   };
-  let accepted: Awaited<ReturnType<Submitter["submitOne"]>>;
-  try {
-    accepted = await d.submitter.submitOne(job, ctx);
-  } catch (err) {
-    const e = asCitadel(err);
-    d.submitter.rejected(ctx, params.name, e);
-    req.audited = true;
-    throw e;
-  }
+  const accepted = await submitOneRecorded(d.submitter, req, job, ctx);
   // Accepted: from here the job's own records stand for it, whatever this request meets.
   req.audited = true;
   // The model's timeout bounds the run and QUEUE_TTL_MS the wait before it; past both the
