@@ -28,13 +28,28 @@ function running(pid: number): boolean {
   }
 }
 
-/** Resolves once none of `pids` runs; rejects after `ms` naming the ones left. */
-async function allGone(pids: number[], ms: number): Promise<void> {
+/** The last lines of an app's log (the demo's children write their own files). */
+function logTail(dir: string, name: string): string {
+  try {
+    return readFileSync(path.join(dir, "logs", `${name}.log`), "utf8")
+      .split("\n")
+      .slice(-15)
+      .join("\n");
+  } catch (err) {
+    return `(no log: ${(err as Error).message})`;
+  }
+}
+
+/** Resolves once none of `procs` runs; rejects after `ms` naming the ones left, with their logs' ends. */
+async function allGone(procs: Record<string, number>, dir: string, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const left = pids.filter(running);
+    const left = Object.entries(procs).filter(([, pid]) => running(pid));
     if (left.length === 0) return;
-    if (Date.now() > deadline) throw new Error(`still running ${ms} ms after the CLI died: ${left.join(", ")}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `still running ${ms} ms after the CLI died:\n${left.map(([name, pid]) => `${name} (${pid}):\n${logTail(dir, name)}`).join("\n")}`,
+      );
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -83,7 +98,7 @@ describe("citadel demo --serve", () => {
 
       cli.kill("SIGKILL");
       await exited;
-      await allGone(pids, 60_000);
+      await allGone(state.pids, dir, 60_000);
       await expect(fetch(`${state.apiUrl}/healthz`)).rejects.toThrow();
     } finally {
       for (const pid of pids.filter(running)) process.kill(pid, "SIGKILL");

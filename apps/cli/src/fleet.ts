@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import net, { type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,23 +73,29 @@ export async function startProcess(
 ): Promise<FleetProcess> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   mkdirSync(logDir, { recursive: true });
-  const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: "a", mode: 0o600 });
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...appArgs(app, opts.form)], {
-    cwd: opts.cwd ?? repoRoot,
-    // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
-    // child with one SIGTERM (a second signal would force it to exit mid-drain).
-    detached: true,
-    // fd 3: a pipe we hold and never write. When we die, by any signal, the child
-    // reads end-of-file on it and shuts down (stopWithParent in @citadel/config).
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env, [PARENT_FD_ENV]: "3" },
-    stdio: ["ignore", "pipe", "pipe", "pipe"],
-  });
+  // The child writes its log file itself: its lines (shutdown ones included) do not
+  // pass through us, so they are kept when we die first, and a dead reader cannot
+  // fail its writes with EPIPE.
+  const log = openSync(path.join(logDir, `${name}.log`), "a", 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...appArgs(app, opts.form)], {
+      cwd: opts.cwd ?? repoRoot,
+      // Its own process group: a Ctrl-C in the terminal reaches only us, and we stop the
+      // child with one SIGTERM (a second signal would force it to exit mid-drain).
+      detached: true,
+      // fd 3: a pipe we hold and never write. When we die, by any signal, the child
+      // reads end-of-file on it and shuts down (stopWithParent in @citadel/config).
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env, [PARENT_FD_ENV]: "3" },
+      stdio: ["ignore", log, log, "pipe"],
+    });
+  } finally {
+    closeSync(log);
+  }
   // Our end must not keep us alive; it stays open for as long as we live (or the child does).
   const parentEnd = child.stdio[3] as Socket | null;
   parentEnd?.unref();
   child.once("exit", () => parentEnd?.destroy());
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
   // The exit code, or the signal's name when a signal ended the process.
   const exited = new Promise<number | string | null>((resolve) =>
     child.once("exit", (code, sig) => resolve(code ?? sig)),
