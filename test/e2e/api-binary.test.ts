@@ -5,7 +5,7 @@ import { buildIdentityModel, buildMultiInputModel } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { errorEnvelope, publishModel, queueCounts } from "../support/api-kit.js";
+import { errorEnvelope, inlineRefs, publishModel, queueCounts } from "../support/api-kit.js";
 import { b64, decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Issue 11 points 1 and 2: KServe v2 binary bodies in and out of the job routes, and
@@ -303,7 +303,8 @@ describe("binary submit and results", () => {
       const content = doc.paths[path].post.requestBody.content;
       expect(Object.keys(content).sort()).toEqual(["application/json", "application/octet-stream"]);
       expect(content["application/octet-stream"].schema).toMatchObject({ type: "string", format: "binary" });
-      expect(JSON.stringify(content["application/octet-stream"].schema)).toContain("binary_data_size");
+      const header = inlineRefs(doc, content["application/octet-stream"].schema["x-inference-header"]);
+      expect(JSON.stringify(header)).toContain("binary_data_size");
       const params = (doc.paths[path].post.parameters as Loose[]).map((p) => `${p.in}:${p.name}`);
       expect(params).toContain("header:inference-header-content-length");
     }

@@ -5,6 +5,7 @@ import { TenantStore } from "@citadel/tenants";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   errorEnvelope,
+  inlineRefs,
   metricValue,
   pollUntil,
   publishModel,
@@ -119,7 +120,7 @@ describe("with a worker", () => {
     );
     expect(Object.keys(doc.paths["/v1/jobs/{id}"] ?? {}).sort()).toEqual(["delete", "get"]);
     // Generated from the zod schema the route validates with: the strict job body.
-    const body = JSON.stringify(doc.paths["/v1/jobs"]?.post?.requestBody);
+    const body = JSON.stringify(inlineRefs(doc, doc.paths["/v1/jobs"]?.post?.requestBody));
     for (const field of ["model", "inputs", "timeoutMs", "priority", "float32"]) expect(body).toContain(field);
     expect(body).toContain('"additionalProperties":false');
     const ui = await fetch(`${fleet.apiUrl}/docs`);

@@ -3,7 +3,7 @@ import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildIdentityModel, buildMultiInputModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pollUntil, publishModel, queueCounts, readAudit, startExtraApi } from "../support/api-kit.js";
+import { inlineRefs, pollUntil, publishModel, queueCounts, readAudit, startExtraApi } from "../support/api-kit.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Issue 12 point 1: the Open Inference Protocol (KServe v2) over HTTP under /v2. The client
@@ -405,8 +405,8 @@ describe("the OpenAPI document", () => {
     );
     const body = doc.paths["/v2/models/{name}/infer"]?.post?.requestBody?.content ?? {};
     expect(Object.keys(body).sort()).toEqual(["application/json", "application/octet-stream"]);
-    expect(JSON.stringify(body["application/json"])).toContain("binary_data_output");
-    expect(JSON.stringify(body["application/octet-stream"])).toContain("binary_data_size");
+    expect(JSON.stringify(inlineRefs(doc, body["application/json"]))).toContain("binary_data_output");
+    expect(JSON.stringify(inlineRefs(doc, body["application/octet-stream"]))).toContain("binary_data_size");
     const infer = doc.paths["/v2/models/{name}/infer"]?.post as { responses?: Record<string, { content?: object }> };
     const answers = infer.responses ?? {};
     expect(Object.keys(answers["200"]?.content ?? {}).sort()).toEqual(["application/json", "application/octet-stream"]);

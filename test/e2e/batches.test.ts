@@ -2,7 +2,7 @@ import { buildMultiInputModel } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pollUntil, publishModel, queueCounts, readAudit } from "../support/api-kit.js";
+import { inlineRefs, pollUntil, publishModel, queueCounts, readAudit } from "../support/api-kit.js";
 import { decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // docs/api.md "Batches": a JSONL file streamed in, each line a job through the submit path,
@@ -329,10 +329,10 @@ describe("the OpenAPI document", () => {
     expect(Object.keys(doc.paths["/v1/batches/{id}"]).sort()).toEqual(["delete", "get"]);
     const post = doc.paths["/v1/batches"].post;
     expect(Object.keys(post.requestBody.content).sort()).toEqual(["application/jsonl", "application/x-ndjson"]);
-    expect(post.requestBody.content["application/jsonl"].schema["x-jsonl-line"].required).toEqual(
+    expect(inlineRefs(doc, post.requestBody.content["application/jsonl"].schema["x-jsonl-line"]).required).toEqual(
       expect.arrayContaining(["custom_id", "body"]),
     );
-    expect(post.responses["202"].content["application/json"].schema.properties.counts).toBeDefined();
+    expect(inlineRefs(doc, post.responses["202"].content["application/json"].schema).properties.counts).toBeDefined();
     expect(Object.keys(doc.paths["/v1/batches/{id}/results"].get.responses["200"].content)).toEqual([
       "application/jsonl",
     ]);

@@ -244,3 +244,23 @@ export async function postBinary(
   const text = await res.text();
   return { status: res.status, json: JSON.parse(text) as Loose };
 }
+
+/**
+ * A part of an OpenAPI document with its `$ref`s replaced by what they name (the
+ * document names shared schemas as components), for tests that read a route's schema.
+ */
+export function inlineRefs(doc: unknown, node: unknown, seen: readonly string[] = []): Loose {
+  if (Array.isArray(node)) return node.map((v) => inlineRefs(doc, v, seen));
+  if (typeof node !== "object" || node === null) return node;
+  const ref = (node as { $ref?: unknown }).$ref;
+  if (typeof ref === "string") {
+    if (seen.includes(ref)) return node;
+    const target = ref
+      .replace(/^#\//, "")
+      .split("/")
+      .reduce<unknown>((at, key) => (at as Record<string, unknown> | undefined)?.[key], doc);
+    if (target === undefined) throw new Error(`dangling $ref ${ref}`);
+    return inlineRefs(doc, target, [...seen, ref]);
+  }
+  return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, inlineRefs(doc, v, seen)]));
+}

@@ -1,16 +1,21 @@
 import { randomUUID } from "node:crypto";
 import type { AuditSink } from "@citadel/audit";
 import {
-  ApiErrorBody,
   BINARY_CONTENT_TYPE,
   BinaryBulkHeader,
   BinaryJobHeader,
+  BinaryViewHeader,
+  BulkEnvelope,
+  BulkRequest,
+  BulkResponse,
   CitadelError,
   httpStatusFor,
   INFERENCE_HEADER_LENGTH,
+  JobAccepted,
+  JobCancelled,
   JobRequest,
-  JobStatus,
   JobView,
+  ModelList,
 } from "@citadel/contracts";
 import type { JobQueues, Redis } from "@citadel/queue";
 import {
@@ -50,6 +55,7 @@ import { requestError, sendError } from "./errors.js";
 import { parseJsonBody } from "./json-body.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
+import { documentedAs, idempotencyHeader, json, v1Errors } from "./route-docs.js";
 import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
 import { INFER_ROUTES, registerV2 } from "./v2.js";
 
@@ -87,34 +93,34 @@ export interface AppDeps {
 }
 
 const JobId = z.object({ id: z.string().min(1).max(200) });
-/** "queued" for a new job; an Idempotency-Key replay answers with its job's current status. */
-const Accepted = z.object({ id: z.string(), status: JobStatus, model: z.string(), version: z.string() });
-const BulkRequest = z.strictObject({ jobs: z.array(z.unknown()).min(1) });
 /** The two bodies a submit route takes: JSON, or a KServe v2 binary body (decoded by the handler, which needs the header). */
 const submitBody = (json: z.ZodType, header: z.ZodType) => ({
   content: {
     "application/json": { schema: json },
-    [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(header) },
+    [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(header, "input") },
   },
 });
 /** A job view as JSON, or (completed, asked for with Accept or binary_data_output) as a binary body. */
-const ViewResponse = {
+const viewResponse = (description: string) => ({
+  description,
   content: {
     "application/json": { schema: JobView },
     [BINARY_CONTENT_TYPE]: {
-      schema: binaryBodyDoc(JobView, "the job view, with result.outputs as KServe output descriptors"),
+      schema: binaryBodyDoc(BinaryViewHeader, "output", "the job view, with result.outputs as output descriptors"),
     },
   },
-};
-const errorResponses = {
-  400: ApiErrorBody,
-  401: ApiErrorBody,
-  403: ApiErrorBody,
-  404: ApiErrorBody,
-  422: ApiErrorBody,
-  429: ApiErrorBody,
-  503: ApiErrorBody,
-};
+});
+const submitHeaders = binaryHeaders.extend(idempotencyHeader);
+const waitQuery = (maxWaitMs: number) =>
+  z.strictObject({
+    wait: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .max(maxWaitMs)
+      .optional()
+      .describe("Wait up to this many ms for the job to be final (bounded by the API's MAX_WAIT_MS)"),
+  });
 
 const SUBMIT_ROUTES = new Set(["/v1/jobs", "/v1/jobs/bulk", "/v1/batches", ...INFER_ROUTES]);
 
@@ -272,9 +278,14 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       {
         schema: {
           body: submitBody(JobRequest, BinaryJobHeader),
-          headers: binaryHeaders,
-          querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
-          response: { 200: ViewResponse, 202: Accepted, ...errorResponses },
+          headers: submitHeaders,
+          querystring: waitQuery(s.maxWaitMs),
+          response: {
+            200: viewResponse("?wait saw the job finish in time (completed, failed or cancelled): its view"),
+            202: json(JobAccepted, "Accepted: queued, and (with ?wait) not final in time"),
+            ...v1Errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
+          },
+          operationId: "submitJob",
           tags: ["jobs"],
           summary:
             "Submit one job (JSON or KServe v2 binary); ?wait=ms answers 200 with the result if it is ready in time",
@@ -302,19 +313,13 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       "/v1/jobs/bulk",
       {
         schema: {
-          body: submitBody(BulkRequest, BinaryBulkHeader),
-          headers: binaryHeaders,
+          body: submitBody(documentedAs(BulkEnvelope, BulkRequest), BinaryBulkHeader),
+          headers: submitHeaders,
           response: {
-            202: z.object({
-              jobs: z.array(
-                z.union([
-                  Accepted.extend({ index: z.number() }),
-                  ApiErrorBody.extend({ index: z.number(), status: z.number() }),
-                ]),
-              ),
-            }),
-            ...errorResponses,
+            202: json(BulkResponse, "Each item answered on its own, in order: accepted, or refused with its error"),
+            ...v1Errors(400, 401, 413, 415, 429, 503),
           },
+          operationId: "submitJobs",
           tags: ["jobs"],
           summary: "Submit many jobs; each item is answered on its own",
         },
@@ -322,7 +327,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       async (req, reply) => {
         const ctx = submitContext(req);
         const binary = binaryOf(req, true);
-        const items = binary?.jobs ?? (req.body as z.infer<typeof BulkRequest>).jobs;
+        const items = binary?.jobs ?? (req.body as z.infer<typeof BulkEnvelope>).jobs;
         if (items.length > s.bulkMaxJobs) {
           throw new CitadelError("VALIDATION_FAILED", `at most ${s.bulkMaxJobs} jobs per bulk request`);
         }
@@ -366,8 +371,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       {
         schema: {
           params: JobId,
-          querystring: z.strictObject({ wait: z.coerce.number().int().min(0).max(s.maxWaitMs).optional() }),
-          response: { 200: ViewResponse, ...errorResponses },
+          querystring: waitQuery(s.maxWaitMs),
+          response: {
+            200: viewResponse("The job's view (final, or where it stands when ?wait ran out)"),
+            ...v1Errors(400, 401, 404, 429, 503),
+          },
+          operationId: "getJob",
           tags: ["jobs"],
           summary:
             "Job status and result; ?wait=ms long-polls; Accept: application/octet-stream answers a result binary",
@@ -386,7 +395,14 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       {
         schema: {
           params: JobId,
-          response: { 202: z.object({ id: z.string(), status: z.string() }), ...errorResponses },
+          response: {
+            202: json(
+              JobCancelled,
+              "cancelled (removed from its queue), cancelling (running: it stops at its next check), or the final status it already had",
+            ),
+            ...v1Errors(400, 401, 404, 429, 503),
+          },
+          operationId: "cancelJob",
           tags: ["jobs"],
           summary: "Cancel a job",
         },
@@ -413,7 +429,14 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
 
     api.get(
       "/v1/models",
-      { schema: { tags: ["models"], summary: "Models this tenant may use, with specs and limits" } },
+      {
+        schema: {
+          response: { 200: ModelList, ...v1Errors(401, 429, 503) },
+          operationId: "listModels",
+          tags: ["models"],
+          summary: "Models this tenant may use, with specs and limits",
+        },
+      },
       async (req) => {
         const tenant = req.tenant as Tenant;
         const models = [];

@@ -1,17 +1,11 @@
 import { Readable } from "node:stream";
-import {
-  ApiErrorBody,
-  BATCH_CONTENT_TYPES,
-  BatchLine,
-  BatchResultLine,
-  BatchView,
-  CitadelError,
-} from "@citadel/contracts";
+import { BATCH_CONTENT_TYPES, BatchLine, BatchResultLine, BatchView, CitadelError } from "@citadel/contracts";
 import type { Batches, BatchStore } from "@citadel/submit";
 import type { Tenant } from "@citadel/tenants";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { componentRef, json, v1Errors } from "./route-docs.js";
 import { submitContext } from "./submit-context.js";
 
 /**
@@ -28,7 +22,6 @@ export interface BatchRouteDeps {
 }
 
 const BatchId = z.object({ id: z.string().min(1).max(200) });
-const errors = Object.fromEntries([400, 401, 404, 413, 415, 429, 503].map((s) => [s, ApiErrorBody]));
 const tags = ["batches"];
 
 const jsonlBody = z.any().meta({
@@ -36,12 +29,12 @@ const jsonlBody = z.any().meta({
   description:
     "JSONL: one request per line, {custom_id, method?: POST, url?: /v1/jobs, body: <a POST /v1/jobs body>}; " +
     "blank lines are skipped",
-  "x-jsonl-line": z.toJSONSchema(BatchLine, { target: "openapi-3.0", io: "input", unrepresentable: "any" }),
+  "x-jsonl-line": componentRef(BatchLine, "input"),
 });
 const jsonlResults = z.any().meta({
   type: "string",
   description: "JSONL: one line per request line of the batch file, in its order",
-  "x-jsonl-line": z.toJSONSchema(BatchResultLine, { target: "openapi-3.0", io: "output", unrepresentable: "any" }),
+  "x-jsonl-line": componentRef(BatchResultLine, "output"),
 });
 
 export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): Promise<void> {
@@ -58,7 +51,11 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           body: { content: Object.fromEntries(BATCH_CONTENT_TYPES.map((t) => [t, { schema: jsonlBody }])) },
-          response: { 202: BatchView, ...errors },
+          response: {
+            202: json(BatchView, "The batch, its file read to the end: each line accepted as a job or refused alone"),
+            ...v1Errors(400, 401, 413, 415, 429, 503),
+          },
+          operationId: "createBatch",
           tags,
           summary: "Submit a batch file (JSONL, streamed); each line is a job, refused alone when it is malformed",
         },
@@ -102,7 +99,8 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           params: BatchId,
-          response: { 200: BatchView, ...errors },
+          response: { 200: json(BatchView, "The batch's status and counts"), ...v1Errors(400, 401, 404, 429, 503) },
+          operationId: "getBatch",
           tags,
           summary: "A batch's status and counts",
         },
@@ -115,7 +113,14 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           params: BatchId,
-          response: { 200: { content: { "application/jsonl": { schema: jsonlResults } } }, ...errors },
+          response: {
+            200: {
+              description: "JSONL, one BatchResultLine per request line of the batch file, in its order",
+              content: { "application/jsonl": { schema: jsonlResults } },
+            },
+            ...v1Errors(400, 401, 404, 429, 503),
+          },
+          operationId: "getBatchResults",
           tags,
           summary:
             "A batch's results as JSONL, one line per request line (custom_id, line, job id, status, result or error)",
@@ -140,7 +145,11 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           params: BatchId,
-          response: { 202: BatchView, ...errors },
+          response: {
+            202: json(BatchView, "The batch, cancelling or cancelled"),
+            ...v1Errors(400, 401, 404, 429, 503),
+          },
+          operationId: "cancelBatch",
           tags,
           summary: "Cancel a batch: queued jobs are removed, active ones cancelled as DELETE /v1/jobs/:id does",
         },

@@ -19,6 +19,7 @@ import {
 import type { FastifyReply } from "fastify";
 import { z } from "zod";
 import { parseJsonBody } from "./json-body.js";
+import { componentRef } from "./route-docs.js";
 
 /** A binary submit decoded: one request per job (inputs are views of the body) and whether results go back binary. */
 export interface BinarySubmit {
@@ -171,16 +172,17 @@ export function sendBinaryView(reply: FastifyReply, view: JobView, status = 200)
 
 /**
  * The OpenAPI description of a binary body (validation accepts the buffer as it is; the
- * handler decodes it): a string of bytes, with the JSON schema of its header attached.
+ * handler decodes it): a string of bytes, its JSON header's schema named by reference
+ * (`x-inference-header`: OpenAPI 3.0 cannot describe the framing itself).
  */
-export function binaryBodyDoc(header: z.ZodType, what = "the JSON header"): z.ZodType {
+export function binaryBodyDoc(header: z.ZodType, io: "input" | "output", what = "the JSON header"): z.ZodType {
   return z.any().meta({
     type: "string",
     format: "binary",
     description:
       `KServe v2 binary tensor data: Inference-Header-Content-Length bytes of UTF-8 JSON (${what}), ` +
       "then each tensor's raw little-endian bytes in the order the header lists them, parameters.binary_data_size each.",
-    "x-inference-header": z.toJSONSchema(header, { target: "openapi-3.0", io: "input", unrepresentable: "any" }),
+    "x-inference-header": componentRef(header, io),
   });
 }
 

@@ -17,6 +17,7 @@ import { parseJsonBody } from "./json-body.js";
 import { apiMetrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
 import { collectQueueGauges } from "./queue-gauges.js";
+import { appSettings } from "./settings.js";
 
 export interface ApiHandle {
   app: FastifyInstance;
@@ -172,20 +173,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     denials,
     metrics,
     ...(board ? { board } : {}),
-    settings: {
-      bodyLimit: env.BODY_LIMIT_BYTES,
-      maxJsonDepth: env.MAX_JSON_DEPTH,
-      bulkMaxJobs: env.BULK_MAX_JOBS,
-      batchMaxBytes: env.BATCH_MAX_BYTES,
-      maxWaitMs: env.MAX_WAIT_MS,
-      queueTtlMs: env.QUEUE_TTL_MS,
-      requestTimeoutMs: env.REQUEST_TIMEOUT_MS,
-      maxEventLoopDelayMs: env.MAX_EVENT_LOOP_DELAY_MS,
-      ipRate: env.IP_RATE,
-      ipBurst: env.IP_BURST,
-      trustProxyHops: env.TRUST_PROXY_HOPS,
-      openApiUi: env.OPENAPI_UI,
-    },
+    settings: appSettings(env),
   });
   app.server.maxConnections = env.MAX_CONNECTIONS;
   const url = await app.listen({ host: env.API_HOST, port: env.API_PORT });

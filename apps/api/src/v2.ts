@@ -6,7 +6,6 @@ import {
   INFERENCE_HEADER_LENGTH,
   type JobView,
   type ManifestBody,
-  V2ErrorBody,
   V2InferRequest,
   V2InferResponse,
   V2ModelMetadata,
@@ -21,6 +20,7 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fas
 import { z } from "zod";
 import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer } from "./binary-body.js";
 import { sendError } from "./errors.js";
+import { idempotencyHeader, json, v2Errors } from "./route-docs.js";
 import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
 
 /**
@@ -44,11 +44,16 @@ export interface V2Deps {
 /** The routes whose refusals are audited as refused submits (app.ts). */
 export const INFER_ROUTES = ["/v2/models/:name/infer", "/v2/models/:name/versions/:version/infer"] as const;
 
-const MODEL_PATHS = ["/v2/models/:name", "/v2/models/:name/versions/:version"] as const;
-const ModelParams = z.object({ name: z.string().min(1).max(200), version: z.string().min(1).max(200).optional() });
-type ModelParams = z.infer<typeof ModelParams>;
+const ModelName = z.object({ name: z.string().min(1).max(200) });
+const ModelNameVersion = ModelName.extend({ version: z.string().min(1).max(200) });
+type ModelParams = { name: string; version?: string };
 
-const errors = Object.fromEntries([400, 401, 403, 404, 409, 413, 415, 429, 500, 503, 504].map((s) => [s, V2ErrorBody]));
+/** Each model route with and without a version: its path, its parameters, and a suffix for its operationId. */
+const MODEL_PATHS = [
+  { path: "/v2/models/:name", params: ModelName, op: "" },
+  { path: "/v2/models/:name/versions/:version", params: ModelNameVersion, op: "Version" },
+] as const;
+
 const tags = ["v2 (Open Inference Protocol)"];
 
 /** The server's name and version (apps/api/package.json, one directory above src/ and dist/ alike). */
@@ -69,14 +74,27 @@ export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void>
     const api = open.withTypeProvider<ZodTypeProvider>();
     api.get(
       "/v2/health/live",
-      { schema: { response: { 200: z.object({ live: z.boolean() }) }, tags, summary: "Server live" } },
+      {
+        schema: {
+          response: { 200: z.object({ live: z.boolean() }) },
+          operationId: "v2ServerLive",
+          security: [],
+          tags,
+          summary: "Server live",
+        },
+      },
       async () => ({ live: true }),
     );
     api.get(
       "/v2/health/ready",
       {
         schema: {
-          response: { 200: z.object({ ready: z.boolean() }), 503: z.object({ ready: z.boolean() }) },
+          response: {
+            200: z.object({ ready: z.boolean() }),
+            503: json(z.object({ ready: z.boolean() }), "Not ready"),
+          },
+          operationId: "v2ServerReady",
+          security: [],
           tags,
           summary: "Server ready: Redis answers and the model registry is loaded (as /readyz)",
         },
@@ -96,67 +114,90 @@ export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void>
 
     api.get(
       "/v2",
-      { schema: { response: { 200: V2ServerMetadata, ...errors }, tags, summary: "Server metadata" } },
+      {
+        schema: {
+          response: { 200: V2ServerMetadata, ...v2Errors(401, 429, 503) },
+          operationId: "v2ServerMetadata",
+          tags,
+          summary: "Server metadata",
+        },
+      },
       async () => metadata,
     );
 
-    for (const path of MODEL_PATHS) {
+    for (const { path, params, op } of MODEL_PATHS) {
       api.get(
         path,
         {
           schema: {
-            params: ModelParams,
-            response: { 200: V2ModelMetadata, ...errors },
+            params,
+            response: { 200: V2ModelMetadata, ...v2Errors(400, 401, 404, 429, 503) },
+            operationId: `v2Model${op}Metadata`,
             tags,
             summary: "Model metadata from the signed manifest (404 for a model this tenant may not use)",
           },
         },
         async (req) => {
-          const m = await served(d.catalog, req.tenant as Tenant, req.params);
-          return v2ModelMetadata(req.params.name, m.versions, m.manifest);
+          const p: ModelParams = req.params;
+          const m = await served(d.catalog, req.tenant as Tenant, p);
+          return v2ModelMetadata(p.name, m.versions, m.manifest);
         },
       );
       api.get(
         `${path}/ready`,
         {
           schema: {
-            params: ModelParams,
-            response: { 200: z.object({ name: z.string(), ready: z.boolean() }), ...errors },
+            params,
+            response: {
+              200: z.object({ name: z.string(), ready: z.boolean() }),
+              ...v2Errors(400, 401, 404, 429, 503),
+            },
+            operationId: `v2Model${op}Ready`,
             tags,
             summary: "Model ready: routed, and its manifest verifies",
           },
         },
         async (req) => {
-          await served(d.catalog, req.tenant as Tenant, req.params);
-          return { name: req.params.name, ready: true };
+          const p: ModelParams = req.params;
+          await served(d.catalog, req.tenant as Tenant, p);
+          return { name: p.name, ready: true };
         },
       );
     }
 
-    for (const path of INFER_ROUTES) {
+    for (const [path, params, op] of [
+      [INFER_ROUTES[0], ModelName, "v2ModelInfer"],
+      [INFER_ROUTES[1], ModelNameVersion, "v2ModelVersionInfer"],
+    ] as const) {
       api.post(
         path,
         {
           schema: {
-            params: ModelParams,
-            headers: binaryHeaders,
+            params,
+            headers: binaryHeaders.extend(idempotencyHeader),
             body: {
               content: {
                 "application/json": { schema: V2InferRequest },
-                [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(V2InferRequest, "the infer request") },
+                [BINARY_CONTENT_TYPE]: { schema: binaryBodyDoc(V2InferRequest, "input", "the infer request") },
               },
             },
             response: {
               200: {
+                description: "The job completed: its outputs, as JSON or (asked for, or not exact in JSON) as bytes",
                 content: {
                   "application/json": { schema: V2InferResponse },
                   [BINARY_CONTENT_TYPE]: {
-                    schema: binaryBodyDoc(V2InferResponse, "the infer answer, binary outputs with binary_data_size"),
+                    schema: binaryBodyDoc(
+                      V2InferResponse,
+                      "output",
+                      "the infer answer, binary outputs with binary_data_size",
+                    ),
                   },
                 },
               },
-              ...errors,
+              ...v2Errors(400, 401, 404, 409, 413, 415, 429, 500, 503, 504),
             },
+            operationId: op,
             tags,
             summary:
               "Infer, synchronously: the job is queued like POST /v1/jobs and awaited; 504 RESULT_PENDING names a job not final in time",

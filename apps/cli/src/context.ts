@@ -1,10 +1,10 @@
+import { CitadelApiError } from "@citadel/client";
 import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
 import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
 import { type Redis, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { z } from "zod";
-import { ApiError } from "./api/api-error.js";
 import { zodMessage } from "./zod-message.js";
 
 export const CliEnv = CommonEnv.extend(KeyEnv.shape).extend(AuditEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
@@ -62,7 +62,8 @@ export function openContext(env: CliEnv = loadCliEnv()): CliContext {
  */
 export function reportError(err: unknown): void {
   if (err instanceof CitadelError) process.stderr.write(`citadel: ${err.code}: ${err.message}\n`);
-  else if (err instanceof ApiError) process.stderr.write(`citadel: ${err.line}\n`);
+  else if (err instanceof CitadelApiError)
+    process.stderr.write(`citadel: ${err.code}: ${err.message} (HTTP ${err.status})\n`);
   else if (err instanceof z.ZodError) process.stderr.write(`citadel: VALIDATION_FAILED: ${zodMessage(err.issues)}\n`);
   else if (err instanceof Error) process.stderr.write(`citadel: ${err.message}\n`);
   else process.stderr.write("citadel: failed\n");

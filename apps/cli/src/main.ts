@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { createAuditAnchor, verifyAuditStream } from "@citadel/audit";
-import type { JobView, Priority } from "@citadel/contracts";
+import type { JobInput } from "@citadel/client";
+import type { Priority } from "@citadel/contracts";
 import { CitadelError, type ModelRouting } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
 import { CoreDumpsEnabledError } from "@citadel/runtime";
@@ -408,7 +409,7 @@ apiFlags(
   const { withApi, printJson, finish } = await jobCommands();
   const { JobRequest, CitadelError: Refusal } = await import("@citadel/contracts");
   const { zodMessage } = await import("./zod-message.js");
-  const { isFinal, outcomeOf, waitFinal, POLL_CHUNK_MS } = await import("./api/outcome.js");
+  const { outcomeOf, submitFollowing } = await import("./api/outcome.js");
   await withApi(o, async (client) => {
     const text =
       file === "-"
@@ -422,12 +423,11 @@ apiFlags(
     }
     const checked = JobRequest.safeParse(body);
     if (!checked.success) throw new Refusal("VALIDATION_FAILED", zodMessage(checked.error.issues));
-    const start = Date.now();
-    const first = await client.submitJson(body, o.wait && Math.min(o.wait, POLL_CHUNK_MS));
-    if (!o.wait) return printJson(first);
-    const view = isFinal(first.status) ? (first as JobView) : await waitFinal(client, first.id, o.wait, start);
-    printJson(view);
-    finish(outcomeOf(view, o.wait));
+    // The request as written goes to the API (its judgement, not this schema's defaults).
+    const r = await submitFollowing(client, body as JobInput, o.wait || undefined, false);
+    if ("accepted" in r) return printJson(r.accepted);
+    printJson(r.view);
+    finish(outcomeOf(r.view, o.wait));
   });
 });
 
@@ -475,13 +475,14 @@ apiFlags(
     .option("--timeout <ms>", "with --jsonl: per job, give up waiting after this long (RESULT_PENDING)", int),
 ).action(async (o: ApiFlags & SubmitFlags) => {
   const { withApi } = await jobCommands();
-  await withApi(o, async (client) => {
+  await withApi(o, async (client, target) => {
     if (o.jsonl !== undefined) {
       if (o.model !== undefined || o.input.length > 0)
         throw new Error("--jsonl takes the jobs from the file: leave out --model and --input");
       if (o.concurrency < 1) throw new Error("--concurrency must be at least 1");
-      const { submitJsonl } = await import("./commands/submit-jsonl.js");
-      process.exitCode = await submitJsonl(client, {
+      const { submitJsonl, SUBMIT_RETRY } = await import("./commands/submit-jsonl.js");
+      const { clientFor } = await import("./api/client.js");
+      process.exitCode = await submitJsonl(clientFor(target, SUBMIT_RETRY), {
         file: o.jsonl,
         concurrency: o.concurrency,
         ...(o.out !== undefined ? { out: o.out } : {}),

@@ -127,3 +127,12 @@ export const JobView = z.object({
   error: z.object({ code: ErrorCode.or(z.string()), message: z.string() }).optional(),
 });
 export type JobView = z.infer<typeof JobView>;
+
+/** POST /v1/jobs (202): "queued" for a new job; an Idempotency-Key replay answers with its job's current status. */
+export const JobAccepted = z.object({ id: z.string(), status: JobStatus, model: z.string(), version: z.string() });
+export type JobAccepted = z.infer<typeof JobAccepted>;
+
+/** DELETE /v1/jobs/{id} (202): `cancelled`, `cancelling` for a running job, or the final status it already had. */
+export const JobCancelStatus = z.enum(["cancelling", ...JobStatus.options]);
+export const JobCancelled = z.object({ id: z.string(), status: JobCancelStatus });
+export type JobCancelled = z.infer<typeof JobCancelled>;

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { CustomId, JobMetadata, Priority } from "./jobs.js";
+import { CustomId, JobMetadata, JobView, Priority } from "./jobs.js";
 import { ModelName, ModelVersion } from "./manifest.js";
 import { LIMITS } from "./tensor.js";
 
@@ -62,6 +62,18 @@ export type BinaryJobHeader = z.infer<typeof BinaryJobHeader>;
 /** The header of a binary POST /v1/jobs/bulk: the bytes of job 0's inputs come first, then job 1's, and so on. */
 export const BinaryBulkHeader = z.strictObject({ jobs: z.array(BinaryJobHeader).min(1) });
 export type BinaryBulkHeader = z.infer<typeof BinaryBulkHeader>;
+
+/**
+ * The header of a binary answer (a completed job's view asked for as bytes): the job
+ * view, with `result.outputs` as the descriptors of the bytes that follow, in order.
+ */
+export const BinaryViewHeader = JobView.extend({
+  result: JobView.shape.result
+    .unwrap()
+    .extend({ outputs: z.array(BinaryOutputHeader) })
+    .optional(),
+});
+export type BinaryViewHeader = z.infer<typeof BinaryViewHeader>;
 
 export const BINARY_CONTENT_TYPE = "application/octet-stream";
 export const INFERENCE_HEADER_LENGTH = "inference-header-content-length";

@@ -130,13 +130,31 @@ export function binaryDescriptor(t: NamedRawTensor): BinaryInputHeader {
  * A binary body: `header` serialised as UTF-8 JSON, then each tensor's bytes in the
  * order given. The caller puts the tensors' descriptors (binaryDescriptor) into the
  * header where its format wants them; `headerLength` is the value of
- * Inference-Header-Content-Length.
+ * Inference-Header-Content-Length. Web APIs only (TextEncoder, Uint8Array), so clients
+ * in browsers frame bodies with the same code as the server.
  */
+export function frameBinaryBody(
+  header: unknown,
+  tensors: readonly Pick<RawTensor, "bytes">[],
+): { body: Uint8Array; headerLength: number } {
+  const head = new TextEncoder().encode(JSON.stringify(header));
+  let size = head.byteLength;
+  for (const t of tensors) size += t.bytes.byteLength;
+  const body = new Uint8Array(size);
+  body.set(head, 0);
+  let offset = head.byteLength;
+  for (const t of tensors) {
+    body.set(t.bytes, offset);
+    offset += t.bytes.byteLength;
+  }
+  return { body, headerLength: head.byteLength };
+}
+
+/** frameBinaryBody as a Buffer (what Fastify replies send), without copying. */
 export function encodeBinaryBody(
   header: unknown,
   tensors: readonly Pick<RawTensor, "bytes">[],
 ): { body: Buffer; headerLength: number } {
-  const head = Buffer.from(JSON.stringify(header), "utf8");
-  const body = Buffer.concat([head, ...tensors.map((t) => t.bytes)]);
-  return { body, headerLength: head.byteLength };
+  const { body, headerLength } = frameBinaryBody(header, tensors);
+  return { body: Buffer.from(body.buffer, body.byteOffset, body.byteLength), headerLength };
 }

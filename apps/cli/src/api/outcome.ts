@@ -1,5 +1,5 @@
-import type { JobStatus, JobView } from "@citadel/contracts";
-import type { ApiClient } from "./client.js";
+import { type CitadelClient, type JobInput, toView } from "@citadel/client";
+import type { JobAccepted, JobStatus, JobView } from "@citadel/contracts";
 
 /** Exit codes of the job verbs (docs/api.md, "The citadel CLI"). */
 export const EXIT = { completed: 0, error: 1, failed: 2, cancelled: 3, notFinal: 4 } as const;
@@ -37,19 +37,37 @@ export function outcomeOf(view: JobView, waitedMs?: number): { code: number; mes
 }
 
 /**
- * Long-polls GET /v1/jobs/{id}?wait= until the job is final or `timeoutMs` passes
- * (no bound when undefined; a job ends at the latest when its queue TTL does).
+ * Long-polls GET /v1/jobs/{id}?wait= until the job is final or `timeoutMs` after `start`
+ * passes (no bound when undefined; a job ends at the latest when its queue TTL does).
  */
 export async function waitFinal(
-  client: ApiClient,
+  client: CitadelClient,
   id: string,
   timeoutMs: number | undefined,
   start: number = Date.now(),
 ): Promise<JobView> {
-  const deadline = timeoutMs === undefined ? Number.POSITIVE_INFINITY : start + timeoutMs;
-  for (;;) {
-    const left = deadline - Date.now();
-    const view = await client.get(id, Math.max(0, Math.min(POLL_CHUNK_MS, left)));
-    if (isFinal(view.status) || Date.now() >= deadline) return view;
-  }
+  const left = timeoutMs === undefined ? undefined : Math.max(0, start + timeoutMs - Date.now());
+  const job = await client.waitForJob(id, {
+    ...(left !== undefined ? { timeoutMs: left } : {}),
+    pollMs: POLL_CHUNK_MS,
+    binary: false,
+  });
+  return toView(job);
+}
+
+/**
+ * Submits a job. Without `waitMs`, answers the accepted job; with it, the job's view
+ * once final or as it stands `waitMs` after the submit (the submit's own wait, up to
+ * POLL_CHUNK_MS, then long polls). `binary`: the job's tensors go as bytes.
+ */
+export async function submitFollowing(
+  client: CitadelClient,
+  job: JobInput,
+  waitMs: number | undefined,
+  binary: boolean,
+): Promise<{ accepted: JobAccepted } | { view: JobView }> {
+  if (waitMs === undefined) return { accepted: await client.submit(job, { binary }) };
+  const start = Date.now();
+  const first = await client.submitAndWait(job, { waitMs: Math.min(waitMs, POLL_CHUNK_MS), binary });
+  return { view: first.final ? toView(first.job) : await waitFinal(client, first.accepted.id, waitMs, start) };
 }

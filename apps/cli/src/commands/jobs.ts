@@ -1,4 +1,6 @@
-import { ApiClient, resolveTarget } from "../api/client.js";
+import type { CitadelClient } from "@citadel/client";
+import { toView } from "@citadel/client";
+import { type ApiTarget, clientFor, resolveTarget } from "../api/client.js";
 import { EXIT, outcomeOf, waitFinal } from "../api/outcome.js";
 import { reportError } from "../context.js";
 
@@ -18,10 +20,17 @@ export function finish(outcome: { code: number; message?: string }): void {
   process.exitCode = outcome.code;
 }
 
-/** Runs a verb against the API (address and key from flags, env or the demo's state); errors print as one line. */
-export async function withApi(flags: ApiFlags, fn: (client: ApiClient) => Promise<void>): Promise<void> {
+/**
+ * Runs a verb against the API (address and key from flags, env or the demo's state,
+ * with a client that does not retry); errors print as one line.
+ */
+export async function withApi(
+  flags: ApiFlags,
+  fn: (client: CitadelClient, target: ApiTarget) => Promise<void>,
+): Promise<void> {
   try {
-    await fn(new ApiClient(resolveTarget(flags)));
+    const target = resolveTarget(flags);
+    await fn(clientFor(target), target);
   } catch (err) {
     reportError(err);
   }
@@ -29,7 +38,7 @@ export async function withApi(flags: ApiFlags, fn: (client: ApiClient) => Promis
 
 export const jobsGet = (id: string, o: ApiFlags) =>
   withApi(o, async (client) => {
-    const view = await client.get(id);
+    const view = toView(await client.getJob(id, { binary: false }));
     printJson(view);
     finish(outcomeOf(view));
   });

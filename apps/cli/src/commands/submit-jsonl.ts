@@ -4,13 +4,10 @@ import { open } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import type { Writable } from "node:stream";
 import { finished } from "node:stream/promises";
-import { setTimeout as sleep } from "node:timers/promises";
+import { CitadelApiError, type CitadelClient, CitadelConnectionError, type JobInput, toView } from "@citadel/client";
 import { JobRequest, type JobView } from "@citadel/contracts";
 import { z } from "zod";
-import { ApiError } from "../api/api-error.js";
-import type { ApiClient, Submitted } from "../api/client.js";
-import { EXIT, isFinal, POLL_CHUNK_MS, waitFinal } from "../api/outcome.js";
-import { ApiUnreachableError } from "../api/unreachable-error.js";
+import { EXIT, POLL_CHUNK_MS, waitFinal } from "../api/outcome.js";
 import { Progress, type Tally } from "../progress.js";
 import { zodMessage } from "../zod-message.js";
 
@@ -38,8 +35,11 @@ export interface LineResult {
   error?: { code: string; message: string; httpStatus?: number };
 }
 
-/** Refusals worth another try after the Retry-After the API gave (nothing was queued). */
-const RETRIES = 5;
+/**
+ * Tries of a line's submit after a 429 or 503 with Retry-After (the client's retries:
+ * those that say nothing was queued), each Retry-After waited out whatever its length.
+ */
+export const SUBMIT_RETRY = { attempts: 5, maxDelayMs: Number.POSITIVE_INFINITY } as const;
 
 /**
  * `citadel submit --jsonl FILE`: every line a job, submitted with at most `concurrency`
@@ -48,7 +48,7 @@ const RETRIES = 5;
  * finish. A bad line is a result (its line number and code), not the end of the run;
  * an API that cannot be reached is. Exit 0 when every job completed, 2 otherwise.
  */
-export async function submitJsonl(client: ApiClient, o: JsonlOptions): Promise<number> {
+export async function submitJsonl(client: CitadelClient, o: JsonlOptions): Promise<number> {
   const total = await countLines(o.file);
   // Opened before anything is sent: a results file that cannot be written stops the run first.
   const out: Writable = o.out ? (await open(o.out, "w")).createWriteStream() : process.stdout;
@@ -117,11 +117,11 @@ async function countLines(file: string): Promise<number> {
 
 /** One line, start to end. An unreachable API is returned beside the line's result (the run stops on it). */
 async function runLine(
-  client: ApiClient,
+  client: CitadelClient,
   line: number,
   text: string,
   timeoutMs: number | undefined,
-): Promise<{ result: LineResult; unreachable?: ApiUnreachableError }> {
+): Promise<{ result: LineResult; unreachable?: CitadelConnectionError }> {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -141,36 +141,26 @@ async function runLine(
   const start = Date.now();
   let id: string | undefined;
   try {
-    const first = await submitWithRetry(client, request, Math.min(timeoutMs ?? POLL_CHUNK_MS, POLL_CHUNK_MS));
-    id = first.id;
-    const view = isFinal(first.status) ? (first as JobView) : await waitFinal(client, first.id, timeoutMs, start);
+    const first = await client.submitAndWait(request as unknown as JobInput, {
+      waitMs: Math.min(timeoutMs ?? POLL_CHUNK_MS, POLL_CHUNK_MS),
+      binary: false,
+    });
+    id = first.final ? first.job.id : first.accepted.id;
+    const view = first.final ? toView(first.job) : await waitFinal(client, id, timeoutMs, start);
     return { result: { ...base, ...fromView(view, timeoutMs) } };
   } catch (err) {
     const withJob = id ? { id, status: "unknown" as const } : { status: "rejected" as const };
-    if (err instanceof ApiError) {
+    if (err instanceof CitadelApiError) {
       return {
         result: { ...base, ...withJob, error: { code: err.code, message: err.message, httpStatus: err.status } },
       };
     }
-    if (err instanceof ApiUnreachableError)
+    if (err instanceof CitadelConnectionError)
       return {
         result: { ...base, ...withJob, error: { code: "API_UNREACHABLE", message: err.message } },
         unreachable: err,
       };
     throw err;
-  }
-}
-
-async function submitWithRetry(client: ApiClient, request: unknown, waitMs: number): Promise<Submitted> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await client.submitJson(request, waitMs);
-    } catch (err) {
-      // 429 and 503 with Retry-After queued nothing: waiting is what the API asks for.
-      if (!(err instanceof ApiError) || (err.status !== 429 && err.status !== 503) || attempt >= RETRIES) throw err;
-      if (err.retryAfterMs === undefined) throw err;
-      await sleep(err.retryAfterMs);
-    }
   }
 }
 

@@ -1,8 +1,8 @@
 import { readFile } from "node:fs/promises";
-import { BinaryJobHeader, CitadelError, type JobView, type Priority } from "@citadel/contracts";
-import { binaryDescriptor, encodeBinaryBody, type NamedRawTensor, readNpy } from "@citadel/tensors";
-import type { ApiClient } from "../api/client.js";
-import { isFinal, outcomeOf, POLL_CHUNK_MS, waitFinal } from "../api/outcome.js";
+import type { CitadelClient } from "@citadel/client";
+import { BinaryJobHeader, CitadelError, type Priority } from "@citadel/contracts";
+import { binaryDescriptor, type NamedRawTensor, readNpy, viewAs } from "@citadel/tensors";
+import { outcomeOf, submitFollowing } from "../api/outcome.js";
 import { zodMessage } from "../zod-message.js";
 import { finish, printJson } from "./jobs.js";
 
@@ -38,8 +38,9 @@ export async function readNpyInputs(specs: readonly string[]): Promise<NamedRawT
  * body (the tensors' bytes as the files hold them, no base64). Without --wait it
  * prints the accepted job; with it, the job's final view (or where it stood at the end).
  */
-export async function submitNpy(client: ApiClient, o: NpySubmitOptions): Promise<void> {
+export async function submitNpy(client: CitadelClient, o: NpySubmitOptions): Promise<void> {
   const tensors = await readNpyInputs(o.input);
+  // Checked here first, so a bad flag is one line naming its path, before anything is sent.
   const header = BinaryJobHeader.safeParse({
     model: o.model,
     ...(o.version !== undefined ? { version: o.version } : {}),
@@ -49,16 +50,19 @@ export async function submitNpy(client: ApiClient, o: NpySubmitOptions): Promise
     ...(o.output.length > 0 ? { outputs: o.output.map((name) => ({ name })) } : {}),
   });
   if (!header.success) throw new CitadelError("VALIDATION_FAILED", zodMessage(header.error.issues));
-  const start = Date.now();
-  const first = await client.submitBinary(
-    encodeBinaryBody(header.data, tensors),
-    o.wait === undefined ? undefined : Math.min(o.wait, POLL_CHUNK_MS),
-  );
-  if (o.wait === undefined) {
-    printJson(first);
+  const { inputs: _, outputs, ...rest } = header.data;
+  const job = {
+    ...rest,
+    inputs: Object.fromEntries(
+      tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape, data: viewAs(t.dtype, t.bytes) }]),
+    ),
+    ...(outputs ? { outputs: outputs.map((x) => x.name) } : {}),
+  };
+  const r = await submitFollowing(client, job, o.wait, true);
+  if ("accepted" in r) {
+    printJson(r.accepted);
     return;
   }
-  const view = isFinal(first.status) ? (first as JobView) : await waitFinal(client, first.id, o.wait, start);
-  printJson(view);
-  finish(outcomeOf(view, o.wait));
+  printJson(r.view);
+  finish(outcomeOf(r.view, o.wait));
 }
