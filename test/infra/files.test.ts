@@ -80,7 +80,9 @@ const DOCS = [...walk(path.join(ROOT, "docs"), (f) => f.endsWith(".md")), path.j
  */
 function pathsNamedIn(text: string): string[] {
   const out: string[] = [];
-  for (const m of text.matchAll(/(?<![\w./@-])(?:apps|packages|infra|test|scripts|docs)\/[\w.@{},*/-]*[\w*}/-]/g)) {
+  for (const m of text.matchAll(
+    /(?<![\w./@-])(?:apps|packages|infra|test|scripts|docs|clients)\/[\w.@{},*/-]*[\w*}/-]/g,
+  )) {
     const braces = /\{([^{}]*)\}/.exec(m[0]);
     const raw = braces ? (braces[1] ?? "").split(",").map((alt) => m[0].replace(braces[0], alt)) : [m[0]];
     out.push(...raw.map((p) => p.replace(/\/$/, "")));

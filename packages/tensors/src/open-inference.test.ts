@@ -137,6 +137,23 @@ describe("v2Answer", () => {
     const a = v2Answer({}, safe, meta);
     expect("json" in a && a.json.outputs[0]?.data).toEqual([1, -(2 ** 52)]);
   });
+
+  it("answers float16 and bfloat16 outputs in JSON with their values, not their bit patterns; NaN/Inf as bytes", () => {
+    // 1, -2, the smallest float16 subnormal, 65504; bfloat16 1, -3, 1 + 2^-7, the smallest subnormal.
+    const halves = {
+      h: enc("float16", [4], new Uint16Array([0x3c00, 0xc000, 0x0001, 0x7bff])),
+      b: enc("bfloat16", [4], new Uint16Array([0x3f80, 0xc040, 0x3f81, 0x0001])),
+    };
+    const a = v2Answer({}, halves, meta);
+    expect("json" in a && a.json.outputs.map((o) => [o.name, o.datatype, o.data])).toEqual([
+      ["h", "FP16", [1, -2, 2 ** -24, 65504]],
+      ["b", "BF16", [1, -3, 1 + 2 ** -7, 2 ** -133]],
+    ]);
+    const inf = { h: enc("float16", [2], new Uint16Array([0x3c00, 0x7c00])) };
+    const nan = { b: enc("bfloat16", [1], new Uint16Array([0x7fc0])) };
+    expect("body" in v2Answer({}, inf, meta)).toBe(true);
+    expect("body" in v2Answer({}, nan, meta)).toBe(true);
+  });
 });
 
 describe("v2ModelMetadata", () => {

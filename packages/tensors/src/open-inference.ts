@@ -10,6 +10,7 @@ import {
   type V2ResponseOutput,
 } from "@citadel/contracts";
 import { bytesOf, decodeEncoded, type Tensor } from "./codec.js";
+import { fromBfloat16Bits, fromFloat16Bits } from "./half.js";
 import { binaryDescriptor, DTYPE_TO_KSERVE, encodeBinaryBody, KSERVE_TO_DTYPE, sliceBinaryTensors } from "./kserve.js";
 import type { ModelIo, TensorInput } from "./validate.js";
 
@@ -197,6 +198,8 @@ function jsonValues(t: Tensor): (number | boolean)[] | undefined {
     return out;
   }
   if (t.dtype === "bool") return Array.from(d as Uint8Array, (v) => v !== 0);
-  const out = Array.from(d as Exclude<typeof d, BigInt64Array>);
+  // float16/bfloat16 data are bit patterns: the answer carries their values (exact as JSON numbers).
+  const half = t.dtype === "float16" ? fromFloat16Bits : t.dtype === "bfloat16" ? fromBfloat16Bits : undefined;
+  const out = half ? Array.from(d as Uint16Array, half) : Array.from(d as Exclude<typeof d, BigInt64Array>);
   return out.every(Number.isFinite) ? out : undefined;
 }
