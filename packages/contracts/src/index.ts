@@ -1,5 +1,6 @@
 export * from "./audit.js";
 export * from "./batches.js";
+export * from "./callback.js";
 export * from "./canonical.js";
 export * from "./errors.js";
 export * from "./jobs.js";
@@ -7,3 +8,4 @@ export * from "./kserve.js";
 export * from "./manifest.js";
 export * from "./open-inference.js";
 export * from "./tensor.js";
+export * from "./webhooks.js";
