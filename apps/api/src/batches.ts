@@ -5,6 +5,7 @@ import {
   BatchLine,
   BatchResultLine,
   BatchView,
+  CallbackUrl,
   CitadelError,
 } from "@citadel/contracts";
 import type { Batches, BatchStore } from "@citadel/submit";
@@ -58,6 +59,13 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           body: { content: Object.fromEntries(BATCH_CONTENT_TYPES.map((t) => [t, { schema: jsonlBody }])) },
+          querystring: z.strictObject({
+            callback: CallbackUrl.optional().meta({
+              description:
+                "where to notify the batch's completion (a signed webhook), instead of the tenant's callback URL; " +
+                "only for a tenant allowed to name one",
+            }),
+          }),
           response: { 202: BatchView, ...errors },
           tags,
           summary: "Submit a batch file (JSONL, streamed); each line is a job, refused alone when it is malformed",
@@ -88,7 +96,7 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
           throw new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send the batch file as application/jsonl");
         }
         try {
-          const id = await d.batches.ingest(body, ctx);
+          const id = await d.batches.ingest(body, ctx, { callback: req.query.callback });
           return reply.code(202).send(await d.store.view(ctx.tenant.id, id));
         } finally {
           // A body not read to its end (refused, or its batch cancelled meanwhile): the connection closes after the answer.
