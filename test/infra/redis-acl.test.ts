@@ -168,16 +168,42 @@ describe.each([
     await expect(worker.hset(`${PREFIX}:tenants:defs`, "acme", "{}"), "worker writes tenants").rejects.toThrow(NOPERM);
     await expect(worker.hget(`${PREFIX}:tenants:keys`, "h"), "worker reads API key hashes").rejects.toThrow(NOPERM);
 
-    // Batches: the API keeps a batch's keys; a worker records its jobs' outcomes there (batchRecord-3.lua).
+    // Batches: the API keeps a batch's keys; a worker records its jobs' outcomes there (batchRecord-4.lua)
+    // and, once the batch is over, its completion notification.
     const batchId = "batch_acl0000000000000000";
     const batch = keys.batch(PREFIX, "acme", batchId);
-    await api.multi().hset(batch, "created", Date.now()).pexpire(batch, 60_000).exec();
+    const notifications = keys.notifications(PREFIX);
+    await api
+      .multi()
+      .hset(batch, { created: Date.now(), sealed: 1, accepted: 1, notify: "tenant" })
+      .pexpire(batch, 60_000)
+      .exec();
     const recorded = await scripts(worker).batchRecord(
-      [`${PREFIX}:infer-${model}:${job.id}`, batch, keys.batchResults(PREFIX, "acme", batchId)],
-      { line: 1, jobId: String(job.id) },
+      [`${PREFIX}:infer-${model}:${job.id}`, batch, keys.batchResults(PREFIX, "acme", batchId), notifications],
+      { line: 1, jobId: String(job.id), tenant: "acme", batchId, maxLen: 1000 },
     );
     expect(recorded).toBe(1);
     expect(await api.hget(keys.batchResults(PREFIX, "acme", batchId), "1")).toContain('"s":"completed"');
+    // Notifications: a worker appends a job's; the API reads them and queues their deliveries.
+    expect(
+      await scripts(worker).notifyFinal([`${PREFIX}:infer-${model}:${job.id}`, notifications], {
+        jobId: String(job.id),
+        tenant: "acme",
+        maxLen: 1000,
+      }),
+    ).toBe(1);
+    expect(await api.xlen(notifications)).toBe(2);
+    await api.xgroup("CREATE", notifications, "notifier", "0");
+    expect(await api.xreadgroup("GROUP", "notifier", "api-1", "COUNT", 10, "STREAMS", notifications, ">")).toHaveLength(
+      1,
+    );
+    const deliveries = new Queue("webhooks", { connection: api, prefix: PREFIX });
+    await deliveries.add("job.completed", { tenant: "acme" }, { jobId: "msg_acl" });
+    await expect(
+      worker.hgetall(`${PREFIX}:webhooks:msg_acl`),
+      "worker reads the webhooks queue (its targets)",
+    ).rejects.toThrow(NOPERM);
+    await deliveries.close();
     await queue.close();
 
     // No application role may run dangerous or admin commands.

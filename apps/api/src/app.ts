@@ -31,6 +31,7 @@ import {
 import type { Logger } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import underPressure from "@fastify/under-pressure";
+import type { Queue } from "bullmq";
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -52,6 +53,7 @@ import {
 } from "./binary-body.js";
 import { type BoardOptions, registerBoard } from "./board.js";
 import { requestError, sendError } from "./errors.js";
+import { EventStreams, streamJobEvents } from "./events.js";
 import { parseJsonBody } from "./json-body.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
@@ -74,6 +76,8 @@ export interface AppDeps {
   denials: DenialAggregator;
   metrics: ApiMetrics;
   board?: BoardOptions;
+  /** The webhook delivery queue, shown on the board (when webhooks are on). */
+  webhookQueue?: Queue;
   settings: {
     bodyLimit: number;
     maxJsonDepth: number;
@@ -89,6 +93,9 @@ export interface AppDeps {
     ipBurst: number;
     trustProxyHops: number;
     openApiUi: boolean;
+    /** GET /v1/jobs/{id}/events: heartbeat interval, and streams one tenant may hold open here. */
+    sseHeartbeatMs: number;
+    sseMaxStreamsPerTenant: number;
   };
 }
 
@@ -163,8 +170,11 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   // Graceful shutdown: once close() starts, every response (in-flight ones included)
   // closes its connection, so idle keep-alive sockets cannot hold the server open.
   let closing = false;
+  const streams = new EventStreams(s.sseMaxStreamsPerTenant);
   app.addHook("preClose", (done) => {
     closing = true;
+    // Event streams end now (their clients reconnect elsewhere), not after their longest wait.
+    streams.abortAll();
     done();
   });
   app.addHook("onSend", async (_req, reply, payload) => {
@@ -236,6 +246,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   if (s.openApiUi) await registerOpenApi(app);
   if (d.board) {
     await registerBoard(app, d.board, {
+      ...(d.webhookQueue ? { webhookQueue: d.webhookQueue } : {}),
       queues: d.queues,
       catalog: d.catalog,
       denials: d.denials,
@@ -388,6 +399,40 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         if (wantsBinary(req.headers.accept)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);
       },
+    );
+
+    api.get(
+      "/v1/jobs/:id/events",
+      {
+        schema: {
+          params: JobId,
+          response: {
+            200: {
+              content: {
+                "text/event-stream": {
+                  schema: z.string().meta({
+                    description:
+                      "Server-Sent Events: `event: <status>` with the job's view as `data`, at once and at each " +
+                      "change of status, the final one (completed, failed, cancelled) last; `: keep-alive` comments " +
+                      "between; the stream ends at the final event or after MAX_WAIT_MS (reconnect to go on)",
+                  }),
+                },
+              },
+            },
+            ...v1Errors(400, 401, 404, 429, 503),
+          },
+          operationId: "followJobEvents",
+          tags: ["jobs"],
+          summary: "Follow a job as Server-Sent Events until it is final",
+        },
+      },
+      (req, reply) =>
+        streamJobEvents(req, reply, req.params.id, {
+          queues: d.queues,
+          streams,
+          maxWaitMs: s.maxWaitMs,
+          heartbeatMs: s.sseHeartbeatMs,
+        }),
     );
 
     api.delete(

@@ -1,5 +1,12 @@
 import { Readable } from "node:stream";
-import { BATCH_CONTENT_TYPES, BatchLine, BatchResultLine, BatchView, CitadelError } from "@citadel/contracts";
+import {
+  BATCH_CONTENT_TYPES,
+  BatchLine,
+  BatchResultLine,
+  BatchView,
+  CallbackUrl,
+  CitadelError,
+} from "@citadel/contracts";
 import type { Batches, BatchStore } from "@citadel/submit";
 import type { Tenant } from "@citadel/tenants";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -51,9 +58,16 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
       {
         schema: {
           body: { content: Object.fromEntries(BATCH_CONTENT_TYPES.map((t) => [t, { schema: jsonlBody }])) },
+          querystring: z.strictObject({
+            callback: CallbackUrl.optional().meta({
+              description:
+                "where to notify the batch's completion (a signed webhook), instead of the tenant's callback URL; " +
+                "only for a tenant allowed to name one",
+            }),
+          }),
           response: {
             202: json(BatchView, "The batch, its file read to the end: each line accepted as a job or refused alone"),
-            ...v1Errors(400, 401, 413, 415, 429, 503),
+            ...v1Errors(400, 401, 403, 413, 415, 429, 503),
           },
           operationId: "createBatch",
           tags,
@@ -85,7 +99,7 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
           throw new CitadelError("UNSUPPORTED_MEDIA_TYPE", "send the batch file as application/jsonl");
         }
         try {
-          const id = await d.batches.ingest(body, ctx);
+          const id = await d.batches.ingest(body, ctx, { callback: req.query.callback });
           return reply.code(202).send(await d.store.view(ctx.tenant.id, id));
         } finally {
           // A body not read to its end (refused, or its batch cancelled meanwhile): the connection closes after the answer.

@@ -5,6 +5,7 @@ import { CitadelError } from "@citadel/contracts";
 import { type JobQueues, queueName } from "@citadel/queue";
 import type { Bucket, DenialAggregator, ModelCatalog, RateLimiter } from "@citadel/submit";
 import { safeEqual } from "@citadel/tenants";
+import type { Queue } from "bullmq";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { ApiMetrics } from "./metrics.js";
 
@@ -17,6 +18,8 @@ export interface BoardOptions {
 }
 
 export interface BoardDeps {
+  /** The webhook delivery queue (when webhooks are on): shown with its jobs' targets reduced to their origin. */
+  webhookQueue?: Queue;
   queues: JobQueues;
   catalog: ModelCatalog;
   denials: DenialAggregator;
@@ -43,6 +46,20 @@ export function redactJobData(data: unknown): unknown {
     requestId: d.requestId,
     inputs: inputs.map((t) => ({ name: t?.name, dtype: t?.dtype, shape: t?.shape })),
   };
+}
+
+/** What the board may show of a webhook delivery: never its body (client labels) or its URL's path and query. */
+export function redactDelivery(data: unknown): unknown {
+  const d = (data ?? {}) as Record<string, unknown>;
+  let target = "the tenant's callback URL";
+  if (typeof d.url === "string") {
+    try {
+      target = new URL(d.url).origin;
+    } catch {
+      target = "[invalid URL]";
+    }
+  }
+  return { tenant: d.tenant, type: d.type, msgId: d.msgId, target };
 }
 
 export function redactReturnValue(rv: unknown): unknown {
@@ -79,8 +96,12 @@ export async function registerBoard(app: FastifyInstance, opts: BoardOptions, de
     a.setFormatter("returnValue", redactReturnValue);
     return a;
   };
+  const deliveries = deps.webhookQueue
+    ? [new BullMQAdapter(deps.webhookQueue, { allowRetries: true, description: "webhook deliveries" })]
+    : [];
+  for (const a of deliveries) a.setFormatter("data", redactDelivery);
   const board = createBullBoard({
-    queues: catalog.models().map(adapterFor),
+    queues: [...catalog.models().map(adapterFor), ...deliveries],
     serverAdapter,
     options: { uiConfig: { boardTitle: "Citadel" } },
   });

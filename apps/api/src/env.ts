@@ -9,8 +9,26 @@ import {
   refineAuditEnv,
   refineKeyEnv,
   SECOND,
+  WebhookKeyEnv,
 } from "@citadel/config";
+import { TargetGuard } from "@citadel/webhooks";
 import { z } from "zod";
+
+/** Completion webhooks (docs/operations.md "Webhooks"). */
+export const WebhookEnv = WebhookKeyEnv.extend({
+  /** Run the notifier (notifications stream reader and delivery worker) in this process. */
+  WEBHOOK_NOTIFIER: BoolEnv.default(true),
+  /** Delivery attempts per notification, and the first retry's delay (doubled each retry, with jitter). */
+  WEBHOOK_ATTEMPTS: IntEnv(1, 50).default(10),
+  WEBHOOK_BACKOFF_MS: IntEnv(10, 60 * MINUTE).default(10 * SECOND),
+  /** One attempt: connect, send and read the answer. */
+  WEBHOOK_TIMEOUT_MS: IntEnv(100, 2 * MINUTE).default(10 * SECOND),
+  /** Deliveries in flight at once per API process. */
+  WEBHOOK_CONCURRENCY: IntEnv(1, 1000).default(16),
+  /** How long a delivery that failed for good stays in the webhooks queue (the board shows it). */
+  WEBHOOK_FAILED_TTL_MS: IntEnv(60 * SECOND, 30 * 24 * 60 * MINUTE).default(7 * 24 * 60 * MINUTE),
+});
+export type WebhookEnv = z.infer<typeof WebhookEnv>;
 
 export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
   .extend(AuditEnv.shape)
@@ -72,12 +90,24 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     AUDIT_DENIAL_WINDOW_MS: IntEnv(100, 10 * MINUTE).default(10 * SECOND),
     /** Sources tracked per window; a flood from more folds into one "many sources" record. */
     AUDIT_DENIAL_MAX_SOURCES: IntEnv(1, 1_000_000).default(100),
+    ...WebhookEnv.shape,
+    /** GET /v1/jobs/{id}/events: a comment line this often keeps proxies from closing a quiet stream. */
+    SSE_HEARTBEAT_MS: IntEnv(100, 10 * MINUTE).default(15 * SECOND),
+    /** Event streams one tenant may hold open at once on one API replica (429 past it). */
+    SSE_MAX_STREAMS_PER_TENANT: IntEnv(1, 100_000).default(100),
   })
   .superRefine((env, ctx) => {
     // With pinned signers the API never builds a key service: no Vault settings needed.
     if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
     refineAuditEnv(env, ctx);
     refine(env, ctx);
+    if (Array.isArray(env.WEBHOOK_ALLOW_HOSTS)) {
+      try {
+        new TargetGuard(env.WEBHOOK_ALLOW_HOSTS);
+      } catch (err) {
+        ctx.addIssue({ code: "custom", path: ["WEBHOOK_ALLOW_HOSTS"], message: (err as Error).message });
+      }
+    }
   }, EVEN_WITH_ISSUES);
 export type ApiEnv = z.infer<typeof ApiEnv>;
 

@@ -13,6 +13,11 @@ export function apiMetrics(registry: Registry) {
     // What extraction by probing is measured in: one job may carry many samples.
     samples: counter(registry, "citadel_api_samples_total", "Samples (batch items) accepted", ["tenant", "model"]),
     boardDenials: counter(registry, "citadel_board_denials_total", "Bull Board requests refused", ["reason"]),
+    // delivered, retrying (an attempt failed, another follows), failed (attempts spent), refused (target or right), skipped (no URL)
+    webhookDeliveries: counter(registry, "citadel_webhook_deliveries_total", "Webhook delivery attempts by outcome", [
+      "tenant",
+      "outcome",
+    ]),
     pending: gauge(registry, "citadel_queue_pending_jobs", "Jobs in each queue state", ["model", "state"]),
     oldest: gauge(registry, "citadel_queue_oldest_waiting_seconds", "Age of the oldest waiting job", ["model"]),
   };

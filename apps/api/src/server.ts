@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import os from "node:os";
 import { AuditKey, AuditWriter } from "@citadel/audit";
@@ -18,6 +19,7 @@ import { apiMetrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
 import { collectQueueGauges } from "./queue-gauges.js";
 import { appSettings } from "./settings.js";
+import { startWebhooks } from "./webhooks.js";
 
 export interface ApiHandle {
   app: FastifyInstance;
@@ -120,8 +122,25 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
 
   const tenants = new TenantStore(redis, env.CITADEL_PREFIX);
   const limiter = new RateLimiter(redis, env.CITADEL_PREFIX);
+  const batchStore = new BatchStore(redis, {
+    prefix: env.CITADEL_PREFIX,
+    ttlMs: env.BATCH_TTL_MS,
+    queueTtlMs: env.QUEUE_TTL_MS,
+    runGraceMs: BATCH_RUN_GRACE_MS,
+  });
+  const webhooks = startWebhooks(env, {
+    redis,
+    queues,
+    batchStore,
+    tenants,
+    log,
+    deliveries: metrics.webhookDeliveries,
+    onRedisError,
+    consumer: `api:${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`,
+  });
+  const callbacks = webhooks.policy;
   const submitter = new Submitter(
-    { redis, queues, catalog, limiter, audit, denials, metrics, log },
+    { redis, queues, catalog, limiter, audit, denials, metrics, log, callbacks },
     {
       prefix: env.CITADEL_PREFIX,
       queueTtlMs: env.QUEUE_TTL_MS,
@@ -132,14 +151,16 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       minJobTimeoutMs: env.MIN_JOB_TIMEOUT_MS,
     },
   );
-  const batchStore = new BatchStore(redis, {
-    prefix: env.CITADEL_PREFIX,
-    ttlMs: env.BATCH_TTL_MS,
-    queueTtlMs: env.QUEUE_TTL_MS,
-    runGraceMs: BATCH_RUN_GRACE_MS,
-  });
   const batches = new Batches(
-    { submitter, store: batchStore, queues, audit, log, parseLine: (b) => parseJsonBody(b, env.MAX_JSON_DEPTH) },
+    {
+      submitter,
+      store: batchStore,
+      queues,
+      audit,
+      log,
+      parseLine: (b) => parseJsonBody(b, env.MAX_JSON_DEPTH),
+      callbacks,
+    },
     {
       maxBytes: env.BATCH_MAX_BYTES,
       // A line is one job: bounded as a POST /v1/jobs body is.
@@ -173,6 +194,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     denials,
     metrics,
     ...(board ? { board } : {}),
+    ...(webhooks.queue ? { webhookQueue: webhooks.queue } : {}),
     settings: appSettings(env),
   });
   app.server.maxConnections = env.MAX_CONNECTIONS;
@@ -200,6 +222,8 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
         await metricsServer.close();
         // Enqueues whose outcome was unknown settle (accepted, or their reservations given back).
         await submitter.drain(10_000);
+        // Deliveries in flight finish (each bounded by WEBHOOK_TIMEOUT_MS); unread notifications wait in Redis.
+        await webhooks.close();
         await queues.close();
         // The denial window's pending counts become records before the audit writer flushes.
         denials.close();

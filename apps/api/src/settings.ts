@@ -16,5 +16,7 @@ export function appSettings(env: ApiEnv): AppDeps["settings"] {
     ipBurst: env.IP_BURST,
     trustProxyHops: env.TRUST_PROXY_HOPS,
     openApiUi: env.OPENAPI_UI,
+    sseHeartbeatMs: env.SSE_HEARTBEAT_MS,
+    sseMaxStreamsPerTenant: env.SSE_MAX_STREAMS_PER_TENANT,
   };
 }

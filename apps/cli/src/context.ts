@@ -1,5 +1,5 @@
 import { CitadelApiError } from "@citadel/client";
-import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv } from "@citadel/config";
+import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv, WebhookKeyEnv } from "@citadel/config";
 import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
 import { type Redis, redisClient } from "@citadel/queue";
@@ -7,7 +7,10 @@ import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { z } from "zod";
 import { zodMessage } from "./zod-message.js";
 
-export const CliEnv = CommonEnv.extend(KeyEnv.shape).extend(AuditEnv.shape).superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
+export const CliEnv = CommonEnv.extend(KeyEnv.shape)
+  .extend(AuditEnv.shape)
+  .extend(WebhookKeyEnv.shape)
+  .superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
 export type CliEnv = z.infer<typeof CliEnv>;
 
 /** What most verbs need: the registry in Redis, the model store and the key service. */

@@ -11,6 +11,7 @@ import { ownAuditKey, verifierKeys } from "./audit-keys.js";
 import type { ApiFlags } from "./commands/jobs.js";
 import { type CliContext, loadCliEnv, openContext, print, reportError } from "./context.js";
 import { disableCoreDumpsForCli, PLAINTEXT_VERBS } from "./harden.js";
+import { checkCallbackUrl, cliWebhookKey, tenantSecrets } from "./webhook-secrets.js";
 
 // Heavy modules (onnxruntime, the demo) load only for the verbs that need them: most
 // verbs answer in well under a second.
@@ -284,14 +285,26 @@ tenants
     "--allow-high-priority",
     'may submit priority "high" (ahead of every tenant\'s queued work); off unless given',
   )
-  .description("create or update a tenant (options not given take their defaults)")
+  .option("--callback-url <url>", "notify this tenant's finished jobs and batches here (signed webhooks)")
+  .option("--allow-request-callbacks", "may name a callback URL per job or batch; off unless given")
+  .description("create or update a tenant (options not given take their defaults; its webhook secret is kept)")
   .action(
     withContext(
       async (
         ctx,
         id: string,
-        o: { models: string; rate?: number; samples?: number; maxQueued?: number; allowHighPriority?: boolean },
+        o: {
+          models: string;
+          rate?: number;
+          samples?: number;
+          maxQueued?: number;
+          allowHighPriority?: boolean;
+          callbackUrl?: string;
+          allowRequestCallbacks?: boolean;
+        },
       ) => {
+        // Checked as a delivery will be (the SSRF guard, with this operator's allowlist).
+        if (o.callbackUrl !== undefined) await checkCallbackUrl(ctx.env, o.callbackUrl);
         const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
         const t = await store.upsert({
           id,
@@ -300,10 +313,30 @@ tenants
           ...(o.samples ? { sampleRate: o.samples, sampleBurst: o.samples * 2 } : {}),
           ...(o.maxQueued ? { maxQueuedJobs: o.maxQueued } : {}),
           allowHighPriority: o.allowHighPriority === true,
+          ...(o.callbackUrl !== undefined ? { callbackUrl: o.callbackUrl } : {}),
+          allowRequestCallbacks: o.allowRequestCallbacks === true,
         });
         print(JSON.stringify(t));
       },
     ),
+  );
+tenants
+  .command("webhook-secret")
+  .argument("<id>")
+  .option("--rotate", "move to a new secret; the current one keeps signing beside it for --grace-hours")
+  .option("--grace-hours <n>", "with --rotate: hours both secrets sign (0: the old one stops at once)", int, 24)
+  .description("print the tenant's webhook signing secret (whsec_…; derived from WEBHOOK_KEY_FILE, never stored)")
+  .action(
+    withContext(async (ctx, id: string, o: { rotate?: boolean; graceHours: number }) => {
+      const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
+      const key = cliWebhookKey(ctx.env);
+      let t = await store.get(id);
+      if (!t) throw new CitadelError("VALIDATION_FAILED", `no tenant '${id}'`);
+      if (o.rotate) t = await store.rotateWebhookSecret(id, o.graceHours * 3600 * 1000);
+      const s = tenantSecrets(key, t);
+      print(s.current);
+      if (s.previous) process.stderr.write(`citadel: the previous secret also signs until ${s.until}\n`);
+    }),
   );
 tenants
   .command("issue-key")
@@ -331,7 +364,7 @@ tenants
       const store = new TenantStore(ctx.redis, ctx.env.CITADEL_PREFIX);
       for (const t of await store.list())
         print(
-          `${t.id}  models ${t.models.join(",")}${t.allowHighPriority ? "  high-priority" : ""}  keys ${(await store.keyHashes(t.id)).join(",")}`,
+          `${t.id}  models ${t.models.join(",")}${t.allowHighPriority ? "  high-priority" : ""}${t.callbackUrl ? `  callback ${new URL(t.callbackUrl).origin}` : ""}${t.allowRequestCallbacks ? "  request-callbacks" : ""}  keys ${(await store.keyHashes(t.id)).join(",")}`,
         );
     }),
   );

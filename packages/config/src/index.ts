@@ -131,6 +131,22 @@ export const AuditEnv = z.object({
 });
 export type AuditEnv = z.infer<typeof AuditEnv>;
 
+/** What the API and the CLI share about completion webhooks: the operator's key and the allowlist of targets. */
+export const WebhookKeyEnv = z.object({
+  /**
+   * The operator's webhook key: a file holding base64 of at least 32 random bytes; every
+   * tenant's webhook secret is derived from it. Without it, outside production, one is
+   * derived from the dev keyring; in production webhooks are off until it is given.
+   */
+  WEBHOOK_KEY_FILE: z.string().min(1).optional(),
+  /**
+   * Callback targets allowed although not public (or over plain http): host names, IP
+   * addresses and CIDR ranges, comma-separated. Empty: only public https targets.
+   */
+  WEBHOOK_ALLOW_HOSTS: ListEnv.default([]),
+});
+export type WebhookKeyEnv = z.infer<typeof WebhookKeyEnv>;
+
 /** Bytes a key file must decode to. */
 export const KEY_FILE_MIN_BYTES = 32;
 

@@ -20,6 +20,11 @@ export const ErrorCode = z.enum([
   "IDEMPOTENCY_EXPIRED",
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
+  // completion notifications (webhooks)
+  /** A callback URL named per job or batch by a tenant not allowed to (or with webhooks off in this deployment). */
+  "CALLBACK_NOT_ALLOWED",
+  /** A callback URL whose target may not be called: not https, a private, loopback or link-local address, unresolvable. */
+  "CALLBACK_URL_REFUSED",
   // binary bodies (KServe v2 binary tensor data extension)
   /** Inference-Header-Content-Length is missing, not a non-negative integer, or past the body's end. */
   "BINARY_HEADER_LENGTH_INVALID",
@@ -93,10 +98,12 @@ export function httpStatusFor(code: ErrorCode): number {
     case "BINARY_HEADER_LENGTH_INVALID":
     case "BINARY_DATA_SIZE_MISSING":
     case "BINARY_DATA_SIZE_MISMATCH":
+    case "CALLBACK_URL_REFUSED":
       return 400;
     case "UNAUTHORIZED":
       return 401;
     case "FORBIDDEN":
+    case "CALLBACK_NOT_ALLOWED":
       return 403;
     case "MODEL_NOT_FOUND":
     case "JOB_NOT_FOUND":

@@ -1,6 +1,7 @@
 export * from "./audit.js";
 export * from "./batches.js";
 export * from "./bulk.js";
+export * from "./callback.js";
 export * from "./canonical.js";
 export * from "./errors.js";
 export * from "./jobs.js";
@@ -9,3 +10,4 @@ export * from "./manifest.js";
 export * from "./models.js";
 export * from "./open-inference.js";
 export * from "./tensor.js";
+export * from "./webhooks.js";

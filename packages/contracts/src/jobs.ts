@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { CallbackUrl } from "./callback.js";
 import { ErrorCode } from "./errors.js";
 import { ModelName, ModelVersion, OutputPolicy } from "./manifest.js";
 import { LIMITS, TensorPayload } from "./tensor.js";
@@ -40,6 +41,11 @@ export const JobRequest = z.strictObject({
   priority: Priority.default("normal"),
   custom_id: CustomId.optional(),
   metadata: JobMetadata.optional(),
+  /**
+   * Where to notify this job's outcome (a signed webhook), instead of the tenant's own
+   * callback URL: only for a tenant allowed to name one per request.
+   */
+  callback: CallbackUrl.optional(),
 });
 export type JobRequest = z.infer<typeof JobRequest>;
 
@@ -87,6 +93,12 @@ export const JobData = z.strictObject({
   customId: CustomId.optional(),
   metadata: JobMetadata.optional(),
   batchRef: BatchRef.optional(),
+  /**
+   * The job's outcome is notified (a signed webhook, sent by the API's notifier): to
+   * `url` when the request named one, else to its tenant's callback URL. The worker
+   * only records that the job ended; it holds no webhook secret.
+   */
+  notify: z.strictObject({ url: CallbackUrl.optional() }).optional(),
 });
 export type JobData = z.infer<typeof JobData>;
 

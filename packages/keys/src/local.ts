@@ -194,6 +194,19 @@ export class LocalKeyProvider implements KeyProvider, ManifestSigner {
     }
   }
 
+  /**
+   * The dev webhook key (production gives the API and the CLI a WEBHOOK_KEY_FILE):
+   * derived from the dev audit key under a label of its own, so the two never coincide.
+   */
+  webhookSecret(): Buffer {
+    const audit = this.auditSecret();
+    try {
+      return Buffer.from(hkdfSync("sha256", audit, "citadel-keyring", "citadel.webhook.key/v1", 32));
+    } finally {
+      audit.fill(0);
+    }
+  }
+
   async publicKeys(): Promise<SignerPublicKey[]> {
     return this.ring.signing.map((k) => ({ keyId: keyIdFor(k.publicKey), publicKey: k.publicKey }));
   }

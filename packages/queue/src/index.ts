@@ -1,5 +1,6 @@
-export * from "./batch-keys.js";
+export * from "./follow.js";
 export * from "./jobs.js";
 export * from "./names.js";
 export * from "./redis.js";
 export * from "./scripts/index.js";
+export * from "./settle-calls.js";

@@ -1,9 +1,9 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { recordBatchLine } from "./batch-keys.js";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
 import { scripts } from "./scripts/index.js";
+import { recordRemoved } from "./settle-calls.js";
 
 export interface QueueSettings {
   prefix: string;
@@ -55,7 +55,9 @@ const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undef
 export class JobQueues {
   private readonly queues = new Map<string, Queue<JobData, JobResult>>();
   private readonly events = new Map<string, Listener>();
-  private readonly waiters = new Map<string, Set<(f: Finish | null) => void>>();
+  private readonly waiters = new Map<string, Set<(f: JobFinish | null) => void>>();
+  /** Watchers of a job's move to active (event streams), by job id. */
+  private readonly activeWatchers = new Map<string, Set<() => void>>();
   /** Ids whose final event came with no one waiting: a waiter arriving just after reads the job. */
   private readonly finished = new RecentIds(10_000);
 
@@ -74,6 +76,11 @@ export class JobQueues {
   /** How many Queue and QueueEvents objects are held (each QueueEvents holds a Redis connection). */
   cached(): { queues: number; events: number } {
     return { queues: this.queues.size, events: this.events.size };
+  }
+
+  /** Jobs someone waits on or follows now (each entry holds listeners until its waiter lets go). */
+  watched(): { finals: number; actives: number } {
+    return { finals: this.waiters.size, actives: this.activeWatchers.size };
   }
 
   /**
@@ -254,8 +261,8 @@ export class JobQueues {
         .del(keys.inputs(this.settings.prefix, job.data.model, id))
         .exec();
       await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
-      // A batch's job: its line is settled here, as the worker settles the lines it runs.
-      if (job.data.batchRef) await recordBatchLine(this.redis, this.settings.prefix, id, job.data, Date.now());
+      // Its batch line and its notification are recorded here, as the worker records those of the jobs it settles.
+      await recordRemoved(this.redis, this.settings.prefix, id, job.data, Date.now());
       this.notify(id, null);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
@@ -286,10 +293,10 @@ export class JobQueues {
     if (first && (ms <= 0 || isFinal(first.status))) return first;
     const version = first?.version ?? opts.submitted?.version ?? "";
     const fresh = await this.ensureEvents(model);
-    const finish = await new Promise<Finish | null>((resolve) => {
+    const finish = await new Promise<JobFinish | null>((resolve) => {
       const set = this.waiters.get(id) ?? new Set();
       this.waiters.set(id, set);
-      const done = (f: Finish | null) => {
+      const done = (f: JobFinish | null) => {
         clearTimeout(timer);
         set.delete(done);
         if (set.size === 0) this.waiters.delete(id);
@@ -308,25 +315,35 @@ export class JobQueues {
         );
       }
     });
-    const at = finish?.result?.at;
-    if (finish?.result && at) {
-      const { workerId: _w, artifactSha256: _a, at: _t, ...result } = finish.result;
-      return {
-        id,
-        status: "completed",
-        model,
-        version,
-        ...labelsOf(first ? { customId: first.custom_id, metadata: first.metadata } : (opts.submitted ?? {})),
-        createdAt: new Date(at.created).toISOString(),
-        startedAt: new Date(at.started).toISOString(),
-        finishedAt: new Date(at.finished).toISOString(),
-        result,
-      };
-    }
-    return this.view(id, tenant);
+    const labels = first ? { customId: first.custom_id, metadata: first.metadata } : (opts.submitted ?? {});
+    return (finish && completedView(id, model, version, labels, finish)) ?? this.view(id, tenant);
   }
 
-  private notify(id: string, f: Finish | null): void {
+  /**
+   * Listens for a job's changes until the returned function is called: `final` on its
+   * final event (with a completed job's result when the event carries it), `active` when
+   * a worker takes it. For a watcher that reads the job after subscribing (no change
+   * between the read and the subscription is missed). JOB_NOT_FOUND for an id naming
+   * no published model.
+   */
+  async watch(id: string, on: { final: (f: JobFinish | null) => void; active: () => void }): Promise<() => void> {
+    const model = this.modelOf(id);
+    await this.ensureEvents(model);
+    const finals = this.waiters.get(id) ?? new Set();
+    this.waiters.set(id, finals);
+    finals.add(on.final);
+    const actives = this.activeWatchers.get(id) ?? new Set();
+    this.activeWatchers.set(id, actives);
+    actives.add(on.active);
+    return () => {
+      finals.delete(on.final);
+      if (finals.size === 0 && this.waiters.get(id) === finals) this.waiters.delete(id);
+      actives.delete(on.active);
+      if (actives.size === 0 && this.activeWatchers.get(id) === actives) this.activeWatchers.delete(id);
+    };
+  }
+
+  private notify(id: string, f: JobFinish | null): void {
     const set = this.waiters.get(id);
     if (!set) {
       this.finished.add(id);
@@ -354,6 +371,9 @@ export class JobQueues {
       );
       ev.on("failed", ({ jobId }) => this.notify(jobId, null));
       ev.on("removed", ({ jobId }) => this.notify(jobId, null));
+      ev.on("active", ({ jobId }) => {
+        for (const w of [...(this.activeWatchers.get(jobId) ?? [])]) w();
+      });
     }
     await e.ready;
     return Date.now() - e.since < this.eventsWarmupMs;
@@ -369,8 +389,39 @@ export class JobQueues {
 }
 
 /** What a job's final event tells a waiter: a completed job's result, or nothing (read the job). */
-interface Finish {
+export interface JobFinish {
   result: JobResult | undefined;
+}
+
+/**
+ * A completed job's view built from its completion event alone (its result carries the
+ * job's times), or undefined when the event does not carry that (read the job instead).
+ */
+export function completedView(
+  id: string,
+  model: string,
+  version: string,
+  labels: {
+    customId?: string | undefined;
+    custom_id?: string | undefined;
+    metadata?: Record<string, string> | undefined;
+  },
+  finish: JobFinish,
+): JobView | undefined {
+  const at = finish.result?.at;
+  if (!finish.result || !at) return undefined;
+  const { workerId: _w, artifactSha256: _a, at: _t, ...result } = finish.result;
+  return {
+    id,
+    status: "completed",
+    model,
+    version,
+    ...labelsOf(labels),
+    createdAt: new Date(at.created).toISOString(),
+    startedAt: new Date(at.started).toISOString(),
+    finishedAt: new Date(at.finished).toISOString(),
+    result,
+  };
 }
 
 /** A model's event listener, since when it listens, and when it is connected. */

@@ -46,6 +46,12 @@ export const keys = {
   batch: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}`,
   batchLines: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}:lines`,
   batchResults: (prefix: string, tenant: string, id: string) => `${prefix}:batch:${tenant}:${id}:results`,
+  /**
+   * Completion notifications waiting to be handed to the webhook delivery queue: a
+   * stream the settle scripts append to (job id, tenant, event; never results), read
+   * by the API's notifier with a consumer group.
+   */
+  notifications: (prefix: string) => `${prefix}:notifications`,
   /** One of BullMQ's own keys of a model's queue (`wait`, `prioritized`, …), as BullMQ names it. */
   bull: (prefix: string, model: string, part: string) => `${prefix}:${queueName(model)}:${part}`,
   /** BullMQ's hash for a job (as Queue.toKey builds it), present in every state until the job is removed. */
@@ -57,6 +63,15 @@ export const keys = {
    */
   inputs: (prefix: string, model: string, id: string) => `${prefix}:${queueName(model)}:${id}:in`,
 };
+
+/** The BullMQ queue that delivers webhooks (keys `<prefix>:webhooks:*`), apart from every model's queue. */
+export const WEBHOOK_QUEUE = "webhooks";
+
+/**
+ * A bound on the notifications stream (XADD MAXLEN ~): entries are deleted once handed
+ * to the delivery queue, so only a notifier down for long comes near it.
+ */
+export const NOTIFICATIONS_MAX_LEN = 1_000_000;
 
 /**
  * How long stored inputs outlive their job's deadline at most: a job that started just

@@ -6,6 +6,8 @@ import {
   commandName,
   formatFailure,
   keys,
+  notifyFinalArgv,
+  notifyFinalCall,
   queueName,
   type Redis,
   scripts,
@@ -32,7 +34,8 @@ import { type Job, Worker } from "bullmq";
  *   together) go out as one ioredis pipeline: each final job's `moveToFinished`
  *   followed by the settleFinal script, which releases its quota share and drops its
  *   inputs only if the job did reach a final state — never for a job whose lock we
- *   lost and that runs again elsewhere.
+ *   lost and that runs again elsewhere — then, under the same rule, a batch job's line
+ *   record and a notified job's notification.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
  * `worker.backend.client` (the connection's BullMQ-wrapped client, whose pipelines run
@@ -83,9 +86,10 @@ type SettleFinal = (
   inputs: string,
 ) => unknown;
 const SETTLE_FINAL = commandName("settleFinal");
-/** The batchRecord script (packages/queue scripts/batchRecord-3.lua) on a pipeline. */
-type BatchRecord = (...args: (string | number)[]) => unknown;
+/** The batchRecord and notifyFinal scripts (packages/queue scripts/) on a pipeline. */
+type ScriptCall = (...args: (string | number)[]) => unknown;
 const BATCH_RECORD = commandName("batchRecord");
+const NOTIFY_FINAL = commandName("notifyFinal");
 
 /** BullMQ's protected `RedisQueueBackend.moveToFinishedArgs` (bullmq 6.x). */
 interface FinishArgs {
@@ -286,28 +290,36 @@ export class JobLease {
   private async settleFinals(batch: Settlement[]): Promise<void> {
     if (batch.length === 0) return;
     let replies: [Error | null, unknown][] = [];
-    // Where each settlement's replies start: a batch job has a third command (its line's record).
+    // Where each settlement's replies start: a batch job has a third command (its line's
+    // record), a notified job one more (its notification).
     const at: number[] = [];
     let n = 0;
     for (const s of batch) {
       at.push(n);
-      n += s.data?.batchRef ? 3 : 2;
+      n += 2 + (s.data?.batchRef ? 1 : 0) + (s.data?.notify ? 1 : 0);
     }
     try {
       const backend = this.worker.backend;
       const pipe = (await backend.client).pipeline();
-      const named = pipe as unknown as Record<string, SettleFinal | BatchRecord | undefined>;
+      const named = pipe as unknown as Record<string, SettleFinal | ScriptCall | undefined>;
       const settleFinal = named[SETTLE_FINAL] as SettleFinal | undefined;
-      const batchRecord = named[BATCH_RECORD] as BatchRecord | undefined;
-      if (!settleFinal || !batchRecord) throw new Error("Citadel's scripts are not defined on BullMQ's connection");
+      const batchRecord = named[BATCH_RECORD] as ScriptCall | undefined;
+      const notifyFinal = named[NOTIFY_FINAL] as ScriptCall | undefined;
+      if (!settleFinal || !batchRecord || !notifyFinal)
+        throw new Error("Citadel's scripts are not defined on BullMQ's connection");
       for (const s of batch) {
         const args = s.kind === "complete" ? this.completeArgs(s.l, s.result) : this.failArgs(s.l, s.error);
         backend.execCommand(pipe, "moveToFinished", args);
         settleFinal.apply(pipe, this.finalKeys(s));
-        // In the same pipeline as the move: a worker that dies after it loses no batch line.
+        // In the same pipeline as the move: a worker that dies after it loses no batch line
+        // and no notification.
         if (s.data?.batchRef) {
           const call = batchRecordCall(this.o.prefix, s.l.id, { ...s.data, batchRef: s.data.batchRef });
           batchRecord.apply(pipe, [...call.keys, ...batchRecordArgv(call.args)]);
+        }
+        if (s.data?.notify) {
+          const call = notifyFinalCall(this.o.prefix, s.l.id, { ...s.data, notify: s.data.notify });
+          notifyFinal.apply(pipe, [...call.keys, ...notifyFinalArgv(call.args)]);
         }
       }
       replies = ((await pipe.exec()) ?? []) as [Error | null, unknown][];
@@ -320,6 +332,8 @@ export class JobLease {
       const [moveErr, moved] = replies[k] ?? [new Error("no reply"), null];
       const [finalErr] = replies[k + 1] ?? [new Error("no reply"), null];
       const [recordErr, recorded] = s.data?.batchRef ? (replies[k + 2] ?? [new Error("no reply"), null]) : [null, 1];
+      const notifyAt = k + (s.data?.batchRef ? 3 : 2);
+      const [notifyErr, notified] = s.data?.notify ? (replies[notifyAt] ?? [new Error("no reply"), null]) : [null, 1];
       const lost =
         moveErr ??
         (typeof moved === "number" && moved < 0
@@ -346,6 +360,12 @@ export class JobLease {
         this.o.log.error(
           { err: recordErr ? coerceError(recordErr) : undefined, jobId: s.l.id, answer: recorded },
           "settled job: could not record its outcome in its batch",
+        );
+      }
+      if (notifyErr || (typeof notified === "number" && notified < 0)) {
+        this.o.log.error(
+          { err: notifyErr ? coerceError(notifyErr) : undefined, jobId: s.l.id, answer: notified },
+          "settled job: could not record its completion notification",
         );
       }
       answer(s, true);

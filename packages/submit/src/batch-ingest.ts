@@ -3,6 +3,7 @@ import { BatchLine, CitadelError, coerceError } from "@citadel/contracts";
 import type { JobQueues } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import type { BatchStore, LineEntry } from "./batches.js";
+import { type CallbackPolicy, notifyFor } from "./callbacks.js";
 import { type JsonLine, jsonLines } from "./jsonl.js";
 import { type Accepted, asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "./submit.js";
 
@@ -25,6 +26,8 @@ export interface BatchDeps {
   log: Logger;
   /** Parses one line's bytes as strictly as a JSON body (UTF-8, depth, duplicate and prototype keys). */
   parseLine: (bytes: Buffer) => unknown;
+  /** Completion webhooks (a batch's `callback`, its tenant's callback URL). */
+  callbacks?: CallbackPolicy;
 }
 
 /** A line ready to submit, or refused before it could be. */
@@ -48,9 +51,15 @@ export class Batches {
     private readonly limits: BatchLimits,
   ) {}
 
-  async ingest(source: AsyncIterable<Buffer | string>, ctx: SubmitContext): Promise<string> {
+  /** Reads a batch file into jobs; `callback`: the URL its completion is notified to (else its tenant's own, if any). */
+  async ingest(
+    source: AsyncIterable<Buffer | string>,
+    ctx: SubmitContext,
+    opts: { callback?: string | undefined } = {},
+  ): Promise<string> {
     const tenant = ctx.tenant.id;
-    const id = await this.d.store.create(tenant, ctx.requestId);
+    const notify = await notifyFor(ctx.tenant, opts.callback, this.d.callbacks);
+    const id = await this.d.store.create(tenant, ctx.requestId, notify);
     const seen = new Map<string, number>();
     let chunk: Parsed[] = [];
     let lines = 0;
@@ -89,6 +98,7 @@ export class Batches {
   async cancel(ctx: SubmitContext, id: string): Promise<void> {
     await this.d.store.markCancelled(ctx.tenant.id, id);
     for await (const ids of this.d.store.pendingJobs(ctx.tenant.id, id)) await this.cancelJobs(ctx, ids);
+    await this.d.store.cancelled(ctx.tenant.id, id);
   }
 
   private async cancelJobs(ctx: SubmitContext, ids: string[]): Promise<void> {

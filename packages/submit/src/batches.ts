@@ -5,9 +5,10 @@ import {
   type BatchStatus,
   type BatchView,
   CitadelError,
+  type JobData,
   type JobResult,
 } from "@citadel/contracts";
-import { keys, parseFailure, type Redis } from "@citadel/queue";
+import { keys, NOTIFICATIONS_MAX_LEN, parseFailure, type Redis, scripts } from "@citadel/queue";
 
 /**
  * Where a batch lives (docs/api.md "Batches"): three keys under the deployment's
@@ -15,7 +16,9 @@ import { keys, parseFailure, type Redis } from "@citadel/queue";
  * expiring at the batch's retention end:
  *
  * - `batch:<tenant>:<id>`: a hash of its state and counters (created, completeBy,
- *   sealed, cancel, total, accepted, refused, last, completed, failed, cancelled);
+ *   sealed, cancel, total, accepted, refused, last, completed, failed, cancelled; and
+ *   for a batch whose completion is notified, notify — 'tenant' or the URL it named —
+ *   and notified, set once its notification is recorded);
  * - `…:lines`: line -> `{"c":custom_id,"j":job id}` for a line that became a job, or
  *   `{"c","e":{code,message}}` for one refused; written by the API as it ingests;
  * - `…:results`: line -> the job's final outcome, written once per line by the
@@ -56,8 +59,8 @@ export class BatchStore {
     };
   }
 
-  /** A new, empty batch (in progress, not sealed): its id. */
-  async create(tenant: string, requestId: string): Promise<string> {
+  /** A new, empty batch (in progress, not sealed): its id. `notify`: where its completion is to be notified. */
+  async create(tenant: string, requestId: string, notify?: JobData["notify"]): Promise<string> {
     const id = `batch_${randomBytes(18).toString("base64url")}`;
     const now = Date.now();
     const k = this.k(tenant, id);
@@ -74,6 +77,7 @@ export class BatchStore {
         accepted: 0,
         refused: 0,
         last: 0,
+        ...(notify ? { notify: notify.url ?? "tenant" } : {}),
       })
       .pexpireat(k.meta, now + this.s.ttlMs)
       .exec()
@@ -117,9 +121,27 @@ export class BatchStore {
     return { cancel: replies[replies.length - 1] === "1" };
   }
 
-  /** The ingest is over: the batch completes once every accepted line is final. */
+  /**
+   * The ingest is over: the batch completes once every accepted line is final. Its
+   * completion is notified here when its lines are final already (else by the record of
+   * its last line).
+   */
   async seal(tenant: string, id: string): Promise<void> {
-    await this.redis.hset(this.k(tenant, id).meta, "sealed", 1);
+    await this.settled(tenant, id, true);
+  }
+
+  /** After a cancel walked the batch's jobs: a batch whose lines were all final by then is notified now. */
+  async cancelled(tenant: string, id: string): Promise<void> {
+    await this.settled(tenant, id, false);
+  }
+
+  private async settled(tenant: string, id: string, seal: boolean): Promise<void> {
+    await scripts(this.redis).batchSettled([this.k(tenant, id).meta, keys.notifications(this.s.prefix)], {
+      tenant,
+      batchId: id,
+      maxLen: NOTIFICATIONS_MAX_LEN,
+      seal,
+    });
   }
 
   /** Marks the batch cancelled (404 when there is none): the caller then cancels its jobs. */
@@ -224,7 +246,7 @@ interface StoredLine {
   e?: { code: string; message: string };
 }
 
-/** What batchRecord-3.lua writes: job id, custom_id, finish time, status, and the raw result or failure reason. */
+/** What batchRecord-4.lua writes: job id, custom_id, finish time, status, and the raw result or failure reason. */
 interface StoredOutcome {
   j: string;
   c?: string;

@@ -1,5 +1,6 @@
 export * from "./batch-ingest.js";
 export * from "./batches.js";
+export * from "./callbacks.js";
 export * from "./catalog.js";
 export * from "./denials.js";
 export * from "./idempotency.js";

@@ -13,6 +13,7 @@ import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
+import { type CallbackPolicy, notifyFor } from "./callbacks.js";
 import type { ModelCatalog } from "./catalog.js";
 import type { DenialAggregator } from "./denials.js";
 import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
@@ -69,6 +70,8 @@ export interface SubmitDeps {
   denials: DenialAggregator;
   metrics: SubmitMetrics;
   log: Logger;
+  /** Completion webhooks (a job's `callback`, a tenant's callback URL); none: refused, and not notified. */
+  callbacks?: CallbackPolicy;
 }
 
 interface Prepared {
@@ -123,6 +126,10 @@ export class Submitter {
       throw new CitadelError("FORBIDDEN", `tenant may not use model '${req.model}'`);
     if (req.priority === "high" && !ctx.tenant.allowHighPriority)
       throw new CitadelError("FORBIDDEN", 'tenant may not use priority "high" (a right granted per tenant)');
+    if (req.batchRef && req.callback !== undefined)
+      throw new CitadelError("VALIDATION_FAILED", "a batch's line takes no callback (name one for the batch)");
+    // A batch's jobs are not notified one by one: the batch is, once it is over.
+    const notify = req.batchRef ? undefined : await notifyFor(ctx.tenant, req.callback, this.d.callbacks);
     const version = this.catalog.resolveVersion(req.model, req.version);
     const manifest = await this.catalog.manifest(req.model, version);
     const timeoutMs = req.timeoutMs ?? manifest.timeoutMs;
@@ -168,6 +175,7 @@ export class Submitter {
       ...(req.custom_id !== undefined ? { customId: req.custom_id } : {}),
       ...(req.metadata !== undefined ? { metadata: req.metadata } : {}),
       ...(req.batchRef ? { batchRef: req.batchRef } : {}),
+      ...(notify ? { notify } : {}),
     };
     let fingerprint: string | undefined;
     return {
@@ -189,6 +197,7 @@ export class Submitter {
               ...(req.custom_id !== undefined || req.metadata !== undefined
                 ? [req.custom_id ?? null, req.metadata ?? null]
                 : []),
+              ...(req.callback !== undefined ? [{ callback: req.callback }] : []),
             ]),
           )
           .update(JSON.stringify(data.inputs))

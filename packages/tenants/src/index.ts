@@ -1,7 +1,13 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { CitadelError, OutputPolicy } from "@citadel/contracts";
+import { CallbackUrl, CitadelError, OutputPolicy } from "@citadel/contracts";
 import type { Redis } from "ioredis";
 import { z } from "zod";
+
+export const WebhookSecretState = z.strictObject({
+  generation: z.number().int().min(1),
+  previousUntil: z.number().int().optional(),
+});
+export type WebhookSecretState = z.infer<typeof WebhookSecretState>;
 
 export const Tenant = z.strictObject({
   id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
@@ -22,6 +28,20 @@ export const Tenant = z.strictObject({
   /** Per-model output-policy overrides (only ever tighten the model's policy). */
   outputPolicy: z.record(z.string(), OutputPolicy).default({}),
   roles: z.array(z.enum(["tenant", "admin", "ops-read"])).default(["tenant"]),
+  /** Where this tenant's completed jobs and batches are notified (signed webhooks); none when absent. */
+  callbackUrl: CallbackUrl.optional(),
+  /**
+   * May name a callback URL per job or batch (else only `callbackUrl` is called): a right
+   * given explicitly, since every such URL is a target the fleet sends requests to.
+   */
+  allowRequestCallbacks: z.boolean().default(false),
+  /**
+   * Which webhook secret signs this tenant's notifications. The secret itself is never
+   * stored: it is derived from the operator's webhook key and the generation
+   * (@citadel/webhooks). A rotation moves to the next generation and keeps signing with
+   * the previous one too until `previousUntil` (epoch ms), so receivers can switch over.
+   */
+  webhookSecret: WebhookSecretState.default({ generation: 1 }),
 });
 export type Tenant = z.infer<typeof Tenant>;
 export type TenantInput = z.input<typeof Tenant>;
@@ -60,11 +80,30 @@ export class TenantStore {
     this.keysKey = `${prefix}:tenants:keys`;
   }
 
+  /**
+   * Creates or replaces a tenant's definition. The webhook secret's generation is kept
+   * unless given: re-adding a tenant must not bring back a secret rotated away.
+   */
   async upsert(input: TenantInput): Promise<Tenant> {
-    const t = Tenant.parse(input);
+    const kept = input.webhookSecret ?? (await this.get(Tenant.shape.id.parse(input.id)))?.webhookSecret;
+    const t = Tenant.parse({ ...input, ...(kept ? { webhookSecret: kept } : {}) });
     await this.redis.hset(this.defsKey, t.id, JSON.stringify(t));
     this.cache.clear();
     return t;
+  }
+
+  /**
+   * Moves a tenant to its next webhook secret; the current one keeps signing beside it
+   * for `graceMs` (0: at once replaced). Returns the tenant as now stored.
+   */
+  async rotateWebhookSecret(id: string, graceMs: number): Promise<Tenant> {
+    const t = await this.get(id);
+    if (!t) throw new CitadelError("VALIDATION_FAILED", `no tenant '${id}'`);
+    const next: WebhookSecretState = {
+      generation: t.webhookSecret.generation + 1,
+      ...(graceMs > 0 ? { previousUntil: Date.now() + graceMs } : {}),
+    };
+    return this.upsert({ ...t, webhookSecret: next });
   }
 
   async get(id: string): Promise<Tenant | null> {

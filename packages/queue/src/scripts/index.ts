@@ -15,7 +15,9 @@ const FILES = {
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
   settleFinal: "settleFinal-5.lua",
-  batchRecord: "batchRecord-3.lua",
+  batchRecord: "batchRecord-4.lua",
+  batchSettled: "batchSettled-2.lua",
+  notifyFinal: "notifyFinal-2.lua",
   tokenBuckets: "tokenBuckets.lua",
   idempotencyClaim: "idempotencyClaim-1.lua",
   idempotencyTakeOver: "idempotencyTakeOver-1.lua",
@@ -59,8 +61,8 @@ export function commandName(name: ScriptName): string {
 type Arg = string | number;
 type Command = (...args: Arg[]) => Promise<unknown>;
 
-/** batchRecord-3.lua's keys: the job's hash, the batch's hash and its results. */
-export type BatchRecordKeys = [job: string, batch: string, results: string];
+/** batchRecord-4.lua's keys: the job's hash, the batch's hash and its results, the notifications stream. */
+export type BatchRecordKeys = [job: string, batch: string, results: string, notifications: string];
 
 export interface BatchRecordArgs {
   line: number;
@@ -68,11 +70,45 @@ export interface BatchRecordArgs {
   customId?: string | undefined;
   /** The outcome when the job's hash is gone (a cancel that removed it). */
   fallback?: { status: "cancelled"; finishedAt: number };
+  /** The batch's tenant and id, for its completion notification. */
+  tenant: string;
+  batchId: string;
+  /** The notifications stream's approximate bound. */
+  maxLen: number;
 }
 
-/** batchRecord-3.lua's ARGV. */
-export function batchRecordArgv(a: BatchRecordArgs): Arg[] {
-  return [a.line, a.jobId, a.customId ?? "", a.fallback?.status ?? "", a.fallback?.finishedAt ?? 0];
+/** batchRecord-4.lua's ARGV. */
+export function batchRecordArgv(a: BatchRecordArgs, nowMs = Date.now()): Arg[] {
+  return [
+    a.line,
+    a.jobId,
+    a.customId ?? "",
+    a.fallback?.status ?? "",
+    a.fallback?.finishedAt ?? 0,
+    a.tenant,
+    a.batchId,
+    a.maxLen,
+    nowMs,
+  ];
+}
+
+/** notifyFinal-2.lua's keys: the job's hash and the notifications stream. */
+export type NotifyFinalKeys = [job: string, notifications: string];
+
+export interface NotifyFinalArgs {
+  jobId: string;
+  tenant: string;
+  /** The URL the job named; none for its tenant's own. */
+  url?: string | undefined;
+  /** The outcome when the job's hash is gone (a cancel that removed it). */
+  fallback?: { status: "cancelled"; finishedAt: number };
+  /** The stream's approximate bound. */
+  maxLen: number;
+}
+
+/** notifyFinal-2.lua's ARGV. */
+export function notifyFinalArgv(a: NotifyFinalArgs): Arg[] {
+  return [a.jobId, a.tenant, a.url ?? "", a.fallback?.status ?? "", a.fallback?.finishedAt ?? 0, a.maxLen];
 }
 
 /** A job asking the quota for room: its reservation marker and bytes, and its Idempotency-Key entry when it has one. */
@@ -122,6 +158,13 @@ export interface CitadelScripts {
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
   /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone), -1 not final, -2 gone. */
   batchRecord(keys: BatchRecordKeys, args: BatchRecordArgs): Promise<number>;
+  /** Seals a batch (or only checks it) and notifies its completion if it is over: 1 notified now, 0 not, -1 gone. */
+  batchSettled(
+    keys: [batch: string, notifications: string],
+    args: { tenant: string; batchId: string; maxLen: number; seal: boolean },
+  ): Promise<number>;
+  /** Records a notified job's end on the notifications stream: 1 added, -1 not final, -2 gone. */
+  notifyFinal(keys: NotifyFinalKeys, args: NotifyFinalArgs): Promise<number>;
   /** The existing entry's fields (id, fp, model, version, state, attempt, reserved, at, lease), or null when claimed now. */
   idempotencyClaim(
     key: string,
@@ -202,6 +245,12 @@ function bind(redis: Redis): CitadelScripts {
     },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));
+    },
+    async batchSettled(keys, a) {
+      return Number(await run("batchSettled", ...keys, a.tenant, a.batchId, a.maxLen, a.seal ? "1" : "", Date.now()));
+    },
+    async notifyFinal(keys, args) {
+      return Number(await run("notifyFinal", ...keys, ...notifyFinalArgv(args)));
     },
     async idempotencyClaim(key, first, nowMs, ttlMs, leaseUntilMs) {
       const raw = await run(

@@ -35,6 +35,9 @@ describe("the script files", () => {
     const shared = readFileSync(new URL("./includes/releaseQuota.lua", import.meta.url), "utf8").trimEnd();
     expect(scriptSources.quotaRelease.lua).toContain(shared);
     expect(scriptSources.settleFinal.lua).toContain(shared);
+    const notify = readFileSync(new URL("./includes/batchNotify.lua", import.meta.url), "utf8").trimEnd();
+    expect(scriptSources.batchRecord.lua).toContain(notify);
+    expect(scriptSources.batchSettled.lua).toContain(notify);
   });
 
   it("are all loaded, and each header documents its keys, arguments and result", () => {
@@ -289,6 +292,106 @@ describe("idempotency scripts", () => {
     await redis.hset(key, "reserved", "0");
     expect(await s.idempotencyUnclaim(key, 2)).toBe(1);
     expect(await redis.exists(key)).toBe(0);
+  });
+});
+
+describe("notification scripts", () => {
+  let n = 0;
+  const stream = () => k(`notifications-${n++}`);
+  /** The stream's entries as field maps, oldest first. */
+  const entries = async (key: string) =>
+    (await redis.xrange(key, "-", "+")).map(([, f]) => {
+      const m: Record<string, string> = {};
+      for (let i = 0; i + 1 < f.length; i += 2) m[f[i] as string] = f[i + 1] as string;
+      return m;
+    });
+
+  it("notifyFinal adds one entry for a final job, read from its own hash, and none for a job still running", async () => {
+    const s = scripts(redis);
+    const out = stream();
+    const job = k(`nf-job-${n}`);
+    const args = { jobId: "m.abc", tenant: "acme", maxLen: 1000 };
+    await redis.hset(job, { data: "{}", processedOn: 1 });
+    expect(await s.notifyFinal([job, out], args)).toBe(-1);
+    await redis.hset(job, { finishedOn: 1700000000000, returnvalue: '{"outputs":{}}' });
+    expect(await s.notifyFinal([job, out], { ...args, url: "https://example.com/hook" })).toBe(1);
+    await redis.hdel(job, "returnvalue");
+    await redis.hset(job, "failedReason", "CANCELLED: the job was cancelled");
+    expect(await s.notifyFinal([job, out], args)).toBe(1);
+    await redis.hset(job, "failedReason", "TIMEOUT: too slow");
+    expect(await s.notifyFinal([job, out], args)).toBe(1);
+    await redis.del(job);
+    expect(await s.notifyFinal([job, out], args)).toBe(-2);
+    expect(await s.notifyFinal([job, out], { ...args, fallback: { status: "cancelled", finishedAt: 42 } })).toBe(1);
+    expect(await entries(out)).toEqual([
+      { k: "job", id: "m.abc", t: "acme", e: "job.completed", u: "https://example.com/hook", f: "1700000000000" },
+      { k: "job", id: "m.abc", t: "acme", e: "job.cancelled", u: "", f: "1700000000000" },
+      { k: "job", id: "m.abc", t: "acme", e: "job.failed", u: "", f: "1700000000000" },
+      { k: "job", id: "m.abc", t: "acme", e: "job.cancelled", u: "", f: "42" },
+    ]);
+  });
+
+  it("notifies a batch once, when it is sealed and its last accepted line is recorded, whichever comes last", async () => {
+    const s = scripts(redis);
+    for (const sealFirst of [true, false]) {
+      const out = stream();
+      const meta = k(`nb-${n}`);
+      const results = `${meta}:results`;
+      const batchId = `batch_${n}`;
+      await redis.hset(meta, { created: 1, sealed: 0, cancel: 0, accepted: 2, notify: "https://example.com/b" });
+      await redis.pexpire(meta, 60_000);
+      const record = async (line: number) => {
+        const job = k(`nb-job-${n}-${line}`);
+        await redis.hset(job, { finishedOn: 5, returnvalue: "{}" });
+        return s.batchRecord([job, meta, results, out], {
+          line,
+          jobId: `m.${line}`,
+          tenant: "acme",
+          batchId,
+          maxLen: 1000,
+        });
+      };
+      const seal = () => s.batchSettled([meta, out], { tenant: "acme", batchId, maxLen: 1000, seal: true });
+      expect(await record(1)).toBe(1);
+      if (sealFirst) expect(await seal()).toBe(0);
+      expect(await entries(out)).toEqual([]);
+      expect(await record(2)).toBe(1);
+      if (!sealFirst) expect(await seal()).toBe(1);
+      // Once: a second seal or a repeated record adds nothing.
+      expect(await seal()).toBe(0);
+      expect(await record(2)).toBe(0);
+      const got = await entries(out);
+      expect(got).toHaveLength(1);
+      expect(got[0]).toMatchObject({
+        k: "batch",
+        id: batchId,
+        t: "acme",
+        e: "batch.completed",
+        u: "https://example.com/b",
+      });
+    }
+  });
+
+  it("notifies a cancelled batch as cancelled, and never a batch that asked for no notification", async () => {
+    const s = scripts(redis);
+    const out = stream();
+    const quiet = k(`nb-quiet-${n}`);
+    await redis.hset(quiet, { created: 1, sealed: 0, cancel: 0, accepted: 0 });
+    expect(await s.batchSettled([quiet, out], { tenant: "acme", batchId: "batch_q", maxLen: 1000, seal: true })).toBe(
+      0,
+    );
+    const cancelled = k(`nb-cancel-${n}`);
+    await redis.hset(cancelled, { created: 1, sealed: 0, cancel: 1, accepted: 1, cancelled: 1, notify: "tenant" });
+    expect(
+      await s.batchSettled([cancelled, out], { tenant: "acme", batchId: "batch_c", maxLen: 1000, seal: false }),
+    ).toBe(1);
+    expect(
+      await s.batchSettled([k("nb-gone"), out], { tenant: "acme", batchId: "batch_g", maxLen: 1000, seal: true }),
+    ).toBe(-1);
+    expect(await redis.exists(k("nb-gone"))).toBe(0);
+    expect(await entries(out)).toEqual([
+      expect.objectContaining({ k: "batch", id: "batch_c", e: "batch.cancelled", u: "" }),
+    ]);
   });
 });
 
