@@ -234,7 +234,9 @@ describe("completion webhooks", () => {
       const j = await deliveries.getJob(id);
       return (await j?.getState()) === "completed" ? j : undefined;
     });
-    expect(dj?.attemptsMade).toBe(3);
+    // What the receiver saw is the contract, not BullMQ's attemptsMade (a stalled attempt
+    // under load is re-run without counting as made): three calls, the last one answered.
+    expect(dj).toBeDefined();
     expect(receiver.about(sub.json.id)).toHaveLength(3);
   });
 

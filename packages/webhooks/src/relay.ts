@@ -52,6 +52,8 @@ export class NotificationRelay {
   private closing = false;
   private loop: Promise<void> | undefined;
   private lastClaim = 0;
+  /** When to read this reader's own pending entries again (one it could not hand off), or 0. */
+  private retryOwnAt = 0;
 
   constructor(
     private readonly d: RelayDeps,
@@ -97,6 +99,23 @@ export class NotificationRelay {
           this.lastClaim = Date.now();
           await this.takeOverStale();
         }
+        // Entries this reader took but could not hand off are tried again after a second,
+        // not only when another reader's take-over (claimIdleMs) would find them.
+        if (this.retryOwnAt !== 0 && Date.now() >= this.retryOwnAt) {
+          this.retryOwnAt = 0;
+          const own = (await this.d.redis.xreadgroup(
+            "GROUP",
+            RELAY_GROUP,
+            this.s.consumer,
+            "COUNT",
+            PAGE,
+            "STREAMS",
+            this.stream,
+            "0",
+          )) as [string, Entry[]][] | null;
+          const mine = (own?.[0]?.[1] ?? []).filter((e) => Array.isArray(e[1]));
+          if (mine.length > 0) await this.handOff(mine);
+        }
         const got = (await this.d.blocking.xreadgroup(
           "GROUP",
           RELAY_GROUP,
@@ -117,6 +136,7 @@ export class NotificationRelay {
         // The stream or its group went away (deleted by hand): make them again.
         if (/NOGROUP/.test(e.message)) grouped = false;
         else this.d.log.warn({ err: e }, "webhook relay: reading notifications failed; retrying");
+        this.retryOwnAt = Date.now() + 1000;
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
@@ -172,6 +192,7 @@ export class NotificationRelay {
         event = await this.d.describe(n);
       } catch (err) {
         this.d.log.warn({ err: coerceError(err), id: n.id }, "webhook relay: could not read a notification's subject");
+        this.retryOwnAt = Date.now() + 1000;
         continue;
       }
       done.push(id);
