@@ -4,6 +4,7 @@ import {
   fromBfloat16Bits,
   fromFloat16Bits,
   type Tensor,
+  TYPED_ARRAY_OF,
   type TypedArray,
   toBfloat16Bits,
   toFloat16Bits,
@@ -21,22 +22,7 @@ export type { Tensor, TypedArray } from "@citadel/tensors";
 /** The 16-bit float formats, held as bit patterns. */
 export type HalfDType = "float16" | "bfloat16";
 
-type ArrayType = { new (length: number): TypedArray; readonly name: string };
-
-/** Which array holds each dtype: bool in a Uint8Array (0/1), the half formats' bit patterns in a Uint16Array. */
-const ARRAY_OF: Record<DType, ArrayType> = {
-  float32: Float32Array,
-  float64: Float64Array,
-  float16: Uint16Array,
-  bfloat16: Uint16Array,
-  int8: Int8Array,
-  uint8: Uint8Array,
-  int16: Int16Array,
-  uint16: Uint16Array,
-  int32: Int32Array,
-  int64: BigInt64Array,
-  bool: Uint8Array,
-};
+type ArrayType = (typeof TYPED_ARRAY_OF)[DType];
 
 /** The dtype each array stands for when none is given. */
 const DTYPE_OF: readonly [ArrayType, DType][] = [
@@ -63,9 +49,9 @@ export function tensor(data: TypedArray, shape: readonly number[], dtype?: DType
   if (!implied)
     throw new TypeError("tensor data must be a Float32/Float64/Int8/Uint8/Int16/Uint16/Int32/BigInt64 array");
   const dt = dtype ?? implied;
-  const want = ARRAY_OF[dt];
+  const want = TYPED_ARRAY_OF[dt];
   if (!(data instanceof want))
-    throw new TypeError(`a ${dt} tensor takes a ${want.name}, not a ${ARRAY_OF[implied].name}`);
+    throw new TypeError(`a ${dt} tensor takes a ${want.name}, not a ${TYPED_ARRAY_OF[implied].name}`);
   let count = 1;
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) throw new RangeError(`shape [${shape.join(",")}]: dimensions are whole numbers`);

@@ -18,9 +18,14 @@ export interface Tensor {
   data: TypedArray;
 }
 
-type Ctor = { new (length: number): TypedArray; new (buf: ArrayBufferLike, off: number, len: number): TypedArray };
+type Ctor = {
+  new (length: number): TypedArray;
+  new (buf: ArrayBufferLike, off: number, len: number): TypedArray;
+  readonly name: string;
+};
 
-const CTORS: Record<DType, Ctor> = {
+/** Which array holds each dtype: bool in a Uint8Array (0/1), the half formats' bit patterns in a Uint16Array. */
+export const TYPED_ARRAY_OF: Readonly<Record<DType, Ctor>> = {
   float32: Float32Array,
   float64: Float64Array,
   float16: Uint16Array,
@@ -35,7 +40,7 @@ const CTORS: Record<DType, Ctor> = {
 };
 
 export function allocate(dtype: DType, length: number): TypedArray {
-  return new CTORS[dtype](length);
+  return new TYPED_ARRAY_OF[dtype](length);
 }
 
 /**
@@ -68,10 +73,11 @@ export function base64ByteLength(s: string): number {
 /** A view of `bytes` as `dtype`, copied only when the offset is misaligned. */
 export function viewAs(dtype: DType, bytes: Uint8Array): TypedArray {
   const size = DTYPE_BYTES[dtype];
-  if (bytes.byteOffset % size === 0) return new CTORS[dtype](bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
+  if (bytes.byteOffset % size === 0)
+    return new TYPED_ARRAY_OF[dtype](bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
   const copy = new Uint8Array(bytes.byteLength);
   copy.set(bytes);
-  return new CTORS[dtype](copy.buffer, 0, bytes.byteLength / size);
+  return new TYPED_ARRAY_OF[dtype](copy.buffer, 0, bytes.byteLength / size);
 }
 
 export function bytesOf(data: TypedArray): Buffer {
