@@ -36,7 +36,25 @@ export function cliArgs(form: AppForm = OWN_FORM): string[] {
   return form === "source" ? ["--conditions=@citadel/source", bin] : [bin];
 }
 
-export function freePort(): Promise<number> {
+/** Ports this process has handed out: never given twice, even once released. */
+const handedOut = new Set<number>();
+
+/**
+ * A port nothing listens on now, for a child to bind. Two calls in a row can get the
+ * same port back from the kernel once the first probe has closed (seen in CI: an API
+ * and its metrics listener given one port), so a port is handed out once per process.
+ */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await probePort();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+}
+
+function probePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.on("error", reject);
