@@ -7,6 +7,7 @@ import { buildConvNet, buildFailingModel, buildMultiInputModel } from "@citadel/
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
+import { writeNpy as writeNpyFile } from "../support/npy.js";
 
 // Issue 12 point 5: the CLI for people, as a child process against a running fleet —
 // jobs get/wait/cancel, submit from .npy files and from a JSONL file, and one-line errors.
@@ -42,15 +43,9 @@ function citadel(
   });
 }
 
-/** A .npy file (format 1.0) written by hand: magic, version, header length, the padded dict, the data. */
+/** A .npy file in the test's folder. */
 function writeNpy(file: string, descr: string, shape: number[], data: ArrayBufferView): void {
-  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
-  const header = `${dict}${" ".repeat(63 - ((10 + dict.length) % 64))}\n`;
-  const pre = Buffer.alloc(10);
-  pre.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]);
-  pre.writeUInt16LE(header.length, 8);
-  const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  writeFileSync(path.join(dir, file), Buffer.concat([pre, Buffer.from(header, "latin1"), bytes]));
+  writeNpyFile(path.join(dir, file), descr, shape, data);
 }
 
 function random(n: number, seed: number): Float32Array {

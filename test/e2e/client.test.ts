@@ -179,15 +179,8 @@ describe("batches", () => {
     const created = await client.createBatch(lines());
     expect(sent[from]).toMatchObject({ method: "POST", path: "/v1/batches", contentType: "application/jsonl" });
     expect(created).toMatchObject({ object: "batch", counts: { total: 13, accepted: 12, refused: 1 } });
-    const done = await pollUntil(
-      `batch ${created.id} to complete`,
-      async () => {
-        const b = await client.getBatch(created.id);
-        return b.status === "completed" ? b : undefined;
-      },
-      120_000,
-      200,
-    );
+    const done = await client.waitForBatch(created.id, { timeoutMs: 120_000, pollMs: 200 });
+    expect(done.status).toBe("completed");
     expect(done.counts).toMatchObject({ completed: 12, failed: 0 });
     const results = [];
     for await (const line of client.batchResults(created.id)) results.push(line);

@@ -203,6 +203,23 @@ export class CitadelClient {
     return this.batchCall("GET", `/v1/batches/${encodeURIComponent(id)}`, opts.signal);
   }
 
+  /**
+   * Polls GET /v1/batches/{id} every `pollMs` (1 s by default) until the batch is over
+   * (completed, cancelled or expired) or `timeoutMs` passes (no bound when not given).
+   * Resolves with the last view: check `status`. (The API has no long-poll for batches.)
+   */
+  async waitForBatch(
+    id: string,
+    opts: { signal?: AbortSignal; timeoutMs?: number; pollMs?: number } = {},
+  ): Promise<BatchView> {
+    const deadline = opts.timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + opts.timeoutMs;
+    for (;;) {
+      const batch = await this.getBatch(id, opts);
+      if (isBatchOver(batch) || Date.now() >= deadline) return batch;
+      await sleep(Math.max(0, Math.min(opts.pollMs ?? 1_000, deadline - Date.now())), opts.signal);
+    }
+  }
+
   /** DELETE /v1/batches/{id}: queued jobs are removed, running ones cancelled. */
   async cancelBatch(id: string, opts: { signal?: AbortSignal } = {}): Promise<BatchView> {
     return this.batchCall("DELETE", `/v1/batches/${encodeURIComponent(id)}`, opts.signal);
@@ -290,6 +307,11 @@ export class CitadelClient {
     }
     return value as T;
   }
+}
+
+/** Whether a batch has nothing left to run: completed, cancelled or expired. */
+export function isBatchOver(batch: Pick<BatchView, "status">): boolean {
+  return batch.status !== "in_progress" && batch.status !== "cancelling";
 }
 
 export function isFinal(job: Pick<Job, "status">): boolean {

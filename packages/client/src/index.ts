@@ -13,7 +13,14 @@ export type {
   Priority,
   TensorPayload,
 } from "@citadel/contracts";
-export { CitadelClient, type CitadelClientOptions, isFinal, type SubmitOptions, type WaitOptions } from "./client.js";
+export {
+  CitadelClient,
+  type CitadelClientOptions,
+  isBatchOver,
+  isFinal,
+  type SubmitOptions,
+  type WaitOptions,
+} from "./client.js";
 export { CitadelApiError, CitadelConnectionError } from "./errors.js";
 export type { RetryOptions } from "./http.js";
 export { fromHalf, type HalfDType, type Tensor, type TypedArray, tensor, toHalf } from "./tensor.js";
