@@ -1,13 +1,16 @@
 import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { cliArgs } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { CitadelClient } from "@citadel/client";
 import { buildIdentityModel, buildMultiInputModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { publishModel } from "../support/api-kit.js";
+import { pollUntil, publishModel } from "../support/api-kit.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 import { writeNpy } from "../support/npy.js";
 
@@ -146,6 +149,12 @@ let ocrOutput: string;
 let tinyJob: string;
 let batchId: string;
 let parkedBatchId: string;
+let receiver: Receiver;
+/** A tenant that may name a callback per job, and its webhook secret. */
+let routerKey: string;
+let routerSecret: string;
+let delivery: { headers: Record<string, string>; raw: string };
+const webhookEnv = () => ({ CITADEL_WEBHOOK_SECRET: routerSecret });
 
 /** Runs a program in the examples' folder; resolves with its exit code and output. */
 function run(
@@ -191,13 +200,13 @@ function realise(b: Block, replace: Record<string, string> = {}): string {
  * A shell block as written, under bash; each curl call also prints `@@status <code>`
  * after its body (a function in front of curl adds `-w`; nothing in the block changes).
  */
-async function runShell(b: Block, replace: Record<string, string> = {}) {
+async function runShell(b: Block, replace: Record<string, string> = {}, env: Record<string, string> = {}) {
   const script = [
     "set -u",
     `curl() { command curl --max-time 60 -w '\\n@@status %{http_code}\\n' "$@"; }`,
     realise(b, replace),
   ].join("\n");
-  const r = await run(["bash", "-c", script]);
+  const r = await run(["bash", "-c", script], env);
   if (r.code !== 0) throw new Error(`docs/api.md:${b.line} exited ${String(r.code)}:\n${r.out}\n${r.err}`);
   return r;
 }
@@ -212,6 +221,65 @@ function binaryAnswer(): { header: Record<string, unknown>; bytes: Buffer } {
     header: JSON.parse(body.subarray(0, n).toString("utf8")) as Record<string, unknown>,
     bytes: body.subarray(n),
   };
+}
+
+/**
+ * What a TypeScript or Python block prints: each `console.log(…)` or `print(…)` line's
+ * trailing comment, in order, one printed line each ("…" elides).
+ */
+function expectLogged(b: Block, stdout: string): void {
+  const want = b.text
+    .split("\n")
+    .filter((l) => /\b(console\.log|print)\(/.test(l))
+    .map((l) => /(?:\/\/|#) (.*)$/.exec(l)?.[1])
+    .filter((c): c is string => c !== undefined);
+  expect(want.length, `docs/api.md:${b.line} shows what it prints`).toBeGreaterThan(0);
+  const got = stdout.split("\n");
+  let at = 0;
+  for (const w of want) {
+    const pattern = new RegExp(`^${w.split("…").map(escapeRegExp).join(".*?")}$`);
+    const i = got.findIndex((l, j) => j >= at && pattern.test(l));
+    if (i < 0) throw new Error(`docs/api.md:${b.line}: nothing printed matches ${w}\nprinted:\n${stdout}`);
+    at = i + 1;
+  }
+}
+
+/** Node's arguments that run a TypeScript file as the page's reader would (tsx), with the workspace's sources. */
+const tsx = (file: string) => [
+  process.execPath,
+  "--conditions=@citadel/source",
+  "--import",
+  import.meta.resolve("tsx"),
+  file,
+];
+
+/** A webhook target: keeps what it is sent, answers 200. */
+class Receiver {
+  private readonly got: { headers: Record<string, string>; raw: string }[] = [];
+  private readonly server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string") headers[k] = v;
+      this.got.push({ headers, raw: Buffer.concat(chunks).toString("utf8") });
+      res.writeHead(200).end("ok");
+    });
+  });
+  url = "";
+
+  async start(): Promise<void> {
+    await new Promise<void>((r) => this.server.listen(0, "127.0.0.1", r));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/citadel`;
+  }
+
+  next(): Promise<{ headers: Record<string, string>; raw: string }> {
+    return pollUntil("a webhook delivery", async () => this.got.shift(), 60_000, 50);
+  }
+
+  close(): Promise<void> {
+    return new Promise((r) => this.server.close(() => r()));
+  }
 }
 
 function expectOcrOutput(bytes: Buffer): void {
@@ -229,7 +297,21 @@ function random(n: number, seed: number): Float32Array {
 }
 
 beforeAll(async () => {
-  fleet = await startTestFleet({ workers: 1, workerEnv: { WORKER_MODELS: "tiny,multi,ocr-cls" } });
+  receiver = new Receiver();
+  await receiver.start();
+  fleet = await startTestFleet({
+    workers: 1,
+    env: { WEBHOOK_ALLOW_HOSTS: "127.0.0.1" },
+    workerEnv: { WORKER_MODELS: "tiny,multi,ocr-cls" },
+  });
+  const rates = { requestRate: 10_000, requestBurst: 10_000, sampleRate: 100_000, sampleBurst: 100_000 };
+  routerKey = await fleet.addTenant({ id: "router", models: ["*"], ...rates, allowRequestCallbacks: true });
+  const secret = spawnSync(process.execPath, [...cliArgs(), "tenants", "webhook-secret", "router"], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH ?? "", ...fleet.env },
+  });
+  expect(secret.status, secret.stderr).toBe(0);
+  routerSecret = secret.stdout.trim();
   const ocrBytes = new Uint8Array(readFileSync(OCR_CLS_PATH));
   await publishModel(fleet, ocrBytes, {
     name: "ocr-cls",
@@ -282,12 +364,13 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await fleet?.close();
+  await receiver?.close();
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
 describe("docs/api.md examples, run as written", () => {
   it("JSON body: a job is queued", async () => {
-    const b = block("sh", "/v1/jobs -H", '"queued"');
+    const b = block("sh", "/v1/jobs -H", "[0.5,1,1.5,2]");
     expectPrinted(b, (await runShell(b)).out);
   });
 
@@ -391,28 +474,73 @@ describe("docs/api.md examples, run as written", () => {
     expect(r.out).toContain(`"id":"${tinyJob}"`);
   });
 
-  it("TypeScript: submitAndWait, a batch and its results", async () => {
-    const b = block("ts", "@citadel/client");
-    writeFileSync(path.join(work, "ts", "example.ts"), realise(b));
-    const r = await run([
-      process.execPath,
-      "--conditions=@citadel/source",
-      "--import",
-      import.meta.resolve("tsx"),
-      path.join("ts", "example.ts"),
-    ]);
-    expect(r.code, r.err).toBe(0);
-    expect(r.out).toContain("Float32Array(4) [ 3, 4, 5, 6 ]");
-    expect(r.out).toMatch(/^req-1 completed$/m);
+  it("bulk: each item answered on its own", async () => {
+    const b = block("sh", "/v1/jobs/bulk");
+    expectPrinted(b, (await runShell(b)).out);
   });
 
-  it.runIf(python)("Python: submit_and_wait and infer_v2", async () => {
-    const b = block("python", "citadel_client");
-    const prelude = `import os, sys\nsys.path.insert(0, ${JSON.stringify(path.join(ROOT, "clients", "python"))})\nKEY = os.environ["KEY"]\n`;
-    writeFileSync(path.join(work, "example.py"), `${prelude}${realise(b)}\nprint(answer["outputs"]["y"].tolist())\n`);
-    const r = await run(["python3", "example.py"]);
+  it("a per-job callback: accepted, then delivered signed to the target it names", async () => {
+    const b = block("sh", '"callback"');
+    expectPrinted(
+      b,
+      (await runShell(b, { "https://hooks.example.com/citadel": receiver.url }, { KEY: routerKey })).out,
+    );
+    delivery = await receiver.next();
+  });
+
+  it("TypeScript: submit and wait, bulk, a batch and its results; KServe v2 with fetch", async () => {
+    for (const [name, b] of [
+      ["client", block("ts", "submitAndWait")],
+      ["v2", block("ts", "/v2/models/multi/infer")],
+    ] as const) {
+      writeFileSync(path.join(work, "ts", `${name}.ts`), realise(b));
+      const r = await run(tsx(path.join("ts", `${name}.ts`)));
+      expect(r.code, r.err).toBe(0);
+      expectLogged(b, r.out);
+    }
+  });
+
+  it("TypeScript: the webhook receiver accepts the delivery and refuses it edited", async () => {
+    const b = block("ts", "verifyWebhook");
+    writeFileSync(path.join(work, "ts", "receiver.ts"), realise(b));
+    writeFileSync(
+      path.join(work, "ts", "drive.ts"),
+      [
+        'import { receive } from "./receiver.ts";',
+        "const d = JSON.parse(process.env.DELIVERY ?? '') as { headers: Record<string, string>; raw: string };",
+        "await receive(d.headers, d.raw);",
+        'await receive(d.headers, d.raw.replace("order-7", "order-8")).catch((e: Error) => console.log("refused:", e.name));',
+      ].join("\n"),
+    );
+    const r = await run(tsx(path.join("ts", "drive.ts")), { ...webhookEnv(), DELIVERY: JSON.stringify(delivery) });
     expect(r.code, r.err).toBe(0);
-    expect(r.out.split("\n").slice(0, 2)).toEqual(["[[0.5, 1.0, 1.5, 2.0]]", "[[0.5, 1.0, 1.5, 2.0]]"]);
+    expectLogged(b, r.out);
+    expect(r.out).toContain("refused: WebhookVerificationError");
+  });
+
+  it.runIf(python)("Python: submit and wait, bulk, a batch, KServe v2; the webhook receiver", async () => {
+    const prelude = `import os, sys\nsys.path.insert(0, ${JSON.stringify(path.join(ROOT, "clients", "python"))})\nKEY = os.environ["KEY"]\n`;
+    const b = block("python", "submit_and_wait");
+    writeFileSync(path.join(work, "client.py"), `${prelude}${realise(b)}\n`);
+    const r = await run(["python3", "client.py"]);
+    expect(r.code, r.err).toBe(0);
+    expectLogged(b, r.out);
+
+    const rb = block("python", "verify_webhook");
+    const drive = [
+      "import json",
+      "d = json.loads(os.environ['DELIVERY'])",
+      "receive(d['headers'], d['raw'].encode())",
+      "try:",
+      "    receive(d['headers'], d['raw'].replace('order-7', 'order-8').encode())",
+      "except Exception as e:",
+      "    print('refused:', type(e).__name__)",
+    ].join("\n");
+    writeFileSync(path.join(work, "receiver.py"), `${prelude}${realise(rb)}\n${drive}\n`);
+    const w = await run(["python3", "receiver.py"], { ...webhookEnv(), DELIVERY: JSON.stringify(delivery) });
+    expect(w.code, w.err).toBe(0);
+    expectLogged(rb, w.out);
+    expect(w.out).toContain("refused: WebhookVerificationError");
   });
 
   it("the CLI: submit from .npy files, jobs get / wait / cancel, submit --jsonl", async () => {
@@ -451,7 +579,7 @@ describe("docs/api.md examples, run as written", () => {
   }, 240_000);
 
   it("every runnable example of docs/api.md was run above", () => {
-    if (!python) block("python", "citadel_client"); // skipped above, said so at the top
+    if (!python) for (const mark of ["submit_and_wait", "verify_webhook"]) block("python", mark); // skipped above, said so
     const left = RUNNABLE.filter((b) => !claimed.has(b)).map((b) => `docs/api.md:${b.line} (${b.lang})`);
     expect(left).toEqual([]);
   });
