@@ -77,6 +77,11 @@ for (const role of ["api", "worker", "publisher"]) {
   redisUsers[role] = readFileSync(secretFile(role, "redis-password", password), "utf8").trim();
   secretFile(role, "audit-key", auditKey);
 }
+// The operator's webhook key (WEBHOOK_KEY_FILE): every tenant's webhook signing secret is
+// derived from it. The API signs with it; the CLI (publisher role) derives the secret it
+// prints for a tenant, so it holds the same key: a copy, rewritten from the API's each run.
+const webhookKeyFile = secretFile("api", "webhook-key", auditKey);
+secretFile("publisher", "webhook-key", () => readFileSync(webhookKeyFile, "utf8"), { replace: true });
 secretFile("api", "board-admin-password", password);
 secretFile("api", "board-ops-password", password);
 secretFile("grafana", "grafana-admin-password", password);

@@ -206,13 +206,14 @@ const ROLE_OF: Record<string, string> = {
 
 /** The secret files each role may read, under its /run/citadel; nothing else. */
 const OWN_SECRETS: Record<string, string[]> = {
-  api: ["audit-key", "board-admin-password", "board-ops-password", "redis-password"],
+  api: ["audit-key", "board-admin-password", "board-ops-password", "redis-password", "webhook-key"],
   worker: ["approle/citadel-worker.role-id", "approle/citadel-worker.secret-id", "audit-key", "redis-password"],
   publisher: [
     "approle/citadel-publisher.role-id",
     "approle/citadel-publisher.secret-id",
     "audit-key",
     "redis-password",
+    "webhook-key",
   ],
   redis: ["redis-health-password", "redis-users.acl"],
   grafana: ["grafana-admin-password"],
@@ -422,6 +423,17 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
       ["api", "worker", "publisher"].map((s) => readFileSync(path.join(secretsDir(s), "audit-key"))),
     );
     expect(keys.size, "one audit key per role").toBe(3);
+    // Webhooks are on as shipped: the API signs with its key, and the CLI (publisher role)
+    // holds the same key to print a tenant's secret; no other role has it.
+    const webhookKeys = ["api", "cli"].map((svc) => {
+      expect(str(at(services[svc], "environment", "WEBHOOK_KEY_FILE")), svc).toBe("/run/citadel/webhook-key");
+      return readFileSync(path.join(secretsDir(svc), "webhook-key"), "utf8");
+    });
+    expect(Buffer.from(webhookKeys[0] ?? "", "base64").length).toBe(32);
+    expect(webhookKeys[1], "the CLI's copy is the API's key").toBe(webhookKeys[0]);
+    for (const svc of ["worker", "worker-gpu", "publisher"]) {
+      expect(at(services[svc], "environment", "WEBHOOK_KEY_FILE"), svc).toBeUndefined();
+    }
   });
 
   it("gives Redis one ACL user per role: each authenticates with its own password only", async () => {

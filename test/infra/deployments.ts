@@ -277,6 +277,7 @@ export function operatorObjects(signers: TestVault["signers"], dir: string): Clu
   const secrets: ClusterObjects["secrets"] = {
     "citadel-redis-users": { api: hex(), worker: hex(), publisher: hex(), keda: hex(), health: hex() },
     "citadel-board": { "admin-password": hex(), "ops-password": hex() },
+    "citadel-webhook-key": { "webhook-key": randomBytes(32).toString("base64") },
   };
   for (const role of ["api", "worker", "publisher"]) {
     secrets[`citadel-audit-${role}`] = { "audit-key": randomBytes(32).toString("base64") };

@@ -536,6 +536,25 @@ describe.each(["base", ...OVERLAYS] as const)(`k8s %s: roles, Vault, audit keys,
     }
   });
 
+  it("mounts the webhook key into the API only (Secret citadel-webhook-key, mode 0400): webhooks on as shipped", () => {
+    for (const role of roles) {
+      for (const { pod, c, w } of citadelContainers(docs, role)) {
+        const file = envValue(c, "WEBHOOK_KEY_FILE");
+        const secrets = arr(pod.volumes).map((v) => str(at(v, "secret", "secretName")));
+        if (role !== "api") {
+          expect(file, name(w)).toBeUndefined();
+          expect(secrets, name(w)).not.toContain("citadel-webhook-key");
+          continue;
+        }
+        const mount = arr(c.volumeMounts).find((m) => (file ?? "").startsWith(`${str(at(m, "mountPath"))}/`));
+        expect(mount, `${name(w)} mounts WEBHOOK_KEY_FILE ${String(file)}`).toBeDefined();
+        const vol = arr(pod.volumes).find((v) => at(v, "name") === at(mount, "name"));
+        expect(at(vol, "secret", "secretName"), name(w)).toBe("citadel-webhook-key");
+        expect(at(vol, "secret", "defaultMode"), name(w)).toBe(0o400);
+      }
+    }
+  });
+
   it("starts every container under `ulimit -c 0` (no pod-level rlimit exists)", () => {
     for (const role of roles) {
       for (const { c, w } of citadelContainers(docs, role)) {
