@@ -263,7 +263,7 @@ async function coldModel(cf: ColdFleet, m: ColdModel, o: ColdOptions, round: num
     const port = await freePort();
     const spawnAt = now();
     const [view, worker] = await Promise.all([
-      client.waitFinal(sub.id, 60_000),
+      client.waitFinal(sub.id, 30_000),
       startProc(
         "worker",
         `worker-cold-${m.name}-${round}-${r + 1}`,
@@ -281,10 +281,15 @@ async function coldModel(cf: ColdFleet, m: ColdModel, o: ColdOptions, round: num
     try {
       if (view.status !== "completed") throw new Error(`cold start: ${m.name}: job ${view.status}`);
       const text = await (await fetch(`${worker.url}/metrics`)).text();
-      const split = coldSplit({ submitAt, spawnAt, resultAt }, parseColdMetrics(text, m.name));
+      const cm = parseColdMetrics(text, m.name);
+      if (cm.startTime === undefined || cm.counts.session === 0)
+        throw new Error(
+          `cold start: ${m.name}: the worker reports no start or load phases${o.form === "dist" ? " (a stale build? run pnpm build)" : ""}`,
+        );
+      const split = coldSplit({ submitAt, spawnAt, resultAt }, cm);
       runs.push(split);
       say(
-        `cold start: ${m.name} ${r + 1}/${o.repeats}: ${fmtMs(split.total)} ms (process start ${fmtMs(split.processStart)}, key ${fmtMs(split.key)}, decrypt ${fmtMs(split.decrypt)}, session ${fmtMs(split.session)}, first run ${fmtMs(split.firstRun)})`,
+        `cold start: ${m.name} ${r + 1}/${o.repeats}: ${cell(split.total)} ms (process start ${cell(split.processStart)}, key ${cell(split.key)}, decrypt ${cell(split.decrypt)}, session ${cell(split.session)}, first run ${cell(split.firstRun)})`,
       );
       // Warm: the same worker, one job at a time, after two more warm-ups.
       for (let i = 1; i < bodies.length; i++) {
@@ -360,16 +365,17 @@ export const COLD_START_GOAL_S = 3;
 
 const keyLabel = (k: ColdKeys) =>
   k === "vault" ? "Vault Transit (the in-repo Vault API test server, HTTP on 127.0.0.1)" : "the local keyring";
-const fmtMs = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : "-");
 
-/** The row's lines for the report. */
+/** A figure in ms: whole above 100, one decimal below. */
+const cell = (n: number) => (Number.isFinite(n) ? n.toFixed(Math.abs(n) >= 100 ? 0 : 1) : "-");
+
+/** The row's lines for the report: the columns from submit to rest add up to the total. */
 export function coldLines(r: ColdReport): string[] {
   const header = [
     "model",
     "total ms",
     "submit",
-    "spawn→main",
-    "main→ready",
+    "process start",
     "fetch",
     "key",
     "decrypt",
@@ -380,31 +386,20 @@ export function coldLines(r: ColdReport): string[] {
   ];
   const rows = r.results.map((x) => {
     const s = x.split;
-    return [
-      x.model,
-      ...[
-        s.total,
-        s.submit,
-        s.spawnToMain,
-        s.mainToReady,
-        s.fetch,
-        s.key,
-        s.decrypt,
-        s.session,
-        s.firstRun,
-        s.rest,
-        x.warmP50,
-      ].map((n, i) => fmtMs(n, i === 0 || i === 3 ? 0 : 1)),
-    ];
+    const figures = [s.total, s.submit, s.processStart, s.fetch, s.key, s.decrypt, s.session, s.firstRun, s.rest];
+    return [x.model, ...figures.map(cell), cell(x.warmP50)];
   });
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((row) => (row[c] ?? "").length)));
   const line = (cells: string[]) =>
-    cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("  ");
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join("  ");
   return [
     `cold start: empty queue, one job, then a fresh worker process (${r.form === "dist" ? "built" : "from source, tsx"}); key: ${keyLabel(r.keys)}; ${r.repeats === 1 ? "one run" : `median of ${r.repeats} by total`}; warm p50: the same worker, one job at a time`,
     `  ${line(header)}`,
     ...rows.map((row) => `  ${line(row)}`),
-    ...r.results.map((x) => `  ${x.model}: totals ${x.totals.map((t) => fmtMs(t)).join(", ")} ms`),
+    ...r.results.map(
+      (x) =>
+        `  ${x.model}: process start = spawn → main ${cell(x.split.spawnToMain)} ms (node, modules) + main → ready ${cell(x.split.mainToReady)} ms; totals ${x.totals.map(cell).join(", ")} ms`,
+    ),
   ];
 }
 
