@@ -148,16 +148,10 @@ export async function startWorker(
   await new Promise<void>((resolve) => server.listen(env.METRICS_PORT, env.METRICS_HOST, resolve));
   const addr = server.address();
   const metricsUrl = `http://127.0.0.1:${typeof addr === "object" && addr ? addr.port : env.METRICS_PORT}`;
-  const readyMs = performance.now();
-  startStages(metricsRegistry, { ...(opts.mainMs === undefined ? {} : { main: opts.mainMs }), ready: readyMs });
-  log.info(
-    {
-      models,
-      metricsUrl,
-      startMs: { ...(opts.mainMs === undefined ? {} : { main: round1(opts.mainMs) }), ready: round1(readyMs) },
-    },
-    "worker started",
-  );
+  const stagesMs = { ...(opts.mainMs === undefined ? {} : { main: opts.mainMs }), ready: performance.now() };
+  startStages(metricsRegistry, stagesMs);
+  const startMs = Object.fromEntries(Object.entries(stagesMs).map(([k, ms]) => [k, Math.round(ms * 10) / 10]));
+  log.info({ models, metricsUrl, startMs }, "worker started");
 
   let closing: Promise<void> | undefined;
   const close = () => {
@@ -184,8 +178,6 @@ export async function startWorker(
   };
   return { workerId, metricsUrl, close, healthy };
 }
-
-const round1 = (ms: number) => Math.round(ms * 10) / 10;
 
 /**
  * The process's start for the cold-start split: when it began (Unix time, ms precision,
