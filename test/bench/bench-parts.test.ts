@@ -1,5 +1,8 @@
 /** The benchmark's own parts that decide what a figure means: body layout, latency counting, medians, targets. */
+import { type LoadPhases, noteFirstRun, observeLoadPhases, workerMetrics } from "@citadel/serving";
+import { createLogger, createRegistry } from "@citadel/telemetry";
 import { describe, expect, it } from "vitest";
+import { type ColdMetrics, type ColdSplit, coldSplit, coldTargets, parseColdMetrics } from "./cold-start.js";
 import { closedLoop, type JobOutcome, medianRun, openLoop } from "./measure.js";
 import { passes } from "./targets.js";
 import { binaryBody, jsonBody, stackSamples } from "./wire.js";
@@ -151,5 +154,81 @@ describe("submit and wait (the client side of the wire contract)", () => {
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+});
+
+describe("cold start", () => {
+  it("reads the phases a worker's metrics registry exposes, for one model only", async () => {
+    const registry = createRegistry("worker", false);
+    const metrics = workerMetrics(registry);
+    const log = createLogger({ name: "t", level: "silent" });
+    const phases: LoadPhases = { fetch: 10, key: 4, decrypt: 2, session: 300, loadMs: 316.5 };
+    observeLoadPhases(metrics, "a", "1", phases);
+    observeLoadPhases(metrics, "b", "1", { ...phases, session: 999 });
+    noteFirstRun(phases, 7, { metrics, log, model: "a", version: "1" });
+    noteFirstRun(phases, 70, { metrics, log, model: "a", version: "1" });
+    const text = `${await registry.metrics()}citadel_worker_start_time_seconds{app="worker"} 1700000000.25
+citadel_worker_start_seconds{stage="main",app="worker"} 0.4
+citadel_worker_start_seconds{stage="ready",app="worker"} 0.45
+`;
+    const m = parseColdMetrics(text, "a");
+    expect(m.startTime).toBe(1700000000.25);
+    expect(m.stages).toEqual({ main: 0.4, ready: 0.45 });
+    expect(m.phases.fetch).toBeCloseTo(0.01, 9);
+    expect(m.phases.session).toBeCloseTo(0.3, 9);
+    // The first run is recorded once per loaded session.
+    expect(m.phases.first_run).toBeCloseTo(0.007, 9);
+    expect(m.counts).toEqual({ fetch: 1, key: 1, decrypt: 1, session: 1, first_run: 1 });
+    expect(phases.firstRun).toBe(7);
+  });
+
+  it("splits submit → result into parts that add up to the total", () => {
+    const m: ColdMetrics = {
+      startTime: 1000.1,
+      stages: { main: 0.3, ready: 0.35 },
+      phases: { fetch: 0.01, key: 0.004, decrypt: 0.002, session: 0.2, first_run: 0.008 },
+      counts: { fetch: 1, key: 1, decrypt: 1, session: 1, first_run: 1 },
+    };
+    const s = coldSplit({ submitAt: 1_000_000, spawnAt: 1_000_020, resultAt: 1_000_900 }, m);
+    expect(s.total).toBe(900);
+    expect(s.submit).toBe(20);
+    // The process began 80 ms after the spawn (exec, node's own start), main 300 ms later.
+    expect(s.spawnToMain).toBeCloseTo(380, 6);
+    expect(s.mainToReady).toBeCloseTo(50, 6);
+    expect(s.processStart).toBeCloseTo(430, 6);
+    const parts = s.submit + s.processStart + s.fetch + s.key + s.decrypt + s.session + s.firstRun + s.rest;
+    expect(parts).toBeCloseTo(s.total, 6);
+    expect(s.rest).toBeCloseTo(900 - 20 - 430 - 10 - 4 - 2 - 200 - 8, 6);
+    // A worker that reports no start (an old build) leaves the figures unknown, not 0.
+    expect(
+      Number.isNaN(coldSplit({ submitAt: 0, spawnAt: 1, resultAt: 2 }, { ...m, startTime: undefined }).processStart),
+    ).toBe(true);
+  });
+
+  it("has one target per model: submit → result within 3 s", () => {
+    const split = (total: number): ColdSplit => ({
+      total,
+      submit: 0,
+      processStart: 0,
+      spawnToMain: 0,
+      mainToReady: 0,
+      fetch: 0,
+      key: 0,
+      decrypt: 0,
+      session: 0,
+      firstRun: 0,
+      rest: total,
+    });
+    const t = coldTargets({
+      keys: "vault",
+      form: "source",
+      repeats: 1,
+      results: [
+        { model: "a", split: split(2500), totals: [2500], warmP50: 10, warmJobs: 5 },
+        { model: "b", split: split(3100), totals: [3100], warmP50: 10, warmJobs: 5 },
+      ],
+    });
+    expect(t.map(passes)).toEqual([true, false]);
+    expect(coldTargets(null)).toEqual([]);
   });
 });

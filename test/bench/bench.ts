@@ -6,6 +6,7 @@
  *   npm run bench -- --quick      # ~5 min, shorter windows, one repeat
  *   node --conditions=@citadel/source --import tsx test/bench/bench.ts [--quick] [--models heavy,ocr] [--threads 2]
  *        [--workers 1] [--seconds 20] [--repeats 3] [--capacity-jobs 20000] [--no-svg]
+ *        [--only models,bulk,capacity,cold-start] [--cold-keys vault|local] [--cold-form source|dist]
  *
  * Rows, per model:
  *   limit          onnxruntime alone in a loop, batch 1/4/8/16/32 (samples/s);
@@ -18,6 +19,9 @@
  *                  contender's closed-loop jobs/s.
  * Plus: jobs of 16 samples each (one model, samples/s against the limit), bulk submit,
  * and worker capacity on a no-op model against bare BullMQ Workers (capacity.ts).
+ * Last, cold start (cold-start.ts): one job on an empty queue, a fresh worker process
+ * started for it as KEDA would, submit → result split into its phases, beside the
+ * warm latency. `--only cold-start` runs that row alone.
  *
  * Fairness: every body is built before measuring; every contender gets the same
  * warm-up, clients and windows, is started fresh for each measurement, and is measured
@@ -32,6 +36,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import type { AppForm } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
 import { queueName } from "@citadel/queue";
@@ -39,6 +44,15 @@ import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { type DrainResult, measureDrain } from "./capacity.js";
+import {
+  type ColdKeys,
+  type ColdReport,
+  coldJson,
+  coldLines,
+  coldTargets,
+  DEFAULT_COLD_FORM,
+  runColdStart,
+} from "./cold-start.js";
 import {
   binaryRefusal,
   type Contender,
@@ -83,7 +97,14 @@ interface Options {
   repeats: number;
   capacityJobs: number;
   svg: boolean;
+  /** Rows to run: every one by default. */
+  only: Set<Row>;
+  coldKeys: ColdKeys;
+  coldForm: AppForm;
 }
+
+const ROWS = ["models", "bulk", "capacity", "cold-start"] as const;
+type Row = (typeof ROWS)[number];
 
 function parseArgs(argv: string[]): Options {
   const o: Options = {
@@ -95,6 +116,9 @@ function parseArgs(argv: string[]): Options {
     repeats: 0,
     capacityJobs: 0,
     svg: true,
+    only: new Set(ROWS),
+    coldKeys: "vault",
+    coldForm: DEFAULT_COLD_FORM,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -107,9 +131,23 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--repeats") o.repeats = Number(next());
     else if (a === "--capacity-jobs") o.capacityJobs = Number(next());
     else if (a === "--no-svg") o.svg = false;
-    else if (a === "--help" || a === "-h") {
+    else if (a === "--only") {
+      const rows = next().split(",");
+      const bad = rows.filter((r) => !(ROWS as readonly string[]).includes(r));
+      if (bad.length) throw new Error(`--only: unknown row(s) ${bad.join(", ")}; rows: ${ROWS.join(", ")}`);
+      o.only = new Set(rows as Row[]);
+    } else if (a === "--cold-keys") {
+      const k = next();
+      if (k !== "vault" && k !== "local") throw new Error("--cold-keys: vault or local");
+      o.coldKeys = k;
+    } else if (a === "--cold-form") {
+      const f = next();
+      if (f !== "source" && f !== "dist") throw new Error("--cold-form: source or dist");
+      o.coldForm = f;
+    } else if (a === "--help" || a === "-h") {
       process.stdout.write(
-        "usage: bench.ts [--quick] [--models heavy,ocr] [--threads N] [--workers N] [--seconds S] [--repeats N] [--capacity-jobs N] [--no-svg]\n",
+        "usage: bench.ts [--quick] [--models heavy,ocr] [--threads N] [--workers N] [--seconds S] [--repeats N] [--capacity-jobs N] [--no-svg]\n" +
+          `                [--only ${ROWS.join(",")}] [--cold-keys vault|local] [--cold-form source|dist]\n`,
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -646,11 +684,13 @@ async function main(): Promise<number> {
   let api: Proc | null = null;
   let bulk: Awaited<ReturnType<typeof runBulk>> | null = null;
   let capacity: CapacityResult | null = null;
+  let cold: ColdReport | null = null;
+  const row = (r: Row) => o.only.has(r);
   try {
     // Limits first, with nothing else running.
     const limits = new Map<string, LimitResult>();
     const altThreads = o.threads === 1 ? Math.min(2, os.cpus().length) : 1;
-    for (const m of models) {
+    for (const m of row("models") ? models : []) {
       for (const threads of altThreads === o.threads ? [o.threads] : [o.threads, altThreads]) {
         say(`limit:   ${m.name}: onnxruntime alone, ${threads} thread(s), batch 1/4/8/16/32`);
         const l = await measureLimit(m, threads, [1, 4, 8, 16, 32], o.quick ? 1500 : 3000, o.repeats);
@@ -665,7 +705,7 @@ async function main(): Promise<number> {
         );
       }
     }
-    for (const m of models) {
+    for (const m of row("models") ? models : []) {
       await fleet.publish(m.bytes, {
         name: m.name,
         version: "1",
@@ -694,41 +734,59 @@ async function main(): Promise<number> {
         inputs: { x: { range: [-1, 1] } },
       },
     });
-    const apiPort = await freePort();
-    api = await startProc(
-      "api",
-      "api",
-      apiEnv(fleet.env, apiPort, { RESULT_TTL_MS: "120000", QUEUE_TTL_MS: "600000" }),
-      fleet.logDir,
-      apiPort,
-    );
+    if (row("models") || row("bulk") || row("capacity")) {
+      const apiPort = await freePort();
+      api = await startProc(
+        "api",
+        "api",
+        apiEnv(fleet.env, apiPort, { RESULT_TTL_MS: "120000", QUEUE_TTL_MS: "600000" }),
+        fleet.logDir,
+        apiPort,
+      );
+    }
 
     // The 16-sample row runs on one model: PaddleOCR when it is in the run (its inputs
     // are the large ones the data plane is about), else the first.
     const multiKey = models.some((m) => m.key === "ocr") ? "ocr" : models[0]?.key;
-    for (const m of models) {
-      results[m.key] = await runModel(m, limits.get(m.key) as LimitResult, m.key === multiKey, o, {
-        fleet,
-        api,
-        admin,
-        redisUrl,
-        redisPid,
-        dir: fleet.dir,
-      });
+    const modelsApi = row("models") ? api : null;
+    if (modelsApi)
+      for (const m of models) {
+        results[m.key] = await runModel(m, limits.get(m.key) as LimitResult, m.key === multiKey, o, {
+          fleet,
+          api: modelsApi,
+          admin,
+          redisUrl,
+          redisPid,
+          dir: fleet.dir,
+        });
+      }
+
+    if (api && row("bulk")) {
+      say("bulk:    POST /v1/jobs/bulk, 500 small jobs per request, 4 clients, one API process");
+      bulk = await runBulk(o, api, fleet.apiKey, "tiny", TINY_WIDTH);
+      say(`bulk:    ${fmt(bulk.jobsPerSec)} jobs/s accepted`);
     }
 
-    say("bulk:    POST /v1/jobs/bulk, 500 small jobs per request, 4 clients, one API process");
-    bulk = await runBulk(o, api, fleet.apiKey, "tiny", TINY_WIDTH);
-    say(`bulk:    ${fmt(bulk.jobsPerSec)} jobs/s accepted`);
+    if (api && row("capacity")) capacity = await runCapacity(o, fleet, api, redisUrl, admin, redisPid);
 
-    capacity = await runCapacity(o, fleet, api, redisUrl, admin, redisPid);
+    // Last: nothing else of ours running while a worker starts from zero.
+    if (row("cold-start")) {
+      await api?.stop();
+      api = null;
+      cold = await runColdStart(redisUrl, models, o.coldKeys, {
+        repeats: o.repeats,
+        threads: o.threads,
+        warmJobs: o.quick ? 5 : 10,
+        form: o.coldForm,
+      });
+    }
   } finally {
     await api?.stop();
     await fleet.close();
     admin.disconnect();
     await own?.stop();
   }
-  report(o, results, limitsAlt, bulk, capacity, load0, started);
+  report(o, results, limitsAlt, bulk, capacity, cold, load0, started);
   return 0;
 }
 
@@ -868,6 +926,7 @@ function report(
   limitsAlt: Map<string, LimitResult & { threads: number }>,
   bulk: Awaited<ReturnType<typeof runBulk>> | null,
   capacity: CapacityResult | null,
+  cold: ColdReport | null,
   load0: number[],
   started: number,
 ): void {
@@ -973,15 +1032,17 @@ function report(
   const line = (r: string[]) =>
     r.map((cell, c) => (c < 2 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("  ");
   const out: string[] = [""];
-  out.push(
-    o.repeats === 1
-      ? "one measurement per contender (--repeats 1, the --quick default): not a median"
-      : `median of ${o.repeats} measurements per contender (jobs/s of each run in the JSON, jobsPerSecRuns)`,
-  );
-  out.push(line(header));
-  out.push(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const r of rows.slice(1)) out.push(line(r));
-  out.push("");
+  if (rows.length > 1) {
+    out.push(
+      o.repeats === 1
+        ? "one measurement per contender (--repeats 1, the --quick default): not a median"
+        : `median of ${o.repeats} measurements per contender (jobs/s of each run in the JSON, jobsPerSecRuns)`,
+    );
+    out.push(line(header));
+    out.push(widths.map((w) => "-".repeat(w)).join("  "));
+    for (const r of rows.slice(1)) out.push(line(r));
+    out.push("");
+  }
   for (const r of Object.values(results)) {
     const { model: m, citadel, naive } = r;
     const s = summary[m.key] as Record<string, number>;
@@ -1037,9 +1098,12 @@ function report(
         `  ${label.padEnd(35)} ${fmt(d.jobsPerSec).padStart(7)} jobs/s${d.reachedEnd ? "" : " (time cap)"}; Redis cmds/job ${fmt(d.redisCmdsPerJob, 1)}; CPU ms/job ${JSON.stringify(d.cpuPerJob)}`,
       );
   }
-  const targets = collectTargets(results, capacity);
+  if (cold) out.push(...coldLines(cold));
+  const targets = [...collectTargets(results, capacity), ...coldTargets(cold)];
   out.push("");
-  out.push(`targets (issue 11)${o.quick || o.repeats < 3 ? "; a quick or single-repeat run: indicative only" : ""}:`);
+  out.push(
+    `targets (issues 11 and 14)${o.quick || o.repeats < 3 ? "; a quick or single-repeat run: indicative only" : ""}:`,
+  );
   out.push(...targetLines(targets).map((l) => `  ${l}`));
   const load1 = os.loadavg();
   out.push(
@@ -1085,6 +1149,8 @@ function report(
           ),
         }
       : null,
+    // Added with issue 14.
+    coldStart: cold ? coldJson(cold) : null,
     targets: targets.map((t) => ({
       name: t.name,
       value: t.value === null ? null : round2(t.value),

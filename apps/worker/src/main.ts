@@ -3,12 +3,14 @@ import { WorkerEnv } from "./env.js";
 import { disableCoreDumpsOrExit } from "./harden.js";
 import { startWorker } from "./worker.js";
 
+// Modules are loaded by now (imports run first): the cold-start split's "main" stage.
+const mainMs = performance.now();
 // Started by the CLI (the demo): stop when it dies, even by SIGKILL.
 stopWithParent("citadel-worker");
 const env = loadEnvOrExit(WorkerEnv, "citadel-worker");
 checkAuditKeyOrExit(env, "citadel-worker");
 disableCoreDumpsOrExit(env);
-const worker = await startWorker(env);
+const worker = await startWorker(env, { mainMs });
 
 // First signal: graceful stop within SHUTDOWN_TIMEOUT_MS. Second: exit now.
 let stopping = false;

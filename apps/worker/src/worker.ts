@@ -8,7 +8,7 @@ import { bullConnection, keys as queueKeys, type Redis, redisClient } from "@cit
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { ModelRunner } from "@citadel/runtime";
 import { ModelConsumer, ModelHost, vaultUpGauge, workerMetrics } from "@citadel/serving";
-import { createLogger, createRegistry, type DestinationStream, type Logger } from "@citadel/telemetry";
+import { createLogger, createRegistry, type DestinationStream, gauge, type Logger } from "@citadel/telemetry";
 import type { WorkerEnv } from "./env.js";
 
 export interface WorkerHandle {
@@ -22,7 +22,11 @@ export interface WorkerHandle {
 /** Composes a worker from its packages. One process per GPU. */
 export async function startWorker(
   env: WorkerEnv,
-  opts: { logDestination?: DestinationStream } = {},
+  opts: {
+    logDestination?: DestinationStream;
+    /** performance.now() when main.ts began (its imports loaded): the "main" start stage. */
+    mainMs?: number;
+  } = {},
 ): Promise<WorkerHandle> {
   const workerId = env.WORKER_ID ?? `${os.hostname()}-${process.pid}`;
   const auditKey = AuditKey.adopt(
@@ -144,7 +148,10 @@ export async function startWorker(
   await new Promise<void>((resolve) => server.listen(env.METRICS_PORT, env.METRICS_HOST, resolve));
   const addr = server.address();
   const metricsUrl = `http://127.0.0.1:${typeof addr === "object" && addr ? addr.port : env.METRICS_PORT}`;
-  log.info({ models, metricsUrl }, "worker started");
+  const stagesMs = { ...(opts.mainMs === undefined ? {} : { main: opts.mainMs }), ready: performance.now() };
+  startStages(metricsRegistry, stagesMs);
+  const startMs = Object.fromEntries(Object.entries(stagesMs).map(([k, ms]) => [k, Math.round(ms * 10) / 10]));
+  log.info({ models, metricsUrl, startMs }, "worker started");
 
   let closing: Promise<void> | undefined;
   const close = () => {
@@ -170,4 +177,21 @@ export async function startWorker(
     return closing;
   };
   return { workerId, metricsUrl, close, healthy };
+}
+
+/**
+ * The process's start for the cold-start split: when it began (Unix time, ms precision,
+ * unlike process_start_time_seconds) and the seconds from then to each stage: `main`
+ * (node bootstrap and module loading done), `ready` (Redis connected, registry read,
+ * consumers and the metrics listener up). performance.now() counts from the process's
+ * start, so the time before main.ts ran is in both.
+ */
+function startStages(registry: ReturnType<typeof createRegistry>, stagesMs: Record<string, number>): void {
+  gauge(registry, "citadel_worker_start_time_seconds", "When this worker process started (Unix time)", []).set(
+    performance.timeOrigin / 1000,
+  );
+  const g = gauge(registry, "citadel_worker_start_seconds", "Seconds from process start to each start-up stage", [
+    "stage",
+  ]);
+  for (const [stage, ms] of Object.entries(stagesMs)) g.set({ stage }, ms / 1000);
 }

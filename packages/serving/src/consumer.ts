@@ -8,6 +8,7 @@ import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
 import { CircuitBreaker, type CircuitOptions, type CircuitState } from "./circuit.js";
 import { executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
 import { JobLease, type LeasedJob } from "./lease.js";
+import { noteFirstRun } from "./load-phases.js";
 import type { WorkerMetrics } from "./metrics.js";
 import type { LoadedModel, ModelHost } from "./model-host.js";
 
@@ -339,7 +340,11 @@ export class ModelConsumer {
         return loaded;
       },
       settle: (job, outcome) => this.settle(job as Held, outcome, start, loaded),
-      onRun: (r) => this.onRun(r, model, version),
+      onRun: (r) => {
+        this.onRun(r, model, version);
+        if (r.ok && loaded.phases && loaded.phases.firstRun === undefined)
+          noteFirstRun(loaded.phases, r.ms, { metrics: this.o.metrics, log: this.o.log, model, version });
+      },
       shutdown: this.shutdown.signal,
     });
     // A batch in which any run succeeded had bad inputs (split off and failed alone),

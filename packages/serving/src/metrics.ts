@@ -27,6 +27,12 @@ export function workerMetrics(registry: Registry) {
       "version",
       "outcome",
     ]),
+    loadPhase: histogram(
+      registry,
+      "citadel_model_load_phase_seconds",
+      "Model load time by phase: fetch, key (unwrap), decrypt, session (create), first_run",
+      ["model", "version", "phase"],
+    ),
     providerInfo: gauge(registry, "citadel_execution_provider_info", "Execution provider in use (1)", [
       "model",
       "version",

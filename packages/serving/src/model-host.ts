@@ -5,6 +5,7 @@ import type { KeyProvider } from "@citadel/keys";
 import type { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { type LoadedInfo, ModelRunner, type ProviderName } from "@citadel/runtime";
 import type { Logger } from "@citadel/telemetry";
+import { type LoadPhases, observeLoadPhases, phaseMsOf, round2, timedUnwrap } from "./load-phases.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { checkModelIo } from "./model-io.js";
 
@@ -12,6 +13,8 @@ export interface LoadedModel {
   manifest: ManifestBody;
   runner: ModelRunner;
   info: LoadedInfo;
+  /** Where the load's time went (cold-start split); firstRun is set after the first run. */
+  phases?: LoadPhases;
 }
 
 export interface ModelHostOptions {
@@ -114,7 +117,14 @@ export class ModelHost {
       if (raw === null) throw new CitadelError("MODEL_NOT_FOUND", `${name}@${version} is not in the registry`);
       manifest = verifyManifest(raw, o.trusted(), { name, version });
       const artifact = await o.store.get(name, version);
-      const plaintext = await openArtifact(manifest, artifact, o.keys);
+      const tOpen = performance.now();
+      let keyMs = 0;
+      const plaintext = await openArtifact(
+        manifest,
+        artifact,
+        timedUnwrap(o.keys, (ms) => (keyMs += ms)),
+      );
+      const tSession = performance.now();
       const providers = o.providers ?? manifest.executionProviders;
       // `plaintext` is transferred into the runner and wiped there after create().
       const { runner, info } = await ModelRunner.start(plaintext, {
@@ -131,6 +141,15 @@ export class ModelHost {
         await runner.close();
         throw err;
       }
+      const tEnd = performance.now();
+      const phases: LoadPhases = {
+        fetch: tOpen - t0,
+        key: keyMs,
+        decrypt: tSession - tOpen - keyMs,
+        session: tEnd - tSession,
+        loadMs: tEnd - t0,
+      };
+      observeLoadPhases(o.metrics, name, version, phases);
       o.metrics.modelLoads.inc({ model: name, version, outcome: "loaded" });
       o.metrics.providerInfo.set({ model: name, version, provider: info.provider }, 1);
       o.audit.record("model.loaded", {
@@ -142,8 +161,18 @@ export class ModelHost {
         inferenceMs: Math.round(performance.now() - t0),
         outcome: "loaded",
       });
-      o.log.info({ model: name, version, provider: info.provider, attempts: info.attempts }, "model loaded");
-      return { manifest, runner, info };
+      o.log.info(
+        {
+          model: name,
+          version,
+          provider: info.provider,
+          attempts: info.attempts,
+          loadMs: round2(phases.loadMs),
+          phaseMs: phaseMsOf(phases),
+        },
+        "model loaded",
+      );
+      return { manifest, runner, info, phases };
     } catch (err) {
       const e =
         err instanceof CitadelError
