@@ -7,11 +7,12 @@ import { type Answer, errorEnvelope, inject, isErrorCode, publishModel, queueCou
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // docs/contract.md#hostile-input and issue 4 point 7: thousands of generated and mutated requests against a
-// running API. Whatever arrives, the answer is a documented status with the error
+// running API, under /v1 and /v2 (issue 12: the Open Inference Protocol's routes). Whatever arrives, the answer is a documented status with the error
 // envelope, nothing 5xx, memory stays bounded and nothing refused reaches a queue.
 
 const BODY_LIMIT = 256 * 1024;
 const RUNS = 10_400;
+const V2_RUNS = 2_400;
 /** Requests per property run, sent concurrently (shrinking still works on the batch). */
 const PARALLEL = 8;
 const MODELS = ["h-tiny", "h-multi", "h-dyn", "h-int8", "h-fixed"] as const;
@@ -24,7 +25,11 @@ let narrowKey = "";
 
 beforeAll(async () => {
   // No workers: every accepted job stays in its queue, so the queues can be counted exactly.
-  fleet = await startTestFleet({ workers: 0, env: { BODY_LIMIT_BYTES: String(BODY_LIMIT), MAX_JSON_DEPTH: "16" } });
+  // MAX_WAIT_MS short: a /v2 infer waits that long for a job no worker runs, then answers 504.
+  fleet = await startTestFleet({
+    workers: 0,
+    env: { BODY_LIMIT_BYTES: String(BODY_LIMIT), MAX_JSON_DEPTH: "16", MAX_WAIT_MS: "50" },
+  });
   const range = { range: [-10, 10] as [number, number] };
   await publishModel(fleet, buildIdentityModel("float32", ["N", 4]), {
     name: "h-tiny",
@@ -433,6 +438,8 @@ type Req = {
   bulk?: boolean;
   /** A KServe v2 binary body (application/octet-stream). */
   binary?: boolean;
+  /** Under /v2 (the Open Inference Protocol): its error envelope and status mapping. */
+  v2?: boolean;
 };
 
 /** Counterexamples print as a short line, not as every byte of a 3 MB body. */
@@ -659,12 +666,121 @@ const binarySubmit = fc
     });
   });
 
+// ---------- the Open Inference Protocol (KServe v2) ----------
+
+/** A JSON tensor's data as KServe JSON `data`: numbers stay as they are, base64 becomes its values. */
+function v2Data(dtype: unknown, data: unknown): unknown {
+  if (typeof data !== "string") return data;
+  const bytes = Buffer.from(data, "base64");
+  const ab = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+  const whole = (size: number) => ab.slice(0, ab.byteLength - (ab.byteLength % size));
+  if (dtype === "int8") return Array.from(new Int8Array(ab));
+  if (dtype === "float64") return Array.from(new Float64Array(whole(8)));
+  return Array.from(new Float32Array(whole(4)));
+}
+
+/** The model and version of a /v1 job as an infer URL (whatever they are worth). */
+function v2Path(job: Record<string, unknown>, suffix: string): string {
+  const model = encodeURIComponent(String(job.model));
+  const version =
+    typeof job.version === "string" && job.version !== "" ? `/versions/${encodeURIComponent(job.version)}` : "";
+  return `/v2/models/${model}${version}${suffix}`;
+}
+
+const v2Parameters = fc.constantFrom<unknown>(
+  undefined,
+  { binary_data_output: true },
+  { binary_data_output: "yes" },
+  { priority: 1 },
+  [],
+);
+const v2Id = fc.constantFrom<unknown>(undefined, "42", "", 42, "x".repeat(300), null);
+
+const v2Infer = fc
+  .record({
+    job: fc.oneof(
+      { weight: 2, arbitrary: jobBody },
+      { weight: 3, arbitrary: nearValid },
+      { weight: 3, arbitrary: validJob },
+    ),
+    binary: fc.boolean(),
+    id: v2Id,
+    parameters: v2Parameters,
+    mutation,
+    framing,
+    auth,
+    idempotencyKey,
+  })
+  .map((r): Req => {
+    const job = r.job as Record<string, unknown>;
+    const headers: Record<string, string> = { ...authHeader(r.auth) };
+    if (r.idempotencyKey !== null) headers["idempotency-key"] = r.idempotencyKey;
+    const extra = {
+      ...(r.id === undefined ? {} : { id: r.id }),
+      ...(r.parameters === undefined ? {} : { parameters: r.parameters }),
+    };
+    if (r.binary) {
+      const { header, parts } = asBinaryJob(job);
+      const h = header as Record<string, unknown>;
+      const { body, headerLength } = frame(
+        { inputs: h.inputs, ...(h.outputs ? { outputs: h.outputs } : {}), ...extra },
+        parts,
+        r.framing,
+      );
+      headers["content-type"] = "application/octet-stream";
+      if (headerLength !== null) headers["inference-header-content-length"] = headerLength;
+      return described({ method: "POST", url: v2Path(job, "/infer"), headers, payload: body, binary: true, v2: true });
+    }
+    const ins = job.inputs;
+    const inputs =
+      typeof ins === "object" && ins !== null && !Array.isArray(ins)
+        ? Object.entries(ins as Record<string, Record<string, unknown>>).map(([name, t]) => ({
+            name,
+            shape: t?.shape,
+            datatype: typeof t?.dtype === "string" ? (DATATYPE[t.dtype] ?? t.dtype) : t?.dtype,
+            data: v2Data(t?.dtype, t?.data),
+          }))
+        : ins;
+    const outputs = Array.isArray(job.outputs) ? { outputs: job.outputs.map((name) => ({ name })) } : {};
+    headers["content-type"] = "application/json";
+    return described({
+      method: "POST",
+      url: v2Path(job, "/infer"),
+      headers,
+      payload: mutate(JSON.stringify({ inputs, ...outputs, ...extra }), r.mutation),
+      v2: true,
+    });
+  });
+
+const v2Read = fc
+  .record({
+    model: modelName,
+    version: fc.constantFrom<unknown>(undefined, "1", "2", "%2e%2e", ""),
+    suffix: fc.constantFrom("", "/ready"),
+    auth,
+  })
+  .map(
+    (r): Req =>
+      described({
+        method: "GET",
+        url:
+          r.model === "h-tiny" && r.version === undefined && r.suffix === ""
+            ? "/v2"
+            : v2Path({ model: r.model, version: r.version }, r.suffix),
+        headers: authHeader(r.auth),
+        v2: true,
+      }),
+  );
+
 const anyRequest = fc.oneof(
   { weight: 14, arbitrary: submit },
   { weight: 6, arbitrary: binarySubmit },
   { weight: 3, arbitrary: readOrCancel },
   { weight: 1, arbitrary: listing },
 );
+
+/** Under /v2: infer (JSON and binary, mutated and misframed) and the metadata routes. */
+const anyV2Request = fc.oneof({ weight: 6, arbitrary: v2Infer }, { weight: 1, arbitrary: v2Read });
 
 // ---------- checks ----------
 
@@ -675,6 +791,8 @@ interface Tally {
   /** Jobs accepted from binary bodies, and the error codes binary bodies were answered with. */
   binaryAccepted: Set<string>;
   binaryCodes: Map<string, number>;
+  /** The codes answers under /v2 carried. */
+  v2Codes: Map<string, number>;
 }
 
 function checkAnswer(req: Req, a: Answer, tally: Tally): void {
@@ -724,6 +842,38 @@ function checkAnswer(req: Req, a: Answer, tally: Tally): void {
   expect(httpStatusFor(e?.code as ErrorCode), where).toBe(a.status);
   expect(e?.message.length, where).toBeGreaterThan(0);
   noteCode(e?.code ?? "");
+  if (a.status === 429) expect(Number(a.headers["retry-after"]), where).toBeGreaterThanOrEqual(1);
+}
+
+/**
+ * An answer under /v2, checked against the protocol's docs (docs/api.md, "Errors under
+ * /v2"): `{"error":"<CODE>: <message>"}`, the code's status except that input the
+ * manifest refuses (422 under /v1) is 400; an accepted infer with no worker to run it is
+ * 504 RESULT_PENDING naming its job (counted as accepted).
+ */
+function checkV2Answer(req: Req, a: Answer, tally: Tally): void {
+  tally.sent++;
+  tally.byStatus.set(a.status, (tally.byStatus.get(a.status) ?? 0) + 1);
+  const where = `${req.method} ${req.url} → ${a.status} ${a.text.slice(0, 300)}`;
+  expect(DOCUMENTED.has(a.status) || a.status === 504, where).toBe(true);
+  if (a.status === 200) {
+    expect(req.method, where).toBe("GET");
+    return;
+  }
+  const error = (a.body as { error?: unknown } | null)?.error;
+  expect(typeof error, where).toBe("string");
+  const m = /^([A-Z][A-Z0-9_]*): (.+)$/s.exec(error as string);
+  expect(m, where).not.toBeNull();
+  const code = m?.[1] ?? "";
+  expect(isErrorCode(code), where).toBe(true);
+  const v1 = httpStatusFor(code as ErrorCode);
+  expect(a.status, where).toBe(v1 === 422 ? 400 : v1);
+  tally.v2Codes.set(code, (tally.v2Codes.get(code) ?? 0) + 1);
+  if (code === "RESULT_PENDING") {
+    const id = /job '([^']+)'/.exec(m?.[2] ?? "")?.[1];
+    expect(id, where).toBeDefined();
+    tally.accepted.add(id as string);
+  }
   if (a.status === 429) expect(Number(a.headers["retry-after"]), where).toBeGreaterThanOrEqual(1);
 }
 
@@ -798,6 +948,7 @@ describe("hostile clients", () => {
       accepted: new Set(),
       binaryAccepted: new Set(),
       binaryCodes: new Map(),
+      v2Codes: new Map(),
     };
     await fc.assert(
       fc.asyncProperty(fc.array(anyRequest, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
@@ -851,6 +1002,44 @@ describe("hostile clients", () => {
     ])
       expect(tally.binaryCodes.get(c) ?? 0, `binary ${c}`).toBeGreaterThan(0);
     expect(tally.binaryAccepted.size).toBeGreaterThan(20);
+  }, 180_000);
+
+  it(`answers ${V2_RUNS} generated and mutated /v2 requests in the protocol's envelope and enqueues only what it accepts`, async () => {
+    const before = await totalQueued();
+    const tally: Tally = {
+      sent: 0,
+      byStatus: new Map(),
+      accepted: new Set(),
+      binaryAccepted: new Set(),
+      binaryCodes: new Map(),
+      v2Codes: new Map(),
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.array(anyV2Request, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
+        const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
+        for (const [i, req] of reqs.entries()) checkV2Answer(req, answers[i] as Answer, tally);
+      }),
+      {
+        numRuns: Math.ceil(V2_RUNS / PARALLEL),
+        seed: Number(process.env.HOSTILE_SEED ?? Date.now() % 2 ** 31),
+        endOnFailure: true,
+      },
+    );
+    for (const req of fc.sample(anyV2Request, { numRuns: 100, seed: 11 }))
+      checkV2Answer(req, await overHttp(req), tally);
+    const after = await totalQueued();
+    expect(after.total - before.total).toBe(tally.accepted.size);
+    const statuses = Object.fromEntries([...tally.byStatus].sort(([a], [b]) => a - b));
+    process.stderr.write(
+      `hostile /v2: ${tally.sent} requests; statuses ${JSON.stringify(statuses)}; ${tally.accepted.size} jobs accepted\n`,
+    );
+    // Every layer is reached under /v2 too: routing, auth, framing, schema, tensors, acceptance.
+    for (const st of [200, 400, 401, 404, 504]) expect(tally.byStatus.get(st) ?? 0, `status ${st}`).toBeGreaterThan(0);
+    for (const c of ["BINARY_DATA_SIZE_MISMATCH", "MALFORMED_JSON", "VALIDATION_FAILED", "MODEL_NOT_FOUND"])
+      expect(tally.v2Codes.get(c) ?? 0, `/v2 ${c}`).toBeGreaterThan(0);
+    expect([...tally.v2Codes.keys()].some((c) => c.startsWith("TENSOR_"))).toBe(true);
+    expect(tally.accepted.size).toBeGreaterThan(20);
+    expect((await inject(fleet.api.app, { method: "GET", url: "/healthz" })).status).toBe(200);
   }, 180_000);
 
   it.each([
