@@ -56,7 +56,8 @@ export class LruBound<K> {
   admit(key: K, bytes: number, busy: (key: K) => boolean): K[] | null {
     if (this.held.has(key)) throw new Error("admit: key is already held");
     const { maxModels, maxBytes } = this.bound;
-    const fits = (n: number, b: number) => n < maxModels && (maxBytes === undefined || n === 0 || b + bytes <= maxBytes);
+    const fits = (n: number, b: number) =>
+      n < maxModels && (maxBytes === undefined || n === 0 || b + bytes <= maxBytes);
     let n = this.held.size;
     let b = this.heldBytes;
     const victims: K[] = [];
