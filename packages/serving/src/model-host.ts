@@ -92,8 +92,12 @@ export class ModelHost {
     const e = this.loaded.get(key);
     if (e) {
       this.lru.touch(e);
-      // A runner abandoned after a timeout is replaced on next use.
-      e.p = e.p.then((m) => (m.runner.alive ? m : this.reload(e)));
+      // A runner abandoned after a timeout is replaced on next use; one evicted meanwhile
+      // is loaded again as a new entry, which takes its place in the bound.
+      e.p = e.p.then((m) => {
+        if (m.runner.alive) return m;
+        return this.loaded.get(key) === e ? this.reload(e) : this.get(name, version);
+      });
       e.p.catch(() => this.forget(e));
       return e.p;
     }
