@@ -1,5 +1,7 @@
-import type { AuditRecord } from "@citadel/audit";
+import type { AuditEvent, AuditFields, AuditRecord } from "@citadel/audit";
 import { buildConvNet } from "@citadel/onnx";
+import { type LoadBound, type LoadedModel, ModelHost, workerMetrics } from "@citadel/serving";
+import { createLogger, createRegistry } from "@citadel/telemetry";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { metricValue, pollUntil, readAudit } from "../support/api-kit.js";
@@ -133,5 +135,92 @@ describe("a worker bounded to fewer models than it serves", () => {
     expect(mostHeld(events)).toBeLessThanOrEqual(BOUND);
     const text = await metrics();
     expect(metricValue(text, "citadel_models_loaded", {})).toBeLessThanOrEqual(BOUND);
+  });
+});
+
+describe("ModelHost under its bound (the policy, without queues)", () => {
+  const HOST_MODELS = ["host-a", "host-b", "host-c"] as const;
+  let bytes = 0;
+
+  beforeAll(async () => {
+    for (const [i, name] of HOST_MODELS.entries()) {
+      const model = buildConvNet({ seed: 10 + i });
+      bytes = model.byteLength;
+      await fleet.publish(model, { name, version: "1", spec: {} });
+    }
+  });
+
+  async function host(bound: LoadBound) {
+    const records: ({ event: AuditEvent } & AuditFields)[] = [];
+    const registry = createRegistry("host-test");
+    const metrics = workerMetrics(registry);
+    const trusted = await fleet.ctx.trusted();
+    const h = new ModelHost({
+      registry: fleet.ctx.registry,
+      store: fleet.ctx.store,
+      keys: await fleet.ctx.keys(),
+      trusted: () => trusted,
+      audit: { record: (event, fields) => records.push({ event, ...fields }) },
+      metrics,
+      log: createLogger({ name: "host-test", level: "silent" }),
+      workerId: "host-test",
+      providers: ["cpu"],
+      requireGpu: false,
+      deviceId: 0,
+      threads: 1,
+      rejectionTtlMs: 1000,
+      bound,
+    });
+    const evictions = () => records.filter((r) => r.event === "model.unloaded" && r.outcome === "evicted");
+    return { h, records, registry, evictions };
+  }
+
+  it("a load waits while every held model is busy (never over the bound), then evicts the first one released", async () => {
+    const { h, registry, evictions } = await host({ maxModels: 2 });
+    try {
+      const a = await h.get("host-a", "1");
+      const b = await h.get("host-b", "1");
+      const releaseA = h.pin("host-a", "1");
+      const releaseB = h.pin("host-b", "1");
+      let c: LoadedModel | undefined;
+      const loadingC = h.get("host-c", "1").then((m) => {
+        c = m;
+        return m;
+      });
+      await pollUntil("host-c's load to wait for room", async () => (h.waitingLoads === 1 ? true : undefined));
+      expect([c, a.runner.alive, b.runner.alive, evictions()]).toEqual([undefined, true, true, []]);
+      expect(await registry.getSingleMetricAsString("citadel_model_loads_waiting")).toMatch(/ 1$/);
+      // host-a is the least recently used but still busy: host-b, released first, goes.
+      releaseB();
+      const loaded = await loadingC;
+      expect(loaded.runner.alive).toBe(true);
+      expect([a.runner.alive, b.runner.alive]).toEqual([true, false]);
+      expect(evictions().map((r) => r.model)).toEqual(["host-b"]);
+      expect(await registry.getSingleMetricAsString("citadel_models_loaded")).toMatch(/ 2$/);
+      expect(await registry.getSingleMetricAsString("citadel_model_evictions_total")).toMatch(
+        /citadel_model_evictions_total\{[^}]*model="host-b"[^}]*\} 1$/m,
+      );
+      releaseA();
+      // A model asked for again is loaded again, evicting the least recently used idle one (host-a).
+      const b2 = await h.get("host-b", "1");
+      expect([b2.runner.alive, a.runner.alive, loaded.runner.alive]).toEqual([true, false, true]);
+      expect(evictions().map((r) => r.model)).toEqual(["host-b", "host-a"]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it("a byte budget that holds one model: each load evicts the other, and the bytes gauge shows one model", async () => {
+    const { h, registry, evictions } = await host({ maxModels: 8, maxBytes: bytes + 1 });
+    try {
+      const a = await h.get("host-a", "1");
+      const b = await h.get("host-b", "1");
+      expect([a.runner.alive, b.runner.alive]).toEqual([false, true]);
+      expect(evictions().map((r) => r.model)).toEqual(["host-a"]);
+      expect(await registry.getSingleMetricAsString("citadel_models_loaded_bytes")).toMatch(new RegExp(` ${bytes}$`));
+      expect(await registry.getSingleMetricAsString("citadel_models_loaded")).toMatch(/ 1$/);
+    } finally {
+      await h.close();
+    }
   });
 });

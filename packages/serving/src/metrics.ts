@@ -39,6 +39,12 @@ export function workerMetrics(registry: Registry) {
       "Plaintext bytes of the model sessions this worker holds",
       [],
     ),
+    modelLoadsWaiting: gauge(
+      registry,
+      "citadel_model_loads_waiting",
+      "Model loads waiting for room: every model held is busy",
+      [],
+    ),
     modelEvictions: counter(
       registry,
       "citadel_model_evictions_total",

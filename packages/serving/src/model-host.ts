@@ -182,10 +182,16 @@ export class ModelHost {
   private pump(): void {
     for (let w = this.waiting[0]; w; w = this.waiting[0]) {
       const victims = this.lru.admit(w.entry, w.entry.bytes, (v) => this.busy(v));
-      if (!victims) return;
+      if (!victims) break;
       this.waiting.shift();
       w.resolve(Promise.all(victims.map((v) => this.evict(v))).then(() => undefined));
     }
+    this.o.metrics.modelLoadsWaiting.set(this.waiting.length);
+  }
+
+  /** Loads waiting for room: every model held is busy. */
+  get waitingLoads(): number {
+    return this.waiting.length;
   }
 
   private async evict(e: Entry): Promise<void> {
@@ -306,6 +312,8 @@ export class ModelHost {
       o.log.info({ model: name, version, provider: info.provider, attempts: info.attempts }, "model loaded");
       return loaded;
     } catch (err) {
+      // A load cut short by shutdown is not a verdict on the model.
+      if (this.closed) throw err;
       const e =
         err instanceof CitadelError
           ? err
@@ -335,6 +343,7 @@ export class ModelHost {
   async close(): Promise<void> {
     this.closed = true;
     for (const w of this.waiting.splice(0)) w.reject(new CitadelError("MODEL_LOAD_FAILED", "the worker is stopping"));
+    this.o.metrics.modelLoadsWaiting.set(0);
     const all = [...this.loaded.values()];
     this.loaded.clear();
     await Promise.allSettled(all.map(async (e) => (await e.p).runner.close()));
