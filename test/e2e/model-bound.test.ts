@@ -78,7 +78,7 @@ async function workerModelEvents(): Promise<AuditRecord[]> {
 }
 
 /** The most models the worker held at once, replaying its loaded/unloaded records. */
-function mostHeld(events: readonly AuditRecord[]): number {
+function mostHeld(events: readonly ({ event: AuditEvent } & AuditFields)[]): number {
   const held = new Set<string>();
   let most = 0;
   for (const r of events) {
@@ -205,6 +205,21 @@ describe("ModelHost under its bound (the policy, without queues)", () => {
       const b2 = await h.get("host-b", "1");
       expect([b2.runner.alive, a.runner.alive, loaded.runner.alive]).toEqual([true, false, true]);
       expect(evictions().map((r) => r.model)).toEqual(["host-b", "host-a"]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it("loads asked for together never hold more than the bound: a model still loading is not evicted", async () => {
+    const { h, records, evictions } = await host({ maxModels: 1 });
+    try {
+      const all = await Promise.allSettled(HOST_MODELS.map((m) => h.get(m, "1")));
+      expect(all.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "fulfilled"]);
+      // Each was loaded, then evicted for the next (in the order their manifests verified).
+      expect(records.filter((r) => r.event === "model.loaded")).toHaveLength(3);
+      expect(evictions()).toHaveLength(2);
+      expect(mostHeld(records)).toBe(1);
+      expect(h.waitingLoads).toBe(0);
     } finally {
       await h.close();
     }

@@ -240,7 +240,8 @@ export class ModelHost {
       this.loaded.delete(key);
       const m = await e.p.catch(() => null);
       if (m) {
-        await m.runner.close();
+        // Not a hung abandoned runner's exit: that may never come.
+        if (m.runner.alive) await m.runner.close();
         this.sessions.delete(e);
         this.lru.remove(e);
         this.gauge();
