@@ -26,6 +26,10 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
     GPU_DEVICE_ID: IntEnv(0, 64).default(0),
     /** onnxruntime intra-op threads per model (0 = all cores). */
     RUNTIME_THREADS: IntEnv(0, 256).default(0),
+    /** Model sessions this worker (one GPU) holds at once; the least recently used idle one is evicted for another. */
+    WORKER_MAX_LOADED_MODELS: IntEnv(1, 1024).default(8),
+    /** Optional budget on the held models' plaintext bytes, on top of the count. */
+    WORKER_MAX_LOADED_BYTES: IntEnv(1, Number.MAX_SAFE_INTEGER).optional(),
     SHUTDOWN_TIMEOUT_MS: IntEnv(1000, 600 * SECOND).default(30 * SECOND),
     LOCK_DURATION_MS: IntEnv(2000, 600 * SECOND).default(15 * SECOND),
     MAX_RESULT_BYTES: IntEnv(1024, 64 * 1024 * 1024).default(4 * 1024 * 1024),

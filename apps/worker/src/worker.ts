@@ -66,6 +66,10 @@ export async function startWorker(
     deviceId: env.GPU_DEVICE_ID,
     threads: env.RUNTIME_THREADS,
     rejectionTtlMs: 30_000,
+    bound: {
+      maxModels: env.WORKER_MAX_LOADED_MODELS,
+      ...(env.WORKER_MAX_LOADED_BYTES === undefined ? {} : { maxBytes: env.WORKER_MAX_LOADED_BYTES }),
+    },
   });
 
   const consumers = new Map<string, ModelConsumer>();

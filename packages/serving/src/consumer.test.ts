@@ -67,7 +67,7 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       connection,
       redis: dead,
       prefix,
-      host: { get: async () => loaded },
+      host: { get: async () => loaded, pin: () => () => {} },
       audit: { record: (e, f) => audit.push([e, f]) },
       metrics: workerMetrics(createRegistry("consumer-test")),
       log,

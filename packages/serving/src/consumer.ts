@@ -17,7 +17,7 @@ export interface ConsumerOptions {
   connection: Redis;
   redis: Redis;
   prefix: string;
-  host: Pick<ModelHost, "get">;
+  host: Pick<ModelHost, "get" | "pin">;
   audit: AuditSink;
   metrics: WorkerMetrics;
   log: Logger;
@@ -326,10 +326,20 @@ export class ModelConsumer {
   }
 
   private async execute(batch: Held[]): Promise<void> {
-    await this.applyCancelFlags(batch);
     const first = batch[0];
     if (!first) return;
     const { model, version } = first.data;
+    // Held before the first await: the host does not evict the model under this batch.
+    const unpin = this.o.host.pin(model, version);
+    try {
+      await this.executePinned(batch, first, model, version);
+    } finally {
+      unpin();
+    }
+  }
+
+  private async executePinned(batch: Held[], first: Held, model: string, version: string): Promise<void> {
+    await this.applyCancelFlags(batch);
     const start = Date.now();
     for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     let loaded = first.model;

@@ -4,6 +4,7 @@ export * from "./consumer.js";
 export * from "./executor.js";
 export * from "./lease.js";
 export * from "./load-phases.js";
+export * from "./lru.js";
 export * from "./metrics.js";
 export * from "./model-host.js";
 export * from "./model-io.js";
