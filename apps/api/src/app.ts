@@ -18,15 +18,14 @@ import {
   ModelList,
 } from "@citadel/contracts";
 import type { JobQueues, Redis } from "@citadel/queue";
-import {
-  asCitadel,
-  type Batches,
-  type BatchStore,
-  type DenialAggregator,
-  type ModelCatalog,
-  type RateLimiter,
-  type SubmitRequest,
-  type Submitter,
+import type {
+  Batches,
+  BatchStore,
+  DenialAggregator,
+  ModelCatalog,
+  RateLimiter,
+  SubmitRequest,
+  Submitter,
 } from "@citadel/submit";
 import type { Logger } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";

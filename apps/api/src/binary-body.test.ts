@@ -1,4 +1,4 @@
-import { CitadelError, thrownCode } from "@citadel/contracts";
+import { thrownCode } from "@citadel/contracts";
 import { describe, expect, it } from "vitest";
 import { decodeBinarySubmit, wantsBinary } from "./binary-body.js";
 

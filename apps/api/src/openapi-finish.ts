@@ -3,7 +3,8 @@
  * cannot say: response headers (Retry-After on 429/503, the binary header length on
  * binary answers), a description for every response, and components without the
  * library's leftovers (schemas nothing refers to; `<id>Input` where only the request
- * form of a schema is used). Pure: the same document in gives the same document out.
+ * form of a schema is used), and the completion notifications as operation callbacks.
+ * Pure: the same document in gives the same document out.
  */
 
 export interface OpenApiDocument {
@@ -64,8 +65,57 @@ const STATUS_TEXT: Record<string, string> = {
   "504": "RESULT_PENDING: the job was accepted but is not final in time; GET /v1/jobs/{id}?wait= answers it",
 };
 
+/** The Standard Webhooks headers of every notification (docs/api.md, "Completion webhooks"). */
+const WEBHOOK_HEADERS = [
+  ["webhook-id", "The notification's id: the same on every attempt (deduplicate on it)"],
+  ["webhook-timestamp", "Unix seconds when this attempt was signed; refuse ones older than 5 minutes"],
+  [
+    "webhook-signature",
+    "Space-separated `v1,<base64 HMAC-SHA256>` signatures over `<webhook-id>.<webhook-timestamp>.<raw body>`, " +
+      "keyed with the tenant's base64-decoded `whsec_` secret (two during a rotation)",
+  ],
+].map(([name, description]) => ({ name, in: "header", required: true, description, schema: { type: "string" } }));
+
+/** A completion notification sent to `url` (an OpenAPI runtime expression), as a callback of the operation. */
+function completionCallback(url: string, what: string) {
+  return {
+    completion: {
+      [url]: {
+        post: {
+          summary: `Completion notification: ${what}`,
+          description:
+            "Sent when it is final, to this URL or else to the tenant's registered callback URL; retried with " +
+            "exponential backoff until a 2xx answer (up to WEBHOOK_ATTEMPTS). Verify the signature before trusting the body.",
+          parameters: WEBHOOK_HEADERS,
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: { $ref: `${SCHEMAS}WebhookEvent` } } },
+          },
+          responses: { "2XX": { description: "Received; any other answer (or none within 10 s) is retried" } },
+        },
+      },
+    },
+  };
+}
+
+/** Operations whose request may name a callback target, and where it names it. */
+const CALLBACKS: Record<string, Record<string, ReturnType<typeof completionCallback>>> = {
+  "/v1/jobs": {
+    post: completionCallback("{$request.body#/callback}", "the job (job.completed, job.failed, job.cancelled)"),
+  },
+  "/v1/batches": {
+    post: completionCallback("{$request.query.callback}", "the batch (batch.completed, batch.cancelled)"),
+  },
+};
+
 export function finishDocument(doc: OpenApiDocument): OpenApiDocument {
   const out = structuredClone(doc);
+  for (const [path, byMethod] of Object.entries(CALLBACKS)) {
+    for (const [method, callbacks] of Object.entries(byMethod)) {
+      const op = out.paths?.[path]?.[method];
+      if (op) op.callbacks = callbacks;
+    }
+  }
   for (const operations of Object.values(out.paths ?? {})) {
     for (const op of Object.values(operations)) {
       for (const [status, response] of Object.entries(op.responses ?? {})) finishResponse(status, response);

@@ -113,6 +113,38 @@ describe("the generated OpenAPI document", () => {
     ]);
   });
 
+  it("documents completion webhooks as callbacks of the submits that may name a target, signed headers and body typed", () => {
+    const byId = new Map(ops.map((o) => [o.op.operationId, o.op as Operation & { callbacks?: Loose }]));
+    for (const [id, url] of [
+      ["submitJob", "{$request.body#/callback}"],
+      ["createBatch", "{$request.query.callback}"],
+    ] as const) {
+      const post = byId.get(id)?.callbacks?.completion?.[url]?.post;
+      expect(post, id).toBeDefined();
+      expect(post.parameters.map((p: Loose) => `${p.in}:${p.name}:${String(p.required)}`)).toEqual([
+        "header:webhook-id:true",
+        "header:webhook-timestamp:true",
+        "header:webhook-signature:true",
+      ]);
+      expect(post.requestBody.content["application/json"].schema).toEqual({
+        $ref: "#/components/schemas/WebhookEvent",
+      });
+    }
+    // The event: its type, and the job's view without its result, or the batch's view.
+    const event = ((generated.components?.schemas ?? {}) as Record<string, Loose>).WebhookEvent;
+    expect(event.properties.type.enum).toEqual([
+      "job.completed",
+      "job.failed",
+      "job.cancelled",
+      "batch.completed",
+      "batch.cancelled",
+    ]);
+    const [job, batch] = event.properties.data.anyOf;
+    expect(job.properties.result).toBeUndefined();
+    expect(job.properties.object.enum ?? [job.properties.object.const]).toEqual(["job"]);
+    expect(batch).toEqual({ $ref: "#/components/schemas/BatchView" });
+  });
+
   it("names a request schema without `Input` unless its response form differs", () => {
     const schemas = generated.components?.schemas ?? {};
     const names = Object.keys(schemas);

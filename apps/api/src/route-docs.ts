@@ -38,6 +38,7 @@ import {
   V2RequestOutput,
   V2ResponseOutput,
   V2ServerMetadata,
+  WebhookEvent,
 } from "@citadel/contracts";
 import { z } from "zod";
 
@@ -93,6 +94,7 @@ const COMPONENTS: [z.ZodType, string][] = [
   [V2ModelMetadata, "V2ModelMetadata"],
   [V2ServerMetadata, "V2ServerMetadata"],
   [V2ErrorBody, "V2Error"],
+  [WebhookEvent, "WebhookEvent"],
 ];
 
 /** Registers the components once per process (zod's global registry refuses an id twice). */

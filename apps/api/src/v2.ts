@@ -12,7 +12,7 @@ import {
   V2ServerMetadata,
 } from "@citadel/contracts";
 import type { JobQueues } from "@citadel/queue";
-import { asCitadel, type ModelCatalog, type SubmitRequest, type Submitter } from "@citadel/submit";
+import type { ModelCatalog, SubmitRequest, Submitter } from "@citadel/submit";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { v2Answer, v2Inputs, v2ModelMetadata, v2OutputNames } from "@citadel/tensors";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
