@@ -714,7 +714,9 @@ const v2Infer = fc
   .map((r): Req => {
     const job = r.job as Record<string, unknown>;
     const headers: Record<string, string> = { ...authHeader(r.auth) };
-    if (r.idempotencyKey !== null) headers["idempotency-key"] = r.idempotencyKey;
+    // Keys of their own: a key the /v1 run used, with the same job, replays that job (the
+    // fingerprint is the job's, whatever the route), which this run's count would not see queued.
+    if (r.idempotencyKey !== null) headers["idempotency-key"] = r.idempotencyKey.replace(/^k/, "v2-k");
     const extra = {
       ...(r.id === undefined ? {} : { id: r.id }),
       ...(r.parameters === undefined ? {} : { parameters: r.parameters }),
