@@ -17,7 +17,7 @@ import {
   JobView,
   ModelList,
 } from "@citadel/contracts";
-import type { JobQueues, Redis } from "@citadel/queue";
+import type { JobQueues, RedisConn } from "@citadel/queue";
 import {
   asCitadel,
   type Batches,
@@ -63,7 +63,7 @@ import { INFER_ROUTES, registerV2 } from "./v2.js";
 
 export interface AppDeps {
   log: Logger;
-  redis: Redis;
+  redis: RedisConn;
   queues: JobQueues;
   catalog: ModelCatalog;
   tenants: TenantStore;
@@ -230,7 +230,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/healthz", async () => ({ ok: true }));
-  /** Ready: Redis answers and the catalog has loaded the registry once. */
+  /** Ready: RedisConn answers and the catalog has loaded the registry once. */
   const readiness = async () => {
     const redis = await d.redis.ping().then(
       () => true,

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { AuditKey } from "./key.js";
 import {
   type AuditEvent,
@@ -43,7 +43,7 @@ export class AuditWriter implements AuditSink {
   private readonly headsKey: string;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     prefix: string,
     writerName: string,
     private readonly log: AuditLogger,
@@ -118,7 +118,7 @@ export class AuditWriter implements AuditSink {
   }
 
   /**
-   * A failed reply does not mean a failed write: Redis may have applied the MULTI and
+   * A failed reply does not mean a failed write: Redis | Cluster may have applied the MULTI and
    * died (or the connection dropped) before answering. The head is written in the same
    * transaction, so it says exactly which records are in; those are not written again.
    */

@@ -1,6 +1,6 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
 import { scripts } from "./scripts/index.js";
 import { recordRemoved } from "./settle-calls.js";
@@ -62,10 +62,10 @@ export class JobQueues {
   private readonly finished = new RecentIds(10_000);
 
   constructor(
-    private readonly connection: Redis,
+    private readonly connection: Redis | Cluster,
     /** A separate connection factory for QueueEvents' blocking reads. */
-    private readonly blockingConnection: () => Redis,
-    private readonly redis: Redis,
+    private readonly blockingConnection: () => Redis | Cluster,
+    private readonly redis: Redis | Cluster,
     readonly settings: QueueSettings,
     /** Models whose jobs may be looked up (the API passes its catalog); none without it. */
     private readonly isPublished: (model: string) => boolean = () => false,
@@ -537,7 +537,7 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
  * Gives a settled job's share back to its tenant's queue quota, at most once per job
  * (quotaRelease-3.lua); true when this call gave it back. EVALSHA after the first call.
  */
-export async function releaseQuota(redis: Redis, prefix: string, tenant: string, jobId: string): Promise<boolean> {
+export async function releaseQuota(redis: Redis | Cluster, prefix: string, tenant: string, jobId: string): Promise<boolean> {
   return scripts(redis).quotaRelease(
     keys.tenantQueuedJobs(prefix, tenant),
     keys.tenantQueuedBytes(prefix, tenant),

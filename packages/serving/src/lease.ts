@@ -9,7 +9,7 @@ import {
   notifyFinalArgv,
   notifyFinalCall,
   queueName,
-  type Redis,
+  type RedisConn,
   scripts,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
@@ -55,9 +55,9 @@ export interface LeasedJob {
 export interface LeaseOptions {
   model: string;
   /** BullMQ's connection (maxRetriesPerRequest: null); settlements travel on it too. */
-  connection: Redis;
+  connection: RedisConn;
   /** An ordinary client for reads that should fail fast (job inputs). */
-  redis: Redis;
+  redis: RedisConn;
   prefix: string;
   workerId: string;
   lockDurationMs: number;
