@@ -230,7 +230,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/healthz", async () => ({ ok: true }));
-  /** Ready: RedisConn answers and the catalog has loaded the registry once. */
+  /** Ready: Redis answers and the catalog has loaded the registry once. */
   const readiness = async () => {
     const redis = await d.redis.ping().then(
       () => true,

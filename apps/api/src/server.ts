@@ -5,7 +5,7 @@ import { AuditKey, AuditWriter } from "@citadel/audit";
 import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
-import { bullConnection, JobQueues, type RedisConn, redisClient } from "@citadel/queue";
+import { bullConnection, closeRedis, JobQueues, type RedisConn, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { Batches, BatchStore, DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
@@ -231,7 +231,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
         await devKeys?.close();
         for (const r of [subscriber, connection, redis] as RedisConn[]) {
           try {
-            await r.quit();
+            await closeRedis(r);
           } catch (err) {
             log.warn({ err: coerceError(err) }, "redis quit failed");
           }

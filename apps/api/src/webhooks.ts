@@ -17,7 +17,13 @@ import {
 import { Queue } from "bullmq";
 import type { WebhookEnv } from "./env.js";
 
-type Env = WebhookEnv & { NODE_ENV: string; LOCAL_KEYRING: string; REDIS_URL: string; REDIS_CLUSTER_NODES?: string[] | undefined; CITADEL_PREFIX: string };
+type Env = WebhookEnv & {
+  NODE_ENV: string;
+  LOCAL_KEYRING: string;
+  REDIS_URL: string;
+  REDIS_CLUSTER_NODES?: string[] | undefined;
+  CITADEL_PREFIX: string;
+};
 
 /** What keeps the API from reading its webhook key file, or null (no file given is no problem). */
 export function webhookKeyProblem(env: Pick<Env, "WEBHOOK_KEY_FILE">): string | null {

@@ -4,7 +4,7 @@ import { AuditKey, AuditWriter } from "@citadel/audit";
 import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, trustedSignersFromEnv, VaultKeyProvider } from "@citadel/keys";
-import { bullConnection, keys as queueKeys, type RedisConn, redisClient } from "@citadel/queue";
+import { bullConnection, closeRedis, keys as queueKeys, type RedisConn, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { ModelRunner } from "@citadel/runtime";
 import { ModelConsumer, ModelHost, vaultUpGauge, workerMetrics } from "@citadel/serving";
@@ -159,7 +159,7 @@ export async function startWorker(
       await new Promise<void>((resolve) => server.close(() => resolve()));
       for (const r of [subscriber, connection, redis] as RedisConn[]) {
         try {
-          await r.quit();
+          await closeRedis(r);
         } catch (err) {
           log.warn({ err: coerceError(err) }, "redis quit failed");
         }

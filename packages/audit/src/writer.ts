@@ -118,7 +118,7 @@ export class AuditWriter implements AuditSink {
   }
 
   /**
-   * A failed reply does not mean a failed write: Redis | Cluster may have applied the MULTI and
+   * A failed reply does not mean a failed write: Redis may have applied the MULTI and
    * died (or the connection dropped) before answering. The head is written in the same
    * transaction, so it says exactly which records are in; those are not written again.
    */

@@ -41,7 +41,10 @@ describe("parseEnv", () => {
     expect(ok({ REDIS_URL: "redis+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002" })).toBe(true);
     expect(ok({ REDIS_URL: "rediss+cluster://r1.example:6379" })).toBe(true);
     expect(ok({ REDIS_URL: "redis://u:p@x:1", REDIS_CLUSTER_NODES: "a:7000, b:7001" })).toBe(true);
-    expect(CommonEnv.parse({ REDIS_CLUSTER_NODES: "a:7000, b:7001," }).REDIS_CLUSTER_NODES).toEqual(["a:7000", "b:7001"]);
+    expect(CommonEnv.parse({ REDIS_CLUSTER_NODES: "a:7000, b:7001," }).REDIS_CLUSTER_NODES).toEqual([
+      "a:7000",
+      "b:7001",
+    ]);
     expect(CommonEnv.parse({}).REDIS_CLUSTER_NODES).toBeUndefined();
     expect(ok({ REDIS_URL: "http://redis:6379" })).toBe(false);
     expect(ok({ REDIS_URL: "redis+cluster://u:p@a:7000,b:99999" })).toBe(false);

@@ -27,7 +27,9 @@ describe("redisEndpoint", () => {
   });
 
   it("takes REDIS_CLUSTER_NODES beside REDIS_URL's credentials", () => {
-    expect(redisEndpoint({ REDIS_URL: "redis://worker:s3cret@ignored:6379", REDIS_CLUSTER_NODES: ["n1:7000", "n2:7001"] })).toEqual({
+    expect(
+      redisEndpoint({ REDIS_URL: "redis://worker:s3cret@ignored:6379", REDIS_CLUSTER_NODES: ["n1:7000", "n2:7001"] }),
+    ).toEqual({
       nodes: [
         { host: "n1", port: 7000 },
         { host: "n2", port: 7001 },

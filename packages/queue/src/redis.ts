@@ -44,7 +44,10 @@ export function redisEndpoint(target: RedisTarget): RedisEndpoint {
   if (c) {
     const [user, pass] = splitUserinfo(c[2]);
     return {
-      nodes: (c[3] as string).split(",").filter((s) => s.trim() !== "").map(hostPort),
+      nodes: (c[3] as string)
+        .split(",")
+        .filter((s) => s.trim() !== "")
+        .map(hostPort),
       ...(user ? { username: user } : {}),
       ...(pass !== undefined ? { password: pass } : {}),
       tls: (c[1] as string).toLowerCase() === "rediss",
@@ -132,6 +135,25 @@ export function redisClient(target: RedisTarget, onError: ErrorSink, extra: Redi
   const r = connect(target, { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 2000, ...extra });
   r.on("error", onError);
   return r;
+}
+
+/**
+ * Closes a connection: QUIT, bounded (a cluster node connection left reconnecting
+ * after an outage may never answer it), then a hard disconnect.
+ */
+export async function closeRedis(conn: RedisConn, timeoutMs = 2000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      conn.quit(),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+    conn.disconnect();
+  }
 }
 
 /**

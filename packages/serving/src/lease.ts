@@ -447,7 +447,10 @@ export class JobLease {
     // Closing the worker cuts its blocking connection: a pending wait ends now. Our
     // connection is shared (BullMQ does not close it), so requeueing still works after.
     await this.worker.close(true);
-    await this.waiting?.catch(() => null);
+    // Bounded: on a Redis Cluster that went down and came back, BullMQ may never settle
+    // a blocking fetch the closed worker had open; shutdown must not wait on it.
+    const waited = this.waiting?.catch(() => null);
+    if (waited) await Promise.race([waited, new Promise((r) => setTimeout(r, 2000).unref())]);
     for (const l of [...this.held.values()]) await this.requeue(l);
   }
 
