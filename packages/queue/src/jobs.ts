@@ -537,7 +537,12 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
  * Gives a settled job's share back to its tenant's queue quota, at most once per job
  * (quotaRelease-3.lua); true when this call gave it back. EVALSHA after the first call.
  */
-export async function releaseQuota(redis: Redis | Cluster, prefix: string, tenant: string, jobId: string): Promise<boolean> {
+export async function releaseQuota(
+  redis: Redis | Cluster,
+  prefix: string,
+  tenant: string,
+  jobId: string,
+): Promise<boolean> {
   return scripts(redis).quotaRelease(
     keys.tenantQueuedJobs(prefix, tenant),
     keys.tenantQueuedBytes(prefix, tenant),
