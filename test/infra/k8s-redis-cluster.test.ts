@@ -66,7 +66,10 @@ describe.skipIf(!RENDERER)("k8s Redis Cluster variant (components/redis-cluster 
     expect(citadel.length).toBeGreaterThanOrEqual(4);
     for (const c of citadel) {
       const refs = arr(c.envFrom).map((e) => str(at(e, "configMapRef", "name")));
-      expect(refs.some((r) => r.startsWith("citadel-config")), str(c.name)).toBe(true);
+      expect(
+        refs.some((r) => r.startsWith("citadel-config")),
+        str(c.name),
+      ).toBe(true);
       const url = (envValue(c, "REDIS_URL") ?? "").replace("$(REDIS_PASSWORD)", "pw");
       const env = parseEnv(CommonEnv, { REDIS_URL: url, REDIS_CLUSTER_NODES: nodes });
       const ep = redisEndpoint(env);
@@ -100,7 +103,9 @@ describe.skipIf(!RENDERER)("k8s Redis Cluster variant (components/redis-cluster 
       (d) => (d.kind === "StatefulSet" || d.kind === "Service") && at(d, "metadata", "name") === "citadel-redis",
     );
     expect(single).toEqual([]);
-    const bus = docs.find((d) => d.kind === "NetworkPolicy" && at(d, "metadata", "name") === "citadel-redis-cluster-bus");
+    const bus = docs.find(
+      (d) => d.kind === "NetworkPolicy" && at(d, "metadata", "name") === "citadel-redis-cluster-bus",
+    );
     const ports = arr(at(bus, "spec", "ingress", 0, "ports")).map((p) => at(p, "port"));
     expect(ports).toEqual([6379, 16379]);
     // citadel-redis still admits the fleet and KEDA on the client port.
