@@ -79,6 +79,19 @@ async function until(what: string, ok: () => boolean, timeoutMs: number): Promis
   }
 }
 
+/** Counts a CLUSTER NODES answer's nodes by role; `other` is any node in handshake or failing. */
+export function clusterRoles(nodesText: string): { master: number; slave: number; other: number } {
+  const out = { master: 0, slave: 0, other: 0 };
+  for (const line of nodesText.trim().split("\n")) {
+    const flags = (line.split(" ")[2] ?? "").split(",");
+    if (flags.some((f) => ["handshake", "noaddr", "fail", "fail?"].includes(f))) out.other++;
+    else if (flags.includes("master")) out.master++;
+    else if (flags.includes("slave")) out.slave++;
+    else out.other++;
+  }
+  return out;
+}
+
 function clusterOk(nodes: ClusterNodeProc[], auth: ClusterOptions["auth"]): Promise<void> {
   return until(
     "cluster_state:ok on every node",
@@ -160,13 +173,14 @@ export async function startRedisCluster(opts: ClusterOptions = {}): Promise<Loca
     );
     if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`);
     await clusterOk(nodes, opts.auth);
-    // Every node knows every other and the replicas are attached before tests start.
+    // Every node sees every other, with its role settled, before tests start.
+    const masters = opts.masters ?? 3;
     await until(
-      "replicas attached",
+      "every node to see the masters and attached replicas",
       () =>
         nodes.every((n) => {
-          const info = cli(n.port, opts.auth, ["CLUSTER", "NODES"]).stdout;
-          return info.trim().split("\n").length === count && !/handshake|noaddr|fail/.test(info);
+          const roles = clusterRoles(cli(n.port, opts.auth, ["CLUSTER", "NODES"]).stdout);
+          return roles.master === masters && roles.slave === count - masters && roles.other === 0;
         }),
       30_000,
     );

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { readKeyFile } from "@citadel/config";
 import { CitadelError, type WebhookEvent } from "@citadel/contracts";
 import { LocalKeyProvider } from "@citadel/keys";
-import { bullConnection, type JobQueues, type RedisConn, WEBHOOK_QUEUE } from "@citadel/queue";
+import { bullConnection, type JobQueues, type RedisConn, settledWithin, WEBHOOK_QUEUE } from "@citadel/queue";
 import { type BatchStore, type CallbackPolicy, rememberAllowed } from "@citadel/submit";
 import type { Counter, Logger } from "@citadel/telemetry";
 import type { TenantStore } from "@citadel/tenants";
@@ -134,9 +134,10 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
     policy,
     queue,
     close: async () => {
-      await relay.close();
-      await delivery.close();
-      await queue.close();
+      // Each bounded: after a Redis Cluster outage a close may wait on a read that never returns.
+      await settledWithin(5000, [relay.close()]);
+      await settledWithin(env.WEBHOOK_TIMEOUT_MS + 2000, [delivery.close()]);
+      await settledWithin(2000, [queue.close()]);
       for (const c of [connection, deliveryConnection]) c.disconnect();
     },
   };

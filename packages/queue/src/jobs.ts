@@ -2,6 +2,7 @@ import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, ty
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
+import { settledWithin } from "./redis.js";
 import { scripts } from "./scripts/index.js";
 import { recordRemoved } from "./settle-calls.js";
 
@@ -42,6 +43,12 @@ export function parseFailure(reason: string | undefined): { code: string; messag
   if (m && ErrorCode.safeParse(m[1]).success) return { code: m[1] as string, message: m[2] ?? "" };
   return { code: "INTERNAL", message: "the job failed" };
 }
+
+/**
+ * How long closing a Queue or QueueEvents may wait on Redis before its connection is
+ * cut: after a Redis Cluster outage BullMQ's close can wait forever on a blocking read.
+ */
+const CLOSE_WAIT_MS = 2000;
 
 const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
 
@@ -95,7 +102,7 @@ export class JobQueues {
       const ev = this.events.get(model)?.ev;
       this.queues.delete(model);
       this.events.delete(model);
-      await Promise.allSettled([q?.close(), ev?.close()]);
+      await settledWithin(CLOSE_WAIT_MS, [q?.close(), ev?.close()]);
       await Promise.allSettled([ev?.disconnect()]);
     }
   }
@@ -382,8 +389,14 @@ export class JobQueues {
   async close(): Promise<void> {
     for (const w of this.waiters.values()) for (const done of [...w]) done(null);
     const events = [...this.events.values()].map((e) => e.ev);
-    await Promise.allSettled(events.map((e) => e.close()));
-    await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      events.map((e) => e.close()),
+    );
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      [...this.queues.values()].map((q) => q.close()),
+    );
     await Promise.allSettled(events.map((e) => e.disconnect()));
   }
 }

@@ -157,6 +157,22 @@ export async function closeRedis(conn: RedisConn, timeoutMs = 2000): Promise<voi
 }
 
 /**
+ * Waits for the given work to settle, or `ms`, whichever comes first. Closing BullMQ
+ * objects waits on Redis, and after a Redis Cluster outage a blocking read may never
+ * return: shutdown then goes on and cuts the connections instead.
+ */
+export async function settledWithin(ms: number, work: readonly (Promise<unknown> | undefined)[]): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled(work),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
+/**
  * Every key matching a pattern. On a cluster SCAN covers one node, so each master is
  * scanned in turn.
  */

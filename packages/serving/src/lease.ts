@@ -11,6 +11,7 @@ import {
   queueName,
   type RedisConn,
   scripts,
+  settledWithin,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, Worker } from "bullmq";
@@ -446,11 +447,10 @@ export class JobLease {
     clearInterval(this.lockTimer);
     // Closing the worker cuts its blocking connection: a pending wait ends now. Our
     // connection is shared (BullMQ does not close it), so requeueing still works after.
-    await this.worker.close(true);
     // Bounded: on a Redis Cluster that went down and came back, BullMQ may never settle
-    // a blocking fetch the closed worker had open; shutdown must not wait on it.
-    const waited = this.waiting?.catch(() => null);
-    if (waited) await Promise.race([waited, new Promise((r) => setTimeout(r, 2000).unref())]);
+    // its close or a blocking fetch the closed worker had open; shutdown must not wait on them.
+    await settledWithin(2000, [this.worker.close(true)]);
+    await settledWithin(2000, [this.waiting ?? undefined]);
     for (const l of [...this.held.values()]) await this.requeue(l);
   }
 
