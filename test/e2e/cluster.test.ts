@@ -1,10 +1,12 @@
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { cliArgs } from "@citadel/cli/fleet";
+import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildConvNet, buildMultiInputModel } from "@citadel/onnx";
-import { queueName } from "@citadel/queue";
+import { closeRedis, queueName, redisClient } from "@citadel/queue";
+import { TenantStore } from "@citadel/tenants";
 import { Cluster } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -240,39 +242,80 @@ describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and
     expect(r.stdout).toMatch(/^[1-9]\d* records from [1-9]\d* writers: chain intact$/m);
   });
 
-  it("answers 503 (not 500) while the cluster is down, and ready again once it is back", async () => {
-    // A finished job, to look up while the cluster is gone.
-    const x = randomInput(3072, 2);
-    const sub = await fleet.request("POST", "/v1/jobs", jsonJob("conv", [1, 3, 32, 32], x));
-    expect(sub.status).toBe(202);
-    await finalView(sub.json.id);
-    await cluster.down();
-    const seen: number[] = [];
-    await pollUntil(
-      "the API to answer 503",
-      async () => {
-        const r = await fleet.request("POST", "/v1/jobs", jsonJob("conv", [1, 3, 32, 32], randomInput(3072, 1)));
-        seen.push(r.status);
-        return r.status === 503 ? r : undefined;
-      },
-      30_000,
-      200,
-    );
-    // Before the clients notice, a request may still be accepted (202) or wait its enqueue timeout; never a 500.
-    expect(
-      seen.filter((s) => s !== 202 && s !== 503),
-      `statuses seen: ${seen.join(",")}`,
-    ).toEqual([]);
-    expect((await fetch(`${fleet.apiUrl}/readyz`)).status).toBe(503);
-    const r = await fleet.request("GET", `/v1/jobs/${sub.json.id}`);
-    expect([r.status, r.json.error?.code]).toEqual([503, "QUEUE_UNAVAILABLE"]);
-    // Back (empty: no persistence): the clients reconnect and /readyz answers 200 again.
-    await cluster.restart();
-    await pollUntil(
-      "/readyz to answer 200 again",
-      async () => ((await fetch(`${fleet.apiUrl}/readyz`)).status === 200 ? true : undefined),
-      60_000,
-      200,
-    );
+  it("an API on a cluster answers 503 (not 500) while the cluster is down, and is ready again once it is back", async () => {
+    // Its own cluster and API process: after an outage an in-process BullMQ close may
+    // wait on Redis (bounded, but slow), and the fleet above must close cleanly.
+    const own = await startRedisCluster();
+    const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-cluster-api-"));
+    const port = await freePort();
+    let api: FleetProcess | undefined;
+    try {
+      const tenants = redisClient(own.url, () => undefined);
+      const key = await (async () => {
+        const store = new TenantStore(tenants, fleet.prefix);
+        await store.upsert({ id: "acme", models: ["*"] });
+        return store.issueKey("acme");
+      })();
+      await closeRedis(tenants);
+      api = await startProcess(
+        "api",
+        "api",
+        {
+          NODE_ENV: "test",
+          REDIS_URL: own.url,
+          CITADEL_PREFIX: fleet.prefix,
+          MODEL_STORE_DIR: path.join(dir, "store"),
+          KEY_PROVIDER: "local",
+          LOCAL_KEYRING: fleet.env.LOCAL_KEYRING ?? "",
+          API_HOST: "127.0.0.1",
+          API_PORT: String(port),
+          METRICS_HOST: "127.0.0.1",
+          METRICS_PORT: String(await freePort()),
+        },
+        dir,
+        `http://127.0.0.1:${port}/readyz`,
+      );
+      const url = `http://127.0.0.1:${port}`;
+      const submit = async () =>
+        (
+          await fetch(`${url}/v1/jobs`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+            body: JSON.stringify(jsonJob("conv", [1, 3, 32, 32], randomInput(3072, 1))),
+          })
+        ).status;
+      // Up: the tenant is known, the model is not published on this cluster.
+      expect(await submit()).toBe(404);
+      await own.down();
+      const seen: number[] = [];
+      await pollUntil(
+        "the API to answer 503",
+        async () => {
+          const status = await submit();
+          seen.push(status);
+          return status === 503 ? status : undefined;
+        },
+        30_000,
+        200,
+      );
+      // Before the clients notice, a request may still get its 404; never a 500.
+      expect(
+        seen.filter((s) => s !== 404 && s !== 503),
+        `statuses seen: ${seen.join(",")}`,
+      ).toEqual([]);
+      expect((await fetch(`${url}/readyz`)).status).toBe(503);
+      // Back (empty: no persistence): the clients reconnect and /readyz answers 200 again.
+      await own.restart();
+      await pollUntil(
+        "/readyz to answer 200 again",
+        async () => ((await fetch(`${url}/readyz`)).status === 200 ? true : undefined),
+        60_000,
+        200,
+      );
+    } finally {
+      await api?.stop("SIGKILL");
+      await own.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -2,7 +2,7 @@ import { CitadelApiError } from "@citadel/client";
 import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv, WebhookKeyEnv } from "@citadel/config";
 import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
-import { type RedisConn, redisClient } from "@citadel/queue";
+import { closeRedis, type RedisConn, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { z } from "zod";
 import { zodMessage } from "./zod-message.js";
@@ -53,7 +53,7 @@ export function openContext(env: CliEnv = loadCliEnv()): CliContext {
     warn: (message) => process.stderr.write(`citadel: warning: ${message}\n`),
     close: async () => {
       if (keys) await (await keys).close();
-      if (redis.status === "ready") await redis.quit();
+      if (redis.status === "ready") await closeRedis(redis);
       else redis.disconnect();
     },
   };
