@@ -99,11 +99,12 @@ export class JobQueues {
     const gone = [...new Set([...this.queues.keys(), ...this.events.keys()])].filter((m) => !keep.has(m));
     for (const model of gone) {
       const q = this.queues.get(model);
-      const ev = this.events.get(model)?.ev;
+      const l = this.events.get(model);
       this.queues.delete(model);
       this.events.delete(model);
-      await settledWithin(CLOSE_WAIT_MS, [q?.close(), ev?.close()]);
-      await Promise.allSettled([ev?.disconnect()]);
+      await settledWithin(CLOSE_WAIT_MS, [q?.close(), l?.ev.close()]);
+      await settledWithin(CLOSE_WAIT_MS, [l?.ev.disconnect()]);
+      l?.conn.disconnect();
     }
   }
 
@@ -366,11 +367,9 @@ export class JobQueues {
   private async ensureEvents(model: string): Promise<boolean> {
     let e = this.events.get(model);
     if (!e) {
-      const ev = new QueueEvents(queueName(model), {
-        connection: this.blockingConnection(),
-        prefix: this.settings.prefix,
-      });
-      e = { ev, since: Date.now(), ready: ev.waitUntilReady() };
+      const conn = this.blockingConnection();
+      const ev = new QueueEvents(queueName(model), { connection: conn, prefix: this.settings.prefix });
+      e = { ev, conn, since: Date.now(), ready: ev.waitUntilReady() };
       this.events.set(model, e);
       ev.on("completed", ({ jobId, returnvalue }) =>
         // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
@@ -388,16 +387,20 @@ export class JobQueues {
 
   async close(): Promise<void> {
     for (const w of this.waiters.values()) for (const done of [...w]) done(null);
-    const events = [...this.events.values()].map((e) => e.ev);
+    const listeners = [...this.events.values()];
     await settledWithin(
       CLOSE_WAIT_MS,
-      events.map((e) => e.close()),
+      listeners.map((l) => l.ev.close()),
     );
     await settledWithin(
       CLOSE_WAIT_MS,
       [...this.queues.values()].map((q) => q.close()),
     );
-    await Promise.allSettled(events.map((e) => e.disconnect()));
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      listeners.map((l) => l.ev.disconnect()),
+    );
+    for (const l of listeners) l.conn.disconnect();
   }
 }
 
@@ -440,6 +443,8 @@ export function completedView(
 /** A model's event listener, since when it listens, and when it is connected. */
 interface Listener {
   ev: QueueEvents;
+  /** Its own blocking connection: cut at close, whatever BullMQ's close did. */
+  conn: Redis | Cluster;
   since: number;
   ready: Promise<unknown>;
 }
