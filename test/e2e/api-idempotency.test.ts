@@ -6,7 +6,7 @@ import {
   type EnqueueItem,
   JobQueues,
   queueName,
-  type Redis,
+  type RedisConn,
   redisClient,
   releaseQuota,
 } from "@citadel/queue";
@@ -210,7 +210,7 @@ describe("a job's share of the quota", () => {
 });
 
 describe("a fault between claim and enqueue", () => {
-  const clients: Redis[] = [];
+  const clients: RedisConn[] = [];
   const closers: (() => Promise<void>)[] = [];
 
   /** A Submitter as startApi composes it, over the fleet's Redis, with its own queues. */

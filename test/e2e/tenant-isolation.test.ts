@@ -10,7 +10,7 @@ import { sealModel } from "@citadel/artifacts";
 import { publishSealed } from "@citadel/cli/models";
 import type { ManifestBody } from "@citadel/contracts";
 import { buildCastModel, buildConvNet, buildLookupModel, buildSlowModel } from "@citadel/onnx";
-import { keys as queueKeys, type Redis } from "@citadel/queue";
+import { keys as queueKeys, type RedisConn } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, decodeF32, type Loose, queuedBeforeWorker, startTestFleet, type TestFleet } from "../support/fleet.js";
@@ -86,7 +86,7 @@ async function workerMetric(name: string, labels: string): Promise<number> {
  * Whether a Redis reader can still find a job's input tensors: its stored input bytes,
  * or tensor data inside its job data.
  */
-async function inputsKept(r: Redis, prefix: string, model: string, id: string): Promise<boolean> {
+async function inputsKept(r: RedisConn, prefix: string, model: string, id: string): Promise<boolean> {
   if ((await r.exists(queueKeys.inputs(prefix, model, id))) === 1) return true;
   const raw = await r.hget(queueKeys.job(prefix, model, id), "data");
   return raw !== null && /"data"\s*:/.test(raw);

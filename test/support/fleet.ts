@@ -7,8 +7,9 @@ import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
 import { AuditKey } from "@citadel/audit";
 import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
-import { parseEnv } from "@citadel/config";
+import { CommonEnv, parseEnv } from "@citadel/config";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
+import { closeRedis, isClusterTarget, type RedisConn, redisClient, scanKeys } from "@citadel/queue";
 import { type TenantInput, TenantStore } from "@citadel/tenants";
 import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
 import { Redis } from "ioredis";
@@ -43,7 +44,8 @@ export interface TestFleet {
   api: ApiHandle;
   workers: WorkerHandle[];
   ctx: CliContext;
-  redis: Redis;
+  /** A plain client of the fleet's Redis (a Cluster when the fleet runs on one). */
+  redis: RedisConn;
   logs: LogCapture;
   env: Record<string, string>;
   /** The keys the fleet's audit records are MACed with (the dev keyring's), for verifyAuditStream. */
@@ -65,13 +67,10 @@ export function redisUrl(): string {
 }
 
 /** Deletes every key under a prefix (a test's own namespace on the shared Redis). */
-export async function deletePrefix(redis: Redis, prefix: string): Promise<void> {
-  let cursor = "0";
-  do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
-    cursor = next;
-    if (keys.length) await redis.del(...keys);
-  } while (cursor !== "0");
+export async function deletePrefix(redis: RedisConn, prefix: string): Promise<void> {
+  const keys = await scanKeys(redis, `${prefix}:*`);
+  // The prefix is a hash tag: every chunk lies in one slot, as a cluster's DEL needs.
+  for (let i = 0; i < keys.length; i += 1000) await redis.del(...keys.slice(i, i + 1000));
 }
 
 /**
@@ -106,7 +105,9 @@ export async function startTestFleet(
   const logs = new LogCapture();
   const ctx = openContext(loadCliEnv(env));
   await ctx.redis.connect();
-  const redis = new Redis(redisUrl());
+  // opts.env may point the fleet at a Redis Cluster (REDIS_URL redis+cluster://… or REDIS_CLUSTER_NODES).
+  const target = parseEnv(CommonEnv, env);
+  const redis: RedisConn = isClusterTarget(target) ? redisClient(target, () => undefined) : new Redis(redisUrl());
   const api = await startApi(
     parseEnv(ApiEnv, {
       ...env,
@@ -209,7 +210,7 @@ export async function startTestFleet(
       await api.close();
       await deletePrefix(redis, prefix);
       await ctx.close();
-      await redis.quit();
+      await closeRedis(redis);
     },
   };
   return fleet;

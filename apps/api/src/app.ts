@@ -17,7 +17,7 @@ import {
   JobView,
   ModelList,
 } from "@citadel/contracts";
-import type { JobQueues, Redis } from "@citadel/queue";
+import type { JobQueues, RedisConn } from "@citadel/queue";
 import type {
   Batches,
   BatchStore,
@@ -62,7 +62,7 @@ import { INFER_ROUTES, registerV2 } from "./v2.js";
 
 export interface AppDeps {
   log: Logger;
-  redis: Redis;
+  redis: RedisConn;
   queues: JobQueues;
   catalog: ModelCatalog;
   tenants: TenantStore;

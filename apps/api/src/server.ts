@@ -5,7 +5,7 @@ import { AuditKey, AuditWriter } from "@citadel/audit";
 import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
-import { bullConnection, JobQueues, type Redis, redisClient } from "@citadel/queue";
+import { bullConnection, closeRedis, JobQueues, type RedisConn, redisClient } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { Batches, BatchStore, DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
@@ -49,8 +49,8 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   });
   const onRedisError = (err: Error) => log.error({ err }, "redis error");
   // Fail fast while Redis is down (answer 503) instead of queueing commands in memory.
-  const redis = redisClient(env.REDIS_URL, onRedisError, { enableOfflineQueue: false });
-  const ready = (c: Redis) =>
+  const redis = redisClient(env, onRedisError, { enableOfflineQueue: false });
+  const ready = (c: RedisConn) =>
     new Promise<void>((resolve, reject) => {
       if (c.status === "ready") return resolve();
       c.once("ready", resolve);
@@ -58,14 +58,14 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     });
   await ready(redis);
   // BullMQ's own commands go over a client without auto-pipelining (its scripts batch already).
-  const connection = redisClient(env.REDIS_URL, onRedisError, {
+  const connection = redisClient(env, onRedisError, {
     enableOfflineQueue: false,
     enableAutoPipelining: false,
   });
   await ready(connection);
   const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
   // A subscriber cannot run the ready check's INFO once subscribed; skip it.
-  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
+  const subscriber = redisClient(env, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
   const metricsRegistry = createRegistry("api");
   const metrics = apiMetrics(metricsRegistry);
   const audit = new AuditWriter(
@@ -94,7 +94,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   // Job lookups only for models in the registry: an id naming another model creates nothing.
   const queues = new JobQueues(
     connection,
-    () => bullConnection(env.REDIS_URL, onRedisError),
+    () => bullConnection(env, onRedisError),
     redis,
     {
       prefix: env.CITADEL_PREFIX,
@@ -229,9 +229,9 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
         denials.close();
         await audit.close();
         await devKeys?.close();
-        for (const r of [subscriber, connection, redis] as Redis[]) {
+        for (const r of [subscriber, connection, redis] as RedisConn[]) {
           try {
-            await r.quit();
+            await closeRedis(r);
           } catch (err) {
             log.warn({ err: coerceError(err) }, "redis quit failed");
           }

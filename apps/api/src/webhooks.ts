@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { readKeyFile } from "@citadel/config";
 import { CitadelError, type WebhookEvent } from "@citadel/contracts";
 import { LocalKeyProvider } from "@citadel/keys";
-import { bullConnection, type JobQueues, type Redis, WEBHOOK_QUEUE } from "@citadel/queue";
+import { bullConnection, type JobQueues, type RedisConn, settledWithin, WEBHOOK_QUEUE } from "@citadel/queue";
 import { type BatchStore, type CallbackPolicy, rememberAllowed } from "@citadel/submit";
 import type { Counter, Logger } from "@citadel/telemetry";
 import type { TenantStore } from "@citadel/tenants";
@@ -17,7 +17,13 @@ import {
 import { Queue } from "bullmq";
 import type { WebhookEnv } from "./env.js";
 
-type Env = WebhookEnv & { NODE_ENV: string; LOCAL_KEYRING: string; REDIS_URL: string; CITADEL_PREFIX: string };
+type Env = WebhookEnv & {
+  NODE_ENV: string;
+  LOCAL_KEYRING: string;
+  REDIS_URL: string;
+  REDIS_CLUSTER_NODES?: string[] | undefined;
+  CITADEL_PREFIX: string;
+};
 
 /** What keeps the API from reading its webhook key file, or null (no file given is no problem). */
 export function webhookKeyProblem(env: Pick<Env, "WEBHOOK_KEY_FILE">): string | null {
@@ -43,7 +49,7 @@ export function loadWebhookKey(env: Env, log: Logger): WebhookKey | undefined {
 }
 
 export interface WebhookDeps {
-  redis: Redis;
+  redis: RedisConn;
   queues: JobQueues;
   batchStore: BatchStore;
   tenants: TenantStore;
@@ -78,7 +84,7 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
     check: rememberAllowed((url) => guard.check(url), ALLOWED_URL_TTL_MS),
   };
   if (!key) return { policy, close: async () => {} };
-  const connection = bullConnection(env.REDIS_URL, d.onRedisError);
+  const connection = bullConnection(env, d.onRedisError);
   const queue = new Queue<DeliveryJob>(WEBHOOK_QUEUE, { connection, prefix: env.CITADEL_PREFIX });
   if (!env.WEBHOOK_NOTIFIER) {
     return {
@@ -93,7 +99,7 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
   const relay = new NotificationRelay(
     {
       redis: d.redis,
-      blocking: bullConnection(env.REDIS_URL, d.onRedisError),
+      blocking: bullConnection(env, d.onRedisError),
       queue,
       describe: (n) => describe(n, d),
       log: d.log,
@@ -110,7 +116,7 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
       claimIdleMs: 60_000,
     },
   );
-  const deliveryConnection = bullConnection(env.REDIS_URL, d.onRedisError);
+  const deliveryConnection = bullConnection(env, d.onRedisError);
   const delivery = new WebhookDelivery(
     {
       connection: deliveryConnection,
@@ -128,9 +134,10 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
     policy,
     queue,
     close: async () => {
-      await relay.close();
-      await delivery.close();
-      await queue.close();
+      // Each bounded: after a Redis Cluster outage a close may wait on a read that never returns.
+      await settledWithin(5000, [relay.close()]);
+      await settledWithin(env.WEBHOOK_TIMEOUT_MS + 2000, [delivery.close()]);
+      await settledWithin(2000, [queue.close()]);
       for (const c of [connection, deliveryConnection]) c.disconnect();
     },
   };

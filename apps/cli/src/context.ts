@@ -2,7 +2,7 @@ import { CitadelApiError } from "@citadel/client";
 import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv, WebhookKeyEnv } from "@citadel/config";
 import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
-import { type Redis, redisClient } from "@citadel/queue";
+import { closeRedis, type RedisConn, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { z } from "zod";
 import { zodMessage } from "./zod-message.js";
@@ -16,7 +16,7 @@ export type CliEnv = z.infer<typeof CliEnv>;
 /** What most verbs need: the registry in Redis, the model store and the key service. */
 export interface CliContext {
   env: CliEnv;
-  redis: Redis;
+  redis: RedisConn;
   registry: ModelRegistry;
   store: FsModelStore;
   keys(): Promise<KeyService>;
@@ -34,7 +34,7 @@ export function loadCliEnv(overrides: Record<string, string | undefined> = {}): 
 export function openContext(env: CliEnv = loadCliEnv()): CliContext {
   // Connection errors surface as failed commands, which every verb reports; the
   // listener only keeps ioredis from raising an unhandled 'error' event as well.
-  const redis = redisClient(env.REDIS_URL, () => undefined, { lazyConnect: true, maxRetriesPerRequest: 2 });
+  const redis = redisClient(env, () => undefined, { lazyConnect: true, maxRetriesPerRequest: 2 });
   let keys: Promise<KeyService> | undefined;
   return {
     env,
@@ -53,7 +53,7 @@ export function openContext(env: CliEnv = loadCliEnv()): CliContext {
     warn: (message) => process.stderr.write(`citadel: warning: ${message}\n`),
     close: async () => {
       if (keys) await (await keys).close();
-      if (redis.status === "ready") await redis.quit();
+      if (redis.status === "ready") await closeRedis(redis);
       else redis.disconnect();
     },
   };

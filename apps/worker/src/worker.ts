@@ -4,7 +4,7 @@ import { AuditKey, AuditWriter } from "@citadel/audit";
 import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, trustedSignersFromEnv, VaultKeyProvider } from "@citadel/keys";
-import { bullConnection, keys as queueKeys, type Redis, redisClient } from "@citadel/queue";
+import { bullConnection, closeRedis, keys as queueKeys, type RedisConn, redisClient } from "@citadel/queue";
 import { FsModelStore, ModelRegistry } from "@citadel/registry";
 import { ModelRunner } from "@citadel/runtime";
 import { ModelConsumer, ModelHost, vaultUpGauge, workerMetrics } from "@citadel/serving";
@@ -39,10 +39,10 @@ export async function startWorker(
     base: { workerId },
   });
   const onRedisError = (err: Error) => log.error({ err }, "redis error");
-  const redis = redisClient(env.REDIS_URL, onRedisError);
-  const connection = bullConnection(env.REDIS_URL, onRedisError);
+  const redis = redisClient(env, onRedisError);
+  const connection = bullConnection(env, onRedisError);
   // A subscriber cannot run the ready check's INFO once subscribed; skip it.
-  const subscriber = redisClient(env.REDIS_URL, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
+  const subscriber = redisClient(env, onRedisError, { maxRetriesPerRequest: null, enableReadyCheck: false });
   const registry = new ModelRegistry(redis, env.CITADEL_PREFIX);
   const store = new FsModelStore(env.MODEL_STORE_DIR);
   const metricsRegistry = createRegistry("worker");
@@ -168,9 +168,9 @@ export async function startWorker(
       await keys.close();
       await audit.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const r of [subscriber, connection, redis] as Redis[]) {
+      for (const r of [subscriber, connection, redis] as RedisConn[]) {
         try {
-          await r.quit();
+          await closeRedis(r);
         } catch (err) {
           log.warn({ err: coerceError(err) }, "redis quit failed");
         }

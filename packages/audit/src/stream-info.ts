@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 
 /** What XINFO STREAM says about the audit stream, as far as verification needs it. */
 export interface StreamInfo {
@@ -15,7 +15,7 @@ export interface StreamInfo {
 }
 
 /** XINFO STREAM for `key`, or null when there is no stream. */
-export async function streamInfo(redis: Redis, key: string): Promise<StreamInfo | null> {
+export async function streamInfo(redis: Redis | Cluster, key: string): Promise<StreamInfo | null> {
   if ((await redis.exists(key)) === 0) return null;
   const raw = (await redis.call("XINFO", "STREAM", key)) as unknown[];
   const field = (name: string): unknown => {

@@ -1,5 +1,5 @@
 import { type AuditAnchor, canonicalJson } from "@citadel/contracts";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { authenticAnchor, checkAnchor, signAnchor } from "./anchor.js";
 import { type AuditKey, AuditKeySet } from "./key.js";
 import {
@@ -50,7 +50,7 @@ const PAGE = 1000;
  * newer than every head it compares.
  */
 export async function verifyAuditStream(
-  redis: Redis,
+  redis: Redis | Cluster,
   prefix: string,
   keys: Iterable<AuditKey>,
   opts: VerifyOptions = {},
@@ -64,7 +64,7 @@ export async function verifyAuditStream(
  * verify (anchoring a tampered stream would vouch for it).
  */
 export async function createAuditAnchor(
-  redis: Redis,
+  redis: Redis | Cluster,
   prefix: string,
   keys: Iterable<AuditKey>,
   key: AuditKey,
@@ -87,7 +87,7 @@ export async function createAuditAnchor(
   return { report: s.report, anchor };
 }
 
-async function scan(redis: Redis, prefix: string, keys: AuditKeySet, anchorRaw: unknown): Promise<Scan> {
+async function scan(redis: Redis | Cluster, prefix: string, keys: AuditKeySet, anchorRaw: unknown): Promise<Scan> {
   const problems: string[] = [];
   const notes: string[] = [];
   if (keys.size === 0) problems.push("no audit keys were given, so no record can be verified");

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { AuditKey } from "./key.js";
 import {
   type AuditEvent,
@@ -43,7 +43,7 @@ export class AuditWriter implements AuditSink {
   private readonly headsKey: string;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     prefix: string,
     writerName: string,
     private readonly log: AuditLogger,

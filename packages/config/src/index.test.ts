@@ -34,6 +34,25 @@ describe("parseEnv", () => {
     }
   });
 
+  it("takes a single Redis or a Redis Cluster, by URL or by REDIS_CLUSTER_NODES", () => {
+    const ok = (env: Record<string, string>) => CommonEnv.safeParse(env).success;
+    expect(ok({ REDIS_URL: "redis://u:p@redis:6379/0" })).toBe(true);
+    expect(ok({ REDIS_URL: "rediss://redis.example:6380" })).toBe(true);
+    expect(ok({ REDIS_URL: "redis+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002" })).toBe(true);
+    expect(ok({ REDIS_URL: "rediss+cluster://r1.example:6379" })).toBe(true);
+    expect(ok({ REDIS_URL: "redis://u:p@x:1", REDIS_CLUSTER_NODES: "a:7000, b:7001" })).toBe(true);
+    expect(CommonEnv.parse({ REDIS_CLUSTER_NODES: "a:7000, b:7001," }).REDIS_CLUSTER_NODES).toEqual([
+      "a:7000",
+      "b:7001",
+    ]);
+    expect(CommonEnv.parse({}).REDIS_CLUSTER_NODES).toBeUndefined();
+    expect(ok({ REDIS_URL: "http://redis:6379" })).toBe(false);
+    expect(ok({ REDIS_URL: "redis+cluster://u:p@a:7000,b:99999" })).toBe(false);
+    expect(ok({ REDIS_URL: "redis+cluster://u:p@a:7000,,b c:1" })).toBe(false);
+    expect(ok({ REDIS_CLUSTER_NODES: "a:7000,b:port" })).toBe(false);
+    expect(ok({ REDIS_CLUSTER_NODES: " , " })).toBe(false);
+  });
+
   it("reads booleans strictly", () => {
     expect(BoolEnv.parse("false")).toBe(false);
     expect(BoolEnv.parse("1")).toBe(true);

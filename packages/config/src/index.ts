@@ -21,6 +21,26 @@ export const ListEnv = z.string().transform((v) =>
     .filter((s) => s.length > 0),
 );
 
+const HOST_PORT = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/;
+
+/** host:port, host, or [IPv6]:port, the port 1–65535. */
+export function isHostPort(s: string): boolean {
+  const m = HOST_PORT.exec(s);
+  return m !== null && (m[1] === undefined || (Number(m[1]) > 0 && Number(m[1]) < 65536));
+}
+
+/** A single-Redis URL, or a cluster URL whose authority lists its seed nodes. */
+export function isRedisUrl(url: string): boolean {
+  const c = /^rediss?\+cluster:\/\/(?:[^@/?#]*@)?([^/?#]+)(?:[/?#].*)?$/i.exec(url);
+  if (c) return (c[1] as string).split(",").every((n) => isHostPort(n.trim()));
+  try {
+    const u = new URL(url);
+    return (u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
   constructor(readonly problems: string[]) {
@@ -59,7 +79,21 @@ export function loadEnvOrExit<S extends z.ZodType>(
 export const CommonEnv = z.object({
   NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
-  REDIS_URL: z.string().url().default("redis://127.0.0.1:6379"),
+  /**
+   * One Redis (`redis://`, `rediss://`), or a Redis Cluster: `redis+cluster://user:pass@host:port,host:port`
+   * (`rediss+cluster://` for TLS). Never echoed: it may carry a password.
+   */
+  REDIS_URL: z
+    .string()
+    .refine(isRedisUrl, "must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL")
+    .default("redis://127.0.0.1:6379"),
+  /**
+   * Redis Cluster seed nodes, host:port comma-separated: the processes connect to the
+   * cluster, with REDIS_URL's user, password and TLS.
+   */
+  REDIS_CLUSTER_NODES: ListEnv.refine((nodes) => nodes.length > 0 && nodes.every(isHostPort), {
+    message: "must list host:port pairs, comma-separated",
+  }).optional(),
   /** BullMQ/Redis key prefix; the braces make it a Redis Cluster hash tag. */
   CITADEL_PREFIX: z.string().min(1).max(64).default("{citadel}"),
   MODEL_STORE_DIR: z.string().min(1).default(".citadel/store"),

@@ -1,7 +1,8 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
+import { settledWithin } from "./redis.js";
 import { scripts } from "./scripts/index.js";
 import { recordRemoved } from "./settle-calls.js";
 
@@ -43,6 +44,12 @@ export function parseFailure(reason: string | undefined): { code: string; messag
   return { code: "INTERNAL", message: "the job failed" };
 }
 
+/**
+ * How long closing a Queue or QueueEvents may wait on Redis before its connection is
+ * cut: after a Redis Cluster outage BullMQ's close can wait forever on a blocking read.
+ */
+const CLOSE_WAIT_MS = 2000;
+
 const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
 
 /**
@@ -62,10 +69,10 @@ export class JobQueues {
   private readonly finished = new RecentIds(10_000);
 
   constructor(
-    private readonly connection: Redis,
+    private readonly connection: Redis | Cluster,
     /** A separate connection factory for QueueEvents' blocking reads. */
-    private readonly blockingConnection: () => Redis,
-    private readonly redis: Redis,
+    private readonly blockingConnection: () => Redis | Cluster,
+    private readonly redis: Redis | Cluster,
     readonly settings: QueueSettings,
     /** Models whose jobs may be looked up (the API passes its catalog); none without it. */
     private readonly isPublished: (model: string) => boolean = () => false,
@@ -92,11 +99,12 @@ export class JobQueues {
     const gone = [...new Set([...this.queues.keys(), ...this.events.keys()])].filter((m) => !keep.has(m));
     for (const model of gone) {
       const q = this.queues.get(model);
-      const ev = this.events.get(model)?.ev;
+      const l = this.events.get(model);
       this.queues.delete(model);
       this.events.delete(model);
-      await Promise.allSettled([q?.close(), ev?.close()]);
-      await Promise.allSettled([ev?.disconnect()]);
+      await settledWithin(CLOSE_WAIT_MS, [q?.close(), l?.ev.close()]);
+      await settledWithin(CLOSE_WAIT_MS, [l?.ev.disconnect()]);
+      l?.conn.disconnect();
     }
   }
 
@@ -359,11 +367,9 @@ export class JobQueues {
   private async ensureEvents(model: string): Promise<boolean> {
     let e = this.events.get(model);
     if (!e) {
-      const ev = new QueueEvents(queueName(model), {
-        connection: this.blockingConnection(),
-        prefix: this.settings.prefix,
-      });
-      e = { ev, since: Date.now(), ready: ev.waitUntilReady() };
+      const conn = this.blockingConnection();
+      const ev = new QueueEvents(queueName(model), { connection: conn, prefix: this.settings.prefix });
+      e = { ev, conn, since: Date.now(), ready: ev.waitUntilReady() };
       this.events.set(model, e);
       ev.on("completed", ({ jobId, returnvalue }) =>
         // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
@@ -381,10 +387,20 @@ export class JobQueues {
 
   async close(): Promise<void> {
     for (const w of this.waiters.values()) for (const done of [...w]) done(null);
-    const events = [...this.events.values()].map((e) => e.ev);
-    await Promise.allSettled(events.map((e) => e.close()));
-    await Promise.allSettled([...this.queues.values()].map((q) => q.close()));
-    await Promise.allSettled(events.map((e) => e.disconnect()));
+    const listeners = [...this.events.values()];
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      listeners.map((l) => l.ev.close()),
+    );
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      [...this.queues.values()].map((q) => q.close()),
+    );
+    await settledWithin(
+      CLOSE_WAIT_MS,
+      listeners.map((l) => l.ev.disconnect()),
+    );
+    for (const l of listeners) l.conn.disconnect();
   }
 }
 
@@ -427,6 +443,8 @@ export function completedView(
 /** A model's event listener, since when it listens, and when it is connected. */
 interface Listener {
   ev: QueueEvents;
+  /** Its own blocking connection: cut at close, whatever BullMQ's close did. */
+  conn: Redis | Cluster;
   since: number;
   ready: Promise<unknown>;
 }
@@ -537,7 +555,12 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
  * Gives a settled job's share back to its tenant's queue quota, at most once per job
  * (quotaRelease-3.lua); true when this call gave it back. EVALSHA after the first call.
  */
-export async function releaseQuota(redis: Redis, prefix: string, tenant: string, jobId: string): Promise<boolean> {
+export async function releaseQuota(
+  redis: Redis | Cluster,
+  prefix: string,
+  tenant: string,
+  jobId: string,
+): Promise<boolean> {
   return scripts(redis).quotaRelease(
     keys.tenantQueuedJobs(prefix, tenant),
     keys.tenantQueuedBytes(prefix, tenant),

@@ -1,5 +1,5 @@
 import type { JobData } from "@citadel/contracts";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { keys, NOTIFICATIONS_MAX_LEN } from "./names.js";
 import {
   type BatchRecordArgs,
@@ -60,7 +60,7 @@ export function notifyFinalCall(
  * for the jobs it settles): its batch line recorded, its notification added.
  */
 export async function recordRemoved(
-  redis: Redis,
+  redis: Redis | Cluster,
   prefix: string,
   jobId: string,
   data: JobData,

@@ -1,5 +1,5 @@
 import { CitadelError, ModelRouting, type SignedManifest, type SignedRetirement } from "@citadel/contracts";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 
 /**
  * Manifests and routing in Redis, under the deployment's prefix (one hash slot with
@@ -12,7 +12,7 @@ export class ModelRegistry {
   readonly channel: string;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     private readonly prefix: string,
   ) {
     this.modelsKey = `${prefix}:registry:models`;

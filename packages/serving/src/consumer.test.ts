@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import type { AuditEvent, AuditFields } from "@citadel/audit";
 import type { JobData, ManifestBody } from "@citadel/contracts";
-import { bullConnection, keys, queueName, type Redis, redisClient } from "@citadel/queue";
+import { bullConnection, keys, queueName, type RedisConn, redisClient } from "@citadel/queue";
 import type { RunResult } from "@citadel/runtime";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
@@ -38,7 +38,7 @@ const loaded = {
   },
 } as unknown as LoadedModel;
 
-const clients: Redis[] = [];
+const clients: RedisConn[] = [];
 afterAll(async () => {
   for (const c of clients) c.disconnect();
 });

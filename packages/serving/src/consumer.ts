@@ -1,6 +1,6 @@
 import type { AuditSink } from "@citadel/audit";
 import { CitadelError, coerceError, JobData, type JobResult, publicError } from "@citadel/contracts";
-import type { Redis } from "@citadel/queue";
+import type { RedisConn } from "@citadel/queue";
 import { keys } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
@@ -14,8 +14,8 @@ import type { LoadedModel, ModelHost } from "./model-host.js";
 
 export interface ConsumerOptions {
   model: string;
-  connection: Redis;
-  redis: Redis;
+  connection: RedisConn;
+  redis: RedisConn;
   prefix: string;
   host: Pick<ModelHost, "get" | "pin">;
   audit: AuditSink;

@@ -51,8 +51,9 @@ const result: JobResult = {
 async function setup(opts: { attempts?: number } = {}) {
   const prefix = `{t-lease-${randomBytes(4).toString("hex")}}`;
   const onError = () => {};
-  const connection = client(bullConnection(url as string, onError));
-  const redis = client(redisClient(url as string, onError));
+  // A single Redis here (CITADEL_TEST_REDIS_URL): MONITOR and CLIENT LIST need one node.
+  const connection = client(bullConnection(url as string, onError) as Redis);
+  const redis = client(redisClient(url as string, onError) as Redis);
   const lease = new JobLease({
     model: "m",
     connection,

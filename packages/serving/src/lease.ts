@@ -9,8 +9,9 @@ import {
   notifyFinalArgv,
   notifyFinalCall,
   queueName,
-  type Redis,
+  type RedisConn,
   scripts,
+  settledWithin,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, Worker } from "bullmq";
@@ -55,9 +56,9 @@ export interface LeasedJob {
 export interface LeaseOptions {
   model: string;
   /** BullMQ's connection (maxRetriesPerRequest: null); settlements travel on it too. */
-  connection: Redis;
+  connection: RedisConn;
   /** An ordinary client for reads that should fail fast (job inputs). */
-  redis: Redis;
+  redis: RedisConn;
   prefix: string;
   workerId: string;
   lockDurationMs: number;
@@ -446,8 +447,10 @@ export class JobLease {
     clearInterval(this.lockTimer);
     // Closing the worker cuts its blocking connection: a pending wait ends now. Our
     // connection is shared (BullMQ does not close it), so requeueing still works after.
-    await this.worker.close(true);
-    await this.waiting?.catch(() => null);
+    // Bounded: on a Redis Cluster that went down and came back, BullMQ may never settle
+    // its close or a blocking fetch the closed worker had open; shutdown must not wait on them.
+    await settledWithin(2000, [this.worker.close(true)]);
+    await settledWithin(2000, [this.waiting ?? undefined]);
     for (const l of [...this.held.values()]) await this.requeue(l);
   }
 

@@ -8,7 +8,7 @@ import {
   type JobData,
   type JobResult,
 } from "@citadel/contracts";
-import { keys, NOTIFICATIONS_MAX_LEN, parseFailure, type Redis, scripts } from "@citadel/queue";
+import { keys, NOTIFICATIONS_MAX_LEN, parseFailure, type RedisConn, scripts } from "@citadel/queue";
 
 /**
  * Where a batch lives (docs/api.md "Batches"): three keys under the deployment's
@@ -46,7 +46,7 @@ const ID = /^batch_[A-Za-z0-9_-]{16,64}$/;
 
 export class BatchStore {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConn,
     private readonly s: BatchStoreSettings,
   ) {}
 

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type CitadelScripts, keys, type Redis, scripts } from "@citadel/queue";
+import { type CitadelScripts, keys, type RedisConn, scripts } from "@citadel/queue";
 
 /**
  * What an Idempotency-Key names, kept in a Redis hash for the key's lifetime. The job
@@ -29,7 +29,7 @@ export class IdempotencyStore {
   private readonly scripts: CitadelScripts;
 
   constructor(
-    redis: Redis,
+    redis: RedisConn,
     private readonly prefix: string,
     private readonly ttlMs: number,
   ) {

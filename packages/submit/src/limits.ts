@@ -1,4 +1,4 @@
-import { type CitadelScripts, type Redis, scripts } from "@citadel/queue";
+import { type CitadelScripts, type RedisConn, scripts } from "@citadel/queue";
 
 /**
  * Token buckets in Redis, so limits hold across API replicas: one script call
@@ -29,7 +29,7 @@ export class RateLimiter {
   private readonly scripts: CitadelScripts;
 
   constructor(
-    redis: Redis,
+    redis: RedisConn,
     private readonly prefix: string,
   ) {
     this.scripts = scripts(redis);

@@ -1,5 +1,5 @@
 import { CitadelError } from "@citadel/contracts";
-import { type CitadelScripts, keys, type QuotaJob, type Redis, scripts } from "@citadel/queue";
+import { type CitadelScripts, keys, type QuotaJob, type RedisConn, scripts } from "@citadel/queue";
 import type { Tenant } from "@citadel/tenants";
 
 /** A job asking for room: its id, input bytes and, when it has one, its Idempotency-Key entry and the caller's attempt. */
@@ -19,7 +19,7 @@ export class TenantQuota {
   private readonly scripts: CitadelScripts;
 
   constructor(
-    redis: Redis,
+    redis: RedisConn,
     private readonly prefix: string,
     private readonly maxQueuedBytes: number,
     /** How long a reservation marker outlives its job at most (a marker that expires only leaves the counters high). */

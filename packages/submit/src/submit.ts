@@ -9,7 +9,7 @@ import {
   type JobStatus,
   type JobView,
 } from "@citadel/contracts";
-import { type JobQueues, jobIdFor, type Redis } from "@citadel/queue";
+import { type JobQueues, jobIdFor, type RedisConn } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
@@ -62,7 +62,7 @@ export interface SubmitMetrics {
 }
 
 export interface SubmitDeps {
-  redis: Redis;
+  redis: RedisConn;
   queues: JobQueues;
   catalog: ModelCatalog;
   limiter: RateLimiter;

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { CallbackUrl, CitadelError, OutputPolicy } from "@citadel/contracts";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { z } from "zod";
 
 export const WebhookSecretState = z.strictObject({
@@ -71,7 +71,7 @@ export class TenantStore {
   private readonly cache = new Map<string, { tenant: Tenant | null; until: number }>();
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     prefix: string,
     /** How long an authentication result is cached; bounds how long a revoked key lives. */
     private readonly cacheMs = 2000,

@@ -1,5 +1,5 @@
 import { CitadelError, coerceError } from "@citadel/contracts";
-import { type Redis, WEBHOOK_QUEUE } from "@citadel/queue";
+import { type RedisConn, WEBHOOK_QUEUE } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import type { Tenant } from "@citadel/tenants";
 import { type Job, UnrecoverableError, Worker } from "bullmq";
@@ -14,7 +14,7 @@ export type DeliveryOutcome = "delivered" | "retrying" | "failed" | "refused" | 
 
 export interface DeliveryDeps {
   /** BullMQ's connection (maxRetriesPerRequest: null). */
-  connection: Redis;
+  connection: RedisConn;
   prefix: string;
   tenants: { get(id: string): Promise<Tenant | null> };
   key: WebhookKey;

@@ -1,5 +1,5 @@
 import { coerceError, type WebhookEvent } from "@citadel/contracts";
-import { keys, type Redis } from "@citadel/queue";
+import { keys, type RedisConn } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import type { JobsOptions, Queue } from "bullmq";
 import { type DeliveryJob, type Notification, parseNotification } from "./record.js";
@@ -26,9 +26,9 @@ export interface RelaySettings {
 
 export interface RelayDeps {
   /** An ordinary client: acknowledgements, take-overs, the group. */
-  redis: Redis;
+  redis: RedisConn;
   /** A connection of its own for the blocking reads (maxRetriesPerRequest: null). */
-  blocking: Redis;
+  blocking: RedisConn;
   queue: Queue<DeliveryJob>;
   /** The body of a notification: the job's or batch's view as it is when handed off; undefined drops it. */
   describe: (n: Notification) => Promise<WebhookEvent | undefined>;

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { initKeyring } from "@citadel/keys";
+import { scanKeys } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
 import { SingleBar } from "cli-progress";
 import * as ort from "onnxruntime-node";
@@ -29,12 +30,8 @@ interface Submitted {
 
 /** Deletes the demo's own keys (its prefix) so every run starts clean. */
 async function resetPrefix(ctx: CliContext): Promise<void> {
-  let cursor = "0";
-  do {
-    const [next, keys] = await ctx.redis.scan(cursor, "MATCH", `${ctx.env.CITADEL_PREFIX}:*`, "COUNT", 1000);
-    cursor = next;
-    if (keys.length) await ctx.redis.del(...keys);
-  } while (cursor !== "0");
+  // One DEL per key: on a cluster a multi-key DEL must stay within one slot.
+  for (const key of await scanKeys(ctx.redis, `${ctx.env.CITADEL_PREFIX}:*`)) await ctx.redis.del(key);
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -54,6 +51,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const store = path.join(dir, "store");
   const baseEnv = {
     REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379",
+    // The demo's processes reach the same cluster, when one is named.
+    ...(process.env.REDIS_CLUSTER_NODES ? { REDIS_CLUSTER_NODES: process.env.REDIS_CLUSTER_NODES } : {}),
     CITADEL_PREFIX: process.env.CITADEL_PREFIX ?? "{citadel-demo}",
     MODEL_STORE_DIR: store,
     KEY_PROVIDER: "local",

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 
 /**
  * Citadel's Redis Lua scripts, one `.lua` file each in this folder (their headers say
@@ -196,7 +196,7 @@ function quotaLayout<J extends Omit<QuotaJob, "bytes">>(
   return { keys: [jobsKey, bytesKey, ...jobs.map((j) => j.marker), ...entries], args };
 }
 
-function bind(redis: Redis): CitadelScripts {
+function bind(redis: Redis | Cluster): CitadelScripts {
   const client = redis as unknown as Record<string, unknown>;
   for (const [name, s] of Object.entries(scriptSources)) {
     const command = commandName(name as ScriptName);
@@ -278,10 +278,10 @@ function bind(redis: Redis): CitadelScripts {
   };
 }
 
-const bound = new WeakMap<Redis, CitadelScripts>();
+const bound = new WeakMap<Redis | Cluster, CitadelScripts>();
 
 /** The scripts on `redis`, defined there on the first call for that client and reused after. */
-export function scripts(redis: Redis): CitadelScripts {
+export function scripts(redis: Redis | Cluster): CitadelScripts {
   let s = bound.get(redis);
   if (!s) {
     s = bind(redis);
