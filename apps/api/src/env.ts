@@ -7,6 +7,7 @@ import {
   KeyEnv,
   MINUTE,
   refineAuditEnv,
+  refineCommonEnv,
   refineKeyEnv,
   SECOND,
   WebhookKeyEnv,
@@ -99,6 +100,7 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
   .superRefine((env, ctx) => {
     // With pinned signers the API never builds a key service: no Vault settings needed.
     if (!env.TRUSTED_SIGNERS) refineKeyEnv(env, ctx);
+    refineCommonEnv(env, ctx);
     refineAuditEnv(env, ctx);
     refine(env, ctx);
     if (Array.isArray(env.WEBHOOK_ALLOW_HOSTS)) {

@@ -1,5 +1,14 @@
 import { CitadelApiError } from "@citadel/client";
-import { AuditEnv, CommonEnv, EVEN_WITH_ISSUES, KeyEnv, parseEnv, refineKeyEnv, WebhookKeyEnv } from "@citadel/config";
+import {
+  AuditEnv,
+  CommonEnv,
+  EVEN_WITH_ISSUES,
+  KeyEnv,
+  parseEnv,
+  refineCommonEnv,
+  refineKeyEnv,
+  WebhookKeyEnv,
+} from "@citadel/config";
 import { CitadelError, type TrustedSigner } from "@citadel/contracts";
 import { type KeyService, keyServiceFromEnv, readTrustedSigners } from "@citadel/keys";
 import { closeRedis, type RedisConn, redisClient } from "@citadel/queue";
@@ -10,7 +19,10 @@ import { zodMessage } from "./zod-message.js";
 export const CliEnv = CommonEnv.extend(KeyEnv.shape)
   .extend(AuditEnv.shape)
   .extend(WebhookKeyEnv.shape)
-  .superRefine(refineKeyEnv, EVEN_WITH_ISSUES);
+  .superRefine((env, ctx) => {
+    refineKeyEnv(env, ctx);
+    refineCommonEnv(env, ctx);
+  }, EVEN_WITH_ISSUES);
 export type CliEnv = z.infer<typeof CliEnv>;
 
 /** What most verbs need: the registry in Redis, the model store and the key service. */

@@ -7,6 +7,7 @@ import {
   KeyEnv,
   ListEnv,
   refineAuditEnv,
+  refineCommonEnv,
   refineKeyEnv,
   SECOND,
 } from "@citadel/config";
@@ -43,6 +44,7 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
   })
   .superRefine((env, ctx) => {
     refineKeyEnv(env, ctx);
+    refineCommonEnv(env, ctx);
     refineAuditEnv(env, ctx);
     if (env.NODE_ENV === "production" && !env.TRUSTED_SIGNERS) {
       ctx.addIssue({

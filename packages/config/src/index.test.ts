@@ -14,6 +14,7 @@ import {
   parseEnv,
   readKeyFile,
   refineAuditEnv,
+  refineCommonEnv,
   refineKeyEnv,
 } from "./index.js";
 
@@ -32,6 +33,27 @@ describe("parseEnv", () => {
       expect(msg).toContain("LOG_LEVEL");
       expect(msg).not.toContain("hunter2");
     }
+  });
+
+  it("on a Redis Cluster, wants a prefix with a hash tag (the scripts' keys must share a slot)", () => {
+    const Env = CommonEnv.superRefine(refineCommonEnv);
+    const problems = (env: Record<string, string>) =>
+      Env.safeParse(env).error?.issues.map((i) => `${i.path.join(".")}: ${i.message}`) ?? [];
+    const clusters: Record<string, string>[] = [
+      { REDIS_URL: "redis+cluster://a:7000,b:7001" },
+      { REDIS_CLUSTER_NODES: "a:7000" },
+    ];
+    for (const cluster of clusters) {
+      expect(problems({ ...cluster })).toEqual([]); // the default, {citadel}
+      expect(problems({ ...cluster, CITADEL_PREFIX: "acme{citadel}" })).toEqual([]);
+      for (const prefix of ["citadel", "{}citadel", "citadel}{", "{citadel"]) {
+        expect(problems({ ...cluster, CITADEL_PREFIX: prefix }), prefix).toEqual([
+          expect.stringMatching(/^CITADEL_PREFIX: .*hash tag/),
+        ]);
+      }
+    }
+    // One Redis has no slots: any prefix does.
+    expect(problems({ CITADEL_PREFIX: "citadel" })).toEqual([]);
   });
 
   it("takes a single Redis or a Redis Cluster, by URL or by REDIS_CLUSTER_NODES", () => {

@@ -100,6 +100,36 @@ export const CommonEnv = z.object({
 });
 export type CommonEnv = z.infer<typeof CommonEnv>;
 
+/** Whether Redis Cluster would hash `key` by a hash tag: the text between its first `{` and the next `}`, not empty. */
+export function hasHashTag(key: string): boolean {
+  const open = key.indexOf("{");
+  const close = open < 0 ? -1 : key.indexOf("}", open + 1);
+  return close > open + 1;
+}
+
+/** Whether the settings name a Redis Cluster (REDIS_CLUSTER_NODES, or a redis+cluster:// URL). */
+export function isClusterEnv(env: { REDIS_URL?: unknown; REDIS_CLUSTER_NODES?: unknown }): boolean {
+  return env.REDIS_CLUSTER_NODES !== undefined || /^rediss?\+cluster:\/\//.test(String(env.REDIS_URL ?? ""));
+}
+
+/**
+ * Cross-field rules for CommonEnv; call from the app's superRefine. On a cluster every
+ * key must carry the prefix's hash tag: BullMQ's scripts and Citadel's touch several
+ * keys at once, which a cluster refuses (CROSSSLOT) unless they share a slot.
+ */
+export function refineCommonEnv(
+  env: { REDIS_URL?: unknown; REDIS_CLUSTER_NODES?: unknown; CITADEL_PREFIX?: unknown },
+  ctx: z.RefinementCtx,
+): void {
+  if (!isClusterEnv(env) || typeof env.CITADEL_PREFIX !== "string" || hasHashTag(env.CITADEL_PREFIX)) return;
+  ctx.addIssue({
+    code: "custom",
+    path: ["CITADEL_PREFIX"],
+    message:
+      "on a Redis Cluster it must hold a hash tag such as {citadel}: the scripts touch several keys at once, which must share a slot",
+  });
+}
+
 /** Key service settings shared by the worker and the CLI. */
 export const KeyEnv = z.object({
   KEY_PROVIDER: z.enum(["local", "vault"]).default("local"),
