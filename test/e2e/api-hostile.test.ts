@@ -939,30 +939,43 @@ function overHttp(req: Req, streamBytes?: number): Promise<Answer & { sentBytes:
   });
 }
 
+/**
+ * Sends `runs` generated requests, PARALLEL at a time, checking each answer into a
+ * fresh tally; the first failing batch is shrunk and reported (HOSTILE_SEED replays it).
+ */
+async function sendGenerated(
+  requests: fc.Arbitrary<Req>,
+  runs: number,
+  check: (req: Req, a: Answer, tally: Tally) => void,
+): Promise<Tally> {
+  const tally: Tally = {
+    sent: 0,
+    byStatus: new Map(),
+    accepted: new Set(),
+    binaryAccepted: new Set(),
+    binaryCodes: new Map(),
+    v2Codes: new Map(),
+  };
+  await fc.assert(
+    fc.asyncProperty(fc.array(requests, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
+      const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
+      for (const [i, req] of reqs.entries()) check(req, answers[i] as Answer, tally);
+    }),
+    {
+      numRuns: Math.ceil(runs / PARALLEL),
+      seed: Number(process.env.HOSTILE_SEED ?? Date.now() % 2 ** 31),
+      endOnFailure: true,
+    },
+  );
+  return tally;
+}
+
 describe("hostile clients", () => {
   it(`answers ${RUNS} generated and mutated requests with documented 4xx codes and enqueues only what it accepts`, async () => {
     const before = await totalQueued();
     const rssBefore = process.memoryUsage().rss;
     const started = Date.now();
-    const tally: Tally = {
-      sent: 0,
-      byStatus: new Map(),
-      accepted: new Set(),
-      binaryAccepted: new Set(),
-      binaryCodes: new Map(),
-      v2Codes: new Map(),
-    };
-    await fc.assert(
-      fc.asyncProperty(fc.array(anyRequest, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
-        const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
-        for (const [i, req] of reqs.entries()) checkAnswer(req, answers[i] as Answer, tally);
-      }),
-      {
-        numRuns: Math.ceil(RUNS / PARALLEL),
-        seed: Number(process.env.HOSTILE_SEED ?? Date.now() % 2 ** 31),
-        endOnFailure: true,
-      },
-    );
+    const tally = await sendGenerated(anyRequest, RUNS, checkAnswer);
     // A sample over real sockets: the HTTP parser and the streaming body limit too.
     const sample = fc.sample(anyRequest, { numRuns: 300, seed: 7 });
     for (const req of sample) checkAnswer(req, await overHttp(req), tally);
@@ -1008,25 +1021,7 @@ describe("hostile clients", () => {
 
   it(`answers ${V2_RUNS} generated and mutated /v2 requests in the protocol's envelope and enqueues only what it accepts`, async () => {
     const before = await totalQueued();
-    const tally: Tally = {
-      sent: 0,
-      byStatus: new Map(),
-      accepted: new Set(),
-      binaryAccepted: new Set(),
-      binaryCodes: new Map(),
-      v2Codes: new Map(),
-    };
-    await fc.assert(
-      fc.asyncProperty(fc.array(anyV2Request, { minLength: PARALLEL, maxLength: PARALLEL }), async (reqs) => {
-        const answers = await Promise.all(reqs.map((req) => inject(fleet.api.app, req)));
-        for (const [i, req] of reqs.entries()) checkV2Answer(req, answers[i] as Answer, tally);
-      }),
-      {
-        numRuns: Math.ceil(V2_RUNS / PARALLEL),
-        seed: Number(process.env.HOSTILE_SEED ?? Date.now() % 2 ** 31),
-        endOnFailure: true,
-      },
-    );
+    const tally = await sendGenerated(anyV2Request, V2_RUNS, checkV2Answer);
     for (const req of fc.sample(anyV2Request, { numRuns: 100, seed: 11 }))
       checkV2Answer(req, await overHttp(req), tally);
     const after = await totalQueued();

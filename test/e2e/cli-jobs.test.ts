@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -6,6 +5,7 @@ import { cliArgs, freePort } from "@citadel/cli/fleet";
 import { buildConvNet, buildFailingModel, buildMultiInputModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ChildResult, runChild } from "../support/child.js";
 import { decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 import { writeNpy as writeNpyFile } from "../support/npy.js";
 
@@ -16,30 +16,10 @@ let fleet: TestFleet;
 let dir: string;
 
 /** Runs the CLI (asynchronously: the fleet it talks to lives in this process). */
-function citadel(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...cliArgs(), ...args], {
-      cwd: dir,
-      env: {
-        PATH: process.env.PATH ?? "",
-        CITADEL_API_URL: fleet.apiUrl,
-        CITADEL_API_KEY: fleet.apiKey,
-        ...env,
-      },
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, out, err }));
+function citadel(args: string[], env: Record<string, string> = {}): Promise<ChildResult> {
+  return runChild([process.execPath, ...cliArgs(), ...args], {
+    cwd: dir,
+    env: { PATH: process.env.PATH ?? "", CITADEL_API_URL: fleet.apiUrl, CITADEL_API_KEY: fleet.apiKey, ...env },
   });
 }
 

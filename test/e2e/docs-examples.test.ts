@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -11,6 +11,7 @@ import { buildIdentityModel, buildMultiInputModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pollUntil, publishModel } from "../support/api-kit.js";
+import { type ChildResult, runChild } from "../support/child.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 import { writeNpy } from "../support/npy.js";
 
@@ -157,34 +158,18 @@ let delivery: { headers: Record<string, string>; raw: string };
 const webhookEnv = () => ({ CITADEL_WEBHOOK_SECRET: routerSecret });
 
 /** Runs a program in the examples' folder; resolves with its exit code and output. */
-function run(
-  argv: string[],
-  env: Record<string, string> = {},
-  timeoutMs = 120_000,
-): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0] as string, argv.slice(1), {
-      cwd: work,
-      env: {
-        PATH: process.env.PATH ?? "",
-        HOME: process.env.HOME ?? work,
-        KEY: fleet.apiKey,
-        API: fleet.apiUrl,
-        CITADEL_API_KEY: fleet.apiKey,
-        ...env,
-      },
-      timeout: timeoutMs,
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, out, err }));
+function run(argv: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<ChildResult> {
+  return runChild(argv, {
+    cwd: work,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? work,
+      KEY: fleet.apiKey,
+      API: fleet.apiUrl,
+      CITADEL_API_KEY: fleet.apiKey,
+      ...env,
+    },
+    timeout: timeoutMs,
   });
 }
 

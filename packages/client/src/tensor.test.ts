@@ -128,8 +128,8 @@ describe("binary bodies", () => {
 
   it("are framed and read without Node's Buffer (as in a browser)", () => {
     const saved = globalThis.Buffer;
-    // biome-ignore lint/suspicious/noExplicitAny: removing a global for the length of a synchronous block
-    (globalThis as any).Buffer = undefined;
+    // Removing a global for the length of a synchronous block.
+    Reflect.set(globalThis, "Buffer", undefined);
     try {
       const x = tensor(Float32Array.from([1, 2, 3]), [3]);
       const { body, headers } = binaryJobs([{ model: "m", inputs: { x } }], false);
