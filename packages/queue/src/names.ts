@@ -21,6 +21,32 @@ export function modelOfJobId(id: string): string {
   return model;
 }
 
+/**
+ * A key family's prefix: CITADEL_PREFIX with its hash tag extended by the family
+ * ("{citadel}" + "q:heavy" → "{citadel:q:heavy}"), so on a Redis Cluster each model's
+ * queue, each tenant, each audit writer hashes to a slot of its own, while every key
+ * still starts with the deployment's name (ACL patterns, scans). Keys one script or
+ * MULTI touches together must share a family. A prefix without a tag (single Redis
+ * only: refused on a cluster) gets the family as its tag.
+ */
+export function tagged(prefix: string, family: string): string {
+  if (/[{}]/.test(family)) throw new Error(`a key family cannot hold braces: ${family}`);
+  const open = prefix.indexOf("{");
+  const close = open < 0 ? -1 : prefix.indexOf("}", open + 1);
+  if (close > open + 1) return `${prefix.slice(0, close)}:${family}${prefix.slice(close)}`;
+  return `${prefix}:{${family}}`;
+}
+
+/** The BullMQ prefix of a model's queue: its own slot (BullMQ keeps a queue's keys in one). */
+export function queuePrefix(prefix: string, model: string): string {
+  return tagged(prefix, `q:${model}`);
+}
+
+/** The prefix of a tenant's quota, Idempotency-Key and rate-limit keys: one slot per tenant. */
+export function tenantPrefix(prefix: string, tenant: string): string {
+  return tagged(prefix, `t:${tenant}`);
+}
+
 /** Redis keys outside BullMQ, under the same hash-tagged prefix. */
 export const keys = {
   cancelled: (prefix: string, id: string) => `${prefix}:cancelled:${id}`,

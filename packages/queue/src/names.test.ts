@@ -1,0 +1,36 @@
+import { describe, expect, it } from "vitest";
+import { queuePrefix, tagged, tenantPrefix } from "./names.js";
+
+/** Redis Cluster's key hash tag: the text between the first '{' and the next '}', when not empty. */
+function hashTag(key: string): string {
+  const open = key.indexOf("{");
+  const close = open < 0 ? -1 : key.indexOf("}", open + 1);
+  return close > open + 1 ? key.slice(open + 1, close) : key;
+}
+
+describe("key families", () => {
+  it("extends the prefix's hash tag with the family", () => {
+    expect(tagged("{citadel}", "q:heavy")).toBe("{citadel:q:heavy}");
+    expect(tagged("app:{citadel}:x", "t:acme")).toBe("app:{citadel:t:acme}:x");
+    expect(queuePrefix("{citadel}", "ocr-cls")).toBe("{citadel:q:ocr-cls}");
+    expect(tenantPrefix("{citadel}", "acme")).toBe("{citadel:t:acme}");
+  });
+
+  it("gives a prefix without a tag the family as its tag", () => {
+    expect(tagged("citadel", "q:heavy")).toBe("citadel:{q:heavy}");
+    expect(tagged("{}citadel", "q:heavy")).toBe("{}citadel:{q:heavy}");
+  });
+
+  it("puts different models, tenants and the deployment's own keys under different tags", () => {
+    const tags = new Set(
+      [queuePrefix("{citadel}", "a"), queuePrefix("{citadel}", "b"), tenantPrefix("{citadel}", "a"), "{citadel}"].map(
+        (p) => hashTag(`${p}:x`),
+      ),
+    );
+    expect(tags.size).toBe(4);
+  });
+
+  it("refuses a family that would end the tag early", () => {
+    expect(() => tagged("{citadel}", "q:a}b")).toThrow(/braces/);
+  });
+});
