@@ -39,7 +39,7 @@ import path from "node:path";
 import type { AppForm } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { queueName } from "@citadel/queue";
+import { queueName, queuePrefix } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
@@ -453,7 +453,10 @@ async function runCapacity(
   const total = o.capacityJobs;
   const capMs = o.seconds * 1000;
   const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
-  const citadelQueue = new Queue(queueName(NOOP.name), { connection, prefix: fleet.prefix });
+  const citadelQueue = new Queue(queueName(NOOP.name), {
+    connection,
+    prefix: queuePrefix(fleet.prefix, NOOP.name),
+  });
   const bareQueue = new Queue("bare-noop", { connection, prefix: `{bare-${process.pid}}` });
   const client = new Client(api.url, fleet.apiKey);
   const runs: { citadel: DrainResult[]; bareC1: DrainResult[]; bareC50: DrainResult[] } = {

@@ -8,7 +8,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { buildIdentityModel } from "@citadel/onnx";
-import { queueName } from "@citadel/queue";
+import { queueName, queuePrefix } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import {
@@ -50,7 +50,7 @@ const body = JSON.stringify({
   })),
 });
 for (let left = jobs; left > 0; left -= 500) await client.bulk(body);
-const queue = new Queue(queueName("noop"), { connection: new Redis(own.url), prefix: "{bench}" });
+const queue = new Queue(queueName("noop"), { connection: new Redis(own.url), prefix: queuePrefix("{bench}", "noop") });
 say(`profile: ${await queue.count()} jobs queued; starting one worker with --cpu-prof (${dir})`);
 const port = await freePort();
 const worker = await startProc(

@@ -5,10 +5,14 @@ import {
   bullConnection,
   type EnqueueItem,
   JobQueues,
+  keys,
+  modelOfJobId,
   queueName,
+  queuePrefix,
   type RedisConn,
   redisClient,
-  releaseQuota,
+  scripts,
+  settleFinalCall,
 } from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
@@ -50,7 +54,7 @@ afterAll(async () => {
 
 /** The tenant's queued-jobs counter, as the API's quota check reads it. */
 async function quota(tenant: string): Promise<number> {
-  return Number((await fleet.redis.get(`${fleet.prefix}:queued-jobs:${tenant}`)) ?? 0);
+  return Number((await fleet.redis.get(keys.tenantQueuedJobs(fleet.prefix, tenant))) ?? 0);
 }
 
 /** Jobs of a model that are really queued or running (each test's model has one tenant). */
@@ -80,6 +84,7 @@ describe("Idempotency-Key replays", () => {
       ]);
     }
     expect((await queueCounts(fleet, "idem-cancel")).total).toBe(0);
+    // The cancel gives the share back before it answers (the outbox relay would, a moment later).
     expect(await quota("idem-c")).toBe(0);
     expect(await acceptedRecords(id)).toBe(1);
     // A bulk replay answers the same way, item by item.
@@ -151,7 +156,10 @@ describe("Idempotency-Key replays", () => {
     expect([again.status, again.json]).toEqual([202, { id, status: "completed", model: "idem-done", version: "1" }]);
     expect((await queueCounts(fleet, "idem-done")).total).toBe(1);
     // The result expires (simulated: the job is removed from BullMQ as its retention would).
-    const q = new Queue(queueName("idem-done"), { connection: fleet.redis, prefix: fleet.prefix });
+    const q = new Queue(queueName("idem-done"), {
+      connection: fleet.redis,
+      prefix: queuePrefix(fleet.prefix, "idem-done"),
+    });
     try {
       await q.remove(id);
     } finally {
@@ -195,17 +203,26 @@ describe("a job's share of the quota", () => {
     }
     expect(await quota("idem-once")).toBe(3);
     const [first, second] = ids as [string, string];
-    // The API cancels the first job (it releases its share) ...
+    /** What a worker's settlement leaves in the job's queue's outbox (with the cancel's outcome: the hash is gone). */
+    const settleAgain = async (id: string) => {
+      const data = { tenant: "idem-once" } as JobData;
+      const call = settleFinalCall(fleet.prefix, modelOfJobId(id), id, data, { status: "cancelled", finishedAt: 1 });
+      expect(await scripts(fleet.redis).settleFinal(call.keys, call.args)).toBe(1);
+    };
+    const outboxEmpty = async () => (await fleet.redis.xlen(keys.outbox(fleet.prefix, "idem-quota"))) === 0;
+    // The API cancels the first job (its outbox entry releases its share) ...
     expect((await fleet.request("DELETE", `/v1/jobs/${first}`, undefined, bearer(key))).json.status).toBe("cancelled");
+    await pollUntil("the cancel relayed", async () => (await quota("idem-once")) === 2 && (await outboxEmpty()));
+    // ... and a worker that had also settled it adds a second entry: relayed, nothing moves.
+    await settleAgain(first);
+    await pollUntil("the repeat relayed", outboxEmpty);
     expect(await quota("idem-once")).toBe(2);
-    // ... and a worker that had also settled it releases again: nothing moves.
-    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", first)).toBe(false);
-    expect(await quota("idem-once")).toBe(2);
-    // A worker settling the second job releases it once, however often it is asked.
-    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(true);
-    expect(await releaseQuota(fleet.redis, fleet.prefix, "idem-once", second)).toBe(false);
+    // The second job's share goes back once, however often its outcome is relayed.
+    await settleAgain(second);
+    await settleAgain(second);
+    await pollUntil("the second job relayed", outboxEmpty);
     expect(await quota("idem-once")).toBe(1);
-    expect(Number(await fleet.redis.get(`${fleet.prefix}:queued-bytes:idem-once`))).toBe(16);
+    expect(Number(await fleet.redis.get(keys.tenantQueuedBytes(fleet.prefix, "idem-once")))).toBe(16);
   });
 });
 

@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { AuditKey, verifyAuditStream } from "@citadel/audit";
 import { buildConvNet } from "@citadel/onnx";
+import { deploymentKeyPattern } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, startTestFleet, type TestFleet } from "../support/fleet.js";
 
@@ -69,7 +70,7 @@ describe("audit keys per role", () => {
     for (const f of forms) expect(logs.includes(f)).toBe(false);
     let cursor = "0";
     do {
-      const [next, keys] = await fleet.redis.scan(cursor, "MATCH", `${fleet.prefix}:*`, "COUNT", 1000);
+      const [next, keys] = await fleet.redis.scan(cursor, "MATCH", deploymentKeyPattern(fleet.prefix), "COUNT", 1000);
       cursor = next;
       for (const k of keys) {
         const value = await stringsIn(k);

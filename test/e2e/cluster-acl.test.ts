@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { bullConnection, queueName, type RedisConn, redisClient } from "@citadel/queue";
+import { bullConnection, keys, queueName, queuePrefix, type RedisConn, redisClient } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { Cluster } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -70,12 +70,12 @@ afterAll(async () => {
 describe.skipIf(missing !== null)("the deployment's ACL users on a Redis Cluster", () => {
   it("the API and worker roles run BullMQ on the cluster within their rights", async () => {
     const api = as("api", "bull");
-    const queue = new Queue(queueName("acl"), { connection: api, prefix: PREFIX });
+    const queue = new Queue(queueName("acl"), { connection: api, prefix: queuePrefix(PREFIX, "acl") });
     await queue.add("infer", { x: 1 }, { jobId: "acl.1" });
     expect(await queue.getWaitingCount()).toBe(1);
     await queue.close();
     const worker = as("worker");
-    expect(await worker.llen(`${PREFIX}:infer-acl:wait`)).toBe(1);
+    expect(await worker.llen(keys.bull(PREFIX, "acl", "wait"))).toBe(1);
     await expect(worker.get(`${PREFIX}:tenants:keys`)).rejects.toThrow(/NOPERM/);
     expect(api).toBeInstanceOf(Cluster);
   });
@@ -90,8 +90,8 @@ describe.skipIf(missing !== null)("the deployment's ACL users on a Redis Cluster
     const keda = as("keda", "keda");
     const slots = (await keda.cluster("SLOTS")) as unknown[];
     expect(slots.length).toBeGreaterThanOrEqual(3);
-    expect(await keda.llen(`${PREFIX}:infer-acl:wait`)).toBe(1);
-    await expect(keda.lrange(`${PREFIX}:infer-acl:wait`, 0, -1)).rejects.toThrow(/NOPERM/);
+    expect(await keda.llen(keys.bull(PREFIX, "acl", "wait"))).toBe(1);
+    await expect(keda.lrange(keys.bull(PREFIX, "acl", "wait"), 0, -1)).rejects.toThrow(/NOPERM/);
     await expect(keda.cluster("INFO")).rejects.toThrow(/NOPERM/);
   });
 });

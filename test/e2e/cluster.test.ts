@@ -5,18 +5,19 @@ import path from "node:path";
 import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildConvNet, buildMultiInputModel } from "@citadel/onnx";
-import { closeRedis, queueName, redisClient } from "@citadel/queue";
+import { closeRedis, keys, queueName, redisClient } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
-import { Cluster } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pollUntil } from "../support/api-kit.js";
 import { b64, decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 import { clusterRoles, ensureRedisBinaries, type LocalCluster, startRedisCluster } from "../support/redis-cluster.js";
 
-// Issue 14 point 3: the fleet on a real Redis Cluster (3 masters, 3 replicas) with
-// today's key layout (every key under the one hash tag of CITADEL_PREFIX). Results
-// must equal direct onnxruntime runs, as on a single Redis (test/e2e/fleet.test.ts).
+// Issue 14 points 1 and 3: the fleet on a real Redis Cluster (3 masters, 3 replicas),
+// each model's queue and each tenant in a slot of its own (docs/architecture.md, "Key
+// families"). Results must equal direct onnxruntime runs, as on a single Redis
+// (test/e2e/fleet.test.ts), and queues of different models live on different masters.
 
 const missing = ensureRedisBinaries();
 if (missing) process.stderr.write(`cluster.test: SKIPPED: ${missing}\n`);
@@ -55,6 +56,16 @@ afterAll(async () => {
   for (const s of Object.values(sessions)) await s.release();
 });
 
+/** Which master ("127.0.0.1:port") serves a slot, from the cluster's slot map. */
+async function masterOfSlot(c: Cluster): Promise<(slot: number) => string> {
+  const ranges = await c.cluster("SLOTS");
+  return (slot) => {
+    const master = ranges.find(([from, to]) => slot >= from && slot <= to)?.[2];
+    if (!master) throw new Error(`no master serves slot ${slot}`);
+    return `127.0.0.1:${master[1]}`;
+  };
+}
+
 function randomInput(n: number, seed: number): Float32Array {
   let s = seed;
   return Float32Array.from({ length: n }, () => {
@@ -91,7 +102,7 @@ const jsonJob = (model: string, shape: number[], x: Float32Array) => ({
 });
 
 describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and 3 replicas", () => {
-  it("runs on a cluster: the processes' clients are Cluster clients and every key shares one slot", async () => {
+  it("runs on a cluster: the processes' clients are Cluster clients", async () => {
     expect(fleet.redis).toBeInstanceOf(Cluster);
     expect(fleet.ctx.redis).toBeInstanceOf(Cluster);
     expect(clusterRoles(String(await (fleet.redis as Cluster).cluster("NODES")))).toEqual({
@@ -211,6 +222,52 @@ describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and
       });
       expect(l.status).toBe("completed");
       expect([...decodeF32(l.result.outputs.y.data)]).toEqual([...((out.y as ort.Tensor).data as Float32Array)]);
+    }
+  });
+
+  it("spreads queues over the masters: each model's queue, jobs, inputs and outbox on its own slot, on its slot's master", async () => {
+    const admin = fleet.redis as Cluster;
+    const masters = await masterOfSlot(admin);
+    const slotOf = async (key: string) => Number(await admin.cluster("KEYSLOT", key));
+    // Models named until every master serves one of their queues (hashing decides where: no luck needed).
+    const chosen = new Map<string, string>();
+    for (let i = 0; chosen.size < 3 && i < 200; i++) {
+      const model = `spread-${i}`;
+      const owner = masters(await slotOf(keys.bull(fleet.prefix, model, "wait")));
+      if (![...chosen.values()].includes(owner)) chosen.set(model, owner);
+    }
+    expect(new Set(chosen.values()).size).toBe(3);
+    const ids = new Map<string, string>();
+    for (const model of chosen.keys()) {
+      await fleet.publish(buildConvNet({ seed: 5 }), { name: model, version: "1", spec: {} });
+      const r = await fleet.request("POST", "/v1/jobs", jsonJob(model, [1, 3, 32, 32], randomInput(3072, 9)));
+      expect(r.status, JSON.stringify(r.json)).toBe(202);
+      ids.set(model, r.json.id);
+    }
+    const tenantSlot = await slotOf(keys.tenantQueuedJobs(fleet.prefix, "acme"));
+    for (const [model, owner] of chosen) {
+      const id = ids.get(model) as string;
+      // Everything a job's settlement writes shares its queue's slot (one script may touch them together).
+      const slot = await slotOf(keys.bull(fleet.prefix, model, "wait"));
+      for (const key of [
+        keys.job(fleet.prefix, model, id),
+        keys.inputs(fleet.prefix, model, id),
+        keys.outbox(fleet.prefix, model),
+        keys.cancelled(fleet.prefix, id),
+      ]) {
+        expect(await slotOf(key), key).toBe(slot);
+      }
+      expect(slot).not.toBe(tenantSlot);
+      // Read on that master alone (a plain client, no redirects): the job waits there.
+      const node = new Redis(Number(owner.split(":")[1]), "127.0.0.1", { lazyConnect: true });
+      try {
+        await node.connect();
+        expect(await node.lrange(keys.bull(fleet.prefix, model, "wait"), 0, -1)).toEqual([id]);
+        expect(await node.exists(keys.inputs(fleet.prefix, model, id))).toBe(1);
+      } finally {
+        node.disconnect();
+      }
+      expect((await fleet.request("DELETE", `/v1/jobs/${id}`)).json.status).toBe("cancelled");
     }
   });
 

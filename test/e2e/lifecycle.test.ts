@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { freePort, startProcess } from "@citadel/cli/fleet";
 import { buildConvNet, buildSlowModel } from "@citadel/onnx";
-import { queueName } from "@citadel/queue";
+import { keys } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, startTestFleet, type TestFleet } from "../support/fleet.js";
 
@@ -143,7 +143,7 @@ describe("graceful shutdown", () => {
     // jobs' results name it), not handed to the next one.
     const finishers = await Promise.all(
       ids.map(async (id) => {
-        const raw = await fleet.redis.hget(`${fleet.prefix}:${queueName("slowish")}:${id}`, "returnvalue");
+        const raw = await fleet.redis.hget(keys.job(fleet.prefix, "slowish", id), "returnvalue");
         return (JSON.parse(raw ?? "{}") as { workerId?: string }).workerId;
       }),
     );

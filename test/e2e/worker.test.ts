@@ -10,7 +10,7 @@ import {
   buildScalarInputModel,
   buildSlowModel,
 } from "@citadel/onnx";
-import { JOB_NAME, JobQueues, keys, parseFailure, queueName } from "@citadel/queue";
+import { JOB_NAME, JobQueues, keys, parseFailure, queueName, queuePrefix } from "@citadel/queue";
 import { type Job, Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
@@ -267,7 +267,7 @@ describe("timeouts, cancellation and failures", () => {
     const view = await waitFor(id);
     expect(view.error.code).toBe("TIMEOUT");
     // BullMQ's own count of attempts (the job allowed 3): the worker did not retry it.
-    const q = new Queue(queueName("slow"), { connection: fleet.redis, prefix: fleet.prefix });
+    const q = new Queue(queueName("slow"), { connection: fleet.redis, prefix: queuePrefix(fleet.prefix, "slow") });
     const job = await q.getJob(id);
     await q.close();
     expect([job?.attemptsMade, job?.opts.attempts]).toEqual([1, 3]);

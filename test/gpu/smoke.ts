@@ -29,6 +29,7 @@ import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models"
 import { parseEnv } from "@citadel/config";
 import { initKeyring } from "@citadel/keys";
 import { buildConvNet } from "@citadel/onnx";
+import { deploymentKeyPattern } from "@citadel/queue";
 import { loadableProviders, type ProviderName } from "@citadel/runtime";
 import { TenantStore } from "@citadel/tenants";
 import { startWorker, WorkerEnv } from "@citadel/worker";
@@ -263,9 +264,10 @@ try {
   // The smoke test's own keys only.
   let cursor = "0";
   do {
-    const [next, keys] = await ctx.redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
+    const [next, keys] = await ctx.redis.scan(cursor, "MATCH", deploymentKeyPattern(prefix), "COUNT", 1000);
     cursor = next;
-    if (keys.length) await ctx.redis.del(...keys);
+    // One key per command: the deployment's keys span slots (a family each).
+    for (const k of keys) await ctx.redis.unlink(k);
   } while (cursor !== "0");
   await ctx.close();
   await cpu.release();

@@ -82,7 +82,7 @@ describe("pnpm build", () => {
   it("copies every runtime asset (the queue's Lua scripts and includes) into dist, byte for byte", () => {
     const src = path.join(repoRoot, "packages/queue/src");
     const lua = filesUnder(src).filter((f) => f.endsWith(".lua"));
-    expect(lua).toContain(path.join("scripts", "includes", "releaseQuota.lua"));
+    expect(lua).toContain(path.join("scripts", "includes", "batchNotify.lua"));
     for (const f of lua) {
       const built = path.join(repoRoot, "packages/queue/dist", f);
       expect(existsSync(built), f).toBe(true);

@@ -3,6 +3,7 @@ import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from "node:
 import net from "node:net";
 import path from "node:path";
 import { freePort } from "@citadel/cli/fleet";
+import { keys } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   canRead,
@@ -483,7 +484,7 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
         await c.connect();
         expect(String(await c.call("CLIENT", "INFO")), svc).toContain(` user=${svc} `);
         // A key every application role may write (test/infra/redis-acl.test.ts covers each role's rights).
-        expect(await c.set(`{citadel}:cancelled:${svc}`, "1"), svc).toBe("OK");
+        expect(await c.set(keys.cancelled("{citadel}", `m.${svc}-compose-acl-0000`), "1"), svc).toBe("OK");
         await expect(c.flushall(), svc).rejects.toThrow(/NOPERM/);
       }
       // No password: the default user is off. Another role's user with this role's

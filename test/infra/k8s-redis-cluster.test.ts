@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CommonEnv, parseEnv } from "@citadel/config";
-import { redisEndpoint } from "@citadel/queue";
+import { keys, redisEndpoint } from "@citadel/queue";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   arr,
@@ -86,7 +86,7 @@ describe.skipIf(!RENDERER)("k8s Redis Cluster variant (components/redis-cluster 
       const t = arr(at(s, "spec", "triggers"))[0];
       expect(at(t, "type")).toBe("redis-cluster");
       expect(at(t, "metadata", "addresses")).toBe(nodes);
-      expect(at(t, "metadata", "listName")).toBe(`{citadel}:infer-${model}:wait`);
+      expect(at(t, "metadata", "listName")).toBe(keys.bull("{citadel}", model, "wait"));
       expect(Number(at(t, "metadata", "listLength"))).toBeGreaterThan(0);
       expect(at(t, "metadata", "username")).toBe("keda");
       // The single-Redis scaler's fields are gone (the cluster scaler rejects databaseIndex).

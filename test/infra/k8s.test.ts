@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { keys } from "@citadel/queue";
 import { describe, expect, it } from "vitest";
 import { roleIds } from "./compose-secrets.js";
 import {
@@ -147,7 +148,7 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
       expect(Number(at(so, "spec", "maxReplicaCount"))).toBeGreaterThan(0);
       const redis = arr(at(so, "spec", "triggers")).find((t) => at(t, "type") === "redis");
       expect(redis, `${name(so)} redis trigger`).toBeDefined();
-      expect(at(redis, "metadata", "listName")).toBe(`${prefix}:infer-${model}:wait`);
+      expect(at(redis, "metadata", "listName")).toBe(keys.bull(prefix, String(model), "wait"));
       expect(Number(at(redis, "metadata", "listLength"))).toBeGreaterThan(0);
       expect(str(at(redis, "metadata", "address"))).toMatch(/^citadel-redis\.citadel\.svc(\.cluster\.local)?:6379$/);
       const authName = at(redis, "authenticationRef", "name");
@@ -157,7 +158,7 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
     }
     for (const model of MODELS) {
       const hits = scaled.filter((s) =>
-        arr(at(s, "spec", "triggers")).some((t) => at(t, "metadata", "listName") === `{citadel}:infer-${model}:wait`),
+        arr(at(s, "spec", "triggers")).some((t) => at(t, "metadata", "listName") === keys.bull(prefix, model, "wait")),
       );
       expect(hits.length, `ScaledObjects reading infer-${model}`).toBe(1);
     }

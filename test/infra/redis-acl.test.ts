@@ -1,5 +1,6 @@
 import { rmSync } from "node:fs";
-import { keys, scripts } from "@citadel/queue";
+import type { JobData } from "@citadel/contracts";
+import { keys, OutboxRelay, queueName, queuePrefix, scripts, settleFinalCall } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
 import { Queue, Worker } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
@@ -106,7 +107,7 @@ describe.each([
 
   it("lets each role do its work and refuses it everything else", async () => {
     const model = `acl-${Date.now()}`;
-    const wait = `${PREFIX}:infer-${model}:wait`;
+    const wait = keys.bull(PREFIX, model, "wait");
     // publisher / CLI: tenants and the registry.
     const pub = as("publisher");
     const tenants = new TenantStore(pub, PREFIX);
@@ -125,7 +126,7 @@ describe.each([
     );
     await expect(api.hset(`${PREFIX}:tenants:keys`, "h", "acme"), "API writes tenants").rejects.toThrow(NOPERM);
     expect(await api.incr(`${PREFIX}:rl:ip:127.0.0.1`)).toBe(1);
-    const queue = new Queue(`infer-${model}`, { connection: api, prefix: PREFIX });
+    const queue = new Queue(queueName(model), { connection: api, prefix: queuePrefix(PREFIX, model) });
     const job = await queue.add("infer", { n: 21 });
 
     // KEDA: the length of the wait list, through its own script, and nothing more.
@@ -137,7 +138,7 @@ describe.each([
       await expect(keda.lrange(wait, 0, -1), "KEDA reads a list's items").rejects.toThrow(NOPERM);
       await expect(keda.rpush(wait, "x"), "KEDA writes").rejects.toThrow(NOPERM);
       await expect(keda.llen(`${PREFIX}:tenants:keys`), "KEDA outside the wait lists").rejects.toThrow(NOPERM);
-      await expect(keda.hgetall(`${PREFIX}:infer-${model}:${job.id}`), "KEDA reads a job").rejects.toThrow(NOPERM);
+      await expect(keda.hgetall(keys.job(PREFIX, model, String(job.id))), "KEDA reads a job").rejects.toThrow(NOPERM);
       // Inside a script Redis 7 words the refusal differently.
       await expect(
         keda.eval("return redis.call('lrange', KEYS[1], 0, -1)", 1, wait),
@@ -148,9 +149,9 @@ describe.each([
     // Worker: processes the job with BullMQ, reads the registry, never touches tenants.
     const wconn = as("worker", { maxRetriesPerRequest: null });
     const done = new Promise<unknown>((resolve, reject) => {
-      const w = new Worker(`infer-${model}`, async (j) => ({ doubled: (j.data as { n: number }).n * 2 }), {
+      const w = new Worker(queueName(model), async (j) => ({ doubled: (j.data as { n: number }).n * 2 }), {
         connection: wconn,
-        prefix: PREFIX,
+        prefix: queuePrefix(PREFIX, model),
       });
       w.on("completed", (j, result) => {
         if (j.id === job.id) void w.close().then(() => resolve(result));
@@ -168,8 +169,10 @@ describe.each([
     await expect(worker.hset(`${PREFIX}:tenants:defs`, "acme", "{}"), "worker writes tenants").rejects.toThrow(NOPERM);
     await expect(worker.hget(`${PREFIX}:tenants:keys`, "h"), "worker reads API key hashes").rejects.toThrow(NOPERM);
 
-    // Batches: the API keeps a batch's keys; a worker records its jobs' outcomes there (batchRecord-4.lua)
-    // and, once the batch is over, its completion notification.
+    // A job's settlement: the worker drops its inputs and leaves an outbox entry in the
+    // queue's slot (settleFinal-3.lua), and may read or write nothing of its tenant's, its
+    // batch's or the notifications; the API's outbox relay applies the entry.
+    const jobId = String(job.id);
     const batchId = "batch_acl0000000000000000";
     const batch = keys.batch(PREFIX, "acme", batchId);
     const notifications = keys.notifications(PREFIX);
@@ -178,20 +181,40 @@ describe.each([
       .hset(batch, { created: Date.now(), sealed: 1, accepted: 1, notify: "tenant" })
       .pexpire(batch, 60_000)
       .exec();
-    const recorded = await scripts(worker).batchRecord(
-      [`${PREFIX}:infer-${model}:${job.id}`, batch, keys.batchResults(PREFIX, "acme", batchId), notifications],
-      { line: 1, jobId: String(job.id), tenant: "acme", batchId, maxLen: 1000 },
+    await api
+      .multi()
+      .set(keys.quotaHeld(PREFIX, "acme", jobId), "4")
+      .set(keys.tenantQueuedJobs(PREFIX, "acme"), "1")
+      .set(keys.tenantQueuedBytes(PREFIX, "acme"), "4")
+      .exec();
+    const data = { tenant: "acme", batchRef: { id: batchId, line: 1 }, notify: {} } as JobData;
+    const call = settleFinalCall(PREFIX, model, jobId, data);
+    expect(await scripts(worker).settleFinal(call.keys, call.args)).toBe(1);
+    await expect(worker.get(keys.tenantQueuedJobs(PREFIX, "acme")), "worker reads a tenant's quota").rejects.toThrow(
+      NOPERM,
     );
-    expect(recorded).toBe(1);
+    await expect(worker.hget(batch, "accepted"), "worker reads a batch").rejects.toThrow(NOPERM);
+    await expect(worker.xadd(notifications, "*", "k", "job"), "worker writes notifications").rejects.toThrow(NOPERM);
+    const relayWarnings: string[] = [];
+    const relay = new OutboxRelay(
+      api,
+      { prefix: PREFIX, consumer: "api-1", claimIdleMs: 10_000, idleMaxMs: 5 },
+      { warn: (obj, msg) => relayWarnings.push(`${msg} ${JSON.stringify(obj)}`) },
+    );
+    relay.setModels([model]);
+    relay.start();
+    for (let i = 0; i < 400 && (await api.xlen(keys.outbox(PREFIX, model))) > 0; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    await relay.close();
+    expect(relayWarnings).toEqual([]);
+    expect(await api.xlen(keys.outbox(PREFIX, model))).toBe(0);
+    expect(await api.mget(keys.tenantQueuedJobs(PREFIX, "acme"), keys.tenantQueuedBytes(PREFIX, "acme"))).toEqual([
+      "0",
+      "0",
+    ]);
     expect(await api.hget(keys.batchResults(PREFIX, "acme", batchId), "1")).toContain('"s":"completed"');
-    // Notifications: a worker appends a job's; the API reads them and queues their deliveries.
-    expect(
-      await scripts(worker).notifyFinal([`${PREFIX}:infer-${model}:${job.id}`, notifications], {
-        jobId: String(job.id),
-        tenant: "acme",
-        maxLen: 1000,
-      }),
-    ).toBe(1);
+    // Notifications: the job's and, its last line recorded, the batch's; the API's notifier reads them.
     expect(await api.xlen(notifications)).toBe(2);
     await api.xgroup("CREATE", notifications, "notifier", "0");
     expect(await api.xreadgroup("GROUP", "notifier", "api-1", "COUNT", 10, "STREAMS", notifications, ">")).toHaveLength(

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { buildConvNet, buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { keys, queueName } from "@citadel/queue";
+import { deploymentKeyPattern, keys, qualifiedQueueName, queueName } from "@citadel/queue";
 import type { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import {
@@ -180,7 +180,7 @@ async function waitIdle(
     let pending = 0;
     let done = 0;
     for (const m of models) {
-      const base = `${prefix}:${queueName(m)}`;
+      const base = qualifiedQueueName(prefix, m);
       const [w, a, d, p, c, f] = await Promise.all([
         redis.llen(`${base}:wait`),
         redis.llen(`${base}:active`),
@@ -455,7 +455,7 @@ async function startFleet(
 async function dropPrefix(redis: Redis, prefix: string): Promise<void> {
   let cursor = "0";
   do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
+    const [next, keys] = await redis.scan(cursor, "MATCH", deploymentKeyPattern(prefix), "COUNT", 1000);
     cursor = next;
     if (keys.length) await redis.unlink(...keys);
   } while (cursor !== "0");
@@ -522,7 +522,7 @@ export async function workerKills(env: ScenarioEnv): Promise<Row> {
       await Promise.all(pending);
     })();
     // Faults: SIGKILL a worker while it holds jobs, then start a replacement.
-    const base = `${fleet.setup.prefix}:${queueName("heavy")}`;
+    const base = qualifiedQueueName(fleet.setup.prefix, "heavy");
     for (let k = 0; k < kills; k++) {
       const victim = fleet.workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)[k % 2];
       if (!victim) break;
@@ -975,7 +975,7 @@ export async function apiRestart(env: ScenarioEnv): Promise<Row> {
         );
         const ids = claims.flatMap((id) => (id ? [id] : []));
         claimed = ids.length;
-        const q = `${fleet.setup.prefix}:${queueName("tiny")}`;
+        const q = qualifiedQueueName(fleet.setup.prefix, "tiny");
         stored = ids.length ? await admin.exists(...ids.map((id) => `${q}:${id}`)) : 0;
         say(`  api: SIGKILL while request ${r} is in flight (${claimed}/${per} keys claimed, ${stored} jobs stored)`);
         fleet.api.child.kill("SIGKILL");
@@ -1058,7 +1058,7 @@ export async function soak(
   const ledger = new Ledger();
   const per = 200;
   const samples: SoakSample[] = [];
-  const base = `${fleet.setup.prefix}:${queueName("tiny")}`;
+  const base = qualifiedQueueName(fleet.setup.prefix, "tiny");
   const redis = fleet.setup.redis;
   let completedCount = 0;
   try {

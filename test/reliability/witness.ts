@@ -14,7 +14,7 @@
  * commands executed in the instant before a SIGKILL whose MONITOR lines were not yet
  * sent, is read back from the restarted Redis's state (see `reconcile`).
  */
-import { queueName } from "@citadel/queue";
+import { qualifiedQueueName } from "@citadel/queue";
 import { Redis } from "ioredis";
 import type { OwnRedis } from "../bench/harness.js";
 
@@ -172,7 +172,7 @@ export class WitnessScope {
     private readonly logicalOf: LogicalOf | undefined,
     readonly close: () => void,
   ) {
-    this.queuePrefixes = models.map((m) => `${prefix}:${queueName(m)}:`);
+    this.queuePrefixes = models.map((m) => `${qualifiedQueueName(prefix, m)}:`);
   }
 
   private queueOf(key: string | undefined): string | undefined {

@@ -4,7 +4,7 @@ import type { AuditRecord } from "@citadel/audit";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
 import { ErrorCode, type JobData, type TensorPayload } from "@citadel/contracts";
-import { type JobQueues, queueName } from "@citadel/queue";
+import { type JobQueues, keys, queueName, queuePrefix, type RedisConn } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { b64, LogCapture, type Loose, type TestFleet } from "./fleet.js";
 
@@ -71,7 +71,7 @@ export type QueueCounts = Record<"waiting" | "prioritized" | "delayed" | "active
 
 /** Counts of a model's BullMQ queue in every state, read straight from Redis. */
 export async function queueCounts(fleet: TestFleet, model: string): Promise<QueueCounts & { total: number }> {
-  const q = new Queue(queueName(model), { connection: fleet.redis, prefix: fleet.prefix });
+  const q = new Queue(queueName(model), { connection: fleet.redis, prefix: queuePrefix(fleet.prefix, model) });
   try {
     const c = await q.getJobCounts("waiting", "prioritized", "delayed", "active", "completed", "failed");
     const counts: QueueCounts = {
@@ -263,4 +263,26 @@ export function inlineRefs(doc: unknown, node: unknown, seen: readonly string[] 
     return inlineRefs(doc, target, [...seen, ref]);
   }
   return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, inlineRefs(doc, v, seen)]));
+}
+
+/**
+ * A tenant's quota counters (queued jobs, queued bytes) once the outbox relay has given
+ * back what its settled jobs held: read until both are "0" (the relay works a few
+ * milliseconds behind a job's final state) or 10 s pass, then as they are.
+ */
+export async function quotaOnceRelayed(
+  redis: RedisConn,
+  prefix: string,
+  tenant: string,
+): Promise<[string | null, string | null]> {
+  const read = async (): Promise<[string | null, string | null]> => [
+    await redis.get(keys.tenantQueuedJobs(prefix, tenant)),
+    await redis.get(keys.tenantQueuedBytes(prefix, tenant)),
+  ];
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const got = await read();
+    if ((got[0] === "0" && got[1] === "0") || Date.now() > deadline) return got;
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

@@ -9,7 +9,14 @@ import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { CommonEnv, parseEnv } from "@citadel/config";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
-import { closeRedis, isClusterTarget, type RedisConn, redisClient, scanKeys } from "@citadel/queue";
+import {
+  closeRedis,
+  deploymentKeyPattern,
+  isClusterTarget,
+  type RedisConn,
+  redisClient,
+  scanKeys,
+} from "@citadel/queue";
 import { type TenantInput, TenantStore } from "@citadel/tenants";
 import { startWorker, WorkerEnv, type WorkerHandle } from "@citadel/worker";
 import { Redis } from "ioredis";
@@ -68,9 +75,9 @@ export function redisUrl(): string {
 
 /** Deletes every key under a prefix (a test's own namespace on the shared Redis). */
 export async function deletePrefix(redis: RedisConn, prefix: string): Promise<void> {
-  const keys = await scanKeys(redis, `${prefix}:*`);
-  // The prefix is a hash tag: every chunk lies in one slot, as a cluster's DEL needs.
-  for (let i = 0; i < keys.length; i += 1000) await redis.del(...keys.slice(i, i + 1000));
+  const keys = await scanKeys(redis, deploymentKeyPattern(prefix));
+  // One key per command: a deployment's keys span slots (a family each), and a cluster's DEL takes one slot.
+  for (let i = 0; i < keys.length; i += 1000) await Promise.all(keys.slice(i, i + 1000).map((k) => redis.unlink(k)));
 }
 
 /**

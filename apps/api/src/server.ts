@@ -5,7 +5,15 @@ import { AuditKey, AuditWriter } from "@citadel/audit";
 import { readKeyFile } from "@citadel/config";
 import { coerceError, type TrustedSigner } from "@citadel/contracts";
 import { keyServiceFromEnv, LocalKeyProvider, readTrustedSigners } from "@citadel/keys";
-import { bullConnection, closeRedis, JobQueues, type RedisConn, redisClient } from "@citadel/queue";
+import {
+  bullConnection,
+  closeRedis,
+  JobQueues,
+  OutboxRelay,
+  type RedisConn,
+  redisClient,
+  settledWithin,
+} from "@citadel/queue";
 import { ModelRegistry } from "@citadel/registry";
 import { Batches, BatchStore, DenialAggregator, ModelCatalog, RateLimiter, Submitter } from "@citadel/submit";
 import { createLogger, createRegistry, type DestinationStream } from "@citadel/telemetry";
@@ -105,11 +113,23 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     },
     (model) => catalog.models().includes(model),
   );
+  const consumer = `api:${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  // Quota shares, batch lines and notifications of jobs that ended, from their queues' outboxes.
+  const outbox = new OutboxRelay(
+    redis,
+    { prefix: env.CITADEL_PREFIX, consumer, claimIdleMs: 10_000, idleMaxMs: 100 },
+    log,
+  );
+  outbox.setModels(catalog.models());
+  outbox.start();
   await subscriber.subscribe(registry.channel);
   const refresh = () => {
     void loadTrusted()
       .then(() => catalog.refresh())
-      .then(() => queues.retain(catalog.models()))
+      .then(() => {
+        outbox.setModels(catalog.models());
+        return queues.retain(catalog.models());
+      })
       .catch((err: unknown) => log.error({ err: coerceError(err) }, "registry refresh failed"));
   };
   subscriber.on("message", () => {
@@ -136,7 +156,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     log,
     deliveries: metrics.webhookDeliveries,
     onRedisError,
-    consumer: `api:${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`,
+    consumer,
   });
   const callbacks = webhooks.policy;
   const submitter = new Submitter(
@@ -224,6 +244,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
         await submitter.drain(10_000);
         // Deliveries in flight finish (each bounded by WEBHOOK_TIMEOUT_MS); unread notifications wait in Redis.
         await webhooks.close();
+        await settledWithin(5000, [outbox.close()]);
         await queues.close();
         // The denial window's pending counts become records before the audit writer flushes.
         denials.close();

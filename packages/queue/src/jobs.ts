@@ -1,10 +1,11 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
-import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName } from "./names.js";
+import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName, queuePrefix } from "./names.js";
+import { applyOutcome, type OutboxEntry } from "./outbox.js";
 import { settledWithin } from "./redis.js";
-import { scripts } from "./scripts/index.js";
-import { recordRemoved } from "./settle-calls.js";
+import { scriptOn, scripts, settleFinalArgv } from "./scripts/index.js";
+import { settleFinalCall } from "./settle-calls.js";
 
 export interface QueueSettings {
   prefix: string;
@@ -132,7 +133,7 @@ export class JobQueues {
     if (!q) {
       q = new Queue<JobData, JobResult>(queueName(model), {
         connection: this.connection,
-        prefix: this.settings.prefix,
+        prefix: queuePrefix(this.settings.prefix, model),
       });
       this.queues.set(model, q);
     }
@@ -252,7 +253,8 @@ export class JobQueues {
     const state = await job.getState();
     if (state === "completed" || state === "failed") return { status: toView(job, state).status };
     if (state !== "active" && (await removeUnlessLocked(job))) {
-      // Removed by this call (at most one caller succeeds): tombstone, quota, wake waiters.
+      // Removed by this call (at most one caller succeeds): tombstone, outbox entry, wake waiters.
+      const finishedAt = Date.now();
       const view: JobView & { tenant: string } = {
         id,
         tenant,
@@ -261,16 +263,26 @@ export class JobQueues {
         version: job.data.version,
         ...labelsOf(job.data),
         createdAt: new Date(job.timestamp).toISOString(),
-        finishedAt: new Date().toISOString(),
+        finishedAt: new Date(finishedAt).toISOString(),
       };
-      await this.redis
+      // One transaction in the queue's slot: the tombstone, and the settlement a worker would
+      // have written (inputs dropped; the outbox entry that releases the quota share and
+      // records the batch line and notification).
+      const call = settleFinalCall(this.settings.prefix, job.data.model, id, job.data, {
+        status: "cancelled",
+        finishedAt,
+      });
+      scripts(this.redis);
+      const tx = this.redis
         .multi()
-        .set(keys.cancelled(this.settings.prefix, id), JSON.stringify(view), "PX", this.settings.failedTtlMs)
-        .del(keys.inputs(this.settings.prefix, job.data.model, id))
-        .exec();
-      await releaseQuota(this.redis, this.settings.prefix, job.data.tenant, id);
-      // Its batch line and its notification are recorded here, as the worker records those of the jobs it settles.
-      await recordRemoved(this.redis, this.settings.prefix, id, job.data, Date.now());
+        .set(keys.cancelled(this.settings.prefix, id), JSON.stringify(view), "PX", this.settings.failedTtlMs);
+      scriptOn(tx, "settleFinal", call.keys, settleFinalArgv(call.args));
+      for (const [err] of (await tx.exec()) ?? []) if (err) throw err;
+      // Its share and batch line now too, so the canceller's next read sees them (the relay
+      // applying the same entry later changes nothing); the notification is left to the relay.
+      await applyOutcome(this.redis, this.settings.prefix, cancelledEntry(id, job.data, finishedAt), {
+        notify: false,
+      });
       this.notify(id, null);
       return { status: "cancelled", removed: { model: job.data.model, version: job.data.version } };
     }
@@ -368,7 +380,10 @@ export class JobQueues {
     let e = this.events.get(model);
     if (!e) {
       const conn = this.blockingConnection();
-      const ev = new QueueEvents(queueName(model), { connection: conn, prefix: this.settings.prefix });
+      const ev = new QueueEvents(queueName(model), {
+        connection: conn,
+        prefix: queuePrefix(this.settings.prefix, model),
+      });
       e = { ev, conn, since: Date.now(), ready: ev.waitUntilReady() };
       this.events.set(model, e);
       ev.on("completed", ({ jobId, returnvalue }) =>
@@ -481,6 +496,23 @@ async function removeUnlessLocked(job: Job<JobData, JobResult>): Promise<boolean
   }
 }
 
+/** The outbox entry settleFinal-3.lua writes for a job a cancel removed. */
+function cancelledEntry(id: string, data: JobData, finishedAt: number): OutboxEntry {
+  const record = {
+    j: id,
+    ...(data.customId !== undefined ? { c: data.customId } : {}),
+    f: finishedAt,
+    s: "cancelled",
+  };
+  return {
+    id,
+    tenant: data.tenant,
+    status: "cancelled",
+    finishedAt: String(finishedAt),
+    ...(data.batchRef ? { batch: { ...data.batchRef, record: JSON.stringify(record) } } : {}),
+  };
+}
+
 /** Every job's BullMQ name: who owns a job is in its data, which only the API writes. */
 export const JOB_NAME = "infer";
 
@@ -549,21 +581,4 @@ export function toView(job: Job<JobData, JobResult>, state: string): JobView {
   }
   if (state === "active") return { ...base, status: "active" };
   return { ...base, status: "queued" };
-}
-
-/**
- * Gives a settled job's share back to its tenant's queue quota, at most once per job
- * (quotaRelease-3.lua); true when this call gave it back. EVALSHA after the first call.
- */
-export async function releaseQuota(
-  redis: Redis | Cluster,
-  prefix: string,
-  tenant: string,
-  jobId: string,
-): Promise<boolean> {
-  return scripts(redis).quotaRelease(
-    keys.tenantQueuedJobs(prefix, tenant),
-    keys.tenantQueuedBytes(prefix, tenant),
-    keys.quotaHeld(prefix, tenant, jobId),
-  );
 }

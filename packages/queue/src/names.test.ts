@@ -1,5 +1,6 @@
-import { describe, expect, it } from "vitest";
-import { queuePrefix, tagged, tenantPrefix } from "./names.js";
+import { Redis } from "ioredis";
+import { describe, expect, inject, it } from "vitest";
+import { deploymentKeyPattern, keys, queuePrefix, tagged, tenantPrefix } from "./names.js";
 
 /** Redis Cluster's key hash tag: the text between the first '{' and the next '}', when not empty. */
 function hashTag(key: string): string {
@@ -32,5 +33,39 @@ describe("key families", () => {
 
   it("refuses a family that would end the tag early", () => {
     expect(() => tagged("{citadel}", "q:a}b")).toThrow(/braces/);
+  });
+});
+
+describe("deploymentKeyPattern", () => {
+  it("matches every family's keys of the deployment and no other deployment's (SCAN on a real Redis)", async () => {
+    const redis = new Redis(inject("redisUrl"));
+    try {
+      const mine = `{pat-${process.pid}}`;
+      const other = `{pat-${process.pid}x}`;
+      const ours = [
+        `${mine}:registry:models`,
+        keys.job(mine, "m", "m.abc"),
+        keys.tenantQueuedJobs(mine, "acme"),
+        keys.outbox(mine, "m"),
+      ];
+      const theirs = [`${other}:registry:models`, keys.job(other, "m", "m.abc")];
+      for (const k of [...ours, ...theirs]) await redis.set(k, "1");
+      const found: string[] = [];
+      let cursor = "0";
+      do {
+        const [next, page] = await redis.scan(cursor, "MATCH", deploymentKeyPattern(mine), "COUNT", 1000);
+        cursor = next;
+        found.push(...page);
+      } while (cursor !== "0");
+      expect(found.sort()).toEqual([...ours].sort());
+      await redis.del(...ours, ...theirs);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  it("escapes glob characters and covers a prefix without a tag", () => {
+    expect(deploymentKeyPattern("{a*b}")).toBe("{a\\*b[:}]*");
+    expect(deploymentKeyPattern("citadel")).toBe("citadel:*");
   });
 });

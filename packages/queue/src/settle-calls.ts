@@ -1,78 +1,28 @@
 import type { JobData } from "@citadel/contracts";
-import type { Cluster, Redis } from "ioredis";
-import { keys, NOTIFICATIONS_MAX_LEN } from "./names.js";
-import {
-  type BatchRecordArgs,
-  type BatchRecordKeys,
-  type NotifyFinalArgs,
-  type NotifyFinalKeys,
-  scripts,
-} from "./scripts/index.js";
-
-/** batchRecord-4.lua's keys and arguments for a batch job (its data carries the batch and line). */
-export function batchRecordCall(
-  prefix: string,
-  jobId: string,
-  data: JobData & { batchRef: NonNullable<JobData["batchRef"]> },
-  fallback?: BatchRecordArgs["fallback"],
-): { keys: BatchRecordKeys; args: BatchRecordArgs } {
-  const { id, line } = data.batchRef;
-  return {
-    keys: [
-      keys.job(prefix, data.model, jobId),
-      keys.batch(prefix, data.tenant, id),
-      keys.batchResults(prefix, data.tenant, id),
-      keys.notifications(prefix),
-    ],
-    args: {
-      line,
-      jobId,
-      customId: data.customId,
-      tenant: data.tenant,
-      batchId: id,
-      maxLen: NOTIFICATIONS_MAX_LEN,
-      ...(fallback ? { fallback } : {}),
-    },
-  };
-}
-
-/** notifyFinal-2.lua's keys and arguments for a job whose outcome is notified (its data has `notify`). */
-export function notifyFinalCall(
-  prefix: string,
-  jobId: string,
-  data: JobData & { notify: NonNullable<JobData["notify"]> },
-  fallback?: NotifyFinalArgs["fallback"],
-): { keys: NotifyFinalKeys; args: NotifyFinalArgs } {
-  return {
-    keys: [keys.job(prefix, data.model, jobId), keys.notifications(prefix)],
-    args: {
-      jobId,
-      tenant: data.tenant,
-      url: data.notify.url,
-      maxLen: NOTIFICATIONS_MAX_LEN,
-      ...(fallback ? { fallback } : {}),
-    },
-  };
-}
+import { keys, OUTBOX_MAX_LEN } from "./names.js";
+import type { SettleFinalArgs, SettleFinalKeys } from "./scripts/index.js";
 
 /**
- * The bookkeeping of a job a cancel removed from the queue (the worker does the same
- * for the jobs it settles): its batch line recorded, its notification added.
+ * settleFinal-3.lua's keys and arguments for a job of `model`: what its outbox entry
+ * must carry comes from its data (none when that could not be read: an invalid
+ * payload has no tenant to credit, no batch, no callback).
  */
-export async function recordRemoved(
-  redis: Redis | Cluster,
+export function settleFinalCall(
   prefix: string,
+  model: string,
   jobId: string,
-  data: JobData,
-  finishedAt: number,
-): Promise<void> {
-  const fallback = { status: "cancelled" as const, finishedAt };
-  if (data.batchRef) {
-    const call = batchRecordCall(prefix, jobId, { ...data, batchRef: data.batchRef }, fallback);
-    await scripts(redis).batchRecord(call.keys, call.args);
-  }
-  if (data.notify) {
-    const call = notifyFinalCall(prefix, jobId, { ...data, notify: data.notify }, fallback);
-    await scripts(redis).notifyFinal(call.keys, call.args);
-  }
+  data: JobData | null,
+  fallback?: SettleFinalArgs["fallback"],
+): { keys: SettleFinalKeys; args: SettleFinalArgs } {
+  return {
+    keys: [keys.job(prefix, model, jobId), keys.inputs(prefix, model, jobId), keys.outbox(prefix, model)],
+    args: {
+      jobId,
+      tenant: data?.tenant,
+      batch: data?.batchRef ? { ...data.batchRef, customId: data.customId } : undefined,
+      notify: data?.notify ? { url: data.notify.url } : undefined,
+      fallback,
+      maxLen: OUTBOX_MAX_LEN,
+    },
+  };
 }

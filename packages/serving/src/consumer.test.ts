@@ -2,7 +2,15 @@ import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import type { AuditEvent, AuditFields } from "@citadel/audit";
 import type { JobData, ManifestBody } from "@citadel/contracts";
-import { bullConnection, keys, queueName, type RedisConn, redisClient } from "@citadel/queue";
+import {
+  bullConnection,
+  keys,
+  parseOutboxEntry,
+  queueName,
+  queuePrefix,
+  type RedisConn,
+  redisClient,
+} from "@citadel/queue";
 import type { RunResult } from "@citadel/runtime";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
@@ -77,7 +85,7 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       circuit: { failureThreshold: 5, cooldownMs: 1000 },
       maxInFlight: 2,
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
     const data: JobData = {
       tenant: "t",
       model: "m",
@@ -95,13 +103,6 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       Buffer.from(Float32Array.of(1, 2).buffer),
     );
     await queue.add("infer", data, { jobId: "m.consumer-test-job-0001" });
-    // The API's quota reservation for the job (the ordinary client is dead: use BullMQ's).
-    await connection
-      .multi()
-      .set(keys.quotaHeld(prefix, "t", "m.consumer-test-job-0001"), "8")
-      .set(keys.tenantQueuedJobs(prefix, "t"), "1")
-      .set(keys.tenantQueuedBytes(prefix, "t"), "8")
-      .exec();
     consumer.start();
     try {
       let state = "";
@@ -116,9 +117,9 @@ describe("the consumer when Redis commands fail mid-batch", () => {
         await new Promise((r) => setTimeout(r, 20));
       expect(audit.map(([e]) => e)).toContain("job.completed");
       // Its bookkeeping travels with its settle, on BullMQ's connection: done once, not lost.
-      expect(await connection.mget(keys.tenantQueuedJobs(prefix, "t"), keys.tenantQueuedBytes(prefix, "t"))).toEqual([
-        "0",
-        "0",
+      const entries = await connection.xrange(keys.outbox(prefix, "m"), "-", "+");
+      expect(entries.map(([, f]) => parseOutboxEntry(f))).toEqual([
+        expect.objectContaining({ id: "m.consumer-test-job-0001", tenant: "t", status: "completed" }),
       ]);
       expect(await connection.exists(keys.inputs(prefix, "m", "m.consumer-test-job-0001"))).toBe(0);
     } finally {

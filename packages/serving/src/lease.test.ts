@@ -2,7 +2,16 @@ import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { Writable } from "node:stream";
 import { CitadelError, type JobData, type JobResult } from "@citadel/contracts";
-import { bullConnection, JOB_NAME, keys, queueName, type Redis, redisClient } from "@citadel/queue";
+import {
+  bullConnection,
+  JOB_NAME,
+  keys,
+  parseOutboxEntry,
+  queueName,
+  queuePrefix,
+  type Redis,
+  redisClient,
+} from "@citadel/queue";
 import { createLogger } from "@citadel/telemetry";
 import { Queue } from "bullmq";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -64,7 +73,7 @@ async function setup(opts: { attempts?: number } = {}) {
     log,
     blockSeconds: 5,
   });
-  const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+  const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
   cleanups.push(async () => {
     await lease.close();
     await queue.obliterate({ force: true });
@@ -102,22 +111,25 @@ async function setup(opts: { attempts?: number } = {}) {
     await m.exec();
     return ids;
   };
-  const quota = async (tenant = "t") => {
-    const [jobs, bytes] = await redis.mget(
-      keys.tenantQueuedJobs(prefix, tenant),
-      keys.tenantQueuedBytes(prefix, tenant),
-    );
-    return { jobs: Number(jobs), bytes: Number(bytes) };
+  /** The outbox entries of tenant t's jobs: job id -> status (the API's relay would release their shares). */
+  const settled = async () => {
+    const entries = await redis.xrange(keys.outbox(prefix, "m"), "-", "+");
+    const out: Record<string, string> = {};
+    for (const [, f] of entries) {
+      const e = parseOutboxEntry(f);
+      if (e?.tenant === "t") out[e.id] = e.status;
+    }
+    return out;
   };
   // Scripts loaded (sent once per connection, then by SHA) and connections ready before
-  // anything is measured: one job fetched and completed; its quota share comes back.
+  // anything is measured: one job fetched and completed.
   await add(1, "warm-up");
   const [warm] = await lease.fetch(1);
   if (!warm) throw new Error("the warm-up job was not fetched");
   expect(await lease.complete(warm, result, warm.job.data)).toBe(true);
   expect(await lease.fetch(1)).toEqual([]);
   const inputsOf = (l: LeasedJob) => keys.inputs(prefix, "m", l.id);
-  return { prefix, connection, redis, lease, queue, add, quota, inputsOf };
+  return { prefix, connection, redis, lease, queue, add, settled, inputsOf };
 }
 
 /**
@@ -261,11 +273,11 @@ describe("JobLease fetch", () => {
 });
 
 describe("JobLease settle", () => {
-  it("settles a batch in one pipeline: final states, quota released once, inputs dropped", async () => {
-    const { connection, redis, lease, queue, add, quota, inputsOf } = await setup();
+  it("settles a batch in one pipeline: final states, an outbox entry each, inputs dropped", async () => {
+    const { connection, redis, lease, queue, add, settled, inputsOf } = await setup();
     await add(6);
     const jobs = await lease.fetch(6);
-    expect(await quota()).toEqual({ jobs: 6, bytes: 24 });
+    expect(await settled()).toEqual({});
     const trace = wire(connection);
     const outcomes = await Promise.all(
       jobs.map((l, i) =>
@@ -292,11 +304,11 @@ describe("JobLease settle", () => {
         });
       }
     }
-    expect(await quota()).toEqual({ jobs: 0, bytes: 0 });
+    expect(await settled()).toEqual(Object.fromEntries(jobs.map((l, i) => [l.id, i < 4 ? "completed" : "failed"])));
   });
 
-  it("retries a transient failure through BullMQ, keeping its inputs and quota share", async () => {
-    const { redis, lease, queue, add, quota, inputsOf } = await setup({ attempts: 2 });
+  it("retries a transient failure through BullMQ, keeping its inputs and quota share (no outbox entry)", async () => {
+    const { redis, lease, queue, add, settled, inputsOf } = await setup({ attempts: 2 });
     await add(2);
     const [a, b] = (await lease.fetch(2)) as [LeasedJob, LeasedJob];
     const [ra, rb] = await Promise.all([
@@ -308,11 +320,11 @@ describe("JobLease settle", () => {
     expect(await queue.getJobState(a.id)).toBe("delayed");
     expect(await redis.exists(inputsOf(a))).toBe(1);
     expect(await queue.getJobState(b.id)).toBe("failed");
-    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
+    expect(await settled()).toEqual({ [b.id]: "failed" });
   });
 
   it("answers a job whose lock was lost alone: not settled, its inputs and quota share kept", async () => {
-    const { redis, lease, queue, add, quota, inputsOf } = await setup();
+    const { redis, lease, queue, add, settled, inputsOf } = await setup();
     await add(3);
     const jobs = (await lease.fetch(3)) as [LeasedJob, LeasedJob, LeasedJob];
     const lost = jobs[1];
@@ -324,20 +336,8 @@ describe("JobLease settle", () => {
     expect(logLines.join("")).toMatch(/could not complete job \(lock lost\)/);
     expect(await queue.getJobState(lost.id)).toBe("active");
     expect(await redis.exists(inputsOf(lost))).toBe(1);
-    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
+    expect(await settled()).toEqual({ [jobs[0].id]: "completed", [jobs[2].id]: "completed" });
     expect(lease.holds(lost.id)).toBe(false);
-  });
-
-  it("releases a job's quota share only once, whoever settles it", async () => {
-    const { lease, add, quota, prefix, redis } = await setup();
-    await add(2);
-    const [a] = (await lease.fetch(2)) as [LeasedJob];
-    // A cancel released this job's share first (RELEASE_QUOTA deletes the marker).
-    await redis.del(keys.quotaHeld(prefix, "t", a.id));
-    await redis.decr(keys.tenantQueuedJobs(prefix, "t"));
-    await redis.decrby(keys.tenantQueuedBytes(prefix, "t"), 4);
-    expect(await lease.complete(a, result, a.job.data)).toBe(true);
-    expect(await quota()).toEqual({ jobs: 1, bytes: 4 });
   });
 });
 

@@ -1,17 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
 import {
-  batchRecordArgv,
-  batchRecordCall,
-  commandName,
   formatFailure,
   keys,
-  notifyFinalArgv,
-  notifyFinalCall,
   queueName,
+  queuePrefix,
   type RedisConn,
+  scriptOn,
   scripts,
   settledWithin,
+  settleFinalArgv,
+  settleFinalCall,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, Worker } from "bullmq";
@@ -33,10 +32,9 @@ import { type Job, Worker } from "bullmq";
  *   queue's marker, up to `drainDelay`), one wait at a time.
  * - settlements asked for in the same tick (the executor settles a run's jobs
  *   together) go out as one ioredis pipeline: each final job's `moveToFinished`
- *   followed by the settleFinal script, which releases its quota share and drops its
- *   inputs only if the job did reach a final state — never for a job whose lock we
- *   lost and that runs again elsewhere — then, under the same rule, a batch job's line
- *   record and a notified job's notification.
+ *   followed by the settleFinal script, which drops its inputs and appends its outbox
+ *   entry only if the job did reach a final state — never for a job whose lock we
+ *   lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
  * `worker.backend.client` (the connection's BullMQ-wrapped client, whose pipelines run
@@ -78,20 +76,6 @@ type Settlement =
       done: (r: { final: boolean } | null) => void;
     };
 
-/** The settleFinal script (packages/queue scripts/settleFinal-5.lua) on a pipeline. */
-type SettleFinal = (
-  queuedJobs: string,
-  queuedBytes: string,
-  quotaHeld: string,
-  jobKey: string,
-  inputs: string,
-) => unknown;
-const SETTLE_FINAL = commandName("settleFinal");
-/** The batchRecord and notifyFinal scripts (packages/queue scripts/) on a pipeline. */
-type ScriptCall = (...args: (string | number)[]) => unknown;
-const BATCH_RECORD = commandName("batchRecord");
-const NOTIFY_FINAL = commandName("notifyFinal");
-
 /** BullMQ's protected `RedisQueueBackend.moveToFinishedArgs` (bullmq 6.x). */
 interface FinishArgs {
   moveToFinishedArgs(
@@ -126,7 +110,7 @@ export class JobLease {
   constructor(private readonly o: LeaseOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
       connection: o.connection,
-      prefix: o.prefix,
+      prefix: queuePrefix(o.prefix, o.model),
       autorun: false,
       lockDuration: o.lockDurationMs,
       stalledInterval: o.lockDurationMs,
@@ -283,58 +267,32 @@ export class JobLease {
   }
 
   /**
-   * One pipeline: per job, BullMQ's moveToFinished, then settleFinal (quota share
-   * back, inputs dropped, only if the job is final). A job whose move fails (lock lost)
+   * One pipeline: per job, BullMQ's moveToFinished, then settleFinal (inputs dropped,
+   * outbox entry added, only if the job is final). A job whose move fails (lock lost)
    * is answered alone; when its bookkeeping fails the outcome still stands (it is
-   * logged): the counters stay high, never low, and the inputs wait for their expiry.
+   * logged): the inputs wait for their expiry, the quota share for its marker's.
    */
   private async settleFinals(batch: Settlement[]): Promise<void> {
     if (batch.length === 0) return;
     let replies: [Error | null, unknown][] = [];
-    // Where each settlement's replies start: a batch job has a third command (its line's
-    // record), a notified job one more (its notification).
-    const at: number[] = [];
-    let n = 0;
-    for (const s of batch) {
-      at.push(n);
-      n += 2 + (s.data?.batchRef ? 1 : 0) + (s.data?.notify ? 1 : 0);
-    }
     try {
       const backend = this.worker.backend;
       const pipe = (await backend.client).pipeline();
-      const named = pipe as unknown as Record<string, SettleFinal | ScriptCall | undefined>;
-      const settleFinal = named[SETTLE_FINAL] as SettleFinal | undefined;
-      const batchRecord = named[BATCH_RECORD] as ScriptCall | undefined;
-      const notifyFinal = named[NOTIFY_FINAL] as ScriptCall | undefined;
-      if (!settleFinal || !batchRecord || !notifyFinal)
-        throw new Error("Citadel's scripts are not defined on BullMQ's connection");
       for (const s of batch) {
         const args = s.kind === "complete" ? this.completeArgs(s.l, s.result) : this.failArgs(s.l, s.error);
         backend.execCommand(pipe, "moveToFinished", args);
-        settleFinal.apply(pipe, this.finalKeys(s));
-        // In the same pipeline as the move: a worker that dies after it loses no batch line
-        // and no notification.
-        if (s.data?.batchRef) {
-          const call = batchRecordCall(this.o.prefix, s.l.id, { ...s.data, batchRef: s.data.batchRef });
-          batchRecord.apply(pipe, [...call.keys, ...batchRecordArgv(call.args)]);
-        }
-        if (s.data?.notify) {
-          const call = notifyFinalCall(this.o.prefix, s.l.id, { ...s.data, notify: s.data.notify });
-          notifyFinal.apply(pipe, [...call.keys, ...notifyFinalArgv(call.args)]);
-        }
+        // In the same pipeline as the move: a worker that dies after it loses no outbox entry.
+        const call = settleFinalCall(this.o.prefix, this.o.model, s.l.id, s.data);
+        scriptOn(pipe, "settleFinal", call.keys, settleFinalArgv(call.args));
       }
       replies = ((await pipe.exec()) ?? []) as [Error | null, unknown][];
     } catch (err) {
-      replies = Array.from({ length: n }, () => [coerceError(err), null]);
+      replies = Array.from({ length: batch.length * 2 }, () => [coerceError(err), null]);
     }
     for (const [i, s] of batch.entries()) {
       this.held.delete(s.l.id);
-      const k = at[i] ?? 0;
-      const [moveErr, moved] = replies[k] ?? [new Error("no reply"), null];
-      const [finalErr] = replies[k + 1] ?? [new Error("no reply"), null];
-      const [recordErr, recorded] = s.data?.batchRef ? (replies[k + 2] ?? [new Error("no reply"), null]) : [null, 1];
-      const notifyAt = k + (s.data?.batchRef ? 3 : 2);
-      const [notifyErr, notified] = s.data?.notify ? (replies[notifyAt] ?? [new Error("no reply"), null]) : [null, 1];
+      const [moveErr, moved] = replies[2 * i] ?? [new Error("no reply"), null];
+      const [finalErr] = replies[2 * i + 1] ?? [new Error("no reply"), null];
       const lost =
         moveErr ??
         (typeof moved === "number" && moved < 0
@@ -354,19 +312,7 @@ export class JobLease {
       if (finalErr) {
         this.o.log.error(
           { err: coerceError(finalErr), jobId: s.l.id },
-          "settled job: could not drop its inputs or release its quota share",
-        );
-      }
-      if (recordErr || (typeof recorded === "number" && recorded < 0)) {
-        this.o.log.error(
-          { err: recordErr ? coerceError(recordErr) : undefined, jobId: s.l.id, answer: recorded },
-          "settled job: could not record its outcome in its batch",
-        );
-      }
-      if (notifyErr || (typeof notified === "number" && notified < 0)) {
-        this.o.log.error(
-          { err: notifyErr ? coerceError(notifyErr) : undefined, jobId: s.l.id, answer: notified },
-          "settled job: could not record its completion notification",
+          "settled job: could not drop its inputs or write its outbox entry",
         );
       }
       answer(s, true);
@@ -408,20 +354,6 @@ export class JobLease {
       failedReason: reason,
       stacktrace,
     });
-  }
-
-  /** settleFinal's keys for one job. */
-  private finalKeys(s: Settlement): Parameters<SettleFinal> {
-    const { prefix, model } = this.o;
-    const tenant = s.data?.tenant ?? "";
-    return [
-      keys.tenantQueuedJobs(prefix, tenant),
-      keys.tenantQueuedBytes(prefix, tenant),
-      // Without job data (invalid payload) there is no tenant to credit: a marker that never exists.
-      s.data ? keys.quotaHeld(prefix, tenant, s.l.id) : `${prefix}:quota-held::${s.l.id}`,
-      keys.job(prefix, model, s.l.id),
-      keys.inputs(prefix, model, s.l.id),
-    ];
   }
 
   /** Returns a job to the wait list (shutdown): another worker runs it. */

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { initKeyring } from "@citadel/keys";
-import { scanKeys } from "@citadel/queue";
+import { deploymentKeyPattern, scanKeys } from "@citadel/queue";
 import { TenantStore } from "@citadel/tenants";
 import { SingleBar } from "cli-progress";
 import * as ort from "onnxruntime-node";
@@ -31,7 +31,7 @@ interface Submitted {
 /** Deletes the demo's own keys (its prefix) so every run starts clean. */
 async function resetPrefix(ctx: CliContext): Promise<void> {
   // One DEL per key: on a cluster a multi-key DEL must stay within one slot.
-  for (const key of await scanKeys(ctx.redis, `${ctx.env.CITADEL_PREFIX}:*`)) await ctx.redis.del(key);
+  for (const key of await scanKeys(ctx.redis, deploymentKeyPattern(ctx.env.CITADEL_PREFIX))) await ctx.redis.del(key);
 }
 
 function percentile(sorted: number[], p: number): number {

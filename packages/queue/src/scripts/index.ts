@@ -14,10 +14,9 @@ const FILES = {
   quotaReserve: "quotaReserve.lua",
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
-  settleFinal: "settleFinal-5.lua",
-  batchRecord: "batchRecord-4.lua",
+  settleFinal: "settleFinal-3.lua",
+  batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
-  notifyFinal: "notifyFinal-2.lua",
   tokenBuckets: "tokenBuckets.lua",
   idempotencyClaim: "idempotencyClaim-1.lua",
   idempotencyTakeOver: "idempotencyTakeOver-1.lua",
@@ -61,15 +60,58 @@ export function commandName(name: ScriptName): string {
 type Arg = string | number;
 type Command = (...args: Arg[]) => Promise<unknown>;
 
-/** batchRecord-4.lua's keys: the job's hash, the batch's hash and its results, the notifications stream. */
-export type BatchRecordKeys = [job: string, batch: string, results: string, notifications: string];
+/**
+ * Queues a script's call on a pipeline or MULTI (ioredis copies a client's defined
+ * commands onto them): its reply comes back with the others'. The client must have had
+ * `scripts()` called for it.
+ */
+export function scriptOn(batch: object, name: ScriptName, keys: readonly string[], args: Arg[]): void {
+  const command = (batch as unknown as Record<string, ((...a: Arg[]) => unknown) | undefined>)[commandName(name)];
+  if (!command) throw new Error(`Citadel's script ${name} is not defined on this connection`);
+  command.apply(batch, [...keys, ...args]);
+}
+
+/** settleFinal-3.lua's keys: the job's hash, its input bytes, its queue's outbox. */
+export type SettleFinalKeys = [job: string, inputs: string, outbox: string];
+
+/** What a final job's outbox entry carries besides its outcome (from its data). */
+export interface SettleFinalArgs {
+  jobId: string;
+  /** Its tenant; none when its data could not be read (no share to release). */
+  tenant?: string | undefined;
+  batch?: { id: string; line: number; customId?: string | undefined } | undefined;
+  /** Present when its outcome is to be notified: the URL it named, none for its tenant's own. */
+  notify?: { url?: string | undefined } | undefined;
+  /** The outcome when its hash is gone (a cancel removed it). */
+  fallback?: { status: "cancelled"; finishedAt: number } | undefined;
+  /** The outbox's approximate bound. */
+  maxLen: number;
+}
+
+/** settleFinal-3.lua's ARGV. */
+export function settleFinalArgv(a: SettleFinalArgs): Arg[] {
+  return [
+    a.jobId,
+    a.tenant ?? "",
+    a.batch?.id ?? "",
+    a.batch?.line ?? 0,
+    a.batch?.customId ?? "",
+    a.notify ? "1" : "",
+    a.notify?.url ?? "",
+    a.fallback?.status ?? "",
+    a.fallback?.finishedAt ?? 0,
+    a.maxLen,
+  ];
+}
+
+/** batchRecord-3.lua's keys: the batch's hash and results, the notifications stream. */
+export type BatchRecordKeys = [batch: string, results: string, notifications: string];
 
 export interface BatchRecordArgs {
   line: number;
-  jobId: string;
-  customId?: string | undefined;
-  /** The outcome when the job's hash is gone (a cancel that removed it). */
-  fallback?: { status: "cancelled"; finishedAt: number };
+  /** The line's record as the job's settlement built it (JSON). */
+  record: string;
+  status: "completed" | "failed" | "cancelled";
   /** The batch's tenant and id, for its completion notification. */
   tenant: string;
   batchId: string;
@@ -77,38 +119,9 @@ export interface BatchRecordArgs {
   maxLen: number;
 }
 
-/** batchRecord-4.lua's ARGV. */
+/** batchRecord-3.lua's ARGV. */
 export function batchRecordArgv(a: BatchRecordArgs, nowMs = Date.now()): Arg[] {
-  return [
-    a.line,
-    a.jobId,
-    a.customId ?? "",
-    a.fallback?.status ?? "",
-    a.fallback?.finishedAt ?? 0,
-    a.tenant,
-    a.batchId,
-    a.maxLen,
-    nowMs,
-  ];
-}
-
-/** notifyFinal-2.lua's keys: the job's hash and the notifications stream. */
-export type NotifyFinalKeys = [job: string, notifications: string];
-
-export interface NotifyFinalArgs {
-  jobId: string;
-  tenant: string;
-  /** The URL the job named; none for its tenant's own. */
-  url?: string | undefined;
-  /** The outcome when the job's hash is gone (a cancel that removed it). */
-  fallback?: { status: "cancelled"; finishedAt: number };
-  /** The stream's approximate bound. */
-  maxLen: number;
-}
-
-/** notifyFinal-2.lua's ARGV. */
-export function notifyFinalArgv(a: NotifyFinalArgs): Arg[] {
-  return [a.jobId, a.tenant, a.url ?? "", a.fallback?.status ?? "", a.fallback?.finishedAt ?? 0, a.maxLen];
+  return [a.line, a.record, a.status, a.tenant, a.batchId, a.maxLen, nowMs];
 }
 
 /** A job asking the quota for room: its reservation marker and bytes, and its Idempotency-Key entry when it has one. */
@@ -156,15 +169,15 @@ export interface CitadelScripts {
   quotaRelease(jobsKey: string, bytesKey: string, marker: string): Promise<boolean>;
   /** Charges every bucket or none: 0 when charged, else the 1-based index of the bucket that refused. */
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
-  /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone), -1 not final, -2 gone. */
+  /** A final job's bookkeeping in its queue's slot (inputs dropped, outbox entry): 1 done, -1 not final. */
+  settleFinal(keys: SettleFinalKeys, args: SettleFinalArgs): Promise<number>;
+  /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone). */
   batchRecord(keys: BatchRecordKeys, args: BatchRecordArgs): Promise<number>;
   /** Seals a batch (or only checks it) and notifies its completion if it is over: 1 notified now, 0 not, -1 gone. */
   batchSettled(
     keys: [batch: string, notifications: string],
     args: { tenant: string; batchId: string; maxLen: number; seal: boolean },
   ): Promise<number>;
-  /** Records a notified job's end on the notifications stream: 1 added, -1 not final, -2 gone. */
-  notifyFinal(keys: NotifyFinalKeys, args: NotifyFinalArgs): Promise<number>;
   /** The existing entry's fields (id, fp, model, version, state, attempt, reserved, at, lease), or null when claimed now. */
   idempotencyClaim(
     key: string,
@@ -243,14 +256,14 @@ function bind(redis: Redis | Cluster): CitadelScripts {
       )) as [number, number];
       return { refusedBy, retryAfterMs };
     },
+    async settleFinal(keys, args) {
+      return Number(await run("settleFinal", ...keys, ...settleFinalArgv(args)));
+    },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));
     },
     async batchSettled(keys, a) {
       return Number(await run("batchSettled", ...keys, a.tenant, a.batchId, a.maxLen, a.seal ? "1" : "", Date.now()));
-    },
-    async notifyFinal(keys, args) {
-      return Number(await run("notifyFinal", ...keys, ...notifyFinalArgv(args)));
     },
     async idempotencyClaim(key, first, nowMs, ttlMs, leaseUntilMs) {
       const raw = await run(

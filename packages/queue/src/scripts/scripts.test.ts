@@ -32,9 +32,6 @@ describe("the script files", () => {
 
   it("have their shared parts included in place (a step two scripts share is written once)", () => {
     for (const s of Object.values(scriptSources)) expect(s.lua, s.file).not.toMatch(/@include/);
-    const shared = readFileSync(new URL("./includes/releaseQuota.lua", import.meta.url), "utf8").trimEnd();
-    expect(scriptSources.quotaRelease.lua).toContain(shared);
-    expect(scriptSources.settleFinal.lua).toContain(shared);
     const notify = readFileSync(new URL("./includes/batchNotify.lua", import.meta.url), "utf8").trimEnd();
     expect(scriptSources.batchRecord.lua).toContain(notify);
     expect(scriptSources.batchSettled.lua).toContain(notify);
@@ -306,28 +303,55 @@ describe("notification scripts", () => {
       return m;
     });
 
-  it("notifyFinal adds one entry for a final job, read from its own hash, and none for a job still running", async () => {
+  it("settleFinal drops a final job's inputs and adds its outbox entry, built from its own hash; nothing while it runs", async () => {
     const s = scripts(redis);
     const out = stream();
-    const job = k(`nf-job-${n}`);
-    const args = { jobId: "m.abc", tenant: "acme", maxLen: 1000 };
+    const job = k(`sf-job-${n}`);
+    const inputs = `${job}:in`;
+    const call = (extra: Partial<Parameters<typeof s.settleFinal>[1]> = {}) =>
+      s.settleFinal([job, inputs, out], { jobId: "m.abc", tenant: "acme", maxLen: 1000, ...extra });
     await redis.hset(job, { data: "{}", processedOn: 1 });
-    expect(await s.notifyFinal([job, out], args)).toBe(-1);
+    await redis.set(inputs, "bytes");
+    expect(await call()).toBe(-1);
+    expect(await redis.exists(inputs)).toBe(1);
     await redis.hset(job, { finishedOn: 1700000000000, returnvalue: '{"outputs":{}}' });
-    expect(await s.notifyFinal([job, out], { ...args, url: "https://example.com/hook" })).toBe(1);
+    expect(await call({ notify: { url: "https://example.com/hook" } })).toBe(1);
+    expect(await redis.exists(inputs)).toBe(0);
     await redis.hdel(job, "returnvalue");
     await redis.hset(job, "failedReason", "CANCELLED: the job was cancelled");
-    expect(await s.notifyFinal([job, out], args)).toBe(1);
+    expect(await call({ batch: { id: "batch_1", line: 3, customId: "c-7" } })).toBe(1);
     await redis.hset(job, "failedReason", "TIMEOUT: too slow");
-    expect(await s.notifyFinal([job, out], args)).toBe(1);
+    expect(await call({ tenant: undefined, notify: {} })).toBe(1);
+    await redis.hset(job, { returnvalue: '{"outputs":{"y":1}}' });
+    expect(await call({ batch: { id: "batch_2", line: 1 } })).toBe(1);
     await redis.del(job);
-    expect(await s.notifyFinal([job, out], args)).toBe(-2);
-    expect(await s.notifyFinal([job, out], { ...args, fallback: { status: "cancelled", finishedAt: 42 } })).toBe(1);
+    expect(await call({ notify: {}, fallback: { status: "cancelled", finishedAt: 42 } })).toBe(1);
+    expect(await call({ batch: { id: "batch_3", line: 2 }, notify: {} })).toBe(1);
     expect(await entries(out)).toEqual([
-      { k: "job", id: "m.abc", t: "acme", e: "job.completed", u: "https://example.com/hook", f: "1700000000000" },
-      { k: "job", id: "m.abc", t: "acme", e: "job.cancelled", u: "", f: "1700000000000" },
-      { k: "job", id: "m.abc", t: "acme", e: "job.failed", u: "", f: "1700000000000" },
-      { k: "job", id: "m.abc", t: "acme", e: "job.cancelled", u: "", f: "42" },
+      { id: "m.abc", t: "acme", s: "completed", f: "1700000000000", u: "https://example.com/hook" },
+      {
+        id: "m.abc",
+        t: "acme",
+        s: "cancelled",
+        f: "1700000000000",
+        b: "batch_1",
+        l: "3",
+        r: '{"j":"m.abc","c":"c-7","f":1700000000000,"s":"cancelled","e":"CANCELLED: the job was cancelled"}',
+      },
+      { id: "m.abc", t: "", s: "failed", f: "1700000000000", u: "" },
+      // A retried job keeps an earlier attempt's failedReason: its returnvalue decides.
+      {
+        id: "m.abc",
+        t: "acme",
+        s: "completed",
+        f: "1700000000000",
+        b: "batch_2",
+        l: "1",
+        r: '{"j":"m.abc","f":1700000000000,"s":"completed","r":{"outputs":{"y":1}}}',
+      },
+      { id: "m.abc", t: "acme", s: "cancelled", f: "42", u: "" },
+      // Gone without a named outcome: the share still goes back, nothing else is claimed.
+      { id: "m.abc", t: "acme", s: "", f: "0" },
     ]);
   });
 
@@ -340,17 +364,15 @@ describe("notification scripts", () => {
       const batchId = `batch_${n}`;
       await redis.hset(meta, { created: 1, sealed: 0, cancel: 0, accepted: 2, notify: "https://example.com/b" });
       await redis.pexpire(meta, 60_000);
-      const record = async (line: number) => {
-        const job = k(`nb-job-${n}-${line}`);
-        await redis.hset(job, { finishedOn: 5, returnvalue: "{}" });
-        return s.batchRecord([job, meta, results, out], {
+      const record = (line: number) =>
+        s.batchRecord([meta, results, out], {
           line,
-          jobId: `m.${line}`,
+          record: `{"j":"m.${line}","f":5,"s":"completed","r":{}}`,
+          status: "completed",
           tenant: "acme",
           batchId,
           maxLen: 1000,
         });
-      };
       const seal = () => s.batchSettled([meta, out], { tenant: "acme", batchId, maxLen: 1000, seal: true });
       expect(await record(1)).toBe(1);
       if (sealFirst) expect(await seal()).toBe(0);
@@ -360,6 +382,11 @@ describe("notification scripts", () => {
       // Once: a second seal or a repeated record adds nothing.
       expect(await seal()).toBe(0);
       expect(await record(2)).toBe(0);
+      expect(await redis.hgetall(results)).toEqual({
+        1: '{"j":"m.1","f":5,"s":"completed","r":{}}',
+        2: '{"j":"m.2","f":5,"s":"completed","r":{}}',
+      });
+      expect(await redis.hget(meta, "completed")).toBe("2");
       const got = await entries(out);
       expect(got).toHaveLength(1);
       expect(got[0]).toMatchObject({

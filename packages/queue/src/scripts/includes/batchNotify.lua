@@ -1,5 +1,5 @@
 --[[
-  Included by batchRecord-4.lua and batchSettled-2.lua: once a batch whose completion is
+  Included by batchRecord-3.lua and batchSettled-2.lua: once a batch whose completion is
   to be notified (its hash has a `notify` field: 'tenant' or a URL) is over — sealed (its
   ingest ended) or cancelled, and every accepted line final — adds one entry to the
   notifications stream. HSETNX of `notified` on the batch's hash makes it once per batch,

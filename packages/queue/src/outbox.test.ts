@@ -1,0 +1,166 @@
+import { randomBytes } from "node:crypto";
+import type { JobData } from "@citadel/contracts";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { deploymentKeyPattern, keys } from "./names.js";
+import { OUTBOX_GROUP, OutboxRelay } from "./outbox.js";
+import { scripts } from "./scripts/index.js";
+import { settleFinalCall } from "./settle-calls.js";
+
+// The outbox relay against the real Redis the run shares, under this file's own prefix.
+
+const prefix = `{outbox-${randomBytes(4).toString("hex")}}`;
+const model = "m";
+let redis: Redis;
+const warnings: string[] = [];
+const log = { warn: (obj: object, msg: string) => warnings.push(`${msg} ${JSON.stringify(obj)}`) };
+
+beforeAll(() => {
+  redis = new Redis(inject("redisUrl"));
+});
+afterAll(async () => {
+  let cursor = "0";
+  do {
+    const [next, found] = await redis.scan(cursor, "MATCH", deploymentKeyPattern(prefix), "COUNT", 1000);
+    cursor = next;
+    for (const k of found) await redis.unlink(k);
+  } while (cursor !== "0");
+  await redis.quit();
+});
+
+function relay(consumer: string, claimIdleMs = 10_000): OutboxRelay {
+  const r = new OutboxRelay(redis, { prefix, consumer, claimIdleMs, idleMaxMs: 5 }, log);
+  r.setModels([model]);
+  return r;
+}
+
+async function until(what: string, probe: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (await probe()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const outboxEmpty = async () => (await redis.xlen(keys.outbox(prefix, model))) === 0;
+
+/** A job of `tenant` reserved as the API reserves it, finished (its hash final), then settled as a worker settles it. */
+async function settledJob(tenant: string, data: Partial<JobData> = {}, bytes = 4): Promise<string> {
+  const id = `${model}.${randomBytes(12).toString("hex")}`;
+  await redis
+    .multi()
+    .set(keys.quotaHeld(prefix, tenant, id), String(bytes))
+    .incr(keys.tenantQueuedJobs(prefix, tenant))
+    .incrby(keys.tenantQueuedBytes(prefix, tenant), bytes)
+    .exec();
+  await redis.hset(keys.job(prefix, model, id), { finishedOn: 1700000000000, returnvalue: '{"outputs":{}}' });
+  await settleAgain(id, { tenant, ...data });
+  return id;
+}
+
+async function settleAgain(id: string, data: Partial<JobData>): Promise<void> {
+  const call = settleFinalCall(prefix, model, id, data as JobData);
+  expect(await scripts(redis).settleFinal(call.keys, call.args)).toBe(1);
+}
+
+const quota = async (tenant: string) =>
+  redis.mget(keys.tenantQueuedJobs(prefix, tenant), keys.tenantQueuedBytes(prefix, tenant));
+
+describe("OutboxRelay", () => {
+  it("applies each entry once: quota share back, batch line recorded, notification added; then deletes it", async () => {
+    const batchId = "batch_outbox00000000000000";
+    const meta = keys.batch(prefix, "acme", batchId);
+    await redis
+      .multi()
+      .hset(meta, { created: 1, sealed: 1, cancel: 0, accepted: 1, notify: "tenant" })
+      .pexpire(meta, 60_000)
+      .exec();
+    const a = await settledJob("acme", { batchRef: { id: batchId, line: 1 }, customId: "c-1" });
+    const b = await settledJob("acme", { notify: { url: "https://example.com/hook" } }, 8);
+    // A second worker's settlement of b (it lost the lock after finishing): one more entry, nothing more released.
+    await settleAgain(b, { tenant: "acme", notify: { url: "https://example.com/hook" } });
+    expect(await quota("acme")).toEqual(["2", "12"]);
+    const r = relay("api-1");
+    r.start();
+    try {
+      await until("the outbox relayed", outboxEmpty);
+    } finally {
+      await r.close();
+    }
+    expect(await quota("acme")).toEqual(["0", "0"]);
+    expect(await redis.hget(keys.batchResults(prefix, "acme", batchId), "1")).toBe(
+      `{"j":"${a}","c":"c-1","f":1700000000000,"s":"completed","r":{"outputs":{}}}`,
+    );
+    expect(await redis.hget(meta, "completed")).toBe("1");
+    const notes = (await redis.xrange(keys.notifications(prefix), "-", "+")).map(([, f]) => f);
+    // The batch's completion (its one line recorded) and b's two: the notifier's delivery id makes those one delivery.
+    const jobNote = [
+      "k",
+      "job",
+      "id",
+      b,
+      "t",
+      "acme",
+      "e",
+      "job.completed",
+      "u",
+      "https://example.com/hook",
+      "f",
+      "1700000000000",
+    ];
+    expect(notes).toHaveLength(3);
+    expect(notes.filter((f) => JSON.stringify(f) === JSON.stringify(jobNote))).toHaveLength(2);
+    expect(notes).toContainEqual(expect.arrayContaining(["k", "batch", "id", batchId, "e", "batch.completed"]));
+    expect(warnings).toEqual([]);
+  });
+
+  it("keeps an entry whose effects fail, and applies it once they can be", async () => {
+    // The job's reservation marker is of the wrong type: releasing its share fails (before
+    // any write) until it is repaired.
+    const id = await settledJob("broken");
+    const marker = keys.quotaHeld(prefix, "broken", id);
+    await redis.multi().del(marker).hset(marker, "x", "1").exec();
+    const r = relay("api-2");
+    r.start();
+    try {
+      await until("a warning", async () => warnings.some((w) => w.includes("could not apply")));
+      expect(await redis.xlen(keys.outbox(prefix, model))).toBe(1);
+      await redis.multi().del(marker).set(marker, "4").exec();
+      await until("the outbox relayed", outboxEmpty);
+    } finally {
+      await r.close();
+    }
+    expect(await quota("broken")).toEqual(["0", "0"]);
+    warnings.length = 0;
+  });
+
+  it("takes over the entries of a reader that died before finishing them", async () => {
+    const stream = keys.outbox(prefix, model);
+    await redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM").catch(() => undefined);
+    await settledJob("orphan");
+    // A reader that took the entry and died: it stays pending under that reader's name.
+    const taken = await redis.xreadgroup("GROUP", OUTBOX_GROUP, "api-dead", "COUNT", 10, "STREAMS", stream, ">");
+    expect(taken).toHaveLength(1);
+    const r = relay("api-3", 200);
+    r.start();
+    try {
+      await until("the orphaned entry relayed", outboxEmpty);
+    } finally {
+      await r.close();
+    }
+    expect(await quota("orphan")).toEqual(["0", "0"]);
+    expect(await redis.xpending(stream, OUTBOX_GROUP)).toEqual([0, null, null, null]);
+  });
+
+  it("drops an entry that is not an outbox entry, with a warning", async () => {
+    await redis.xadd(keys.outbox(prefix, model), "*", "junk", "1");
+    const r = relay("api-4");
+    r.start();
+    try {
+      await until("the junk dropped", outboxEmpty);
+    } finally {
+      await r.close();
+    }
+    expect(warnings.join("\n")).toMatch(/not an outbox entry/);
+  });
+});

@@ -1,0 +1,316 @@
+import { coerceError } from "@citadel/contracts";
+import { keys, NOTIFICATIONS_MAX_LEN } from "./names.js";
+import type { RedisConn } from "./redis.js";
+import { scripts } from "./scripts/index.js";
+
+/** The consumer group every API replica's outbox relay reads each queue's outbox in. */
+export const OUTBOX_GROUP = "relay";
+
+export interface OutboxRelaySettings {
+  prefix: string;
+  /** This reader's name in the group (unique per process). */
+  consumer: string;
+  /**
+   * Entries another reader took and did not finish for this long are taken over (that
+   * reader died). Short is safe: every effect is guarded, so an entry applied twice
+   * (taken over from a slow reader) changes nothing the second time.
+   */
+  claimIdleMs: number;
+  /** The longest pause between reads of idle outboxes (the pause doubles from 2 ms while nothing comes). */
+  idleMaxMs: number;
+}
+
+export interface OutboxLogger {
+  warn(obj: object, msg: string): void;
+}
+
+/** One outbox entry as settleFinal-3.lua writes it. */
+export interface OutboxEntry {
+  id: string;
+  /** Its tenant; '' when the job's data could not be read (no share to release). */
+  tenant: string;
+  /** completed, failed or cancelled; '' when unknown (a job removed as it finished). */
+  status: string;
+  finishedAt: string;
+  batch?: { id: string; line: number; record: string };
+  /** Present when the outcome is to be notified: the callback URL ('' for the tenant's own). */
+  notifyUrl?: string;
+}
+
+type Entry = [id: string, fields: string[]];
+const PAGE = 128;
+
+/** An entry's fields, or null when it is not an outbox entry. */
+export function parseOutboxEntry(fields: readonly string[]): OutboxEntry | null {
+  const f = new Map<string, string>();
+  for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i] as string, fields[i + 1] as string);
+  const id = f.get("id");
+  const tenant = f.get("t");
+  const status = f.get("s");
+  if (!id || tenant === undefined || status === undefined) return null;
+  const batchId = f.get("b");
+  const record = f.get("r");
+  const url = f.get("u");
+  return {
+    id,
+    tenant,
+    status,
+    finishedAt: f.get("f") ?? "0",
+    ...(batchId && record ? { batch: { id: batchId, line: Number(f.get("l") ?? 0), record } } : {}),
+    ...(url !== undefined ? { notifyUrl: url } : {}),
+  };
+}
+
+const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+/**
+ * Applies what each job's final state implies outside its queue's slot: a worker (or a
+ * cancel) writes one entry to the queue's outbox in the same script as that state's
+ * bookkeeping (settleFinal-3.lua); this relay, run by every API replica in one consumer
+ * group, gives the tenant's quota share back (quotaRelease-3.lua: the reservation
+ * marker is the once-guard), records the batch line (batchRecord-3.lua: HSETNX on the
+ * line) and appends the notification (the notifier's deterministic delivery id makes a
+ * repeat one delivery), then acknowledges and deletes the entry. An entry whose effects
+ * fail stays pending and is tried again; a reader that dies leaves its entries to be
+ * taken over (XAUTOCLAIM). On a Redis Cluster each queue's outbox is in that queue's
+ * slot, so each is read on its own: non-blocking reads of every outbox together, paused
+ * while all are idle (a blocking read per queue would hold a connection per model).
+ */
+export class OutboxRelay {
+  private models: readonly string[] = [];
+  private readonly grouped = new Set<string>();
+  private readonly lastClaim = new Map<string, number>();
+  /** Outboxes whose reader left entries pending (effects failed): read again from the start. */
+  private readonly retryOwn = new Set<string>();
+  private closing = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly redis: RedisConn,
+    private readonly s: OutboxRelaySettings,
+    private readonly log: OutboxLogger,
+  ) {}
+
+  /** The models whose outboxes are read (the registry's). */
+  setModels(models: readonly string[]): void {
+    this.models = [...models];
+    this.wake?.();
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Stops after the round in progress; what was not finished stays pending for another reader. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.wake?.();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    let pause = 0;
+    while (!this.closing) {
+      const handled = await Promise.all(this.models.map((m) => this.drain(m)));
+      const total = handled.reduce((a, b) => a + Math.max(0, b), 0);
+      // After a failed read (Redis down), a second before the next: one warning per second at most.
+      if (handled.some((n) => n < 0)) pause = 1000;
+      else pause = total > 0 ? 0 : Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
+      if (pause > 0 && !this.closing) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, pause);
+          this.wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        this.wake = undefined;
+      }
+    }
+  }
+
+  /**
+   * One read of a model's outbox (and its stale and own pending entries now and then):
+   * how many entries it finished, or -1 when reading failed.
+   */
+  private async drain(model: string): Promise<number> {
+    const stream = keys.outbox(this.s.prefix, model);
+    try {
+      if (!this.grouped.has(stream)) await this.ensureGroup(stream);
+      let done = 0;
+      const now = Date.now();
+      if (now - (this.lastClaim.get(stream) ?? 0) >= this.s.claimIdleMs / 2) {
+        this.lastClaim.set(stream, now);
+        done += await this.takeOverStale(stream);
+      }
+      if (this.retryOwn.delete(stream)) done += await this.apply(stream, await this.read(stream, "0"));
+      done += await this.apply(stream, await this.read(stream, ">"));
+      return done;
+    } catch (err) {
+      const e = coerceError(err);
+      // The stream or its group went away (deleted by hand): make them again.
+      if (/NOGROUP/.test(e.message)) this.grouped.delete(stream);
+      else if (!this.closing) this.log.warn({ err: e, model }, "outbox relay: reading failed; retrying");
+      return -1;
+    }
+  }
+
+  private async read(stream: string, from: "0" | ">"): Promise<Entry[]> {
+    const got = (await this.redis.xreadgroup(
+      "GROUP",
+      OUTBOX_GROUP,
+      this.s.consumer,
+      "COUNT",
+      PAGE,
+      "STREAMS",
+      stream,
+      from,
+    )) as [string, Entry[]][] | null;
+    // Pending entries deleted meanwhile come back with no fields.
+    return (got?.[0]?.[1] ?? []).filter((e) => Array.isArray(e[1]));
+  }
+
+  /** The group, from the stream's start: entries written before any API ran are applied too. */
+  private async ensureGroup(stream: string): Promise<void> {
+    try {
+      await this.redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM");
+    } catch (err) {
+      if (!/BUSYGROUP/.test(coerceError(err).message)) throw err;
+    }
+    this.grouped.add(stream);
+  }
+
+  /** Entries a reader took and left idle (it died or its effects failed): this one applies them. */
+  private async takeOverStale(stream: string): Promise<number> {
+    let cursor = "0-0";
+    let done = 0;
+    for (let page = 0; page < 100; page++) {
+      const [next, entries] = (await this.redis.xautoclaim(
+        stream,
+        OUTBOX_GROUP,
+        this.s.consumer,
+        this.s.claimIdleMs,
+        cursor,
+        "COUNT",
+        PAGE,
+      )) as [string, (Entry | null)[], ...unknown[]];
+      done += await this.apply(
+        stream,
+        entries.filter((e): e is Entry => Array.isArray(e) && Array.isArray(e[1])),
+      );
+      if (next === "0-0") break;
+      cursor = next;
+    }
+    return done;
+  }
+
+  /**
+   * Applies the entries' effects (all at once: on a cluster they go to their own
+   * slots' nodes in parallel), then acknowledges and deletes those whose effects all
+   * held; the others stay pending for the next round.
+   */
+  private async apply(stream: string, entries: Entry[]): Promise<number> {
+    if (entries.length === 0) return 0;
+    const outcomes = await Promise.all(
+      entries.map(async ([id, fields]) => {
+        const e = parseOutboxEntry(fields);
+        if (!e) {
+          this.log.warn({ entry: id, stream }, "outbox relay: dropping an entry that is not an outbox entry");
+          return id;
+        }
+        try {
+          await this.effects(e);
+          return id;
+        } catch (err) {
+          this.log.warn({ err: coerceError(err), jobId: e.id }, "outbox relay: could not apply a job's outcome");
+          return null;
+        }
+      }),
+    );
+    const done = outcomes.filter((id): id is string => id !== null);
+    if (done.length < entries.length) this.retryOwn.add(stream);
+    if (done.length === 0) return 0;
+    const replies = await this.redis
+      .multi()
+      .xack(stream, OUTBOX_GROUP, ...done)
+      .xdel(stream, ...done)
+      .exec();
+    for (const [err] of replies ?? []) if (err) throw err;
+    return done.length;
+  }
+
+  /** One entry's effects, each a no-op when repeated. */
+  private effects(e: OutboxEntry): Promise<void> {
+    return applyOutcome(this.redis, this.s.prefix, e);
+  }
+}
+
+/**
+ * What a job's final outcome implies outside its queue's slot, each step guarded so a
+ * repeat is a no-op: its tenant's quota share back (quotaRelease-3.lua: the reservation
+ * marker is the once-guard), its batch line (batchRecord-3.lua: HSETNX on the line) and,
+ * unless `notify` is false, its notification (a repeat makes a second entry, which the
+ * notifier's deterministic delivery id turns into one delivery).
+ */
+export async function applyOutcome(
+  redis: RedisConn,
+  prefix: string,
+  e: OutboxEntry,
+  opts: { notify?: boolean } = {},
+): Promise<void> {
+  const steps: Promise<unknown>[] = [];
+  if (e.tenant !== "") {
+    steps.push(
+      scripts(redis).quotaRelease(
+        keys.tenantQueuedJobs(prefix, e.tenant),
+        keys.tenantQueuedBytes(prefix, e.tenant),
+        keys.quotaHeld(prefix, e.tenant, e.id),
+      ),
+    );
+  }
+  const status = FINAL.has(e.status) ? (e.status as "completed" | "failed" | "cancelled") : undefined;
+  if (status && e.batch) {
+    steps.push(
+      scripts(redis).batchRecord(
+        [
+          keys.batch(prefix, e.tenant, e.batch.id),
+          keys.batchResults(prefix, e.tenant, e.batch.id),
+          keys.notifications(prefix),
+        ],
+        {
+          line: e.batch.line,
+          record: e.batch.record,
+          status,
+          tenant: e.tenant,
+          batchId: e.batch.id,
+          maxLen: NOTIFICATIONS_MAX_LEN,
+        },
+      ),
+    );
+  }
+  if (status && e.notifyUrl !== undefined && opts.notify !== false) {
+    steps.push(
+      redis.xadd(
+        keys.notifications(prefix),
+        "MAXLEN",
+        "~",
+        NOTIFICATIONS_MAX_LEN,
+        "*",
+        "k",
+        "job",
+        "id",
+        e.id,
+        "t",
+        e.tenant,
+        "e",
+        `job.${status}`,
+        "u",
+        e.notifyUrl,
+        "f",
+        e.finishedAt,
+      ),
+    );
+  }
+  await Promise.all(steps);
+}
