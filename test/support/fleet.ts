@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
-import { AuditKey } from "@citadel/audit";
+import { AuditKey, auditHeadKey, auditStreamKey, auditWritersKey } from "@citadel/audit";
 import { type CliContext, loadCliEnv, openContext } from "@citadel/cli/context";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { CommonEnv, parseEnv } from "@citadel/config";
@@ -68,6 +68,9 @@ export function redisUrl(): string {
 
 /** Deletes every key under a prefix (a test's own namespace on the shared Redis). */
 export async function deletePrefix(redis: RedisConn, prefix: string): Promise<void> {
+  // Audit writers' stream and head have a slot of their own each (listed in the writers hash).
+  for (const w of await redis.hkeys(auditWritersKey(prefix)))
+    if (!/[{}]/.test(w)) await redis.del(auditStreamKey(prefix, w), auditHeadKey(prefix, w));
   const keys = await scanKeys(redis, `${prefix}:*`);
   // The prefix is a hash tag: every chunk lies in one slot, as a cluster's DEL needs.
   for (let i = 0; i < keys.length; i += 1000) await redis.del(...keys.slice(i, i + 1000));
