@@ -103,7 +103,9 @@ describe.skipIf(missing !== null)("the deployment's ACL users on a Redis Cluster
     const slot = async (key: string) => Number(await api.cluster("KEYSLOT", key));
     const byIp = { scope: "ip", id: "10.9.8.7", rate: 0.001, burst: 2 };
     const byTenant = { scope: "tenant", id: "acme", rate: 0.001, burst: 1 };
-    expect(await slot(bucketKey(PREFIX, "ip", byIp.id).key)).not.toBe(await slot(bucketKey(PREFIX, "tenant", "acme").key));
+    expect(await slot(bucketKey(PREFIX, "ip", byIp.id).key)).not.toBe(
+      await slot(bucketKey(PREFIX, "tenant", "acme").key),
+    );
     const limiter = new RateLimiter(api, PREFIX);
     expect((await limiter.takeAll([byIp, byTenant])).allowed).toBe(true);
     // The tenant's slot refuses: the IP's charge (another slot) is given back, so the IP

@@ -392,7 +392,9 @@ audit
       );
       // Each writer's stream on a line of its own (the first 200), then what is wrong.
       for (const w of r.perWriter.slice(0, 200))
-        print(`  ${w.writer}: ${w.records} records, ${w.state}, ${w.problems === 0 ? "ok" : `${w.problems} problem(s)`}`);
+        print(
+          `  ${w.writer}: ${w.records} records, ${w.state}, ${w.problems === 0 ? "ok" : `${w.problems} problem(s)`}`,
+        );
       if (r.perWriter.length > 200) print(`  … and ${r.perWriter.length - 200} more writers`);
       for (const p of r.problems.slice(0, 50)) print(`  ${p}`);
       for (const n of r.notes) print(`  note: ${n}`);

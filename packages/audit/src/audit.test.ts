@@ -165,7 +165,9 @@ describe("keyed audit chain, one stream per writer", () => {
     await redis.del(auditStreamKey(prefix, b.writer), auditHeadKey(prefix, b.writer));
     const r = await verify(prefix, [key]);
     expect(r.problems).toEqual([
-      expect.stringMatching(new RegExp(`^${b.writer}: its stream and head are gone though its lease runs to .* \\(deleted\\)$`)),
+      expect.stringMatching(
+        new RegExp(`^${b.writer}: its stream and head are gone though its lease runs to .* \\(deleted\\)$`),
+      ),
     ]);
     expect(r.perWriter.find((w) => w.writer === b.writer)?.state).toBe("gone");
     // Not pruned: the next run reports it again.
@@ -274,7 +276,9 @@ describe("keyed audit chain, one stream per writer", () => {
     const [moved] = await entries(prefix, a);
     await redis.xadd(auditStreamKey(prefix, b.writer), "*", "r", JSON.stringify(moved?.rec));
     const r = await verify(prefix, [key]);
-    expect(r.problems.join("\n")).toMatch(new RegExp(`${b.writer} \\S+: a record of ${a.writer} in this writer's stream`));
+    expect(r.problems.join("\n")).toMatch(
+      new RegExp(`${b.writer} \\S+: a record of ${a.writer} in this writer's stream`),
+    );
   });
 
   it("reports records written without a key (the old, unkeyed form)", async () => {
@@ -377,7 +381,9 @@ describe("anchors kept outside Redis", () => {
     expect((await verify(prefix, [key])).problems).toEqual([]); // nothing in Redis shows it
     const r = await verifyAuditStream(redis, prefix, [key], { anchor });
     expect(r.problems).toEqual([
-      expect.stringMatching(new RegExp(`^${b.writer}: anchored at #3 but gone from the writers hash .*\\(writer removed\\)$`)),
+      expect.stringMatching(
+        new RegExp(`^${b.writer}: anchored at #3 but gone from the writers hash .*\\(writer removed\\)$`),
+      ),
     ]);
   });
 

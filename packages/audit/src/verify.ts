@@ -243,7 +243,9 @@ async function scanWriter(
       `${writer}: this Redis does not report deletions (XINFO STREAM has no max-deleted-entry-id; Redis 7 or later needed), so a deletion cannot be told from trimming`,
     );
   else if (info && info.maxDeletedId !== "0-0")
-    problems.push(`${writer}: entries were deleted from its stream with XDEL (the newest deleted id is ${info.maxDeletedId})`);
+    problems.push(
+      `${writer}: entries were deleted from its stream with XDEL (the newest deleted id is ${info.maxDeletedId})`,
+    );
   else deletions = false;
   const trimmed = info !== null && info.entriesAdded > info.length;
   if (trimmed && !deletions)

@@ -70,8 +70,8 @@ export class AuditWriter implements AuditSink {
     writerName: string,
     private readonly log: AuditLogger,
     private readonly key: AuditKey,
-    /** Entries each writer's stream keeps (XADD MAXLEN ~). */
-    private readonly maxLen = 1_000_000,
+    /** Entries this writer's stream keeps (XADD MAXLEN ~). */
+    private readonly maxLen = 100_000,
     /** Records held while Redis is down before the oldest are dropped (and logged). */
     private readonly maxPending = 100_000,
     private readonly retentionMs = AUDIT_RETENTION_MS,

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
+import { commandName } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { commandName } from "@citadel/queue";
 import { type Bucket, bucketKey, RateLimiter } from "./limits.js";
 
 // Token buckets against a real Redis (the one the test run shares, under a prefix of
@@ -84,7 +84,8 @@ describe("RateLimiter", () => {
 
   const perIp = (id: string, burst: number): Bucket => ({ scope: "ip", id, rate: 0.0001, burst });
   const perTenant = (id: string, burst: number): Bucket => ({ scope: "tenant", id, rate: 0.0001, burst });
-  const tokens = async (b: Bucket) => Number(((await redis.get(bucketKey(prefix, b.scope, b.id).key)) ?? "").split(":")[0]);
+  const tokens = async (b: Bucket) =>
+    Number(((await redis.get(bucketKey(prefix, b.scope, b.id).key)) ?? "").split(":")[0]);
 
   it("refunds the groups that charged when another slot's bucket refuses, and answers with the refuser", async () => {
     const l = new RateLimiter(redis, prefix);
