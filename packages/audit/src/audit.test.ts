@@ -213,6 +213,32 @@ describe("keyed audit chain, one stream per writer", () => {
     expect(await redis.hexists(auditWritersKey(prefix), live.writer)).toBe(1);
   });
 
+  it("a writer starting drops its own role's expired writers from the hash, not others' nor deleted ones", async () => {
+    const prefix = freshPrefix();
+    const api = newKey("api");
+    const worker = newKey("worker");
+    const deadApi = writer(prefix, "api:old", api, 1_500);
+    const deadWorker = writer(prefix, "worker:old", worker, 1_500);
+    const robbed = writer(prefix, "api:robbed", api);
+    await writeRecords(deadApi, 2);
+    await writeRecords(deadWorker, 2);
+    await writeRecords(robbed, 2);
+    await deadApi.close(100);
+    await deadWorker.close(100);
+    await redis.del(auditStreamKey(prefix, robbed.writer), auditHeadKey(prefix, robbed.writer));
+    const gone = [deadApi, deadWorker].flatMap((w) => [
+      auditStreamKey(prefix, w.writer),
+      auditHeadKey(prefix, w.writer),
+    ]);
+    while ((await redis.exists(...gone)) > 0) await new Promise((r) => setTimeout(r, 200));
+    await writeRecords(writer(prefix, "api:new", api), 1);
+    while (await redis.hexists(auditWritersKey(prefix), deadApi.writer)) await new Promise((r) => setTimeout(r, 50));
+    const left = await redis.hkeys(auditWritersKey(prefix));
+    expect(left).toContain(deadWorker.writer);
+    expect(left).toContain(robbed.writer);
+    expect(left).toHaveLength(3);
+  });
+
   it("a registered writer with no record yet is starting, not deleted", async () => {
     const prefix = freshPrefix();
     const key = newKey("api");

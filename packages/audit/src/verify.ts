@@ -131,6 +131,32 @@ async function redisNow(redis: Redis | Cluster): Promise<number> {
 /** Deletes a writers-hash entry only if it still holds the value verify judged. */
 const DROP_IF_UNCHANGED = `if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0`;
 
+/**
+ * Drops from the writers hash the writers (of those `only` admits) whose lease, MACed
+ * with one of `keys`, ended by Redis time and whose stream and head are gone: expired as
+ * planned. What verify does for every writer, for a writer to do at start for its own
+ * role's, so the hash stays bounded where verify runs rarely. Returns how many went.
+ */
+export async function pruneExpiredWriters(
+  redis: Redis | Cluster,
+  prefix: string,
+  keys: Iterable<AuditKey>,
+  only: (writer: string) => boolean = () => true,
+): Promise<number> {
+  const keySet = new AuditKeySet(keys);
+  const leases = await redis.hgetall(auditWritersKey(prefix));
+  const now = await redisNow(redis);
+  let dropped = 0;
+  for (const [writer, value] of Object.entries(leases)) {
+    if (/[{}]/.test(writer) || !only(writer)) continue;
+    const lease = checkLease(keySet, writer, value, []);
+    if (!lease || lease.until > now) continue;
+    if ((await redis.exists(auditStreamKey(prefix, writer), auditHeadKey(prefix, writer))) > 0) continue;
+    dropped += Number(await redis.eval(DROP_IF_UNCHANGED, 1, auditWritersKey(prefix), writer, value));
+  }
+  return dropped;
+}
+
 async function scan(
   redis: Redis | Cluster,
   prefix: string,

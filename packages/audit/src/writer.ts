@@ -13,6 +13,7 @@ import {
   genesis,
   macRecord,
 } from "./record.js";
+import { pruneExpiredWriters } from "./verify.js";
 
 /**
  * How long a writer's stream and head outlive its last renewal (a live writer renews
@@ -55,6 +56,7 @@ export class AuditWriter implements AuditSink {
   private chainWritten = false;
   private leaseWritten = false;
   private renewDue = false;
+  private pruned = false;
   private readonly renewEveryMs: number;
   private readonly renewTimer: NodeJS.Timeout;
   private readonly pending: AuditRecord[] = [];
@@ -207,11 +209,30 @@ export class AuditWriter implements AuditSink {
     }
     if (this.leaseUntil === 0 || now >= this.leaseUntil - this.retentionMs + this.renewEveryMs) {
       const until = now + this.retentionMs;
+      const first = this.leaseUntil === 0 && !this.pruned;
       await this.writeLease(until, this.chainWritten);
       this.leaseUntil = until;
+      if (first) this.pruneOnce();
       if (this.chainWritten) this.leaseWritten = true;
     }
     return true;
+  }
+
+  /**
+   * Once per process: drops this role's writers whose leases ended and whose keys
+   * expired (dead processes), so the writers hash stays bounded even where nobody runs
+   * verify. Only this role's: its key verifies their leases, and the ACL lets it read
+   * their keys. Off the write path; a failure is logged and left to verify.
+   */
+  private pruneOnce(): void {
+    this.pruned = true;
+    const role = `${this.baseName.split(":")[0] ?? this.baseName}:`;
+    pruneExpiredWriters(this.redis, this.prefix, [this.key], (w) => w.startsWith(role)).then(
+      (n) => {
+        if (n > 0) this.log.info({ dropped: n }, "audit: expired writers dropped from the writers hash");
+      },
+      (err: unknown) => this.log.error({ err }, "audit: dropping expired writers failed (verify does it too)"),
+    );
   }
 
   private async writeLease(until: number, written: boolean): Promise<void> {
