@@ -1,6 +1,14 @@
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
-import { AuditKey, AuditWriter, auditStreamKey, verifyAuditStream } from "@citadel/audit";
+import {
+  AuditKey,
+  AuditWriter,
+  auditStreamKey,
+  auditWritersKey,
+  formatLease,
+  pruneExpiredWriters,
+  verifyAuditStream,
+} from "@citadel/audit";
 import { keys, scripts } from "@citadel/queue";
 import { bucketKey, RateLimiter } from "@citadel/submit";
 import { TenantStore } from "@citadel/tenants";
@@ -200,6 +208,10 @@ describe.each([
       api.xadd(auditStreamKey(PREFIX, workerAudit.writer), "*", "r", "{}"),
       "API writes a worker's audit stream",
     ).rejects.toThrow(NOPERM);
+    // Each role may drop its own role's expired writers (what a writer does at start).
+    await pub.hset(auditWritersKey(PREFIX), "api:gone", formatLease(auditKeys.api, "api:gone", 1, true));
+    expect(await pruneExpiredWriters(api, PREFIX, [auditKeys.api], (w) => w.startsWith("api:"))).toBe(1);
+    expect(await pruneExpiredWriters(worker, PREFIX, [auditKeys.worker], (w) => w.startsWith("worker:"))).toBe(0);
     const report = await verifyAuditStream(pub, PREFIX, [auditKeys.api, auditKeys.worker]);
     expect(report.problems).toEqual([]);
     expect(report).toMatchObject({ records: 2, writers: 2 });
