@@ -31,16 +31,16 @@ export interface LimitResult {
  * a tenant's share its tenant slot (`{<tag>:t:<tenant>}`, beside its quota). Other
  * scopes stay in the deployment's slot.
  */
-const FAMILY: Record<string, "ip" | "tenant"> = {
-  ip: "ip",
-  "board-login": "ip",
-  tenant: "tenant",
-  samples: "tenant",
-};
+const FAMILY = new Map<string, "ip" | "tenant">([
+  ["ip", "ip"],
+  ["board-login", "ip"],
+  ["tenant", "tenant"],
+  ["samples", "tenant"],
+]);
 
 /** The bucket's key; buckets whose keys share a hash tag share a slot (no CRC needed to group them). */
 export function bucketKey(prefix: string, scope: string, id: string): { tag: string; key: string } {
-  const family = FAMILY[scope];
+  const family = FAMILY.get(scope);
   // An id with braces would end the hash tag early: such ids stay in the deployment's slot.
   const base =
     family === undefined || /[{}]/.test(id)
@@ -86,9 +86,11 @@ export class RateLimiter {
       groups.set(tag, group);
     });
     const now = Date.now();
+    // A refund is stamped when it happens: a bucket another request moved on since would
+    // otherwise read an earlier time as time running backwards and lose tokens.
     const charge = (group: { key: string; bucket: Bucket }[], sign: 1 | -1) =>
       this.scripts.tokenBuckets(
-        now,
+        sign === 1 ? now : Date.now(),
         group.map(({ key, bucket: b }) => ({ key, rate: b.rate, burst: b.burst, cost: sign * (b.cost ?? 1) })),
       );
     const list = [...groups.values()];
