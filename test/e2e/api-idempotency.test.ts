@@ -1,5 +1,5 @@
 import { type AuditKey, AuditWriter } from "@citadel/audit";
-import { type JobData, JobRequest, type Priority } from "@citadel/contracts";
+import { type JobData, JobRequest } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
 import {
   bullConnection,

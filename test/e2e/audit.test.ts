@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
-import { AuditKey, verifyAuditStream } from "@citadel/audit";
+import { AuditKey, readAuditEntries, verifyAuditStream } from "@citadel/audit";
 import { buildConvNet } from "@citadel/onnx";
 import { deploymentKeyPattern } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -47,8 +47,8 @@ describe("audit keys per role", () => {
     const r = await verifyAuditStream(fleet.redis, fleet.prefix, [key("api", "api"), key("worker", "worker")]);
     expect(r.problems).toEqual([]);
     expect(r.writers).toBe(2);
-    const events = (await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+")).map(
-      ([, f]) => JSON.parse(f[1] ?? "{}") as { writer: string; kid: string; event: string },
+    const events = (await readAuditEntries(fleet.redis, fleet.prefix)).map(
+      (e) => e.rec as { writer: string; kid: string; event: string },
     );
     const kids = (prefix: string) => new Set(events.filter((e) => e.writer.startsWith(prefix)).map((e) => e.kid));
     expect(kids("api:")).toEqual(new Set([key("api").kid]));

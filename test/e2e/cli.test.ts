@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { auditHeadKey, auditStreamKey, auditWritersKey } from "@citadel/audit";
 import { appArgs, cliArgs } from "@citadel/cli/fleet";
 import { SignedManifest } from "@citadel/contracts";
 import { buildConvNet, inspectModel } from "@citadel/onnx";
@@ -252,28 +253,15 @@ describe("citadel CLI", () => {
     expect(citadel("publish", "sealed/conv-2.manifest.json", "--canary", "0.1").code).toBe(0);
     expect(citadel("retire", "conv", "2", "--reason", "superseded").out).toMatch(/^retired conv@2: superseded/);
     const ok = citadel("audit", "verify");
-    expect([ok.code, ok.out.trim()]).toEqual([0, "1 records from 1 writers: chain intact"]);
+    expect(ok.code).toBe(0);
+    expect(ok.out.trim().split("\n")).toEqual([
+      "1 records from 1 writers: chain intact",
+      expect.stringMatching(/^ {2}cli:\S+: 1 records, live, ok$/),
+    ]);
     const anchored = citadel("audit", "anchor", "--out", "anchor.json");
     expect(anchored.code, anchored.err).toBe(0);
     expect(anchored.out).toMatch(/^anchored 1 writers and 1 entries at .* in anchor\.json/);
     expect(citadel("audit", "verify", "--anchor", "anchor.json").code).toBe(0);
-    // An unkeyed record, as the old chain wrote them, is a forgery now.
-    await redis.xadd(
-      `${prefix}:audit`,
-      "*",
-      "r",
-      JSON.stringify({ writer: "x", seq: 1, prev: "0", ts: "t", event: "job.completed", hash: "0" }),
-    );
-    const forged = citadel("audit", "verify");
-    expect(forged.code).toBe(2);
-    expect(forged.out).toMatch(/x#1 carries no key id/);
-    expect(forged.out).toMatch(/x: records with no head \(forged writer\)/);
-    // A writer removed whole (records and head) shows only against an anchor.
-    const [writer] = Object.keys(await redis.hgetall(`${prefix}:audit:heads`));
-    await redis.hdel(`${prefix}:audit:heads`, writer ?? "");
-    const vanished = citadel("audit", "verify", "--anchor", "anchor.json");
-    expect(vanished.code).toBe(2);
-    expect(vanished.out).toContain(`${writer}: anchored at #1 but its head is gone (writer removed)`);
     // Production never falls back to the dev keyring: only the key files given count.
     writeFileSync(path.join(dir, "cli.key"), randomBytes(32).toString("base64"));
     writeFileSync(path.join(dir, "short.key"), randomBytes(16).toString("base64"));
@@ -291,6 +279,37 @@ describe("citadel CLI", () => {
       1,
       "citadel: short.key holds a 16-byte key; at least 32 bytes are needed",
     ]);
+    // An unkeyed record, as the old chain wrote them, is a forgery now; so is a writer
+    // listed with no keyed lease.
+    await redis.hset(auditWritersKey(prefix), "x", "1");
+    await redis.xadd(
+      auditStreamKey(prefix, "x"),
+      "*",
+      "r",
+      JSON.stringify({ writer: "x", seq: 1, prev: "0", ts: "t", event: "job.completed", hash: "0" }),
+    );
+    const forged = citadel("audit", "verify");
+    expect(forged.code).toBe(2);
+    expect(forged.out).toMatch(/x#1 carries no key id/);
+    expect(forged.out).toMatch(/x: records with no head \(head deleted, or a forged writer\)/);
+    expect(forged.out).toMatch(/^ {2}x: 1 records, live, \d+ problem\(s\)$/m);
+    // A writer's keys deleted while its lease runs show at once; removed whole (its entry
+    // in the writers hash too), only against an anchor.
+    const writer = (await redis.hkeys(auditWritersKey(prefix))).find((w) => w.startsWith("cli:")) ?? "";
+    await redis.del(auditStreamKey(prefix, writer), auditHeadKey(prefix, writer));
+    const deleted = citadel("audit", "verify");
+    expect(deleted.code).toBe(2);
+    expect(deleted.out).toMatch(
+      new RegExp(`${writer}: its stream and head are gone though its lease runs to .* \\(deleted\\)`),
+    );
+    await redis.hdel(auditWritersKey(prefix), writer);
+    const vanished = citadel("audit", "verify", "--anchor", "anchor.json");
+    expect(vanished.code).toBe(2);
+    expect(vanished.out).toMatch(
+      new RegExp(
+        `${writer}: anchored at #1 but gone from the writers hash though its lease ran to .* \\(writer removed\\)`,
+      ),
+    );
   });
 
   it("every process refuses bad configuration at start-up, naming every problem", () => {

@@ -2,7 +2,9 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { AuditKey, AuditWriter, auditStreamKey, verifyAuditStream } from "@citadel/audit";
 import { bullConnection, keys, queueName, queuePrefix, type RedisConn, redisClient } from "@citadel/queue";
+import { bucketKey, RateLimiter } from "@citadel/submit";
 import { Queue } from "bullmq";
 import { Cluster } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -11,7 +13,8 @@ import { ensureRedisBinaries, type LocalCluster, startRedisCluster } from "../su
 // The deployment's per-role ACL users (infra/redis/acl-rules.conf) on every node of a
 // Redis Cluster: each role's client still connects (it reads the slot map with CLUSTER
 // SLOTS and checks CLUSTER INFO), and KEDA's user can read the slot map it needs for the
-// redis-cluster scaler, besides LLEN of the wait lists.
+// redis-cluster scaler, besides LLEN of the wait lists. Token buckets and audit writers
+// already have slots of their own (docs/cluster-layout.md): checked here, within the roles' rights.
 
 const missing = ensureRedisBinaries();
 if (missing) process.stderr.write(`cluster-acl.test: SKIPPED: ${missing}\n`);
@@ -93,5 +96,40 @@ describe.skipIf(missing !== null)("the deployment's ACL users on a Redis Cluster
     expect(await keda.llen(keys.bull(PREFIX, "acl", "wait"))).toBe(1);
     await expect(keda.lrange(keys.bull(PREFIX, "acl", "wait"), 0, -1)).rejects.toThrow(/NOPERM/);
     await expect(keda.cluster("INFO")).rejects.toThrow(/NOPERM/);
+  });
+
+  it("spreads token buckets and audit writers over slots: the limiter still refuses, verify reads every writer", async () => {
+    const api = as("api");
+    const slot = async (key: string) => Number(await api.cluster("KEYSLOT", key));
+    const byIp = { scope: "ip", id: "10.9.8.7", rate: 0.001, burst: 2 };
+    const byTenant = { scope: "tenant", id: "acme", rate: 0.001, burst: 1 };
+    expect(await slot(bucketKey(PREFIX, "ip", byIp.id).key)).not.toBe(
+      await slot(bucketKey(PREFIX, "tenant", "acme").key),
+    );
+    const limiter = new RateLimiter(api, PREFIX);
+    expect((await limiter.takeAll([byIp, byTenant])).allowed).toBe(true);
+    // The tenant's slot refuses: the IP's charge (another slot) is given back, so the IP
+    // alone still has a token left, then none.
+    expect(await limiter.takeAll([byIp, byTenant])).toMatchObject({ allowed: false, scope: "tenant" });
+    expect((await limiter.takeAll([byIp])).allowed).toBe(true);
+    expect(await limiter.takeAll([byIp])).toMatchObject({ allowed: false, scope: "ip" });
+
+    const keys = { api: new AuditKey(randomBytes(32), "api"), worker: new AuditKey(randomBytes(32), "worker") };
+    const silent = { info: () => undefined, error: () => undefined };
+    const writers = [
+      new AuditWriter(api, PREFIX, "api:c", silent, keys.api),
+      new AuditWriter(as("worker"), PREFIX, "worker:c", silent, keys.worker),
+    ];
+    for (const [i, w] of writers.entries()) {
+      for (let n = 0; n < 3 + i; n++) w.record("job.completed", { jobId: `c.${n}` });
+      await w.close(10_000);
+      expect(w.backlog).toBe(0);
+    }
+    const stream = auditStreamKey(PREFIX, writers[0]?.writer ?? "");
+    expect(stream.startsWith("{citadel:a:api:c:")).toBe(true);
+    expect(await slot(stream)).not.toBe(await slot(PREFIX));
+    const r = await verifyAuditStream(as("publisher"), PREFIX, [keys.api, keys.worker]);
+    expect(r.problems).toEqual([]);
+    expect(r).toMatchObject({ records: 7, writers: 2 });
   });
 });

@@ -1,4 +1,5 @@
 import { readFileSync, writeFileSync } from "node:fs";
+import { readAuditEntries } from "@citadel/audit";
 import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
@@ -83,9 +84,9 @@ async function sessionCreated(t: { name: string; version: string }): Promise<boo
 }
 
 async function auditHas(model: string, v: string, code: string) {
-  const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
+  const entries = await readAuditEntries(fleet.redis, fleet.prefix);
   return entries
-    .map(([, f]) => JSON.parse(f[1] ?? "{}") as { event: string; model?: string; version?: string; errorCode?: string })
+    .map((e) => e.rec as { event?: string; model?: string; version?: string; errorCode?: string })
     .some((e) => e.event === "model.rejected" && e.model === model && e.version === v && e.errorCode === code);
 }
 

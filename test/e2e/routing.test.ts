@@ -1,3 +1,4 @@
+import { readAuditEntries } from "@citadel/audit";
 import { buildConvNet } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import { loadableProviders } from "@citadel/runtime";
@@ -29,9 +30,9 @@ async function run(model: string, headers: Record<string, string> = {}) {
 }
 
 async function audit(event: string, model: string) {
-  const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
+  const entries = await readAuditEntries(fleet.redis, fleet.prefix);
   return entries
-    .map(([, f]) => JSON.parse(f[1] ?? "{}") as { event: string; model?: string; version?: string })
+    .map((e) => e.rec as { event?: string; model?: string; version?: string })
     .filter((e) => e.event === event && e.model === model);
 }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { verifyAuditStream } from "@citadel/audit";
+import { auditStreamKey, readAuditEntries, verifyAuditStream } from "@citadel/audit";
 import type { JobData } from "@citadel/contracts";
 import {
   buildBatchAxisLastModel,
@@ -252,9 +252,8 @@ describe("timeouts, cancellation and failures", () => {
       expect(v.error.message).toMatch(/inference failed/);
     }
     expect(await metric("citadel_circuit_state")).toMatch(/model="failing".* (1|2)/);
-    const stream = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
-    const events = stream.map(
-      ([, f]) => JSON.parse(f[1] ?? "{}") as { event: string; model?: string; outcome?: string },
+    const events = (await readAuditEntries(fleet.redis, fleet.prefix)).map(
+      (e) => e.rec as { event?: string; model?: string; outcome?: string },
     );
     expect(events.some((e) => e.event === "circuit.opened" && e.model === "failing")).toBe(true);
     expect(
@@ -452,15 +451,19 @@ describe("audit and metrics", () => {
     const ok = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(ok.problems).toEqual([]);
     expect(ok.records).toBeGreaterThan(20);
-    const entries = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
-    const [victimId, victimFields] = entries[5] ?? [];
+    // The writer with the most records: its sixth is the victim.
+    const entries = await readAuditEntries(fleet.redis, fleet.prefix);
+    const counts = new Map<string, number>();
+    for (const e of entries) counts.set(e.writer, (counts.get(e.writer) ?? 0) + 1);
+    const writer = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "";
+    const victim = entries.filter((e) => e.writer === writer)[5];
+    const stream = auditStreamKey(fleet.prefix, writer);
     // Edit: delete a record and append a forged copy with a changed field.
-    const rec = JSON.parse(victimFields?.[1] ?? "{}");
-    await fleet.redis.xdel(`${fleet.prefix}:audit`, victimId as string);
+    await fleet.redis.xdel(stream, victim?.id ?? "");
     const edited = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(edited.ok).toBe(false);
     expect(edited.problems.join("\n")).toMatch(/deleted or reordered|does not link/);
-    await fleet.redis.xadd(`${fleet.prefix}:audit`, "*", "r", JSON.stringify({ ...rec, outcome: "forged" }));
+    await fleet.redis.xadd(stream, "*", "r", JSON.stringify({ ...victim?.rec, outcome: "forged" }));
     const forged = await verifyAuditStream(fleet.redis, fleet.prefix, fleet.auditKeys);
     expect(forged.problems.join("\n")).toMatch(/edited/);
   });

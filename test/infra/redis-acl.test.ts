@@ -1,6 +1,17 @@
+import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
+import {
+  AuditKey,
+  AuditWriter,
+  auditStreamKey,
+  auditWritersKey,
+  formatLease,
+  pruneExpiredWriters,
+  verifyAuditStream,
+} from "@citadel/audit";
 import type { JobData } from "@citadel/contracts";
 import { keys, OutboxRelay, queueName, queuePrefix, scripts, settleFinalCall } from "@citadel/queue";
+import { bucketKey, RateLimiter } from "@citadel/submit";
 import { TenantStore } from "@citadel/tenants";
 import { Queue, Worker } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
@@ -125,7 +136,13 @@ describe.each([
       NOPERM,
     );
     await expect(api.hset(`${PREFIX}:tenants:keys`, "h", "acme"), "API writes tenants").rejects.toThrow(NOPERM);
-    expect(await api.incr(`${PREFIX}:rl:ip:127.0.0.1`)).toBe(1);
+    // Token buckets: per IP in the IP's slot, per tenant in the tenant's; the API only.
+    const limiter = new RateLimiter(api, PREFIX);
+    const byIp = { scope: "ip", id: "127.0.0.1", rate: 0.001, burst: 1 };
+    const byTenant = { scope: "tenant", id: "acme", rate: 0.001, burst: 5 };
+    expect((await limiter.takeAll([byIp, byTenant])).allowed).toBe(true);
+    expect(await limiter.takeAll([byIp, byTenant])).toMatchObject({ allowed: false, scope: "ip" });
+    expect(bucketKey(PREFIX, "ip", "127.0.0.1").key).toBe("{citadel:ip:127.0.0.1}:rl:ip");
     const queue = new Queue(queueName(model), { connection: api, prefix: queuePrefix(PREFIX, model) });
     const job = await queue.add("infer", { n: 21 });
 
@@ -168,6 +185,41 @@ describe.each([
     ).rejects.toThrow(NOPERM);
     await expect(worker.hset(`${PREFIX}:tenants:defs`, "acme", "{}"), "worker writes tenants").rejects.toThrow(NOPERM);
     await expect(worker.hget(`${PREFIX}:tenants:keys`, "h"), "worker reads API key hashes").rejects.toThrow(NOPERM);
+    await expect(
+      worker.get(bucketKey(PREFIX, "tenant", "acme").key),
+      "worker reads a tenant's token bucket",
+    ).rejects.toThrow(NOPERM);
+
+    // Audit: API and worker each append to their own writers' streams and list them in the
+    // writers hash; neither may write the other role's streams; the CLI verifies them all.
+    const auditKeys = { api: new AuditKey(randomBytes(32), "api"), worker: new AuditKey(randomBytes(32), "worker") };
+    const silent = { info: () => undefined, error: () => undefined };
+    const apiAudit = new AuditWriter(api, PREFIX, "api:acl", silent, auditKeys.api);
+    const workerAudit = new AuditWriter(worker, PREFIX, "worker:acl", silent, auditKeys.worker);
+    apiAudit.record("auth.denied", { clientIp: "127.0.0.1" });
+    workerAudit.record("job.completed", { jobId: String(job.id) });
+    await apiAudit.close();
+    await workerAudit.close();
+    expect(apiAudit.backlog + workerAudit.backlog).toBe(0);
+    await expect(
+      worker.xadd(auditStreamKey(PREFIX, apiAudit.writer), "*", "r", "{}"),
+      "worker writes the API's audit stream",
+    ).rejects.toThrow(NOPERM);
+    await expect(
+      api.xadd(auditStreamKey(PREFIX, workerAudit.writer), "*", "r", "{}"),
+      "API writes a worker's audit stream",
+    ).rejects.toThrow(NOPERM);
+    // Each role may drop its own role's expired writers (what a writer does at start).
+    await pub.hset(auditWritersKey(PREFIX), "api:gone", formatLease(auditKeys.api, "api:gone", 1, true));
+    expect(await pruneExpiredWriters(api, PREFIX, [auditKeys.api], (w) => w.startsWith("api:"))).toBe(1);
+    expect(await pruneExpiredWriters(worker, PREFIX, [auditKeys.worker], (w) => w.startsWith("worker:"))).toBe(0);
+    const report = await verifyAuditStream(pub, PREFIX, [auditKeys.api, auditKeys.worker]);
+    expect(report.problems).toEqual([]);
+    expect(report).toMatchObject({ records: 2, writers: 2 });
+    await expect(
+      pub.xadd(auditStreamKey(PREFIX, apiAudit.writer), "*", "r", "{}"),
+      "publisher writes the API's audit stream",
+    ).rejects.toThrow(NOPERM);
 
     // A job's settlement: the worker drops its inputs and leaves an outbox entry in the
     // queue's slot (settleFinal-3.lua), and may read or write nothing of its tenant's, its

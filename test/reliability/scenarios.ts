@@ -9,6 +9,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
+import { auditStreamKey, auditWriters } from "@citadel/audit";
 import { buildConvNet, buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
 import { deploymentKeyPattern, keys, qualifiedQueueName, queueName } from "@citadel/queue";
 import type { Redis } from "ioredis";
@@ -228,23 +229,28 @@ async function drain(client: Client, ids: string[], deadlineMs: number): Promise
   return views;
 }
 
-/** job.completed records per job id in the audit stream. */
+/** job.completed records per job id in the audit streams (one per writer). */
 async function auditCompletions(redis: Redis, prefix: string): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
-  let from = "-";
-  for (;;) {
-    const batch = (await redis.xrange(`${prefix}:audit`, from, "+", "COUNT", 5000)) as [string, string[]][];
-    for (const [, fields] of batch) {
-      const i = fields.indexOf("r");
-      const raw = i >= 0 ? fields[i + 1] : undefined;
-      if (!raw) continue;
-      const rec = JSON.parse(raw) as { event?: string; jobId?: string };
-      if (rec.event === "job.completed" && rec.jobId) counts.set(rec.jobId, (counts.get(rec.jobId) ?? 0) + 1);
+  for (const writer of await auditWriters(redis, prefix)) {
+    let from = "-";
+    for (;;) {
+      const batch = (await redis.xrange(auditStreamKey(prefix, writer), from, "+", "COUNT", 5000)) as [
+        string,
+        string[],
+      ][];
+      for (const [, fields] of batch) {
+        const i = fields.indexOf("r");
+        const raw = i >= 0 ? fields[i + 1] : undefined;
+        if (!raw) continue;
+        const rec = JSON.parse(raw) as { event?: string; jobId?: string };
+        if (rec.event === "job.completed" && rec.jobId) counts.set(rec.jobId, (counts.get(rec.jobId) ?? 0) + 1);
+      }
+      if (batch.length < 5000) break;
+      const last = batch[batch.length - 1]?.[0] ?? "";
+      const [ms, seq] = last.split("-");
+      from = `${ms}-${Number(seq) + 1}`;
     }
-    if (batch.length < 5000) break;
-    const last = batch[batch.length - 1]?.[0] ?? "";
-    const [ms, seq] = last.split("-");
-    from = `${ms}-${Number(seq) + 1}`;
   }
   return counts;
 }

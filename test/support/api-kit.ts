@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { ApiEnv, type ApiHandle, startApi } from "@citadel/api";
-import type { AuditRecord } from "@citadel/audit";
+import { type AuditRecord, readAuditEntries } from "@citadel/audit";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
 import { ErrorCode, type JobData, type TensorPayload } from "@citadel/contracts";
@@ -58,13 +58,9 @@ export async function publishModel(
   );
 }
 
-/** Every record of the fleet's audit stream, oldest first. */
+/** Every record of the fleet's audit streams (one per writer), oldest first. */
 export async function readAudit(fleet: TestFleet): Promise<AuditRecord[]> {
-  const rows = await fleet.redis.xrange(`${fleet.prefix}:audit`, "-", "+");
-  return rows.map(([, fields]) => {
-    const i = fields.indexOf("r");
-    return JSON.parse(fields[i + 1] ?? "{}") as AuditRecord;
-  });
+  return (await readAuditEntries(fleet.redis, fleet.prefix)).map((e) => e.rec as unknown as AuditRecord);
 }
 
 export type QueueCounts = Record<"waiting" | "prioritized" | "delayed" | "active" | "completed" | "failed", number>;

@@ -83,7 +83,8 @@ export const ApiEnv = CommonEnv.extend(KeyEnv.shape)
     /** Trust X-Forwarded-For from this many proxies (0: use the socket address). */
     TRUST_PROXY_HOPS: IntEnv(0, 10).default(0),
     OPENAPI_UI: BoolEnv.default(true),
-    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+    /** Entries this process's own audit stream keeps (XADD MAXLEN ~): one stream per writer, so ten hold what one stream of 1,000,000 did. */
+    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(100_000),
     /**
      * Auth denials and rate-limit refusals are audited per source (address, tenant,
      * reason) and window: the first at once, the rest as one record with a count.

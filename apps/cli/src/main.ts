@@ -369,10 +369,12 @@ tenants
     }),
   );
 
-const audit = program.command("audit").description("the keyed, chained audit stream");
+const audit = program.command("audit").description("the keyed, chained audit streams (one per writer)");
 audit
   .command("verify")
-  .description("check every writer's chain: edits, forgeries, deletions and reordering are reported (exit 2)")
+  .description(
+    "check every writer's chain (the writers hash lists them): edits, forgeries, deletions and reordering are reported (exit 2); writers whose lease ended are dropped from the hash",
+  )
   .option(
     "--key-file <[role=]file>",
     "an audit key the records may be MACed with (repeatable; also AUDIT_KEY_FILES and this CLI's own key)",
@@ -388,6 +390,12 @@ audit
       print(
         `${r.records} records from ${r.writers} writers: ${r.ok ? "chain intact" : `${r.problems.length} problem(s)`}`,
       );
+      // Each writer's stream on a line of its own (the first 200), then what is wrong.
+      for (const w of r.perWriter.slice(0, 200))
+        print(
+          `  ${w.writer}: ${w.records} records, ${w.state}, ${w.problems === 0 ? "ok" : `${w.problems} problem(s)`}`,
+        );
+      if (r.perWriter.length > 200) print(`  … and ${r.perWriter.length - 200} more writers`);
       for (const p of r.problems.slice(0, 50)) print(`  ${p}`);
       for (const n of r.notes) print(`  note: ${n}`);
       if (!r.ok) process.exitCode = 2;
@@ -421,7 +429,7 @@ audit
       }
       await writeFile(o.out, json);
       print(
-        `anchored ${Object.keys(anchor.heads).length} writers and ${anchor.entriesAdded} entries at ${anchor.at} in ${o.out}`,
+        `anchored ${Object.keys(anchor.heads).length} writers and ${Object.values(anchor.heads).reduce((n, h) => n + h.entriesAdded, 0)} entries at ${anchor.at} in ${o.out}`,
       );
     }),
   );

@@ -38,7 +38,8 @@ export const WorkerEnv = CommonEnv.extend(KeyEnv.shape)
     CIRCUIT_COOLDOWN_MS: IntEnv(100, 3600 * SECOND).default(10 * SECOND),
     /** Abandoned (hung) runner threads tolerated before the worker reports unhealthy. */
     MAX_HUNG_RUNNERS: IntEnv(0, 100).default(2),
-    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(1_000_000),
+    /** Entries this process's own audit stream keeps (XADD MAXLEN ~): one stream per writer, so ten hold what one stream of 1,000,000 did. */
+    AUDIT_MAX_LEN: IntEnv(1000, 100_000_000).default(100_000),
     /** Start even where core dumps cannot be disabled (refused in production otherwise). */
     ALLOW_CORE_DUMPS: BoolEnv.default(false),
   })

@@ -1,4 +1,5 @@
 import type { Cluster, Redis } from "ioredis";
+import { auditStreamKey, auditWritersKey } from "./record.js";
 
 /** What XINFO STREAM says about the audit stream, as far as verification needs it. */
 export interface StreamInfo {
@@ -39,4 +40,39 @@ export function compareIds(a: string, b: string): number {
   const [bm = 0n, bs = 0n] = b.split("-").map((p) => BigInt(p));
   if (am !== bm) return am < bm ? -1 : 1;
   return as === bs ? 0 : as < bs ? -1 : 1;
+}
+
+/** One entry of a writer's stream, parsed as far as its JSON goes (not verified). */
+export interface AuditEntry {
+  writer: string;
+  /** The entry's id in its writer's stream. */
+  id: string;
+  rec: Record<string, unknown>;
+}
+
+/** Every writer in the writers hash, in id order (HKEYS: the one list, never SCAN). */
+export async function auditWriters(redis: Redis | Cluster, prefix: string): Promise<string[]> {
+  return (await redis.hkeys(auditWritersKey(prefix))).sort();
+}
+
+/**
+ * Every entry of every listed writer's stream, in stream-id order across writers (ids
+ * are millisecond times, so roughly the order written): for tools and tests that read
+ * the records; verification is verifyAuditStream's.
+ */
+export async function readAuditEntries(redis: Redis | Cluster, prefix: string): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  for (const writer of await auditWriters(redis, prefix)) {
+    if (/[{}]/.test(writer)) continue;
+    for (const [id, fields] of await redis.xrange(auditStreamKey(prefix, writer), "-", "+")) {
+      let rec: Record<string, unknown> = {};
+      try {
+        rec = JSON.parse(fields[1] ?? "{}") as Record<string, unknown>;
+      } catch {
+        // Not JSON: kept as an empty record; verification reports it.
+      }
+      out.push({ writer, id, rec });
+    }
+  }
+  return out.sort((a, b) => compareIds(a.id, b.id));
 }

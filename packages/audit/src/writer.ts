@@ -5,12 +5,22 @@ import {
   type AuditEvent,
   type AuditFields,
   type AuditRecord,
-  auditHeadsKey,
+  auditHeadKey,
   auditStreamKey,
+  auditWritersKey,
   formatHead,
+  formatLease,
   genesis,
   macRecord,
 } from "./record.js";
+import { pruneExpiredWriters } from "./verify.js";
+
+/**
+ * How long a writer's stream and head outlive its last renewal (a live writer renews
+ * hourly, idle or not): then they expire and a verifier drops the writer from the
+ * writers hash. Bounds what dead writers (every restarted process) leave in Redis.
+ */
+export const AUDIT_RETENTION_MS = 30 * 24 * 3_600_000;
 
 export interface AuditSink {
   record(event: AuditEvent, fields: AuditFields): void;
@@ -22,40 +32,80 @@ export interface AuditLogger {
 }
 
 /**
- * Appends keyed, chained records to a bounded Redis stream and to the log. Each writer
- * (one per process) numbers its records and links each to the previous one's MAC;
- * its latest (seq, MAC) is kept, MACed too, in a heads hash so a deleted tail is
- * noticed. The key is not in Redis: whoever can write Redis cannot recompute a chain.
+ * Appends keyed, chained records to this writer's own bounded Redis stream and to the
+ * log. Each writer (one per process) numbers its records and links each to the
+ * previous one's MAC; its latest (seq, MAC) is kept, MACed too, in its head key so a
+ * deleted tail is noticed. Stream and head share a slot of their own (one MULTI), and
+ * the writer adds itself to the writers hash before its first record, with a MACed
+ * lease saying when its keys may expire. The key is not in Redis: whoever can write
+ * Redis cannot recompute a chain.
  *
  * Records are written in order by one pump, many per round trip; while Redis is
  * unreachable they wait in a bounded buffer and are retried, so an outage delays the
  * stream copy instead of punching holes in it (the log copy is written at once).
  */
 export class AuditWriter implements AuditSink {
-  readonly writer: string;
+  private writerId = "";
   private seq = 0;
-  private prev: string;
+  private prev = "";
+  private streamKey = "";
+  private headKey = "";
+  /** When this chain's keys expire (epoch ms), as its lease in the writers hash says; 0: not registered yet. */
+  private leaseUntil = 0;
+  /** Whether a record of this chain is in Redis, and whether its lease says so. */
+  private chainWritten = false;
+  private leaseWritten = false;
+  private renewDue = false;
+  private pruned = false;
+  private readonly renewEveryMs: number;
+  private readonly renewTimer: NodeJS.Timeout;
   private readonly pending: AuditRecord[] = [];
   private pumping: Promise<void> | null = null;
   private failing = false;
   private closed = false;
-  private readonly streamKey: string;
-  private readonly headsKey: string;
+  private readonly writersKey: string;
+  private readonly baseName: string;
 
   constructor(
     private readonly redis: Redis | Cluster,
-    prefix: string,
+    private readonly prefix: string,
     writerName: string,
     private readonly log: AuditLogger,
     private readonly key: AuditKey,
-    private readonly maxLen = 1_000_000,
+    /** Entries this writer's stream keeps (XADD MAXLEN ~). */
+    private readonly maxLen = 100_000,
     /** Records held while Redis is down before the oldest are dropped (and logged). */
     private readonly maxPending = 100_000,
+    private readonly retentionMs = AUDIT_RETENTION_MS,
   ) {
-    this.writer = `${writerName}:${randomBytes(4).toString("hex")}`;
-    this.prev = genesis(this.writer);
-    this.streamKey = auditStreamKey(prefix);
-    this.headsKey = auditHeadsKey(prefix);
+    // Writer ids become hash tags ({<prefix tag>:a:<writer>}): no braces.
+    this.baseName = writerName.replace(/[{}]/g, "_");
+    this.writersKey = auditWritersKey(prefix);
+    this.startChain();
+    this.renewEveryMs = Math.min(3_600_000, Math.max(50, Math.floor(retentionMs / 8)));
+    // Idle writers renew too: a live writer's keys never expire.
+    this.renewTimer = setInterval(() => {
+      if (this.leaseUntil === 0 || this.closed) return;
+      this.renewDue = true;
+      this.pumping ??= this.pump();
+    }, this.renewEveryMs).unref();
+  }
+
+  /** A new chain under a fresh writer id (at start, and after a lease lapsed). */
+  private startChain(): void {
+    this.writerId = `${this.baseName}:${randomBytes(4).toString("hex")}`;
+    this.seq = 0;
+    this.prev = genesis(this.writerId);
+    this.streamKey = auditStreamKey(this.prefix, this.writerId);
+    this.headKey = auditHeadKey(this.prefix, this.writerId);
+    this.leaseUntil = 0;
+    this.chainWritten = false;
+    this.leaseWritten = false;
+  }
+
+  /** This writer's id: the `writer` of its records, its field in the writers hash, its keys' tag. */
+  get writer(): string {
+    return this.writerId;
   }
 
   /** Records not yet in the stream (they are in the log). */
@@ -66,7 +116,7 @@ export class AuditWriter implements AuditSink {
   record(event: AuditEvent, fields: AuditFields): void {
     const body: Omit<AuditRecord, "hash"> = {
       ...stripUndefined(fields),
-      writer: this.writer,
+      writer: this.writerId,
       seq: ++this.seq,
       prev: this.prev,
       ts: new Date().toISOString(),
@@ -91,17 +141,30 @@ export class AuditWriter implements AuditSink {
     // Let the current tick's records join the first batch.
     await new Promise((r) => setImmediate(r));
     let backoff = 250;
-    while (this.pending.length > 0 && !this.closed) {
-      const batch = this.pending.slice(0, 500);
-      const last = batch[batch.length - 1] as AuditRecord;
+    while (this.due() && !this.closed) {
       try {
-        const m = this.redis.multi();
-        for (const r of batch) m.xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", JSON.stringify(r));
-        m.hset(this.headsKey, this.writer, formatHead(this.key, this.writer, last.seq, last.hash));
-        const res = await m.exec();
-        const failed = res?.find(([err]) => err);
-        if (!res || failed) throw failed?.[0] ?? new Error("audit transaction aborted");
-        this.pending.splice(0, batch.length);
+        if (!(await this.ensureLease())) continue;
+        const batch = this.pending.slice(0, 500);
+        const last = batch[batch.length - 1];
+        if (batch.length > 0 || this.renewDue) {
+          const until = String(this.leaseUntil);
+          const m = this.redis.multi();
+          for (const r of batch)
+            m.xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", JSON.stringify(r));
+          if (last) m.set(this.headKey, formatHead(this.key, this.writerId, last.seq, last.hash), "PXAT", until);
+          else m.pexpireat(this.headKey, until);
+          m.pexpireat(this.streamKey, until);
+          const res = await m.exec();
+          const failed = res?.find(([err]) => err);
+          if (!res || failed) throw failed?.[0] ?? new Error("audit transaction aborted");
+          this.pending.splice(0, batch.length);
+          if (last) this.chainWritten = true;
+          this.renewDue = false;
+        }
+        if (this.chainWritten && !this.leaseWritten) {
+          await this.writeLease(this.leaseUntil, true);
+          this.leaseWritten = true;
+        }
         if (this.failing) this.log.info({ backlog: this.pending.length }, "audit stream writes resumed");
         this.failing = false;
         backoff = 250;
@@ -117,6 +180,65 @@ export class AuditWriter implements AuditSink {
     this.pumping = null;
   }
 
+  private due(): boolean {
+    return this.pending.length > 0 || this.renewDue || (this.chainWritten && !this.leaseWritten);
+  }
+
+  /**
+   * Registers this chain before its first record and renews its lease before the keys'
+   * expiry is extended, so the lease in the writers hash never ends before the keys do.
+   * A lease this close to its end is not renewed: a verifier may be dropping it (its
+   * keys expired or are about to), so the writer starts a new chain instead and its
+   * unwritten records stay in the log only. False when there is nothing to write yet.
+   */
+  private async ensureLease(): Promise<boolean> {
+    const now = Date.now();
+    if (this.leaseUntil !== 0 && now >= this.leaseUntil - 2 * this.renewEveryMs) {
+      const dropped = this.pending.splice(0);
+      this.log.error(
+        { writer: this.writerId, dropped: dropped.length, fromSeq: dropped[0]?.seq },
+        "audit lease lapsed (Redis unreachable for long): a new chain starts; unwritten records are in the log only",
+      );
+      this.startChain();
+      this.renewDue = false;
+      return false;
+    }
+    if (this.leaseUntil === 0 && this.pending.length === 0) {
+      this.renewDue = false;
+      return false;
+    }
+    if (this.leaseUntil === 0 || now >= this.leaseUntil - this.retentionMs + this.renewEveryMs) {
+      const until = now + this.retentionMs;
+      const first = this.leaseUntil === 0 && !this.pruned;
+      await this.writeLease(until, this.chainWritten);
+      this.leaseUntil = until;
+      if (first) this.pruneOnce();
+      if (this.chainWritten) this.leaseWritten = true;
+    }
+    return true;
+  }
+
+  /**
+   * Once per process: drops this role's writers whose leases ended and whose keys
+   * expired (dead processes), so the writers hash stays bounded even where nobody runs
+   * verify. Only this role's: its key verifies their leases, and the ACL lets it read
+   * their keys. Off the write path; a failure is logged and left to verify.
+   */
+  private pruneOnce(): void {
+    this.pruned = true;
+    const role = `${this.baseName.split(":")[0] ?? this.baseName}:`;
+    pruneExpiredWriters(this.redis, this.prefix, [this.key], (w) => w.startsWith(role)).then(
+      (n) => {
+        if (n > 0) this.log.info({ dropped: n }, "audit: expired writers dropped from the writers hash");
+      },
+      (err: unknown) => this.log.error({ err }, "audit: dropping expired writers failed (verify does it too)"),
+    );
+  }
+
+  private async writeLease(until: number, written: boolean): Promise<void> {
+    await this.redis.hset(this.writersKey, this.writerId, formatLease(this.key, this.writerId, until, written));
+  }
+
   /**
    * A failed reply does not mean a failed write: Redis may have applied the MULTI and
    * died (or the connection dropped) before answering. The head is written in the same
@@ -124,8 +246,9 @@ export class AuditWriter implements AuditSink {
    */
   private async dropApplied(): Promise<void> {
     try {
-      const head = await this.redis.hget(this.headsKey, this.writer);
+      const head = await this.redis.get(this.headKey);
       const seq = head ? Number(head.split(":")[0]) : 0;
+      if (seq > 0) this.chainWritten = true;
       let n = 0;
       while (n < this.pending.length && (this.pending[n]?.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
       if (n > 0) this.pending.splice(0, n);
@@ -155,6 +278,7 @@ export class AuditWriter implements AuditSink {
 
   /** Stops retrying (after a final flush attempt). */
   async close(timeoutMs = 3000): Promise<void> {
+    clearInterval(this.renewTimer);
     await this.flush(timeoutMs);
     this.closed = true;
   }

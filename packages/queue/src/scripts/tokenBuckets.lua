@@ -1,7 +1,9 @@
 --[[
-  Token buckets, so limits hold across API replicas (apps/api limits.ts, RateLimiter).
-  One call checks several buckets at once (per-IP and per-tenant on every request) and
-  charges them only if all allow it; state is one string with a TTL (GET and SET PX:
+  Token buckets, so limits hold across API replicas (packages/submit limits.ts,
+  RateLimiter). One call checks several buckets of one hash slot at once and charges
+  them only if all allow it; a request's buckets in other slots (per IP, per tenant) are
+  other calls, and RateLimiter refunds with a negative cost the calls that charged when
+  one refuses. State is one string with a TTL (GET and SET PX:
   two commands per bucket, where a hash took three), so idle buckets disappear. A
   negative cost refunds tokens (never past the burst on the next refill).
 
