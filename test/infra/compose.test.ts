@@ -483,8 +483,10 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
         const c = connect(url(svc));
         await c.connect();
         expect(String(await c.call("CLIENT", "INFO")), svc).toContain(` user=${svc} `);
-        // A key every application role may write (test/infra/redis-acl.test.ts covers each role's rights).
-        expect(await c.set(keys.cancelled("{citadel}", `m.${svc}-compose-acl-0000`), "1"), svc).toBe("OK");
+        // A key the role may write (test/infra/redis-acl.test.ts covers each role's rights).
+        const own =
+          svc === "publisher" ? "{citadel}:registry:acl-check" : keys.cancelled("{citadel}", "m.compose-acl-check0");
+        expect(await c.set(own, "1"), svc).toBe("OK");
         await expect(c.flushall(), svc).rejects.toThrow(/NOPERM/);
       }
       // No password: the default user is off. Another role's user with this role's

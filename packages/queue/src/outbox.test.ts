@@ -150,6 +150,9 @@ describe("OutboxRelay", () => {
     }
     expect(await quota("orphan")).toEqual(["0", "0"]);
     expect(await redis.xpending(stream, OUTBOX_GROUP)).toEqual([0, null, null, null]);
+    // Readers that closed with nothing pending left the group; the dead one is still listed.
+    const consumers = (await redis.xinfo("CONSUMERS", stream, OUTBOX_GROUP)) as unknown[][];
+    expect(consumers.map((c) => c[1])).toEqual(["api-dead"]);
   });
 
   it("drops an entry that is not an outbox entry, with a warning", async () => {

@@ -102,11 +102,25 @@ export class OutboxRelay {
     this.loop ??= this.run();
   }
 
-  /** Stops after the round in progress; what was not finished stays pending for another reader. */
+  /**
+   * Stops after the round in progress; what was not finished stays pending for another
+   * reader. A reader that leaves nothing pending in an outbox leaves its group there too,
+   * so restarts do not pile up consumers.
+   */
   async close(): Promise<void> {
     this.closing = true;
     this.wake?.();
     await this.loop;
+    await Promise.all(
+      [...this.grouped].map(async (stream) => {
+        try {
+          const mine = (await this.redis.xpending(stream, OUTBOX_GROUP, "-", "+", 1, this.s.consumer)) as unknown[];
+          if (mine.length === 0) await this.redis.xgroup("DELCONSUMER", stream, OUTBOX_GROUP, this.s.consumer);
+        } catch (err) {
+          this.log.warn({ err: coerceError(err), stream }, "outbox relay: could not leave the consumer group");
+        }
+      }),
+    );
   }
 
   private async run(): Promise<void> {
