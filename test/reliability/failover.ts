@@ -478,9 +478,22 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
     // A replica cut off for longer than cluster-node-timeout × validity factor would refuse
     // to take over; 0 lets it (the choice that trades acknowledged writes for availability).
     await admin.conn(r2).config("SET", "cluster-replica-validity-factor", "0");
-    await admin.conn(m2).config("SET", "client-output-buffer-limit", "replica 256kb 256kb 0");
+    // How far behind the replica is when it stops: what it has applied is what survives.
+    const offsets = async () => {
+      const [m, r] = await Promise.all([admin.conn(m2).info("replication"), admin.conn(r2).info("replication")]);
+      const at = (info: string, field: string) => Number(new RegExp(`${field}:(\\d+)`).exec(info)?.[1] ?? -1);
+      return {
+        master: at(m, "master_repl_offset"),
+        replica: at(r, "master_repl_offset"),
+        link: /master_link_status:up/.test(r),
+      };
+    };
+    const atStop = await offsets();
+    const stopped = Date.now();
     say(`  failover: SIGSTOP replica :${r2}; master :${m2} keeps accepting until it drops the replica`);
     r2node?.child.kill("SIGSTOP");
+    // Capped only now: a replica merely slow under load is not dropped before it stops.
+    await admin.conn(m2).config("SET", "client-output-buffer-limit", "replica 256kb 256kb 0");
     // Filler in the queue's own slot (not a Citadel key the witness counts) until the
     // master's replication buffer overflows and it drops the replica.
     const filler = randomBytes(1 << 20);
@@ -631,6 +644,7 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
       const deadline = Date.now() + (opts.short ? 60_000 : 120_000);
       const finals = new Map<string, Final>();
       let vanished = 0;
+      let vanishedBeforeStop = 0;
       let recovered = 0;
       let sameIdAgain = 0;
       // Each accepted key: settle its job; a job that vanished is submitted again with its key.
@@ -645,6 +659,7 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
             let f = await settle(api.url, setup.apiKey, ids[0] as string, deadline);
             if (f.kind === "vanished") {
               vanished++;
+              if ((ledger.firstAccepted.get(key) ?? 0) < stopped) vanishedBeforeStop++;
               for (let attempt = 0; attempt < 300; attempt++) {
                 ledger.resent++;
                 const a = await submitOnce(api.url, setup.apiKey, bodies.get(key) ?? "", key);
@@ -754,6 +769,13 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
         networkErrors: windowAnswers.filter((a) => a.status === 0).length,
         acceptedBeforeKill: acksBeforeKill,
         lostAcknowledged: vanished,
+        ...(ledger.name === "lagging"
+          ? {
+              lostAcknowledgedBeforeReplicaStop: vanishedBeforeStop,
+              replicaBehindAtStopBytes: atStop.master - atStop.replica,
+              replicaLinkUpAtStop: String(atStop.link),
+            }
+          : {}),
         recoveredByRetry: recovered,
         reRunAfterLostCompletion: reRun,
         resent: ledger.resent,
@@ -782,7 +804,7 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
         : "no master";
       const bull = list
         .split("\n")
-        .filter((l) => /name=\S*bull/i.test(l))
+        .filter((l) => l.includes(`name=${prefix}`))
         .map((l) => `${/name=(\S*)/.exec(l)?.[1]} cmd=${/cmd=(\S*)/.exec(l)?.[1]} idle=${/idle=(\S*)/.exec(l)?.[1]}`);
       rows[rows.length - 1]?.notes.push(
         `jobs left unsettled; BullMQ connections on the queue's master :${master}: ${bull.length ? bull.join("; ") : "none"}`,
