@@ -268,6 +268,13 @@ class PhaseLedger {
   readonly firstAccepted = new Map<string, number>();
   readonly answers: Answer[] = [];
   resent = 0;
+  /** Requests whose client has not had its final answer yet. */
+  open = 0;
+  /** After settling: each accepted key's outcome, and the keys whose job had vanished. */
+  readonly finals = new Map<string, Final>();
+  readonly vanished = new Set<string>();
+  recovered = 0;
+  sameIdAgain = 0;
   constructor(readonly name: string) {}
   accepted(): string[] {
     return this.keys.filter((k) => this.ids.has(k));
@@ -338,9 +345,11 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
   const witness = new ClusterWitness(prefix, (inputs) => byInput.get(inputs.toString("base64")));
   const procs: Proc[] = [];
   let stopLoad = true;
+  let closeSetup: () => Promise<void> = async () => undefined;
   try {
     for (const n of cluster.nodes) await witness.attach(n.port);
     const setup = await setupFleet({ redisUrl: cluster.url, prefix });
+    closeSetup = () => setup.close();
     await setup.publish(buildConvNet(), {
       name: MODEL,
       version: "1",
@@ -383,8 +392,14 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
     let phase = phases[0] as PhaseLedger;
     let seq = 0;
     stopLoad = false;
+    /** Between the faults no new request starts (the first fault's are being settled). */
+    let paused = false;
     const client = async () => {
       while (!stopLoad) {
+        if (paused) {
+          await sleep(20);
+          continue;
+        }
         const i = seq++;
         const ledger = phase;
         const key = `failover-${i}`;
@@ -393,6 +408,7 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
         const body = JSON.stringify({ model: MODEL, inputs: { x: { dtype: "float32", shape: [1, ...DIMS], data } } });
         bodies.set(key, body);
         ledger.keys.push(key);
+        ledger.open++;
         for (let attempt = 0; ; attempt++) {
           if (attempt > 0) ledger.resent++;
           const a = await submitOnce(api.url, setup.apiKey, body, key);
@@ -407,7 +423,47 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
           if (stopLoad && attempt > 300) break;
           await sleep(200);
         }
+        ledger.open--;
       }
+    };
+    /**
+     * Settles every accepted request of a fault once its clients are done: long-polls its
+     * job; a job that answers 404 after its 202 vanished with a master, and its client
+     * submits it again with its key and settles that.
+     */
+    const settleLedger = async (ledger: PhaseLedger) => {
+      const until = Date.now() + 120_000;
+      while (ledger.open > 0 && Date.now() < until) await sleep(50);
+      const deadline = Date.now() + (opts.short ? 60_000 : 120_000);
+      const accepted = ledger.accepted();
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          for (;;) {
+            const key = accepted[next++];
+            if (!key) return;
+            const ids = ledger.ids.get(key) as string[];
+            let f = await settle(api.url, setup.apiKey, ids[0] as string, deadline);
+            if (f.kind === "vanished") {
+              ledger.vanished.add(key);
+              for (let attempt = 0; attempt < 300; attempt++) {
+                ledger.resent++;
+                const a = await submitOnce(api.url, setup.apiKey, bodies.get(key) ?? "", key);
+                if (a.status === 202 && a.id) {
+                  if (a.id === ids[0]) ledger.sameIdAgain++;
+                  ids.push(a.id);
+                  f = await settle(api.url, setup.apiKey, a.id, deadline);
+                  break;
+                }
+                if (a.status >= 400 && a.status < 500) break;
+                await sleep(200);
+              }
+              if (f.kind === "final") ledger.recovered++;
+            }
+            ledger.finals.set(key, f);
+          }
+        }),
+      );
     };
     const clients = Array.from({ length: 3 }, client);
     const acceptedSince = (ledger: PhaseLedger, t: number) =>
@@ -468,7 +524,12 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
     figures.plain = { killed: `:${m1}`, promoted: `:${r1}`, withoutMasterMs: promoted1 - kill1 };
 
     // ---- 2. lagging replica, then no master ------------------------------------
+    // New requests belong to the second fault; the first one's are settled before it
+    // (a job of theirs that vanished there would be the second fault's loss).
+    paused = true;
     phase = phases[1] as PhaseLedger;
+    await settleLedger(phases[0] as PhaseLedger);
+    paused = false;
     const tLag = Date.now();
     await waitAccepted(phase, tLag, load, "before the second fault");
     const m2 = r1;
@@ -641,43 +702,15 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
     const rows: Row[] = [];
     for (const ledger of phases) {
       const w = windows.get(ledger.name) as { from: number; to: number };
-      const deadline = Date.now() + (opts.short ? 60_000 : 120_000);
-      const finals = new Map<string, Final>();
-      let vanished = 0;
-      let vanishedBeforeStop = 0;
-      let recovered = 0;
-      let sameIdAgain = 0;
-      // Each accepted key: settle its job; a job that vanished is submitted again with its key.
+      if (ledger === phases[1]) await settleLedger(ledger);
       const accepted = ledger.accepted();
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 8 }, async () => {
-          for (;;) {
-            const key = accepted[next++];
-            if (!key) return;
-            const ids = ledger.ids.get(key) as string[];
-            let f = await settle(api.url, setup.apiKey, ids[0] as string, deadline);
-            if (f.kind === "vanished") {
-              vanished++;
-              if ((ledger.firstAccepted.get(key) ?? 0) < stopped) vanishedBeforeStop++;
-              for (let attempt = 0; attempt < 300; attempt++) {
-                ledger.resent++;
-                const a = await submitOnce(api.url, setup.apiKey, bodies.get(key) ?? "", key);
-                if (a.status === 202 && a.id) {
-                  if (a.id === ids[0]) sameIdAgain++;
-                  ids.push(a.id);
-                  f = await settle(api.url, setup.apiKey, a.id, deadline);
-                  break;
-                }
-                if (a.status >= 400 && a.status < 500) break;
-                await sleep(200);
-              }
-              if (f.kind === "final") recovered++;
-            }
-            finals.set(key, f);
-          }
-        }),
-      );
+      const finals = ledger.finals;
+      const vanished = ledger.vanished.size;
+      const recovered = ledger.recovered;
+      const sameIdAgain = ledger.sameIdAgain;
+      const vanishedBeforeStop = [...ledger.vanished].filter(
+        (k) => (ledger.firstAccepted.get(k) ?? 0) < stopped,
+      ).length;
       const failed: Record<string, number> = {};
       let completed = 0;
       let lost = 0;
@@ -818,10 +851,10 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
     await Promise.all(procs.map((p) => p.stop()));
     procs.length = 0;
     await dropPrefix(setup.redis, prefix).catch(() => undefined);
-    await setup.close();
     return { rows, figures };
   } finally {
     stopLoad = true;
+    await closeSetup().catch(() => undefined);
     for (const n of cluster.nodes) if (n.stopped === false) n.child.kill("SIGCONT");
     witness.close();
     admin.close();
