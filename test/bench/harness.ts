@@ -14,6 +14,7 @@ import { type AppForm, type FleetProcess, freePort, startProcess } from "@citade
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { initKeyring } from "@citadel/keys";
 import { mulberry32 } from "@citadel/onnx";
+import { isClusterTarget, type RedisConn, redisClient } from "@citadel/queue";
 import { type TenantInput, TenantStore } from "@citadel/tenants";
 import { Redis } from "ioredis";
 
@@ -249,7 +250,8 @@ export interface FleetSetup {
   /** Env every Citadel process gets (Redis, prefix, store, keys). */
   env: Record<string, string>;
   ctx: CliContext;
-  redis: Redis;
+  /** A connection of the harness's own: a Cluster client when the URL names a Redis Cluster. */
+  redis: RedisConn;
   apiKey: string;
   publish(bytes: Uint8Array, req: SealRequest): Promise<void>;
   addTenant(t: TenantInput): Promise<string>;
@@ -280,7 +282,9 @@ export async function setupFleet(opts: {
   };
   const ctx = openContext(loadCliEnv(env));
   await ctx.redis.connect();
-  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1 });
+  const redis: RedisConn = isClusterTarget(opts.redisUrl)
+    ? redisClient(opts.redisUrl, () => undefined)
+    : new Redis(opts.redisUrl, { maxRetriesPerRequest: 1 });
   redis.on("error", () => undefined);
   const tenants = new TenantStore(ctx.redis, prefix);
   await tenants.upsert({

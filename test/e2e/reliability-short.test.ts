@@ -4,10 +4,12 @@
  * workers as child processes, a redis-server of the test's own with AOF, the
  * Vault-API test server); every accepted job must end exactly once, counted from what
  * Redis itself executed (its MONITOR feed, test/reliability/witness.ts) and from the
- * clients' own record.
+ * clients' own record. The failover scenario runs on a local Redis Cluster of its own
+ * (test/reliability/failover.ts); SKIPPED without redis-server/redis-cli.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { haveRedisServer, type OwnRedis, startOwnRedis } from "../bench/harness.js";
+import { clusterFailover } from "../reliability/failover.js";
 import {
   apiRestart,
   formatTable,
@@ -19,6 +21,10 @@ import {
   workerKills,
 } from "../reliability/scenarios.js";
 import { RedisWitness } from "../reliability/witness.js";
+import { ensureRedisBinaries } from "../support/redis-cluster.js";
+
+const noCluster = ensureRedisBinaries();
+if (noCluster) process.stderr.write(`reliability-short: failover SKIPPED: ${noCluster}\n`);
 
 let redis: OwnRedis;
 let witness: RedisWitness;
@@ -70,6 +76,16 @@ describe("reliability under faults (short form)", () => {
   it("the API killed during bulk submits: idempotency keys prevent duplicates", { timeout: 120_000 }, async () => {
     expectClean(await apiRestart(env));
   });
+
+  it.skipIf(noCluster !== null)(
+    "a Redis Cluster master SIGKILLed under load, then a slot without a master: 503 meanwhile, every acknowledged job that vanished is recovered by a retry with its Idempotency-Key",
+    { timeout: 240_000 },
+    async () => {
+      const { rows } = await clusterFailover({ short: true });
+      expect(rows.map((r) => r.fault)).toHaveLength(2);
+      for (const row of rows) expectClean(row);
+    },
+  );
 
   it("a soak of 2,000 jobs: every job completes, memory and queue depth bounded", { timeout: 120_000 }, async () => {
     const row = await soak(env, 2000);

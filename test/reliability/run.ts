@@ -3,16 +3,20 @@
  * accepted job accounted for.
  *
  *   npm run reliability                      # full (soak of 100,000 jobs; ~10 min)
- *   node --conditions=@citadel/source --import tsx test/reliability/run.ts [--short] [--only kill,redis,vault,api,soak] [--soak-jobs N]
+ *   node --conditions=@citadel/source --import tsx test/reliability/run.ts [--short] [--only kill,redis,vault,api,failover,soak] [--soak-jobs N]
  *
  * Uses a redis-server of its own (AOF, appendfsync always) on a free 127.0.0.1 port,
- * never the shared one: the Redis scenario kills and restarts it. Duplicates are counted
+ * never the shared one: the Redis scenario kills and restarts it. The failover scenario
+ * runs on a Redis Cluster of its own (3 masters, 3 replicas; failover.ts), SKIPPED when
+ * redis-server/redis-cli are missing. Duplicates are counted
  * from Redis's MONITOR feed (witness.ts), not from Citadel's audit stream.
  * Prints a table (fault, submitted, accepted, completed, failed by code, lost,
  * duplicated, checks) and a final JSON line; exits 1 when anything was lost or
  * duplicated or a check failed.
  */
 import { haveRedisServer, say, startOwnRedis } from "../bench/harness.js";
+import { ensureRedisBinaries } from "../support/redis-cluster.js";
+import { clusterFailover } from "./failover.js";
 import {
   apiRestart,
   formatTable,
@@ -33,7 +37,7 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { short: false, only: ["kill", "redis", "vault", "api", "soak"], soakJobs: 0 };
+  const o: Options = { short: false, only: ["kill", "redis", "vault", "api", "failover", "soak"], soakJobs: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--short") o.short = true;
@@ -57,19 +61,33 @@ async function main(): Promise<number> {
   const env: ScenarioEnv = { redis, witness, short: o.short };
   const rows: Row[] = [];
   const started = Date.now();
-  const scenarios: [string, () => Promise<Row>][] = [
-    ["kill", () => workerKills(env)],
-    ["redis", () => redisRestart(env)],
-    ["vault", () => vaultDown(env)],
-    ["api", () => apiRestart(env)],
+  const scenarios: [string, () => Promise<Row[]>][] = [
+    ["kill", async () => [await workerKills(env)]],
+    ["redis", async () => [await redisRestart(env)]],
+    ["vault", async () => [await vaultDown(env)]],
+    ["api", async () => [await apiRestart(env)]],
+    [
+      "failover",
+      async () => {
+        const missing = ensureRedisBinaries(say);
+        if (missing) {
+          say(`reliability: failover SKIPPED: ${missing}`);
+          return [];
+        }
+        const report = await clusterFailover({ short: o.short });
+        say(`reliability: failover figures ${JSON.stringify(report.figures)}`);
+        return report.rows;
+      },
+    ],
     [
       "soak",
-      () =>
-        soak(env, o.soakJobs, (s) =>
+      async () => [
+        await soak(env, o.soakJobs, (s) =>
           say(
             `  soak t=${s.t}s done=${s.done} depth=${s.depth} worker RSS ${s.workerRssMb.join("/")} MB api ${s.apiRssMb} MB redis ${s.redisMb} MB`,
           ),
         ),
+      ],
     ],
   ];
   try {
@@ -78,11 +96,12 @@ async function main(): Promise<number> {
       const t0 = Date.now();
       say(`reliability: ${key} …`);
       try {
-        const row = await run();
-        rows.push(row);
-        say(
-          `reliability: ${key}: ${row.accepted} accepted, ${row.completed} completed, lost ${row.lost}, duplicated ${row.duplicated} (${Math.round((Date.now() - t0) / 1000)} s)`,
-        );
+        for (const row of await run()) {
+          rows.push(row);
+          say(
+            `reliability: ${key}: ${row.fault}: ${row.accepted} accepted, ${row.completed} completed, lost ${row.lost}, duplicated ${row.duplicated} (${Math.round((Date.now() - t0) / 1000)} s)`,
+          );
+        }
       } catch (err) {
         say(`reliability: ${key} crashed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
         rows.push({

@@ -11,8 +11,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { auditStreamKey, auditWriters } from "@citadel/audit";
 import { buildConvNet, buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { deploymentKeyPattern, keys, qualifiedQueueName, queueName } from "@citadel/queue";
-import type { Redis } from "ioredis";
+import { deploymentKeyPattern, keys, qualifiedQueueName, queueName, type RedisConn, scanKeys } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import {
   apiEnv,
@@ -167,8 +166,8 @@ async function keyed<T extends { status: number }>(
  * jobs keep completing (a backlog is slow, not lost); gives up after `stallMs` without
  * progress or `capMs` in all. Then `drain` only has stragglers left.
  */
-async function waitIdle(
-  redis: Redis,
+export async function waitIdle(
+  redis: RedisConn,
   prefix: string,
   models: string[],
   stallMs = 30_000,
@@ -181,14 +180,14 @@ async function waitIdle(
     let pending = 0;
     let done = 0;
     for (const m of models) {
-      const base = qualifiedQueueName(prefix, m);
+      const k = (part: string) => keys.bull(prefix, m, part);
       const [w, a, d, p, c, f] = await Promise.all([
-        redis.llen(`${base}:wait`),
-        redis.llen(`${base}:active`),
-        redis.zcard(`${base}:delayed`),
-        redis.zcard(`${base}:prioritized`),
-        redis.zcard(`${base}:completed`),
-        redis.zcard(`${base}:failed`),
+        redis.llen(k("wait")),
+        redis.llen(k("active")),
+        redis.zcard(k("delayed")),
+        redis.zcard(k("prioritized")),
+        redis.zcard(k("completed")),
+        redis.zcard(k("failed")),
       ]);
       pending += w + a + d + p;
       done += c + f;
@@ -230,7 +229,7 @@ async function drain(client: Client, ids: string[], deadlineMs: number): Promise
 }
 
 /** job.completed records per job id in the audit streams (one per writer). */
-async function auditCompletions(redis: Redis, prefix: string): Promise<Map<string, number>> {
+async function auditCompletions(redis: RedisConn, prefix: string): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
   for (const writer of await auditWriters(redis, prefix)) {
     let from = "-";
@@ -267,7 +266,7 @@ async function account(
   ledger: Ledger,
   views: Map<string, ResultView>,
   scope: WitnessScope,
-  redis: Redis,
+  redis: RedisConn,
 ): Promise<Row> {
   scope.close();
   const failed: Record<string, number> = {};
@@ -457,14 +456,10 @@ async function startFleet(
   return fleet;
 }
 
-/** Deletes a fleet's keys from the shared scenario Redis. */
-async function dropPrefix(redis: Redis, prefix: string): Promise<void> {
-  let cursor = "0";
-  do {
-    const [next, keys] = await redis.scan(cursor, "MATCH", deploymentKeyPattern(prefix), "COUNT", 1000);
-    cursor = next;
-    if (keys.length) await redis.unlink(...keys);
-  } while (cursor !== "0");
+/** Deletes a fleet's keys from the scenario's Redis (one key at a time: on a cluster they may lie in many slots). */
+export async function dropPrefix(redis: RedisConn, prefix: string): Promise<void> {
+  const found = await scanKeys(redis, deploymentKeyPattern(prefix));
+  for (let i = 0; i < found.length; i += 1000) await Promise.all(found.slice(i, i + 1000).map((k) => redis.unlink(k)));
 }
 
 function jobBody(model: string, dims: number[], data: string): string {

@@ -14,7 +14,7 @@
  * commands executed in the instant before a SIGKILL whose MONITOR lines were not yet
  * sent, is read back from the restarted Redis's state (see `reconcile`).
  */
-import { qualifiedQueueName } from "@citadel/queue";
+import { keys } from "@citadel/queue";
 import { Redis } from "ioredis";
 import type { OwnRedis } from "../bench/harness.js";
 
@@ -172,7 +172,8 @@ export class WitnessScope {
     private readonly logicalOf: LogicalOf | undefined,
     readonly close: () => void,
   ) {
-    this.queuePrefixes = models.map((m) => `${qualifiedQueueName(prefix, m)}:`);
+    // Every key of a model's queue starts with this (names.ts builds them; BullMQ keeps them in one slot).
+    this.queuePrefixes = models.map((m) => keys.bull(prefix, m, ""));
   }
 
   private queueOf(key: string | undefined): string | undefined {

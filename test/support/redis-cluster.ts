@@ -150,6 +150,9 @@ export async function startRedisCluster(opts: ClusterOptions = {}): Promise<Loca
         "",
         "--appendonly",
         "no",
+        // A replica syncs at once (the default waits 5 s for more replicas to batch the transfer).
+        "--repl-diskless-sync-delay",
+        "0",
         ...(opts.aclFile ? ["--aclfile", opts.aclFile] : []),
         ...(opts.auth ? ["--masteruser", opts.auth.user, "--masterauth", opts.auth.password] : []),
       ];
@@ -181,6 +184,17 @@ export async function startRedisCluster(opts: ClusterOptions = {}): Promise<Loca
         nodes.every((n) => {
           const roles = clusterRoles(cli(n.port, opts.auth, ["CLUSTER", "NODES"]).stdout);
           return roles.master === masters && roles.slave === count - masters && roles.other === 0;
+        }),
+      30_000,
+    );
+    // A replica that never completed its first sync cannot take over from its master:
+    // failover tests need every link up before they start.
+    await until(
+      "every replica's link to its master to be up",
+      () =>
+        nodes.every((n) => {
+          const info = cli(n.port, opts.auth, ["INFO", "replication"]).stdout;
+          return /role:master/.test(info) || /master_link_status:up/.test(info);
         }),
       30_000,
     );

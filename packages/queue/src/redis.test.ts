@@ -89,4 +89,8 @@ describe("isRedisUnavailable", () => {
     expect(isRedisUnavailable(all)).toBe(true);
     expect(isRedisUnavailable(new Error("ERR wrong number of arguments"))).toBe(false);
   });
+
+  it("counts a master refusing writes for want of in-sync replicas (min-replicas-to-write) as unavailable", () => {
+    expect(isRedisUnavailable(new Error("NOREPLICAS Not enough good replicas to write."))).toBe(true);
+  });
 });

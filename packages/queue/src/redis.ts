@@ -193,12 +193,13 @@ export async function scanKeys(client: RedisConn, match: string): Promise<string
 /**
  * Whether an error means Redis is unreachable (as opposed to a bug): callers answer
  * 503 and retry later instead of failing hard. A cluster without a quorum, a slot map
- * it cannot read, or slots on the move counts as unreachable too.
+ * it cannot read, or slots on the move counts as unreachable too, and so does a master
+ * refusing writes for want of in-sync replicas (`min-replicas-to-write`: NOREPLICAS).
  */
 export function isRedisUnavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   if (err.name === "MaxRetriesPerRequestError" || err.name === "ClusterAllFailedError") return true;
-  return /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|LOADING|Connection in subscriber mode|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|Failed to refresh slots cache|None of startup nodes is available|Cluster isn't ready|Cluster is (?:disconnected|disconnecting|ended)|Too many Cluster redirections|Node is disconnected/i.test(
+  return /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|LOADING|Connection in subscriber mode|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|Failed to refresh slots cache|None of startup nodes is available|Cluster isn't ready|Cluster is (?:disconnected|disconnecting|ended)|Too many Cluster redirections|Node is disconnected|NOREPLICAS/i.test(
     err.message,
   );
 }

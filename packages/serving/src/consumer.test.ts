@@ -15,8 +15,9 @@ import type { RunResult } from "@citadel/runtime";
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
 import { Queue } from "bullmq";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, vi } from "vitest";
 import { ModelConsumer } from "./consumer.js";
+import { JobLease } from "./lease.js";
 import { workerMetrics } from "./metrics.js";
 import type { LoadedModel } from "./model-host.js";
 
@@ -128,4 +129,68 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       await queue.close();
     }
   });
+});
+
+describe("the consumer when its blocking fetch never answers", () => {
+  // Seen on a Redis Cluster failover (test/reliability/failover.ts): BullMQ's blocking
+  // read stayed pending for good, and a consumer that had found the queue drained
+  // waited on it while jobs piled up in `wait`.
+  it("polls for jobs instead of waiting on it for good", async () => {
+    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
+    const connection = bullConnection(url, () => undefined);
+    const redis = redisClient(url, () => undefined);
+    clients.push(connection, redis);
+    const stuck = vi.spyOn(JobLease.prototype, "next").mockReturnValue(new Promise(() => {}));
+    const consumer = new ModelConsumer({
+      model: "m",
+      connection,
+      redis,
+      prefix,
+      host: { get: async () => loaded, pin: () => () => {} },
+      audit: { record: () => undefined },
+      metrics: workerMetrics(createRegistry("consumer-stuck-test")),
+      log: createLogger({ name: "consumer-stuck-test", level: "silent" }),
+      workerId: "w-stuck",
+      lockDurationMs: 5000,
+      maxResultBytes: 1 << 20,
+      circuit: { failureThreshold: 5, cooldownMs: 1000 },
+      maxInFlight: 2,
+    });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+    const id = "m.consumer-stuck-job-00001";
+    consumer.start();
+    try {
+      // The queue is empty: the consumer finds it drained and turns to the (stuck) blocking fetch.
+      for (let i = 0; i < 100 && stuck.mock.calls.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(stuck).toHaveBeenCalled();
+      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
+      await queue.add(
+        "infer",
+        {
+          tenant: "t",
+          model: "m",
+          version: "1",
+          inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
+          batch: 1,
+          inputBytes: 8,
+          timeoutMs: 5000,
+          acceptedAt: Date.now(),
+          deadline: Date.now() + 60_000,
+          requestId: "r",
+        },
+        { jobId: id },
+      );
+      let state = "";
+      for (let i = 0; i < 750 && state !== "completed"; i++) {
+        state = await queue.getJobState(id);
+        if (state !== "completed") await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(state).toBe("completed");
+    } finally {
+      stuck.mockRestore();
+      await consumer.close(1000);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  }, 30_000);
 });

@@ -40,6 +40,13 @@ interface Held extends RunJob {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * A blocking fetch answers within its block time (1 s); one pending past this bound is
+ * not waited on any more (across a Redis Cluster failover BullMQ's blocking read can
+ * stay pending for good): the consumer polls the queue every STUCK_POLL_MS meanwhile.
+ */
+const FETCH_BOUND_MS = 5000;
+const STUCK_POLL_MS = 1000;
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, "half-open": 1, open: 2 };
 
 /**
@@ -67,6 +74,9 @@ export class ModelConsumer {
   private drained = false;
   /** The blocking fetch in progress, and what such fetches brought and is not admitted yet. */
   private arrival: Promise<void> | null = null;
+  /** When the pending blocking fetch began (performance.now()), and whether its overrun was logged. */
+  private arrivalSince = 0;
+  private arrivalOverdue = false;
   private readonly arrivals: LeasedJob[] = [];
   private stop: () => void = () => {};
   /** Resolves when close() begins: waits end at once. */
@@ -170,27 +180,45 @@ export class ModelConsumer {
    */
   private async waitForWork(fetch: boolean): Promise<void> {
     const waits: Promise<unknown>[] = [this.stopped];
+    let at = this.readyAt() ?? (fetch ? null : performance.now() + 50);
     if (fetch) {
-      this.arrival ??= this.lease.next().then(
-        (l) => {
-          this.arrival = null;
-          if (l) this.arrivals.push(l);
-        },
-        async (err: unknown) => {
-          this.o.log.error({ err: coerceError(err), model: this.o.model }, "blocking fetch failed");
-          await this.idle(250);
-          this.arrival = null;
-        },
-      );
+      if (!this.arrival) {
+        this.arrivalSince = performance.now();
+        this.arrivalOverdue = false;
+        this.arrival = this.lease.next().then(
+          (l) => {
+            this.arrival = null;
+            if (l) this.arrivals.push(l);
+          },
+          async (err: unknown) => {
+            this.o.log.error({ err: coerceError(err), model: this.o.model }, "blocking fetch failed");
+            await this.idle(250);
+            this.arrival = null;
+          },
+        );
+      }
       waits.push(this.arrival);
+      const bound = this.arrivalSince + FETCH_BOUND_MS;
+      const wake = performance.now() < bound ? bound : performance.now() + STUCK_POLL_MS;
+      at = at === null ? wake : Math.min(at, wake);
     }
-    const at = this.readyAt() ?? (fetch ? null : performance.now() + 50);
     let timer: NodeJS.Timeout | undefined;
     if (at !== null) waits.push(new Promise((r) => (timer = setTimeout(r, Math.max(0, at - performance.now())))));
     try {
       await Promise.race(waits);
     } finally {
       clearTimeout(timer);
+    }
+    if (fetch && this.arrival && performance.now() >= this.arrivalSince + FETCH_BOUND_MS) {
+      // Not answered in time: look at the queue directly on the next turn.
+      this.drained = false;
+      if (!this.arrivalOverdue) {
+        this.arrivalOverdue = true;
+        this.o.log.warn(
+          { model: this.o.model, pendingMs: Math.round(performance.now() - this.arrivalSince) },
+          "blocking fetch has not answered; polling the queue until it does",
+        );
+      }
     }
   }
 

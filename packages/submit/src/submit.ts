@@ -9,7 +9,7 @@ import {
   type JobStatus,
   type JobView,
 } from "@citadel/contracts";
-import { type JobQueues, jobIdFor, type RedisConn } from "@citadel/queue";
+import { isRedisUnavailable, type JobQueues, jobIdFor, type RedisConn } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
@@ -659,5 +659,11 @@ function sleep(ms: number): Promise<void> {
 
 export function asCitadel(err: unknown): CitadelError {
   if (err instanceof CitadelError) return err;
+  // A job store out of reach (Redis restarting, a cluster failing over) is a 503 the
+  // client retries with its Idempotency-Key, not a fault of ours.
+  if (isRedisUnavailable(err))
+    return new CitadelError("QUEUE_UNAVAILABLE", "the job store is unavailable; retry later", undefined, {
+      cause: err,
+    });
   return new CitadelError("INTERNAL", "internal error", undefined, { cause: err });
 }
