@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { type AuditKey, AuditWriter } from "@citadel/audit";
 import { type JobData, JobRequest } from "@citadel/contracts";
 import { buildIdentityModel } from "@citadel/onnx";
@@ -35,7 +36,7 @@ const spec = {
   timeoutMs: 4000,
   inputs: { x: { range: [-10, 10] as [number, number] } },
 };
-const MODELS = ["idem-cancel", "idem-quota", "idem-done", "idem-fault"] as const;
+const MODELS = ["idem-cancel", "idem-quota", "idem-done", "idem-fault", "idem-lost"] as const;
 const job = (model: string, v = 0.5) => ({
   model,
   inputs: { x: { dtype: "float32", shape: [1, 4], data: [v, v, v, v] } },
@@ -155,7 +156,9 @@ describe("Idempotency-Key replays", () => {
     const again = await fleet.request("POST", "/v1/jobs", job("idem-done"), h);
     expect([again.status, again.json]).toEqual([202, { id, status: "completed", model: "idem-done", version: "1" }]);
     expect((await queueCounts(fleet, "idem-done")).total).toBe(1);
-    // The result expires (simulated: the job is removed from BullMQ as its retention would).
+    // Its outcome relayed (its reservation released: hours before retention removes it) ...
+    await pollUntil("the completion relayed", async () => (await quota("idem-d")) === 0);
+    // ... the result expires (simulated: the job is removed from BullMQ as its retention would).
     const q = new Queue(queueName("idem-done"), {
       connection: fleet.redis,
       prefix: queuePrefix(fleet.prefix, "idem-done"),
@@ -165,6 +168,9 @@ describe("Idempotency-Key replays", () => {
     } finally {
       await q.close();
     }
+    // ... as it would once its retention passed: the key's entry is older than any retention.
+    const entry = keys.idempotency(fleet.prefix, "idem-d", createHash("sha256").update("run-once").digest("hex"));
+    expect(await fleet.redis.hset(entry, "at", 1)).toBe(0);
     const gone = await fleet.request("POST", "/v1/jobs", job("idem-done"), h);
     expect([gone.status, gone.json.error?.code]).toEqual([409, "IDEMPOTENCY_EXPIRED"]);
     expect(gone.json.error.message).toMatch(/no longer exists/);
@@ -172,6 +178,57 @@ describe("Idempotency-Key replays", () => {
     expect(await quota("idem-d")).toBe(0);
     const completed = (await readAudit(fleet)).filter((r) => r.event === "job.completed" && r.jobId === id);
     expect(completed).toHaveLength(1);
+  });
+
+  it("enqueue a job again, once, under its id when it vanished before it ever ended (a failover lost it)", async () => {
+    const key = await fleet.addTenant({ id: "idem-lost", models: ["*"] });
+    await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+    const h = { ...bearer(key), "idempotency-key": "lost-in-failover" };
+    const first = await fleet.request("POST", "/v1/jobs", job("idem-lost"), h);
+    expect(first.status).toBe(202);
+    const id = first.json.id as string;
+    expect(await quota("idem-lost")).toBe(1);
+    // A master that failed over before replicating the job loses its hash and queue entry;
+    // the tenant's keys (another slot, another master) keep the confirmed entry and the reservation.
+    const q = new Queue(queueName("idem-lost"), {
+      connection: fleet.redis,
+      prefix: queuePrefix(fleet.prefix, "idem-lost"),
+    });
+    try {
+      await q.remove(id);
+    } finally {
+      await q.close();
+    }
+    expect((await fleet.request("GET", `/v1/jobs/${id}`, undefined, bearer(key))).status).toBe(404);
+    const retries = await Promise.all([0, 1, 2].map(() => fleet.request("POST", "/v1/jobs", job("idem-lost"), h)));
+    for (const r of retries) expect([r.status, r.json.id], JSON.stringify(r.json)).toEqual([202, id]);
+    expect((await queueCounts(fleet, "idem-lost")).waiting).toBe(1);
+    // Still one reservation: the job kept the one it had.
+    expect(await quota("idem-lost")).toBe(1);
+    await fleet.startWorker();
+    const done = await fleet.request("GET", `/v1/jobs/${id}?wait=30000`, undefined, bearer(key));
+    expect(done.json.status).toBe("completed");
+    await pollUntil("the completion relayed", async () => (await quota("idem-lost")) === 0);
+    const completions = async () =>
+      (await readAudit(fleet)).filter((r) => r.event === "job.completed" && r.jobId === id).length;
+    expect(await completions()).toBe(1);
+    // Lost again after it ended (its outcome with a master that failed over; its share was
+    // given back): a retry runs it again and reserves again; it is given back again after.
+    const q2 = new Queue(queueName("idem-lost"), {
+      connection: fleet.redis,
+      prefix: queuePrefix(fleet.prefix, "idem-lost"),
+    });
+    try {
+      await q2.remove(id);
+    } finally {
+      await q2.close();
+    }
+    const rerun = await fleet.request("POST", "/v1/jobs", job("idem-lost"), h);
+    expect([rerun.status, rerun.json.id]).toEqual([202, id]);
+    const again = await fleet.request("GET", `/v1/jobs/${id}?wait=30000`, undefined, bearer(key));
+    expect(again.json.status).toBe("completed");
+    await pollUntil("the second completion relayed", async () => (await quota("idem-lost")) === 0);
+    expect(await completions()).toBe(2);
   });
 });
 
@@ -279,6 +336,7 @@ describe("a fault between claim and enqueue", () => {
       idempotencyTtlMs: 86_400_000,
       enqueueTimeoutMs,
       minJobTimeoutMs: 100,
+      retentionMs: 3_600_000,
     });
     return { s, queues };
   }

@@ -786,7 +786,7 @@ export async function clusterFailover(opts: { short: boolean }): Promise<Failove
       row.checks.push({
         name: `every job that vanished after its 202 was submitted again with its Idempotency-Key (${vanished} vanished, ${recovered} recovered)`,
         ok: recovered === vanished,
-        ...(sameIdAgain ? { detail: `${sameIdAgain} retries were answered with the vanished id again` } : {}),
+        ...(sameIdAgain ? { detail: `${sameIdAgain} enqueued again under their first id` } : {}),
       });
       row.checks.push({ name: "every accepted job ended completed", ok: completed === accepted.length });
       if (ledger.name === "lagging")

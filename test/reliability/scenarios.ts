@@ -11,7 +11,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { auditStreamKey, auditWriters } from "@citadel/audit";
 import { buildConvNet, buildHeavyConvNet, buildIdentityModel } from "@citadel/onnx";
-import { deploymentKeyPattern, keys, qualifiedQueueName, queueName, type RedisConn, scanKeys } from "@citadel/queue";
+import { deploymentKeyPattern, keys, qualifiedQueueName, type RedisConn, scanKeys } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import {
   apiEnv,

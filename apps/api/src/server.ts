@@ -169,6 +169,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
       idempotencyTtlMs: 24 * 3600 * 1000,
       enqueueTimeoutMs: 5000,
       minJobTimeoutMs: env.MIN_JOB_TIMEOUT_MS,
+      retentionMs: Math.min(env.RESULT_TTL_MS, env.FAILED_TTL_MS),
     },
   );
   const batches = new Batches(

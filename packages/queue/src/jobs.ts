@@ -165,6 +165,8 @@ export class JobQueues {
       write.set(keys.inputs(this.settings.prefix, model, i.id), i.inputs, "PXAT", i.data.deadline + INPUTS_GRACE_MS);
     }
     for (const [err] of (await write.exec()) ?? []) if (err) throw err;
+    // An id enqueued again (an Idempotency-Key retry of a job a failover lost) is not finished any more.
+    for (const i of items) this.finished.delete(i.id);
     await this.queue(model).addBulk(
       items.map((i) => ({ name: JOB_NAME, data: i.data, opts: this.jobOptions(i.id, i.priority) })),
     );
@@ -325,8 +327,13 @@ export class JobQueues {
       const timer = setTimeout(() => done(null), ms);
       set.add(done);
       if (this.finished.has(id)) {
-        // Its event came before this waiter did: read the outcome.
-        done(null);
+        // Its event came before this waiter did: read the outcome — unless the job was
+        // enqueued again since under its id (an Idempotency-Key retry after a failover lost
+        // it): then the hint is stale and the waiter waits for the new run's event.
+        void this.view(id, tenant).then(
+          (v) => (isFinal(v.status) ? done(null) : this.finished.delete(id)),
+          () => done(null),
+        );
       } else if (fresh) {
         // The listener may have started after the job finished: check once.
         void this.view(id, tenant).then(
@@ -479,6 +486,9 @@ class RecentIds {
   }
   has(id: string): boolean {
     return this.ids.has(id);
+  }
+  delete(id: string): void {
+    this.ids.delete(id);
   }
 }
 

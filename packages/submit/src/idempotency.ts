@@ -76,6 +76,22 @@ export class IdempotencyStore {
     return this.scripts.idempotencyTakeOver(key, now + leaseMs, now);
   }
 
+  /**
+   * Makes this request the owner of a confirmed entry whose job vanished (lost with a
+   * Redis master that failed over, or removed by hand), to enqueue it again under its id:
+   * the new attempt (-1 when the entry changed: another request reopened it, read it
+   * again) and whether the job's reservation is kept (its marker still held: it never
+   * ended) or must be taken again.
+   */
+  reopen(
+    key: string,
+    tenant: string,
+    jobId: string,
+    leaseMs: number,
+  ): Promise<{ attempt: number; reservationKept: boolean }> {
+    return this.scripts.idempotencyReopen(key, keys.quotaHeld(this.prefix, tenant, jobId), jobId, Date.now() + leaseMs);
+  }
+
   /** Marks the job as in the queue; true for the one caller that did (it records the acceptance). */
   async confirm(key: string): Promise<boolean> {
     return (await this.scripts.idempotencyConfirm(key)) === 1;

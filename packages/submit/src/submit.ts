@@ -52,6 +52,12 @@ export interface SubmitSettings {
   enqueueTimeoutMs: number;
   /** The smallest timeoutMs a job may ask for (lowered to the manifest's timeout when that is smaller). */
   minJobTimeoutMs: number;
+  /**
+   * How long every job is kept at least once final (the shortest of the result, failure
+   * and cancel retentions): a keyed job gone sooner was lost, not expired, and a retry
+   * with its key runs it again.
+   */
+  retentionMs: number;
 }
 
 /** The counters a submit moves (the API's metrics carry them). */
@@ -400,7 +406,8 @@ export class Submitter {
    * one answers with its job's current state (never running it again), or 409 when that
    * job no longer exists. A key whose first request is still in flight is waited for;
    * one whose job provably never reached the queue (its request crashed, or its
-   * enqueue failed) is taken over, and its job (same id) enqueued by this request.
+   * enqueue failed) is taken over, and its job (same id) enqueued by this request; so is
+   * one whose job vanished from the queue before it ever ended (reopen).
    */
   private async open(req: SubmitRequest, ctx: SubmitContext, p: Prepared, idemKey: string): Promise<Opened> {
     const key = this.idem.keyFor(ctx.tenant.id, idemKey);
@@ -422,6 +429,16 @@ export class Submitter {
         return { replay: { id: view.id, status: view.status, model: view.model, version: view.version } };
       }
       if (prev.state === "confirmed") {
+        // Gone sooner than any retention removes a job: lost with a Redis master that failed
+        // over before replicating it (or removed by hand). Its result was never read or is
+        // lost: this request enqueues it again, under its id (at least once across a failover).
+        if (Date.now() - prev.claimedAt < this.s.retentionMs) {
+          const { attempt, reservationKept } = await this.idem.reopen(key, ctx.tenant.id, prev.id, this.leaseMs());
+          if (attempt < 0) continue;
+          const again =
+            prev.version === p.data.version ? p : await this.prepare({ ...req, version: prev.version }, ctx);
+          return { enter: { p: firstOf(again, prev), entry: { key, attempt, reserved: reservationKept } } };
+        }
         throw new CitadelError(
           "IDEMPOTENCY_EXPIRED",
           `the job this Idempotency-Key named (${prev.id}) no longer exists: its result expired or it was removed; ` +

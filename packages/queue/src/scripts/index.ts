@@ -20,6 +20,7 @@ const FILES = {
   tokenBuckets: "tokenBuckets.lua",
   idempotencyClaim: "idempotencyClaim-1.lua",
   idempotencyTakeOver: "idempotencyTakeOver-1.lua",
+  idempotencyReopen: "idempotencyReopen-2.lua",
   idempotencyConfirm: "idempotencyConfirm-1.lua",
   idempotencyUnclaim: "idempotencyUnclaim-1.lua",
 } as const;
@@ -187,6 +188,13 @@ export interface CitadelScripts {
     leaseUntilMs: number,
   ): Promise<(string | null)[] | null>;
   idempotencyTakeOver(key: string, leaseUntilMs: number, nowMs: number): Promise<number>;
+  /** Reopens a confirmed entry whose job vanished: the new attempt (-1: the entry changed) and whether its reservation is kept. */
+  idempotencyReopen(
+    key: string,
+    marker: string,
+    jobId: string,
+    leaseUntilMs: number,
+  ): Promise<{ attempt: number; reservationKept: boolean }>;
   idempotencyConfirm(key: string): Promise<number>;
   idempotencyUnclaim(key: string, attempt: number): Promise<number>;
 }
@@ -281,6 +289,10 @@ function bind(redis: Redis | Cluster): CitadelScripts {
     },
     async idempotencyTakeOver(key, leaseUntilMs, nowMs) {
       return Number(await run("idempotencyTakeOver", key, leaseUntilMs, nowMs));
+    },
+    async idempotencyReopen(key, marker, jobId, leaseUntilMs) {
+      const [attempt, kept] = (await run("idempotencyReopen", key, marker, jobId, leaseUntilMs)) as [number, number];
+      return { attempt, reservationKept: kept === 1 };
     },
     async idempotencyConfirm(key) {
       return Number(await run("idempotencyConfirm", key));

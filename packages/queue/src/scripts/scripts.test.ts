@@ -278,6 +278,29 @@ describe("idempotency scripts", () => {
     expect(await s.idempotencyTakeOver(key, 20_000, 10_000)).toBe(0);
   });
 
+  it("reopen takes back a confirmed entry once, keeping the reservation only while its marker is held", async () => {
+    const s = scripts(redis);
+    const key = k("idem-reopen");
+    const marker = k("idem-reopen-held");
+    await s.idempotencyClaim(key, first, 1000, 60_000, 5000);
+    // Pending: not reopened (take-over is the pending path).
+    expect(await s.idempotencyReopen(key, marker, first.id, 9000)).toEqual({ attempt: -1, reservationKept: false });
+    await redis.hset(key, "reserved", "1");
+    await s.idempotencyConfirm(key);
+    expect(await s.idempotencyReopen(key, marker, "m.other", 9000)).toEqual({ attempt: -1, reservationKept: false });
+    // The job never ended (its marker held): the reservation stays with the entry.
+    await redis.set(marker, "4");
+    expect(await s.idempotencyReopen(key, marker, first.id, 9000)).toEqual({ attempt: 2, reservationKept: true });
+    expect(await redis.hmget(key, "state", "attempt", "lease", "reserved")).toEqual(["pending", "2", "9000", "1"]);
+    // Once: a second request finds it pending.
+    expect(await s.idempotencyReopen(key, marker, first.id, 9000)).toEqual({ attempt: -1, reservationKept: false });
+    // The job ended (its share given back) and then vanished: the next attempt reserves again.
+    await s.idempotencyConfirm(key);
+    await redis.del(marker);
+    expect(await s.idempotencyReopen(key, marker, first.id, 9500)).toEqual({ attempt: 3, reservationKept: false });
+    expect(await redis.hmget(key, "state", "reserved")).toEqual(["pending", "0"]);
+  });
+
   it("unclaim frees only the current attempt's pending entry with nothing reserved", async () => {
     const s = scripts(redis);
     const key = k("idem-unclaim");
