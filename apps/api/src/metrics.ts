@@ -20,6 +20,8 @@ export function apiMetrics(registry: Registry) {
     ]),
     pending: gauge(registry, "citadel_queue_pending_jobs", "Jobs in each queue state", ["model", "state"]),
     oldest: gauge(registry, "citadel_queue_oldest_waiting_seconds", "Age of the oldest waiting job", ["model"]),
+    // Final outcomes whose quota release, batch line and notification the outbox relay has not applied yet.
+    outbox: gauge(registry, "citadel_outbox_entries", "Entries waiting in a queue's outbox", ["model"]),
   };
 }
 export type ApiMetrics = ReturnType<typeof apiMetrics>;

@@ -1,10 +1,15 @@
-import type { JobQueues } from "@citadel/queue";
+import { type JobQueues, keys, type RedisConn } from "@citadel/queue";
 import type { ModelCatalog } from "@citadel/submit";
 import type { Logger } from "@citadel/telemetry";
 import type { ApiMetrics } from "./metrics.js";
 
-/** Reads every served model's queue counts and oldest waiting job into the queue gauges (before a scrape). */
+/**
+ * Reads every served model's queue counts, oldest waiting job and outbox backlog into
+ * the queue gauges (before a scrape).
+ */
 export async function collectQueueGauges(d: {
+  redis: RedisConn;
+  prefix: string;
   catalog: ModelCatalog;
   queues: JobQueues;
   metrics: ApiMetrics;
@@ -19,6 +24,7 @@ export async function collectQueueGauges(d: {
       const oldest = await q.getJobs(["wait"], 0, 0, true);
       const ts = oldest[0]?.timestamp;
       d.metrics.oldest.set({ model }, ts ? (Date.now() - ts) / 1000 : 0);
+      d.metrics.outbox.set({ model }, await d.redis.xlen(keys.outbox(d.prefix, model)));
     } catch (err) {
       d.log.warn({ err, model }, "queue gauges unavailable");
     }

@@ -224,7 +224,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     host: env.METRICS_HOST,
     port: env.METRICS_PORT,
     registry: metricsRegistry,
-    collect: () => collectQueueGauges({ catalog, queues, metrics, log }),
+    collect: () => collectQueueGauges({ redis, prefix: env.CITADEL_PREFIX, catalog, queues, metrics, log }),
     log,
   });
   log.info({ url: url.replace("0.0.0.0", "127.0.0.1"), metricsUrl: metricsServer.url }, "api listening");
