@@ -403,7 +403,18 @@ export class JobQueues {
         for (const w of [...(this.activeWatchers.get(jobId) ?? [])]) w();
       });
     }
-    await e.ready;
+    try {
+      await e.ready;
+    } catch (err) {
+      // A listener that could not start (Redis unreachable then) is dropped, not kept:
+      // its failure would otherwise answer every later follower of the model.
+      if (this.events.get(model) === e) {
+        this.events.delete(model);
+        const failed = e;
+        void settledWithin(CLOSE_WAIT_MS, [failed.ev.close()]).then(() => failed.conn.disconnect());
+      }
+      throw err;
+    }
     return Date.now() - e.since < this.eventsWarmupMs;
   }
 

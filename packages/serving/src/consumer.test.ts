@@ -156,7 +156,7 @@ describe("the consumer when its blocking fetch never answers", () => {
       circuit: { failureThreshold: 5, cooldownMs: 1000 },
       maxInFlight: 2,
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
     const id = "m.consumer-stuck-job-00001";
     consumer.start();
     try {
