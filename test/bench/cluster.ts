@@ -85,6 +85,9 @@ export interface ShardFigures {
   topPerJob: Record<string, number>;
   memoryBytesPerJob: number;
   keysPerJob: number;
+  /** Network bytes per job: from clients (and, on a replica, its master), to clients and replicas. */
+  netInBytesPerJob: number;
+  netOutBytesPerJob: number;
 }
 
 export interface ClusterPass {
@@ -140,14 +143,15 @@ interface NodeConn {
 }
 
 async function snapshot(n: NodeConn): Promise<NodeSnapshot> {
-  const [cpu, commandstats, memory, keyspace] = await Promise.all(
-    ["cpu", "commandstats", "memory", "keyspace"].map((s) => n.redis.info(s)),
+  const [cpu, commandstats, memory, keyspace, stats] = await Promise.all(
+    ["cpu", "commandstats", "memory", "keyspace", "stats"].map((s) => n.redis.info(s)),
   );
   return nodeSnapshot({
     cpu: cpu as string,
     commandstats: commandstats as string,
     memory: memory as string,
     keyspace: keyspace as string,
+    stats: stats as string,
   });
 }
 
@@ -397,6 +401,8 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
             topPerJob: Object.fromEntries(top.map(([k, v]) => [k, Math.round((v / n) * 100) / 100])),
             memoryBytesPerJob: Math.round(d.memoryBytes / n),
             keysPerJob: Math.round((d.keys / n) * 100) / 100,
+            netInBytesPerJob: Math.round(d.netInBytes / n),
+            netOutBytesPerJob: Math.round(d.netOutBytes / n),
           };
           return [r, fig];
         }),
@@ -433,6 +439,8 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
         commandsPerJobNet: med((x) => x.shards[r].commandsPerJobNet),
         cpuUsPerJobNet: med((x) => x.shards[r].cpuUsPerJobNet),
         memoryBytesPerJob: med((x) => x.shards[r].memoryBytesPerJob),
+        netInBytesPerJob: med((x) => x.shards[r].netInBytesPerJob),
+        netOutBytesPerJob: med((x) => x.shards[r].netOutBytesPerJob),
       };
     };
     const median: ClusterPass = {
@@ -526,7 +534,7 @@ export function clusterLines(r: ClusterReport): string[] {
   for (const role of ROLES) {
     const s = m.shards[role];
     out.push(
-      `  ${`${role} shard`.padEnd(17)} ${String(s.commandsPerJob).padStart(5)} cmds/job ${String(s.cpuUsPerJob).padStart(6)} µs/job (net of idle ${s.commandsPerJobNet} cmds, ${s.cpuUsPerJobNet} µs) → ${r.derived.jobsPerShard[role]} jobs/s at ${r.utilisation * 100}% of a core (derived); idle ${r.idle[role].commandsPerSec} cmds/s ${r.idle[role].cpuUsPerSec} µs/s; mem ${s.memoryBytesPerJob} B/job; holds ${s.holds.join(", ")}`,
+      `  ${`${role} shard`.padEnd(17)} ${String(s.commandsPerJob).padStart(5)} cmds/job ${String(s.cpuUsPerJob).padStart(6)} µs/job (net of idle ${s.commandsPerJobNet} cmds, ${s.cpuUsPerJobNet} µs) → ${r.derived.jobsPerShard[role]} jobs/s at ${r.utilisation * 100}% of a core (derived); idle ${r.idle[role].commandsPerSec} cmds/s ${r.idle[role].cpuUsPerSec} µs/s; mem ${s.memoryBytesPerJob} B/job; net in/out ${s.netInBytesPerJob}/${s.netOutBytesPerJob} B/job; holds ${s.holds.join(", ")}`,
     );
     out.push(`    ${JSON.stringify(s.topPerJob)}`);
   }

@@ -81,12 +81,14 @@ describe("INFO parsing", () => {
       commandstats: STATS,
       memory: "used_memory:1000\r\nused_memory_human:1K",
       keyspace: "# Keyspace\r\ndb0:keys=5,expires=1,avg_ttl=0",
+      stats: "# Stats\r\ntotal_net_input_bytes:100\r\ntotal_net_output_bytes:200",
     });
     const b = nodeSnapshot({
       cpu: "used_cpu_sys:2.25\r\nused_cpu_user:0.500001",
       commandstats: STATS.replace("evalsha:calls=10", "evalsha:calls=25").replace("info:calls=2", "info:calls=9"),
       memory: "used_memory:4000",
       keyspace: "db0:keys=7,expires=1,avg_ttl=0\r\ndb1:keys=1,expires=0,avg_ttl=0",
+      stats: "total_net_input_bytes:150\r\ntotal_net_output_bytes:1200\r\ntotal_net_repl_input_bytes:0",
     });
     expect(nodeDelta(a, b)).toEqual({
       cpuUs: 1_000_000,
@@ -94,6 +96,8 @@ describe("INFO parsing", () => {
       byCommand: { evalsha: 15 },
       memoryBytes: 3000,
       keys: 3,
+      netInBytes: 50,
+      netOutBytes: 1000,
     });
   });
 });

@@ -91,15 +91,20 @@ export interface NodeSnapshot {
   commands: Map<string, number>;
   usedMemory: number;
   keys: number;
+  /** Bytes received from and sent to clients and replicas so far (INFO stats). */
+  netIn: number;
+  netOut: number;
 }
 
-/** Reads a snapshot from INFO cpu, commandstats, memory and keyspace answers. */
+/** Reads a snapshot from INFO cpu, commandstats, memory, keyspace and stats answers. */
 export function nodeSnapshot(info: {
   cpu: string;
   commandstats: string;
   memory: string;
   keyspace: string;
+  stats: string;
 }): NodeSnapshot {
+  const stats = infoFields(info.stats);
   const keys = [...infoFields(info.keyspace).values()].reduce(
     (a, v) => a + Number(/(?:^|,)keys=(\d+)/.exec(v)?.[1] ?? 0),
     0,
@@ -109,6 +114,8 @@ export function nodeSnapshot(info: {
     commands: parseCommandStats(info.commandstats),
     usedMemory: Number(infoFields(info.memory).get("used_memory") ?? 0),
     keys,
+    netIn: Number(stats.get("total_net_input_bytes") ?? 0),
+    netOut: Number(stats.get("total_net_output_bytes") ?? 0),
   };
 }
 
@@ -119,6 +126,8 @@ export interface NodeDelta {
   byCommand: Record<string, number>;
   memoryBytes: number;
   keys: number;
+  netInBytes: number;
+  netOutBytes: number;
 }
 
 const OWN = new Set(["info", "cluster", "ping"]);
@@ -139,6 +148,8 @@ export function nodeDelta(a: NodeSnapshot, b: NodeSnapshot): NodeDelta {
     byCommand,
     memoryBytes: b.usedMemory - a.usedMemory,
     keys: b.keys - a.keys,
+    netInBytes: b.netIn - a.netIn,
+    netOutBytes: b.netOut - a.netOut,
   };
 }
 
