@@ -1,8 +1,11 @@
 /** The cluster capacity row's pure parts: key slots, INFO parsing, shard arithmetic (shard-model.ts). */
 import { describe, expect, it } from "vitest";
 import {
+  commandsByFamily,
   cpuMicros,
   crc16,
+  familyOf,
+  firstKey,
   firstWhere,
   jobsPerShard,
   keySlot,
@@ -144,5 +147,40 @@ describe("shard arithmetic", () => {
     expect(medianOf([3, 1, 2])).toBe(2);
     expect(medianOf([4, 1, 3, 2])).toBe(2);
     expect(medianOf([])).toBeNaN();
+  });
+});
+
+describe("key families in a MONITOR trace", () => {
+  it("names each key's family from its hash tag", () => {
+    expect(familyOf("{bench:q:tiny}:infer-tiny:wait", "bench")).toBe("queue");
+    expect(familyOf("{bench:t:acme}:queued-jobs", "bench")).toBe("tenant");
+    expect(familyOf("{bench:ip:127.0.0.1}:rl:ip", "bench")).toBe("ip");
+    expect(familyOf("{bench:a:api:vm:1:ab}:audit", "bench")).toBe("audit");
+    expect(familyOf("{bench}:tenants:keys", "bench")).toBe("deployment");
+    expect(familyOf("{other:q:x}:wait", "bench")).toBe("other");
+    expect(familyOf("plain", "bench")).toBe("other");
+  });
+
+  it("finds the first key of scripts, stream reads and plain commands", () => {
+    expect(firstKey(["evalsha", "abc", "2", "{b:t:x}:a", "{b:t:x}:b", "1"])).toBe("{b:t:x}:a");
+    expect(firstKey(["evalsha", "abc", "0", "arg"])).toBeNull();
+    expect(firstKey(["xreadgroup", "GROUP", "relay", "c", "COUNT", "128", "STREAMS", "{b:q:m}:outbox", ">"])).toBe(
+      "{b:q:m}:outbox",
+    );
+    expect(firstKey(["GET", "{b}:x"])).toBe("{b}:x");
+    expect(firstKey(["multi"])).toBeNull();
+  });
+
+  it("counts MULTI and EXEC with the transaction's keys, per connection", () => {
+    const trace = [
+      { source: "c1", args: ["multi"] },
+      { source: "c2", args: ["get", "{b:q:m}:x"] },
+      { source: "c1", args: ["xadd", "{b:a:w}:audit", "*", "r", "{}"] },
+      { source: "c1", args: ["set", "{b:a:w}:audit:head", "1"] },
+      { source: "c1", args: ["exec"] },
+      { source: "lua", args: ["GETDEL", "{b:t:acme}:quota-held:1"] },
+      { source: "c3", args: ["hget", "{b}:tenants:keys", "h"] },
+    ];
+    expect(commandsByFamily(trace, "b")).toEqual({ queue: 1, tenant: 1, ip: 0, audit: 4, deployment: 1, other: 0 });
   });
 });

@@ -237,3 +237,65 @@ export function medianOf(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor((s.length - 1) / 2)] as number;
 }
+
+// ---------------------------------------------------------------------------------
+// key families in a MONITOR trace (commands-probe.ts)
+// ---------------------------------------------------------------------------------
+
+export type Family = "queue" | "tenant" | "ip" | "audit" | "deployment" | "other";
+
+/** A key's family under a deployment whose prefix is `{tag}` (docs/architecture.md, "Key families and slots"). */
+export function familyOf(key: string, tag: string): Family {
+  const m = /\{([^}]*)\}/.exec(key);
+  const t = m?.[1];
+  if (t === undefined) return "other";
+  if (t === tag) return "deployment";
+  for (const [mark, family] of [
+    [":q:", "queue"],
+    [":t:", "tenant"],
+    [":ip:", "ip"],
+    [":a:", "audit"],
+  ] as const)
+    if (t.startsWith(`${tag}${mark}`)) return family;
+  return "other";
+}
+
+/** The key a command names first (after STREAMS for stream reads, after numkeys for scripts); null for none. */
+export function firstKey(args: readonly string[]): string | null {
+  const cmd = (args[0] ?? "").toLowerCase();
+  const streams = args.findIndex((a) => a.toUpperCase() === "STREAMS");
+  if (streams >= 0) return args[streams + 1] ?? null;
+  if (cmd === "evalsha" || cmd === "eval" || cmd === "fcall") return Number(args[2]) > 0 ? (args[3] ?? null) : null;
+  if (["multi", "exec", "discard", "ping", "info", "select", "client"].includes(cmd)) return null;
+  return args[1] ?? null;
+}
+
+/**
+ * Counts a MONITOR trace's commands by key family. MULTI and EXEC, which name no key,
+ * count in the family of the next (MULTI) or previous (EXEC) keyed command of the same
+ * connection: they are that transaction's cost.
+ */
+export function commandsByFamily(
+  lines: readonly { source: string; args: readonly string[] }[],
+  tag: string,
+): Record<Family, number> {
+  const out: Record<Family, number> = { queue: 0, tenant: 0, ip: 0, audit: 0, deployment: 0, other: 0 };
+  const fam = lines.map((l) => {
+    const k = firstKey(l.args);
+    return k === null ? null : familyOf(k, tag);
+  });
+  const near = (i: number, step: 1 | -1): Family => {
+    const source = lines[i]?.source;
+    for (let j = i + step; j >= 0 && j < lines.length; j += step) {
+      const f = fam[j];
+      if (lines[j]?.source === source && f) return f;
+    }
+    return "other";
+  };
+  lines.forEach((l, i) => {
+    const cmd = (l.args[0] ?? "").toLowerCase();
+    const f = fam[i] ?? (cmd === "multi" ? near(i, 1) : cmd === "exec" ? near(i, -1) : "other");
+    out[f]++;
+  });
+  return out;
+}
