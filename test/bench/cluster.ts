@@ -59,6 +59,12 @@ import {
 import { type PreparedBody, prepareBody } from "./wire.js";
 
 const WIDTH = 16;
+/**
+ * Completed jobs kept 3 s: within a pass, every finish also removes the jobs that aged
+ * out, as in production at any TTL once it has been reached (memory per retained job is
+ * read with MEMORY USAGE instead).
+ */
+const RESULT_TTL_MS = 3000;
 const ROLES = ["queue", "tenant", "deployment"] as const;
 type Role = (typeof ROLES)[number];
 
@@ -117,6 +123,13 @@ export interface ClusterReport {
   /** Medians over the repeats, per shard; each figure the median of its own. */
   median: ClusterPass;
   runs: ClusterPass[];
+  /** Bytes Redis holds per retained completed job, per queue and per audit record (MEMORY USAGE). */
+  memory: {
+    completedJobHashBytes: number;
+    eventsStreamBytesPerEntry: number;
+    eventsStreamEntries: number;
+    auditBytesPerRecord: number;
+  };
   /** One model per master: jobs/s and Redis CPU per job of each master (µs, per job of all models). */
   spread: {
     jobsPerSec: number;
@@ -277,7 +290,7 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
         api = await startProc(
           "api",
           `api-cluster-${attempt}`,
-          apiEnv(f.env, port, { RESULT_TTL_MS: "120000" }),
+          apiEnv(f.env, port, { RESULT_TTL_MS: String(RESULT_TTL_MS) }),
           f.logDir,
           port,
         );
@@ -457,6 +470,28 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
       },
     };
 
+    // What a retained completed job, an events entry and an audit record hold (on their masters).
+    const nodeOf = (key: string) => conns[masterIdx(on(key))]?.redis as Redis;
+    const usage = async (key: string) =>
+      Number((await nodeOf(key).call("MEMORY", "USAGE", key, "SAMPLES", "0")) ?? Number.NaN);
+    const q0 = split[0] as string;
+    const lastDone = (await admin.zrevrange(keys.bull(prefix, q0, "completed"), 0, 0))[0];
+    const events = keys.bull(prefix, q0, "events");
+    const eventsLen = await admin.xlen(events);
+    const apiWriter = (await admin.hkeys(auditWritersKey(prefix))).find((w) =>
+      w.startsWith(`api:${os.hostname()}:${apiProc.pid}:`),
+    );
+    const auditKey = apiWriter ? auditStreamKey(prefix, apiWriter) : null;
+    const memory = {
+      completedJobHashBytes: lastDone ? await usage(keys.job(prefix, q0, lastDone)) : Number.NaN,
+      eventsStreamBytesPerEntry: eventsLen > 0 ? Math.round((await usage(events)) / eventsLen) : Number.NaN,
+      eventsStreamEntries: eventsLen,
+      auditBytesPerRecord:
+        auditKey && (await admin.xlen(auditKey)) > 0
+          ? Math.round((await usage(auditKey)) / (await admin.xlen(auditKey)))
+          : Number.NaN,
+    };
+
     // Spread: one model per master, jobs in turn.
     const spreadModels = Object.values(spread);
     say(`cluster: spread pass: ${o.jobs} jobs over ${spreadModels.join(",")} (one per master)`);
@@ -498,6 +533,7 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
       idle,
       median,
       runs,
+      memory,
       spread: spreadFig,
       derived: {
         idleUsPerSec: idleUs,
@@ -534,12 +570,15 @@ export function clusterLines(r: ClusterReport): string[] {
   for (const role of ROLES) {
     const s = m.shards[role];
     out.push(
-      `  ${`${role} shard`.padEnd(17)} ${String(s.commandsPerJob).padStart(5)} cmds/job ${String(s.cpuUsPerJob).padStart(6)} µs/job (net of idle ${s.commandsPerJobNet} cmds, ${s.cpuUsPerJobNet} µs) → ${r.derived.jobsPerShard[role]} jobs/s at ${r.utilisation * 100}% of a core (derived); idle ${r.idle[role].commandsPerSec} cmds/s ${r.idle[role].cpuUsPerSec} µs/s; mem ${s.memoryBytesPerJob} B/job; net in/out ${s.netInBytesPerJob}/${s.netOutBytesPerJob} B/job; holds ${s.holds.join(", ")}`,
+      `  ${`${role} shard`.padEnd(17)} ${String(s.commandsPerJob).padStart(5)} cmds/job ${String(s.cpuUsPerJob).padStart(6)} µs/job (net of idle ${s.commandsPerJobNet} cmds, ${s.cpuUsPerJobNet} µs) → ${r.derived.jobsPerShard[role]} jobs/s at ${r.utilisation * 100}% of a core (derived); idle ${r.idle[role].commandsPerSec} cmds/s ${r.idle[role].cpuUsPerSec} µs/s; memory growth ${s.memoryBytesPerJob} B/job; net in/out ${s.netInBytesPerJob}/${s.netOutBytesPerJob} B/job; holds ${s.holds.join(", ")}`,
     );
     out.push(`    ${JSON.stringify(s.topPerJob)}`);
   }
   out.push(
     `  total (net of idle) ${r.derived.totalCommandsPerJob} cmds/job, ${r.derived.totalCpuUsPerJob} µs/job on the masters; replicas ${m.replicasCpuUsPerJob} µs/job`,
+  );
+  out.push(
+    `  memory (MEMORY USAGE): a completed job's hash ${r.memory.completedJobHashBytes} B; events stream ${r.memory.eventsStreamBytesPerEntry} B/entry × ${r.memory.eventsStreamEntries} entries per queue; audit ${r.memory.auditBytesPerRecord} B/record`,
   );
   out.push(
     `  spread (one model per master): ${r.spread.jobsPerSec} jobs/s; µs/job by master ${JSON.stringify(r.spread.cpuUsPerJobByMaster)}`,
