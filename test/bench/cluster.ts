@@ -280,9 +280,16 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
     let api: Proc | null = null;
     let worker: Proc | null = null;
     let client: Client | null = null;
-    const writerOf = async (start: string, known: Set<string>) =>
-      (await admin?.hkeys(auditWritersKey(prefix)))?.find((w) => w.startsWith(start) && !known.has(w));
-    const seen = new Set<string>();
+    // A writer joins the writers hash with its first flush: wait for it (a few seconds at most).
+    const writerOf = async (start: string) => {
+      for (let t = 0; t < 50; t++) {
+        const w = (await (admin as Cluster).hkeys(auditWritersKey(prefix))).find((x) => x.startsWith(start));
+        if (w) return w;
+        await sleep(100);
+      }
+      return undefined;
+    };
+    let workerId = "";
     const placement: Record<string, string> = {};
     for (let attempt = 1; attempt <= 8; attempt++) {
       if (!api) {
@@ -299,36 +306,35 @@ export async function runClusterBench(o: ClusterBenchOptions): Promise<ClusterRe
       }
       if (!worker) {
         const port = await freePort();
+        workerId = `bench-cluster-${attempt}`;
         worker = await startProc(
           "worker",
           `worker-cluster-${attempt}`,
-          workerEnv(f.env, port, `bench-cluster-${attempt}`, { WORKER_MODELS: allModels.join(",") }),
+          workerEnv(f.env, port, workerId, { WORKER_MODELS: allModels.join(",") }),
           f.logDir,
           port,
         );
         procs.add(worker);
       }
       await drive(client as Client, splitBodies, 10, 2);
-      await sleep(300);
-      const apiWriter = await writerOf(`api:${os.hostname()}:${api.pid}:`, seen);
-      const workerWriter = await writerOf(`worker:bench-cluster-`, seen);
+      const apiWriter = await writerOf(`api:${os.hostname()}:${api.pid}:`);
+      const workerWriter = await writerOf(`worker:${workerId}:`);
       const apiOn = apiWriter ? on(auditStreamKey(prefix, apiWriter)) : "unknown";
       const workerOn = workerWriter ? on(auditStreamKey(prefix, workerWriter)) : "unknown";
       placement.apiAudit = apiOn === mt ? "tenant shard" : `${apiOn} (not the tenant shard)`;
       placement.workerAudit = workerOn === mt ? "tenant shard" : `${workerOn} (not the tenant shard)`;
+      say(`cluster: start ${attempt}: API audit stream on ${apiOn}, worker's on ${workerOn} (wanted ${mt})`);
       if (apiOn === mt && workerOn === mt) break;
       if (attempt === 8) {
         say(`cluster: audit streams not both on ${mt} after 8 starts: ${JSON.stringify(placement)}`);
         break;
       }
       if (apiOn !== mt) {
-        if (apiWriter) seen.add(apiWriter);
         await api.stop();
         procs.delete(api);
         api = null;
       }
       if (workerOn !== mt) {
-        if (workerWriter) seen.add(workerWriter);
         // Its queued jobs are none (every warm-up job completed): stopping loses nothing.
         await (worker as Proc).stop();
         procs.delete(worker as Proc);
