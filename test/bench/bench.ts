@@ -6,7 +6,8 @@
  *   npm run bench -- --quick      # ~5 min, shorter windows, one repeat
  *   node --conditions=@citadel/source --import tsx test/bench/bench.ts [--quick] [--models heavy,ocr] [--threads 2]
  *        [--workers 1] [--seconds 20] [--repeats 3] [--capacity-jobs 20000] [--no-svg]
- *        [--only models,bulk,capacity,cold-start] [--cold-keys vault|local] [--cold-form source|dist]
+ *        [--only models,bulk,capacity,cold-start,cluster] [--cold-keys vault|local] [--cold-form source|dist]
+ *        [--cluster-jobs 3000] [--cluster-clients 32]
  *
  * Rows, per model:
  *   limit          onnxruntime alone in a loop, batch 1/4/8/16/32 (samples/s);
@@ -22,6 +23,9 @@
  * Last, cold start (cold-start.ts): one job on an empty queue, a fresh worker process
  * started for it as KEDA would, submit → result split into its phases, beside the
  * warm latency. `--only cold-start` runs that row alone.
+ * Cluster capacity (cluster.ts, `--only cluster`): a local 3+3 Redis Cluster, the fleet
+ * on it, per shard (queue, tenant, deployment) Redis commands and CPU per job and the
+ * jobs/s one shard carries (derived); docs/capacity.md is written from it.
  *
  * Fairness: every body is built before measuring; every contender gets the same
  * warm-up, clients and windows, is started fresh for each measurement, and is measured
@@ -44,6 +48,7 @@ import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { type DrainResult, measureDrain } from "./capacity.js";
+import { type ClusterReport, clusterLines, runClusterBench } from "./cluster.js";
 import {
   type ColdKeys,
   type ColdReport,
@@ -101,9 +106,11 @@ interface Options {
   only: Set<Row>;
   coldKeys: ColdKeys;
   coldForm: AppForm;
+  clusterJobs: number;
+  clusterClients: number;
 }
 
-const ROWS = ["models", "bulk", "capacity", "cold-start"] as const;
+const ROWS = ["models", "bulk", "capacity", "cold-start", "cluster"] as const;
 type Row = (typeof ROWS)[number];
 
 function parseArgs(argv: string[]): Options {
@@ -119,6 +126,8 @@ function parseArgs(argv: string[]): Options {
     only: new Set(ROWS),
     coldKeys: "vault",
     coldForm: DEFAULT_COLD_FORM,
+    clusterJobs: 0,
+    clusterClients: 32,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -131,6 +140,8 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--repeats") o.repeats = Number(next());
     else if (a === "--capacity-jobs") o.capacityJobs = Number(next());
     else if (a === "--no-svg") o.svg = false;
+    else if (a === "--cluster-jobs") o.clusterJobs = Number(next());
+    else if (a === "--cluster-clients") o.clusterClients = Number(next());
     else if (a === "--only") {
       const rows = next().split(",");
       const bad = rows.filter((r) => !(ROWS as readonly string[]).includes(r));
@@ -147,7 +158,8 @@ function parseArgs(argv: string[]): Options {
     } else if (a === "--help" || a === "-h") {
       process.stdout.write(
         "usage: bench.ts [--quick] [--models heavy,ocr] [--threads N] [--workers N] [--seconds S] [--repeats N] [--capacity-jobs N] [--no-svg]\n" +
-          `                [--only ${ROWS.join(",")}] [--cold-keys vault|local] [--cold-form source|dist]\n`,
+          `                [--only ${ROWS.join(",")}] [--cold-keys vault|local] [--cold-form source|dist]\n` +
+          "                [--cluster-jobs N] [--cluster-clients N]\n",
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -155,6 +167,7 @@ function parseArgs(argv: string[]): Options {
   if (o.seconds === 0) o.seconds = o.quick ? 8 : 20;
   if (o.repeats === 0) o.repeats = o.quick ? 1 : 3;
   if (o.capacityJobs === 0) o.capacityJobs = o.quick ? 5_000 : 20_000;
+  if (o.clusterJobs === 0) o.clusterJobs = o.quick ? 1_000 : 3_000;
   return o;
 }
 
@@ -688,6 +701,8 @@ async function main(): Promise<number> {
   let bulk: Awaited<ReturnType<typeof runBulk>> | null = null;
   let capacity: CapacityResult | null = null;
   let cold: ColdReport | null = null;
+  let cluster: ClusterReport | null = null;
+  let clusterError: string | null = null;
   const row = (r: Row) => o.only.has(r);
   try {
     // Limits first, with nothing else running.
@@ -772,6 +787,25 @@ async function main(): Promise<number> {
 
     if (api && row("capacity")) capacity = await runCapacity(o, fleet, api, redisUrl, admin, redisPid);
 
+    // Its own Redis (a cluster) and fleet: the single Redis's API stops first.
+    if (row("cluster")) {
+      await api?.stop();
+      api = null;
+      try {
+        cluster = await runClusterBench({
+          jobs: o.clusterJobs,
+          repeats: o.repeats,
+          clients: o.clusterClients,
+          utilisation: 0.7,
+        });
+      } catch (err) {
+        // Asked for alone, its failure is the run's; in a full run the other rows stand.
+        if (o.only.size === 1) throw err;
+        clusterError = err instanceof Error ? err.message : String(err);
+        say(`cluster: row not measured: ${clusterError}`);
+      }
+    }
+
     // Last: nothing else of ours running while a worker starts from zero.
     if (row("cold-start")) {
       await api?.stop();
@@ -789,7 +823,7 @@ async function main(): Promise<number> {
     admin.disconnect();
     await own?.stop();
   }
-  report(o, results, limitsAlt, bulk, capacity, cold, load0, started);
+  report(o, results, limitsAlt, bulk, capacity, cold, cluster ?? clusterError, load0, started);
   return 0;
 }
 
@@ -930,6 +964,8 @@ function report(
   bulk: Awaited<ReturnType<typeof runBulk>> | null,
   capacity: CapacityResult | null,
   cold: ColdReport | null,
+  /** The cluster row's report, or why it was not measured. */
+  cluster: ClusterReport | string | null,
   load0: number[],
   started: number,
 ): void {
@@ -1102,6 +1138,8 @@ function report(
       );
   }
   if (cold) out.push(...coldLines(cold));
+  if (typeof cluster === "string") out.push(`cluster capacity: not measured: ${cluster}`);
+  else if (cluster) out.push(...clusterLines(cluster));
   const targets = [...collectTargets(results, capacity), ...coldTargets(cold)];
   out.push("");
   out.push(
@@ -1154,6 +1192,8 @@ function report(
       : null,
     // Added with issue 14.
     coldStart: cold ? coldJson(cold) : null,
+    // Added with issue 14 point 5 (docs/capacity.md).
+    clusterCapacity: typeof cluster === "string" ? { available: false, reason: cluster } : cluster,
     targets: targets.map((t) => ({
       name: t.name,
       value: t.value === null ? null : round2(t.value),

@@ -20,6 +20,7 @@ import {
   startOwnRedis,
   startProc,
 } from "./harness.js";
+import { commandsByFamily } from "./shard-model.js";
 import { prepareBody } from "./wire.js";
 
 const jobs = Number(process.argv[2] ?? 200);
@@ -60,18 +61,26 @@ say(`commands per job (${concurrency} client(s), POST ?wait): ${(d.all / jobs).t
 for (const [k, v] of Object.entries(d.byCommand).sort((x, y) => y[1] - x[1]))
   say(`  ${k.padEnd(28)} ${(v / jobs).toFixed(2)}`);
 // One job under MONITOR.
-const mon = await new Redis(own.url).monitor();
+// monitor() opens a connection of its own: both are closed below, or the process stays up.
+const monBase = new Redis(own.url);
+const mon = await monBase.monitor();
 const lines: string[] = [];
-mon.on("monitor", (_t: string, args: string[], source: string) =>
-  lines.push(`${source.padEnd(24)} ${args.map((x) => (x.length > 60 ? `${x.slice(0, 60)}…` : x)).join(" ")}`),
-);
+const raw: { source: string; args: string[] }[] = [];
+mon.on("monitor", (_t: string, args: string[], source: string) => {
+  lines.push(`${source.padEnd(24)} ${args.map((x) => (x.length > 60 ? `${x.slice(0, 60)}…` : x)).join(" ")}`);
+  raw.push({ source, args });
+});
 await new Promise((r) => setTimeout(r, 300));
 lines.length = 0;
+raw.length = 0;
 await one();
 await new Promise((r) => setTimeout(r, 300));
 mon.disconnect();
+monBase.disconnect();
 say(`MONITOR of one job (${lines.length} lines):`);
 for (const l of lines) say(`  ${l}`);
+// The slots each family of keys would hash to on a cluster (docs/capacity.md).
+say(`that job's commands by key family (Lua's inner ones included): ${JSON.stringify(commandsByFamily(raw, "bench"))}`);
 for (const w of workers) await w.stop();
 await api.stop();
 await fleet.close();

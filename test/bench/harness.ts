@@ -258,13 +258,35 @@ export interface FleetSetup {
   close(): Promise<void>;
 }
 
-export async function setupFleet(opts: {
+export interface FleetSetupOptions {
   redisUrl: string;
   prefix?: string;
   dir?: string;
   env?: Record<string, string>;
   tenant?: Partial<TenantInput>;
-}): Promise<FleetSetup> {
+}
+
+export async function setupFleet(opts: FleetSetupOptions): Promise<FleetSetup> {
+  const core = await setupFleetCore(opts);
+  const redis: RedisConn = isClusterTarget(opts.redisUrl)
+    ? redisClient(opts.redisUrl, () => undefined)
+    : new Redis(opts.redisUrl, { maxRetriesPerRequest: 1 });
+  redis.on("error", () => undefined);
+  return {
+    ...core,
+    redis,
+    close: async () => {
+      await core.close();
+      redis.disconnect();
+    },
+  };
+}
+
+/**
+ * setupFleet without its plain Redis client: for a fleet on a Redis Cluster
+ * (`redis+cluster://…`), which the CLI context's client speaks to.
+ */
+export async function setupFleetCore(opts: FleetSetupOptions): Promise<Omit<FleetSetup, "redis">> {
   const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-bench-"));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const keyring = path.join(dir, "keyring.json");
@@ -282,10 +304,6 @@ export async function setupFleet(opts: {
   };
   const ctx = openContext(loadCliEnv(env));
   await ctx.redis.connect();
-  const redis: RedisConn = isClusterTarget(opts.redisUrl)
-    ? redisClient(opts.redisUrl, () => undefined)
-    : new Redis(opts.redisUrl, { maxRetriesPerRequest: 1 });
-  redis.on("error", () => undefined);
   const tenants = new TenantStore(ctx.redis, prefix);
   await tenants.upsert({
     id: "bench",
@@ -304,7 +322,6 @@ export async function setupFleet(opts: {
     prefix,
     env,
     ctx,
-    redis,
     apiKey,
     publish: async (bytes, req) => {
       const sealed = await sealBytes(ctx, bytes, req);
@@ -316,7 +333,6 @@ export async function setupFleet(opts: {
     },
     close: async () => {
       await ctx.close();
-      redis.disconnect();
     },
   };
 }
