@@ -53,6 +53,16 @@ afterAll(async () => {
   await fleet?.close();
 });
 
+/** Removes a job from BullMQ as retention, a failover's lost writes or an operator would: no outbox entry. */
+async function removeJob(model: string, id: string): Promise<void> {
+  const q = new Queue(queueName(model), { connection: fleet.redis, prefix: queuePrefix(fleet.prefix, model) });
+  try {
+    await q.remove(id);
+  } finally {
+    await q.close();
+  }
+}
+
 /** The tenant's queued-jobs counter, as the API's quota check reads it. */
 async function quota(tenant: string): Promise<number> {
   return Number((await fleet.redis.get(keys.tenantQueuedJobs(fleet.prefix, tenant))) ?? 0);
@@ -159,15 +169,7 @@ describe("Idempotency-Key replays", () => {
     // Its outcome relayed (its reservation released: hours before retention removes it) ...
     await pollUntil("the completion relayed", async () => (await quota("idem-d")) === 0);
     // ... the result expires (simulated: the job is removed from BullMQ as its retention would).
-    const q = new Queue(queueName("idem-done"), {
-      connection: fleet.redis,
-      prefix: queuePrefix(fleet.prefix, "idem-done"),
-    });
-    try {
-      await q.remove(id);
-    } finally {
-      await q.close();
-    }
+    await removeJob("idem-done", id);
     // ... as it would once its retention passed: the key's entry is older than any retention.
     const entry = keys.idempotency(fleet.prefix, "idem-d", createHash("sha256").update("run-once").digest("hex"));
     expect(await fleet.redis.hset(entry, "at", 1)).toBe(0);
@@ -190,15 +192,7 @@ describe("Idempotency-Key replays", () => {
     expect(await quota("idem-lost")).toBe(1);
     // A master that failed over before replicating the job loses its hash and queue entry;
     // the tenant's keys (another slot, another master) keep the confirmed entry and the reservation.
-    const q = new Queue(queueName("idem-lost"), {
-      connection: fleet.redis,
-      prefix: queuePrefix(fleet.prefix, "idem-lost"),
-    });
-    try {
-      await q.remove(id);
-    } finally {
-      await q.close();
-    }
+    await removeJob("idem-lost", id);
     expect((await fleet.request("GET", `/v1/jobs/${id}`, undefined, bearer(key))).status).toBe(404);
     const retries = await Promise.all([0, 1, 2].map(() => fleet.request("POST", "/v1/jobs", job("idem-lost"), h)));
     for (const r of retries) expect([r.status, r.json.id], JSON.stringify(r.json)).toEqual([202, id]);
@@ -214,15 +208,7 @@ describe("Idempotency-Key replays", () => {
     expect(await completions()).toBe(1);
     // Lost again after it ended (its outcome with a master that failed over; its share was
     // given back): a retry runs it again and reserves again; it is given back again after.
-    const q2 = new Queue(queueName("idem-lost"), {
-      connection: fleet.redis,
-      prefix: queuePrefix(fleet.prefix, "idem-lost"),
-    });
-    try {
-      await q2.remove(id);
-    } finally {
-      await q2.close();
-    }
+    await removeJob("idem-lost", id);
     const rerun = await fleet.request("POST", "/v1/jobs", job("idem-lost"), h);
     expect([rerun.status, rerun.json.id]).toEqual([202, id]);
     const again = await fleet.request("GET", `/v1/jobs/${id}?wait=30000`, undefined, bearer(key));

@@ -5,3 +5,4 @@ export * from "./outbox.js";
 export * from "./redis.js";
 export * from "./scripts/index.js";
 export * from "./settle-calls.js";
+export * from "./stream-group.js";

@@ -2,6 +2,7 @@ import { coerceError } from "@citadel/contracts";
 import { keys, NOTIFICATIONS_MAX_LEN } from "./names.js";
 import type { RedisConn } from "./redis.js";
 import { scripts } from "./scripts/index.js";
+import { claimStaleEntries, ensureStreamGroup, type StreamEntry } from "./stream-group.js";
 
 /** The consumer group every API replica's outbox relay reads each queue's outbox in. */
 export const OUTBOX_GROUP = "relay";
@@ -37,7 +38,7 @@ export interface OutboxEntry {
   notifyUrl?: string;
 }
 
-type Entry = [id: string, fields: string[]];
+type Entry = StreamEntry;
 const PAGE = 128;
 
 /** An entry's fields, or null when it is not an outbox entry. */
@@ -185,37 +186,18 @@ export class OutboxRelay {
     return (got?.[0]?.[1] ?? []).filter((e) => Array.isArray(e[1]));
   }
 
-  /** The group, from the stream's start: entries written before any API ran are applied too. */
   private async ensureGroup(stream: string): Promise<void> {
-    try {
-      await this.redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM");
-    } catch (err) {
-      if (!/BUSYGROUP/.test(coerceError(err).message)) throw err;
-    }
+    await ensureStreamGroup(this.redis, stream, OUTBOX_GROUP);
     this.grouped.add(stream);
   }
 
   /** Entries a reader took and left idle (it died or its effects failed): this one applies them. */
   private async takeOverStale(stream: string): Promise<number> {
-    let cursor = "0-0";
     let done = 0;
-    for (let page = 0; page < 100; page++) {
-      const [next, entries] = (await this.redis.xautoclaim(
-        stream,
-        OUTBOX_GROUP,
-        this.s.consumer,
-        this.s.claimIdleMs,
-        cursor,
-        "COUNT",
-        PAGE,
-      )) as [string, (Entry | null)[], ...unknown[]];
-      done += await this.apply(
-        stream,
-        entries.filter((e): e is Entry => Array.isArray(e) && Array.isArray(e[1])),
-      );
-      if (next === "0-0") break;
-      cursor = next;
-    }
+    const o = { stream, group: OUTBOX_GROUP, consumer: this.s.consumer, idleMs: this.s.claimIdleMs, page: PAGE };
+    await claimStaleEntries(this.redis, o, async (entries) => {
+      done += await this.apply(stream, entries);
+    });
     return done;
   }
 

@@ -1,5 +1,5 @@
 import { coerceError, type WebhookEvent } from "@citadel/contracts";
-import { keys, type RedisConn } from "@citadel/queue";
+import { claimStaleEntries, ensureStreamGroup, keys, type RedisConn, type StreamEntry } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import type { JobsOptions, Queue } from "bullmq";
 import { type DeliveryJob, type Notification, parseNotification } from "./record.js";
@@ -35,7 +35,7 @@ export interface RelayDeps {
   log: Logger;
 }
 
-type Entry = [id: string, fields: string[]];
+type Entry = StreamEntry;
 const PAGE = 64;
 
 /**
@@ -144,32 +144,15 @@ export class NotificationRelay {
 
   /** The group, reading from the stream's start: entries written before any API ran are delivered too. */
   private async ensureGroup(): Promise<boolean> {
-    try {
-      await this.d.redis.xgroup("CREATE", this.stream, RELAY_GROUP, "0", "MKSTREAM");
-    } catch (err) {
-      if (!/BUSYGROUP/.test(coerceError(err).message)) throw err;
-    }
+    await ensureStreamGroup(this.d.redis, this.stream, RELAY_GROUP);
     return true;
   }
 
   /** Entries a reader took and left idle (it died): this one hands them off. */
-  private async takeOverStale(): Promise<void> {
-    let cursor = "0-0";
-    for (let page = 0; page < 100; page++) {
-      const [next, entries] = (await this.d.redis.xautoclaim(
-        this.stream,
-        RELAY_GROUP,
-        this.s.consumer,
-        this.s.claimIdleMs,
-        cursor,
-        "COUNT",
-        PAGE,
-      )) as [string, (Entry | null)[], ...unknown[]];
-      const live = entries.filter((e): e is Entry => Array.isArray(e) && Array.isArray(e[1]));
-      if (live.length > 0) await this.handOff(live);
-      if (next === "0-0") return;
-      cursor = next;
-    }
+  private takeOverStale(): Promise<void> {
+    const { consumer, claimIdleMs } = this.s;
+    const o = { stream: this.stream, group: RELAY_GROUP, consumer, idleMs: claimIdleMs, page: PAGE };
+    return claimStaleEntries(this.d.redis, o, (entries) => this.handOff(entries));
   }
 
   /**
