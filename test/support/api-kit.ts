@@ -4,7 +4,7 @@ import { type AuditRecord, readAuditEntries } from "@citadel/audit";
 import { publishSealed, type SealRequest, sealBytes } from "@citadel/cli/models";
 import { parseEnv } from "@citadel/config";
 import { ErrorCode, type JobData, type TensorPayload } from "@citadel/contracts";
-import { type JobQueues, keys, queueName, queuePrefix, type RedisConn } from "@citadel/queue";
+import { type JobQueues, keys, modelOfJobId, queueName, queuePrefix, type RedisConn } from "@citadel/queue";
 import { Queue } from "bullmq";
 import { b64, LogCapture, type Loose, type TestFleet } from "./fleet.js";
 
@@ -81,6 +81,30 @@ export async function queueCounts(fleet: TestFleet, model: string): Promise<Queu
     return { ...counts, total: Object.values(counts).reduce((a, b) => a + b, 0) };
   } finally {
     await q.close();
+  }
+}
+
+/** Where each job id is in its model's queue: its state ("missing" when there is no such job) and when it was added. */
+export async function jobsWhere(
+  fleet: TestFleet,
+  ids: Iterable<string>,
+): Promise<Map<string, { state: string; addedAt: number }>> {
+  const out = new Map<string, { state: string; addedAt: number }>();
+  const queues = new Map<string, Queue>();
+  try {
+    for (const id of ids) {
+      const model = modelOfJobId(id);
+      let q = queues.get(model);
+      if (!q) {
+        q = new Queue(queueName(model), { connection: fleet.redis, prefix: queuePrefix(fleet.prefix, model) });
+        queues.set(model, q);
+      }
+      const job = await q.getJob(id);
+      out.set(id, job ? { state: await job.getState(), addedAt: job.timestamp } : { state: "missing", addedAt: 0 });
+    }
+    return out;
+  } finally {
+    for (const q of queues.values()) await q.close();
   }
 }
 
