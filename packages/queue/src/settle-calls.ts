@@ -1,6 +1,6 @@
 import type { JobData } from "@citadel/contracts";
 import { keys, OUTBOX_MAX_LEN } from "./names.js";
-import type { SettleFinalArgs, SettleFinalKeys } from "./scripts/index.js";
+import type { FinishedJob, FinishJobsQueueKeys, SettleFinalArgs, SettleFinalKeys } from "./scripts/index.js";
 
 /**
  * settleFinal-3.lua's keys and arguments for a job of `model`: what its outbox entry
@@ -24,5 +24,35 @@ export function settleFinalCall(
       fallback,
       maxLen: OUTBOX_MAX_LEN,
     },
+  };
+}
+
+/** finishJobs.lua's queue keys for `model`. */
+export function finishJobsQueueKeys(prefix: string, model: string): FinishJobsQueueKeys {
+  const bull = (part: string) => keys.bull(prefix, model, part);
+  return [
+    bull("wait"),
+    bull("active"),
+    bull("prioritized"),
+    bull("events"),
+    bull("stalled"),
+    bull("meta"),
+    bull("completed"),
+    bull("failed"),
+    keys.outbox(prefix, model),
+  ];
+}
+
+/** A job's hash and input keys, and its outbox fields from its data (as settleFinalCall). */
+export function finishedJobParts(
+  prefix: string,
+  model: string,
+  jobId: string,
+  data: JobData | null,
+): Pick<FinishedJob, "keys" | "entry"> {
+  const { args } = settleFinalCall(prefix, model, jobId, data);
+  return {
+    keys: [keys.job(prefix, model, jobId), keys.inputs(prefix, model, jobId)],
+    entry: { tenant: args.tenant, batch: args.batch, notify: args.notify },
   };
 }

@@ -11,6 +11,8 @@ import {
   queuePrefix,
   type Redis,
   redisClient,
+  scripts,
+  settleFinalCall,
 } from "@citadel/queue";
 import { createLogger } from "@citadel/telemetry";
 import { Queue } from "bullmq";
@@ -235,12 +237,15 @@ describe("JobLease fetch", () => {
   });
 
   it("waits for a job on BullMQ's blocking fetch instead of polling, and wakes when one is added", async () => {
-    const { connection, redis, lease, add } = await setup();
+    const { connection, redis, lease, add, prefix } = await setup();
+    // Only this queue's blocking connection (BullMQ names it after the queue's prefix):
+    // other test files' workers block on the same server.
+    const ours = (line: string) => line.includes("cmd=bzpopmin") && line.includes(prefix.slice(1, -1));
     // BullMQ learns the queue is drained from a fetch that finds nothing, and a marker left
     // by earlier adds wakes one wait: each such wait answers none at once, then it blocks.
     let waiting = lease.next();
     for (let i = 0; i < 500; i++) {
-      if (/cmd=bzpopmin/.test(String(await redis.client("LIST")))) break;
+      if (String(await redis.client("LIST")).split("\n").some(ours)) break;
       const answered = await Promise.race([waiting.then(() => true), sleep(10).then(() => false)]);
       if (answered) {
         expect(await waiting).toBeNull();
@@ -273,7 +278,7 @@ describe("JobLease fetch", () => {
 });
 
 describe("JobLease settle", () => {
-  it("settles a batch in one pipeline: final states, an outbox entry each, inputs dropped", async () => {
+  it("settles a batch in one script call: final states, an outbox entry each, inputs dropped", async () => {
     const { connection, redis, lease, queue, add, settled, inputsOf } = await setup();
     await add(6);
     const jobs = await lease.fetch(6);
@@ -338,6 +343,66 @@ describe("JobLease settle", () => {
     expect(await redis.exists(inputsOf(lost))).toBe(1);
     expect(await settled()).toEqual({ [jobs[0].id]: "completed", [jobs[2].id]: "completed" });
     expect(lease.holds(lost.id)).toBe(false);
+  });
+});
+
+describe("finishJobs.lua against BullMQ's own scripts", () => {
+  /** A job's traces after settling: its hash fields, its sets, its events and its outbox entry (times blanked). */
+  async function traces(redis: Redis, prefix: string, id: string) {
+    const bull = (part: string) => keys.bull(prefix, "m", part);
+    const hash = await redis.hgetall(keys.job(prefix, "m", id));
+    const fields = Object.keys(hash).sort();
+    // stacktrace: BullMQ records the Error's stack it is given; the lease has none to give
+    // (Citadel's jobs keep none: stackTraceLimit 0) and writes the job's own, "[]".
+    const { finishedOn, processedOn, timestamp, returnvalue, stacktrace, ...kept } = hash;
+    const events = (await redis.xrange(bull("events"), "-", "+"))
+      .map(([, f]) => f)
+      .filter((f) => f[3] === id)
+      .map((f) => f.map((v) => (v === returnvalue || v === finishedOn ? "<same>" : v)));
+    const outbox = (await redis.xrange(keys.outbox(prefix, "m"), "-", "+"))
+      .map(([, f]) => f)
+      .filter((f) => f[1] === id)
+      .map((f) => f.map((v, i) => (f[i - 1] === "f" || f[i - 1] === "r" ? "<time>" : v)));
+    return {
+      fields,
+      kept,
+      finishedOnIsMember:
+        Number(await redis.zscore(bull(hash.failedReason ? "failed" : "completed"), id)) === Number(finishedOn),
+      active: (await redis.lrange(bull("active"), 0, -1)).includes(id),
+      stalled: await redis.sismember(bull("stalled"), id),
+      lock: await redis.exists(`${keys.job(prefix, "m", id)}:lock`),
+      inputs: await redis.exists(keys.inputs(prefix, "m", id)),
+      events,
+      outbox,
+    };
+  }
+
+  it("leaves a completed and a failed job exactly as moveToFinished followed by settleFinal does", async () => {
+    const { redis, lease, add, prefix } = await setup();
+    await add(4);
+    const [a, b, c, d] = (await lease.fetch(4)) as [LeasedJob, LeasedJob, LeasedJob, LeasedJob];
+    // a and c through BullMQ's public calls and settleFinal; b and d through the lease's finishJobs.
+    const settleFinal = (l: LeasedJob) => {
+      const call = settleFinalCall(prefix, "m", l.id, l.job.data);
+      return scripts(redis).settleFinal(call.keys, call.args);
+    };
+    const stamped = (l: LeasedJob) =>
+      JSON.stringify({ ...result, at: { created: l.job.timestamp, started: l.job.processedOn, finished: 0 } });
+    await a.job.moveToCompleted(stamped(a), a.token, false);
+    expect(await settleFinal(a)).toBe(1);
+    expect(await lease.complete(b, result, b.job.data)).toBe(true);
+    await c.job.moveToFailed(new Error("JOB_INVALID: bad input"), c.token, false);
+    expect(await settleFinal(c)).toBe(1);
+    expect(await lease.fail(d, new CitadelError("JOB_INVALID", "bad input"), d.job.data)).toEqual({ final: true });
+    const [ta, tb, tc, td] = await Promise.all([a, b, c, d].map((l) => traces(redis, prefix, l.id)));
+    const sameAs = (t: typeof ta, id: string, other: string) =>
+      JSON.parse(JSON.stringify(t).replaceAll(id, "<id>").replaceAll(other, "<id>"));
+    expect(sameAs(tb as typeof ta, b.id, b.id)).toEqual(sameAs(ta as typeof ta, a.id, a.id));
+    expect(sameAs(td as typeof ta, d.id, d.id)).toEqual(sameAs(tc as typeof ta, c.id, c.id));
+    expect(ta?.events.map((e) => e[1])).toEqual(["added", "waiting", "active", "completed"]);
+    expect(tc?.events.map((e) => e[1])).toEqual(["added", "waiting", "active", "failed", "retries-exhausted"]);
+    expect(tb).toMatchObject({ finishedOnIsMember: true, active: false, stalled: 0, lock: 0, inputs: 0 });
+    expect(await redis.hget(keys.job(prefix, "m", d.id), "stacktrace")).toBe("[]");
   });
 });
 

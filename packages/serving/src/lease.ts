@@ -1,16 +1,17 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
 import {
+  type FinishedJob,
+  finishedJobParts,
+  finishJobsQueueKeys,
   formatFailure,
   keys,
+  OUTBOX_MAX_LEN,
   queueName,
   queuePrefix,
   type RedisConn,
-  scriptOn,
   scripts,
   settledWithin,
-  settleFinalArgv,
-  settleFinalCall,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { type Job, Worker } from "bullmq";
@@ -31,18 +32,17 @@ import { type Job, Worker } from "bullmq";
  * - `next()` waits instead of polling: BullMQ's blocking fetch (BZPOPMIN on the
  *   queue's marker, up to `drainDelay`), one wait at a time.
  * - settlements asked for in the same tick (the executor settles a run's jobs
- *   together) go out as one ioredis pipeline: each final job's `moveToFinished`
- *   followed by the settleFinal script, which drops its inputs and appends its outbox
- *   entry only if the job did reach a final state — never for a job whose lock we
- *   lost and that runs again elsewhere.
+ *   together) go out as one script call, finishJobs.lua: per job what BullMQ's
+ *   moveToFinished does for Citadel's jobs, its inputs dropped and its outbox entry,
+ *   with the stream trim, old-job removal and `drained` check once per batch (BullMQ's
+ *   own script costs ~20 Redis commands per job; this one ~9) — never an entry for a
+ *   job whose lock we lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
- * `worker.backend.client` (the connection's BullMQ-wrapped client, whose pipelines run
- * BullMQ's versioned scripts), `backend.moveToFinishedArgs` (protected; what
- * `Job.moveToCompleted` sends, with a finish time of our choosing) and
- * `moveToFailedArgs` (what `Job.moveToFailed` sends), `execCommand`
- * and `finishedErrors` (the error a negative script answer maps to). Retries
- * (backoff, delayed set) still go through the public `Job.moveToFailed`.
+ * finishJobs.lua mirrors commands/moveToFinished-14.lua (a test compares the two);
+ * `backend.finishedErrors` (the error a negative script answer maps to). Fetching,
+ * retries (backoff, delayed set), requeues and lock renewal go through BullMQ's
+ * public API.
  */
 
 export interface LeasedJob {
@@ -76,18 +76,11 @@ type Settlement =
       done: (r: { final: boolean } | null) => void;
     };
 
-/** BullMQ's protected `RedisQueueBackend.moveToFinishedArgs` (bullmq 6.x). */
-interface FinishArgs {
-  moveToFinishedArgs(
-    job: Job<JobData, string>,
-    val: string,
-    propVal: "returnvalue",
-    shouldRemove: Job["opts"]["removeOnComplete"],
-    target: "completed",
-    token: string,
-    timestamp: number,
-    fetchNext: boolean,
-  ): (string | number | boolean | Buffer)[];
+/** BullMQ's keep option as finishJobs.lua takes it: an age in seconds, or none (kept). */
+function keepAge(keep: Job["opts"]["removeOnComplete"]): number | undefined {
+  return typeof keep === "object" && keep !== null && "age" in keep && typeof keep.age === "number"
+    ? keep.age
+    : undefined;
 }
 
 /** Answers a final settlement: settled, or not (lock lost). */
@@ -202,19 +195,12 @@ export class JobLease {
   }
 
   /**
-   * The input bytes of several jobs, in one round trip; null where a job has none. Read
+   * The input bytes of several jobs, in one command (MGET); null where a job has none. Read
    * on BullMQ's connection, as part of the fetch: it waits out a Redis restart.
    */
   async readInputs(jobs: readonly LeasedJob[]): Promise<(Buffer | null)[]> {
     if (jobs.length === 0) return [];
-    const p = this.o.connection.pipeline();
-    for (const l of jobs) p.getBuffer(keys.inputs(this.o.prefix, this.o.model, l.id));
-    const replies = (await p.exec()) ?? [];
-    return jobs.map((_, i) => {
-      const [err, value] = replies[i] ?? [new Error("no reply"), null];
-      if (err) throw err;
-      return (value as Buffer | null) ?? null;
-    });
+    return this.o.connection.mgetBuffer(...jobs.map((l) => keys.inputs(this.o.prefix, this.o.model, l.id)));
   }
 
   /** Completes a job with its result; false when the lock was lost (another worker settles it). */
@@ -267,93 +253,78 @@ export class JobLease {
   }
 
   /**
-   * One pipeline: per job, BullMQ's moveToFinished, then settleFinal (inputs dropped,
-   * outbox entry added, only if the job is final). A job whose move fails (lock lost)
-   * is answered alone; when its bookkeeping fails the outcome still stands (it is
-   * logged): the inputs wait for their expiry, the quota share for its marker's.
+   * One script call for the whole batch (finishJobs.lua): per job, BullMQ's move to
+   * completed/failed, its inputs dropped and its outbox entry, atomically — a worker
+   * that dies after it loses no entry. A job whose lock was lost is answered alone; a
+   * failed call answers every job of the batch as not settled (their locks expire and
+   * BullMQ's stalled check hands them out again).
    */
   private async settleFinals(batch: Settlement[]): Promise<void> {
     if (batch.length === 0) return;
-    let replies: [Error | null, unknown][] = [];
+    const { prefix, model } = this.o;
+    const nowMs = Date.now();
+    const first = batch[0]?.l.job.opts;
+    let codes: number[];
     try {
-      const backend = this.worker.backend;
-      const pipe = (await backend.client).pipeline();
-      for (const s of batch) {
-        const args = s.kind === "complete" ? this.completeArgs(s.l, s.result) : this.failArgs(s.l, s.error);
-        backend.execCommand(pipe, "moveToFinished", args);
-        // In the same pipeline as the move: a worker that dies after it loses no outbox entry.
-        const call = settleFinalCall(this.o.prefix, this.o.model, s.l.id, s.data);
-        scriptOn(pipe, "settleFinal", call.keys, settleFinalArgv(call.args));
-      }
-      replies = ((await pipe.exec()) ?? []) as [Error | null, unknown][];
+      codes = await scripts(this.o.connection).finishJobs({
+        queue: finishJobsQueueKeys(prefix, model),
+        keyPrefix: keys.bull(prefix, model, ""),
+        nowMs,
+        outboxMaxLen: OUTBOX_MAX_LEN,
+        // Citadel's API gives every job the same keep ages ({ age } in seconds).
+        keepCompletedSeconds: keepAge(first?.removeOnComplete),
+        keepFailedSeconds: keepAge(first?.removeOnFail),
+        jobs: batch.map((s) => this.finished(s, nowMs)),
+      });
     } catch (err) {
-      replies = Array.from({ length: batch.length * 2 }, () => [coerceError(err), null]);
+      this.o.log.error({ err: coerceError(err), model, jobs: batch.length }, "could not settle a batch");
+      codes = batch.map(() => NaN);
     }
     for (const [i, s] of batch.entries()) {
       this.held.delete(s.l.id);
-      const [moveErr, moved] = replies[2 * i] ?? [new Error("no reply"), null];
-      const [finalErr] = replies[2 * i + 1] ?? [new Error("no reply"), null];
-      const lost =
-        moveErr ??
-        (typeof moved === "number" && moved < 0
-          ? this.worker.backend.finishedErrors({
-              code: moved,
-              jobId: s.l.id,
-              command: "moveToFinished",
-              state: "active",
-            })
-          : null);
-      if (lost) {
+      const code = codes[i] ?? NaN;
+      if (code !== 0) {
         const what = s.kind === "complete" ? "complete" : "fail";
-        this.o.log.warn({ err: coerceError(lost), jobId: s.l.id }, `could not ${what} job (lock lost)`);
+        const err = Number.isNaN(code)
+          ? new Error("the settle call failed")
+          : this.worker.backend.finishedErrors({ code, jobId: s.l.id, command: "moveToFinished", state: "active" });
+        this.o.log.warn({ err: coerceError(err), jobId: s.l.id }, `could not ${what} job (lock lost)`);
         answer(s, false);
         continue;
-      }
-      if (finalErr) {
-        this.o.log.error(
-          { err: coerceError(finalErr), jobId: s.l.id },
-          "settled job: could not drop its inputs or write its outbox entry",
-        );
       }
       answer(s, true);
     }
   }
 
   /**
-   * What `Job.moveToCompleted` sends, with the finish time chosen here so the result
-   * can carry it: the completion event then holds everything the job's final view
-   * shows (an API waiting for the job answers without reading it back).
+   * A settlement as finishJobs.lua takes it. A completed job's result carries its times,
+   * the finish time chosen here: the completion event then holds everything the job's
+   * final view shows (an API waiting for the job answers without reading it back).
    */
-  private completeArgs(l: LeasedJob, result: JobResult) {
-    const { job, token } = l;
-    const finished = Date.now();
-    const stamped: JobResult = {
-      ...result,
-      at: { created: job.timestamp, started: job.processedOn ?? finished, finished },
-    };
-    // BullMQ passes the value already stringified (as Job.moveToCompleted does).
-    const backend = this.worker.backend as unknown as FinishArgs;
-    return backend.moveToFinishedArgs(
-      job as unknown as Job<JobData, string>,
-      JSON.stringify(stamped),
-      "returnvalue",
-      job.opts.removeOnComplete ?? false,
-      "completed",
+  private finished(s: Settlement, nowMs: number): FinishedJob {
+    const { job, token, id } = s.l;
+    const outcome: FinishedJob["outcome"] =
+      s.kind === "complete"
+        ? {
+            status: "completed",
+            result: JSON.stringify({
+              ...s.result,
+              at: { created: job.timestamp, started: job.processedOn ?? nowMs, finished: nowMs },
+            } satisfies JobResult),
+          }
+        : {
+            status: "failed",
+            reason: formatFailure(s.error.code, s.error.message),
+            stacktrace: JSON.stringify(job.stacktrace ?? []),
+          };
+    return {
+      id,
       token,
-      finished,
-      false,
-    );
-  }
-
-  /** What `Job.moveToFailed` sends for a failure that is not retried. */
-  private failArgs(l: LeasedJob, e: CitadelError) {
-    const reason = formatFailure(e.code, e.message);
-    const stacktrace = JSON.stringify(l.job.stacktrace ?? []);
-    const removeOnFail = l.job.opts.removeOnFail ?? false;
-    return this.worker.backend.moveToFailedArgs(l.job, reason, removeOnFail, l.token, false, {
-      failedReason: reason,
-      stacktrace,
-    });
+      outcome,
+      attemptsMade: job.attemptsMade + 1,
+      attempts: job.opts.attempts ?? 1,
+      ...finishedJobParts(this.o.prefix, this.o.model, id, s.data),
+    };
   }
 
   /** Returns a job to the wait list (shutdown): another worker runs it. */

@@ -15,6 +15,7 @@ const FILES = {
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
   settleFinal: "settleFinal-3.lua",
+  finishJobs: "finishJobs.lua",
   batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
   tokenBuckets: "tokenBuckets.lua",
@@ -105,6 +106,47 @@ export function settleFinalArgv(a: SettleFinalArgs): Arg[] {
   ];
 }
 
+/** finishJobs.lua's queue keys, in its KEYS order. */
+export type FinishJobsQueueKeys = [
+  wait: string,
+  active: string,
+  prioritized: string,
+  events: string,
+  stalled: string,
+  meta: string,
+  completed: string,
+  failed: string,
+  outbox: string,
+];
+
+/** One job's final outcome as the lease settles it (finishJobs.lua). */
+export interface FinishedJob {
+  id: string;
+  /** Its hash and its input bytes. */
+  keys: [job: string, inputs: string];
+  /** The lock token it was fetched with. */
+  token: string;
+  outcome: { status: "completed"; result: string } | { status: "failed"; reason: string; stacktrace: string };
+  /** Attempts made, this one included. */
+  attemptsMade: number;
+  /** Attempts allowed (BullMQ's retries-exhausted event when reached). */
+  attempts: number;
+  /** What its outbox entry carries besides the outcome (settleFinal's fields). */
+  entry: Pick<SettleFinalArgs, "tenant" | "batch" | "notify">;
+}
+
+export interface FinishJobsCall {
+  queue: FinishJobsQueueKeys;
+  /** The queue's key prefix ('<prefix>:<queue>:'): removed jobs' keys are built from it. */
+  keyPrefix: string;
+  nowMs: number;
+  outboxMaxLen: number;
+  /** Keep ages in seconds (BullMQ's removeOnComplete / removeOnFail `{ age }`); undefined keeps. */
+  keepCompletedSeconds?: number | undefined;
+  keepFailedSeconds?: number | undefined;
+  jobs: FinishedJob[];
+}
+
 /** batchRecord-3.lua's keys: the batch's hash and results, the notifications stream. */
 export type BatchRecordKeys = [batch: string, results: string, notifications: string];
 
@@ -172,6 +214,8 @@ export interface CitadelScripts {
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
   /** A final job's bookkeeping in its queue's slot (inputs dropped, outbox entry): 1 done, -1 not final. */
   settleFinal(keys: SettleFinalKeys, args: SettleFinalArgs): Promise<number>;
+  /** Settles a worker's batch (finish, inputs dropped, outbox entry each): one code per job, 0 settled, else BullMQ's. */
+  finishJobs(call: FinishJobsCall): Promise<number[]>;
   /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone). */
   batchRecord(keys: BatchRecordKeys, args: BatchRecordArgs): Promise<number>;
   /** Seals a batch (or only checks it) and notifies its completion if it is over: 1 notified now, 0 not, -1 gone. */
@@ -266,6 +310,32 @@ function bind(redis: Redis | Cluster): CitadelScripts {
     },
     async settleFinal(keys, args) {
       return Number(await run("settleFinal", ...keys, ...settleFinalArgv(args)));
+    },
+    async finishJobs(c) {
+      const keys = [...c.queue, ...c.jobs.flatMap((j) => j.keys)];
+      const args = c.jobs.flatMap((j): Arg[] => [
+        j.id,
+        j.token,
+        j.outcome.status,
+        j.outcome.status === "completed" ? j.outcome.result : j.outcome.reason,
+        j.outcome.status === "failed" ? j.outcome.stacktrace : "",
+        j.attemptsMade,
+        j.attempts,
+        j.entry.tenant ?? "",
+        j.entry.batch?.id ?? "",
+        j.entry.batch?.line ?? 0,
+        j.entry.batch?.customId ?? "",
+        j.entry.notify ? "1" : "",
+        j.entry.notify?.url ?? "",
+      ]);
+      const head: Arg[] = [
+        c.nowMs,
+        c.outboxMaxLen,
+        c.keepCompletedSeconds ?? "",
+        c.keepFailedSeconds ?? "",
+        c.keyPrefix,
+      ];
+      return ((await variadic("finishJobs", keys, [...head, ...args])) as number[]).map(Number);
     },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));

@@ -31,17 +31,19 @@
 
   Output: -1 when the job is not final (nothing done), else 1 (entry added)
 ]]
+--- @include "includes/outboxEntry.lua"
+
 local f = redis.call('HMGET', KEYS[1], 'finishedOn', 'returnvalue', 'failedReason')
-local status, finished
+local status, finished, value
 if f[1] then
   finished = string.match(f[1], '^%d+$') or '0'
   -- returnvalue first: a job retried after a transient failure keeps that attempt's failedReason.
   if f[2] then
     status = 'completed'
-  elseif string.sub(f[3] or '', 1, 10) == 'CANCELLED:' then
-    status = 'cancelled'
+    value = f[2]
   else
-    status = 'failed'
+    status = string.sub(f[3] or '', 1, 10) == 'CANCELLED:' and 'cancelled' or 'failed'
+    value = f[3] or 'INTERNAL: the job failed'
   end
 elseif ARGV[8] ~= '' then
   status = ARGV[8]
@@ -54,23 +56,6 @@ else
   finished = '0'
 end
 redis.call('DEL', KEYS[2])
-local entry = {'id', ARGV[1], 't', ARGV[2], 's', status, 'f', finished}
-if ARGV[3] ~= '' and status ~= '' then
-  local rec = '{"j":' .. cjson.encode(ARGV[1])
-  if ARGV[5] ~= '' then rec = rec .. ',"c":' .. cjson.encode(ARGV[5]) end
-  rec = rec .. ',"f":' .. finished .. ',"s":"' .. status .. '"'
-  if status == 'completed' then
-    rec = rec .. ',"r":' .. f[2] .. '}'
-  elseif f[1] then
-    rec = rec .. ',"e":' .. cjson.encode(f[3] or 'INTERNAL: the job failed') .. '}'
-  else
-    rec = rec .. '}'
-  end
-  for _, v in ipairs({'b', ARGV[3], 'l', ARGV[4], 'r', rec}) do entry[#entry + 1] = v end
-end
-if ARGV[6] == '1' and status ~= '' then
-  entry[#entry + 1] = 'u'
-  entry[#entry + 1] = ARGV[7]
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', unpack(entry))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
+  unpack(outboxEntry(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], status, finished, value)))
 return 1

@@ -1,0 +1,113 @@
+--[[
+  Settles a worker's batch of final outcomes in one call, all in the queue's slot: for
+  each job, what BullMQ's moveToFinished does for Citadel's jobs (bullmq 6.x,
+  commands/moveToFinished-14.lua; re-check on upgrade) followed by what settleFinal-3.lua
+  does, so a job is never final without its outbox entry. Per job: the lock checked
+  and released, the job out of the active list and into completed/failed, its hash
+  stamped (result or reason, finishedOn, attempts made), BullMQ's completed/failed
+  event (the API's waiters read the result from it), its input bytes dropped and one
+  outbox entry appended. Per batch, not per job: the event stream's trim, the removal
+  of finished jobs past their keep age, and the `drained` event.
+
+  What BullMQ's script does that Citadel's jobs never need is left out: parents and
+  flows, deduplication, metrics, `removeOnComplete: true` or a count (Citadel's jobs
+  are kept by age only: their opts carry `{ age }`), and fetching the next job. The
+  lease (packages/serving lease.ts) is the only caller; jobs are only ever given to it
+  by BullMQ's moveToActive, so their hashes are BullMQ's.
+
+  Input:
+    KEYS[1] wait list          KEYS[2] active list      KEYS[3] prioritized set
+    KEYS[4] event stream       KEYS[5] stalled set      KEYS[6] meta hash
+    KEYS[7] completed set      KEYS[8] failed set       KEYS[9] the queue's outbox
+    KEYS[10 + 2(i-1)] job i's hash, KEYS[11 + 2(i-1)] its input bytes
+    ARGV[1] the finish time (epoch ms)
+    ARGV[2] the outbox's approximate bound
+    ARGV[3] the keep age of completed jobs in seconds ('' keeps them)
+    ARGV[4] the keep age of failed jobs in seconds ('' keeps them)
+    ARGV[5] the queue's key prefix ('<prefix>:<queue>:'), to remove old jobs' keys
+    then 13 per job, from ARGV[6]:
+      id, lock token, 'completed' | 'failed', result JSON | failure reason, stacktrace
+      (failed), attempts made after this one, attempts allowed, tenant, batch id ('' for
+      none), line, custom_id, '1' to notify, callback URL
+
+  Output: one code per job: 0 settled; BullMQ's codes otherwise (-1 no such job,
+  -2 lock missing, -3 not active, -6 lock held by another token), nothing done for it.
+]]
+local rcall = redis.call
+--- @include "includes/outboxEntry.lua"
+
+local now = ARGV[1]
+local nJobs = (#KEYS - 9) / 2
+local codes = {}
+local finished = {}
+local eventStream = KEYS[4]
+
+-- Trimmed before this batch's events are added (as BullMQ's trimEvents): none of them is lost.
+local maxEvents = rcall('HGET', KEYS[6], 'opts.maxLenEvents') or 10000
+rcall('XTRIM', eventStream, 'MAXLEN', '~', maxEvents)
+
+for i = 1, nJobs do
+  local a = 6 + (i - 1) * 13
+  local jobKey, inputsKey = KEYS[10 + (i - 1) * 2], KEYS[11 + (i - 1) * 2]
+  local id, token, target, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local lockKey = jobKey .. ':lock'
+  local lock = rcall('GET', lockKey)
+  local code = 0
+  if lock ~= token then
+    if lock then code = -6 elseif rcall('EXISTS', jobKey) == 0 then code = -1 else code = -2 end
+  else
+    rcall('SREM', KEYS[5], id)
+    if rcall('LREM', KEYS[2], -1, id) < 1 then
+      rcall('DEL', lockKey)
+      code = -3
+    end
+  end
+  codes[i] = code
+  if code == 0 then
+    -- The lock and the inputs in one call: neither is needed once the job is final.
+    rcall('DEL', lockKey, inputsKey)
+    local attemptsMade = ARGV[a + 5]
+    local status
+    if target == 'completed' then
+      rcall('ZADD', KEYS[7], now, id)
+      rcall('HSET', jobKey, 'returnvalue', value, 'finishedOn', now, 'atm', attemptsMade)
+      rcall('XADD', eventStream, '*', 'event', 'completed', 'jobId', id, 'returnvalue', value, 'prev', 'active')
+      status = 'completed'
+    else
+      rcall('ZADD', KEYS[8], now, id)
+      rcall('HSET', jobKey, 'failedReason', value, 'stacktrace', ARGV[a + 4], 'finishedOn', now, 'atm', attemptsMade)
+      rcall('HDEL', jobKey, 'defa')
+      rcall('XADD', eventStream, '*', 'event', 'failed', 'jobId', id, 'failedReason', value, 'prev', 'active')
+      if tonumber(attemptsMade) >= tonumber(ARGV[a + 6]) then
+        rcall('XADD', eventStream, '*', 'event', 'retries-exhausted', 'jobId', id, 'attemptsMade', attemptsMade)
+      end
+      status = string.sub(value, 1, 10) == 'CANCELLED:' and 'cancelled' or 'failed'
+    end
+    finished[target] = true
+    rcall('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*',
+      unpack(outboxEntry(id, ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12],
+        status, now, value)))
+  end
+end
+
+-- Finished jobs past their keep age go (as BullMQ's removeJobsByMaxAge, at most 1000 a call).
+local function removeOlderThan(set, ageSeconds)
+  if not ageSeconds or ageSeconds == '' then return end
+  local before = tonumber(now) - tonumber(ageSeconds) * 1000
+  local ids = rcall('ZREVRANGEBYSCORE', set, before, '-inf', 'LIMIT', 0, 1000)
+  for _, old in ipairs(ids) do
+    local k = ARGV[5] .. old
+    rcall('DEL', k, k .. ':logs', k .. ':dependencies', k .. ':processed', k .. ':failed', k .. ':unsuccessful')
+  end
+  if #ids > 0 then
+    if #ids < 1000 then rcall('ZREMRANGEBYSCORE', set, '-inf', before) else rcall('ZREM', set, unpack(ids)) end
+  end
+end
+if finished.completed then removeOlderThan(KEYS[7], ARGV[3]) end
+if finished.failed then removeOlderThan(KEYS[8], ARGV[4]) end
+
+if (finished.completed or finished.failed) and rcall('LLEN', KEYS[1]) == 0 and rcall('LLEN', KEYS[2]) == 0
+    and rcall('ZCARD', KEYS[3]) == 0 then
+  rcall('XADD', eventStream, '*', 'event', 'drained')
+end
+return codes
