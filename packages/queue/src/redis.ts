@@ -138,6 +138,18 @@ export function redisClient(target: RedisTarget, onError: ErrorSink, extra: Redi
 }
 
 /**
+ * A second connection like `conn` (same node or cluster, same options) under a client
+ * name of its own, for a command that holds its connection (a blocking wait): CLIENT
+ * LIST then shows whose wait it is.
+ */
+export function duplicateNamed(conn: RedisConn, name: string): RedisConn {
+  if (conn instanceof Cluster) {
+    return conn.duplicate(undefined, { redisOptions: { ...conn.options.redisOptions, connectionName: name } });
+  }
+  return conn.duplicate({ connectionName: name });
+}
+
+/**
  * Closes a connection: QUIT, bounded (a cluster node connection left reconnecting
  * after an outage may never answer it), then a hard disconnect.
  */

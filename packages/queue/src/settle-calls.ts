@@ -1,6 +1,6 @@
 import type { JobData } from "@citadel/contracts";
 import { keys, OUTBOX_MAX_LEN } from "./names.js";
-import type { FinishedJob, FinishJobsQueueKeys, SettleFinalArgs, SettleFinalKeys } from "./scripts/index.js";
+import type { FinishedJob, FinishJobsQueueKeys, SettleFinalArgs, SettleFinalKeys, TakeJobsKeys } from "./scripts/index.js";
 
 /**
  * settleFinal-3.lua's keys and arguments for a job of `model`: what its outbox entry
@@ -55,4 +55,19 @@ export function finishedJobParts(
     keys: [keys.job(prefix, model, jobId), keys.inputs(prefix, model, jobId)],
     entry: { tenant: args.tenant, batch: args.batch, notify: args.notify },
   };
+}
+
+/** takeJobs-8.lua's keys for `model`. */
+export function takeJobsKeys(prefix: string, model: string): TakeJobsKeys {
+  const bull = (part: string) => keys.bull(prefix, model, part);
+  return [
+    bull("wait"),
+    bull("active"),
+    bull("prioritized"),
+    bull("events"),
+    bull("delayed"),
+    bull("meta"),
+    bull("pc"),
+    bull("marker"),
+  ];
 }

@@ -15,7 +15,7 @@ import {
   settleFinalCall,
 } from "@citadel/queue";
 import { createLogger } from "@citadel/telemetry";
-import { Queue } from "bullmq";
+import { Queue, Worker } from "bullmq";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { JobLease, type LeasedJob } from "./lease.js";
 
@@ -131,7 +131,7 @@ async function setup(opts: { attempts?: number } = {}) {
   expect(await lease.complete(warm, result, warm.job.data)).toBe(true);
   expect(await lease.fetch(1)).toEqual([]);
   const inputsOf = (l: LeasedJob) => keys.inputs(prefix, "m", l.id);
-  return { prefix, connection, redis, lease, queue, add, settled, inputsOf };
+  return { prefix, connection, redis, lease, queue, add, settled, inputsOf, data };
 }
 
 /**
@@ -208,7 +208,7 @@ async function monitor(c: Redis) {
 }
 
 describe("JobLease fetch", () => {
-  it("takes up to n jobs in one wave: the backlog read, then one moveToActive each, all sent before any answer", async () => {
+  it("takes up to n jobs in one script call and one round trip", async () => {
     const { connection, lease, add } = await setup();
     const ids = await add(10);
     const trace = wire(connection);
@@ -219,39 +219,86 @@ describe("JobLease fetch", () => {
     for (const j of jobs) expect(ids).toContain(j.id);
     expect(new Set(jobs.map((j) => j.id)).size).toBe(8);
     expect(lease.size).toBe(8);
-    expect(sent).toEqual(["llen", "zcard", ...Array(8).fill("evalsha")]);
-    expect(trace.turns()).toBe(2);
+    expect(sent).toEqual(["evalsha"]);
+    expect(trace.turns()).toBe(1);
   });
 
-  it("asks for no more jobs than wait: a short queue costs one call per job, an empty one none", async () => {
+  it("takes what waits when fewer than n do, and nothing (one call) from an empty queue", async () => {
     const { connection, lease, add } = await setup();
     await add(3);
-    const trace = wire(connection);
     const commands = await monitor(connection);
-    const jobs = await lease.fetch(8);
-    trace.stop();
-    expect(jobs).toHaveLength(3);
-    expect(trace.turns()).toBe(2);
+    expect(await lease.fetch(8)).toHaveLength(3);
     expect(await lease.fetch(4)).toEqual([]);
-    expect(await commands()).toEqual(["llen", "zcard", "evalsha", "evalsha", "evalsha", "llen", "zcard"]);
+    expect(await commands()).toEqual(["evalsha", "evalsha"]);
   });
 
-  it("waits for a job on BullMQ's blocking fetch instead of polling, and wakes when one is added", async () => {
+  it("leaves a taken job as BullMQ's moveToActive does, and promotes delayed jobs whose time has come", async () => {
+    const { connection, redis, lease, add, prefix, queue } = await setup();
+    const [a, b] = await add(2);
+    // a through BullMQ's own fetch (a second worker's getNextJob), b through takeJobs.
+    const other = new Worker<JobData>(queueName("m"), null, {
+      connection,
+      prefix: queuePrefix(prefix, "m"),
+      lockDuration: 30_000,
+    });
+    cleanups.push(() => other.close());
+    const viaBull = await other.getNextJob("other-token", { block: false });
+    expect(viaBull?.id).toBe(a);
+    const [mine] = await lease.fetch(1);
+    expect(mine?.id).toBe(b);
+    const state = async (id: string) => {
+      const { processedOn, ...hash } = await redis.hgetall(keys.job(prefix, "m", id));
+      const events = (await redis.xrange(keys.bull(prefix, "m", "events"), "-", "+"))
+        .map(([, f]) => f)
+        .filter((f) => f[3] === id)
+        .map((f) => f.join(" ").replaceAll(id, "<id>"));
+      const lockTtl = await redis.pttl(`${keys.job(prefix, "m", id)}:lock`);
+      return {
+        fields: Object.keys(hash).sort(),
+        ats: hash.ats,
+        stamped: Number(processedOn) > 0,
+        active: (await redis.lrange(keys.bull(prefix, "m", "active"), 0, -1)).includes(id),
+        locked: lockTtl > 25_000,
+        events,
+      };
+    };
+    expect(await state(b as string)).toEqual(await state(a as string));
+    expect(mine?.job.data).toEqual(viaBull?.data);
+    expect(mine?.job.attemptsStarted).toBe(viaBull?.attemptsStarted);
+    // A retry waiting out its backoff in the delayed set comes back once its time has come.
+    await queue.add(JOB_NAME, (mine as LeasedJob).job.data, { jobId: "m.delayedjob0000000000", delay: 1 });
+    await sleep(20);
+    const [promoted] = await lease.fetch(4);
+    expect(promoted?.id).toBe("m.delayedjob0000000000");
+    expect(await queue.getJobState("m.delayedjob0000000000")).toBe("active");
+  });
+
+  it("falls back to BullMQ's own fetch for a queue with a global concurrency (not implemented by takeJobs)", async () => {
+    const { connection, lease, add, queue } = await setup();
+    await queue.setGlobalConcurrency(100);
+    await add(3);
+    const commands = await monitor(connection);
+    expect(await lease.fetch(8)).toHaveLength(3);
+    // The first moveToActive on this connection sends its script (EVAL), then its SHA.
+    const sent = (await commands()).map((c) => (c === "eval" ? "evalsha" : c));
+    expect(sent).toEqual(["evalsha", "llen", "zcard", "evalsha", "evalsha", "evalsha"]);
+  });
+
+  it("waits for a job on the queue's marker (BZPOPMIN) instead of polling, and wakes when one is added", async () => {
     const { connection, redis, lease, add, prefix } = await setup();
-    // Only this queue's blocking connection (BullMQ names it after the queue's prefix):
-    // other test files' workers block on the same server.
+    // Only this queue's blocking connection (named after the queue's prefix): other
+    // test files' workers block on the same server.
     const ours = (line: string) => line.includes("cmd=bzpopmin") && line.includes(prefix.slice(1, -1));
-    // BullMQ learns the queue is drained from a fetch that finds nothing, and a marker left
-    // by earlier adds wakes one wait: each such wait answers none at once, then it blocks.
-    let waiting = lease.next();
-    for (let i = 0; i < 500; i++) {
-      if (String(await redis.client("LIST")).split("\n").some(ours)) break;
-      const answered = await Promise.race([waiting.then(() => true), sleep(10).then(() => false)]);
-      if (answered) {
-        expect(await waiting).toBeNull();
-        waiting = lease.next();
-      }
+    // A marker left by earlier adds wakes the wait once: it takes nothing and blocks again.
+    const waiting = lease.next();
+    let blocked = false;
+    for (let i = 0; i < 500 && !blocked; i++) {
+      blocked = String(await redis.client("LIST"))
+        .split("\n")
+        .some(ours);
+      if (!blocked) await sleep(10);
     }
+    expect(blocked).toBe(true);
     // The wait is a BZPOPMIN on another connection; until a job comes, this one is silent.
     const commands = await monitor(connection);
     await sleep(50);
@@ -261,6 +308,16 @@ describe("JobLease fetch", () => {
     const got = await waiting;
     expect(got?.id).toBe(id);
     expect(lease.next()).toBe(lease.next());
+  });
+
+  it("wakes for a delayed job (a retry waiting out its backoff) once it is due", async () => {
+    const { lease, queue, data } = await setup();
+    const waiting = lease.next();
+    const addedAt = Date.now();
+    await queue.add(JOB_NAME, data("t"), { jobId: "m.delayedwakeup0000000", delay: 300 });
+    const got = await waiting;
+    expect(got?.id).toBe("m.delayedwakeup0000000");
+    expect(Date.now() - addedAt).toBeGreaterThanOrEqual(290);
   });
 
   it("reads several jobs' input bytes in one round trip", async () => {
@@ -366,6 +423,8 @@ describe("finishJobs.lua against BullMQ's own scripts", () => {
     return {
       fields,
       kept,
+      // The result as stored (its finish time aside): one JSON encoding, not two.
+      result: returnvalue === undefined ? null : { ...JSON.parse(returnvalue), at: "<at>" },
       finishedOnIsMember:
         Number(await redis.zscore(bull(hash.failedReason ? "failed" : "completed"), id)) === Number(finishedOn),
       active: (await redis.lrange(bull("active"), 0, -1)).includes(id),
@@ -386,8 +445,10 @@ describe("finishJobs.lua against BullMQ's own scripts", () => {
       const call = settleFinalCall(prefix, "m", l.id, l.job.data);
       return scripts(redis).settleFinal(call.keys, call.args);
     };
-    const stamped = (l: LeasedJob) =>
-      JSON.stringify({ ...result, at: { created: l.job.timestamp, started: l.job.processedOn, finished: 0 } });
+    const stamped = (l: LeasedJob): JobResult => ({
+      ...result,
+      at: { created: l.job.timestamp, started: l.job.processedOn ?? 0, finished: 0 },
+    });
     await a.job.moveToCompleted(stamped(a), a.token, false);
     expect(await settleFinal(a)).toBe(1);
     expect(await lease.complete(b, result, b.job.data)).toBe(true);

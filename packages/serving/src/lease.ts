@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
 import {
+  duplicateNamed,
   type FinishedJob,
   finishedJobParts,
   finishJobsQueueKeys,
@@ -12,9 +13,10 @@ import {
   type RedisConn,
   scripts,
   settledWithin,
+  takeJobsKeys,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
-import { type Job, Worker } from "bullmq";
+import { Job, type JobJson, raw2NextJobData, Worker } from "bullmq";
 
 /**
  * The lease: the one place in the worker that speaks BullMQ. It fetches jobs by hand
@@ -25,12 +27,13 @@ import { type Job, Worker } from "bullmq";
  * outcome), so retention costs a result's size, not an input's.
  *
  * Round trips, not jobs, are what it economises:
- * - `fetch(n)` takes up to n jobs in one wave: it reads how many wait (LLEN + ZCARD, one
- *   round trip), then issues that many `getNextJob` calls (at most n) together on one
- *   connection, so their `moveToActive` scripts (atomic per job) travel as one pipeline
- *   on the wire and come back together; an empty queue costs no script call.
- * - `next()` waits instead of polling: BullMQ's blocking fetch (BZPOPMIN on the
- *   queue's marker, up to `drainDelay`), one wait at a time.
+ * - `fetch(n)` takes up to n jobs in one script call, takeJobs-8.lua: BullMQ's
+ *   moveToActive for each job (lock, `active` event, stamps), with the metadata read,
+ *   delayed-job promotion and wake-up marker once per call (~6 Redis commands a job
+ *   against ~10); an empty queue costs one call that finds nothing.
+ * - `next()` waits instead of polling: BZPOPMIN on the queue's marker (BullMQ's
+ *   wake-up signal, set by every add), up to `blockSeconds`, one wait at a time, then
+ *   one takeJobs call.
  * - settlements asked for in the same tick (the executor settles a run's jobs
  *   together) go out as one script call, finishJobs.lua: per job what BullMQ's
  *   moveToFinished does for Citadel's jobs, its inputs dropped and its outbox entry,
@@ -39,10 +42,12 @@ import { type Job, Worker } from "bullmq";
  *   job whose lock we lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
- * finishJobs.lua mirrors commands/moveToFinished-14.lua (a test compares the two);
- * `backend.finishedErrors` (the error a negative script answer maps to). Fetching,
- * retries (backoff, delayed set), requeues and lock renewal go through BullMQ's
- * public API.
+ * finishJobs.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
+ * moveToActive-11.lua (tests compare their traces); jobs are decoded with the exported
+ * `raw2NextJobData` and `Job.fromJSON`;
+ * `backend.finishedErrors` (the error a negative script answer maps to). The
+ * blocking wait, retries (backoff, delayed set), requeues and lock renewal go through
+ * BullMQ's public API.
  */
 
 export interface LeasedJob {
@@ -91,6 +96,8 @@ function answer(s: Settlement, settled: boolean): void {
 
 export class JobLease {
   private readonly worker: Worker<JobData, JobResult>;
+  /** The blocking wait's own connection (a BZPOPMIN holds its connection until it answers). */
+  private readonly blocking: RedisConn;
   /** Every job we hold the lock on, by id. */
   private readonly held = new Map<string, LeasedJob>();
   private lockTimer?: NodeJS.Timeout;
@@ -113,6 +120,10 @@ export class JobLease {
       drainDelay: o.blockSeconds ?? 1,
     });
     this.worker.on("error", (err) => o.log.error({ err, model: o.model }, "bullmq worker error"));
+    this.blocking = duplicateNamed(o.connection, `${queuePrefix(o.prefix, o.model)}:wait:${o.workerId}`);
+    this.blocking.on("error", (err: Error) =>
+      o.log.warn({ err: coerceError(err), model: o.model }, "blocking connection error"),
+    );
     // Defines the scripts on BullMQ's connection: its pipelines carry settleFinal.
     scripts(o.connection);
   }
@@ -138,10 +149,38 @@ export class JobLease {
    */
   async fetch(n: number): Promise<LeasedJob[]> {
     if (n <= 0 || this.closing) return [];
+    const tokens = Array.from({ length: n }, () => this.token());
+    const taken = await scripts(this.o.connection).takeJobs({
+      keys: takeJobsKeys(this.o.prefix, this.o.model),
+      keyPrefix: keys.bull(this.o.prefix, this.o.model, ""),
+      nowMs: Date.now(),
+      lockDurationMs: this.o.lockDurationMs,
+      tokens,
+    });
+    if (taken === "unsupported") return this.fetchOneByOne(n);
+    return taken.map(({ id, hash }, i) => {
+      // BullMQ's own decoding of a job's hash (what its moveToActive answer goes through).
+      const [json] = raw2NextJobData([hash, id, 0, 0]) as [JobJson];
+      const job = Job.fromJSON(this.worker, json, id) as Job<JobData, JobResult>;
+      const token = tokens[i] as string;
+      job.token = token;
+      const leased = { job, token, id };
+      this.held.set(id, leased);
+      return leased;
+    });
+  }
+
+  /**
+   * BullMQ's own path, for a queue whose metadata asks for what takeJobs does not do (a
+   * global rate limit or concurrency): one `getNextJob` per waiting job, sent together.
+   * Jobs fetched before a failed answer are kept (they are locked to us); the error is
+   * thrown only when no job came back.
+   */
+  private async fetchOneByOne(n: number): Promise<LeasedJob[]> {
     // As many calls as jobs wait: a moveToActive that finds none still costs Redis six commands.
     const take = Math.min(n, await this.backlog());
     if (take === 0) return [];
-    const answers = await Promise.allSettled(Array.from({ length: take }, () => this.take(false)));
+    const answers = await Promise.allSettled(Array.from({ length: take }, () => this.take()));
     const jobs: LeasedJob[] = [];
     let failure: unknown;
     for (const a of answers) {
@@ -175,19 +214,54 @@ export class JobLease {
   /**
    * The next job to arrive, waiting up to `blockSeconds` (no polling); null when none
    * came. Callers may race it against other events: it stays pending, and a second
-   * call gets the same promise.
+   * call gets the same promise. Called once a fetch found the queue drained, so it
+   * blocks at once: BZPOPMIN on the queue's marker (what every add sets, as BullMQ's
+   * workers wait), on a connection of its own, then takes what woke it.
    */
   next(): Promise<LeasedJob | null> {
     if (this.closing) return Promise.resolve(null);
-    this.waiting ??= this.take(true).finally(() => {
+    this.waiting ??= this.waitAndTake().finally(() => {
       this.waiting = null;
     });
     return this.waiting;
   }
 
-  private async take(block: boolean): Promise<LeasedJob | null> {
-    const token = `${this.o.workerId}:${randomUUID()}`;
-    const job = (await this.worker.getNextJob(token, { block })) as Job<JobData, JobResult> | undefined;
+  private async waitAndTake(): Promise<LeasedJob | null> {
+    const marker = keys.bull(this.o.prefix, this.o.model, "marker");
+    const until = Date.now() + (this.o.blockSeconds ?? 1) * 1000;
+    try {
+      for (;;) {
+        const left = until - Date.now();
+        if (this.closing || left <= 0) return null;
+        // Seconds, fractional (Redis ≥ 6); the server ends the wait, not a client timer.
+        const popped = await this.blocking.bzpopmin(marker, Math.max(0.01, left / 1000));
+        if (!popped || this.closing) return null;
+        // A delayed job's marker carries the time it is due (BullMQ's delay marker).
+        const due = Number(popped[2]);
+        if (due > Date.now()) {
+          if (due > until) {
+            // Due after this wait ends: the marker is left for the next one.
+            await this.blocking.zadd(marker, due, popped[1]);
+            return null;
+          }
+          await new Promise((r) => setTimeout(r, due - Date.now()));
+        }
+        const [job] = await this.fetch(1);
+        if (job) return job;
+      }
+    } catch (err) {
+      if (this.closing) return null;
+      throw err;
+    }
+  }
+
+  private token(): string {
+    return `${this.o.workerId}:${randomUUID()}`;
+  }
+
+  private async take(): Promise<LeasedJob | null> {
+    const token = this.token();
+    const job = (await this.worker.getNextJob(token, { block: false })) as Job<JobData, JobResult> | undefined;
     if (!job?.id) return null;
     const leased = { job, token, id: job.id };
     this.held.set(job.id, leased);
@@ -352,6 +426,7 @@ export class JobLease {
     // connection is shared (BullMQ does not close it), so requeueing still works after.
     // Bounded: on a Redis Cluster that went down and came back, BullMQ may never settle
     // its close or a blocking fetch the closed worker had open; shutdown must not wait on them.
+    this.blocking.disconnect();
     await settledWithin(2000, [this.worker.close(true)]);
     await settledWithin(2000, [this.waiting ?? undefined]);
     for (const l of [...this.held.values()]) await this.requeue(l);

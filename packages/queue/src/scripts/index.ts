@@ -16,6 +16,7 @@ const FILES = {
   quotaRelease: "quotaRelease-3.lua",
   settleFinal: "settleFinal-3.lua",
   finishJobs: "finishJobs.lua",
+  takeJobs: "takeJobs-8.lua",
   batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
   tokenBuckets: "tokenBuckets.lua",
@@ -105,6 +106,31 @@ export function settleFinalArgv(a: SettleFinalArgs): Arg[] {
     a.maxLen,
   ];
 }
+
+/** takeJobs-8.lua's keys, in its KEYS order. */
+export type TakeJobsKeys = [
+  wait: string,
+  active: string,
+  prioritized: string,
+  events: string,
+  delayed: string,
+  meta: string,
+  priorityCounter: string,
+  marker: string,
+];
+
+export interface TakeJobsCall {
+  keys: TakeJobsKeys;
+  /** The queue's key prefix ('<prefix>:<queue>:'). */
+  keyPrefix: string;
+  nowMs: number;
+  lockDurationMs: number;
+  /** One lock token per job wanted. */
+  tokens: string[];
+}
+
+/** Jobs taken, each with its hash as field/value pairs (HGETALL); "unsupported" when the queue needs BullMQ's own script. */
+export type TakenJobs = { id: string; hash: string[] }[] | "unsupported";
 
 /** finishJobs.lua's queue keys, in its KEYS order. */
 export type FinishJobsQueueKeys = [
@@ -216,6 +242,8 @@ export interface CitadelScripts {
   settleFinal(keys: SettleFinalKeys, args: SettleFinalArgs): Promise<number>;
   /** Settles a worker's batch (finish, inputs dropped, outbox entry each): one code per job, 0 settled, else BullMQ's. */
   finishJobs(call: FinishJobsCall): Promise<number[]>;
+  /** Takes up to `tokens.length` jobs for a worker, locked with those tokens in order. */
+  takeJobs(call: TakeJobsCall): Promise<TakenJobs>;
   /** Records a batch job's final outcome on its line: 1 recorded now, 0 already (or batch gone). */
   batchRecord(keys: BatchRecordKeys, args: BatchRecordArgs): Promise<number>;
   /** Seals a batch (or only checks it) and notifies its completion if it is over: 1 notified now, 0 not, -1 gone. */
@@ -336,6 +364,13 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         c.keyPrefix,
       ];
       return ((await variadic("finishJobs", keys, [...head, ...args])) as number[]).map(Number);
+    },
+    async takeJobs(c) {
+      const raw = (await run("takeJobs", ...c.keys, c.keyPrefix, c.nowMs, c.lockDurationMs, "", ...c.tokens)) as
+        | number
+        | [string, string[]][];
+      if (typeof raw === "number") return "unsupported";
+      return raw.map(([id, hash]) => ({ id, hash }));
     },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));

@@ -1,0 +1,85 @@
+--[[
+  Takes up to n jobs for a worker in one call, all in the queue's slot: what BullMQ's
+  moveToActive (bullmq 6.x, commands/moveToActive-11.lua; re-check on upgrade) does
+  for one job, n times, with the per-call parts done once — reading the queue's
+  metadata, promoting delayed jobs whose time has come (retries after their backoff),
+  and setting the marker that wakes other workers. Per job: off the wait list (or the
+  prioritized set when the list is empty) onto the active list, locked with its own
+  token, BullMQ's `active` event, processedOn and attempts started stamped, and its
+  hash returned.
+
+  A queue that uses what this script does not implement — a global rate limit or a
+  global concurrency in its metadata, which Citadel never sets — gets -1 and nothing
+  done: the caller then takes jobs through BullMQ's own script. A paused queue gives
+  none (as BullMQ's).
+
+  Input:
+    KEYS[1] wait list       KEYS[2] active list     KEYS[3] prioritized set
+    KEYS[4] event stream    KEYS[5] delayed set     KEYS[6] meta hash
+    KEYS[7] priority counter KEYS[8] marker
+    ARGV[1] the queue's key prefix ('<prefix>:<queue>:')
+    ARGV[2] now (epoch ms)
+    ARGV[3] lock duration (ms)
+    ARGV[4] the worker's name ('' for none: BullMQ's processedBy)
+    ARGV[5..] one lock token per job wanted
+
+  Output: -1 (use BullMQ's script), or a list of {job id, job hash as HGETALL} (empty
+  when none waits or the queue is paused).
+]]
+local rcall = redis.call
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+
+local meta = rcall('HMGET', KEYS[6], 'paused', 'concurrency', 'max')
+if meta[2] or meta[3] then return -1 end
+local paused = meta[1] ~= false
+
+-- Delayed jobs whose time has come go back to wait (or prioritized), as BullMQ's promoteDelayedJobs.
+local due = rcall('ZRANGEBYSCORE', KEYS[5], 0, (now + 1) * 0x1000 - 1, 'LIMIT', 0, 1000)
+if #due > 0 then
+  rcall('ZREM', KEYS[5], unpack(due))
+  for _, id in ipairs(due) do
+    local priority = tonumber(rcall('HGET', prefix .. id, 'priority')) or 0
+    if priority == 0 then
+      rcall('LPUSH', KEYS[1], id)
+    else
+      rcall('ZADD', KEYS[3], priority * 0x100000000 + rcall('INCR', KEYS[7]) % 0x100000000, id)
+    end
+    rcall('XADD', KEYS[4], '*', 'event', 'waiting', 'jobId', id, 'prev', 'delayed')
+    rcall('HSET', prefix .. id, 'delay', 0)
+  end
+  if not paused then rcall('ZADD', KEYS[8], 0, '0') end
+end
+if paused then return {} end
+
+local taken = {}
+for i = 5, #ARGV do
+  local id = rcall('RPOPLPUSH', KEYS[1], KEYS[2])
+  -- A v4 marker left in the wait list (BullMQ drops them the same way).
+  if id and string.sub(id, 1, 2) == '0:' then
+    rcall('LREM', KEYS[2], 1, id)
+    id = rcall('RPOPLPUSH', KEYS[1], KEYS[2])
+  end
+  if not id then
+    local top = rcall('ZPOPMIN', KEYS[3])
+    if #top > 0 then
+      id = top[1]
+      rcall('LPUSH', KEYS[2], id)
+    else
+      rcall('DEL', KEYS[7])
+      break
+    end
+  end
+  local jobKey = prefix .. id
+  rcall('SET', jobKey .. ':lock', ARGV[i], 'PX', ARGV[3])
+  rcall('XADD', KEYS[4], '*', 'event', 'active', 'jobId', id, 'prev', 'waiting')
+  if ARGV[4] ~= '' then
+    rcall('HMSET', jobKey, 'processedOn', ARGV[2], 'pb', ARGV[4])
+  else
+    rcall('HMSET', jobKey, 'processedOn', ARGV[2])
+  end
+  rcall('HINCRBY', jobKey, 'ats', 1)
+  taken[#taken + 1] = {id, rcall('HGETALL', jobKey)}
+end
+-- Other workers blocked on the marker wake and look for more (BullMQ's addBaseMarkerIfNeeded).
+if #taken > 0 then rcall('ZADD', KEYS[8], 0, '0') end
+return taken
