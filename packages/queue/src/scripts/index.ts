@@ -14,6 +14,7 @@ const FILES = {
   quotaReserve: "quotaReserve.lua",
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
+  quotaReleaseMany: "quotaReleaseMany.lua",
   settleFinal: "settleFinal-3.lua",
   batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
@@ -168,6 +169,8 @@ export interface CitadelScripts {
   quotaGiveBack(call: { jobsKey: string; bytesKey: string; jobs: Omit<QuotaJob, "bytes">[] }): Promise<number>;
   /** Releases a settled job's share; true when this call released it. */
   quotaRelease(jobsKey: string, bytesKey: string, marker: string): Promise<boolean>;
+  /** Releases several settled jobs' shares of one tenant, each once; returns how many this call released. */
+  quotaReleaseMany(jobsKey: string, bytesKey: string, markers: string[]): Promise<number>;
   /** Charges every bucket or none: 0 when charged, else the 1-based index of the bucket that refused. */
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
   /** A final job's bookkeeping in its queue's slot (inputs dropped, outbox entry): 1 done, -1 not final. */
@@ -254,6 +257,9 @@ function bind(redis: Redis | Cluster): CitadelScripts {
     },
     async quotaRelease(jobsKey, bytesKey, marker) {
       return Number(await run("quotaRelease", jobsKey, bytesKey, marker)) === 1;
+    },
+    async quotaReleaseMany(jobsKey, bytesKey, markers) {
+      return Number(await variadic("quotaReleaseMany", [jobsKey, bytesKey, ...markers], []));
     },
     async tokenBuckets(nowMs, buckets) {
       const args = buckets.flatMap((b) => [b.rate, b.burst, b.cost]);

@@ -209,6 +209,24 @@ describe("quota scripts", () => {
     expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, a.marker)).toBe(true);
     expect(await counts()).toEqual([0, 0]);
   });
+
+  it("releases several settled jobs' shares in one call, each once and never below zero", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const [a, b, c] = [job("a", 40), job("b", 60), job("c", 5)];
+    await s.quotaReserve({ ...counters, ...bounds, jobs: [a, b, c] });
+    expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, b.marker)).toBe(true);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, b.marker])).toBe(1);
+    expect(await counts()).toEqual([1, 5]);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, b.marker])).toBe(0);
+    expect(await counts()).toEqual([1, 5]);
+    // Counters that drifted low stop at zero.
+    await redis.set(counters.jobsKey, "0");
+    await redis.set(a.marker, "40");
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, c.marker])).toBe(2);
+    expect(await counts()).toEqual([0, 0]);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [])).toBe(0);
+  });
 });
 
 describe("tokenBuckets", () => {
