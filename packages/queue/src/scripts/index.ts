@@ -140,15 +140,19 @@ export interface QuotaReserveCall {
   maxBytes: number;
   markerTtlMs: number;
   jobs: QuotaJob[];
+  /** The tenant's sample bucket (in its slot), charged in the same call only when the reservation is taken. */
+  bucket?: { charge: TokenBucketCharge; nowMs: number } | undefined;
 }
 
-/** 0 taken, 1 over the jobs bound, 2 over the bytes bound, 3 an entry is another attempt's. */
-export type QuotaVerdict = 0 | 1 | 2 | 3;
+/** 0 taken, 1 over the jobs bound, 2 over the bytes bound, 3 an entry is another attempt's, 4 the bucket refused. */
+export type QuotaVerdict = 0 | 1 | 2 | 3 | 4;
 
 export interface QuotaReserveResult {
   verdict: QuotaVerdict;
-  /** The tenant's queued jobs before this call. */
+  /** The tenant's queued jobs before this call (verdict 4: 0). */
   jobsBefore: number;
+  /** Verdict 4: when the bucket could allow the charge. */
+  retryAfterMs: number;
   /** Jobs this call reserved (keyed jobs reserved earlier are not counted again). */
   reservedNow: number;
 }
@@ -242,14 +246,25 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         entry,
         j.entry?.attempt ?? 0,
       ]);
-      const [verdict, jobsBefore, reservedNow] = (await variadic("quotaReserve", keys, [
-        c.maxJobs,
-        c.maxBytes,
-        c.jobs.length,
-        c.markerTtlMs,
-        ...args,
-      ])) as [QuotaVerdict, number, number];
-      return { verdict, jobsBefore, reservedNow };
+      const b = c.bucket?.charge;
+      const [verdict, second, reservedNow] = (await variadic(
+        "quotaReserve",
+        b && b.cost > 0 ? [...keys, b.key] : keys,
+        [
+          c.maxJobs,
+          c.maxBytes,
+          c.jobs.length,
+          c.markerTtlMs,
+          c.bucket?.nowMs ?? 0,
+          b?.rate ?? 0,
+          b?.burst ?? 0,
+          b && b.cost > 0 ? b.cost : 0,
+          ...args,
+        ],
+      )) as [QuotaVerdict, number, number];
+      return verdict === 4
+        ? { verdict, jobsBefore: 0, retryAfterMs: second, reservedNow }
+        : { verdict, jobsBefore: second, retryAfterMs: 0, reservedNow };
     },
     async quotaGiveBack(c) {
       const { keys, args } = quotaLayout(c.jobsKey, c.bytesKey, c.jobs, (j, entry) => [entry, j.entry?.attempt ?? 0]);
