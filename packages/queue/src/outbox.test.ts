@@ -195,4 +195,24 @@ describe("OutboxRelay", () => {
     expect(sizes).toEqual([1, 2]);
     expect(warnings).toEqual([]);
   });
+
+  it("drops a pending reference whose entry was deleted but never acknowledged (an XACK lost after its XDEL)", async () => {
+    const stream = keys.outbox(prefix, model);
+    await redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM").catch(() => undefined);
+    await settledJob("half");
+    const taken = (await redis.xreadgroup("GROUP", OUTBOX_GROUP, "api-6", "COUNT", 10, "STREAMS", stream, ">")) as [
+      string,
+      [string, string[]][],
+    ][];
+    const id = taken[0]?.[1][0]?.[0] as string;
+    await redis.xdel(stream, id);
+    expect((await redis.xpending(stream, OUTBOX_GROUP))[0]).toBe(1);
+    const r = relay("api-6", 100);
+    r.start();
+    try {
+      await until("the reference dropped", async () => (await redis.xpending(stream, OUTBOX_GROUP))[0] === 0);
+    } finally {
+      await r.close();
+    }
+  });
 });

@@ -75,7 +75,8 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
  * fail stays pending and is tried again; a reader that dies leaves its entries to be
  * taken over (XAUTOCLAIM). On a Redis Cluster each queue's outbox is in that queue's
  * slot, so each is read on its own: non-blocking reads of every outbox together, paused
- * while all are idle (a blocking read per queue would hold a connection per model).
+ * while all are idle (a blocking read per queue would hold a connection per model) and
+ * briefly (2 ms) after a read that drained them.
  */
 export class OutboxRelay {
   private models: readonly string[] = [];
@@ -84,6 +85,8 @@ export class OutboxRelay {
   /** Outboxes whose reader left entries pending (effects failed): read again from the start. */
   private readonly retryOwn = new Set<string>();
   private closing = false;
+  /** Whether a read of this round came back with a full page (more may be waiting). */
+  private fullPage = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
 
@@ -131,7 +134,11 @@ export class OutboxRelay {
       const total = handled.reduce((a, b) => a + Math.max(0, b), 0);
       // After a failed read (Redis down), a second before the next: one warning per second at most.
       if (handled.some((n) => n < 0)) pause = 1000;
-      else pause = total > 0 ? 0 : Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
+      // A read that came back short drained its outbox: re-reading at once would find
+      // nothing (a command per round for no entry), so only a full page reads again now.
+      else if (total > 0) pause = this.fullPage ? 0 : 2;
+      else pause = Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
+      this.fullPage = false;
       if (pause > 0 && !this.closing) {
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, pause);
@@ -160,7 +167,9 @@ export class OutboxRelay {
         done += await this.takeOverStale(stream);
       }
       if (this.retryOwn.delete(stream)) done += await this.apply(stream, await this.read(stream, "0"));
-      done += await this.apply(stream, await this.read(stream, ">"));
+      const fresh = await this.read(stream, ">");
+      if (fresh.length >= PAGE) this.fullPage = true;
+      done += await this.apply(stream, fresh);
       return done;
     } catch (err) {
       const e = coerceError(err);
@@ -248,10 +257,13 @@ export class OutboxRelay {
     );
     if (done.length < entries.length) this.retryOwn.add(stream);
     if (done.length === 0) return 0;
+    // Deleted first, then acknowledged, in one round trip without MULTI (two commands, not
+    // four): an XACK lost after its XDEL leaves only a pending reference to a deleted entry,
+    // which reads skip and the next XAUTOCLAIM drops (Redis 7); its effects are done.
     const replies = await this.redis
-      .multi()
-      .xack(stream, OUTBOX_GROUP, ...done)
+      .pipeline()
       .xdel(stream, ...done)
+      .xack(stream, OUTBOX_GROUP, ...done)
       .exec();
     for (const [err] of replies ?? []) if (err) throw err;
     return done.length;
