@@ -100,6 +100,47 @@ describe("keyed audit chain, one stream per writer", () => {
     });
   });
 
+  it("writes a batch in one script call, and sets the stream's expiry again when the stream went missing", async () => {
+    const prefix = freshPrefix();
+    const key = newKey();
+    const w = writer(prefix, "api", key);
+    await writeRecords(w, 3);
+    const stream = auditStreamKey(prefix, w.writer);
+    const head = auditHeadKey(prefix, w.writer);
+    // Later writes leave the expiry alone; a stream that vanished (a failover lost it) is made again with one.
+    await redis.persist(stream);
+    await writeRecords(w, 2, 3);
+    expect(await redis.pttl(stream)).toBe(-1);
+    await redis.del(stream);
+    await writeRecords(w, 2, 5);
+    expect(await redis.xlen(stream)).toBe(2);
+    const ttl = await redis.pttl(stream);
+    expect(ttl).toBeGreaterThan(0);
+    expect(Math.abs((await redis.pttl(head)) - ttl)).toBeLessThan(5_000);
+    expect((await redis.get(head))?.split(":")[0]).toBe("7");
+  });
+
+  it("stops a batch at the first record Redis refuses, its head naming the last one in", async () => {
+    const prefix = freshPrefix();
+    const key = newKey();
+    const w = writer(prefix, "api", key);
+    await writeRecords(w, 1);
+    const stream = auditStreamKey(prefix, w.writer);
+    const head = auditHeadKey(prefix, w.writer);
+    // The stream replaced by a string: every XADD fails; the head stays at the last record in.
+    await redis.multi().del(stream).set(stream, "x").exec();
+    for (let i = 0; i < 3; i++) w.record("job.completed", { jobId: `late-${i}`, outcome: "completed" });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(w.backlog).toBe(3);
+    expect((await redis.get(head))?.split(":")[0]).toBe("1");
+    await redis.del(stream);
+    await w.flush(10_000);
+    expect(w.backlog).toBe(0);
+    expect((await redis.get(head))?.split(":")[0]).toBe("4");
+    expect(await redis.xlen(stream)).toBe(3);
+    expect(await redis.pttl(stream)).toBeGreaterThan(0);
+  });
+
   it("catches a tail rewritten with recomputed SHA-256 hashes and head, even in a rebuilt stream", async () => {
     const prefix = freshPrefix();
     const key = newKey();

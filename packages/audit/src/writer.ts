@@ -32,6 +32,52 @@ export interface AuditLogger {
 }
 
 /**
+ * One round trip of the writer: its records appended to its stream and its head moved to
+ * the last one written, atomically (one EVALSHA where a MULTI took XADDs + SET +
+ * PEXPIREAT + EXEC). The stream's expiry is set only when the writer says (a new chain,
+ * a renewed lease, after a failure) or when the stream was missing (XADD NOMKSTREAM
+ * answered nil: lost to a failover, deleted): a stream never exists without one for
+ * long. An XADD that fails stops the call: the head names the last record in, so
+ * nothing is written twice.
+ *
+ *   KEYS[1] the stream, KEYS[2] the head
+ *   ARGV[1] MAXLEN (~), ARGV[2] expiry (epoch ms), ARGV[3] '1': set the stream's expiry,
+ *   ARGV[4] n, then per record i: ARGV[3 + 2i] the record (JSON), ARGV[4 + 2i] its head
+ *   Output: {records written, the error that stopped the call or ''}
+ */
+const APPEND_LUA = `
+local maxLen, untilMs, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local expire = ARGV[3] == '1'
+local written, failure = 0, ''
+for i = 1, n do
+  local rec = ARGV[3 + 2 * i]
+  local id
+  if i == 1 and not expire then
+    id = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', maxLen, '*', 'r', rec)
+    if id == false then
+      expire = true
+      id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxLen, '*', 'r', rec)
+    end
+  else
+    id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxLen, '*', 'r', rec)
+  end
+  if type(id) == 'table' and id.err then
+    failure = id.err
+    break
+  end
+  written = i
+end
+if written > 0 then
+  redis.call('SET', KEYS[2], ARGV[4 + 2 * written], 'PXAT', untilMs)
+elseif failure == '' then
+  redis.call('PEXPIREAT', KEYS[2], untilMs)
+end
+if expire then redis.call('PEXPIREAT', KEYS[1], untilMs) end
+return {written, failure}
+`;
+const APPEND = "citadel:auditAppend";
+
+/**
  * Appends keyed, chained records to this writer's own bounded Redis stream and to the
  * log. Each writer (one per process) numbers its records and links each to the
  * previous one's MAC; its latest (seq, MAC) is kept, MACed too, in its head key so a
@@ -40,7 +86,8 @@ export interface AuditLogger {
  * lease saying when its keys may expire. The key is not in Redis: whoever can write
  * Redis cannot recompute a chain.
  *
- * Records are written in order by one pump, many per round trip; while Redis is
+ * Records are written in order by one pump, many per round trip (one script call, see
+ * APPEND_LUA); while Redis is
  * unreachable they wait in a bounded buffer and are retried, so an outage delays the
  * stream copy instead of punching holes in it (the log copy is written at once).
  */
@@ -56,6 +103,8 @@ export class AuditWriter implements AuditSink {
   private chainWritten = false;
   private leaseWritten = false;
   private renewDue = false;
+  /** The expiry last set on this chain's stream (0: unknown: set it with the next write). */
+  private streamExpiry = 0;
   private pruned = false;
   private readonly renewEveryMs: number;
   private readonly renewTimer: NodeJS.Timeout;
@@ -81,6 +130,8 @@ export class AuditWriter implements AuditSink {
     // Writer ids become hash tags ({<prefix tag>:a:<writer>}): no braces.
     this.baseName = writerName.replace(/[{}]/g, "_");
     this.writersKey = auditWritersKey(prefix);
+    const client = redis as unknown as Record<string, unknown>;
+    if (typeof client[APPEND] !== "function") redis.defineCommand(APPEND, { numberOfKeys: 2, lua: APPEND_LUA });
     this.startChain();
     this.renewEveryMs = Math.min(3_600_000, Math.max(50, Math.floor(retentionMs / 8)));
     // Idle writers renew too: a live writer's keys never expire.
@@ -99,6 +150,7 @@ export class AuditWriter implements AuditSink {
     this.streamKey = auditStreamKey(this.prefix, this.writerId);
     this.headKey = auditHeadKey(this.prefix, this.writerId);
     this.leaseUntil = 0;
+    this.streamExpiry = 0;
     this.chainWritten = false;
     this.leaseWritten = false;
   }
@@ -145,20 +197,22 @@ export class AuditWriter implements AuditSink {
       try {
         if (!(await this.ensureLease())) continue;
         const batch = this.pending.slice(0, 500);
-        const last = batch[batch.length - 1];
         if (batch.length > 0 || this.renewDue) {
-          const until = String(this.leaseUntil);
-          const m = this.redis.multi();
-          for (const r of batch)
-            m.xadd(this.streamKey, "MAXLEN", "~", String(this.maxLen), "*", "r", JSON.stringify(r));
-          if (last) m.set(this.headKey, formatHead(this.key, this.writerId, last.seq, last.hash), "PXAT", until);
-          else m.pexpireat(this.headKey, until);
-          m.pexpireat(this.streamKey, until);
-          const res = await m.exec();
-          const failed = res?.find(([err]) => err);
-          if (!res || failed) throw failed?.[0] ?? new Error("audit transaction aborted");
-          this.pending.splice(0, batch.length);
-          if (last) this.chainWritten = true;
+          const until = this.leaseUntil;
+          const args = [String(this.maxLen), String(until), this.renewDue || this.streamExpiry !== until ? "1" : "0"];
+          args.push(String(batch.length));
+          for (const r of batch) args.push(JSON.stringify(r), formatHead(this.key, this.writerId, r.seq, r.hash));
+          const append = (this.redis as unknown as Record<string, (...a: string[]) => Promise<[number, string]>>)[
+            APPEND
+          ];
+          const [written, failure] = (await append?.call(this.redis, this.streamKey, this.headKey, ...args)) ?? [
+            0,
+            "audit script not defined",
+          ];
+          this.pending.splice(0, written);
+          if (written > 0) this.chainWritten = true;
+          if (failure) throw new Error(failure);
+          this.streamExpiry = until;
           this.renewDue = false;
         }
         if (this.chainWritten && !this.leaseWritten) {
@@ -172,6 +226,8 @@ export class AuditWriter implements AuditSink {
         if (!this.failing)
           this.log.error({ err, backlog: this.pending.length }, "audit stream append failed; retrying");
         this.failing = true;
+        // Redis may have lost the stream (a failover): its expiry is set again with the next write.
+        this.streamExpiry = 0;
         await new Promise((r) => setTimeout(r, backoff).unref());
         backoff = Math.min(backoff * 2, 5000);
         await this.dropApplied();

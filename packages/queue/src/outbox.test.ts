@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { JobData } from "@citadel/contracts";
 import { Redis } from "ioredis";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { deploymentKeyPattern, keys } from "./names.js";
 import { OUTBOX_GROUP, OutboxRelay } from "./outbox.js";
 import { scripts } from "./scripts/index.js";
@@ -165,5 +165,54 @@ describe("OutboxRelay", () => {
       await r.close();
     }
     expect(warnings.join("\n")).toMatch(/not an outbox entry/);
+  });
+
+  it("gives a read's quota shares back in one call per tenant, each share once", async () => {
+    warnings.length = 0;
+    const ids = [await settledJob("t-one", {}, 3), await settledJob("t-one", {}, 5), await settledJob("t-two", {}, 7)];
+    // One of t-one's jobs was released already (a cancel raced the settlement): not again.
+    const cancelled = ids[1] as string;
+    await scripts(redis).quotaRelease(
+      keys.tenantQueuedJobs(prefix, "t-one"),
+      keys.tenantQueuedBytes(prefix, "t-one"),
+      keys.quotaHeld(prefix, "t-one", cancelled),
+    );
+    expect(await quota("t-one")).toEqual(["1", "3"]);
+    const calls = vi.spyOn(scripts(redis), "quotaReleaseMany");
+    const r = relay("api-5");
+    r.start();
+    let sizes: number[] = [];
+    try {
+      await until("the outbox relayed", outboxEmpty);
+      sizes = calls.mock.calls.map((c) => c[2].length).sort();
+    } finally {
+      await r.close();
+      calls.mockRestore();
+    }
+    expect(await quota("t-one")).toEqual(["0", "0"]);
+    expect(await quota("t-two")).toEqual(["0", "0"]);
+    // The three entries came in one read: one call per tenant, none per entry.
+    expect(sizes).toEqual([1, 2]);
+    expect(warnings).toEqual([]);
+  });
+
+  it("drops a pending reference whose entry was deleted but never acknowledged (an XACK lost after its XDEL)", async () => {
+    const stream = keys.outbox(prefix, model);
+    await redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM").catch(() => undefined);
+    await settledJob("half");
+    const taken = (await redis.xreadgroup("GROUP", OUTBOX_GROUP, "api-6", "COUNT", 10, "STREAMS", stream, ">")) as [
+      string,
+      [string, string[]][],
+    ][];
+    const id = taken[0]?.[1][0]?.[0] as string;
+    await redis.xdel(stream, id);
+    expect((await redis.xpending(stream, OUTBOX_GROUP))[0]).toBe(1);
+    const r = relay("api-6", 100);
+    r.start();
+    try {
+      await until("the reference dropped", async () => (await redis.xpending(stream, OUTBOX_GROUP))[0] === 0);
+    } finally {
+      await r.close();
+    }
   });
 });

@@ -68,14 +68,15 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
  * Applies what each job's final state implies outside its queue's slot: a worker (or a
  * cancel) writes one entry to the queue's outbox in the same script as that state's
  * bookkeeping (settleFinal-3.lua); this relay, run by every API replica in one consumer
- * group, gives the tenant's quota share back (quotaRelease-3.lua: the reservation
+ * group, gives the tenant's quota share back (quotaReleaseMany.lua, one call per tenant per read: the reservation
  * marker is the once-guard), records the batch line (batchRecord-3.lua: HSETNX on the
  * line) and appends the notification (the notifier's deterministic delivery id makes a
  * repeat one delivery), then acknowledges and deletes the entry. An entry whose effects
  * fail stays pending and is tried again; a reader that dies leaves its entries to be
  * taken over (XAUTOCLAIM). On a Redis Cluster each queue's outbox is in that queue's
  * slot, so each is read on its own: non-blocking reads of every outbox together, paused
- * while all are idle (a blocking read per queue would hold a connection per model).
+ * while all are idle (a blocking read per queue would hold a connection per model) and
+ * briefly (2 ms) after a read that drained them.
  */
 export class OutboxRelay {
   private models: readonly string[] = [];
@@ -84,6 +85,8 @@ export class OutboxRelay {
   /** Outboxes whose reader left entries pending (effects failed): read again from the start. */
   private readonly retryOwn = new Set<string>();
   private closing = false;
+  /** Whether a read of this round came back with a full page (more may be waiting). */
+  private fullPage = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
 
@@ -131,7 +134,11 @@ export class OutboxRelay {
       const total = handled.reduce((a, b) => a + Math.max(0, b), 0);
       // After a failed read (Redis down), a second before the next: one warning per second at most.
       if (handled.some((n) => n < 0)) pause = 1000;
-      else pause = total > 0 ? 0 : Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
+      // A read that came back short drained its outbox: re-reading at once would find
+      // nothing (a command per round for no entry), so only a full page reads again now.
+      else if (total > 0) pause = this.fullPage ? 0 : 2;
+      else pause = Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
+      this.fullPage = false;
       if (pause > 0 && !this.closing) {
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, pause);
@@ -160,7 +167,9 @@ export class OutboxRelay {
         done += await this.takeOverStale(stream);
       }
       if (this.retryOwn.delete(stream)) done += await this.apply(stream, await this.read(stream, "0"));
-      done += await this.apply(stream, await this.read(stream, ">"));
+      const fresh = await this.read(stream, ">");
+      if (fresh.length >= PAGE) this.fullPage = true;
+      done += await this.apply(stream, fresh);
       return done;
     } catch (err) {
       const e = coerceError(err);
@@ -204,13 +213,31 @@ export class OutboxRelay {
   /**
    * Applies the entries' effects (all at once: on a cluster they go to their own
    * slots' nodes in parallel), then acknowledges and deletes those whose effects all
-   * held; the others stay pending for the next round.
+   * held; the others stay pending for the next round. Quota shares go back in one call
+   * per tenant (quotaReleaseMany.lua: one tenant's keys share its slot), so a read of n
+   * entries costs one script call per tenant, not one per entry; a call that fails
+   * leaves all of that tenant's entries pending (a repeat releases nothing twice).
    */
   private async apply(stream: string, entries: Entry[]): Promise<number> {
     if (entries.length === 0) return 0;
+    const parsed = entries.map(([id, fields]) => ({ id, e: parseOutboxEntry(fields) }));
+    const byTenant = new Map<string, string[]>();
+    for (const { e } of parsed) {
+      if (!e || e.tenant === "") continue;
+      byTenant.set(e.tenant, [...(byTenant.get(e.tenant) ?? []), e.id]);
+    }
+    const released = new Map<string, boolean>();
+    const releases = [...byTenant].map(async ([tenant, ids]) => {
+      try {
+        await releaseQuotas(this.redis, this.s.prefix, tenant, ids);
+        released.set(tenant, true);
+      } catch (err) {
+        this.log.warn({ err: coerceError(err), tenant }, "outbox relay: could not apply a tenant's quota shares");
+        released.set(tenant, false);
+      }
+    });
     const outcomes = await Promise.all(
-      entries.map(async ([id, fields]) => {
-        const e = parseOutboxEntry(fields);
+      parsed.map(async ({ id, e }) => {
         if (!e) {
           this.log.warn({ entry: id, stream }, "outbox relay: dropping an entry that is not an outbox entry");
           return id;
@@ -224,22 +251,37 @@ export class OutboxRelay {
         }
       }),
     );
-    const done = outcomes.filter((id): id is string => id !== null);
+    await Promise.all(releases);
+    const done = outcomes.filter(
+      (id, i): id is string => id !== null && released.get(parsed[i]?.e?.tenant ?? "") !== false,
+    );
     if (done.length < entries.length) this.retryOwn.add(stream);
     if (done.length === 0) return 0;
+    // Deleted first, then acknowledged, in one round trip without MULTI (two commands, not
+    // four): an XACK lost after its XDEL leaves only a pending reference to a deleted entry,
+    // which reads skip and the next XAUTOCLAIM drops (Redis 7); its effects are done.
     const replies = await this.redis
-      .multi()
-      .xack(stream, OUTBOX_GROUP, ...done)
+      .pipeline()
       .xdel(stream, ...done)
+      .xack(stream, OUTBOX_GROUP, ...done)
       .exec();
     for (const [err] of replies ?? []) if (err) throw err;
     return done.length;
   }
 
-  /** One entry's effects, each a no-op when repeated. */
+  /** One entry's effects but its quota share (released per tenant in apply), each a no-op when repeated. */
   private effects(e: OutboxEntry): Promise<void> {
-    return applyOutcome(this.redis, this.s.prefix, e);
+    return applyOutcome(this.redis, this.s.prefix, e, { quota: false });
   }
+}
+
+/** Gives back one tenant's settled jobs' quota shares, each once (quotaReleaseMany.lua); returns how many this call released. */
+export function releaseQuotas(redis: RedisConn, prefix: string, tenant: string, jobIds: string[]): Promise<number> {
+  return scripts(redis).quotaReleaseMany(
+    keys.tenantQueuedJobs(prefix, tenant),
+    keys.tenantQueuedBytes(prefix, tenant),
+    jobIds.map((id) => keys.quotaHeld(prefix, tenant, id)),
+  );
 }
 
 /**
@@ -247,16 +289,17 @@ export class OutboxRelay {
  * repeat is a no-op: its tenant's quota share back (quotaRelease-3.lua: the reservation
  * marker is the once-guard), its batch line (batchRecord-3.lua: HSETNX on the line) and,
  * unless `notify` is false, its notification (a repeat makes a second entry, which the
- * notifier's deterministic delivery id turns into one delivery).
+ * notifier's deterministic delivery id turns into one delivery). `quota: false` leaves the
+ * share to the caller (the relay releases a read's shares per tenant).
  */
 export async function applyOutcome(
   redis: RedisConn,
   prefix: string,
   e: OutboxEntry,
-  opts: { notify?: boolean } = {},
+  opts: { notify?: boolean; quota?: boolean } = {},
 ): Promise<void> {
   const steps: Promise<unknown>[] = [];
-  if (e.tenant !== "") {
+  if (e.tenant !== "" && opts.quota !== false) {
     steps.push(
       scripts(redis).quotaRelease(
         keys.tenantQueuedJobs(prefix, e.tenant),

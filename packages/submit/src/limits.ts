@@ -1,4 +1,11 @@
-import { type CitadelScripts, type RedisConn, scripts, tagged, tenantPrefix } from "@citadel/queue";
+import {
+  type CitadelScripts,
+  type RedisConn,
+  scripts,
+  type TokenBucketCharge,
+  tagged,
+  tenantPrefix,
+} from "@citadel/queue";
 
 /**
  * Token buckets in Redis, so limits hold across API replicas. A request's buckets are
@@ -112,6 +119,15 @@ export class RateLimiter {
     await Promise.all(charged.map((g) => charge(g, -1)));
     if (failure !== null) throw failure.reason;
     return { allowed: false, retryAfterMs: refused?.retryAfterMs ?? 0, scope: buckets[refused?.index ?? 0]?.scope };
+  }
+
+  /**
+   * A bucket's charge for a script of its slot to apply with its own work (quotaReserve.lua
+   * charges a tenant's sample bucket beside its quota): `tag` says the slot.
+   */
+  charge(b: Bucket): { tag: string; charge: TokenBucketCharge } {
+    const { tag, key } = bucketKey(this.prefix, b.scope, b.id);
+    return { tag, charge: { key, rate: b.rate, burst: b.burst, cost: b.cost ?? 1 } };
   }
 
   take(scope: string, id: string, rate: number, burst: number, cost = 1): Promise<LimitResult> {

@@ -1,5 +1,13 @@
 import { CitadelError } from "@citadel/contracts";
-import { type CitadelScripts, keys, type QuotaJob, type RedisConn, scripts } from "@citadel/queue";
+import {
+  type CitadelScripts,
+  keys,
+  type QuotaJob,
+  type RedisConn,
+  scripts,
+  type TokenBucketCharge,
+  tenantPrefix,
+} from "@citadel/queue";
 import type { Tenant } from "@citadel/tenants";
 
 /** A job asking for room: its id, input bytes and, when it has one, its Idempotency-Key entry and the caller's attempt. */
@@ -28,18 +36,34 @@ export class TenantQuota {
     this.scripts = scripts(redis);
   }
 
-  /** Reserves room for every claim not already reserved under its key, or refuses (429 / 503 / 409) taking nothing. */
-  async reserve(tenant: Tenant, claims: QuotaClaim[]): Promise<void> {
-    const { verdict, jobsBefore: had } = await this.scripts.quotaReserve({
+  /**
+   * Reserves room for every claim not already reserved under its key, or refuses (429 /
+   * 503 / 409) taking nothing. `samples`, a bucket in the tenant's slot, is charged in the
+   * same call, only when the room is taken (and checked first): when it refuses, nothing
+   * is taken and the answer is how long until it could pass; null when taken.
+   */
+  async reserve(
+    tenant: Tenant,
+    claims: QuotaClaim[],
+    samples?: TokenBucketCharge,
+  ): Promise<{ retryAfterMs: number } | null> {
+    const {
+      verdict,
+      jobsBefore: had,
+      retryAfterMs,
+    } = await this.scripts.quotaReserve({
       ...this.counters(tenant.id),
       maxJobs: tenant.maxQueuedJobs,
       maxBytes: this.maxQueuedBytes,
       markerTtlMs: this.heldTtlMs,
       jobs: this.jobs(tenant.id, claims),
+      ...(samples ? { bucket: { charge: samples, nowMs: Date.now() } } : {}),
     });
     switch (verdict) {
       case 0:
-        return;
+        return null;
+      case 4:
+        return { retryAfterMs };
       case 1:
         throw new CitadelError("QUOTA_EXCEEDED", `tenant has ${had} queued jobs; the limit is ${tenant.maxQueuedJobs}`);
       case 2:
@@ -50,6 +74,11 @@ export class TenantQuota {
           "another request with this Idempotency-Key took it over; retry to get its job",
         );
     }
+  }
+
+  /** The slot tag of the tenant's quota keys: a bucket with this tag can be charged by `reserve`. */
+  slotOf(tenant: string): string {
+    return tenantPrefix(this.prefix, tenant);
   }
 
   /** Gives back what `reserve` took for jobs that never reached the queue (quotaGiveBack.lua). Returns the jobs given back. */

@@ -9,7 +9,7 @@ import {
   type JobStatus,
   type JobView,
 } from "@citadel/contracts";
-import { isRedisUnavailable, type JobQueues, jobIdFor, type RedisConn } from "@citadel/queue";
+import { isRedisUnavailable, type JobQueues, jobIdFor, type RedisConn, type TokenBucketCharge } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import { allowsModel, type Tenant } from "@citadel/tenants";
 import { mergePolicies, packInputs, resolveOutputs, type TensorInput, validateInputs } from "@citadel/tensors";
@@ -358,23 +358,16 @@ export class Submitter {
     );
   }
 
-  private async takeSamples(ctx: SubmitContext, samples: number): Promise<void> {
-    const t = ctx.tenant;
-    const r = await this.d.limiter.take("samples", t.id, t.sampleRate, t.sampleBurst, samples);
-    if (r.overBurst) throw this.overBurst(ctx, samples);
-    if (!r.allowed) {
-      this.d.denials.note({
-        event: "rate.limited",
-        clientIp: ctx.clientIp,
-        tenant: t.id,
-        detail: "samples",
-        requestId: ctx.requestId,
-      });
-      throw new CitadelError("RATE_LIMITED", "sample rate limit reached", {
-        retryAfterMs: r.retryAfterMs,
-        scope: "samples",
-      });
-    }
+  /** The tenant's sample rate refused `samples`: a 429 whose Retry-After says when they could pass. */
+  private samplesLimited(ctx: SubmitContext, retryAfterMs: number): CitadelError {
+    this.d.denials.note({
+      event: "rate.limited",
+      clientIp: ctx.clientIp,
+      tenant: ctx.tenant.id,
+      detail: "samples",
+      requestId: ctx.requestId,
+    });
+    return new CitadelError("RATE_LIMITED", "sample rate limit reached", { retryAfterMs, scope: "samples" });
   }
 
   /** How long a request owns a pending Idempotency-Key before a retry may take it over. */
@@ -483,8 +476,7 @@ export class Submitter {
     try {
       // Samples of a key whose earlier attempt already reserved were charged by that attempt.
       const samples = items.filter((i) => !i.entry?.reserved).reduce((a, i) => a + i.p.data.batch, 0);
-      if (samples > 0) await this.takeSamples(ctx, samples);
-      await this.reserve(ctx.tenant, items);
+      await this.reserve(ctx, items, samples);
       entered = true;
       await this.enqueue(ctx, items);
     } catch (err) {
@@ -504,13 +496,34 @@ export class Submitter {
   }
 
   /**
-   * Backpressure: the tenant's share of Redis (one atomic reservation), then room in
-   * each model's queue (counted in this process at once, so concurrent requests cannot
-   * all pass one stale check), or a refusal (429 / 503) holding nothing.
+   * Backpressure: the tenant's sample rate and share of Redis (one atomic call in the
+   * tenant's slot: the samples are charged only with the reservation, and a refusal of
+   * either takes nothing), then room in each model's queue (counted in this process at
+   * once, so concurrent requests cannot all pass one stale check), or a refusal (429 /
+   * 503) holding nothing but the samples' charge.
    */
-  private async reserve(tenant: Tenant, items: Entering[]): Promise<void> {
+  private async reserve(ctx: SubmitContext, items: Entering[], samples: number): Promise<void> {
+    const tenant = ctx.tenant;
+    if (samples > tenant.sampleBurst) throw this.overBurst(ctx, samples);
     const claims = items.map(claimOf);
-    await this.quota.reserve(tenant, claims);
+    let bucket: TokenBucketCharge | undefined;
+    if (samples > 0) {
+      const b = this.d.limiter.charge({
+        scope: "samples",
+        id: tenant.id,
+        rate: tenant.sampleRate,
+        burst: tenant.sampleBurst,
+        cost: samples,
+      });
+      if (b.tag === this.quota.slotOf(tenant.id)) bucket = b.charge;
+      else {
+        // A limiter keyed elsewhere (another prefix): its own call first, as two slots need.
+        const r = await this.d.limiter.take("samples", tenant.id, tenant.sampleRate, tenant.sampleBurst, samples);
+        if (!r.allowed) throw this.samplesLimited(ctx, r.retryAfterMs);
+      }
+    }
+    const refused = await this.quota.reserve(tenant, claims, bucket);
+    if (refused) throw this.samplesLimited(ctx, refused.retryAfterMs);
     const perModel = new Map<string, number>();
     for (const i of items) perModel.set(i.p.data.model, (perModel.get(i.p.data.model) ?? 0) + 1);
     const undo: (() => void)[] = [];

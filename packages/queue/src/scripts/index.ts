@@ -14,6 +14,7 @@ const FILES = {
   quotaReserve: "quotaReserve.lua",
   quotaGiveBack: "quotaGiveBack.lua",
   quotaRelease: "quotaRelease-3.lua",
+  quotaReleaseMany: "quotaReleaseMany.lua",
   settleFinal: "settleFinal-3.lua",
   finishJobs: "finishJobs.lua",
   takeJobs: "takeJobs-8.lua",
@@ -207,15 +208,19 @@ export interface QuotaReserveCall {
   maxBytes: number;
   markerTtlMs: number;
   jobs: QuotaJob[];
+  /** The tenant's sample bucket (in its slot), charged in the same call only when the reservation is taken. */
+  bucket?: { charge: TokenBucketCharge; nowMs: number } | undefined;
 }
 
-/** 0 taken, 1 over the jobs bound, 2 over the bytes bound, 3 an entry is another attempt's. */
-export type QuotaVerdict = 0 | 1 | 2 | 3;
+/** 0 taken, 1 over the jobs bound, 2 over the bytes bound, 3 an entry is another attempt's, 4 the bucket refused. */
+export type QuotaVerdict = 0 | 1 | 2 | 3 | 4;
 
 export interface QuotaReserveResult {
   verdict: QuotaVerdict;
-  /** The tenant's queued jobs before this call. */
+  /** The tenant's queued jobs before this call (verdict 4: 0). */
   jobsBefore: number;
+  /** Verdict 4: when the bucket could allow the charge. */
+  retryAfterMs: number;
   /** Jobs this call reserved (keyed jobs reserved earlier are not counted again). */
   reservedNow: number;
 }
@@ -236,6 +241,8 @@ export interface CitadelScripts {
   quotaGiveBack(call: { jobsKey: string; bytesKey: string; jobs: Omit<QuotaJob, "bytes">[] }): Promise<number>;
   /** Releases a settled job's share; true when this call released it. */
   quotaRelease(jobsKey: string, bytesKey: string, marker: string): Promise<boolean>;
+  /** Releases several settled jobs' shares of one tenant, each once; returns how many this call released. */
+  quotaReleaseMany(jobsKey: string, bytesKey: string, markers: string[]): Promise<number>;
   /** Charges every bucket or none: 0 when charged, else the 1-based index of the bucket that refused. */
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
   /** A final job's bookkeeping in its queue's slot (inputs dropped, outbox entry): 1 done, -1 not final. */
@@ -311,14 +318,25 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         entry,
         j.entry?.attempt ?? 0,
       ]);
-      const [verdict, jobsBefore, reservedNow] = (await variadic("quotaReserve", keys, [
-        c.maxJobs,
-        c.maxBytes,
-        c.jobs.length,
-        c.markerTtlMs,
-        ...args,
-      ])) as [QuotaVerdict, number, number];
-      return { verdict, jobsBefore, reservedNow };
+      const b = c.bucket?.charge;
+      const [verdict, second, reservedNow] = (await variadic(
+        "quotaReserve",
+        b && b.cost > 0 ? [...keys, b.key] : keys,
+        [
+          c.maxJobs,
+          c.maxBytes,
+          c.jobs.length,
+          c.markerTtlMs,
+          c.bucket?.nowMs ?? 0,
+          b?.rate ?? 0,
+          b?.burst ?? 0,
+          b && b.cost > 0 ? b.cost : 0,
+          ...args,
+        ],
+      )) as [QuotaVerdict, number, number];
+      return verdict === 4
+        ? { verdict, jobsBefore: 0, retryAfterMs: second, reservedNow }
+        : { verdict, jobsBefore: second, retryAfterMs: 0, reservedNow };
     },
     async quotaGiveBack(c) {
       const { keys, args } = quotaLayout(c.jobsKey, c.bytesKey, c.jobs, (j, entry) => [entry, j.entry?.attempt ?? 0]);
@@ -326,6 +344,9 @@ function bind(redis: Redis | Cluster): CitadelScripts {
     },
     async quotaRelease(jobsKey, bytesKey, marker) {
       return Number(await run("quotaRelease", jobsKey, bytesKey, marker)) === 1;
+    },
+    async quotaReleaseMany(jobsKey, bytesKey, markers) {
+      return Number(await variadic("quotaReleaseMany", [jobsKey, bytesKey, ...markers], []));
     },
     async tokenBuckets(nowMs, buckets) {
       const args = buckets.flatMap((b) => [b.rate, b.burst, b.cost]);

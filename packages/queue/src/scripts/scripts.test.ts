@@ -134,17 +134,59 @@ describe("quota scripts", () => {
     const s = scripts(redis);
     const { counters, job, counts } = tenant();
     const taken = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("a", 100), job("b", 200)] });
-    expect(taken).toEqual({ verdict: 0, jobsBefore: 0, reservedNow: 2 });
+    expect(taken).toEqual({ verdict: 0, jobsBefore: 0, retryAfterMs: 0, reservedNow: 2 });
     expect(await counts()).toEqual([2, 300]);
     expect(await redis.get(job("a", 0).marker)).toBe("100");
     expect(await redis.pttl(job("a", 0).marker)).toBeGreaterThan(0);
 
     const tooMany = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("c", 1), job("d", 1)] });
-    expect(tooMany).toEqual({ verdict: 1, jobsBefore: 2, reservedNow: 0 });
+    expect(tooMany).toEqual({ verdict: 1, jobsBefore: 2, retryAfterMs: 0, reservedNow: 0 });
     const tooBig = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("c", 701)] });
-    expect(tooBig).toEqual({ verdict: 2, jobsBefore: 2, reservedNow: 0 });
+    expect(tooBig).toEqual({ verdict: 2, jobsBefore: 2, retryAfterMs: 0, reservedNow: 0 });
     expect(await counts()).toEqual([2, 300]);
     expect(await redis.exists(job("c", 0).marker, job("d", 0).marker)).toBe(0);
+  });
+
+  it("charges the sample bucket in the same call, only when the reservation is taken", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const key = k(`samples-${n}`);
+    const now = Date.now();
+    // 1 token per second, 10 at most: cost 6 fits once.
+    const bucket = (cost: number, nowMs = now) => ({ charge: { key, rate: 1, burst: 10, cost }, nowMs });
+    const tokens = async () => Number((await redis.get(key))?.split(":")[0]);
+    expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [job("a", 1)], bucket: bucket(6) })).toEqual({
+      verdict: 0,
+      jobsBefore: 0,
+      retryAfterMs: 0,
+      reservedNow: 1,
+    });
+    expect(await tokens()).toBe(4);
+    expect(await redis.pttl(key)).toBeGreaterThan(10_000);
+    // The bucket refuses first: nothing reserved, nothing charged, and when it could pass.
+    expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [job("b", 1)], bucket: bucket(6) })).toEqual({
+      verdict: 4,
+      jobsBefore: 0,
+      retryAfterMs: 2000,
+      reservedNow: 0,
+    });
+    expect(await counts()).toEqual([1, 1]);
+    expect(await redis.exists(job("b", 0).marker)).toBe(0);
+    // The quota refuses: the bucket is not charged either.
+    const big = await s.quotaReserve({ ...counters, ...bounds, jobs: [job("c", 5000)], bucket: bucket(3) });
+    expect(big.verdict).toBe(2);
+    expect(await tokens()).toBe(4);
+    // Refilled over time, never past its burst; a cost of 0 leaves the bucket alone.
+    expect((await s.quotaReserve({ ...counters, ...bounds, jobs: [job("d", 1)], bucket: bucket(0) })).verdict).toBe(0);
+    expect(await tokens()).toBe(4);
+    const later = await s.quotaReserve({
+      ...counters,
+      ...bounds,
+      jobs: [job("e", 1)],
+      bucket: bucket(10, now + 60_000),
+    });
+    expect(later.verdict).toBe(0);
+    expect(await tokens()).toBe(0);
   });
 
   it("reserves a keyed job once, only under the entry's current attempt", async () => {
@@ -160,6 +202,7 @@ describe("quota scripts", () => {
     expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [job("x", 5), keyed] })).toEqual({
       verdict: 0,
       jobsBefore: 0,
+      retryAfterMs: 0,
       reservedNow: 2,
     });
     expect(await redis.hget(entry, "reserved")).toBe("2");
@@ -167,6 +210,7 @@ describe("quota scripts", () => {
     expect(await s.quotaReserve({ ...counters, ...bounds, jobs: [keyed] })).toEqual({
       verdict: 0,
       jobsBefore: 2,
+      retryAfterMs: 0,
       reservedNow: 0,
     });
     expect(await counts()).toEqual([2, 15]);
@@ -208,6 +252,24 @@ describe("quota scripts", () => {
     await redis.set(a.marker, "40");
     expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, a.marker)).toBe(true);
     expect(await counts()).toEqual([0, 0]);
+  });
+
+  it("releases several settled jobs' shares in one call, each once and never below zero", async () => {
+    const s = scripts(redis);
+    const { counters, job, counts } = tenant();
+    const [a, b, c] = [job("a", 40), job("b", 60), job("c", 5)];
+    await s.quotaReserve({ ...counters, ...bounds, jobs: [a, b, c] });
+    expect(await s.quotaRelease(counters.jobsKey, counters.bytesKey, b.marker)).toBe(true);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, b.marker])).toBe(1);
+    expect(await counts()).toEqual([1, 5]);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, b.marker])).toBe(0);
+    expect(await counts()).toEqual([1, 5]);
+    // Counters that drifted low stop at zero.
+    await redis.set(counters.jobsKey, "0");
+    await redis.set(a.marker, "40");
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [a.marker, c.marker])).toBe(2);
+    expect(await counts()).toEqual([0, 0]);
+    expect(await s.quotaReleaseMany(counters.jobsKey, counters.bytesKey, [])).toBe(0);
   });
 });
 
