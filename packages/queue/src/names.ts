@@ -141,6 +141,13 @@ export const NOTIFICATIONS_MAX_LEN = 1_000_000;
 export const OUTBOX_MAX_LEN = 1_000_000;
 
 /**
+ * A model queue's BullMQ event stream bound (XADD MAXLEN ~): BullMQ's default
+ * (`streams.events.maxLen`), which Citadel's queues keep; the worker's own settle
+ * script trims to it as BullMQ's would.
+ */
+export const EVENTS_MAX_LEN = 10_000;
+
+/**
  * How long stored inputs outlive their job's deadline at most: a job that started just
  * before its deadline may still run, be retried after a transient failure, and settle.
  * Every final outcome deletes them sooner; this only bounds what an orphan costs.

@@ -1,6 +1,12 @@
 import type { JobData } from "@citadel/contracts";
 import { keys, OUTBOX_MAX_LEN } from "./names.js";
-import type { FinishedJob, FinishJobsQueueKeys, SettleFinalArgs, SettleFinalKeys, TakeJobsKeys } from "./scripts/index.js";
+import type {
+  FinishedJob,
+  FinishJobsQueueKeys,
+  SettleFinalArgs,
+  SettleFinalKeys,
+  TakeJobsKeys,
+} from "./scripts/index.js";
 
 /**
  * settleFinal-3.lua's keys and arguments for a job of `model`: what its outbox entry

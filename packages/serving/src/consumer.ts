@@ -78,6 +78,8 @@ export class ModelConsumer {
   private arrivalSince = 0;
   private arrivalOverdue = false;
   private readonly arrivals: LeasedJob[] = [];
+  /** Whether the last wake took fewer jobs than it asked for (the queue was left empty). */
+  private arrivalsDrained = false;
   private stop: () => void = () => {};
   /** Resolves when close() begins: waits end at once. */
   private readonly stopped = new Promise<void>((r) => {
@@ -155,7 +157,7 @@ export class ModelConsumer {
           this.drained = jobs.length < room;
           if (jobs.length > 0) continue;
         }
-        await this.waitForWork(room > 0);
+        await this.waitForWork(room);
       } catch (err) {
         this.o.log.error({ err: coerceError(err), model: this.o.model }, "consumer loop error");
         await this.idle(250);
@@ -174,21 +176,25 @@ export class ModelConsumer {
   }
 
   /**
-   * Sleeps until a job arrives (BullMQ's blocking fetch, no polling), the oldest held
+   * Sleeps until jobs arrive (the lease's blocking wait on the queue's marker, no polling), the oldest held
    * batch is due, or the consumer stops. A wait cut short stays pending: the job it
    * brings later is admitted on a later turn.
    */
-  private async waitForWork(fetch: boolean): Promise<void> {
+  private async waitForWork(room: number): Promise<void> {
+    const fetch = room > 0;
     const waits: Promise<unknown>[] = [this.stopped];
     let at = this.readyAt() ?? (fetch ? null : performance.now() + 50);
     if (fetch) {
       if (!this.arrival) {
         this.arrivalSince = performance.now();
         this.arrivalOverdue = false;
-        this.arrival = this.lease.next().then(
-          (l) => {
+        const wanted = room;
+        this.arrival = this.lease.next(wanted).then(
+          (jobs) => {
             this.arrival = null;
-            if (l) this.arrivals.push(l);
+            this.arrivals.push(...jobs);
+            // Fewer than asked for: the wake took all there was, no wave is worth sending.
+            this.arrivalsDrained = jobs.length < wanted;
           },
           async (err: unknown) => {
             this.o.log.error({ err: coerceError(err), model: this.o.model }, "blocking fetch failed");
@@ -222,11 +228,11 @@ export class ModelConsumer {
     }
   }
 
-  /** Jobs a blocking fetch brought: admitted, and the queue is worth another wave. */
+  /** Jobs a blocking fetch brought: admitted; the queue is worth another wave unless the wake emptied it. */
   private async admitArrivals(): Promise<void> {
     if (this.arrivals.length === 0) return;
     const arrived = this.arrivals.splice(0);
-    this.drained = false;
+    this.drained = this.arrivalsDrained;
     await this.admitAll(arrived);
   }
 

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { type CitadelError, coerceError, isRetryable, type JobData, type JobResult } from "@citadel/contracts";
 import {
   duplicateNamed,
+  EVENTS_MAX_LEN,
   type FinishedJob,
   finishedJobParts,
   finishJobsQueueKeys,
@@ -37,9 +38,10 @@ import { Job, type JobJson, raw2NextJobData, Worker } from "bullmq";
  * - settlements asked for in the same tick (the executor settles a run's jobs
  *   together) go out as one script call, finishJobs.lua: per job what BullMQ's
  *   moveToFinished does for Citadel's jobs, its inputs dropped and its outbox entry,
- *   with the stream trim, old-job removal and `drained` check once per batch (BullMQ's
- *   own script costs ~20 Redis commands per job; this one ~9) — never an entry for a
- *   job whose lock we lost and that runs again elsewhere.
+ *   with the shared sets' bookkeeping and the `drained` check once per batch and
+ *   old-job removal about once a second (BullMQ's own script costs ~20 Redis commands
+ *   per job; this one ~6, plus ~6 per batch) — never an entry for a job whose lock we
+ *   lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
  * finishJobs.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
@@ -81,6 +83,9 @@ type Settlement =
       done: (r: { final: boolean } | null) => void;
     };
 
+/** How often a settle also removes finished jobs past their keep age (retention is in hours). */
+const TRIM_EVERY_MS = 1000;
+
 /** BullMQ's keep option as finishJobs.lua takes it: an age in seconds, or none (kept). */
 function keepAge(keep: Job["opts"]["removeOnComplete"]): number | undefined {
   return typeof keep === "object" && keep !== null && "age" in keep && typeof keep.age === "number"
@@ -102,10 +107,12 @@ export class JobLease {
   private readonly held = new Map<string, LeasedJob>();
   private lockTimer?: NodeJS.Timeout;
   /** The blocking fetch in progress, if any (BullMQ allows one wait at a time). */
-  private waiting: Promise<LeasedJob | null> | null = null;
+  private waiting: Promise<LeasedJob[]> | null = null;
   /** Settlements waiting for this tick's pipeline. */
   private pending: Settlement[] = [];
   private closing = false;
+  /** When the last settle looked for finished jobs past their keep age. */
+  private trimmedAt = 0;
 
   constructor(private readonly o: LeaseOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
@@ -212,45 +219,46 @@ export class JobLease {
   }
 
   /**
-   * The next job to arrive, waiting up to `blockSeconds` (no polling); null when none
-   * came. Callers may race it against other events: it stays pending, and a second
-   * call gets the same promise. Called once a fetch found the queue drained, so it
-   * blocks at once: BZPOPMIN on the queue's marker (what every add sets, as BullMQ's
-   * workers wait), on a connection of its own, then takes what woke it.
+   * The next jobs to arrive (up to `max`), waiting up to `blockSeconds` (no polling);
+   * none when none came. Callers may race it against other events: it stays pending,
+   * and a second call gets the same promise. Called once a fetch found the queue
+   * drained, so it blocks at once: BZPOPMIN on the queue's marker (what every add sets,
+   * as BullMQ's workers wait), on a connection of its own, then one takeJobs call for
+   * what woke it and whatever came with it.
    */
-  next(): Promise<LeasedJob | null> {
-    if (this.closing) return Promise.resolve(null);
-    this.waiting ??= this.waitAndTake().finally(() => {
+  next(max = 1): Promise<LeasedJob[]> {
+    if (this.closing) return Promise.resolve([]);
+    this.waiting ??= this.waitAndTake(max).finally(() => {
       this.waiting = null;
     });
     return this.waiting;
   }
 
-  private async waitAndTake(): Promise<LeasedJob | null> {
+  private async waitAndTake(max: number): Promise<LeasedJob[]> {
     const marker = keys.bull(this.o.prefix, this.o.model, "marker");
     const until = Date.now() + (this.o.blockSeconds ?? 1) * 1000;
     try {
       for (;;) {
         const left = until - Date.now();
-        if (this.closing || left <= 0) return null;
+        if (this.closing || left <= 0) return [];
         // Seconds, fractional (Redis ≥ 6); the server ends the wait, not a client timer.
         const popped = await this.blocking.bzpopmin(marker, Math.max(0.01, left / 1000));
-        if (!popped || this.closing) return null;
+        if (!popped || this.closing) return [];
         // A delayed job's marker carries the time it is due (BullMQ's delay marker).
         const due = Number(popped[2]);
         if (due > Date.now()) {
           if (due > until) {
             // Due after this wait ends: the marker is left for the next one.
             await this.blocking.zadd(marker, due, popped[1]);
-            return null;
+            return [];
           }
           await new Promise((r) => setTimeout(r, due - Date.now()));
         }
-        const [job] = await this.fetch(1);
-        if (job) return job;
+        const jobs = await this.fetch(max);
+        if (jobs.length > 0) return jobs;
       }
     } catch (err) {
-      if (this.closing) return null;
+      if (this.closing) return [];
       throw err;
     }
   }
@@ -338,6 +346,8 @@ export class JobLease {
     const { prefix, model } = this.o;
     const nowMs = Date.now();
     const first = batch[0]?.l.job.opts;
+    const trimOld = nowMs - this.trimmedAt >= TRIM_EVERY_MS;
+    if (trimOld) this.trimmedAt = nowMs;
     let codes: number[];
     try {
       codes = await scripts(this.o.connection).finishJobs({
@@ -345,9 +355,11 @@ export class JobLease {
         keyPrefix: keys.bull(prefix, model, ""),
         nowMs,
         outboxMaxLen: OUTBOX_MAX_LEN,
-        // Citadel's API gives every job the same keep ages ({ age } in seconds).
-        keepCompletedSeconds: keepAge(first?.removeOnComplete),
-        keepFailedSeconds: keepAge(first?.removeOnFail),
+        // Citadel's API gives every job the same keep ages ({ age } in seconds); old jobs
+        // are looked for about once a second, not on every batch.
+        keepCompletedSeconds: trimOld ? keepAge(first?.removeOnComplete) : undefined,
+        keepFailedSeconds: trimOld ? keepAge(first?.removeOnFail) : undefined,
+        eventsMaxLen: EVENTS_MAX_LEN,
         jobs: batch.map((s) => this.finished(s, nowMs)),
       });
     } catch (err) {

@@ -6,8 +6,10 @@
   and released, the job out of the active list and into completed/failed, its hash
   stamped (result or reason, finishedOn, attempts made), BullMQ's completed/failed
   event (the API's waiters read the result from it), its input bytes dropped and one
-  outbox entry appended. Per batch, not per job: the event stream's trim, the removal
-  of finished jobs past their keep age, and the `drained` event.
+  outbox entry appended. Per batch, not per job: the stalled-set and active-set
+  bookkeeping that takes many members (SREM, DEL, ZADD), the removal of finished jobs
+  past their keep age, and the `drained` event; the event stream is trimmed by the
+  XADD of each event (MAXLEN ~), not by a separate XTRIM.
 
   What BullMQ's script does that Citadel's jobs never need is left out: parents and
   flows, deduplication, metrics, `removeOnComplete: true` or a count (Citadel's jobs
@@ -22,13 +24,14 @@
     KEYS[10 + 2(i-1)] job i's hash, KEYS[11 + 2(i-1)] its input bytes
     ARGV[1] the finish time (epoch ms)
     ARGV[2] the outbox's approximate bound
-    ARGV[3] the keep age of completed jobs in seconds ('' keeps them)
-    ARGV[4] the keep age of failed jobs in seconds ('' keeps them)
+    ARGV[3] the keep age of completed jobs in seconds ('' keeps them, or skips the removal this time)
+    ARGV[4] the keep age of failed jobs in seconds ('' as ARGV[3])
     ARGV[5] the queue's key prefix ('<prefix>:<queue>:'), to remove old jobs' keys
     then 13 per job, from ARGV[6]:
       id, lock token, 'completed' | 'failed', result JSON | failure reason, stacktrace
       (failed), attempts made after this one, attempts allowed, tenant, batch id ('' for
       none), line, custom_id, '1' to notify, callback URL
+    and last, ARGV[6 + 13n]: the event stream's approximate bound (BullMQ's maxLenEvents)
 
   Output: one code per job: 0 settled; BullMQ's codes otherwise (-1 no such job,
   -2 lock missing, -3 not active, -6 lock held by another token), nothing done for it.
@@ -39,12 +42,9 @@ local rcall = redis.call
 local now = ARGV[1]
 local nJobs = (#KEYS - 9) / 2
 local codes = {}
-local finished = {}
 local eventStream = KEYS[4]
-
--- Trimmed before this batch's events are added (as BullMQ's trimEvents): none of them is lost.
-local maxEvents = rcall('HGET', KEYS[6], 'opts.maxLenEvents') or 10000
-rcall('XTRIM', eventStream, 'MAXLEN', '~', maxEvents)
+-- What the batch changes in the queue's shared keys, sent once for all its jobs.
+local unstalled, gone, completed, failed = {}, {}, {}, {}
 
 for i = 1, nJobs do
   local a = 6 + (i - 1) * 13
@@ -56,41 +56,49 @@ for i = 1, nJobs do
   if lock ~= token then
     if lock then code = -6 elseif rcall('EXISTS', jobKey) == 0 then code = -1 else code = -2 end
   else
-    rcall('SREM', KEYS[5], id)
-    if rcall('LREM', KEYS[2], -1, id) < 1 then
-      rcall('DEL', lockKey)
-      code = -3
-    end
+    -- The lock is ours: released whatever comes next (as BullMQ's removeLock).
+    unstalled[#unstalled + 1] = id
+    gone[#gone + 1] = lockKey
+    if rcall('LREM', KEYS[2], -1, id) < 1 then code = -3 end
   end
   codes[i] = code
   if code == 0 then
-    -- The lock and the inputs in one call: neither is needed once the job is final.
-    rcall('DEL', lockKey, inputsKey)
+    -- Its inputs go with its lock: neither is needed once the job is final.
+    gone[#gone + 1] = inputsKey
     local attemptsMade = ARGV[a + 5]
     local status
     if target == 'completed' then
-      rcall('ZADD', KEYS[7], now, id)
+      completed[#completed + 1] = now
+      completed[#completed + 1] = id
       rcall('HSET', jobKey, 'returnvalue', value, 'finishedOn', now, 'atm', attemptsMade)
-      rcall('XADD', eventStream, '*', 'event', 'completed', 'jobId', id, 'returnvalue', value, 'prev', 'active')
+      -- Trimmed as it is added (BullMQ trims before each move; ~ keeps it one command).
+      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[6 + nJobs * 13], '*',
+        'event', 'completed', 'jobId', id, 'returnvalue', value, 'prev', 'active')
       status = 'completed'
     else
-      rcall('ZADD', KEYS[8], now, id)
+      failed[#failed + 1] = now
+      failed[#failed + 1] = id
       rcall('HSET', jobKey, 'failedReason', value, 'stacktrace', ARGV[a + 4], 'finishedOn', now, 'atm', attemptsMade)
       rcall('HDEL', jobKey, 'defa')
-      rcall('XADD', eventStream, '*', 'event', 'failed', 'jobId', id, 'failedReason', value, 'prev', 'active')
+      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[6 + nJobs * 13], '*',
+        'event', 'failed', 'jobId', id, 'failedReason', value, 'prev', 'active')
       if tonumber(attemptsMade) >= tonumber(ARGV[a + 6]) then
         rcall('XADD', eventStream, '*', 'event', 'retries-exhausted', 'jobId', id, 'attemptsMade', attemptsMade)
       end
       status = string.sub(value, 1, 10) == 'CANCELLED:' and 'cancelled' or 'failed'
     end
-    finished[target] = true
     rcall('XADD', KEYS[9], 'MAXLEN', '~', ARGV[2], '*',
       unpack(outboxEntry(id, ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12],
         status, now, value)))
   end
 end
+if #unstalled > 0 then rcall('SREM', KEYS[5], unpack(unstalled)) end
+if #gone > 0 then rcall('DEL', unpack(gone)) end
+if #completed > 0 then rcall('ZADD', KEYS[7], unpack(completed)) end
+if #failed > 0 then rcall('ZADD', KEYS[8], unpack(failed)) end
 
--- Finished jobs past their keep age go (as BullMQ's removeJobsByMaxAge, at most 1000 a call).
+-- Finished jobs past their keep age go (as BullMQ's removeJobsByMaxAge, at most 1000 a
+-- call), when the caller asks (it does so about once a second, not on every batch).
 local function removeOlderThan(set, ageSeconds)
   if not ageSeconds or ageSeconds == '' then return end
   local before = tonumber(now) - tonumber(ageSeconds) * 1000
@@ -103,10 +111,10 @@ local function removeOlderThan(set, ageSeconds)
     if #ids < 1000 then rcall('ZREMRANGEBYSCORE', set, '-inf', before) else rcall('ZREM', set, unpack(ids)) end
   end
 end
-if finished.completed then removeOlderThan(KEYS[7], ARGV[3]) end
-if finished.failed then removeOlderThan(KEYS[8], ARGV[4]) end
+if #completed > 0 then removeOlderThan(KEYS[7], ARGV[3]) end
+if #failed > 0 then removeOlderThan(KEYS[8], ARGV[4]) end
 
-if (finished.completed or finished.failed) and rcall('LLEN', KEYS[1]) == 0 and rcall('LLEN', KEYS[2]) == 0
+if (#completed > 0 or #failed > 0) and rcall('LLEN', KEYS[1]) == 0 and rcall('LLEN', KEYS[2]) == 0
     and rcall('ZCARD', KEYS[3]) == 0 then
   rcall('XADD', eventStream, '*', 'event', 'drained')
 end

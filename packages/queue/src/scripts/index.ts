@@ -168,9 +168,11 @@ export interface FinishJobsCall {
   keyPrefix: string;
   nowMs: number;
   outboxMaxLen: number;
-  /** Keep ages in seconds (BullMQ's removeOnComplete / removeOnFail `{ age }`); undefined keeps. */
+  /** Keep ages in seconds (BullMQ's removeOnComplete / removeOnFail `{ age }`); undefined removes nothing this call. */
   keepCompletedSeconds?: number | undefined;
   keepFailedSeconds?: number | undefined;
+  /** The event stream's approximate bound (BullMQ's maxLenEvents). */
+  eventsMaxLen: number;
   jobs: FinishedJob[];
 }
 
@@ -384,7 +386,7 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         c.keepFailedSeconds ?? "",
         c.keyPrefix,
       ];
-      return ((await variadic("finishJobs", keys, [...head, ...args])) as number[]).map(Number);
+      return ((await variadic("finishJobs", keys, [...head, ...args, c.eventsMaxLen])) as number[]).map(Number);
     },
     async takeJobs(c) {
       const raw = (await run("takeJobs", ...c.keys, c.keyPrefix, c.nowMs, c.lockDurationMs, "", ...c.tokens)) as

@@ -3,7 +3,7 @@
   moveToActive (bullmq 6.x, commands/moveToActive-11.lua; re-check on upgrade) does
   for one job, n times, with the per-call parts done once — reading the queue's
   metadata, promoting delayed jobs whose time has come (retries after their backoff),
-  and setting the marker that wakes other workers. Per job: off the wait list (or the
+  and setting the marker that wakes other workers (only when jobs may remain). Per job: off the wait list (or the
   prioritized set when the list is empty) onto the active list, locked with its own
   token, BullMQ's `active` event, processedOn and attempts started stamped, and its
   hash returned.
@@ -72,14 +72,31 @@ for i = 5, #ARGV do
   local jobKey = prefix .. id
   rcall('SET', jobKey .. ':lock', ARGV[i], 'PX', ARGV[3])
   rcall('XADD', KEYS[4], '*', 'event', 'active', 'jobId', id, 'prev', 'waiting')
+  -- Read, then stamped in one HSET (BullMQ: HMSET processedOn, HINCRBY ats, HGETALL); the
+  -- hash returned is patched to what the HSET wrote. The lock makes the read-increment safe.
+  local hash = rcall('HGETALL', jobKey)
+  local ats = 1
+  local at = {}
+  for f = 1, #hash, 2 do at[hash[f]] = f + 1 end
+  if at['ats'] then ats = (tonumber(hash[at['ats']]) or 0) + 1 end
+  local stamps = {'processedOn', ARGV[2], 'ats', tostring(ats)}
   if ARGV[4] ~= '' then
-    rcall('HMSET', jobKey, 'processedOn', ARGV[2], 'pb', ARGV[4])
-  else
-    rcall('HMSET', jobKey, 'processedOn', ARGV[2])
+    stamps[#stamps + 1] = 'pb'
+    stamps[#stamps + 1] = ARGV[4]
   end
-  rcall('HINCRBY', jobKey, 'ats', 1)
-  taken[#taken + 1] = {id, rcall('HGETALL', jobKey)}
+  rcall('HSET', jobKey, unpack(stamps))
+  for s = 1, #stamps, 2 do
+    local field, value = stamps[s], stamps[s + 1]
+    if at[field] then
+      hash[at[field]] = value
+    else
+      hash[#hash + 1] = field
+      hash[#hash + 1] = value
+    end
+  end
+  taken[#taken + 1] = {id, hash}
 end
--- Other workers blocked on the marker wake and look for more (BullMQ's addBaseMarkerIfNeeded).
-if #taken > 0 then rcall('ZADD', KEYS[8], 0, '0') end
+-- Other workers blocked on the marker wake and look for more (BullMQ's addBaseMarkerIfNeeded),
+-- when more may wait: a call that emptied the queue leaves no marker to wake anyone for nothing.
+if #taken > 0 and #taken == #ARGV - 4 then rcall('ZADD', KEYS[8], 0, '0') end
 return taken
