@@ -64,6 +64,7 @@ import {
   citadelContender,
   citadelWorkerProbes,
   naiveContender,
+  samplesPerRun,
   sharedProbes,
   spawnNaiveWorker,
   startCitadelWorkers,
@@ -511,6 +512,8 @@ async function runCapacity(
           return {
             probes: [...citadelWorkerProbes(workers), ...sharedProbes(redisPid)],
             stop: async () => {
+              const perRun = await samplesPerRun(workers).catch(() => Number.NaN);
+              say(`capacity: Citadel worker ran ${fmt(perRun)} jobs per run`);
               await Promise.all(workers.map((w) => w.stop()));
             },
           };

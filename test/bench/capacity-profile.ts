@@ -81,8 +81,10 @@ interface Node {
   callFrame: { functionName: string; url: string; lineNumber: number };
   hitCount?: number;
 }
+// One file per thread (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile): the main
+// thread's (thread 0) of the newest run, not a loader or runner thread's.
 const file = readdirSync(dir)
-  .filter((f) => f.endsWith(".cpuprofile"))
+  .filter((f) => /\.0\.\d+\.cpuprofile$/.test(f))
   .map((f) => path.join(dir, f))
   .sort()
   .pop();
