@@ -59,7 +59,7 @@ const result: JobResult = {
 };
 
 /** A lease on a fresh queue, with a producer and an ordinary client beside it. */
-async function setup(opts: { attempts?: number } = {}) {
+async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
   const prefix = `{t-lease-${randomBytes(4).toString("hex")}}`;
   const onError = () => {};
   // A single Redis here (CITADEL_TEST_REDIS_URL): MONITOR and CLIENT LIST need one node.
@@ -100,7 +100,7 @@ async function setup(opts: { attempts?: number } = {}) {
       ids.map((id) => ({
         name: JOB_NAME,
         data: data(tenant),
-        opts: { jobId: id, attempts: opts.attempts ?? 1, backoff: { type: "fixed", delay: 60_000 } },
+        opts: { jobId: id, attempts: opts.attempts ?? 1, backoff: { type: "fixed", delay: opts.backoffMs ?? 60_000 } },
       })),
     );
     const m = redis.multi();
@@ -318,6 +318,39 @@ describe("JobLease fetch", () => {
     const got = await waiting;
     expect(got.map((l) => l.id)).toEqual(["m.delayedwakeup0000000"]);
     expect(Date.now() - addedAt).toBeGreaterThanOrEqual(290);
+  });
+
+  it("takes a retried job back once its backoff is over, waiting for it without spinning", async () => {
+    // A backoff longer than one wait (blockSeconds 5): the delay marker is remembered, not
+    // popped again and again (a worker once spun ~8,000 waits a second until the job was due).
+    const { lease, add } = await setup({ attempts: 2, backoffMs: 6500 });
+    const [id] = await add(1);
+    const [first] = await lease.fetch(1);
+    expect(await lease.fail(first as LeasedJob, new CitadelError("RUNTIME_ERROR", "boom"), null)).toEqual({
+      final: false,
+    });
+    const failedAt = Date.now();
+    let again: LeasedJob[] = [];
+    let waits = 0;
+    while (again.length === 0 && Date.now() - failedAt < 20_000) {
+      waits++;
+      again = await lease.next();
+    }
+    expect(again.map((l) => l.id)).toEqual([id]);
+    expect(Date.now() - failedAt).toBeGreaterThanOrEqual(6400);
+    expect(waits).toBeLessThanOrEqual(3);
+  });
+
+  it("learns when a delayed job is due from a take that found nothing (its marker gone)", async () => {
+    const { redis, lease, queue, data, prefix } = await setup();
+    await queue.add(JOB_NAME, data("t"), { jobId: "m.delayednomarker00000", delay: 1500 });
+    // Another worker consumed the delay marker: only the delayed set says when.
+    await redis.del(keys.bull(prefix, "m", "marker"));
+    expect(await lease.fetch(4)).toEqual([]);
+    const started = Date.now();
+    const got = await lease.next();
+    expect(got.map((l) => l.id)).toEqual(["m.delayednomarker00000"]);
+    expect(Date.now() - started).toBeLessThan(4000);
   });
 
   it("reads several jobs' input bytes in one round trip", async () => {

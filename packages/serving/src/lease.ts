@@ -111,6 +111,8 @@ export class JobLease {
   /** Settlements waiting for this tick's pipeline. */
   private pending: Settlement[] = [];
   private closing = false;
+  /** When the first delayed job is due, as a delay marker or an empty take said (0: none known). */
+  private nextDue = 0;
   /** When the last settle looked for finished jobs past their keep age. */
   private trimmedAt = 0;
 
@@ -165,7 +167,8 @@ export class JobLease {
       tokens,
     });
     if (taken === "unsupported") return this.fetchOneByOne(n);
-    return taken.map(({ id, hash }, i) => {
+    if (taken.nextDueAt > 0) this.nextDue = taken.nextDueAt;
+    return taken.jobs.map(({ id, hash }, i) => {
       // BullMQ's own decoding of a job's hash (what its moveToActive answer goes through).
       const [json] = raw2NextJobData([hash, id, 0, 0]) as [JobJson];
       const job = Job.fromJSON(this.worker, json, id) as Job<JobData, JobResult>;
@@ -239,20 +242,28 @@ export class JobLease {
     const until = Date.now() + (this.o.blockSeconds ?? 1) * 1000;
     try {
       for (;;) {
-        const left = until - Date.now();
-        if (this.closing || left <= 0) return [];
-        // Seconds, fractional (Redis ≥ 6); the server ends the wait, not a client timer.
-        const popped = await this.blocking.bzpopmin(marker, Math.max(0.01, left / 1000));
-        if (!popped || this.closing) return [];
-        // A delayed job's marker carries the time it is due (BullMQ's delay marker).
+        const now = Date.now();
+        if (this.closing) return [];
+        if (this.nextDue > 0 && this.nextDue <= now) {
+          // A delayed job (a retry after its backoff) is due: the take promotes it.
+          this.nextDue = 0;
+          const jobs = await this.fetch(max);
+          if (jobs.length > 0) return jobs;
+          continue;
+        }
+        const left = until - now;
+        if (left <= 0) return [];
+        // Until a job's marker comes, this wait ends or a delayed job is due (as BullMQ's
+        // workers block until their blockUntil). Seconds, fractional (Redis ≥ 6).
+        const wake = this.nextDue > 0 ? Math.min(left, this.nextDue - now) : left;
+        const popped = await this.blocking.bzpopmin(marker, Math.max(0.01, wake / 1000));
+        if (this.closing) return [];
+        if (!popped) continue;
+        // A delayed job's marker carries the time it is due; it is remembered, not put back.
         const due = Number(popped[2]);
         if (due > Date.now()) {
-          if (due > until) {
-            // Due after this wait ends: the marker is left for the next one.
-            await this.blocking.zadd(marker, due, popped[1]);
-            return [];
-          }
-          await new Promise((r) => setTimeout(r, due - Date.now()));
+          this.nextDue = this.nextDue > 0 ? Math.min(this.nextDue, due) : due;
+          continue;
         }
         const jobs = await this.fetch(max);
         if (jobs.length > 0) return jobs;

@@ -130,8 +130,12 @@ export interface TakeJobsCall {
   tokens: string[];
 }
 
-/** Jobs taken, each with its hash as field/value pairs (HGETALL); "unsupported" when the queue needs BullMQ's own script. */
-export type TakenJobs = { id: string; hash: string[] }[] | "unsupported";
+/**
+ * Jobs taken, each with its hash as field/value pairs (HGETALL), and when none was taken,
+ * when the first delayed job is due (epoch ms; 0 for none); "unsupported" when the queue
+ * needs BullMQ's own script.
+ */
+export type TakenJobs = { jobs: { id: string; hash: string[] }[]; nextDueAt: number } | "unsupported";
 
 /** finishJobs.lua's queue keys, in its KEYS order. */
 export type FinishJobsQueueKeys = [
@@ -391,9 +395,9 @@ function bind(redis: Redis | Cluster): CitadelScripts {
     async takeJobs(c) {
       const raw = (await run("takeJobs", ...c.keys, c.keyPrefix, c.nowMs, c.lockDurationMs, "", ...c.tokens)) as
         | number
-        | [string, string[]][];
+        | [[string, string[]][], number];
       if (typeof raw === "number") return "unsupported";
-      return raw.map(([id, hash]) => ({ id, hash }));
+      return { jobs: raw[0].map(([id, hash]) => ({ id, hash })), nextDueAt: Number(raw[1]) };
     },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));

@@ -23,8 +23,9 @@
     ARGV[4] the worker's name ('' for none: BullMQ's processedBy)
     ARGV[5..] one lock token per job wanted
 
-  Output: -1 (use BullMQ's script), or a list of {job id, job hash as HGETALL} (empty
-  when none waits or the queue is paused).
+  Output: -1 (use BullMQ's script), or {taken, next due}: taken a list of {job id, job
+  hash as HGETALL} (empty when none waits or the queue is paused), next due the time
+  (epoch ms) the first delayed job is due when none was taken and one is delayed, else 0.
 ]]
 local rcall = redis.call
 local prefix, now = ARGV[1], tonumber(ARGV[2])
@@ -49,7 +50,7 @@ if #due > 0 then
   end
   if not paused then rcall('ZADD', KEYS[8], 0, '0') end
 end
-if paused then return {} end
+if paused then return {{}, 0} end
 
 local taken = {}
 for i = 5, #ARGV do
@@ -99,4 +100,11 @@ end
 -- Other workers blocked on the marker wake and look for more (BullMQ's addBaseMarkerIfNeeded),
 -- when more may wait: a call that emptied the queue leaves no marker to wake anyone for nothing.
 if #taken > 0 and #taken == #ARGV - 4 then rcall('ZADD', KEYS[8], 0, '0') end
-return taken
+-- Nothing taken: when the next delayed job is due (as BullMQ's moveToActive answers), so a
+-- worker that missed its delay marker still wakes for it.
+local nextDue = 0
+if #taken == 0 then
+  local first = rcall('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  if first[2] then nextDue = math.floor(tonumber(first[2]) / 0x1000) end
+end
+return {taken, nextDue}
