@@ -445,6 +445,8 @@ async function openEvents(base: string, id: string, tenant: string, signal?: Abo
   const events: { event: string; data: Loose }[] = [];
   const comments: string[] = [];
   let ended = false;
+  // A refused stream's answer, for the assertion that fails on it (CI once saw 503s here).
+  const refusal = res.status === 200 ? "" : `${res.status} ${await res.text()}`;
   const done = (async () => {
     if (!res.body || res.status !== 200) return;
     const decoder = new TextDecoder();
@@ -472,7 +474,7 @@ async function openEvents(base: string, id: string, tenant: string, signal?: Abo
     }
     ended = true;
   })();
-  return { res, events, comments, done, ended: () => ended };
+  return { res, refusal, events, comments, done, ended: () => ended };
 }
 
 describe("GET /v1/jobs/{id}/events", () => {
@@ -482,7 +484,7 @@ describe("GET /v1/jobs/{id}/events", () => {
       try {
         const sub = await call("POST", "/v1/jobs", "hooked", job({ custom_id: "sse-1" }));
         const stream = await openEvents(fleet.apiUrl, sub.json.id, "hooked");
-        expect(stream.res.status).toBe(200);
+        expect(stream.res.status, stream.refusal).toBe(200);
         expect(stream.res.headers.get("content-type")).toMatch(/^text\/event-stream/);
         await pollUntil("the first event", async () => stream.events.length > 0);
         expect(stream.events[0]).toMatchObject({
@@ -512,6 +514,7 @@ describe("GET /v1/jobs/{id}/events", () => {
   it("ends a failing job's stream with its failed view", async () => {
     const sub = await call("POST", "/v1/jobs", "hooked", failing);
     const stream = await openEvents(fleet.apiUrl, sub.json.id, "hooked");
+    expect(stream.res.status, stream.refusal).toBe(200);
     await stream.done;
     expect(stream.events.at(-1)).toMatchObject({
       event: "failed",
@@ -524,9 +527,10 @@ describe("GET /v1/jobs/{id}/events", () => {
     const r = await fetch(`${fleet.apiUrl}/v1/jobs/${sub.json.id}/events`, {
       headers: { authorization: `Bearer ${keys.other}` },
     });
-    expect(r.status).toBe(404);
+    const body = await r.text();
+    expect(r.status, body).toBe(404);
     expect(r.headers.get("content-type")).toMatch(/application\/json/);
-    expect(((await r.json()) as Loose).error.code).toBe("JOB_NOT_FOUND");
+    expect((JSON.parse(body) as Loose).error.code).toBe("JOB_NOT_FOUND");
   });
 
   it("bounds a stream by MAX_WAIT_MS and the streams a tenant holds, and lets go when the client leaves", async () => {
