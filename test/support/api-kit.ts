@@ -122,6 +122,8 @@ export async function startExtraApi(fleet: TestFleet, env: Record<string, string
       METRICS_PORT: "0",
       BOARD_ADMIN_PASSWORD: BOARD_ADMIN.password,
       BOARD_OPS_PASSWORD: BOARD_OPS.password,
+      // As the fleet's own API (test/support/fleet.ts): the event loop is the test's.
+      MAX_EVENT_LOOP_DELAY_MS: "10000",
       ...env,
     }),
     { logDestination: new LogCapture() },

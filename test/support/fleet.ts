@@ -126,6 +126,10 @@ export async function startTestFleet(
       BOARD_OPS_PASSWORD: "ops-password-for-tests",
       IP_RATE: "100000",
       IP_BURST: "100000",
+      // The API here shares its event loop with in-process workers (model loads, closes)
+      // and the test itself: a stall of theirs on a loaded CI box is not the API's load,
+      // and must not shed its requests with 503 OVERLOADED.
+      MAX_EVENT_LOOP_DELAY_MS: "10000",
     }),
     { logDestination: logs },
   );

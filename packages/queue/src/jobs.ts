@@ -50,6 +50,8 @@ export function parseFailure(reason: string | undefined): { code: string; messag
  * cut: after a Redis Cluster outage BullMQ's close can wait forever on a blocking read.
  */
 const CLOSE_WAIT_MS = 2000;
+/** Tries at starting a model's event listener before a follower is answered 503. */
+const LISTENER_ATTEMPTS = 3;
 
 const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
 
@@ -384,6 +386,19 @@ export class JobQueues {
    * is young enough that events from before it started may have been missed.
    */
   private async ensureEvents(model: string): Promise<boolean> {
+    // A listener that could not start is tried again, twice, within the request: a
+    // connection refused or cut once (a loaded host, a Redis restarting) is not yet a 503.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startEvents(model);
+      } catch (err) {
+        if (attempt >= LISTENER_ATTEMPTS) throw err;
+        await new Promise((r) => setTimeout(r, 150 * attempt));
+      }
+    }
+  }
+
+  private async startEvents(model: string): Promise<boolean> {
     let e = this.events.get(model);
     if (!e) {
       const conn = this.blockingConnection();
