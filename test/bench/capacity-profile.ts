@@ -5,7 +5,6 @@
  *
  *   node --conditions=@citadel/source --import tsx test/bench/capacity-profile.ts [jobs] [profile dir]
  */
-import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { buildIdentityModel } from "@citadel/onnx";
 import { queueName, queuePrefix } from "@citadel/queue";
@@ -24,6 +23,7 @@ import {
   startProc,
   workerEnv,
 } from "./harness.js";
+import { printTopSelfTime } from "./profile-summary.js";
 
 const jobs = Number(process.argv[2] ?? 20_000);
 const dir = path.resolve(process.argv[3] ?? "/tmp/citadel-capacity-profile");
@@ -76,27 +76,4 @@ await queue.close();
 await fleet.close();
 await own.stop();
 
-interface Node {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  hitCount?: number;
-}
-// One file per thread (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile): the main
-// thread's (thread 0) of the newest run, not a loader or runner thread's.
-const file = readdirSync(dir)
-  .filter((f) => /\.0\.\d+\.cpuprofile$/.test(f))
-  .map((f) => path.join(dir, f))
-  .sort()
-  .pop();
-if (!file) throw new Error("no profile written");
-const prof = JSON.parse(readFileSync(file, "utf8")) as { nodes: Node[]; samples: number[] };
-const self = new Map<string, number>();
-const total = prof.samples.length;
-for (const n of prof.nodes) {
-  const f = n.callFrame;
-  const key = `${f.functionName || "(anonymous)"} ${f.url.replace(/^.*node_modules\//, "nm/").replace(/^file:\/\/.*?\/(packages|apps)\//, "$1/")}:${f.lineNumber + 1}`;
-  self.set(key, (self.get(key) ?? 0) + (n.hitCount ?? 0));
-}
-say(`profile: ${file}: ${total} samples; top self time:`);
-for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 40))
-  say(`  ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
+printTopSelfTime(dir, worker.pid);

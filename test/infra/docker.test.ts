@@ -1,3 +1,4 @@
+import { SERVICE_NODE_FLAGS } from "@citadel/config";
 import { describe, expect, it } from "vitest";
 import { roleIds } from "./compose-secrets.js";
 import { isPinnedImage, read } from "./support.js";
@@ -129,7 +130,7 @@ describe.each(APP_TARGETS)("%s: built JavaScript, production dependencies only",
     expect(argv[2]).toBe(
       app === "cli"
         ? 'ulimit -c 0 && exec node apps/cli/bin/citadel.mjs "$@"'
-        : `ulimit -c 0 && exec node apps/${app}/dist/main.js`,
+        : `ulimit -c 0 && exec node ${SERVICE_NODE_FLAGS.join(" ")} apps/${app}/dist/main.js`,
     );
   });
 });

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
+import { SERVICE_NODE_FLAGS } from "@citadel/config";
 import { keys } from "@citadel/queue";
 import { describe, expect, it } from "vitest";
 import { roleIds } from "./compose-secrets.js";
@@ -564,6 +565,20 @@ describe.each(["base", ...OVERLAYS] as const)(`k8s %s: roles, Vault, audit keys,
         expect(cmd[2], name(w)).toMatch(/^ulimit -c 0 && exec /);
       }
     }
+  });
+
+  it("runs the API and the workers with the service Node flags (SERVICE_NODE_FLAGS)", () => {
+    const seen = new Set<string>();
+    for (const role of roles) {
+      for (const { c, w } of citadelContainers(docs, role)) {
+        const cmd = str(arr(c.command)[2]);
+        const app = /exec node (?:\S+ )*apps\/(api|worker)\/dist\/main\.js$/.exec(cmd)?.[1];
+        if (!app) continue;
+        seen.add(app);
+        expect(cmd, name(w)).toBe(`ulimit -c 0 && exec node ${SERVICE_NODE_FLAGS.join(" ")} apps/${app}/dist/main.js`);
+      }
+    }
+    expect([...seen].sort()).toEqual(["api", "worker"]);
   });
 
   it(`keeps MAX_TENANT_QUEUED_BYTES × ${QUOTA_FACTOR_TEXT} below Redis maxmemory, and TTLs short`, () => {

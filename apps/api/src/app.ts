@@ -50,6 +50,7 @@ import {
   sendBinaryView,
   wantsBinary,
 } from "./binary-body.js";
+import { readBinaryBody } from "./binary-reader.js";
 import { type BoardOptions, registerBoard } from "./board.js";
 import { requestError, sendError } from "./errors.js";
 import { EventStreams, streamJobEvents } from "./events.js";
@@ -191,8 +192,9 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       done(err as Error, undefined);
     }
   });
-  // KServe v2 binary bodies: buffered under the same bodyLimit, decoded by the submit handlers.
-  app.addContentTypeParser(BINARY_CONTENT_TYPE, { parseAs: "buffer" }, (_req, body, done) => done(null, body));
+  // KServe v2 binary bodies: buffered under the same bodyLimit with their tensor bytes
+  // aligned (binary-reader.ts), decoded by the submit handlers.
+  app.addContentTypeParser(BINARY_CONTENT_TYPE, readBinaryBody);
 
   // A submit refused before its handler ran (body parser, schema, headers) is audited
   // and counted here; refusals from the hooks and handlers record themselves.

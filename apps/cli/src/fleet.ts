@@ -3,7 +3,7 @@ import { closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import net, { type Socket } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { PARENT_FD_ENV } from "@citadel/config";
+import { PARENT_FD_ENV, SERVICE_NODE_FLAGS } from "@citadel/config";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -18,11 +18,12 @@ export function appArgs(app: "api" | "worker", form: AppForm = OWN_FORM): string
   if (form === "dist") {
     const main = path.join(repoRoot, "apps", app, "dist", "main.js");
     if (!existsSync(main)) throw new Error(`${main} is missing: run \`pnpm build\` first`);
-    return [main];
+    return [...SERVICE_NODE_FLAGS, main];
   }
   // The source condition makes workspace packages resolve to src/*.ts; tsx is resolved
   // from here, so the child can run from any working directory.
   return [
+    ...SERVICE_NODE_FLAGS,
     "--conditions=@citadel/source",
     "--import",
     import.meta.resolve("tsx"),

@@ -52,6 +52,8 @@ export function parseFailure(reason: string | undefined): { code: string; messag
 const CLOSE_WAIT_MS = 2000;
 /** Tries at starting a model's event listener before a follower is answered 503. */
 const LISTENER_ATTEMPTS = 3;
+/** Inputs from this size up are written as commands of their own, not in a pipeline. */
+const LARGE_INPUT_BYTES = 64 * 1024;
 
 const iso = (ms: number | undefined) => (ms ? new Date(ms).toISOString() : undefined);
 
@@ -163,10 +165,21 @@ export class JobQueues {
    */
   async enqueueMany(model: string, items: EnqueueItem[]): Promise<void> {
     const write = this.redis.pipeline();
+    const large: Promise<unknown>[] = [];
     for (const i of items) {
-      write.set(keys.inputs(this.settings.prefix, model, i.id), i.inputs, "PXAT", i.data.deadline + INPUTS_GRACE_MS);
+      const args = [
+        keys.inputs(this.settings.prefix, model, i.id),
+        i.inputs,
+        "PXAT",
+        i.data.deadline + INPUTS_GRACE_MS,
+      ] as const;
+      // A pipeline concatenates every command into one buffer before writing it: large
+      // inputs go as commands of their own, written from ioredis's one encoding copy.
+      if (i.inputs.byteLength >= LARGE_INPUT_BYTES) large.push(this.redis.set(...args));
+      else write.set(...args);
     }
-    for (const [err] of (await write.exec()) ?? []) if (err) throw err;
+    const [written] = await Promise.all([write.length ? write.exec() : [], Promise.all(large)]);
+    for (const [err] of written ?? []) if (err) throw err;
     // An id enqueued again (an Idempotency-Key retry of a job a failover lost) is not finished any more.
     for (const i of items) this.finished.delete(i.id);
     await this.queue(model).addBulk(

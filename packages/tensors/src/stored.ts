@@ -19,7 +19,9 @@ export function packInputs(
     meta.push({ name, dtype: t.dtype, shape: [...t.shape] });
     parts.push(bytesOf(t.data));
   }
-  return { meta, bytes: parts.length === 1 ? Buffer.from(parts[0] as Buffer) : Buffer.concat(parts) };
+  // One input (most models): its bytes as they are, a view of the request's buffer, not
+  // a copy; Redis gets them once and nothing writes to a request's buffer.
+  return { meta, bytes: parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts) };
 }
 
 /**

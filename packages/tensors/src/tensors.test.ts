@@ -80,6 +80,45 @@ describe("validateInputs", () => {
     expect(code(() => validateInputs(inputs as never, io))).toBe(expected);
   });
 
+  it.each([
+    ["float32", [-1e30, 0], undefined, null],
+    ["float32", [1, Number.NEGATIVE_INFINITY], undefined, ["TENSOR_NON_FINITE", 1]],
+    ["float32", [Number.NaN, 1], undefined, ["TENSOR_NON_FINITE", 0]],
+    ["float32", [0, 0, -3], [-2, 2], ["TENSOR_OUT_OF_RANGE", 2]],
+    ["float32", [0, Number.POSITIVE_INFINITY], [-2, 2], ["TENSOR_NON_FINITE", 1]],
+    ["float64", [0, 1e300], undefined, null],
+    ["float64", [0, Number.NaN], [-1, 1], ["TENSOR_NON_FINITE", 1]],
+    ["int32", [5, 6, 7], [0, 6], ["TENSOR_OUT_OF_RANGE", 2]],
+    ["int32", [-9, 2 ** 31 - 1], undefined, null],
+    ["uint8", [0, 255], [0, 255], null],
+  ] as const)("scans %s values %j (range %j): %j", (dtype, values, range, want) => {
+    const spec: TensorSpec = {
+      name: "v",
+      dtype,
+      shape: [null, values.length],
+      batchAxis: 0,
+      ...(range ? { range: [range[0], range[1]] } : {}),
+    };
+    const io1 = { inputs: [spec], outputs: [], maxBatch: 4 };
+    // Raw bytes, as a binary body or stored inputs reach validation: no JSON rounding first.
+    const typed = { float32: Float32Array, float64: Float64Array, int32: Int32Array, uint8: Uint8Array }[dtype];
+    const bytes = new Uint8Array(new typed(values as unknown as number[]).buffer);
+    const run = () => validateInputs({ v: { dtype, shape: [1, values.length], bytes } }, io1);
+    if (!want) {
+      expect(run().batch).toBe(1);
+      return;
+    }
+    const err = (() => {
+      try {
+        run();
+      } catch (e) {
+        return e as { code: string; details?: { index?: number } };
+      }
+      return null;
+    })();
+    expect([err?.code, err?.details?.index]).toEqual(want);
+  });
+
   it("refuses a shape whose product overflows before allocating", () => {
     const spec: TensorSpec = { name: "x", dtype: "float32", shape: [null, null, null], batchAxis: 0 };
     const huge = { x: { dtype: "float32" as const, shape: [1, 1 << 20, 1 << 20], data: "AAAA" } };

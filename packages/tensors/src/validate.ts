@@ -7,7 +7,7 @@ import {
   type TensorPayload,
   type TensorSpec,
 } from "@citadel/contracts";
-import { decodeArrayData, decodeBase64Data, decodeRawData, type Tensor } from "./codec.js";
+import { decodeArrayData, decodeBase64Data, decodeRawData, type Tensor, type TypedArray } from "./codec.js";
 import { fromBfloat16Bits, fromFloat16Bits, isNonFiniteHalf } from "./half.js";
 
 /** A tensor whose data is raw little-endian bytes (a binary request body, stored job inputs). */
@@ -163,14 +163,36 @@ function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
   }
   const lo = range ? range[0] : Number.NEGATIVE_INFINITY;
   const hi = range ? range[1] : Number.POSITIVE_INFINITY;
+  // Floats must also be finite: bounds clamped to the finite doubles make one comparison
+  // pass refuse NaN (fails both tests) and ±Inf (past both bounds) with the range.
+  const flo = isFloat ? Math.max(lo, -Number.MAX_VALUE) : lo;
+  const fhi = isFloat ? Math.min(hi, Number.MAX_VALUE) : hi;
+  const i = data instanceof Float32Array ? firstOutsideF32(data, flo, fhi) : firstOutside(data, flo, fhi);
+  if (i < 0) return;
+  const v = data[i] as number;
+  if (isFloat && !Number.isFinite(v)) throw nonFinite(spec, i);
+  throw rangeError(spec, i, range ?? [lo, hi]);
+}
+
+/*
+ * The scans over every element: float32 (most models' inputs) has a loop of its own so
+ * that V8 sees one array type there and keeps it a tight loop (a loop shared by all
+ * typed arrays runs several times slower on 1.7 MB inputs).
+ */
+function firstOutsideF32(data: Float32Array, lo: number, hi: number): number {
   for (let i = 0; i < data.length; i++) {
     const v = data[i] as number;
-    // One comparison pass: NaN fails both `>=` tests, ±Inf fails isFinite.
-    if (!(v >= lo && v <= hi) || (isFloat && !Number.isFinite(v))) {
-      if (isFloat && !Number.isFinite(v)) throw nonFinite(spec, i);
-      throw rangeError(spec, i, range ?? [lo, hi]);
-    }
+    if (!(v >= lo && v <= hi)) return i;
   }
+  return -1;
+}
+
+function firstOutside(data: Exclude<TypedArray, BigInt64Array>, lo: number, hi: number): number {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i] as number;
+    if (!(v >= lo && v <= hi)) return i;
+  }
+  return -1;
 }
 
 /**

@@ -1,0 +1,72 @@
+import { Readable } from "node:stream";
+import Fastify from "fastify";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readBinaryBody } from "./binary-reader.js";
+
+const LIMIT = 4096;
+const app = Fastify({ bodyLimit: LIMIT });
+app.addContentTypeParser("application/octet-stream", readBinaryBody);
+app.post("/", async (req) => {
+  const body = req.body as Buffer;
+  const h = Number(req.headers["inference-header-content-length"] ?? 0);
+  const data = body.subarray(h);
+  return { length: body.length, dataOffsetMod8: data.byteOffset % 8, bytes: [...body] };
+});
+beforeAll(() => app.ready());
+afterAll(() => app.close());
+
+const bytes = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + 3) & 255));
+const post = (payload: Buffer | Readable, headers: Record<string, string>) =>
+  app.inject({
+    method: "POST",
+    url: "/",
+    headers: { "content-type": "application/octet-stream", ...headers },
+    payload,
+  });
+
+describe("readBinaryBody", () => {
+  it.each([0, 1, 5, 13, 64, 101])(
+    "starts the bytes after a %i-byte header on an 8-byte boundary, body unchanged",
+    async (h) => {
+      const body = bytes(h + 200);
+      const res = await post(body, { "inference-header-content-length": String(h) });
+      expect(res.statusCode).toBe(200);
+      expect(res.json()).toEqual({ length: body.length, dataOffsetMod8: 0, bytes: [...body] });
+    },
+  );
+
+  it("reads a chunked body (no Content-Length) the same way", async () => {
+    const body = bytes(3000);
+    const res = await post(Readable.from([body.subarray(0, 1000), body.subarray(1000, 2500), body.subarray(2500)]), {
+      "inference-header-content-length": "11",
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ length: 3000, dataOffsetMod8: 0, bytes: [...body] });
+  });
+
+  it("refuses a Content-Length past the body limit before reading (413)", async () => {
+    const res = await post(bytes(LIMIT + 1), { "inference-header-content-length": "3" });
+    expect(res.statusCode).toBe(413);
+    expect(res.json().code).toBe("FST_ERR_CTP_BODY_TOO_LARGE");
+  });
+
+  it("stops reading a chunked body at the limit (413)", async () => {
+    const res = await post(Readable.from([bytes(3000), bytes(3000)]), { "inference-header-content-length": "3" });
+    expect(res.statusCode).toBe(413);
+  });
+
+  it("refuses a body shorter than its Content-Length (400)", async () => {
+    const res = await post(bytes(100), { "content-length": "120", "inference-header-content-length": "3" });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().code).toBe("FST_ERR_CTP_INVALID_CONTENT_LENGTH");
+  });
+
+  it("leaves a missing or malformed header length to the decoder (the body is read as is)", async () => {
+    for (const h of [undefined, "x", "-1"]) {
+      const body = bytes(50);
+      const res = await post(body, h === undefined ? {} : { "inference-header-content-length": h });
+      expect(res.statusCode).toBe(200);
+      expect(res.json().bytes).toEqual([...body]);
+    }
+  });
+});

@@ -1,0 +1,93 @@
+/**
+ * Where the API and the worker spend their main threads' time on the bench's 16-sample
+ * row: PaddleOCR cls, jobs of 16 samples (1.7 MB) sent as binary bodies by `clients`
+ * closed loops for `seconds`, both processes under `--cpu-prof`; prints jobs/s, CPU per
+ * job per process, and each main thread's functions with the most self time.
+ *
+ *   node --conditions=@citadel/source --import tsx test/bench/multi-profile.ts [seconds] [clients] [profile dir]
+ */
+import { readFileSync, rmSync } from "node:fs";
+import path from "node:path";
+import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
+import {
+  apiEnv,
+  Client,
+  cpuMsOf,
+  freePort,
+  randomInput,
+  rssOf,
+  say,
+  setupFleet,
+  startOwnRedis,
+  startProc,
+  workerEnv,
+} from "./harness.js";
+import { printTopSelfTime } from "./profile-summary.js";
+import { binaryBody, stackSamples } from "./wire.js";
+
+const seconds = Number(process.argv[2] ?? 15);
+const clients = Number(process.argv[3] ?? 3);
+const dir = path.resolve(process.argv[4] ?? "/tmp/citadel-multi-profile");
+const profile = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : process.env.NO_PROFILE ? [] : ["--cpu-prof", `--cpu-prof-dir=${dir}`];
+rmSync(dir, { recursive: true, force: true });
+const SAMPLES = 16;
+const PER = 3 * 48 * 192;
+
+const own = await startOwnRedis();
+const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
+await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
+  name: "ocr-cls",
+  version: "1",
+  spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
+});
+const apiPort = await freePort();
+const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, { nodeArgs: profile });
+const port = await freePort();
+const worker = await startProc(
+  "worker",
+  "worker",
+  workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "ocr-cls" }),
+  fleet.logDir,
+  port,
+  { nodeArgs: profile },
+);
+const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
+const pool = Array.from({ length: 64 }, (_, i) => randomInput(PER, 1000 + i));
+const bodies = Array.from({ length: 8 }, (_, i) =>
+  binaryBody("ocr-cls", [{ name: "x", shape: [SAMPLES, 3, 48, 192], data: stackSamples(pool, i * SAMPLES, SAMPLES) }]),
+);
+const client = new Client(api.url, fleet.apiKey);
+let done = 0;
+let failed = 0;
+const loop = async (c: number, until: number, count: boolean) => {
+  for (let i = c; performance.now() < until; i += clients) {
+    const b = bodies[i % bodies.length] as (typeof bodies)[number];
+    const r = await client.submitAndWait(b.body, { headerLength: b.headerLength });
+    if (!count) continue;
+    if (r.view?.status === "completed") done++;
+    else failed++;
+  }
+};
+const warm = performance.now() + 3000;
+await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, warm, false)));
+const cpu0 = { api: cpuMsOf(api.pid), worker: cpuMsOf(worker.pid), redis: cpuMsOf(redisPid), me: process.cpuUsage() };
+const t0 = performance.now();
+await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, t0 + seconds * 1000, true)));
+const s = (performance.now() - t0) / 1000;
+const me = process.cpuUsage(cpu0.me);
+const per = (ms: number) => (ms / done).toFixed(2);
+say(
+  `multi: ${done} jobs (${failed} failed) in ${s.toFixed(1)} s: ${(done / s).toFixed(1)} jobs/s, ` +
+    `${((done * SAMPLES) / s).toFixed(0)} samples/s; CPU ms/job: api ${per(cpuMsOf(api.pid) - cpu0.api)}, ` +
+    `worker ${per(cpuMsOf(worker.pid) - cpu0.worker)}, redis ${per(cpuMsOf(redisPid) - cpu0.redis)}, ` +
+    `client ${per((me.user + me.system) / 1000)}; RSS MB: api ${(rssOf(api.pid) / 2 ** 20).toFixed(0)}, ` +
+    `worker ${(rssOf(worker.pid) / 2 ** 20).toFixed(0)}`,
+);
+await worker.stop();
+await api.stop();
+await fleet.close();
+await own.stop();
+if (profile.includes("--cpu-prof")) {
+  printTopSelfTime(dir, api.pid, 30);
+  printTopSelfTime(dir, worker.pid, 30);
+}
