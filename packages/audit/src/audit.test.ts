@@ -120,7 +120,7 @@ describe("keyed audit chain, one stream per writer", () => {
     expect((await redis.get(head))?.split(":")[0]).toBe("7");
   });
 
-  it("stops a batch at the first record Redis refuses, its head naming the last one in", async () => {
+  it("stops a batch at the first record Redis refuses; its head never names a record not in the stream", async () => {
     const prefix = freshPrefix();
     const key = newKey();
     const w = writer(prefix, "api", key);

@@ -33,16 +33,18 @@ export interface AuditLogger {
 
 /**
  * One round trip of the writer: its records appended to its stream and its head moved to
- * the last one written, atomically (one EVALSHA where a MULTI took XADDs + SET +
- * PEXPIREAT + EXEC). The stream's expiry is set only when the writer says (a new chain,
- * a renewed lease, after a failure) or when the stream was missing (XADD NOMKSTREAM
- * answered nil: lost to a failover, deleted): a stream never exists without one for
- * long. An XADD that fails stops the call: the head names the last record in, so
- * nothing is written twice.
+ * the last one, atomically (one EVALSHA where a MULTI took XADDs + SET + PEXPIREAT +
+ * EXEC). The stream's expiry is set only when the writer says (a new chain, a renewed
+ * lease, after a failure) or when the stream was missing (XADD NOMKSTREAM answered nil:
+ * lost to a failover, deleted): a stream never exists without one for long. An XADD
+ * that fails stops the call and leaves the head where it was (the caller drops the
+ * records written, so nothing is written twice; the next call's head covers them): a
+ * head names a record in the stream, and records past it are what a verifier reading a
+ * live stream expects anyway. One head per call, not per record: a head costs an HMAC.
  *
  *   KEYS[1] the stream, KEYS[2] the head
  *   ARGV[1] MAXLEN (~), ARGV[2] expiry (epoch ms), ARGV[3] '1': set the stream's expiry,
- *   ARGV[4] n, then per record i: ARGV[3 + 2i] the record (JSON), ARGV[4 + 2i] its head
+ *   ARGV[4] n, ARGV[5] the head naming record n, then ARGV[5 + i] record i (JSON)
  *   Output: {records written, the error that stopped the call or ''}
  */
 const APPEND_LUA = `
@@ -50,7 +52,7 @@ local maxLen, untilMs, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local expire = ARGV[3] == '1'
 local written, failure = 0, ''
 for i = 1, n do
-  local rec = ARGV[3 + 2 * i]
+  local rec = ARGV[5 + i]
   local id
   if i == 1 and not expire then
     id = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', maxLen, '*', 'r', rec)
@@ -67,8 +69,8 @@ for i = 1, n do
   end
   written = i
 end
-if written > 0 then
-  redis.call('SET', KEYS[2], ARGV[4 + 2 * written], 'PXAT', untilMs)
+if written == n and n > 0 then
+  redis.call('SET', KEYS[2], ARGV[5], 'PXAT', untilMs)
 elseif failure == '' then
   redis.call('PEXPIREAT', KEYS[2], untilMs)
 end
@@ -200,8 +202,9 @@ export class AuditWriter implements AuditSink {
         if (batch.length > 0 || this.renewDue) {
           const until = this.leaseUntil;
           const args = [String(this.maxLen), String(until), this.renewDue || this.streamExpiry !== until ? "1" : "0"];
-          args.push(String(batch.length));
-          for (const r of batch) args.push(JSON.stringify(r), formatHead(this.key, this.writerId, r.seq, r.hash));
+          const last = batch.at(-1);
+          args.push(String(batch.length), last ? formatHead(this.key, this.writerId, last.seq, last.hash) : "");
+          for (const r of batch) args.push(JSON.stringify(r));
           const append = (this.redis as unknown as Record<string, (...a: string[]) => Promise<[number, string]>>)[
             APPEND
           ];
