@@ -21,6 +21,8 @@
 
   Output: the number of jobs given back
 ]]
+--- @include "includes/quotaLower.lua"
+
 local n = tonumber(ARGV[1])
 local jobs, bytes = 0, 0
 for i = 1, n do
@@ -40,8 +42,5 @@ for i = 1, n do
   end
 end
 if jobs == 0 then return 0 end
-local j = redis.call('DECRBY', KEYS[1], jobs)
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], bytes)
-if b < 0 then redis.call('SET', KEYS[2], 0) end
+quotaLower(KEYS[1], KEYS[2], jobs, bytes)
 return jobs

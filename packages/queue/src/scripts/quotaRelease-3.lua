@@ -11,10 +11,9 @@
 
   Output: 1 when this call released the share, 0 when it was already released
 ]]
+--- @include "includes/quotaLower.lua"
+
 local bytes = redis.call('GETDEL', KEYS[3])
 if not bytes then return 0 end
-local j = redis.call('DECR', KEYS[1])
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], bytes)
-if b < 0 then redis.call('SET', KEYS[2], 0) end
+quotaLower(KEYS[1], KEYS[2], 1, bytes)
 return 1

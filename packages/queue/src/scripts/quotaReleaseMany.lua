@@ -12,6 +12,8 @@
 
   Output: the number of jobs this call released
 ]]
+--- @include "includes/quotaLower.lua"
+
 local jobs, bytes = 0, 0
 for i = 3, #KEYS do
   local held = redis.call('GETDEL', KEYS[i])
@@ -21,8 +23,5 @@ for i = 3, #KEYS do
   end
 end
 if jobs == 0 then return 0 end
-local j = redis.call('DECRBY', KEYS[1], jobs)
-if j < 0 then redis.call('SET', KEYS[1], 0) end
-local b = redis.call('DECRBY', KEYS[2], bytes)
-if b < 0 then redis.call('SET', KEYS[2], 0) end
+quotaLower(KEYS[1], KEYS[2], jobs, bytes)
 return jobs
