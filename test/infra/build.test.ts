@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { builtinModules } from "node:module";
 import path from "node:path";
 import { appArgs, type FleetProcess, freePort, repoRoot, startProcess } from "@citadel/cli/fleet";
+import { SERVICE_NODE_FLAGS } from "@citadel/config";
 import { buildConvNet } from "@citadel/onnx";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
@@ -160,13 +161,14 @@ describe("the API and a worker from dist, with plain node", () => {
     await fleet?.close();
   });
 
-  it("starts each app as `node apps/<app>/dist/main.js`: no tsx, no source condition, no NODE_OPTIONS", () => {
+  it("starts each app as `node <service flags> apps/<app>/dist/main.js`: no tsx, no source condition, no NODE_OPTIONS", () => {
     for (const [p, app] of [
       [procs[0], "api"],
       [procs[1], "worker"],
     ] as const) {
-      expect(p?.child.spawnargs).toEqual([process.execPath, path.join(repoRoot, "apps", app, "dist", "main.js")]);
-      expect(appArgs(app, "dist")).toEqual([path.join(repoRoot, "apps", app, "dist", "main.js")]);
+      const main = path.join(repoRoot, "apps", app, "dist", "main.js");
+      expect(p?.child.spawnargs).toEqual([process.execPath, ...SERVICE_NODE_FLAGS, main]);
+      expect(appArgs(app, "dist")).toEqual([...SERVICE_NODE_FLAGS, main]);
     }
     // startProcess gives a child only the env it is handed (and PATH, HOME).
     expect(Object.keys(fleet.env)).not.toContain("NODE_OPTIONS");
