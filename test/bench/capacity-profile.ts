@@ -4,6 +4,9 @@
  * drain the queue, stops it, and prints the functions with the most self time.
  *
  *   node --conditions=@citadel/source --import tsx test/bench/capacity-profile.ts [jobs] [profile dir]
+ *
+ * NO_PROFILE=1 runs it without the profiler (the rate alone); NODE_ARGS="…" starts the
+ * worker with those Node flags instead (e.g. --trace-gc, whose lines go to its log).
  */
 import path from "node:path";
 import { buildIdentityModel } from "@citadel/onnx";
@@ -59,7 +62,13 @@ const worker = await startProc(
   workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "noop" }),
   fleet.logDir,
   port,
-  { nodeArgs: process.env.NO_PROFILE ? [] : ["--cpu-prof", `--cpu-prof-dir=${dir}`] },
+  {
+    nodeArgs: process.env.NODE_ARGS
+      ? process.env.NODE_ARGS.split(" ")
+      : process.env.NO_PROFILE
+        ? []
+        : ["--cpu-prof", `--cpu-prof-dir=${dir}`],
+  },
 );
 const unsettled = async () =>
   Object.values(await queue.getJobCounts("wait", "active", "prioritized")).reduce((a, n) => a + n, 0);
@@ -76,4 +85,4 @@ await queue.close();
 await fleet.close();
 await own.stop();
 
-printTopSelfTime(dir, worker.pid);
+if (!process.env.NODE_ARGS && !process.env.NO_PROFILE) printTopSelfTime(dir, worker.pid);

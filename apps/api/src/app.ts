@@ -208,7 +208,11 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
 
   app.setErrorHandler((err, req, reply) => {
     const refusal = requestError(err, s.bodyLimit);
-    if (refusal) return refuse(req, reply, refusal);
+    if (refusal) {
+      // The client sees only the code; why the job store failed (refused, timed out) goes to the log.
+      if (refusal.code === "QUEUE_UNAVAILABLE") req.log.warn({ err }, "answered 503: the job store is unavailable");
+      return refuse(req, reply, refusal);
+    }
     req.log.error({ err }, "unhandled error");
     return sendError(req, reply, new CitadelError("INTERNAL", "internal error"));
   });
