@@ -1,10 +1,15 @@
 import { Readable } from "node:stream";
+import type { Tenant } from "@citadel/tenants";
 import Fastify from "fastify";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { readBinaryBody } from "./binary-reader.js";
 
 const LIMIT = 4096;
 const app = Fastify({ bodyLimit: LIMIT });
+// As the API's auth hook does: a request naming a tenant is an authenticated one.
+app.addHook("onRequest", async (req) => {
+  if (req.headers["x-test-tenant"]) req.tenant = { id: String(req.headers["x-test-tenant"]) } as Tenant;
+});
 app.addContentTypeParser("application/octet-stream", readBinaryBody);
 app.post("/", async (req) => {
   const body = req.body as Buffer;
@@ -16,11 +21,15 @@ beforeAll(() => app.ready());
 afterAll(() => app.close());
 
 const bytes = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + 3) & 255));
-const post = (payload: Buffer | Readable, headers: Record<string, string>) =>
+const post = (payload: Buffer | Readable, headers: Record<string, string>, tenant: string | null = "t1") =>
   app.inject({
     method: "POST",
     url: "/",
-    headers: { "content-type": "application/octet-stream", ...headers },
+    headers: {
+      "content-type": "application/octet-stream",
+      ...(tenant ? { "x-test-tenant": tenant } : {}),
+      ...headers,
+    },
     payload,
   });
 
@@ -59,6 +68,29 @@ describe("readBinaryBody", () => {
     const res = await post(bytes(100), { "content-length": "120", "inference-header-content-length": "3" });
     expect(res.statusCode).toBe(400);
     expect(res.json().code).toBe("FST_ERR_CTP_INVALID_CONTENT_LENGTH");
+  });
+
+  it("reserves a buffer of the declared length only for an authenticated tenant", async () => {
+    const spy = vi.spyOn(Buffer, "allocUnsafeSlow");
+    try {
+      // Declares 4,000 bytes, sends 100: refused either way; only the tenant's request reserved 4,000 first.
+      for (const tenant of ["t1", null]) {
+        spy.mockClear();
+        const res = await post(
+          bytes(100),
+          { "content-length": "4000", "inference-header-content-length": "3" },
+          tenant,
+        );
+        expect(res.statusCode).toBe(400);
+        expect(spy.mock.calls.some(([n]) => n >= 4000)).toBe(tenant !== null);
+      }
+      // An anonymous body that arrives whole is still read, aligned.
+      const body = bytes(300);
+      const res = await post(body, { "inference-header-content-length": "5" }, null);
+      expect(res.json()).toEqual({ length: 300, dataOffsetMod8: 0, bytes: [...body] });
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("leaves a missing or malformed header length to the decoder (the body is read as is)", async () => {

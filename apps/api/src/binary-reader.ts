@@ -30,7 +30,11 @@ export function readBinaryBody(
   const headerLength = typeof raw === "string" && /^[0-9]{1,15}$/.test(raw) ? Number(raw) : 0;
   // A header length that is not a number, or past the body, is refused later (splitBinaryBody) with its own code.
   const pad = (ALIGN - (headerLength % ALIGN)) % ALIGN;
-  let into = known ? alignedBuffer(pad, declared) : null;
+  // Sized from Content-Length only for an authenticated tenant (its route's auth and
+  // rate limits ran before this parser): Fastify parses bodies of routes without auth
+  // too (a 404 included), and a body declared large that never arrives must not reserve
+  // that much for an anonymous client. Others' chunks are kept as they come.
+  let into = known && req.tenant ? alignedBuffer(pad, declared) : null;
   const chunks: Buffer[] = [];
   let received = 0;
   const finish = (err: Error | null, body?: Buffer) => {
@@ -50,7 +54,7 @@ export function readBinaryBody(
   const onEnd = () => {
     if (known && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
     if (!into) {
-      // Chunked transfer: no length up front, so the chunks are placed once they are all here.
+      // No length up front (chunked), or no tenant: the chunks are placed once they are all here.
       into = alignedBuffer(pad, received);
       let at = pad;
       for (const c of chunks) at += c.copy(into, at);
