@@ -26,7 +26,7 @@ import {
   startProc,
   workerEnv,
 } from "./harness.js";
-import { printTopSelfTime } from "./profile-summary.js";
+import { printTopSelfTime, profiledNodeArgs } from "./profile-summary.js";
 
 const jobs = Number(process.argv[2] ?? 20_000);
 const dir = path.resolve(process.argv[3] ?? "/tmp/citadel-capacity-profile");
@@ -62,13 +62,7 @@ const worker = await startProc(
   workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "noop" }),
   fleet.logDir,
   port,
-  {
-    nodeArgs: process.env.NODE_ARGS
-      ? process.env.NODE_ARGS.split(" ")
-      : process.env.NO_PROFILE
-        ? []
-        : ["--cpu-prof", `--cpu-prof-dir=${dir}`],
-  },
+  { nodeArgs: profiledNodeArgs(dir) },
 );
 const unsettled = async () =>
   Object.values(await queue.getJobCounts("wait", "active", "prioritized")).reduce((a, n) => a + n, 0);
@@ -85,4 +79,4 @@ await queue.close();
 await fleet.close();
 await own.stop();
 
-if (!process.env.NODE_ARGS && !process.env.NO_PROFILE) printTopSelfTime(dir, worker.pid);
+if (profiledNodeArgs(dir).includes("--cpu-prof")) printTopSelfTime(dir, worker.pid);

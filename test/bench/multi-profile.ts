@@ -22,17 +22,13 @@ import {
   startProc,
   workerEnv,
 } from "./harness.js";
-import { printTopSelfTime } from "./profile-summary.js";
+import { printTopSelfTime, profiledNodeArgs } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
 
 const seconds = Number(process.argv[2] ?? 15);
 const clients = Number(process.argv[3] ?? 3);
 const dir = path.resolve(process.argv[4] ?? "/tmp/citadel-multi-profile");
-const profile = process.env.NODE_ARGS
-  ? process.env.NODE_ARGS.split(" ")
-  : process.env.NO_PROFILE
-    ? []
-    : ["--cpu-prof", `--cpu-prof-dir=${dir}`];
+const profile = profiledNodeArgs(dir);
 rmSync(dir, { recursive: true, force: true });
 const SAMPLES = 16;
 const PER = 3 * 48 * 192;

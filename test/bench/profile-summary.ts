@@ -33,3 +33,12 @@ export function printTopSelfTime(dir: string, pid?: number, top = 40): void {
   for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top))
     say(`  ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`);
 }
+
+/**
+ * Node flags for the profiled processes: NODE_ARGS="…" when set (e.g. --trace-gc, whose
+ * lines go to their logs), none with NO_PROFILE=1, else `--cpu-prof` into `dir`.
+ */
+export function profiledNodeArgs(dir: string): string[] {
+  if (process.env.NODE_ARGS) return process.env.NODE_ARGS.split(" ");
+  return process.env.NO_PROFILE ? [] : ["--cpu-prof", `--cpu-prof-dir=${dir}`];
+}
