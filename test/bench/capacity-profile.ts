@@ -6,7 +6,8 @@
  *   node --conditions=@citadel/source --import tsx test/bench/capacity-profile.ts [jobs] [profile dir]
  *
  * NO_PROFILE=1 runs it without the profiler (the rate alone); NODE_ARGS="…" starts the
- * worker with those Node flags instead (e.g. --trace-gc, whose lines go to its log).
+ * worker with those Node flags instead (e.g. --trace-gc, whose lines go to its log);
+ * APP_FORM=dist starts the built worker (run `pnpm build` first).
  */
 import path from "node:path";
 import { buildIdentityModel } from "@citadel/onnx";
@@ -29,6 +30,8 @@ import {
 import { printTopSelfTime, profiledNodeArgs } from "./profile-summary.js";
 
 const jobs = Number(process.argv[2] ?? 20_000);
+/** APP_FORM=dist profiles the built worker (what ships; no TypeScript loader in the profile). */
+const APP_FORM = process.env.APP_FORM === "dist" ? "dist" : "source";
 const dir = path.resolve(process.argv[3] ?? "/tmp/citadel-capacity-profile");
 const own = await startOwnRedis();
 const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
@@ -53,7 +56,8 @@ const body = JSON.stringify({
   })),
 });
 for (let left = jobs; left > 0; left -= 500) await client.bulk(body);
-const queue = new Queue(queueName("noop"), { connection: new Redis(own.url), prefix: queuePrefix("{bench}", "noop") });
+const connection = new Redis(own.url);
+const queue = new Queue(queueName("noop"), { connection, prefix: queuePrefix("{bench}", "noop") });
 say(`profile: ${await queue.count()} jobs queued; starting one worker with --cpu-prof (${dir})`);
 const port = await freePort();
 const worker = await startProc(
@@ -62,7 +66,7 @@ const worker = await startProc(
   workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "noop" }),
   fleet.logDir,
   port,
-  { nodeArgs: profiledNodeArgs(dir) },
+  { nodeArgs: profiledNodeArgs(dir), form: APP_FORM },
 );
 const unsettled = async () =>
   Object.values(await queue.getJobCounts("wait", "active", "prioritized")).reduce((a, n) => a + n, 0);
@@ -76,6 +80,8 @@ while ((await unsettled()) > 0) await sleep(20);
 await worker.stop();
 await api.stop();
 await queue.close();
+// BullMQ leaves a connection it was given open: without this the script never exits.
+connection.disconnect();
 await fleet.close();
 await own.stop();
 

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
+import { canonicalJson } from "@citadel/contracts";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -9,6 +10,8 @@ import {
   auditWritersKey,
   createAuditAnchor,
   formatLease,
+  macRecord,
+  sealRecord,
   verifyAuditStream,
 } from "./index.js";
 
@@ -70,6 +73,38 @@ function sha256Record(body: Record<string, unknown>): string {
   const sorted = Object.fromEntries(Object.entries(body).sort(([a], [b]) => (a < b ? -1 : 1)));
   return createHash("sha256").update(JSON.stringify(sorted)).digest("hex");
 }
+
+describe("sealing a record (the writer's one pass)", () => {
+  const chain = { writer: "worker:w1:0a0b", seq: 7, prev: "p".repeat(64), ts: "2026-12-01T00:00:00.000Z", kid: "k" };
+  it("MACs the canonical form by definition, and stores that form with the MAC", () => {
+    const key = newKey();
+    const cases = [
+      { jobId: "j1", tenant: "acme", queueMs: 1.5, batchSize: 3, outcome: "completed", provider: "cpu" },
+      { jobId: "j2", errorCode: undefined, detail: 'quote " and \\ back\nslash', count: 0, inferenceMs: 1e-7 },
+      {},
+    ];
+    for (const fields of cases) {
+      const { record, json } = sealRecord(key, fields, { ...chain, event: "job.completed", kid: key.kid });
+      const { hash, ...body } = record;
+      expect(hash).toBe(macRecord(key, body));
+      expect(JSON.parse(json)).toEqual(record);
+      // The stored form is the canonical body with the MAC appended.
+      expect(json).toBe(`${canonicalJson(body).slice(0, -1)},"hash":"${hash}"}`);
+      expect(Object.keys(body)).toEqual(Object.keys(body).sort());
+      expect("errorCode" in body).toBe(false);
+    }
+  });
+
+  it("leaves out fields outside the contract, and falls back to the canonical form for a non-plain value", () => {
+    const key = newKey();
+    const fields = { jobId: "j", unknownField: "x", detail: { nested: [2, 1] } } as unknown as { jobId: string };
+    const { record, json } = sealRecord(key, fields, { ...chain, event: "job.failed", kid: key.kid });
+    expect("unknownField" in record).toBe(false);
+    const { hash, ...body } = record;
+    expect(hash).toBe(macRecord(key, body));
+    expect(json).toBe(`${canonicalJson(body).slice(0, -1)},"hash":"${hash}"}`);
+  });
+});
 
 describe("keyed audit chain, one stream per writer", () => {
   it("writes each writer to a stream and head of its own slot, listed in the writers hash", async () => {

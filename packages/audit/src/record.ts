@@ -52,9 +52,75 @@ export interface AuditRecord extends AuditFields {
   hash: string;
 }
 
+const RECORD_MAC_DOMAIN = "citadel.audit.record/v1";
+
 /** The record's MAC: over its canonical JSON (keys sorted), so field order does not matter. */
 export function macRecord(key: AuditKey, body: Omit<AuditRecord, "hash">): string {
-  return key.mac("citadel.audit.record/v1", canonicalJson(body));
+  return key.mac(RECORD_MAC_DOMAIN, canonicalJson(body));
+}
+
+/** The fields a writer sets on every record: its place in the chain. */
+export type ChainFields = Pick<AuditRecord, "writer" | "seq" | "prev" | "ts" | "event" | "kid">;
+
+/** Every field a record's body may carry, and whether the chain sets it; the type makes the list complete. */
+const BODY_FIELDS: { [K in keyof Omit<AuditRecord, "hash">]-?: K extends keyof ChainFields ? "chain" : "event" } = {
+  tenant: "event",
+  clientIp: "event",
+  requestId: "event",
+  jobId: "event",
+  model: "event",
+  version: "event",
+  batchSize: "event",
+  inputBytes: "event",
+  queueMs: "event",
+  inferenceMs: "event",
+  outcome: "event",
+  errorCode: "event",
+  workerId: "event",
+  artifactSha256: "event",
+  provider: "event",
+  detail: "event",
+  count: "event",
+  writer: "chain",
+  seq: "chain",
+  prev: "chain",
+  ts: "chain",
+  event: "chain",
+  kid: "chain",
+};
+/** In canonical order: a body built in this order is already sorted. */
+const SORTED_FIELDS = Object.entries(BODY_FIELDS)
+  .sort(([a], [b]) => (a < b ? -1 : 1))
+  .map(([k, from]) => [k, from === "chain"] as const);
+
+/** A sealed record: the object (for the log) and its stored form (for the stream). */
+export interface SealedRecord {
+  record: AuditRecord;
+  json: string;
+}
+
+/**
+ * A record's body, MAC and stored form in one pass (the writer's hot path: one record
+ * per job). The body is built with its keys in canonical order, undefined ones left
+ * out, so where every value is a string, number or boolean, JSON.stringify of it is
+ * canonicalJson(body) without a sort (audit.test.ts holds it to the definition); the
+ * stored form is that text with the MAC appended (a reader does not care about field
+ * order: the verifier recomputes the canonical form). Fields outside the contract's
+ * list are not recorded.
+ */
+export function sealRecord(key: AuditKey, fields: AuditFields, chain: ChainFields): SealedRecord {
+  const body: Record<string, unknown> = {};
+  let plain = true;
+  for (const [k, fromChain] of SORTED_FIELDS) {
+    const v = fromChain ? chain[k as keyof ChainFields] : fields[k as keyof AuditFields];
+    if (v === undefined) continue;
+    body[k] = v;
+    if (typeof v === "object") plain = false;
+  }
+  const canonical = plain ? JSON.stringify(body) : canonicalJson(body);
+  const hash = key.mac(RECORD_MAC_DOMAIN, canonical);
+  body.hash = hash;
+  return { record: body as unknown as AuditRecord, json: `${canonical.slice(0, -1)},"hash":${JSON.stringify(hash)}}` };
 }
 
 /** The `prev` of a writer's first record. Public: it only marks where a chain begins. */

@@ -4,14 +4,14 @@ import type { AuditKey } from "./key.js";
 import {
   type AuditEvent,
   type AuditFields,
-  type AuditRecord,
   auditHeadKey,
   auditStreamKey,
   auditWritersKey,
   formatHead,
   formatLease,
   genesis,
-  macRecord,
+  type SealedRecord,
+  sealRecord,
 } from "./record.js";
 import { pruneExpiredWriters } from "./verify.js";
 
@@ -110,7 +110,7 @@ export class AuditWriter implements AuditSink {
   private pruned = false;
   private readonly renewEveryMs: number;
   private readonly renewTimer: NodeJS.Timeout;
-  private readonly pending: AuditRecord[] = [];
+  private readonly pending: SealedRecord[] = [];
   private pumping: Promise<void> | null = null;
   private failing = false;
   private closed = false;
@@ -168,23 +168,21 @@ export class AuditWriter implements AuditSink {
   }
 
   record(event: AuditEvent, fields: AuditFields): void {
-    const body: Omit<AuditRecord, "hash"> = {
-      ...stripUndefined(fields),
+    const sealed = sealRecord(this.key, fields, {
       writer: this.writerId,
       seq: ++this.seq,
       prev: this.prev,
       ts: new Date().toISOString(),
       event,
       kid: this.key.kid,
-    };
-    const rec: AuditRecord = { ...body, hash: macRecord(this.key, body) };
-    this.prev = rec.hash;
-    this.log.info({ audit: rec }, `audit ${event}`);
-    this.pending.push(rec);
+    });
+    this.prev = sealed.record.hash;
+    this.log.info({ audit: sealed.record }, `audit ${event}`);
+    this.pending.push(sealed);
     if (this.pending.length > this.maxPending) {
       const dropped = this.pending.splice(0, this.pending.length - this.maxPending);
       this.log.error(
-        { dropped: dropped.length, fromSeq: dropped[0]?.seq },
+        { dropped: dropped.length, fromSeq: dropped[0]?.record.seq },
         "audit buffer full: oldest records kept only in the log",
       );
     }
@@ -202,9 +200,9 @@ export class AuditWriter implements AuditSink {
         if (batch.length > 0 || this.renewDue) {
           const until = this.leaseUntil;
           const args = [String(this.maxLen), String(until), this.renewDue || this.streamExpiry !== until ? "1" : "0"];
-          const last = batch.at(-1);
+          const last = batch.at(-1)?.record;
           args.push(String(batch.length), last ? formatHead(this.key, this.writerId, last.seq, last.hash) : "");
-          for (const r of batch) args.push(JSON.stringify(r));
+          for (const r of batch) args.push(r.json);
           const append = (this.redis as unknown as Record<string, (...a: string[]) => Promise<[number, string]>>)[
             APPEND
           ];
@@ -255,7 +253,7 @@ export class AuditWriter implements AuditSink {
     if (this.leaseUntil !== 0 && now >= this.leaseUntil - 2 * this.renewEveryMs) {
       const dropped = this.pending.splice(0);
       this.log.error(
-        { writer: this.writerId, dropped: dropped.length, fromSeq: dropped[0]?.seq },
+        { writer: this.writerId, dropped: dropped.length, fromSeq: dropped[0]?.record.seq },
         "audit lease lapsed (Redis unreachable for long): a new chain starts; unwritten records are in the log only",
       );
       this.startChain();
@@ -309,7 +307,7 @@ export class AuditWriter implements AuditSink {
       const seq = head ? Number(head.split(":")[0]) : 0;
       if (seq > 0) this.chainWritten = true;
       let n = 0;
-      while (n < this.pending.length && (this.pending[n]?.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
+      while (n < this.pending.length && (this.pending[n]?.record.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
       if (n > 0) this.pending.splice(0, n);
     } catch {
       // Still unreachable: the next attempt fails the same way and checks again.
@@ -341,8 +339,4 @@ export class AuditWriter implements AuditSink {
     await this.flush(timeoutMs);
     this.closed = true;
   }
-}
-
-function stripUndefined<T extends object>(o: T): T {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }

@@ -446,14 +446,16 @@ export class ModelConsumer {
       workerId: this.o.workerId,
       artifactSha256: manifest.artifact.plaintextSha256,
     };
-    if (JSON.stringify(result).length > this.o.maxResultBytes) {
+    // Serialised once: its size is checked here and the lease stores this text.
+    const resultJson = JSON.stringify(result);
+    if (resultJson.length > this.o.maxResultBytes) {
       return this.fail(
         h.lease,
         h.data,
         new CitadelError("RESULT_TOO_LARGE", `result exceeds ${this.o.maxResultBytes} bytes`),
       );
     }
-    if (!(await this.lease.complete(h.lease, result, h.data))) return;
+    if (!(await this.lease.complete(h.lease, resultJson, h.data))) return;
     this.o.metrics.success.inc({ model: h.data.model, version: h.data.version });
     this.o.audit.record("job.completed", {
       ...this.auditBase(h.lease, h.data),

@@ -128,7 +128,7 @@ async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
   await add(1, "warm-up");
   const [warm] = await lease.fetch(1);
   if (!warm) throw new Error("the warm-up job was not fetched");
-  expect(await lease.complete(warm, result, warm.job.data)).toBe(true);
+  expect(await lease.complete(warm, JSON.stringify(result), warm.job.data)).toBe(true);
   expect(await lease.fetch(1)).toEqual([]);
   const inputsOf = (l: LeasedJob) => keys.inputs(prefix, "m", l.id);
   return { prefix, connection, redis, lease, queue, add, settled, inputsOf, data };
@@ -377,7 +377,7 @@ describe("JobLease settle", () => {
     const outcomes = await Promise.all(
       jobs.map((l, i) =>
         i < 4
-          ? lease.complete(l, result, l.job.data)
+          ? lease.complete(l, JSON.stringify(result), l.job.data)
           : lease.fail(l, new CitadelError("JOB_INVALID", "bad input"), l.job.data),
       ),
     );
@@ -426,7 +426,7 @@ describe("JobLease settle", () => {
     // Another worker took it over: its lock now holds another token.
     await redis.set(`${lost.job.queueQualifiedName}:${lost.id}:lock`, "someone-else");
     logLines.length = 0;
-    const outcomes = await Promise.all(jobs.map((l) => lease.complete(l, result, l.job.data)));
+    const outcomes = await Promise.all(jobs.map((l) => lease.complete(l, JSON.stringify(result), l.job.data)));
     expect(outcomes).toEqual([true, false, true]);
     expect(logLines.join("")).toMatch(/could not complete job \(lock lost\)/);
     expect(await queue.getJobState(lost.id)).toBe("active");
@@ -484,7 +484,7 @@ describe("finishJobs.lua against BullMQ's own scripts", () => {
     });
     await a.job.moveToCompleted(stamped(a), a.token, false);
     expect(await settleFinal(a)).toBe(1);
-    expect(await lease.complete(b, result, b.job.data)).toBe(true);
+    expect(await lease.complete(b, JSON.stringify(result), b.job.data)).toBe(true);
     await c.job.moveToFailed(new Error("JOB_INVALID: bad input"), c.token, false);
     expect(await settleFinal(c)).toBe(1);
     expect(await lease.fail(d, new CitadelError("JOB_INVALID", "bad input"), d.job.data)).toEqual({ final: true });
