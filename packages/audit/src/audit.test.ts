@@ -4,6 +4,7 @@ import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   AuditKey,
+  type AuditRecord,
   AuditWriter,
   auditHeadKey,
   auditStreamKey,
@@ -11,6 +12,7 @@ import {
   createAuditAnchor,
   formatLease,
   macRecord,
+  recordBody,
   sealRecord,
   verifyAuditStream,
 } from "./index.js";
@@ -76,33 +78,64 @@ function sha256Record(body: Record<string, unknown>): string {
 
 describe("sealing a record (the writer's one pass)", () => {
   const chain = { writer: "worker:w1:0a0b", seq: 7, prev: "p".repeat(64), ts: "2026-12-01T00:00:00.000Z", kid: "k" };
+  const seal = (key: AuditKey, fields: object, event: "job.completed" | "job.failed" = "job.completed") => {
+    const c = { ...chain, event, kid: key.kid };
+    const sealed = sealRecord(key, fields, c);
+    const { hash, ...body } = JSON.parse(sealed.json) as Record<string, unknown>;
+    return { sealed, hash, body: body as unknown as Omit<AuditRecord, "hash">, expected: recordBody(fields, c) };
+  };
+
   it("MACs the canonical form by definition, and stores that form with the MAC", () => {
     const key = newKey();
     const cases = [
       { jobId: "j1", tenant: "acme", queueMs: 1.5, batchSize: 3, outcome: "completed", provider: "cpu" },
-      { jobId: "j2", errorCode: undefined, detail: 'quote " and \\ back\nslash', count: 0, inferenceMs: 1e-7 },
+      { jobId: "j2", errorCode: undefined, detail: 'quote " and \\ back\nslash \u2028', count: 0, inferenceMs: 1e-7 },
+      { queueMs: Number.NaN, inferenceMs: -0, batchSize: 2 ** 60 },
       {},
     ];
     for (const fields of cases) {
-      const { record, json } = sealRecord(key, fields, { ...chain, event: "job.completed", kid: key.kid });
-      const { hash, ...body } = record;
-      expect(hash).toBe(macRecord(key, body));
-      expect(JSON.parse(json)).toEqual(record);
+      const { sealed, hash, body, expected } = seal(key, fields);
+      expect(body).toEqual(JSON.parse(JSON.stringify(expected)));
+      expect(hash).toBe(sealed.hash);
+      expect(hash).toBe(macRecord(key, expected));
       // The stored form is the canonical body with the MAC appended.
-      expect(json).toBe(`${canonicalJson(body).slice(0, -1)},"hash":"${hash}"}`);
-      expect(Object.keys(body)).toEqual(Object.keys(body).sort());
+      expect(sealed.json).toBe(`${canonicalJson(expected).slice(0, -1)},"hash":"${hash}"}`);
       expect("errorCode" in body).toBe(false);
+      expect(sealed.seq).toBe(7);
     }
   });
 
   it("leaves out fields outside the contract, and falls back to the canonical form for a non-plain value", () => {
     const key = newKey();
-    const fields = { jobId: "j", unknownField: "x", detail: { nested: [2, 1] } } as unknown as { jobId: string };
-    const { record, json } = sealRecord(key, fields, { ...chain, event: "job.failed", kid: key.kid });
-    expect("unknownField" in record).toBe(false);
-    const { hash, ...body } = record;
-    expect(hash).toBe(macRecord(key, body));
-    expect(json).toBe(`${canonicalJson(body).slice(0, -1)},"hash":"${hash}"}`);
+    const { sealed, hash, body, expected } = seal(key, { jobId: "j", unknownField: "x", detail: { b: [2, 1], a: 1 } });
+    expect("unknownField" in body).toBe(false);
+    expect(body.detail).toEqual({ a: 1, b: [2, 1] });
+    expect(hash).toBe(macRecord(key, expected));
+    expect(sealed.json).toBe(`${canonicalJson(expected).slice(0, -1)},"hash":"${hash}"}`);
+  });
+});
+
+describe("the log copy", () => {
+  it("logs each record as the stream holds it when info is enabled, and nothing when it is not", async () => {
+    const prefix = freshPrefix();
+    const key = newKey();
+    const lines: object[] = [];
+    const logger = (enabled: boolean) => ({
+      info: (o: object) => lines.push(o),
+      error: () => undefined,
+      isLevelEnabled: () => enabled,
+    });
+    const w = new AuditWriter(redis, prefix, "api:log", logger(true), key);
+    writers.push(w);
+    await writeRecords(w, 2);
+    const stored = (await entries(prefix, w)).map((e) => e.rec);
+    expect(lines.map((l) => (l as { audit: unknown }).audit)).toEqual(stored);
+    lines.length = 0;
+    const quiet = new AuditWriter(redis, prefix, "api:quiet", logger(false), key);
+    writers.push(quiet);
+    await writeRecords(quiet, 2);
+    expect(lines).toEqual([]);
+    expect(await entries(prefix, quiet)).toHaveLength(2);
   });
 });
 

@@ -88,39 +88,56 @@ const BODY_FIELDS: { [K in keyof Omit<AuditRecord, "hash">]-?: K extends keyof C
   event: "chain",
   kid: "chain",
 };
-/** In canonical order: a body built in this order is already sorted. */
+/** In canonical order, each with its JSON prefix: a body written in this order is already sorted. */
 const SORTED_FIELDS = Object.entries(BODY_FIELDS)
   .sort(([a], [b]) => (a < b ? -1 : 1))
-  .map(([k, from]) => [k, from === "chain"] as const);
+  .map(([k, from]) => ({ k, fromChain: from === "chain", prefix: `${JSON.stringify(k)}:` }));
 
-/** A sealed record: the object (for the log) and its stored form (for the stream). */
+/** A sealed record: its place in the chain and its stored form (for the stream). */
 export interface SealedRecord {
-  record: AuditRecord;
+  seq: number;
+  hash: string;
   json: string;
 }
 
 /**
- * A record's body, MAC and stored form in one pass (the writer's hot path: one record
- * per job). The body is built with its keys in canonical order, undefined ones left
- * out, so where every value is a string, number or boolean, JSON.stringify of it is
- * canonicalJson(body) without a sort (audit.test.ts holds it to the definition); the
- * stored form is that text with the MAC appended (a reader does not care about field
- * order: the verifier recomputes the canonical form). Fields outside the contract's
- * list are not recorded.
+ * A record's canonical form, MAC and stored form in one pass (the writer's hot path:
+ * one record per job). The canonical JSON is written field by field in sorted order,
+ * undefined ones left out — for strings, numbers and booleans exactly what
+ * canonicalJson writes (audit.test.ts holds it to the definition), without building
+ * and sorting an object; any other value takes canonicalJson itself. The stored form
+ * is that text with the MAC appended (a reader does not care about field order: the
+ * verifier recomputes the canonical form). Fields outside the contract's list are
+ * not recorded.
  */
 export function sealRecord(key: AuditKey, fields: AuditFields, chain: ChainFields): SealedRecord {
-  const body: Record<string, unknown> = {};
-  let plain = true;
-  for (const [k, fromChain] of SORTED_FIELDS) {
-    const v = fromChain ? chain[k as keyof ChainFields] : fields[k as keyof AuditFields];
-    if (v === undefined) continue;
-    body[k] = v;
-    if (typeof v === "object") plain = false;
-  }
-  const canonical = plain ? JSON.stringify(body) : canonicalJson(body);
+  const canonical = writeCanonical(fields, chain) ?? canonicalJson(recordBody(fields, chain));
   const hash = key.mac(RECORD_MAC_DOMAIN, canonical);
-  body.hash = hash;
-  return { record: body as unknown as AuditRecord, json: `${canonical.slice(0, -1)},"hash":${JSON.stringify(hash)}}` };
+  const json = canonical === "{}" ? `{"hash":"${hash}"}` : `${canonical.slice(0, -1)},"hash":"${hash}"}`;
+  return { seq: chain.seq, hash, json };
+}
+
+/** The canonical JSON of a body of plain values, written directly; null if a value is not plain. */
+function writeCanonical(fields: AuditFields, chain: ChainFields): string | null {
+  let text = "";
+  for (const { k, fromChain, prefix } of SORTED_FIELDS) {
+    const v: unknown = fromChain ? chain[k as keyof ChainFields] : fields[k as keyof AuditFields];
+    if (v === undefined) continue;
+    const t = typeof v;
+    if (t !== "string" && t !== "number" && t !== "boolean") return null;
+    text += `${text === "" ? "" : ","}${prefix}${JSON.stringify(v)}`;
+  }
+  return `{${text}}`;
+}
+
+/** A record's body as an object: the contract's fields only, the chain's taking precedence. */
+export function recordBody(fields: AuditFields, chain: ChainFields): Omit<AuditRecord, "hash"> {
+  const body: Record<string, unknown> = {};
+  for (const { k, fromChain } of SORTED_FIELDS) {
+    const v = fromChain ? chain[k as keyof ChainFields] : fields[k as keyof AuditFields];
+    if (v !== undefined) body[k] = v;
+  }
+  return body as unknown as Omit<AuditRecord, "hash">;
 }
 
 /** The `prev` of a writer's first record. Public: it only marks where a chain begins. */

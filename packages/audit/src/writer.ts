@@ -10,6 +10,7 @@ import {
   formatHead,
   formatLease,
   genesis,
+  recordBody,
   type SealedRecord,
   sealRecord,
 } from "./record.js";
@@ -29,6 +30,8 @@ export interface AuditSink {
 export interface AuditLogger {
   info(obj: object, msg: string): void;
   error(obj: object, msg: string): void;
+  /** Whether info lines are written (pino's); when absent, they are. */
+  isLevelEnabled?(level: "info"): boolean;
 }
 
 /**
@@ -168,21 +171,24 @@ export class AuditWriter implements AuditSink {
   }
 
   record(event: AuditEvent, fields: AuditFields): void {
-    const sealed = sealRecord(this.key, fields, {
+    const chain = {
       writer: this.writerId,
       seq: ++this.seq,
       prev: this.prev,
       ts: new Date().toISOString(),
       event,
       kid: this.key.kid,
-    });
-    this.prev = sealed.record.hash;
-    this.log.info({ audit: sealed.record }, `audit ${event}`);
+    };
+    const sealed = sealRecord(this.key, fields, chain);
+    this.prev = sealed.hash;
+    // The log copy, built only when it is written (one record per job).
+    if (this.log.isLevelEnabled?.("info") !== false)
+      this.log.info({ audit: { ...recordBody(fields, chain), hash: sealed.hash } }, `audit ${event}`);
     this.pending.push(sealed);
     if (this.pending.length > this.maxPending) {
       const dropped = this.pending.splice(0, this.pending.length - this.maxPending);
       this.log.error(
-        { dropped: dropped.length, fromSeq: dropped[0]?.record.seq },
+        { dropped: dropped.length, fromSeq: dropped[0]?.seq },
         "audit buffer full: oldest records kept only in the log",
       );
     }
@@ -200,7 +206,7 @@ export class AuditWriter implements AuditSink {
         if (batch.length > 0 || this.renewDue) {
           const until = this.leaseUntil;
           const args = [String(this.maxLen), String(until), this.renewDue || this.streamExpiry !== until ? "1" : "0"];
-          const last = batch.at(-1)?.record;
+          const last = batch.at(-1);
           args.push(String(batch.length), last ? formatHead(this.key, this.writerId, last.seq, last.hash) : "");
           for (const r of batch) args.push(r.json);
           const append = (this.redis as unknown as Record<string, (...a: string[]) => Promise<[number, string]>>)[
@@ -253,7 +259,7 @@ export class AuditWriter implements AuditSink {
     if (this.leaseUntil !== 0 && now >= this.leaseUntil - 2 * this.renewEveryMs) {
       const dropped = this.pending.splice(0);
       this.log.error(
-        { writer: this.writerId, dropped: dropped.length, fromSeq: dropped[0]?.record.seq },
+        { writer: this.writerId, dropped: dropped.length, fromSeq: dropped[0]?.seq },
         "audit lease lapsed (Redis unreachable for long): a new chain starts; unwritten records are in the log only",
       );
       this.startChain();
@@ -307,7 +313,7 @@ export class AuditWriter implements AuditSink {
       const seq = head ? Number(head.split(":")[0]) : 0;
       if (seq > 0) this.chainWritten = true;
       let n = 0;
-      while (n < this.pending.length && (this.pending[n]?.record.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
+      while (n < this.pending.length && (this.pending[n]?.seq ?? Number.POSITIVE_INFINITY) <= seq) n++;
       if (n > 0) this.pending.splice(0, n);
     } catch {
       // Still unreachable: the next attempt fails the same way and checks again.

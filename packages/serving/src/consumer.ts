@@ -1,4 +1,4 @@
-import type { AuditSink } from "@citadel/audit";
+import type { AuditFields, AuditSink } from "@citadel/audit";
 import { CitadelError, coerceError, JobData, type JobResult, publicError } from "@citadel/contracts";
 import type { RedisConn } from "@citadel/queue";
 import { keys } from "@citadel/queue";
@@ -30,6 +30,12 @@ export interface ConsumerOptions {
   /** Jobs held (locked, waiting in the batcher) before no more are fetched. */
   maxHeldJobs?: number;
 }
+
+/** What a job's audit record says of its outcome. */
+type JobOutcomeFields = Pick<
+  AuditFields,
+  "queueMs" | "inferenceMs" | "outcome" | "errorCode" | "artifactSha256" | "provider"
+>;
 
 /** A job we hold the lock on, validated and waiting to run. */
 interface Held extends RunJob {
@@ -457,14 +463,16 @@ export class ModelConsumer {
     }
     if (!(await this.lease.complete(h.lease, resultJson, h.data))) return;
     this.o.metrics.success.inc({ model: h.data.model, version: h.data.version });
-    this.o.audit.record("job.completed", {
-      ...this.auditBase(h.lease, h.data),
-      queueMs: result.queueMs,
-      inferenceMs: result.inferenceMs,
-      outcome: "completed",
-      artifactSha256: result.artifactSha256,
-      provider: result.provider,
-    });
+    this.o.audit.record(
+      "job.completed",
+      this.auditFields(h.lease, h.data, {
+        queueMs: result.queueMs,
+        inferenceMs: result.inferenceMs,
+        outcome: "completed",
+        artifactSha256: result.artifactSha256,
+        provider: result.provider,
+      }),
+    );
   }
 
   /**
@@ -487,14 +495,14 @@ export class ModelConsumer {
     const labels = { model: data?.model ?? this.o.model, version: data?.version ?? "unknown", reason: e.code };
     if (r.final) this.o.metrics.failure.inc(labels);
     const event = e.code === "CANCELLED" ? "job.cancelled" : "job.failed";
-    this.o.audit.record(event, {
-      ...this.auditBase(lease, data),
-      outcome: r.final ? event.slice(4) : "retrying",
-      errorCode: e.code,
-    });
+    this.o.audit.record(
+      event,
+      this.auditFields(lease, data, { outcome: r.final ? event.slice(4) : "retrying", errorCode: e.code }),
+    );
   }
 
-  private auditBase(lease: LeasedJob, data: JobData | null) {
+  /** A job's audit fields, in one object literal (one record per job: no spreads on this path). */
+  private auditFields(lease: LeasedJob, data: JobData | null, outcome: JobOutcomeFields): AuditFields {
     return {
       jobId: lease.id,
       tenant: data?.tenant,
@@ -505,6 +513,12 @@ export class ModelConsumer {
       batchSize: data?.batch,
       inputBytes: data?.inputBytes,
       workerId: this.o.workerId,
+      queueMs: outcome.queueMs,
+      inferenceMs: outcome.inferenceMs,
+      outcome: outcome.outcome,
+      errorCode: outcome.errorCode,
+      artifactSha256: outcome.artifactSha256,
+      provider: outcome.provider,
     };
   }
 
