@@ -27,11 +27,9 @@ import {
   startProc,
   workerEnv,
 } from "./harness.js";
-import { printTopSelfTime, profiledNodeArgs } from "./profile-summary.js";
+import { printTopSelfTime, profiledNodeArgs, profiledNodeOptions } from "./profile-summary.js";
 
 const jobs = Number(process.argv[2] ?? 20_000);
-/** APP_FORM=dist profiles the built worker (what ships; no TypeScript loader in the profile). */
-const APP_FORM = process.env.APP_FORM === "dist" ? "dist" : "source";
 const dir = path.resolve(process.argv[3] ?? "/tmp/citadel-capacity-profile");
 const own = await startOwnRedis();
 const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
@@ -66,7 +64,7 @@ const worker = await startProc(
   workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "noop" }),
   fleet.logDir,
   port,
-  { nodeArgs: profiledNodeArgs(dir), form: APP_FORM },
+  profiledNodeOptions(dir),
 );
 const unsettled = async () =>
   Object.values(await queue.getJobCounts("wait", "active", "prioritized")).reduce((a, n) => a + n, 0);

@@ -5,6 +5,8 @@
  * job per process, and each main thread's functions with the most self time.
  *
  *   node --conditions=@citadel/source --import tsx test/bench/multi-profile.ts [seconds] [clients] [profile dir]
+ *
+ * NO_PROFILE, NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
  */
 import { readFileSync, rmSync } from "node:fs";
 import path from "node:path";
@@ -22,13 +24,13 @@ import {
   startProc,
   workerEnv,
 } from "./harness.js";
-import { printTopSelfTime, profiledNodeArgs } from "./profile-summary.js";
+import { printTopSelfTime, profiledNodeOptions } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
 
 const seconds = Number(process.argv[2] ?? 15);
 const clients = Number(process.argv[3] ?? 3);
 const dir = path.resolve(process.argv[4] ?? "/tmp/citadel-multi-profile");
-const profile = profiledNodeArgs(dir);
+const profile = profiledNodeOptions(dir);
 rmSync(dir, { recursive: true, force: true });
 const SAMPLES = 16;
 const PER = 3 * 48 * 192;
@@ -41,7 +43,7 @@ await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
   spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
 });
 const apiPort = await freePort();
-const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, { nodeArgs: profile });
+const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, profile);
 const port = await freePort();
 const worker = await startProc(
   "worker",
@@ -49,7 +51,7 @@ const worker = await startProc(
   workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "ocr-cls" }),
   fleet.logDir,
   port,
-  { nodeArgs: profile },
+  profile,
 );
 const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
 const pool = Array.from({ length: 64 }, (_, i) => randomInput(PER, 1000 + i));
@@ -87,7 +89,7 @@ await worker.stop();
 await api.stop();
 await fleet.close();
 await own.stop();
-if (profile.includes("--cpu-prof")) {
+if (profile.nodeArgs.includes("--cpu-prof")) {
   printTopSelfTime(dir, api.pid, 30);
   printTopSelfTime(dir, worker.pid, 30);
 }

@@ -42,3 +42,11 @@ export function profiledNodeArgs(dir: string): string[] {
   if (process.env.NODE_ARGS) return process.env.NODE_ARGS.split(" ");
   return process.env.NO_PROFILE ? [] : ["--cpu-prof", `--cpu-prof-dir=${dir}`];
 }
+
+/**
+ * How the profiled apps start: APP_FORM=dist runs the built apps (what ships: no
+ * TypeScript loader in the profile; run `pnpm build` first), else from source.
+ */
+export function profiledNodeOptions(dir: string): { nodeArgs: string[]; form: "dist" | "source" } {
+  return { nodeArgs: profiledNodeArgs(dir), form: process.env.APP_FORM === "dist" ? "dist" : "source" };
+}

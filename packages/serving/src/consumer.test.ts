@@ -57,7 +57,7 @@ describe("the consumer when Redis commands fail mid-batch", () => {
     const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
     const errors: Error[] = [];
     const connection = bullConnection(url, (e) => errors.push(e));
-    // Every ordinary command fails, as while Redis restarts (the cancel-flag read comes first).
+    // Every ordinary command fails, as while Redis restarts (the run's cancel-flag read).
     const dead = redisClient("redis://127.0.0.1:1", (e) => errors.push(e), { connectTimeout: 200 });
     clients.push(connection, dead);
     const lines: string[] = [];
@@ -112,6 +112,9 @@ describe("the consumer when Redis commands fail mid-batch", () => {
         if (state !== "completed") await new Promise((r) => setTimeout(r, 20));
       }
       expect(state).toBe("completed");
+      // The flag read runs beside the run: its failure is logged, perhaps after the job settled.
+      for (let i = 0; i < 500 && !/could not read cancellation flags/.test(lines.join("")); i++)
+        await new Promise((r) => setTimeout(r, 20));
       expect(lines.join("")).toMatch(/could not read cancellation flags/);
       // The outcome stands and is audited even though its bookkeeping could not reach Redis.
       for (let i = 0; i < 500 && !audit.some(([e]) => e === "job.completed"); i++)
@@ -123,6 +126,83 @@ describe("the consumer when Redis commands fail mid-batch", () => {
         expect.objectContaining({ id: "m.consumer-test-job-0001", tenant: "t", status: "completed" }),
       ]);
       expect(await connection.exists(keys.inputs(prefix, "m", "m.consumer-test-job-0001"))).toBe(0);
+    } finally {
+      await consumer.close(1000);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  });
+});
+
+describe("the consumer and cancellations whose message it never got", () => {
+  it("settles a job flagged before it was fetched as cancelled, without running it", async () => {
+    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
+    const connection = bullConnection(url, () => undefined);
+    const redis = redisClient(url, () => undefined);
+    clients.push(connection, redis);
+    /** Samples of each run. */
+    const runs: number[] = [];
+    const counting = {
+      ...loaded,
+      runner: {
+        alive: true,
+        run: async (feeds: Record<string, Tensor>): Promise<RunResult> => {
+          runs.push((feeds.x as Tensor).shape[0] as number);
+          return { outputs: { y: feeds.x as Tensor }, ms: 1 };
+        },
+      },
+    } as unknown as LoadedModel;
+    const audit: [AuditEvent, AuditFields][] = [];
+    const consumer = new ModelConsumer({
+      model: "m",
+      connection,
+      redis,
+      prefix,
+      host: { get: async () => counting, pin: () => () => {} },
+      audit: { record: (e, f) => audit.push([e, f]) },
+      metrics: workerMetrics(createRegistry("consumer-cancel-test")),
+      log: createLogger({ name: "consumer-test", level: "silent" }),
+      workerId: "w-test",
+      lockDurationMs: 5000,
+      maxResultBytes: 1 << 20,
+      circuit: { failureThreshold: 5, cooldownMs: 1000 },
+      maxInFlight: 2,
+    });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
+    const data: JobData = {
+      tenant: "t",
+      model: "m",
+      version: "1",
+      inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
+      batch: 1,
+      inputBytes: 8,
+      timeoutMs: 5000,
+      acceptedAt: Date.now(),
+      deadline: Date.now() + 60_000,
+      requestId: "r",
+    };
+    const [cancelled, kept] = ["m.consumer-cancel-0001", "m.consumer-cancel-0002"];
+    for (const id of [cancelled, kept]) {
+      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
+      await queue.add("infer", data, { jobId: id });
+    }
+    // As the API's DELETE of an active job leaves it when its message reaches no worker.
+    await redis.set(keys.cancelRequested(prefix, cancelled), "1");
+    consumer.start();
+    try {
+      const states = async () => Promise.all([cancelled, kept].map((id) => queue.getJobState(id)));
+      for (let i = 0; i < 500 && (await states()).some((st) => st !== "failed" && st !== "completed"); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(await states()).toEqual(["failed", "completed"]);
+      expect((await queue.getJob(cancelled))?.failedReason).toMatch(/CANCELLED/);
+      // One run, of the other job's one sample: the flagged job's input never reached it.
+      expect(runs).toEqual([1]);
+      expect(audit.map(([e, f]) => [e, f.jobId])).toEqual(
+        expect.arrayContaining([
+          ["job.cancelled", cancelled],
+          ["job.completed", kept],
+        ]),
+      );
     } finally {
       await consumer.close(1000);
       await queue.obliterate({ force: true });

@@ -249,15 +249,19 @@ export class ModelConsumer {
    */
   private async admitAll(jobs: LeasedJob[]): Promise<void> {
     if (jobs.length === 0) return;
-    let inputs: (Buffer | null)[];
+    let read: Awaited<ReturnType<JobLease["readInputs"]>>;
     try {
-      inputs = await this.lease.readInputs(jobs);
+      read = await this.lease.readInputs(jobs);
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), model: this.o.model }, "could not read a wave's inputs; requeued");
       await Promise.all(jobs.map((l) => this.lease.requeue(l)));
       return;
     }
-    await Promise.all(jobs.map((l, i) => this.admit(l, inputs[i] ?? null)));
+    // A cancel requested before we held the job (its message went to no one) is honoured now.
+    jobs.forEach((l, i) => {
+      if (read.cancelled[i]) this.cancelled.add(l.id);
+    });
+    await Promise.all(jobs.map((l, i) => this.admit(l, read.bytes[i] ?? null)));
   }
 
   /** A pause that ends early when the consumer stops. */
@@ -379,7 +383,10 @@ export class ModelConsumer {
   }
 
   private async executePinned(batch: Held[], first: Held, model: string, version: string): Promise<void> {
-    await this.applyCancelFlags(batch);
+    // Read beside the run, not before it: the flags were read when the jobs were fetched;
+    // this catches a cancel whose message was lost since (a subscriber reconnecting), and a
+    // job cancelled mid-run is settled at once with its result dropped.
+    const flags = this.applyCancelFlags(batch);
     const start = Date.now();
     for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     let loaded = first.model;
@@ -397,6 +404,7 @@ export class ModelConsumer {
       },
       shutdown: this.shutdown.signal,
     });
+    await flags;
     // A batch in which any run succeeded had bad inputs (split off and failed alone),
     // not a bad model; only batches where every run failed count against the model.
     if (summary.okRuns > 0) this.circuit.success();
@@ -404,9 +412,9 @@ export class ModelConsumer {
   }
 
   /**
-   * Cancellations requested before we held a job (its pub/sub message went to no one):
-   * one read for the whole batch. Without Redis the batch runs; its settling then
-   * fails and the jobs come back (their cancellations are honoured then).
+   * Cancellations whose pub/sub message did not reach us: one read for the whole batch.
+   * Without Redis the batch runs; its settling then fails and the jobs come back (their
+   * cancellations are honoured then).
    */
   private async applyCancelFlags(batch: Held[]): Promise<void> {
     try {

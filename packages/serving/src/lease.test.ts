@@ -353,16 +353,18 @@ describe("JobLease fetch", () => {
     expect(Date.now() - started).toBeLessThan(4000);
   });
 
-  it("reads several jobs' input bytes in one round trip", async () => {
-    const { connection, redis, lease, add, inputsOf } = await setup();
+  it("reads several jobs' input bytes and cancel flags in one round trip", async () => {
+    const { connection, redis, lease, add, inputsOf, prefix } = await setup();
     await add(3);
     const jobs = await lease.fetch(3);
-    const second = jobs[1] as LeasedJob;
+    const [, second, third] = jobs as [LeasedJob, LeasedJob, LeasedJob];
     await redis.del(inputsOf(second));
+    await redis.set(keys.cancelRequested(prefix, third.id), "1");
     const trace = wire(connection);
-    const inputs = await lease.readInputs(jobs);
+    const { bytes, cancelled } = await lease.readInputs(jobs);
     trace.stop();
-    expect(inputs.map((b) => b?.toString("hex") ?? null)).toEqual(["01020304", null, "01020304"]);
+    expect(bytes.map((b) => b?.toString("hex") ?? null)).toEqual(["01020304", null, "01020304"]);
+    expect(cancelled).toEqual([false, false, true]);
     expect(trace.turns()).toBe(1);
   });
 });

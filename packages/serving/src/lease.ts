@@ -294,12 +294,20 @@ export class JobLease {
   }
 
   /**
-   * The input bytes of several jobs, in one command (MGET); null where a job has none. Read
-   * on BullMQ's connection, as part of the fetch: it waits out a Redis restart.
+   * The input bytes of several jobs, and whether a cancellation was requested for each
+   * (its flag, which the API sets before it publishes the cancel), in one command (MGET):
+   * read after the fetch answered, it sees a cancel whose message came before we held the
+   * job. Null bytes where a job has none. On BullMQ's connection, as part of the fetch:
+   * it waits out a Redis restart.
    */
-  async readInputs(jobs: readonly LeasedJob[]): Promise<(Buffer | null)[]> {
-    if (jobs.length === 0) return [];
-    return this.o.connection.mgetBuffer(...jobs.map((l) => keys.inputs(this.o.prefix, this.o.model, l.id)));
+  async readInputs(jobs: readonly LeasedJob[]): Promise<{ bytes: (Buffer | null)[]; cancelled: boolean[] }> {
+    if (jobs.length === 0) return { bytes: [], cancelled: [] };
+    const { prefix, model } = this.o;
+    const replies = await this.o.connection.mgetBuffer(
+      ...jobs.map((l) => keys.inputs(prefix, model, l.id)),
+      ...jobs.map((l) => keys.cancelRequested(prefix, l.id)),
+    );
+    return { bytes: replies.slice(0, jobs.length), cancelled: replies.slice(jobs.length).map((f) => f !== null) };
   }
 
   /**
