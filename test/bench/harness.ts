@@ -392,6 +392,10 @@ export interface EncodedInput {
 export interface ResultView {
   id: string;
   status: "queued" | "active" | "completed" | "failed" | "cancelled";
+  /** The job's times (ISO), as the API's view gives them. */
+  createdAt?: string;
+  startedAt?: string;
+  finishedAt?: string;
   result?: {
     outputs: Record<string, { dtype: string; shape: number[]; data: string }>;
     batchSize: number;

@@ -20,7 +20,7 @@
  * their inner commands show as `lua` there; a replica only applies their effects).
  */
 import { randomBytes } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { buildConvNet } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import { Redis } from "ioredis";
@@ -39,7 +39,7 @@ import {
 } from "../bench/harness.js";
 import { type LocalCluster, startRedisCluster } from "../support/redis-cluster.js";
 import { dropPrefix, type Row, waitIdle } from "./scenarios.js";
-import { WitnessScope } from "./witness.js";
+import { monitorSocket, WitnessScope } from "./witness.js";
 
 const MODEL = "conv";
 const DIMS = [3, 32, 32];
@@ -164,49 +164,6 @@ class ClusterAdmin {
 // witness: a MONITOR on every node
 // ---------------------------------------------------------------------------------
 
-/**
- * MONITOR over a plain socket. (ioredis' monitor() loses its command queue when a busy
- * node's first MONITOR line arrives in the same read as its OK, as on a replica
- * receiving a sync.) Each line is parsed as ioredis parses it: `+<time> [<db> <source>] "arg" …`.
- */
-function monitor(port: number, onCommand: (args: string[], source: string) => void): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = connect({ port, host: "127.0.0.1" });
-    let buf = "";
-    let ok = false;
-    sock.setEncoding("latin1");
-    sock.once("error", reject);
-    sock.on("connect", () => sock.write("MONITOR\r\n"));
-    sock.on("data", (chunk: string) => {
-      buf += chunk;
-      let end = buf.indexOf("\r\n");
-      while (end >= 0) {
-        const line = buf.slice(0, end);
-        buf = buf.slice(end + 2);
-        end = buf.indexOf("\r\n");
-        if (!ok) {
-          ok = line === "+OK";
-          if (ok) {
-            sock.removeListener("error", reject);
-            sock.on("error", () => undefined);
-            resolve(sock);
-          } else reject(new Error(`MONITOR on :${port}: ${line}`));
-          continue;
-        }
-        const space = line.indexOf(" ");
-        const quote = line.indexOf('"');
-        if (!line.startsWith("+") || space < 0 || quote < 0) continue;
-        const source = line.slice(space + 2, quote - 2).split(" ")[1] ?? "";
-        const args = line
-          .slice(quote + 1, -1)
-          .split('" "')
-          .map((a) => a.replace(/\\"/g, '"'));
-        onCommand(args, source);
-      }
-    });
-  });
-}
-
 class ClusterWitness {
   private readonly monitors = new Map<number, Socket>();
   /** Node incarnation (`port#n`, a restarted node is a new one) → what it executed for the fleet's queue. */
@@ -228,7 +185,7 @@ class ClusterWitness {
     const scope = new WitnessScope(this.prefix, [MODEL], this.logicalOf, () => undefined);
     this.byNode.set(name, scope);
     this.current.set(port, name);
-    this.monitors.set(port, await monitor(port, (args, source) => scope.observe({ args, source })));
+    this.monitors.set(port, await monitorSocket({ port }, (args, source) => scope.observe({ args, source })));
   }
 
   markKilled(port: number): void {

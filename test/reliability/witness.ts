@@ -14,6 +14,7 @@
  * commands executed in the instant before a SIGKILL whose MONITOR lines were not yet
  * sent, is read back from the restarted Redis's state (see `reconcile`).
  */
+import { connect, type Socket } from "node:net";
 import { keys } from "@citadel/queue";
 import { Redis } from "ioredis";
 import type { OwnRedis } from "../bench/harness.js";
@@ -70,8 +71,56 @@ export function monitorBytes(arg: string): Buffer {
   return Buffer.from(out);
 }
 
+/**
+ * MONITOR over a plain socket. (ioredis' monitor() loses its command queue when a busy
+ * server's first MONITOR line arrives in the same read as its OK — a replica receiving a
+ * sync, a Redis just restarted under load — and throws "Command queue state error" into
+ * the test.) Each line is parsed as ioredis parses it: `+<time> [<db> <source>] "arg" …`.
+ */
+export function monitorSocket(
+  at: { port: number } | { path: string },
+  onCommand: (args: string[], source: string) => void,
+): Promise<Socket> {
+  const where = "port" in at ? `:${at.port}` : at.path;
+  return new Promise((resolve, reject) => {
+    const sock = "port" in at ? connect({ port: at.port, host: "127.0.0.1" }) : connect({ path: at.path });
+    let buf = "";
+    let ok = false;
+    sock.setEncoding("latin1");
+    sock.once("error", reject);
+    sock.on("connect", () => sock.write("MONITOR\r\n"));
+    sock.on("data", (chunk: string) => {
+      buf += chunk;
+      let end = buf.indexOf("\r\n");
+      while (end >= 0) {
+        const line = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        end = buf.indexOf("\r\n");
+        if (!ok) {
+          ok = line === "+OK";
+          if (ok) {
+            sock.removeListener("error", reject);
+            sock.on("error", () => undefined);
+            resolve(sock);
+          } else reject(new Error(`MONITOR on ${where}: ${line}`));
+          continue;
+        }
+        const space = line.indexOf(" ");
+        const quote = line.indexOf('"');
+        if (!line.startsWith("+") || space < 0 || quote < 0) continue;
+        const source = line.slice(space + 2, quote - 2).split(" ")[1] ?? "";
+        const args = line
+          .slice(quote + 1, -1)
+          .split('" "')
+          .map((a) => a.replace(/\\"/g, '"'));
+        onCommand(args, source);
+      }
+    });
+  });
+}
+
 export class RedisWitness {
-  private monitor: Redis | null = null;
+  private monitor: Socket | null = null;
   private readonly scopes = new Set<WitnessScope>();
   private readonly listeners = new Set<Listener>();
   /** Commands seen in all; a feed that sees nothing must not pass for a clean run. */
@@ -113,8 +162,8 @@ export class RedisWitness {
   }
 
   private detach(): void {
-    this.monitor?.removeAllListeners("monitor");
-    this.monitor?.disconnect();
+    this.monitor?.removeAllListeners("data");
+    this.monitor?.destroy();
     this.monitor = null;
   }
 
@@ -131,21 +180,12 @@ export class RedisWitness {
 
   private async connect(): Promise<void> {
     // No reconnects of its own: after a restart `reattach` runs before the port opens.
-    const base = new Redis({ path: this.redis.socket, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-    base.on("error", () => undefined);
-    try {
-      const m = await base.monitor();
-      m.on("error", () => undefined);
-      m.on("monitor", (_time: string, args: string[], source: string) => {
-        this.seen++;
-        const c = { args, source };
-        for (const s of this.scopes) s.observe(c);
-        for (const l of this.listeners) l(c);
-      });
-      this.monitor = m;
-    } finally {
-      base.disconnect();
-    }
+    this.monitor = await monitorSocket({ path: this.redis.socket }, (args, source) => {
+      this.seen++;
+      const c = { args, source };
+      for (const s of this.scopes) s.observe(c);
+      for (const l of this.listeners) l(c);
+    });
   }
 }
 

@@ -1,0 +1,119 @@
+/**
+ * Where a job's time goes at a steady, light load (the bench's half-load row): one API
+ * and one worker on PaddleOCR cls, 1-sample binary jobs submitted with `?wait` in an open
+ * loop at `rate` jobs/s for `seconds`; prints percentiles of each phase of a job's life,
+ * from the client's clock and the times the job's view carries (one host, one clock):
+ *
+ *   submit  client sends → the API enqueued it (HTTP, auth, validation, limits, quota, store)
+ *   queue   enqueued → a worker took it (the marker's wake, the take)
+ *   worker  taken → settled, less inference (inputs read, checks, the batcher's delay,
+ *           the runner's round trip, outputs, the settle's preparation)
+ *   reply   settled → the client has the answer (the settle call, the event, HTTP)
+ *
+ *   node --conditions=@citadel/source --import tsx test/bench/latency-profile.ts [rate] [seconds]
+ *
+ * APP_FORM=dist runs the built apps (pnpm build first); NODE_ARGS="…" starts both with
+ * those Node flags (e.g. --trace-gc: the lines go to the fleet's logs).
+ */
+import { readFileSync } from "node:fs";
+import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
+import {
+  apiEnv,
+  Client,
+  freePort,
+  type ResultView,
+  randomInput,
+  say,
+  setupFleet,
+  sleep,
+  startOwnRedis,
+  startProc,
+  workerEnv,
+} from "./harness.js";
+import { binaryBody } from "./wire.js";
+
+interface Timed {
+  sent: number;
+  received: number;
+  view: ResultView;
+}
+
+const rate = Number(process.argv[2] ?? 80);
+const seconds = Number(process.argv[3] ?? 10);
+const PER = 3 * 48 * 192;
+const form = process.env.APP_FORM === "dist" ? "dist" : "source";
+const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
+
+const own = await startOwnRedis();
+const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
+await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
+  name: "ocr-cls",
+  version: "1",
+  spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
+});
+const apiPort = await freePort();
+const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, { nodeArgs, form });
+const port = await freePort();
+const worker = await startProc(
+  "worker",
+  "worker",
+  workerEnv(fleet.env, port, "latency", { WORKER_MODELS: "ocr-cls" }),
+  fleet.logDir,
+  port,
+  { nodeArgs, form },
+);
+const bodies = Array.from({ length: 64 }, (_, i) =>
+  binaryBody("ocr-cls", [{ name: "x", shape: [1, 3, 48, 192], data: randomInput(PER, 2000 + i) }]),
+);
+const client = new Client(api.url, fleet.apiKey);
+
+/** An open loop: job i is sent at t0 + i/rate whatever the earlier ones do. */
+async function openLoop(ms: number): Promise<Timed[]> {
+  const out: Timed[] = [];
+  const pending: Promise<void>[] = [];
+  const t0 = performance.now();
+  for (let i = 0; t0 + (i * 1000) / rate < t0 + ms; i++) {
+    const wait = t0 + (i * 1000) / rate - performance.now();
+    if (wait > 0) await sleep(wait);
+    const b = bodies[i % bodies.length] as (typeof bodies)[number];
+    const sent = Date.now();
+    pending.push(
+      client.submitAndWait(b.body, { headerLength: b.headerLength }).then((r) => {
+        if (r.view?.status === "completed") out.push({ sent, received: Date.now(), view: r.view });
+      }),
+    );
+  }
+  await Promise.all(pending);
+  return out;
+}
+
+await openLoop(3000);
+const jobs = await openLoop(seconds * 1000);
+await worker.stop();
+await api.stop();
+await fleet.close();
+await own.stop();
+
+const phases: Record<string, number[]> = { submit: [], queue: [], worker: [], reply: [], overhead: [] };
+for (const j of jobs) {
+  const created = Date.parse(j.view.createdAt ?? "");
+  const started = Date.parse(j.view.startedAt ?? "");
+  const finished = Date.parse(j.view.finishedAt ?? "");
+  const r = j.view.result;
+  if (!r || Number.isNaN(created) || Number.isNaN(started) || Number.isNaN(finished)) continue;
+  phases.submit?.push(created - j.sent);
+  phases.queue?.push(started - created);
+  phases.worker?.push(finished - started - r.inferenceMs);
+  phases.reply?.push(j.received - finished);
+  phases.overhead?.push(j.received - j.sent - r.inferenceMs);
+}
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
+};
+say(`latency: ${jobs.length} jobs at ${rate} jobs/s for ${seconds} s (${form}); ms per phase:`);
+say("  phase        p50     p90     p99     max");
+for (const [name, xs] of Object.entries(phases)) {
+  const row = [50, 90, 99, 100].map((p) => pct(xs, p).toFixed(1).padStart(7)).join(" ");
+  say(`  ${name.padEnd(9)} ${row}`);
+}
