@@ -16,7 +16,7 @@ import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
 import { Queue } from "bullmq";
 import { afterAll, describe, expect, it, vi } from "vitest";
-import { ModelConsumer } from "./consumer.js";
+import { type ConsumerOptions, ModelConsumer } from "./consumer.js";
 import { JobLease } from "./lease.js";
 import { workerMetrics } from "./metrics.js";
 import type { LoadedModel } from "./model-host.js";
@@ -52,6 +52,49 @@ afterAll(async () => {
   for (const c of clients) c.disconnect();
 });
 
+/** A consumer of queue "m" as the worker builds one, with this test's parts. */
+function testConsumer(o: {
+  connection: RedisConn;
+  redis: RedisConn;
+  prefix: string;
+  model: LoadedModel;
+  audit?: [AuditEvent, AuditFields][];
+  log: ConsumerOptions["log"];
+  name: string;
+}): ModelConsumer {
+  return new ModelConsumer({
+    model: "m",
+    connection: o.connection,
+    redis: o.redis,
+    prefix: o.prefix,
+    host: { get: async () => o.model, pin: () => () => {} },
+    audit: { record: (e, f) => o.audit?.push([e, f]) },
+    metrics: workerMetrics(createRegistry(o.name)),
+    log: o.log,
+    workerId: "w-test",
+    lockDurationMs: 5000,
+    maxResultBytes: 1 << 20,
+    circuit: { failureThreshold: 5, cooldownMs: 1000 },
+    maxInFlight: 2,
+  });
+}
+
+/** A one-sample job of tenant t for queue "m" (x: float32 [1, 2]). */
+function jobData(): JobData {
+  return {
+    tenant: "t",
+    model: "m",
+    version: "1",
+    inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
+    batch: 1,
+    inputBytes: 8,
+    timeoutMs: 5000,
+    acceptedAt: Date.now(),
+    deadline: Date.now() + 60_000,
+    requestId: "r",
+  };
+}
+
 describe("the consumer when Redis commands fail mid-batch", () => {
   it("does not crash the process: the batch still runs and its jobs are settled", async () => {
     const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
@@ -71,34 +114,17 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       }),
     });
     const audit: [AuditEvent, AuditFields][] = [];
-    const consumer = new ModelConsumer({
-      model: "m",
+    const consumer = testConsumer({
       connection,
       redis: dead,
       prefix,
-      host: { get: async () => loaded, pin: () => () => {} },
-      audit: { record: (e, f) => audit.push([e, f]) },
-      metrics: workerMetrics(createRegistry("consumer-test")),
+      model: loaded,
+      audit,
       log,
-      workerId: "w-test",
-      lockDurationMs: 5000,
-      maxResultBytes: 1 << 20,
-      circuit: { failureThreshold: 5, cooldownMs: 1000 },
-      maxInFlight: 2,
+      name: "consumer-test",
     });
     const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
-    const data: JobData = {
-      tenant: "t",
-      model: "m",
-      version: "1",
-      inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
-      batch: 1,
-      inputBytes: 8,
-      timeoutMs: 5000,
-      acceptedAt: Date.now(),
-      deadline: Date.now() + 60_000,
-      requestId: "r",
-    };
+    const data = jobData();
     await connection.set(
       keys.inputs(prefix, "m", "m.consumer-test-job-0001"),
       Buffer.from(Float32Array.of(1, 2).buffer),
@@ -153,34 +179,17 @@ describe("the consumer and cancellations whose message it never got", () => {
       },
     } as unknown as LoadedModel;
     const audit: [AuditEvent, AuditFields][] = [];
-    const consumer = new ModelConsumer({
-      model: "m",
+    const consumer = testConsumer({
       connection,
       redis,
       prefix,
-      host: { get: async () => counting, pin: () => () => {} },
-      audit: { record: (e, f) => audit.push([e, f]) },
-      metrics: workerMetrics(createRegistry("consumer-cancel-test")),
+      model: counting,
+      audit,
       log: createLogger({ name: "consumer-test", level: "silent" }),
-      workerId: "w-test",
-      lockDurationMs: 5000,
-      maxResultBytes: 1 << 20,
-      circuit: { failureThreshold: 5, cooldownMs: 1000 },
-      maxInFlight: 2,
+      name: "consumer-cancel-test",
     });
     const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
-    const data: JobData = {
-      tenant: "t",
-      model: "m",
-      version: "1",
-      inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
-      batch: 1,
-      inputBytes: 8,
-      timeoutMs: 5000,
-      acceptedAt: Date.now(),
-      deadline: Date.now() + 60_000,
-      requestId: "r",
-    };
+    const data = jobData();
     const [cancelled, kept] = ["m.consumer-cancel-0001", "m.consumer-cancel-0002"];
     for (const id of [cancelled, kept]) {
       await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
@@ -221,20 +230,13 @@ describe("the consumer when its blocking fetch never answers", () => {
     const redis = redisClient(url, () => undefined);
     clients.push(connection, redis);
     const stuck = vi.spyOn(JobLease.prototype, "next").mockReturnValue(new Promise(() => {}));
-    const consumer = new ModelConsumer({
-      model: "m",
+    const consumer = testConsumer({
       connection,
       redis,
       prefix,
-      host: { get: async () => loaded, pin: () => () => {} },
-      audit: { record: () => undefined },
-      metrics: workerMetrics(createRegistry("consumer-stuck-test")),
+      model: loaded,
       log: createLogger({ name: "consumer-stuck-test", level: "silent" }),
-      workerId: "w-stuck",
-      lockDurationMs: 5000,
-      maxResultBytes: 1 << 20,
-      circuit: { failureThreshold: 5, cooldownMs: 1000 },
-      maxInFlight: 2,
+      name: "consumer-stuck-test",
     });
     const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
     const id = "m.consumer-stuck-job-00001";
@@ -244,22 +246,7 @@ describe("the consumer when its blocking fetch never answers", () => {
       for (let i = 0; i < 100 && stuck.mock.calls.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(stuck).toHaveBeenCalled();
       await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
-      await queue.add(
-        "infer",
-        {
-          tenant: "t",
-          model: "m",
-          version: "1",
-          inputs: [{ name: "x", dtype: "float32", shape: [1, 2] }],
-          batch: 1,
-          inputBytes: 8,
-          timeoutMs: 5000,
-          acceptedAt: Date.now(),
-          deadline: Date.now() + 60_000,
-          requestId: "r",
-        },
-        { jobId: id },
-      );
+      await queue.add("infer", jobData(), { jobId: id });
       let state = "";
       for (let i = 0; i < 750 && state !== "completed"; i++) {
         state = await queue.getJobState(id);
