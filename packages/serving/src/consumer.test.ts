@@ -261,3 +261,67 @@ describe("the consumer when its blocking fetch never answers", () => {
     }
   }, 30_000);
 });
+
+describe("the consumer while a batch settles", () => {
+  it("hands the runner the next batches without waiting for the last one's settle", async () => {
+    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
+    const connection = bullConnection(url, () => undefined);
+    const redis = redisClient(url, () => undefined);
+    clients.push(connection, redis);
+    const one = { ...manifest, maxBatch: 1 } as ManifestBody;
+    let runs = 0;
+    const counting = {
+      ...loaded,
+      manifest: one,
+      runner: {
+        alive: true,
+        run: async (feeds: Record<string, Tensor>): Promise<RunResult> => {
+          runs++;
+          return { outputs: { y: feeds.x as Tensor }, ms: 1 };
+        },
+      },
+    } as unknown as LoadedModel;
+    // Every settle waits until the test lets it through, as on a slow Redis.
+    let release = () => {};
+    const gate = new Promise<void>((r) => (release = r));
+    const complete = JobLease.prototype.complete;
+    const slow = vi.spyOn(JobLease.prototype, "complete").mockImplementation(async function (this: JobLease, ...a) {
+      await gate;
+      return complete.apply(this, a);
+    });
+    const consumer = testConsumer({
+      connection,
+      redis,
+      prefix,
+      model: counting,
+      log: createLogger({ name: "consumer-settle-test", level: "silent" }),
+      name: "consumer-settle-test",
+    });
+    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
+    const ids = [1, 2, 3].map((i) => `m.consumer-settle-000${i}`);
+    for (const id of ids) {
+      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
+      await queue.add("infer", jobData(), { jobId: id });
+    }
+    consumer.start();
+    try {
+      // Three batches of one job: all three ran while none could settle (two runs in the
+      // runner at most, and as many again settling).
+      for (let i = 0; i < 250 && runs < 3; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(runs).toBe(3);
+      expect(slow).toHaveBeenCalledTimes(3);
+      expect(await Promise.all(ids.map((id) => queue.getJobState(id)))).toEqual(["active", "active", "active"]);
+      release();
+      const states = async () => Promise.all(ids.map((id) => queue.getJobState(id)));
+      for (let i = 0; i < 250 && (await states()).some((st) => st !== "completed"); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(await states()).toEqual(["completed", "completed", "completed"]);
+    } finally {
+      release();
+      slow.mockRestore();
+      await consumer.close(1000);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  });
+});

@@ -25,7 +25,11 @@ export interface ConsumerOptions {
   lockDurationMs: number;
   maxResultBytes: number;
   circuit: CircuitOptions;
-  /** Batches in flight at once: one running, one being prepared. */
+  /**
+   * Batches handed to the runner whose runs are not over: one running and one queued
+   * behind it, so the runner never waits on the main thread. A batch settles after its
+   * runs end, beside the next run; one more batch is fetched and validated meanwhile.
+   */
   maxInFlight: number;
   /** Jobs held (locked, waiting in the batcher) before no more are fetched. */
   maxHeldJobs?: number;
@@ -70,7 +74,10 @@ export class ModelConsumer {
   private readonly held = new Map<string, Held>();
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
+  /** Batches not done (running, or settling after their runs): close() waits for them. */
   private readonly inflight = new Set<Promise<void>>();
+  /** Batches whose runs are not over; each resolves when its batch frees the runner. */
+  private readonly runsOpen = new Set<Promise<void>>();
   /** Aborted on shutdown: running batches are cut off and their jobs requeued. */
   private readonly shutdown = new AbortController();
   /** Cancellations that arrived for jobs we hold before they were prepared. */
@@ -146,24 +153,24 @@ export class ModelConsumer {
         }
         await this.admitArrivals();
         const probing = this.circuit.state === "half-open";
-        const batch = this.nextBatch(probing || this.heldJobs >= this.maxHeld);
+        const canRun = this.canRun();
+        const batch = canRun ? this.nextBatch(probing || this.heldJobs >= this.maxHeld) : null;
         if (batch) {
-          while (this.inflight.size >= this.o.maxInFlight) await Promise.race(this.inflight);
-          const p: Promise<void> = this.run(batch).finally(() => this.inflight.delete(p));
-          this.inflight.add(p);
+          const p = this.dispatch(batch);
           if (probing) await p;
           continue;
         }
-        // Nothing is due: take what waits in one round trip, unless the last wave found
-        // the queue drained; then wait for a job or the oldest held batch's due time.
-        const room = probing ? 1 - this.heldJobs : this.waveSize();
+        // Nothing may run now: take what waits in one round trip (while the runner is
+        // busy, only enough for the batch that runs next), unless the last wave found the
+        // queue drained; then wait for a job, a free runner or the oldest batch's due time.
+        const room = probing ? 1 - this.heldJobs : this.waveSize(canRun ? 1 : 0);
         if (room > 0 && !this.drained) {
           const jobs = await this.lease.fetch(room);
           await this.admitAll(jobs);
           this.drained = jobs.length < room;
           if (jobs.length > 0) continue;
         }
-        await this.waitForWork(room);
+        await this.waitForWork(room, canRun);
       } catch (err) {
         this.o.log.error({ err: coerceError(err), model: this.o.model }, "consumer loop error");
         await this.idle(250);
@@ -173,12 +180,38 @@ export class ModelConsumer {
 
   /**
    * How many jobs the next fetch may take: what the roomiest batcher can still take in
-   * one run (1 before a job has shown its model's max batch), within maxHeldJobs.
+   * one run (at least `least`: 1 before a job has shown its model's max batch), within
+   * maxHeldJobs.
    */
-  private waveSize(): number {
-    let n = 1;
+  private waveSize(least: number): number {
+    let n = least;
     for (const b of this.batchers.values()) n = Math.max(n, b.maxSamples - b.samples);
     return Math.min(n, this.maxHeld - this.heldJobs);
+  }
+
+  /**
+   * Whether a batch may go to the runner now: fewer than maxInFlight batches with runs
+   * not over, and as many again at most still settling (a slow Redis holds results in
+   * memory; past that bound the runner waits for it).
+   */
+  private canRun(): boolean {
+    return this.runsOpen.size < this.o.maxInFlight && this.inflight.size < 2 * this.o.maxInFlight;
+  }
+
+  /** Hands a batch to the runner; its run slot frees when its runs end, before it settles. */
+  private dispatch(batch: Held[]): Promise<void> {
+    let free = () => {};
+    const slot = new Promise<void>((r) => (free = r));
+    const runsEnd = () => {
+      if (this.runsOpen.delete(slot)) free();
+    };
+    this.runsOpen.add(slot);
+    const p: Promise<void> = this.run(batch, runsEnd).finally(() => {
+      runsEnd();
+      this.inflight.delete(p);
+    });
+    this.inflight.add(p);
+    return p;
   }
 
   /**
@@ -186,10 +219,12 @@ export class ModelConsumer {
    * batch is due, or the consumer stops. A wait cut short stays pending: the job it
    * brings later is admitted on a later turn.
    */
-  private async waitForWork(room: number): Promise<void> {
+  private async waitForWork(room: number, canRun: boolean): Promise<void> {
     const fetch = room > 0;
     const waits: Promise<unknown>[] = [this.stopped];
-    let at = this.readyAt() ?? (fetch ? null : performance.now() + 50);
+    // A batch due while the runner is busy waits for a batch to free it, not for a timer.
+    let at = canRun ? (this.readyAt() ?? (fetch ? null : performance.now() + 50)) : null;
+    if (!canRun) waits.push(...this.runsOpen, ...this.inflight);
     if (fetch) {
       if (!this.arrival) {
         this.arrivalSince = performance.now();
@@ -353,9 +388,9 @@ export class ModelConsumer {
   }
 
   /** Runs one batch; every job in it is settled, or returned to the queue, whatever fails. */
-  private async run(batch: Held[]): Promise<void> {
+  private async run(batch: Held[], onRunsEnd: () => void): Promise<void> {
     try {
-      await this.execute(batch);
+      await this.execute(batch, onRunsEnd);
     } catch (err) {
       this.o.log.error({ err: coerceError(err), model: this.o.model }, "batch failed outside its runs");
     } finally {
@@ -369,20 +404,26 @@ export class ModelConsumer {
     }
   }
 
-  private async execute(batch: Held[]): Promise<void> {
+  private async execute(batch: Held[], onRunsEnd: () => void): Promise<void> {
     const first = batch[0];
     if (!first) return;
     const { model, version } = first.data;
     // Held before the first await: the host does not evict the model under this batch.
     const unpin = this.o.host.pin(model, version);
     try {
-      await this.executePinned(batch, first, model, version);
+      await this.executePinned(batch, first, model, version, onRunsEnd);
     } finally {
       unpin();
     }
   }
 
-  private async executePinned(batch: Held[], first: Held, model: string, version: string): Promise<void> {
+  private async executePinned(
+    batch: Held[],
+    first: Held,
+    model: string,
+    version: string,
+    onRunsEnd: () => void,
+  ): Promise<void> {
     // Read beside the run, not before it: the flags were read when the jobs were fetched;
     // this catches a cancel whose message was lost since (a subscriber reconnecting), and a
     // job cancelled mid-run is settled at once with its result dropped.
@@ -403,6 +444,7 @@ export class ModelConsumer {
           noteFirstRun(loaded.phases, r.ms, { metrics: this.o.metrics, log: this.o.log, model, version });
       },
       shutdown: this.shutdown.signal,
+      onRunsEnd,
     });
     await flags;
     // A batch in which any run succeeded had bad inputs (split off and failed alone),

@@ -130,6 +130,34 @@ describe("executor", () => {
     ]);
   });
 
+  it("frees the runner once the batch's last run is over, before its jobs are settled", async () => {
+    const runner = new FakeRunner("fail");
+    const events: string[] = [];
+    let settled = () => {};
+    const settling = new Promise<void>((r) => (settled = r));
+    const done = executeBatch([job("a", 1), job("poison", POISON), job("c", 3)], {
+      model: async () => ({ manifest, runner }),
+      settle: async (j) => {
+        events.push(`settle ${j.id}`);
+        await settling;
+      },
+      onRun: (r) => events.push(`run ${r.jobs}`),
+      onRunsEnd: () => events.push("runs end"),
+      shutdown: new AbortController().signal,
+    });
+    await vi.waitFor(() => expect(events).toContain("runs end"));
+    // Every run (the split ones too) came before; the settles it started are still pending.
+    expect(events.filter((e) => e.startsWith("run ")).length).toBe(runner.runs.length);
+    expect(events.at(-1)).toBe("runs end");
+    let finished = false;
+    void done.then(() => (finished = true));
+    await vi.advanceTimersByTimeAsync(10);
+    expect(finished).toBe(false);
+    settled();
+    await done;
+    expect(events.filter((e) => e === "runs end")).toHaveLength(1);
+  });
+
   it("splits a batch that overran the model's timeout, so the others complete", async () => {
     const runner = new FakeRunner("hang");
     const { done, outcomes } = await execute([job("a", 1), job("slow", POISON)], runner);

@@ -79,6 +79,11 @@ export interface ExecuteOptions {
   onRun: (r: RunReport) => void;
   /** Aborted on shutdown: the run is cut off and every unsettled job is requeued. */
   shutdown: AbortSignal;
+  /**
+   * Called once when the batch will not run again (every outcome is known, settling may
+   * still be under way): the runner is free for the next batch from then on.
+   */
+  onRunsEnd?: () => void;
   now?: () => number;
 }
 
@@ -197,6 +202,7 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
     await runGroup(live);
   } finally {
     for (const off of listeners) off();
+    o.onRunsEnd?.();
     await Promise.all(settling);
   }
   return summary;
