@@ -25,7 +25,12 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type AppForm, OWN_FORM } from "@citadel/cli/fleet";
-import { POLICY_DIR, startVaultTestServer, type VaultTestServer } from "../support/vault-server/index.js";
+import {
+  POLICY_DIR,
+  prepareProductionKeys,
+  startVaultTestServer,
+  type VaultTestServer,
+} from "../support/vault-server/index.js";
 import {
   apiEnv,
   Client,
@@ -139,31 +144,6 @@ export interface ColdFleet {
   close(): Promise<void>;
 }
 
-const MODEL_KEY = "citadel-models";
-
-/** Transit keys as the production set-up has them, and the signing key's public keys to pin. */
-async function prepareVault(vault: VaultTestServer): Promise<{ keyId: string; publicKey: string }[]> {
-  const call = async (method: string, p: string, body?: object): Promise<Record<string, unknown>> => {
-    const r = await fetch(`${vault.addr}/v1/${p}`, {
-      method,
-      headers: { "x-vault-token": vault.rootToken, "content-type": "application/json" },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    if (r.status >= 300) throw new Error(`vault ${method} ${p}: ${r.status} ${await r.text()}`);
-    const text = await r.text();
-    return text ? (JSON.parse(text) as Record<string, unknown>) : {};
-  };
-  await call("POST", `transit/keys/${MODEL_KEY}`, { type: "aes256-gcm96" });
-  await call("POST", "transit/keys/citadel-signing", { type: "ed25519" });
-  const signing = (await call("GET", "transit/keys/citadel-signing")) as {
-    data: { keys: Record<string, { public_key: string }> };
-  };
-  return Object.entries(signing.data.keys).map(([v, k]) => ({
-    keyId: `vault:transit/citadel-signing:v${v}`,
-    publicKey: k.public_key,
-  }));
-}
-
 /** A fleet of its own (prefix, API, keys) for the row, so its queues start empty. */
 export async function startColdFleet(redisUrl: string, keys: ColdKeys): Promise<ColdFleet> {
   let vault: VaultTestServer | null = null;
@@ -176,7 +156,7 @@ export async function startColdFleet(redisUrl: string, keys: ColdKeys): Promise<
     if (keys === "vault") {
       vault = await startVaultTestServer({ policyDir: POLICY_DIR });
       const file = path.join(dir, "trusted-signers.json");
-      writeFileSync(file, JSON.stringify(await prepareVault(vault)), { mode: 0o600 });
+      writeFileSync(file, JSON.stringify(await prepareProductionKeys(vault)), { mode: 0o600 });
       Object.assign(env, {
         KEY_PROVIDER: "vault",
         VAULT_ADDR: vault.addr,

@@ -1,9 +1,15 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { startTestFleet, type TestFleet } from "./fleet.js";
-import { POLICY_DIR, startVaultTestServer, type VaultTestServer } from "./vault-server/index.js";
+import {
+  MODEL_KEY,
+  POLICY_DIR,
+  prepareProductionKeys,
+  startVaultTestServer,
+  type VaultTestServer,
+} from "./vault-server/index.js";
 
-export const MODEL_KEY = "citadel-models";
+export { MODEL_KEY };
 
 /**
  * An in-process fleet on the production key path, against the Vault-API test server
@@ -16,25 +22,7 @@ export async function startVaultTestFleet(
 ): Promise<{ fleet: TestFleet; vault: VaultTestServer; close(): Promise<void> }> {
   const vault = await startVaultTestServer({ policyDir: POLICY_DIR });
   try {
-    const call = async (method: string, p: string, body?: object): Promise<Record<string, unknown>> => {
-      const r = await fetch(`${vault.addr}/v1/${p}`, {
-        method,
-        headers: { "x-vault-token": vault.rootToken, "content-type": "application/json" },
-        ...(body ? { body: JSON.stringify(body) } : {}),
-      });
-      if (r.status >= 300) throw new Error(`vault ${method} ${p}: ${r.status} ${await r.text()}`);
-      const text = await r.text();
-      return text ? (JSON.parse(text) as Record<string, unknown>) : {};
-    };
-    await call("POST", `transit/keys/${MODEL_KEY}`, { type: "aes256-gcm96" });
-    await call("POST", "transit/keys/citadel-signing", { type: "ed25519" });
-    const signing = (await call("GET", "transit/keys/citadel-signing")) as {
-      data: { keys: Record<string, { public_key: string }> };
-    };
-    const pinned = Object.entries(signing.data.keys).map(([v, k]) => ({
-      keyId: `vault:transit/citadel-signing:v${v}`,
-      publicKey: k.public_key,
-    }));
+    const pinned = await prepareProductionKeys(vault);
     const fleet = await startTestFleet({
       workers: opts.workers ?? 1,
       env: {

@@ -1,6 +1,7 @@
 import { type KeyObject, sign } from "node:crypto";
 
 export { Acl, type Capability, DEFAULT_POLICY_HCL, PolicyParseError, type PolicyRule, parsePolicy } from "./policy.js";
+export { MODEL_KEY, type PinnedSigner, prepareProductionKeys } from "./production-keys.js";
 export {
   type CreateTokenOptions,
   type DownMode,
