@@ -1,35 +1,5 @@
-/**
- * Where a job's time goes at a steady, light load (the bench's half-load row): one API
- * and one worker on PaddleOCR cls, 1-sample binary jobs submitted with `?wait` in an open
- * loop at `rate` jobs/s for `seconds`; prints percentiles of each phase of a job's life,
- * from the client's clock and the times the job's view carries (one host, one clock):
- *
- *   submit  client sends → the API enqueued it (HTTP, auth, validation, limits, quota, store)
- *   queue   enqueued → a worker took it (the marker's wake, the take)
- *   worker  taken → settled, less inference (inputs read, checks, the batcher's delay,
- *           the runner's round trip, outputs, the settle's preparation)
- *   reply   settled → the client has the answer (the settle call, the event, HTTP)
- *
- *   node --conditions=@citadel/source --import tsx test/bench/latency-profile.ts [rate] [seconds]
- *
- * APP_FORM=dist runs the built apps (pnpm build first); NODE_ARGS="…" starts both with
- * those Node flags (e.g. --trace-gc: the lines go to the fleet's logs).
- */
-import { readFileSync } from "node:fs";
-import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
-import {
-  apiEnv,
-  Client,
-  freePort,
-  type ResultView,
-  randomInput,
-  say,
-  setupFleet,
-  sleep,
-  startOwnRedis,
-  startProc,
-  workerEnv,
-} from "./harness.js";
+import { Client, type ResultView, randomInput, say, sleep } from "./harness.js";
+import { startOcrFleet } from "./ocr-fleet.js";
 import { binaryBody } from "./wire.js";
 
 interface Timed {
@@ -44,24 +14,7 @@ const PER = 3 * 48 * 192;
 const form = process.env.APP_FORM === "dist" ? "dist" : "source";
 const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 
-const own = await startOwnRedis();
-const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
-await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
-  name: "ocr-cls",
-  version: "1",
-  spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
-});
-const apiPort = await freePort();
-const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, { nodeArgs, form });
-const port = await freePort();
-const worker = await startProc(
-  "worker",
-  "worker",
-  workerEnv(fleet.env, port, "latency", { WORKER_MODELS: "ocr-cls" }),
-  fleet.logDir,
-  port,
-  { nodeArgs, form },
-);
+const { fleet, api, close } = await startOcrFleet("latency", { nodeArgs, form });
 const bodies = Array.from({ length: 64 }, (_, i) =>
   binaryBody("ocr-cls", [{ name: "x", shape: [1, 3, 48, 192], data: randomInput(PER, 2000 + i) }]),
 );
@@ -89,10 +42,7 @@ async function openLoop(ms: number): Promise<Timed[]> {
 
 await openLoop(3000);
 const jobs = await openLoop(seconds * 1000);
-await worker.stop();
-await api.stop();
-await fleet.close();
-await own.stop();
+await close();
 
 const phases: Record<string, number[]> = { submit: [], queue: [], worker: [], reply: [], overhead: [] };
 for (const j of jobs) {

@@ -8,22 +8,10 @@
  *
  * NO_PROFILE, NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
  */
-import { readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import path from "node:path";
-import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
-import {
-  apiEnv,
-  Client,
-  cpuMsOf,
-  freePort,
-  randomInput,
-  rssOf,
-  say,
-  setupFleet,
-  startOwnRedis,
-  startProc,
-  workerEnv,
-} from "./harness.js";
+import { Client, cpuMsOf, randomInput, rssOf, say } from "./harness.js";
+import { startOcrFleet } from "./ocr-fleet.js";
 import { printTopSelfTime, profiledNodeOptions } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
 
@@ -35,24 +23,7 @@ rmSync(dir, { recursive: true, force: true });
 const SAMPLES = 16;
 const PER = 3 * 48 * 192;
 
-const own = await startOwnRedis();
-const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
-await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
-  name: "ocr-cls",
-  version: "1",
-  spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
-});
-const apiPort = await freePort();
-const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, profile);
-const port = await freePort();
-const worker = await startProc(
-  "worker",
-  "worker",
-  workerEnv(fleet.env, port, "profile", { WORKER_MODELS: "ocr-cls" }),
-  fleet.logDir,
-  port,
-  profile,
-);
+const { fleet, api, worker, close } = await startOcrFleet("profile", profile);
 const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
 const pool = Array.from({ length: 64 }, (_, i) => randomInput(PER, 1000 + i));
 const bodies = Array.from({ length: 8 }, (_, i) =>
@@ -85,10 +56,7 @@ say(
     `client ${per((me.user + me.system) / 1000)}; RSS MB: api ${(rssOf(api.pid) / 2 ** 20).toFixed(0)}, ` +
     `worker ${(rssOf(worker.pid) / 2 ** 20).toFixed(0)}`,
 );
-await worker.stop();
-await api.stop();
-await fleet.close();
-await own.stop();
+await close();
 if (profile.nodeArgs.includes("--cpu-prof")) {
   printTopSelfTime(dir, api.pid, 30);
   printTopSelfTime(dir, worker.pid, 30);

@@ -1,0 +1,61 @@
+import { readFileSync } from "node:fs";
+import type { AppForm } from "@citadel/cli/fleet";
+import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
+import {
+  apiEnv,
+  type FleetSetup,
+  freePort,
+  type Proc,
+  setupFleet,
+  startOwnRedis,
+  startProc,
+  workerEnv,
+} from "./harness.js";
+
+/** The profiling scripts' fleet: one API and one worker serving PaddleOCR cls, on a Redis of their own. */
+export interface OcrFleet {
+  fleet: FleetSetup;
+  api: Proc;
+  worker: Proc;
+  /** Stops the worker, the API, the fleet's clients and the Redis, in that order. */
+  close(): Promise<void>;
+}
+
+/**
+ * Publishes PaddleOCR cls as the bench does (maxBatch 16, maxQueueDelayMs 2) and starts
+ * one API and one worker (`workerName` names its logs) with `opts`' Node flags and form.
+ */
+export async function startOcrFleet(
+  workerName: string,
+  opts: { nodeArgs?: string[]; form?: AppForm },
+): Promise<OcrFleet> {
+  const own = await startOwnRedis();
+  const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
+  await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
+    name: "ocr-cls",
+    version: "1",
+    spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
+  });
+  const apiPort = await freePort();
+  const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, opts);
+  const port = await freePort();
+  const worker = await startProc(
+    "worker",
+    "worker",
+    workerEnv(fleet.env, port, workerName, { WORKER_MODELS: "ocr-cls" }),
+    fleet.logDir,
+    port,
+    opts,
+  );
+  return {
+    fleet,
+    api,
+    worker,
+    close: async () => {
+      await worker.stop();
+      await api.stop();
+      await fleet.close();
+      await own.stop();
+    },
+  };
+}
