@@ -95,14 +95,38 @@ function jobData(): JobData {
   };
 }
 
+/** Queue "m" under a fresh prefix on the test Redis, with BullMQ's connection and an ordinary client. */
+function testQueue() {
+  const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
+  const connection = bullConnection(url as string, () => undefined);
+  const redis = redisClient(url as string, () => undefined);
+  clients.push(connection, redis);
+  const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
+  return {
+    prefix,
+    connection,
+    redis,
+    queue,
+    /** Enqueues a job as the API does: its input bytes (x = [1, 2]) beside it. */
+    add: async (id: string) => {
+      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
+      await queue.add("infer", jobData(), { jobId: id });
+    },
+    /** Stops the consumer and removes the queue. */
+    close: async (consumer: ModelConsumer) => {
+      await consumer.close(1000);
+      await queue.obliterate({ force: true });
+      await queue.close();
+    },
+  };
+}
+
 describe("the consumer when Redis commands fail mid-batch", () => {
   it("does not crash the process: the batch still runs and its jobs are settled", async () => {
-    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
-    const errors: Error[] = [];
-    const connection = bullConnection(url, (e) => errors.push(e));
+    const { prefix, connection, queue, add, close } = testQueue();
     // Every ordinary command fails, as while Redis restarts (the run's cancel-flag read).
-    const dead = redisClient("redis://127.0.0.1:1", (e) => errors.push(e), { connectTimeout: 200 });
-    clients.push(connection, dead);
+    const dead = redisClient("redis://127.0.0.1:1", () => undefined, { connectTimeout: 200 });
+    clients.push(dead);
     const lines: string[] = [];
     const log = createLogger({
       name: "consumer-test",
@@ -123,13 +147,7 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       log,
       name: "consumer-test",
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
-    const data = jobData();
-    await connection.set(
-      keys.inputs(prefix, "m", "m.consumer-test-job-0001"),
-      Buffer.from(Float32Array.of(1, 2).buffer),
-    );
-    await queue.add("infer", data, { jobId: "m.consumer-test-job-0001" });
+    await add("m.consumer-test-job-0001");
     consumer.start();
     try {
       let state = "";
@@ -153,19 +171,14 @@ describe("the consumer when Redis commands fail mid-batch", () => {
       ]);
       expect(await connection.exists(keys.inputs(prefix, "m", "m.consumer-test-job-0001"))).toBe(0);
     } finally {
-      await consumer.close(1000);
-      await queue.obliterate({ force: true });
-      await queue.close();
+      await close(consumer);
     }
   });
 });
 
 describe("the consumer and cancellations whose message it never got", () => {
   it("settles a job flagged before it was fetched as cancelled, without running it", async () => {
-    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
-    const connection = bullConnection(url, () => undefined);
-    const redis = redisClient(url, () => undefined);
-    clients.push(connection, redis);
+    const { prefix, connection, redis, queue, add, close } = testQueue();
     /** Samples of each run. */
     const runs: number[] = [];
     const counting = {
@@ -188,13 +201,8 @@ describe("the consumer and cancellations whose message it never got", () => {
       log: createLogger({ name: "consumer-test", level: "silent" }),
       name: "consumer-cancel-test",
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
-    const data = jobData();
     const [cancelled, kept] = ["m.consumer-cancel-0001", "m.consumer-cancel-0002"];
-    for (const id of [cancelled, kept]) {
-      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
-      await queue.add("infer", data, { jobId: id });
-    }
+    for (const id of [cancelled, kept]) await add(id);
     // As the API's DELETE of an active job leaves it when its message reaches no worker.
     await redis.set(keys.cancelRequested(prefix, cancelled), "1");
     consumer.start();
@@ -213,9 +221,7 @@ describe("the consumer and cancellations whose message it never got", () => {
         ]),
       );
     } finally {
-      await consumer.close(1000);
-      await queue.obliterate({ force: true });
-      await queue.close();
+      await close(consumer);
     }
   });
 });
@@ -225,10 +231,7 @@ describe("the consumer when its blocking fetch never answers", () => {
   // read stayed pending for good, and a consumer that had found the queue drained
   // waited on it while jobs piled up in `wait`.
   it("polls for jobs instead of waiting on it for good", async () => {
-    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
-    const connection = bullConnection(url, () => undefined);
-    const redis = redisClient(url, () => undefined);
-    clients.push(connection, redis);
+    const { prefix, connection, redis, queue, add, close } = testQueue();
     const stuck = vi.spyOn(JobLease.prototype, "next").mockReturnValue(new Promise(() => {}));
     const consumer = testConsumer({
       connection,
@@ -238,15 +241,13 @@ describe("the consumer when its blocking fetch never answers", () => {
       log: createLogger({ name: "consumer-stuck-test", level: "silent" }),
       name: "consumer-stuck-test",
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
     const id = "m.consumer-stuck-job-00001";
     consumer.start();
     try {
       // The queue is empty: the consumer finds it drained and turns to the (stuck) blocking fetch.
       for (let i = 0; i < 100 && stuck.mock.calls.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(stuck).toHaveBeenCalled();
-      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
-      await queue.add("infer", jobData(), { jobId: id });
+      await add(id);
       let state = "";
       for (let i = 0; i < 750 && state !== "completed"; i++) {
         state = await queue.getJobState(id);
@@ -255,19 +256,14 @@ describe("the consumer when its blocking fetch never answers", () => {
       expect(state).toBe("completed");
     } finally {
       stuck.mockRestore();
-      await consumer.close(1000);
-      await queue.obliterate({ force: true });
-      await queue.close();
+      await close(consumer);
     }
   }, 30_000);
 });
 
 describe("the consumer while a batch settles", () => {
   it("hands the runner the next batches without waiting for the last one's settle", async () => {
-    const prefix = `{t-consumer-${randomBytes(4).toString("hex")}}`;
-    const connection = bullConnection(url, () => undefined);
-    const redis = redisClient(url, () => undefined);
-    clients.push(connection, redis);
+    const { prefix, connection, redis, queue, add, close } = testQueue();
     const one = { ...manifest, maxBatch: 1 } as ManifestBody;
     let runs = 0;
     const counting = {
@@ -297,31 +293,25 @@ describe("the consumer while a batch settles", () => {
       log: createLogger({ name: "consumer-settle-test", level: "silent" }),
       name: "consumer-settle-test",
     });
-    const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
     const ids = [1, 2, 3].map((i) => `m.consumer-settle-000${i}`);
-    for (const id of ids) {
-      await connection.set(keys.inputs(prefix, "m", id), Buffer.from(Float32Array.of(1, 2).buffer));
-      await queue.add("infer", jobData(), { jobId: id });
-    }
+    for (const id of ids) await add(id);
     consumer.start();
     try {
       // Three batches of one job: all three ran while none could settle (two runs in the
       // runner at most, and as many again settling).
-      for (let i = 0; i < 250 && runs < 3; i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 500 && runs < 3; i++) await new Promise((r) => setTimeout(r, 20));
       expect(runs).toBe(3);
       expect(slow).toHaveBeenCalledTimes(3);
       expect(await Promise.all(ids.map((id) => queue.getJobState(id)))).toEqual(["active", "active", "active"]);
       release();
       const states = async () => Promise.all(ids.map((id) => queue.getJobState(id)));
-      for (let i = 0; i < 250 && (await states()).some((st) => st !== "completed"); i++)
+      for (let i = 0; i < 500 && (await states()).some((st) => st !== "completed"); i++)
         await new Promise((r) => setTimeout(r, 20));
       expect(await states()).toEqual(["completed", "completed", "completed"]);
     } finally {
       release();
       slow.mockRestore();
-      await consumer.close(1000);
-      await queue.obliterate({ force: true });
-      await queue.close();
+      await close(consumer);
     }
   });
 });
