@@ -57,6 +57,7 @@ for (let left = jobs; left > 0; left -= 500) await client.bulk(body);
 const connection = new Redis(own.url);
 const queue = new Queue(queueName("noop"), { connection, prefix: queuePrefix("{bench}", "noop") });
 say(`profile: ${await queue.count()} jobs queued; starting one worker with --cpu-prof (${dir})`);
+await connection.config("RESETSTAT");
 const port = await freePort();
 const worker = await startProc(
   "worker",
@@ -75,6 +76,13 @@ while ((await unsettled()) > jobs * 0.05) await sleep(5);
 const s = (performance.now() - t) / 1000;
 say(`profile: 90% of ${jobs} jobs settled in ${s.toFixed(2)} s: ${((jobs * 0.9) / s).toFixed(0)} jobs/s`);
 while ((await unsettled()) > 0) await sleep(20);
+// Calls per job of each command the drain sent (the polling above adds a few LLENs/ZCARDs).
+const stats = String(await connection.info("commandstats"));
+const calls = [...stats.matchAll(/^cmdstat_(\w+(?:\|\w+)?):calls=(\d+)/gm)]
+  .map(([, cmd, n]) => [cmd, Number(n) / jobs] as const)
+  .filter(([, perJob]) => perJob >= 0.001)
+  .sort((a, b) => b[1] - a[1]);
+say(`profile: Redis calls per job: ${calls.map(([c, n]) => `${c} ${n.toFixed(3)}`).join(", ")}`);
 await worker.stop();
 await api.stop();
 await queue.close();

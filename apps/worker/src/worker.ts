@@ -79,7 +79,6 @@ export async function startWorker(
     const c = new ModelConsumer({
       model,
       connection,
-      redis,
       prefix: env.CITADEL_PREFIX,
       host,
       audit,

@@ -75,7 +75,10 @@ export function tenantPrefix(prefix: string, tenant: string): string {
 export const keys = {
   /** A cancelled job's tombstone (its view), in its queue's slot (the id names the model). */
   cancelled: (prefix: string, id: string) => `${queuePrefix(prefix, modelOfJobId(id))}:cancelled:${id}`,
-  cancelRequested: (prefix: string, id: string) => `${queuePrefix(prefix, modelOfJobId(id))}:cancel-requested:${id}`,
+  /** A cancel asked for (set by the API before it publishes the cancel), in its queue's slot. */
+  cancelRequested: (prefix: string, id: string) => `${keys.cancelRequestedPrefix(prefix, modelOfJobId(id))}${id}`,
+  /** What a model's cancel flags start with (the job id follows), as takeJobs-8.lua builds them. */
+  cancelRequestedPrefix: (prefix: string, model: string) => `${queuePrefix(prefix, model)}:cancel-requested:`,
   cancelChannel: (prefix: string) => `${prefix}:cancel`,
   /** Per-tenant queued jobs and input bytes: added by the API on accept, released when a job's outbox entry is relayed. */
   tenantQueuedJobs: (prefix: string, tenant: string) => `${tenantPrefix(prefix, tenant)}:queued-jobs`,

@@ -6,7 +6,7 @@ import type { Logger } from "@citadel/telemetry";
 import { resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
 import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
 import { CircuitBreaker, type CircuitOptions, type CircuitState } from "./circuit.js";
-import { executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
+import { executeBatch, JobCancel, type Outcome, type RunJob, type RunReport } from "./executor.js";
 import { JobLease, type LeasedJob } from "./lease.js";
 import { noteFirstRun } from "./load-phases.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -15,7 +15,6 @@ import type { LoadedModel, ModelHost } from "./model-host.js";
 export interface ConsumerOptions {
   model: string;
   connection: RedisConn;
-  redis: RedisConn;
   prefix: string;
   host: Pick<ModelHost, "get" | "pin">;
   audit: AuditSink;
@@ -46,7 +45,6 @@ interface Held extends RunJob {
   lease: LeasedJob;
   data: JobData;
   model: LoadedModel;
-  abort: AbortController;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -104,7 +102,6 @@ export class ModelConsumer {
     this.lease = new JobLease({
       model: o.model,
       connection: o.connection,
-      redis: o.redis,
       prefix: o.prefix,
       workerId: o.workerId,
       lockDurationMs: o.lockDurationMs,
@@ -134,7 +131,7 @@ export class ModelConsumer {
   cancel(jobId: string): void {
     if (!this.lease.holds(jobId)) return;
     const h = this.held.get(jobId);
-    if (h) h.abort.abort();
+    if (h) h.cancel.cancel();
     else this.cancelled.add(jobId);
   }
 
@@ -278,25 +275,13 @@ export class ModelConsumer {
   }
 
   /**
-   * Admits a wave: its input bytes in one round trip, then each job on its own, together,
-   * so the jobs refused at once are settled in one pipeline. Jobs whose inputs cannot be
-   * read now go back to the queue.
+   * Admits a wave (the take brought each job's inputs and cancel flag), each job on its
+   * own, together, so the jobs refused at once are settled in one pipeline.
    */
   private async admitAll(jobs: LeasedJob[]): Promise<void> {
-    if (jobs.length === 0) return;
-    let read: Awaited<ReturnType<JobLease["readInputs"]>>;
-    try {
-      read = await this.lease.readInputs(jobs);
-    } catch (err) {
-      this.o.log.warn({ err: coerceError(err), model: this.o.model }, "could not read a wave's inputs; requeued");
-      await Promise.all(jobs.map((l) => this.lease.requeue(l)));
-      return;
-    }
     // A cancel requested before we held the job (its message went to no one) is honoured now.
-    jobs.forEach((l, i) => {
-      if (read.cancelled[i]) this.cancelled.add(l.id);
-    });
-    await Promise.all(jobs.map((l, i) => this.admit(l, read.bytes[i] ?? null)));
+    for (const l of jobs) if (l.cancelRequested) this.cancelled.add(l.id);
+    await Promise.all(jobs.map((l) => this.admit(l)));
   }
 
   /** A pause that ends early when the consumer stops. */
@@ -326,19 +311,18 @@ export class ModelConsumer {
   }
 
   /** Validates a fetched job and hands it to its version's batcher; settles it at once if it cannot run. */
-  private async admit(lease: LeasedJob, bytes: Buffer | null): Promise<void> {
-    const job = lease.job;
-    if (job.deferredFailure) {
+  private async admit(lease: LeasedJob): Promise<void> {
+    if (lease.deferredFailure) {
       // BullMQ marks a job that stalled more than maxStalledCount times (its workers died
       // during its runs — possibly because of the job itself) for failure on next fetch.
-      const parsed = JobData.safeParse(job.data);
+      const parsed = JobData.safeParse(lease.data);
       return this.fail(
         lease,
         parsed.success ? parsed.data : null,
         new CitadelError("JOB_STALLED", "the job's worker stopped during its run too many times"),
       );
     }
-    const parsed = JobData.safeParse(job.data);
+    const parsed = JobData.safeParse(lease.data);
     if (!parsed.success)
       return this.fail(lease, null, new CitadelError("JOB_INVALID", "job payload failed re-validation"));
     const data = parsed.data;
@@ -348,6 +332,7 @@ export class ModelConsumer {
       if (data.model !== this.o.model) throw new CitadelError("JOB_INVALID", "job names another model than its queue");
       const model = await this.o.host.get(data.model, data.version);
       const { manifest } = model;
+      const bytes = lease.inputs;
       if (!bytes) throw new CitadelError("JOB_INVALID", "the job's inputs are missing");
       // Defence in depth without the API's decoding: sizes against the manifest and a
       // range/NaN scan over the stored bytes (views, no copy), as the manifest demands.
@@ -355,22 +340,21 @@ export class ModelConsumer {
       if (v.batch !== data.batch) throw new CitadelError("JOB_INVALID", "job batch does not match its inputs");
       if (data.timeoutMs > manifest.timeoutMs)
         throw new CitadelError("JOB_INVALID", "job timeout exceeds the model's limit");
-      const abort = new AbortController();
+      const cancel = new JobCancel();
       const h: Held = {
         id: lease.id,
         lease,
         data,
         model,
-        abort,
         tensors: v.tensors,
         samples: v.batch,
         outputs: resolveOutputs(data.outputs, manifest),
         ...(data.outputPolicy ? { policy: data.outputPolicy } : {}),
         timeoutMs: data.timeoutMs,
         deadline: data.deadline,
-        cancel: abort.signal,
+        cancel,
       };
-      if (this.cancelled.delete(lease.id)) abort.abort();
+      if (this.cancelled.delete(lease.id)) cancel.cancel();
       this.held.set(lease.id, h);
       const batchable = canBatch(manifest);
       let b = this.batchers.get(data.version);
@@ -424,10 +408,8 @@ export class ModelConsumer {
     version: string,
     onRunsEnd: () => void,
   ): Promise<void> {
-    // Read beside the run, not before it: the flags were read when the jobs were fetched;
-    // this catches a cancel whose message was lost since (a subscriber reconnecting), and a
-    // job cancelled mid-run is settled at once with its result dropped.
-    const flags = this.applyCancelFlags(batch);
+    // Cancel flags were read with the take; one set since, whose message was lost (a
+    // subscriber reconnecting), is found by the settle itself (finishJobs.lua).
     const start = Date.now();
     for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     let loaded = first.model;
@@ -446,27 +428,10 @@ export class ModelConsumer {
       shutdown: this.shutdown.signal,
       onRunsEnd,
     });
-    await flags;
     // A batch in which any run succeeded had bad inputs (split off and failed alone),
     // not a bad model; only batches where every run failed count against the model.
     if (summary.okRuns > 0) this.circuit.success();
     else if (summary.failedRuns > 0) this.circuit.failure();
-  }
-
-  /**
-   * Cancellations whose pub/sub message did not reach us: one read for the whole batch.
-   * Without Redis the batch runs; its settling then fails and the jobs come back (their
-   * cancellations are honoured then).
-   */
-  private async applyCancelFlags(batch: Held[]): Promise<void> {
-    try {
-      const flags = await this.o.redis.mget(batch.map((h) => keys.cancelRequested(this.o.prefix, h.id)));
-      flags.forEach((f, i) => {
-        if (f) batch[i]?.abort.abort();
-      });
-    } catch (err) {
-      this.o.log.warn({ err: coerceError(err), model: this.o.model }, "could not read cancellation flags");
-    }
   }
 
   private onRun(r: RunReport, model: string, version: string): void {
@@ -511,7 +476,17 @@ export class ModelConsumer {
         new CitadelError("RESULT_TOO_LARGE", `result exceeds ${this.o.maxResultBytes} bytes`),
       );
     }
-    if (!(await this.lease.complete(h.lease, resultJson, h.data))) return;
+    const completion = await this.lease.complete(h.lease, resultJson, h.data);
+    if (completion === null) return;
+    if (completion === "cancelled") {
+      // A cancel whose message we missed, found as the result was settled: the job failed CANCELLED.
+      this.o.metrics.failure.inc({ model: h.data.model, version: h.data.version, reason: "CANCELLED" });
+      this.o.audit.record(
+        "job.cancelled",
+        this.auditFields(h.lease, h.data, { outcome: "cancelled", errorCode: "CANCELLED" }),
+      );
+      return;
+    }
     this.o.metrics.success.inc({ model: h.data.model, version: h.data.version });
     this.o.audit.record(
       "job.completed",

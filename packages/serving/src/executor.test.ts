@@ -2,7 +2,7 @@ import { CitadelError, type ManifestBody } from "@citadel/contracts";
 import type { RunResult } from "@citadel/runtime";
 import type { Tensor } from "@citadel/tensors";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { type BatchRunner, executeBatch, type Outcome, type RunJob, type RunReport } from "./executor.js";
+import { type BatchRunner, executeBatch, JobCancel, type Outcome, type RunJob, type RunReport } from "./executor.js";
 
 // An identity model y = x on [N,2]; the fake runner below stands in for onnxruntime so
 // that each rule of the executor is checked alone (the e2e suites run the real thing).
@@ -46,8 +46,8 @@ class FakeRunner implements BatchRunner {
   }
 }
 
-function job(id: string, first: number, extra: Partial<RunJob> = {}): RunJob & { abort: AbortController } {
-  const abort = new AbortController();
+function job(id: string, first: number, extra: Partial<RunJob> = {}): RunJob {
+  const cancel = new JobCancel();
   return {
     id,
     tensors: { x: { dtype: "float32", shape: [1, 2], data: Float32Array.of(first, 0.5) } },
@@ -55,8 +55,7 @@ function job(id: string, first: number, extra: Partial<RunJob> = {}): RunJob & {
     outputs: ["y"],
     timeoutMs: manifest.timeoutMs,
     deadline: Date.now() + 60_000,
-    cancel: abort.signal,
-    abort,
+    cancel,
     ...extra,
   };
 }
@@ -173,7 +172,7 @@ describe("executor", () => {
     const a = job("a", 1);
     const { done, outcomes } = await execute([a, job("b", 2)], runner);
     await vi.advanceTimersByTimeAsync(1);
-    a.abort.abort();
+    a.cancel.cancel();
     expect(code(outcomes.get("a"))).toBe("CANCELLED");
     release();
     await done;
@@ -185,7 +184,7 @@ describe("executor", () => {
     const runner = new FakeRunner();
     const late = job("late", 1, { deadline: Date.now() - 1 });
     const gone = job("gone", 2);
-    gone.abort.abort();
+    gone.cancel.cancel();
     const { done, outcomes } = await execute([late, gone, job("ok", 3)], runner);
     await done;
     expect(code(outcomes.get("late"))).toBe("DEADLINE_EXCEEDED");
@@ -219,5 +218,23 @@ describe("executor", () => {
       ["a", "SIGNATURE_INVALID"],
       ["b", "SIGNATURE_INVALID"],
     ]);
+  });
+});
+
+describe("JobCancel", () => {
+  it("cancels once, calls its listener once, and calls none once the listener is cleared", () => {
+    const heard: string[] = [];
+    const a = new JobCancel();
+    a.listen(() => heard.push("a"));
+    expect(a.cancelled).toBe(false);
+    a.cancel();
+    a.cancel();
+    expect(a.cancelled).toBe(true);
+    const b = new JobCancel();
+    b.listen(() => heard.push("b"));
+    b.listen(null);
+    b.cancel();
+    expect(b.cancelled).toBe(true);
+    expect(heard).toEqual(["a"]);
   });
 });

@@ -15,7 +15,7 @@ import {
   settleFinalCall,
 } from "@citadel/queue";
 import { createLogger } from "@citadel/telemetry";
-import { Queue, Worker } from "bullmq";
+import { Job, Queue, Worker } from "bullmq";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { JobLease, type LeasedJob } from "./lease.js";
 
@@ -68,7 +68,6 @@ async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
   const lease = new JobLease({
     model: "m",
     connection,
-    redis,
     prefix,
     workerId: "w-test",
     lockDurationMs: 30_000,
@@ -128,7 +127,7 @@ async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
   await add(1, "warm-up");
   const [warm] = await lease.fetch(1);
   if (!warm) throw new Error("the warm-up job was not fetched");
-  expect(await lease.complete(warm, JSON.stringify(result), warm.job.data)).toBe(true);
+  expect(await lease.complete(warm, JSON.stringify(result), warm.data as JobData)).toBe("completed");
   expect(await lease.fetch(1)).toEqual([]);
   const inputsOf = (l: LeasedJob) => keys.inputs(prefix, "m", l.id);
   return { prefix, connection, redis, lease, queue, add, settled, inputsOf, data };
@@ -263,10 +262,17 @@ describe("JobLease fetch", () => {
       };
     };
     expect(await state(b as string)).toEqual(await state(a as string));
-    expect(mine?.job.data).toEqual(viaBull?.data);
-    expect(mine?.job.attemptsStarted).toBe(viaBull?.attemptsStarted);
+    // What the lease hands over is what BullMQ's Job says of the same fields.
+    expect(mine?.data).toEqual(viaBull?.data);
+    expect(mine?.attemptsMade).toBe(viaBull?.attemptsMade);
+    expect(mine?.opts.attempts).toBe(viaBull?.opts.attempts);
+    expect(mine?.stacktrace).toBe(JSON.stringify(viaBull?.stacktrace));
+    expect(mine?.deferredFailure).toBeNull();
+    const mineInBull = await Job.fromId(queue, b as string);
+    expect(mine?.createdAt).toBe(mineInBull?.timestamp);
+    expect(mine?.startedAt).toBe(mineInBull?.processedOn);
     // A retry waiting out its backoff in the delayed set comes back once its time has come.
-    await queue.add(JOB_NAME, (mine as LeasedJob).job.data, { jobId: "m.delayedjob0000000000", delay: 1 });
+    await queue.add(JOB_NAME, (mine as LeasedJob).data as JobData, { jobId: "m.delayedjob0000000000", delay: 1 });
     await sleep(20);
     const [promoted] = await lease.fetch(4);
     expect(promoted?.id).toBe("m.delayedjob0000000000");
@@ -278,10 +284,15 @@ describe("JobLease fetch", () => {
     await queue.setGlobalConcurrency(100);
     await add(3);
     const commands = await monitor(connection);
-    expect(await lease.fetch(8)).toHaveLength(3);
+    const jobs = await lease.fetch(8);
+    expect(jobs).toHaveLength(3);
+    // Their inputs and cancel flags read after them, in one MGET.
+    expect(jobs.map((l) => [l.inputs?.toString("hex"), l.cancelRequested])).toEqual(
+      Array.from({ length: 3 }, () => ["01020304", false]),
+    );
     // The first moveToActive on this connection sends its script (EVAL), then its SHA.
     const sent = (await commands()).map((c) => (c === "eval" ? "evalsha" : c));
-    expect(sent).toEqual(["evalsha", "llen", "zcard", "evalsha", "evalsha", "evalsha"]);
+    expect(sent).toEqual(["evalsha", "llen", "zcard", "evalsha", "evalsha", "evalsha", "mget"]);
   });
 
   it("waits for a job on the queue's marker (BZPOPMIN) instead of polling, and wakes when one is added", async () => {
@@ -353,19 +364,24 @@ describe("JobLease fetch", () => {
     expect(Date.now() - started).toBeLessThan(4000);
   });
 
-  it("reads several jobs' input bytes and cancel flags in one round trip", async () => {
-    const { connection, redis, lease, add, inputsOf, prefix } = await setup();
-    await add(3);
-    const jobs = await lease.fetch(3);
-    const [, second, third] = jobs as [LeasedJob, LeasedJob, LeasedJob];
-    await redis.del(inputsOf(second));
-    await redis.set(keys.cancelRequested(prefix, third.id), "1");
+  it("hands over each job's input bytes and cancel flag with the take, in its one round trip", async () => {
+    const { connection, redis, lease, add, prefix } = await setup();
+    const [first, second, third] = (await add(3)) as [string, string, string];
+    await redis.del(keys.inputs(prefix, "m", second));
+    await redis.set(keys.cancelRequested(prefix, third), "1");
+    // Bytes that are not UTF-8 come back as they are.
+    await redis.set(keys.inputs(prefix, "m", first), Buffer.from([0xff, 0xfe, 0x00, 0x80]));
     const trace = wire(connection);
-    const { bytes, cancelled } = await lease.readInputs(jobs);
+    const jobs = await lease.fetch(3);
     trace.stop();
-    expect(bytes.map((b) => b?.toString("hex") ?? null)).toEqual(["01020304", null, "01020304"]);
-    expect(cancelled).toEqual([false, false, true]);
     expect(trace.turns()).toBe(1);
+    const byId = new Map(jobs.map((l) => [l.id, l]));
+    expect([first, second, third].map((id) => byId.get(id)?.inputs?.toString("hex") ?? null)).toEqual([
+      "fffe0080",
+      null,
+      "01020304",
+    ]);
+    expect([first, second, third].map((id) => byId.get(id)?.cancelRequested)).toEqual([false, false, true]);
   });
 });
 
@@ -379,14 +395,14 @@ describe("JobLease settle", () => {
     const outcomes = await Promise.all(
       jobs.map((l, i) =>
         i < 4
-          ? lease.complete(l, JSON.stringify(result), l.job.data)
-          : lease.fail(l, new CitadelError("JOB_INVALID", "bad input"), l.job.data),
+          ? lease.complete(l, JSON.stringify(result), l.data as JobData)
+          : lease.fail(l, new CitadelError("JOB_INVALID", "bad input"), l.data as JobData),
       ),
     );
     trace.stop();
     expect(trace.turns()).toBe(1);
     expect(trace.events.filter((e) => e === "w")).toHaveLength(1);
-    expect(outcomes).toEqual([true, true, true, true, { final: true }, { final: true }]);
+    expect(outcomes).toEqual(["completed", "completed", "completed", "completed", { final: true }, { final: true }]);
     expect(lease.size).toBe(0);
     for (const [i, l] of jobs.entries()) {
       expect(await queue.getJobState(l.id)).toBe(i < 4 ? "completed" : "failed");
@@ -404,13 +420,34 @@ describe("JobLease settle", () => {
     expect(await settled()).toEqual(Object.fromEntries(jobs.map((l, i) => [l.id, i < 4 ? "completed" : "failed"])));
   });
 
+  it("settles a completion whose job was flagged for cancel meanwhile as cancelled, in the same call", async () => {
+    const { connection, redis, lease, queue, add, settled, inputsOf, prefix } = await setup();
+    await add(2);
+    const [flagged, other] = (await lease.fetch(2)) as [LeasedJob, LeasedJob];
+    // The API's DELETE while the job ran, its message lost: only the flag says so.
+    await redis.set(keys.cancelRequested(prefix, flagged.id), "1");
+    const trace = wire(connection);
+    const outcomes = await Promise.all(
+      [flagged, other].map((l) => lease.complete(l, JSON.stringify(result), l.data as JobData)),
+    );
+    trace.stop();
+    expect(trace.turns()).toBe(1);
+    expect(outcomes).toEqual(["cancelled", "completed"]);
+    expect(await queue.getJobState(flagged.id)).toBe("failed");
+    const stored = await queue.getJob(flagged.id);
+    expect(stored?.failedReason).toBe("CANCELLED: the job was cancelled");
+    expect(stored?.returnvalue ?? null).toBeNull();
+    expect(await redis.exists(inputsOf(flagged))).toBe(0);
+    expect(await settled()).toEqual({ [flagged.id]: "cancelled", [other.id]: "completed" });
+  });
+
   it("retries a transient failure through BullMQ, keeping its inputs and quota share (no outbox entry)", async () => {
     const { redis, lease, queue, add, settled, inputsOf } = await setup({ attempts: 2 });
     await add(2);
     const [a, b] = (await lease.fetch(2)) as [LeasedJob, LeasedJob];
     const [ra, rb] = await Promise.all([
-      lease.fail(a, new CitadelError("RUNTIME_ERROR", "inference failed"), a.job.data),
-      lease.fail(b, new CitadelError("JOB_INVALID", "bad input"), b.job.data),
+      lease.fail(a, new CitadelError("RUNTIME_ERROR", "inference failed"), a.data as JobData),
+      lease.fail(b, new CitadelError("JOB_INVALID", "bad input"), b.data as JobData),
     ]);
     expect(ra).toEqual({ final: false });
     expect(rb).toEqual({ final: true });
@@ -421,15 +458,15 @@ describe("JobLease settle", () => {
   });
 
   it("answers a job whose lock was lost alone: not settled, its inputs and quota share kept", async () => {
-    const { redis, lease, queue, add, settled, inputsOf } = await setup();
+    const { redis, lease, queue, add, settled, inputsOf, prefix } = await setup();
     await add(3);
     const jobs = (await lease.fetch(3)) as [LeasedJob, LeasedJob, LeasedJob];
     const lost = jobs[1];
     // Another worker took it over: its lock now holds another token.
-    await redis.set(`${lost.job.queueQualifiedName}:${lost.id}:lock`, "someone-else");
+    await redis.set(`${keys.job(prefix, "m", lost.id)}:lock`, "someone-else");
     logLines.length = 0;
-    const outcomes = await Promise.all(jobs.map((l) => lease.complete(l, JSON.stringify(result), l.job.data)));
-    expect(outcomes).toEqual([true, false, true]);
+    const outcomes = await Promise.all(jobs.map((l) => lease.complete(l, JSON.stringify(result), l.data as JobData)));
+    expect(outcomes).toEqual(["completed", null, "completed"]);
     expect(logLines.join("")).toMatch(/could not complete job \(lock lost\)/);
     expect(await queue.getJobState(lost.id)).toBe("active");
     expect(await redis.exists(inputsOf(lost))).toBe(1);
@@ -472,24 +509,31 @@ describe("finishJobs.lua against BullMQ's own scripts", () => {
   }
 
   it("leaves a completed and a failed job exactly as moveToFinished followed by settleFinal does", async () => {
-    const { redis, lease, add, prefix } = await setup();
+    const { redis, lease, queue, add, prefix } = await setup();
     await add(4);
     const [a, b, c, d] = (await lease.fetch(4)) as [LeasedJob, LeasedJob, LeasedJob, LeasedJob];
     // a and c through BullMQ's public calls and settleFinal; b and d through the lease's finishJobs.
     const settleFinal = (l: LeasedJob) => {
-      const call = settleFinalCall(prefix, "m", l.id, l.job.data);
+      const call = settleFinalCall(prefix, "m", l.id, l.data as JobData);
       return scripts(redis).settleFinal(call.keys, call.args);
     };
     const stamped = (l: LeasedJob): JobResult => ({
       ...result,
-      at: { created: l.job.timestamp, started: l.job.processedOn ?? 0, finished: 0 },
+      at: { created: l.createdAt, started: l.startedAt, finished: 0 },
     });
-    await a.job.moveToCompleted(stamped(a), a.token, false);
+    const bullJob = async (l: LeasedJob) => {
+      const job = await Job.fromId<JobData>(queue, l.id);
+      if (!job) throw new Error(`job ${l.id} is gone`);
+      return job;
+    };
+    await (await bullJob(a)).moveToCompleted(stamped(a), a.token, false);
     expect(await settleFinal(a)).toBe(1);
-    expect(await lease.complete(b, JSON.stringify(result), b.job.data)).toBe(true);
-    await c.job.moveToFailed(new Error("JOB_INVALID: bad input"), c.token, false);
+    expect(await lease.complete(b, JSON.stringify(result), b.data as JobData)).toBe("completed");
+    await (await bullJob(c)).moveToFailed(new Error("JOB_INVALID: bad input"), c.token, false);
     expect(await settleFinal(c)).toBe(1);
-    expect(await lease.fail(d, new CitadelError("JOB_INVALID", "bad input"), d.job.data)).toEqual({ final: true });
+    expect(await lease.fail(d, new CitadelError("JOB_INVALID", "bad input"), d.data as JobData)).toEqual({
+      final: true,
+    });
     const [ta, tb, tc, td] = await Promise.all([a, b, c, d].map((l) => traces(redis, prefix, l.id)));
     const sameAs = (t: typeof ta, id: string, other: string) =>
       JSON.parse(JSON.stringify(t).replaceAll(id, "<id>").replaceAll(other, "<id>"));

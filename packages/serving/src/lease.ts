@@ -3,6 +3,8 @@ import { type CitadelError, coerceError, isRetryable, type JobData, type JobResu
 import {
   duplicateNamed,
   EVENTS_MAX_LEN,
+  FINISH_CANCELLED,
+  FINISH_SETTLED,
   type FinishedJob,
   finishedJobParts,
   finishJobsQueueKeys,
@@ -14,10 +16,11 @@ import {
   type RedisConn,
   scripts,
   settledWithin,
+  type TakenJob,
   takeJobsKeys,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
-import { Job, type JobJson, raw2NextJobData, Worker } from "bullmq";
+import { Job, type JobsOptions, Worker } from "bullmq";
 
 /**
  * The lease: the one place in the worker that speaks BullMQ. It fetches jobs by hand
@@ -31,7 +34,9 @@ import { Job, type JobJson, raw2NextJobData, Worker } from "bullmq";
  * - `fetch(n)` takes up to n jobs in one script call, takeJobs-8.lua: BullMQ's
  *   moveToActive for each job (lock, `active` event, stamps), with the metadata read,
  *   delayed-job promotion and wake-up marker once per call (~6 Redis commands a job
- *   against ~10); an empty queue costs one call that finds nothing.
+ *   against ~10); an empty queue costs one call that finds nothing. The same answer
+ *   carries each job's input bytes and cancel flag, and only the fields of its hash
+ *   the worker reads: no BullMQ Job object is built on this path.
  * - `next()` waits instead of polling: BZPOPMIN on the queue's marker (BullMQ's
  *   wake-up signal, set by every add), up to `blockSeconds`, one wait at a time, then
  *   one takeJobs call.
@@ -45,25 +50,47 @@ import { Job, type JobJson, raw2NextJobData, Worker } from "bullmq";
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
  * finishJobs.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
- * moveToActive-11.lua (tests compare their traces); jobs are decoded with the exported
- * `raw2NextJobData` and `Job.fromJSON`;
+ * moveToActive-11.lua (tests compare their traces) and read BullMQ's hash fields by
+ * their stored names (`data`, `opts`, `timestamp`, `atm`, `defa`, `stacktrace`);
  * `backend.finishedErrors` (the error a negative script answer maps to). The
  * blocking wait, retries (backoff, delayed set), requeues and lock renewal go through
- * BullMQ's public API.
+ * BullMQ's public API (a retry or requeue reads the job with `Job.fromId` first).
  */
 
+/** A job we hold the lock on, as the take handed it over. */
 export interface LeasedJob {
-  job: Job<JobData, JobResult>;
-  token: string;
   id: string;
+  token: string;
+  /** Its data as the API stored it: parsed JSON, not yet re-validated (the consumer does that). */
+  data: unknown;
+  /** When it was added and when this attempt started (epoch ms). */
+  createdAt: number;
+  startedAt: number;
+  /** Attempts made before this one. */
+  attemptsMade: number;
+  /** What its options say (attempts allowed, keep ages). */
+  opts: LeasedJobOptions;
+  /** Its stack traces so far, as BullMQ stores them (JSON text). */
+  stacktrace: string;
+  /** Why BullMQ marked it for failure at this fetch (it stalled too often), if it did. */
+  deferredFailure: string | null;
+  /** Its input bytes (null when it has none), and whether a cancel was asked for before it was taken. */
+  inputs: Buffer | null;
+  cancelRequested: boolean;
+}
+
+/** What the lease reads of a job's BullMQ options. */
+export interface LeasedJobOptions {
+  attempts: number;
+  /** Keep ages in seconds (BullMQ's removeOnComplete / removeOnFail `{ age }`). */
+  keepCompletedSeconds: number | undefined;
+  keepFailedSeconds: number | undefined;
 }
 
 export interface LeaseOptions {
   model: string;
-  /** BullMQ's connection (maxRetriesPerRequest: null); settlements travel on it too. */
+  /** BullMQ's connection (maxRetriesPerRequest: null): takes, inputs and settlements all travel on it. */
   connection: RedisConn;
-  /** An ordinary client for reads that should fail fast (job inputs). */
-  redis: RedisConn;
   prefix: string;
   workerId: string;
   lockDurationMs: number;
@@ -74,7 +101,7 @@ export interface LeaseOptions {
 
 /** What one settle asks for; resolved with the job's own answer. */
 type Settlement =
-  | { kind: "complete"; l: LeasedJob; resultJson: string; data: JobData; done: (ok: boolean) => void }
+  | { kind: "complete"; l: LeasedJob; resultJson: string; data: JobData; done: (r: Completion) => void }
   | {
       kind: "fail";
       l: LeasedJob;
@@ -87,7 +114,7 @@ type Settlement =
 const TRIM_EVERY_MS = 1000;
 
 /** BullMQ's keep option as finishJobs.lua takes it: an age in seconds, or none (kept). */
-function keepAge(keep: Job["opts"]["removeOnComplete"]): number | undefined {
+function keepAge(keep: JobsOptions["removeOnComplete"]): number | undefined {
   return typeof keep === "object" && keep !== null && "age" in keep && typeof keep.age === "number"
     ? keep.age
     : undefined;
@@ -100,9 +127,28 @@ function withTimes(resultJson: string, at: NonNullable<JobResult["at"]>): string
 }
 
 /** Answers a final settlement: settled, or not (lock lost). */
-function answer(s: Settlement, settled: boolean): void {
-  if (s.kind === "complete") s.done(settled);
+function answer(s: Settlement, code: number): void {
+  const settled = code === FINISH_SETTLED || code === FINISH_CANCELLED;
+  if (s.kind === "complete") s.done(!settled ? null : code === FINISH_CANCELLED ? "cancelled" : "completed");
   else s.done(settled ? { final: true } : null);
+}
+
+/**
+ * How a completion ended: completed, or cancelled (a cancel flag was found as it was
+ * settled: the API was asked to cancel it and the worker missed the message; its result
+ * is dropped); null when the lock was lost (another worker settles the job).
+ */
+export type Completion = "completed" | "cancelled" | null;
+
+/** The message a job cancelled at its settle fails with (the executor's for a cancel it sees). */
+export const CANCELLED_MESSAGE = "the job was cancelled";
+
+function optionsOf(o: JobsOptions): LeasedJobOptions {
+  return {
+    attempts: o.attempts ?? 1,
+    keepCompletedSeconds: keepAge(o.removeOnComplete),
+    keepFailedSeconds: keepAge(o.removeOnFail),
+  };
 }
 
 export class JobLease {
@@ -121,6 +167,9 @@ export class JobLease {
   private nextDue = 0;
   /** When the last settle looked for finished jobs past their keep age. */
   private trimmedAt = 0;
+  /** The last options text parsed (every Citadel job of a queue has the same), and what it said. */
+  private optsText = "";
+  private optsParsed: LeasedJobOptions = optionsOf({});
 
   constructor(private readonly o: LeaseOptions) {
     this.worker = new Worker<JobData, JobResult>(queueName(o.model), null, {
@@ -165,25 +214,49 @@ export class JobLease {
   async fetch(n: number): Promise<LeasedJob[]> {
     if (n <= 0 || this.closing) return [];
     const tokens = Array.from({ length: n }, () => this.token());
+    // The take stamps this as each job's processedOn: its result's `started`.
+    const nowMs = Date.now();
     const taken = await scripts(this.o.connection).takeJobs({
       keys: takeJobsKeys(this.o.prefix, this.o.model),
       keyPrefix: keys.bull(this.o.prefix, this.o.model, ""),
-      nowMs: Date.now(),
+      nowMs,
       lockDurationMs: this.o.lockDurationMs,
+      cancelPrefix: keys.cancelRequestedPrefix(this.o.prefix, this.o.model),
       tokens,
     });
     if (taken === "unsupported") return this.fetchOneByOne(n);
     if (taken.nextDueAt > 0) this.nextDue = taken.nextDueAt;
-    return taken.jobs.map(({ id, hash }, i) => {
-      // BullMQ's own decoding of a job's hash (what its moveToActive answer goes through).
-      const [json] = raw2NextJobData([hash, id, 0, 0]) as [JobJson];
-      const job = Job.fromJSON(this.worker, json, id) as Job<JobData, JobResult>;
-      const token = tokens[i] as string;
-      job.token = token;
-      const leased = { job, token, id };
-      this.held.set(id, leased);
-      return leased;
-    });
+    return taken.jobs.map((t, i) => this.hold(this.leased(t, tokens[i] as string, nowMs)));
+  }
+
+  private hold(l: LeasedJob): LeasedJob {
+    this.held.set(l.id, l);
+    return l;
+  }
+
+  /** A taken job as the consumer holds it (its fields decoded as BullMQ's rawToJobJson does). */
+  private leased(t: TakenJob, token: string, startedAt: number): LeasedJob {
+    return {
+      id: t.id,
+      token,
+      data: JSON.parse(t.data ?? "{}") as unknown,
+      createdAt: t.timestamp,
+      startedAt,
+      attemptsMade: t.attemptsMade,
+      opts: this.options(t.opts ?? "{}"),
+      stacktrace: t.stacktrace ?? "[]",
+      deferredFailure: t.deferredFailure,
+      inputs: t.inputs,
+      cancelRequested: t.cancelRequested,
+    };
+  }
+
+  private options(text: string): LeasedJobOptions {
+    if (text !== this.optsText) {
+      this.optsParsed = optionsOf(JSON.parse(text) as JobsOptions);
+      this.optsText = text;
+    }
+    return this.optsParsed;
   }
 
   /**
@@ -197,7 +270,7 @@ export class JobLease {
     const take = Math.min(n, await this.backlog());
     if (take === 0) return [];
     const answers = await Promise.allSettled(Array.from({ length: take }, () => this.take()));
-    const jobs: LeasedJob[] = [];
+    const jobs: Job<JobData, JobResult>[] = [];
     let failure: unknown;
     for (const a of answers) {
       if (a.status === "fulfilled") {
@@ -208,7 +281,37 @@ export class JobLease {
       if (jobs.length === 0) throw failure;
       this.o.log.warn({ err: coerceError(failure), model: this.o.model }, "part of a fetch failed");
     }
-    return jobs;
+    if (jobs.length === 0) return [];
+    // Their inputs and cancel flags, in one command (what takeJobs answers with): read
+    // after the fetch answered, it sees a cancel whose message came before we held the job.
+    const { prefix, model } = this.o;
+    const ids = jobs.map((j) => j.id as string);
+    let replies: (Buffer | null)[];
+    try {
+      replies = await this.o.connection.mgetBuffer(
+        ...ids.map((id) => keys.inputs(prefix, model, id)),
+        ...ids.map((id) => keys.cancelRequested(prefix, id)),
+      );
+    } catch (err) {
+      this.o.log.warn({ err: coerceError(err), model }, "could not read a fetch's inputs; requeued");
+      await Promise.all(jobs.map((j) => this.requeue({ id: j.id as string, token: j.token as string })));
+      return [];
+    }
+    return jobs.map((j, i) =>
+      this.hold({
+        id: j.id as string,
+        token: j.token as string,
+        data: j.data,
+        createdAt: j.timestamp,
+        startedAt: j.processedOn ?? Date.now(),
+        attemptsMade: j.attemptsMade,
+        opts: optionsOf(j.opts),
+        stacktrace: JSON.stringify(j.stacktrace ?? []),
+        deferredFailure: j.deferredFailure ?? null,
+        inputs: replies[i] ?? null,
+        cancelRequested: replies[ids.length + i] != null,
+      }),
+    );
   }
 
   /** Jobs waiting to be taken: BullMQ's wait list and prioritized set (one round trip). */
@@ -284,38 +387,28 @@ export class JobLease {
     return `${this.o.workerId}:${randomUUID()}`;
   }
 
-  private async take(): Promise<LeasedJob | null> {
+  private async take(): Promise<Job<JobData, JobResult> | null> {
     const token = this.token();
     const job = (await this.worker.getNextJob(token, { block: false })) as Job<JobData, JobResult> | undefined;
     if (!job?.id) return null;
-    const leased = { job, token, id: job.id };
-    this.held.set(job.id, leased);
-    return leased;
+    job.token = token;
+    return job;
   }
 
-  /**
-   * The input bytes of several jobs, and whether a cancellation was requested for each
-   * (its flag, which the API sets before it publishes the cancel), in one command (MGET):
-   * read after the fetch answered, it sees a cancel whose message came before we held the
-   * job. Null bytes where a job has none. On BullMQ's connection, as part of the fetch:
-   * it waits out a Redis restart.
-   */
-  async readInputs(jobs: readonly LeasedJob[]): Promise<{ bytes: (Buffer | null)[]; cancelled: boolean[] }> {
-    if (jobs.length === 0) return { bytes: [], cancelled: [] };
-    const { prefix, model } = this.o;
-    const replies = await this.o.connection.mgetBuffer(
-      ...jobs.map((l) => keys.inputs(prefix, model, l.id)),
-      ...jobs.map((l) => keys.cancelRequested(prefix, l.id)),
-    );
-    return { bytes: replies.slice(0, jobs.length), cancelled: replies.slice(jobs.length).map((f) => f !== null) };
+  /** BullMQ's Job for a job we hold (read back: retries and requeues are rare), or null when it is gone. */
+  private async bullJob(l: Pick<LeasedJob, "id" | "token">): Promise<Job<JobData, JobResult> | null> {
+    const job = (await Job.fromId(this.worker, l.id)) as Job<JobData, JobResult> | undefined;
+    if (!job) return null;
+    job.token = l.token;
+    return job;
   }
 
   /**
    * Completes a job with its result, as the JSON of a JobResult without its times (the
-   * caller has it serialised already, to check its size; the lease adds `at`). False
-   * when the lock was lost (another worker settles it).
+   * caller has it serialised already, to check its size; the lease adds `at`). See
+   * Completion for the answer.
    */
-  complete(l: LeasedJob, resultJson: string, data: JobData): Promise<boolean> {
+  complete(l: LeasedJob, resultJson: string, data: JobData): Promise<Completion> {
     return new Promise((done) => this.enqueue({ kind: "complete", l, resultJson, data, done }));
   }
 
@@ -347,13 +440,15 @@ export class JobLease {
 
   /** Whether BullMQ will retry this failure: a transient code with attempts left. */
   private retries(l: LeasedJob, e: CitadelError): boolean {
-    return isRetryable(e.code) && l.job.attemptsMade + 1 < (l.job.opts.attempts ?? 1);
+    return isRetryable(e.code) && l.attemptsMade + 1 < l.opts.attempts;
   }
 
   /** A retry goes through BullMQ's own path (backoff, delayed set); nothing is released. */
   private async retry(l: LeasedJob, e: CitadelError, done: (r: { final: boolean } | null) => void): Promise<void> {
     try {
-      await l.job.moveToFailed(new Error(formatFailure(e.code, e.message)), l.token, false);
+      const job = await this.bullJob(l);
+      if (!job) throw new Error("the job is gone");
+      await job.moveToFailed(new Error(formatFailure(e.code, e.message)), l.token, false);
       done({ final: false });
     } catch (err) {
       this.o.log.warn({ err: coerceError(err), jobId: l.id }, "could not fail job (lock lost)");
@@ -374,7 +469,7 @@ export class JobLease {
     if (batch.length === 0) return;
     const { prefix, model } = this.o;
     const nowMs = Date.now();
-    const first = batch[0]?.l.job.opts;
+    const first = batch[0]?.l.opts;
     const trimOld = nowMs - this.trimmedAt >= TRIM_EVERY_MS;
     if (trimOld) this.trimmedAt = nowMs;
     let codes: number[];
@@ -386,9 +481,11 @@ export class JobLease {
         outboxMaxLen: OUTBOX_MAX_LEN,
         // Citadel's API gives every job the same keep ages ({ age } in seconds); old jobs
         // are looked for about once a second, not on every batch.
-        keepCompletedSeconds: trimOld ? keepAge(first?.removeOnComplete) : undefined,
-        keepFailedSeconds: trimOld ? keepAge(first?.removeOnFail) : undefined,
+        keepCompletedSeconds: trimOld ? first?.keepCompletedSeconds : undefined,
+        keepFailedSeconds: trimOld ? first?.keepFailedSeconds : undefined,
         eventsMaxLen: EVENTS_MAX_LEN,
+        cancelPrefix: keys.cancelRequestedPrefix(prefix, model),
+        cancelledReason: formatFailure("CANCELLED", CANCELLED_MESSAGE),
         jobs: batch.map((s) => this.finished(s, nowMs)),
       });
     } catch (err) {
@@ -398,16 +495,14 @@ export class JobLease {
     for (const [i, s] of batch.entries()) {
       this.held.delete(s.l.id);
       const code = codes[i] ?? NaN;
-      if (code !== 0) {
+      if (code !== FINISH_SETTLED && code !== FINISH_CANCELLED) {
         const what = s.kind === "complete" ? "complete" : "fail";
         const err = Number.isNaN(code)
           ? new Error("the settle call failed")
           : this.worker.backend.finishedErrors({ code, jobId: s.l.id, command: "moveToFinished", state: "active" });
         this.o.log.warn({ err: coerceError(err), jobId: s.l.id }, `could not ${what} job (lock lost)`);
-        answer(s, false);
-        continue;
       }
-      answer(s, true);
+      answer(s, code);
     }
   }
 
@@ -417,36 +512,30 @@ export class JobLease {
    * final view shows (an API waiting for the job answers without reading it back).
    */
   private finished(s: Settlement, nowMs: number): FinishedJob {
-    const { job, token, id } = s.l;
+    const l = s.l;
     const outcome: FinishedJob["outcome"] =
       s.kind === "complete"
         ? {
             status: "completed",
-            result: withTimes(s.resultJson, {
-              created: job.timestamp,
-              started: job.processedOn ?? nowMs,
-              finished: nowMs,
-            }),
+            result: withTimes(s.resultJson, { created: l.createdAt, started: l.startedAt, finished: nowMs }),
           }
-        : {
-            status: "failed",
-            reason: formatFailure(s.error.code, s.error.message),
-            stacktrace: JSON.stringify(job.stacktrace ?? []),
-          };
+        : { status: "failed", reason: formatFailure(s.error.code, s.error.message) };
+    const id = l.id;
     return {
       id,
-      token,
+      token: l.token,
       outcome,
-      attemptsMade: job.attemptsMade + 1,
-      attempts: job.opts.attempts ?? 1,
+      stacktrace: l.stacktrace,
+      attemptsMade: l.attemptsMade + 1,
+      attempts: l.opts.attempts,
       ...finishedJobParts(this.o.prefix, this.o.model, id, s.data),
     };
   }
 
   /** Returns a job to the wait list (shutdown): another worker runs it. */
-  async requeue(l: LeasedJob): Promise<void> {
+  async requeue(l: Pick<LeasedJob, "id" | "token">): Promise<void> {
     try {
-      await l.job.moveToWait(l.token);
+      await (await this.bullJob(l))?.moveToWait(l.token);
     } catch (err) {
       this.o.log.warn(
         { err: coerceError(err), jobId: l.id },

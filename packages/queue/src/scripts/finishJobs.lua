@@ -27,14 +27,22 @@
     ARGV[3] the keep age of completed jobs in seconds ('' keeps them, or skips the removal this time)
     ARGV[4] the keep age of failed jobs in seconds ('' as ARGV[3])
     ARGV[5] the queue's key prefix ('<prefix>:<queue>:'), to remove old jobs' keys
-    then 13 per job, from ARGV[6]:
-      id, lock token, 'completed' | 'failed', result JSON | failure reason, stacktrace
-      (failed), attempts made after this one, attempts allowed, tenant, batch id ('' for
-      none), line, custom_id, '1' to notify, callback URL
-    and last, ARGV[6 + 13n]: the event stream's approximate bound (BullMQ's maxLenEvents)
+    ARGV[6] the prefix of the queue's cancel flags ('<queue prefix>:cancel-requested:')
+    ARGV[7] the failure reason of a completion a cancel overtook ('CANCELLED: …')
+    then 13 per job, from ARGV[8]:
+      id, lock token, 'completed' | 'failed', result JSON | failure reason, the job's
+      stacktrace (BullMQ's JSON), attempts made after this one, attempts allowed, tenant,
+      batch id ('' for none), line, custom_id, '1' to notify, callback URL
+    and last, ARGV[8 + 13n]: the event stream's approximate bound (BullMQ's maxLenEvents)
 
-  Output: one code per job: 0 settled; BullMQ's codes otherwise (-1 no such job,
-  -2 lock missing, -3 not active, -6 lock held by another token), nothing done for it.
+  A completion whose job has a cancel flag (`ARGV[6] .. id`, set by the API before it
+  publishes the cancel) is settled as failed with ARGV[7] instead, its result dropped:
+  a cancel whose message the worker missed still wins over a result not yet final,
+  read in the same atomic step that makes the result final.
+
+  Output: one code per job: 0 settled as asked, 1 settled as cancelled (see above);
+  BullMQ's codes otherwise (-1 no such job, -2 lock missing, -3 not active, -6 lock held
+  by another token), nothing done for it.
 ]]
 local rcall = redis.call
 --- @include "includes/outboxEntry.lua"
@@ -47,7 +55,7 @@ local eventStream = KEYS[4]
 local unstalled, gone, completed, failed = {}, {}, {}, {}
 
 for i = 1, nJobs do
-  local a = 6 + (i - 1) * 13
+  local a = 8 + (i - 1) * 13
   local jobKey, inputsKey = KEYS[10 + (i - 1) * 2], KEYS[11 + (i - 1) * 2]
   local id, token, target, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local lockKey = jobKey .. ':lock'
@@ -61,8 +69,11 @@ for i = 1, nJobs do
     gone[#gone + 1] = lockKey
     if rcall('LREM', KEYS[2], -1, id) < 1 then code = -3 end
   end
+  if code == 0 and target == 'completed' and rcall('EXISTS', ARGV[6] .. id) == 1 then
+    target, value, code = 'failed', ARGV[7], 1
+  end
   codes[i] = code
-  if code == 0 then
+  if code >= 0 then
     -- Its inputs go with its lock: neither is needed once the job is final.
     gone[#gone + 1] = inputsKey
     local attemptsMade = ARGV[a + 5]
@@ -72,7 +83,7 @@ for i = 1, nJobs do
       completed[#completed + 1] = id
       rcall('HSET', jobKey, 'returnvalue', value, 'finishedOn', now, 'atm', attemptsMade)
       -- Trimmed as it is added (BullMQ trims before each move; ~ keeps it one command).
-      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[6 + nJobs * 13], '*',
+      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[8 + nJobs * 13], '*',
         'event', 'completed', 'jobId', id, 'returnvalue', value, 'prev', 'active')
       status = 'completed'
     else
@@ -80,7 +91,7 @@ for i = 1, nJobs do
       failed[#failed + 1] = id
       rcall('HSET', jobKey, 'failedReason', value, 'stacktrace', ARGV[a + 4], 'finishedOn', now, 'atm', attemptsMade)
       rcall('HDEL', jobKey, 'defa')
-      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[6 + nJobs * 13], '*',
+      rcall('XADD', eventStream, 'MAXLEN', '~', ARGV[8 + nJobs * 13], '*',
         'event', 'failed', 'jobId', id, 'failedReason', value, 'prev', 'active')
       if tonumber(attemptsMade) >= tonumber(ARGV[a + 6]) then
         rcall('XADD', eventStream, '*', 'event', 'retries-exhausted', 'jobId', id, 'attemptsMade', attemptsMade)

@@ -126,16 +126,61 @@ export interface TakeJobsCall {
   keyPrefix: string;
   nowMs: number;
   lockDurationMs: number;
+  /** What the queue's cancel flags start with (keys.cancelRequestedPrefix). */
+  cancelPrefix: string;
   /** One lock token per job wanted. */
   tokens: string[];
 }
 
+/** A job as takeJobs hands it over: the fields of its hash the worker reads, its inputs and its cancel flag. */
+export interface TakenJob {
+  id: string;
+  /** BullMQ's hash fields, as stored: `data` and `opts` JSON text, `stacktrace` JSON text or null. */
+  data: string | null;
+  opts: string | null;
+  timestamp: number;
+  attemptsMade: number;
+  /** BullMQ's `defa`: why the job must fail at this fetch (it stalled too often), or null. */
+  deferredFailure: string | null;
+  stacktrace: string | null;
+  /** Its input bytes (a view on the reply), null when it has none. */
+  inputs: Buffer | null;
+  /** Whether a cancel was asked for before the take. */
+  cancelRequested: boolean;
+}
+
 /**
- * Jobs taken, each with its hash as field/value pairs (HGETALL), and when none was taken,
- * when the first delayed job is due (epoch ms; 0 for none); "unsupported" when the queue
- * needs BullMQ's own script.
+ * Jobs taken and, when none was, when the first delayed job is due (epoch ms; 0 for
+ * none); "unsupported" when the queue needs BullMQ's own script.
  */
-export type TakenJobs = { jobs: { id: string; hash: string[] }[]; nextDueAt: number } | "unsupported";
+export type TakenJobs = { jobs: TakenJob[]; nextDueAt: number } | "unsupported";
+
+/** One entry of takeJobs-8.lua's answer (binary-safe: every string a Buffer). */
+type RawTakenJob = [
+  id: Buffer,
+  data: Buffer | null,
+  opts: Buffer | null,
+  timestamp: Buffer | null,
+  attemptsMade: Buffer | null,
+  deferredFailure: Buffer | null,
+  stacktrace: Buffer | null,
+  inputs: Buffer | null,
+  cancel: Buffer | null,
+];
+
+function takenJob([id, data, opts, timestamp, attemptsMade, defa, stacktrace, inputs, cancel]: RawTakenJob): TakenJob {
+  return {
+    id: id.toString(),
+    data: data?.toString() ?? null,
+    opts: opts?.toString() ?? null,
+    timestamp: Number(timestamp?.toString() ?? 0),
+    attemptsMade: Number(attemptsMade?.toString() ?? 0),
+    deferredFailure: defa?.toString() ?? null,
+    stacktrace: stacktrace?.toString() ?? null,
+    inputs,
+    cancelRequested: cancel !== null,
+  };
+}
 
 /** finishJobs.lua's queue keys, in its KEYS order. */
 export type FinishJobsQueueKeys = [
@@ -157,7 +202,9 @@ export interface FinishedJob {
   keys: [job: string, inputs: string];
   /** The lock token it was fetched with. */
   token: string;
-  outcome: { status: "completed"; result: string } | { status: "failed"; reason: string; stacktrace: string };
+  outcome: { status: "completed"; result: string } | { status: "failed"; reason: string };
+  /** Its stack traces as BullMQ stores them (JSON text): what a failure, or a cancel that overtakes a completion, writes back. */
+  stacktrace: string;
   /** Attempts made, this one included. */
   attemptsMade: number;
   /** Attempts allowed (BullMQ's retries-exhausted event when reached). */
@@ -177,8 +224,16 @@ export interface FinishJobsCall {
   keepFailedSeconds?: number | undefined;
   /** The event stream's approximate bound (BullMQ's maxLenEvents). */
   eventsMaxLen: number;
+  /** What the queue's cancel flags start with (keys.cancelRequestedPrefix): a flagged completion is settled as cancelled. */
+  cancelPrefix: string;
+  /** The failure reason such a job gets ('CANCELLED: …'). */
+  cancelledReason: string;
   jobs: FinishedJob[];
 }
+
+/** finishJobs.lua's answer for a job: settled as asked, settled as cancelled (a cancel flag overtook its completion), or BullMQ's negative code. */
+export const FINISH_SETTLED = 0;
+export const FINISH_CANCELLED = 1;
 
 /** batchRecord-3.lua's keys: the batch's hash and results, the notifications stream. */
 export type BatchRecordKeys = [batch: string, results: string, notifications: string];
@@ -253,7 +308,7 @@ export interface CitadelScripts {
   tokenBuckets(nowMs: number, buckets: TokenBucketCharge[]): Promise<{ refusedBy: number; retryAfterMs: number }>;
   /** A final job's bookkeeping in its queue's slot (inputs dropped, outbox entry): 1 done, -1 not final. */
   settleFinal(keys: SettleFinalKeys, args: SettleFinalArgs): Promise<number>;
-  /** Settles a worker's batch (finish, inputs dropped, outbox entry each): one code per job, 0 settled, else BullMQ's. */
+  /** Settles a worker's batch (finish, inputs dropped, outbox entry each): one code per job (FINISH_SETTLED, FINISH_CANCELLED, else BullMQ's). */
   finishJobs(call: FinishJobsCall): Promise<number[]>;
   /** Takes up to `tokens.length` jobs for a worker, locked with those tokens in order. */
   takeJobs(call: TakeJobsCall): Promise<TakenJobs>;
@@ -314,6 +369,9 @@ function bind(redis: Redis | Cluster): CitadelScripts {
   }
   const run = (name: ScriptName, ...args: Arg[]): Promise<unknown> =>
     (client[commandName(name)] as Command).apply(redis, args);
+  // The same call answered in Buffers (ioredis defines `<name>Buffer` beside each command).
+  const runBuffer = (name: ScriptName, ...args: Arg[]): Promise<unknown> =>
+    (client[`${commandName(name)}Buffer`] as Command).apply(redis, args);
   const variadic = (name: ScriptName, keys: string[], args: Arg[]): Promise<unknown> =>
     run(name, keys.length, ...keys, ...args);
 
@@ -373,7 +431,7 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         j.token,
         j.outcome.status,
         j.outcome.status === "completed" ? j.outcome.result : j.outcome.reason,
-        j.outcome.status === "failed" ? j.outcome.stacktrace : "",
+        j.stacktrace,
         j.attemptsMade,
         j.attempts,
         j.entry.tenant ?? "",
@@ -389,15 +447,25 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         c.keepCompletedSeconds ?? "",
         c.keepFailedSeconds ?? "",
         c.keyPrefix,
+        c.cancelPrefix,
+        c.cancelledReason,
       ];
       return ((await variadic("finishJobs", keys, [...head, ...args, c.eventsMaxLen])) as number[]).map(Number);
     },
     async takeJobs(c) {
-      const raw = (await run("takeJobs", ...c.keys, c.keyPrefix, c.nowMs, c.lockDurationMs, "", ...c.tokens)) as
-        | number
-        | [[string, string[]][], number];
+      // Input bytes come back in the reply: Buffers, decoded field by field.
+      const raw = (await runBuffer(
+        "takeJobs",
+        ...c.keys,
+        c.keyPrefix,
+        c.nowMs,
+        c.lockDurationMs,
+        "",
+        c.cancelPrefix,
+        ...c.tokens,
+      )) as number | [RawTakenJob[], number];
       if (typeof raw === "number") return "unsupported";
-      return { jobs: raw[0].map(([id, hash]) => ({ id, hash })), nextDueAt: Number(raw[1]) };
+      return { jobs: raw[0].map(takenJob), nextDueAt: Number(raw[1]) };
     },
     async batchRecord(keys, args) {
       return Number(await run("batchRecord", ...keys, ...batchRecordArgv(args)));

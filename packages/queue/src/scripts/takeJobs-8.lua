@@ -5,8 +5,11 @@
   metadata, promoting delayed jobs whose time has come (retries after their backoff),
   and setting the marker that wakes other workers (only when jobs may remain). Per job: off the wait list (or the
   prioritized set when the list is empty) onto the active list, locked with its own
-  token, BullMQ's `active` event, processedOn and attempts started stamped, and its
-  hash returned.
+  token, BullMQ's `active` event, processedOn and attempts started stamped, and
+  returned with what the worker needs to admit it: the hash fields it reads, its input
+  bytes and whether a cancel was requested (the API sets that flag before it publishes
+  the cancel, so a take that follows sees a cancel whose message went to no one). One
+  round trip, where a second one (MGET) read the inputs and flags after the take.
 
   A queue that uses what this script does not implement — a global rate limit or a
   global concurrency in its metadata, which Citadel never sets — gets -1 and nothing
@@ -21,11 +24,16 @@
     ARGV[2] now (epoch ms)
     ARGV[3] lock duration (ms)
     ARGV[4] the worker's name ('' for none: BullMQ's processedBy)
-    ARGV[5..] one lock token per job wanted
+    ARGV[5] the prefix of the queue's cancel flags ('<queue prefix>:cancel-requested:')
+    ARGV[6..] one lock token per job wanted
 
-  Output: -1 (use BullMQ's script), or {taken, next due}: taken a list of {job id, job
-  hash as HGETALL} (empty when none waits or the queue is paused), next due the time
-  (epoch ms) the first delayed job is due when none was taken and one is delayed, else 0.
+  Output: -1 (use BullMQ's script), or {taken, next due}: taken a list, one entry per
+  job, of {id, data, opts, timestamp, attempts made, deferred failure, stacktrace, input
+  bytes, cancel flag} (nil where the hash has no such field, the job no inputs, no
+  cancel was asked for); empty when none waits or the queue is paused. Next due: the
+  time (epoch ms) the first delayed job is due when none was taken and one is delayed,
+  else 0. The inputs are the job's `<job key>:in` and the flag `ARGV[5] .. id`, both in
+  the queue's slot (job ids name their model).
 ]]
 local rcall = redis.call
 local prefix, now = ARGV[1], tonumber(ARGV[2])
@@ -53,7 +61,7 @@ end
 if paused then return {{}, 0} end
 
 local taken = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local id = rcall('RPOPLPUSH', KEYS[1], KEYS[2])
   -- A v4 marker left in the wait list (BullMQ drops them the same way).
   if id and string.sub(id, 1, 2) == '0:' then
@@ -73,33 +81,21 @@ for i = 5, #ARGV do
   local jobKey = prefix .. id
   rcall('SET', jobKey .. ':lock', ARGV[i], 'PX', ARGV[3])
   rcall('XADD', KEYS[4], '*', 'event', 'active', 'jobId', id, 'prev', 'waiting')
-  -- Read, then stamped in one HSET (BullMQ: HMSET processedOn, HINCRBY ats, HGETALL); the
-  -- hash returned is patched to what the HSET wrote. The lock makes the read-increment safe.
-  local hash = rcall('HGETALL', jobKey)
-  local ats = 1
-  local at = {}
-  for f = 1, #hash, 2 do at[hash[f]] = f + 1 end
-  if at['ats'] then ats = (tonumber(hash[at['ats']]) or 0) + 1 end
-  local stamps = {'processedOn', ARGV[2], 'ats', tostring(ats)}
+  -- Read, then stamped in one HSET (BullMQ: HMSET processedOn, HINCRBY ats, HGETALL). The
+  -- lock makes the read-increment safe. Attempts made: 'atm', or an older BullMQ's 'attemptsMade'.
+  local f = rcall('HMGET', jobKey, 'data', 'opts', 'timestamp', 'atm', 'attemptsMade', 'defa', 'stacktrace', 'ats')
+  local stamps = {'processedOn', ARGV[2], 'ats', tostring((tonumber(f[8]) or 0) + 1)}
   if ARGV[4] ~= '' then
     stamps[#stamps + 1] = 'pb'
     stamps[#stamps + 1] = ARGV[4]
   end
   rcall('HSET', jobKey, unpack(stamps))
-  for s = 1, #stamps, 2 do
-    local field, value = stamps[s], stamps[s + 1]
-    if at[field] then
-      hash[at[field]] = value
-    else
-      hash[#hash + 1] = field
-      hash[#hash + 1] = value
-    end
-  end
-  taken[#taken + 1] = {id, hash}
+  local extra = rcall('MGET', jobKey .. ':in', ARGV[5] .. id)
+  taken[#taken + 1] = {id, f[1], f[2], f[3], f[5] or f[4], f[6], f[7], extra[1], extra[2]}
 end
 -- Other workers blocked on the marker wake and look for more (BullMQ's addBaseMarkerIfNeeded),
 -- when more may wait: a call that emptied the queue leaves no marker to wake anyone for nothing.
-if #taken > 0 and #taken == #ARGV - 4 then rcall('ZADD', KEYS[8], 0, '0') end
+if #taken > 0 and #taken == #ARGV - 5 then rcall('ZADD', KEYS[8], 0, '0') end
 -- Nothing taken: when the next delayed job is due (as BullMQ's moveToActive answers), so a
 -- worker that missed its delay marker still wakes for it.
 local nextDue = 0
