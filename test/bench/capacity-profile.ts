@@ -25,6 +25,7 @@ import {
   sleep,
   startOwnRedis,
   startProc,
+  threadCpuByName,
   workerEnv,
 } from "./harness.js";
 import { printTopSelfTime, profiledNodeArgs, profiledNodeOptions } from "./profile-summary.js";
@@ -72,9 +73,17 @@ const unsettled = async () =>
 // The rate between 5% and 95% settled (start-up and the tail left out), as the bench measures it.
 while ((await unsettled()) > jobs * 0.95) await sleep(5);
 const t = performance.now();
+const threads0 = threadCpuByName(worker.pid);
 while ((await unsettled()) > jobs * 0.05) await sleep(5);
 const s = (performance.now() - t) / 1000;
+const threads1 = threadCpuByName(worker.pid);
 say(`profile: 90% of ${jobs} jobs settled in ${s.toFixed(2)} s: ${((jobs * 0.9) / s).toFixed(0)} jobs/s`);
+// Whose CPU a job costs: the main thread, the runner (a worker thread), V8's GC helpers, libuv's pool.
+const perThread = [...threads1]
+  .map(([name, ms]) => [name, (ms - (threads0.get(name) ?? 0)) / (jobs * 0.9)] as const)
+  .filter(([, ms]) => ms > 0.0005)
+  .sort((a, b) => b[1] - a[1]);
+say(`profile: worker CPU ms per job by thread: ${perThread.map(([n, ms]) => `${n} ${ms.toFixed(4)}`).join(", ")}`);
 while ((await unsettled()) > 0) await sleep(20);
 // Calls per job of each command the drain sent (the polling above adds a few LLENs/ZCARDs).
 const stats = String(await connection.info("commandstats"));

@@ -565,6 +565,25 @@ export function randomInput(n: number, seed: number): Float32Array {
   return Float32Array.from({ length: n }, () => r() * 2 - 1);
 }
 
+/** CPU time (ms) of a process's threads by name (`comm`; Node's unnamed threads by tid). */
+export function threadCpuByName(pid: number): Map<string, number> {
+  const byName = new Map<string, number>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      // Threads Node leaves unnamed ("node") are told apart by their tid.
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const name = Number(tid) === pid ? "main" : comm === "node" ? `thread ${tid}` : comm;
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const ms = ((Number(f[11] ?? 0) + Number(f[12] ?? 0)) * 1000) / 100;
+      byName.set(name, (byName.get(name) ?? 0) + ms);
+    }
+  } catch {
+    // gone
+  }
+  return byName;
+}
+
 /** CPU time (ms) per thread of a process: the main thread (tid = pid) and the others. */
 export function threadCpuMs(pid: number): { main: number; others: number } {
   let main = 0;
