@@ -279,6 +279,27 @@ describe("JobLease fetch", () => {
     expect(await queue.getJobState("m.delayedjob0000000000")).toBe("active");
   });
 
+  it("leaves large inputs out of the take and reads them after it with one MGET", async () => {
+    const { connection, redis, lease, queue, data, prefix } = await setup();
+    const big = randomBytes(100_000);
+    const ids = ["m.largeinputs000000000a", "m.largeinputs000000000b"];
+    await queue.addBulk(
+      ids.map((id, i) => ({
+        name: JOB_NAME,
+        data: { ...data("t"), inputBytes: i === 0 ? big.length : 4 },
+        opts: { jobId: id },
+      })),
+    );
+    await redis.set(keys.inputs(prefix, "m", ids[0] as string), big);
+    await redis.set(keys.inputs(prefix, "m", ids[1] as string), Buffer.from([1, 2, 3, 4]));
+    const commands = await monitor(connection);
+    const jobs = await lease.fetch(2);
+    expect(await commands()).toEqual(["evalsha", "mget"]);
+    expect(jobs.map((l) => l.id)).toEqual(ids);
+    expect(jobs[0]?.inputs?.equals(big)).toBe(true);
+    expect(jobs[1]?.inputs?.toString("hex")).toBe("01020304");
+  });
+
   it("falls back to BullMQ's own fetch for a queue with a global concurrency (not implemented by takeJobs)", async () => {
     const { connection, lease, add, queue } = await setup();
     await queue.setGlobalConcurrency(100);

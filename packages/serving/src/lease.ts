@@ -110,6 +110,13 @@ type Settlement =
       done: (r: { final: boolean } | null) => void;
     };
 
+/**
+ * Inputs up to this size come back with the take (one round trip); larger ones are read
+ * with a plain MGET after it: through Lua, Redis copies a value twice more, which cost
+ * more than the round trip for inputs of a megabyte.
+ */
+const INLINE_INPUT_BYTES = 64 * 1024;
+
 /** How often a settle also removes finished jobs past their keep age (retention is in hours). */
 const TRIM_EVERY_MS = 1000;
 
@@ -222,11 +229,40 @@ export class JobLease {
       nowMs,
       lockDurationMs: this.o.lockDurationMs,
       cancelPrefix: keys.cancelRequestedPrefix(this.o.prefix, this.o.model),
+      inlineMaxBytes: INLINE_INPUT_BYTES,
       tokens,
     });
     if (taken === "unsupported") return this.fetchOneByOne(n);
     if (taken.nextDueAt > 0) this.nextDue = taken.nextDueAt;
-    return taken.jobs.map((t, i) => this.hold(this.leased(t, tokens[i] as string, nowMs)));
+    const jobs = taken.jobs.map((t, i) => this.hold(this.leased(t, tokens[i] as string, nowMs)));
+    const left = jobs.filter((_, i) => taken.jobs[i]?.inputsLeft);
+    if (left.length === 0 || (await this.readInputs(left, false))) return jobs;
+    return jobs.filter((l) => !left.includes(l));
+  }
+
+  /**
+   * Reads jobs' input bytes (with `flags`, their cancel flags too) in one MGET: the large
+   * inputs a take leaves, and everything for jobs taken through BullMQ's own script
+   * (read after the take answered, a flag shows a cancel whose message came before we
+   * held the job). On failure the jobs go back to the queue and false is returned.
+   */
+  private async readInputs(jobs: LeasedJob[], flags: boolean): Promise<boolean> {
+    const { prefix, model } = this.o;
+    try {
+      const replies = await this.o.connection.mgetBuffer(
+        ...jobs.map((l) => keys.inputs(prefix, model, l.id)),
+        ...(flags ? jobs.map((l) => keys.cancelRequested(prefix, l.id)) : []),
+      );
+      jobs.forEach((l, i) => {
+        l.inputs = replies[i] ?? null;
+        if (flags) l.cancelRequested = replies[jobs.length + i] != null;
+      });
+      return true;
+    } catch (err) {
+      this.o.log.warn({ err: coerceError(err), model }, "could not read the inputs of taken jobs; requeued");
+      await Promise.all(jobs.map((l) => this.requeue(l)));
+      return false;
+    }
   }
 
   private hold(l: LeasedJob): LeasedJob {
@@ -282,22 +318,7 @@ export class JobLease {
       this.o.log.warn({ err: coerceError(failure), model: this.o.model }, "part of a fetch failed");
     }
     if (jobs.length === 0) return [];
-    // Their inputs and cancel flags, in one command (what takeJobs answers with): read
-    // after the fetch answered, it sees a cancel whose message came before we held the job.
-    const { prefix, model } = this.o;
-    const ids = jobs.map((j) => j.id as string);
-    let replies: (Buffer | null)[];
-    try {
-      replies = await this.o.connection.mgetBuffer(
-        ...ids.map((id) => keys.inputs(prefix, model, id)),
-        ...ids.map((id) => keys.cancelRequested(prefix, id)),
-      );
-    } catch (err) {
-      this.o.log.warn({ err: coerceError(err), model }, "could not read a fetch's inputs; requeued");
-      await Promise.all(jobs.map((j) => this.requeue({ id: j.id as string, token: j.token as string })));
-      return [];
-    }
-    return jobs.map((j, i) =>
+    const leased = jobs.map((j) =>
       this.hold({
         id: j.id as string,
         token: j.token as string,
@@ -308,10 +329,11 @@ export class JobLease {
         opts: optionsOf(j.opts),
         stacktrace: JSON.stringify(j.stacktrace ?? []),
         deferredFailure: j.deferredFailure ?? null,
-        inputs: replies[i] ?? null,
-        cancelRequested: replies[ids.length + i] != null,
+        inputs: null,
+        cancelRequested: false,
       }),
     );
+    return (await this.readInputs(leased, true)) ? leased : [];
   }
 
   /** Jobs waiting to be taken: BullMQ's wait list and prioritized set (one round trip). */

@@ -54,6 +54,17 @@ local eventStream = KEYS[4]
 -- What the batch changes in the queue's shared keys, sent once for all its jobs.
 local unstalled, gone, completed, failed = {}, {}, {}, {}
 
+-- The cancel flags of the completions, read with one MGET.
+local flagKeys, flagOf = {}, {}
+for i = 1, nJobs do
+  local a = 8 + (i - 1) * 13
+  if ARGV[a + 2] == 'completed' then
+    flagKeys[#flagKeys + 1] = ARGV[6] .. ARGV[a]
+    flagOf[i] = #flagKeys
+  end
+end
+local flags = #flagKeys > 0 and rcall('MGET', unpack(flagKeys)) or {}
+
 for i = 1, nJobs do
   local a = 8 + (i - 1) * 13
   local jobKey, inputsKey = KEYS[10 + (i - 1) * 2], KEYS[11 + (i - 1) * 2]
@@ -69,7 +80,7 @@ for i = 1, nJobs do
     gone[#gone + 1] = lockKey
     if rcall('LREM', KEYS[2], -1, id) < 1 then code = -3 end
   end
-  if code == 0 and target == 'completed' and rcall('EXISTS', ARGV[6] .. id) == 1 then
+  if code == 0 and flagOf[i] and flags[flagOf[i]] then
     target, value, code = 'failed', ARGV[7], 1
   end
   codes[i] = code

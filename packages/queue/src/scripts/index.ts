@@ -128,6 +128,8 @@ export interface TakeJobsCall {
   lockDurationMs: number;
   /** What the queue's cancel flags start with (keys.cancelRequestedPrefix). */
   cancelPrefix: string;
+  /** Inputs up to this size (the job data's inputBytes) come back with the take; larger ones are left to read. */
+  inlineMaxBytes: number;
   /** One lock token per job wanted. */
   tokens: string[];
 }
@@ -143,8 +145,10 @@ export interface TakenJob {
   /** BullMQ's `defa`: why the job must fail at this fetch (it stalled too often), or null. */
   deferredFailure: string | null;
   stacktrace: string | null;
-  /** Its input bytes (a view on the reply), null when it has none. */
+  /** Its input bytes (a view on the reply), null when it has none or they were left to read. */
   inputs: Buffer | null;
+  /** Its inputs are larger than the call's inlineMaxBytes: the caller reads them (a plain GET/MGET). */
+  inputsLeft: boolean;
   /** Whether a cancel was asked for before the take. */
   cancelRequested: boolean;
 }
@@ -166,9 +170,21 @@ type RawTakenJob = [
   stacktrace: Buffer | null,
   inputs: Buffer | null,
   cancel: Buffer | null,
+  left: Buffer | null,
 ];
 
-function takenJob([id, data, opts, timestamp, attemptsMade, defa, stacktrace, inputs, cancel]: RawTakenJob): TakenJob {
+function takenJob([
+  id,
+  data,
+  opts,
+  timestamp,
+  attemptsMade,
+  defa,
+  stacktrace,
+  inputs,
+  cancel,
+  left,
+]: RawTakenJob): TakenJob {
   return {
     id: id.toString(),
     data: data?.toString() ?? null,
@@ -178,6 +194,7 @@ function takenJob([id, data, opts, timestamp, attemptsMade, defa, stacktrace, in
     deferredFailure: defa?.toString() ?? null,
     stacktrace: stacktrace?.toString() ?? null,
     inputs,
+    inputsLeft: left !== null,
     cancelRequested: cancel !== null,
   };
 }
@@ -462,6 +479,7 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         c.lockDurationMs,
         "",
         c.cancelPrefix,
+        c.inlineMaxBytes,
         ...c.tokens,
       )) as number | [RawTakenJob[], number];
       if (typeof raw === "number") return "unsupported";
