@@ -22,18 +22,24 @@ export function settleFinalCall(
 ): { keys: SettleFinalKeys; args: SettleFinalArgs } {
   return {
     keys: [keys.job(prefix, model, jobId), keys.inputs(prefix, model, jobId), keys.outbox(prefix, model)],
-    args: {
-      jobId,
-      tenant: data?.tenant,
-      batch: data?.batchRef ? { ...data.batchRef, customId: data.customId } : undefined,
-      notify: data?.notify ? { url: data.notify.url } : undefined,
-      fallback,
-      maxLen: OUTBOX_MAX_LEN,
-    },
+    args: { jobId, ...outboxFields(data), fallback, maxLen: OUTBOX_MAX_LEN },
   };
 }
 
-/** finishJobs.lua's queue keys for `model`. */
+/**
+ * What a final job's outbox entry carries besides its outcome, from its data (none when
+ * that could not be read: an invalid payload has no tenant to credit, no batch, no
+ * callback). settleFinal-3.lua and finishJobs-9.lua take the same.
+ */
+export function outboxFields(data: JobData | null): Pick<SettleFinalArgs, "tenant" | "batch" | "notify"> {
+  return {
+    tenant: data?.tenant,
+    batch: data?.batchRef ? { ...data.batchRef, customId: data.customId } : undefined,
+    notify: data?.notify ? { url: data.notify.url } : undefined,
+  };
+}
+
+/** finishJobs-9.lua's queue keys for `model`. */
 export function finishJobsQueueKeys(prefix: string, model: string): FinishJobsQueueKeys {
   const bull = (part: string) => keys.bull(prefix, model, part);
   return [
@@ -47,20 +53,6 @@ export function finishJobsQueueKeys(prefix: string, model: string): FinishJobsQu
     bull("failed"),
     keys.outbox(prefix, model),
   ];
-}
-
-/** A job's hash and input keys, and its outbox fields from its data (as settleFinalCall). */
-export function finishedJobParts(
-  prefix: string,
-  model: string,
-  jobId: string,
-  data: JobData | null,
-): Pick<FinishedJob, "keys" | "entry"> {
-  const { args } = settleFinalCall(prefix, model, jobId, data);
-  return {
-    keys: [keys.job(prefix, model, jobId), keys.inputs(prefix, model, jobId)],
-    entry: { tenant: args.tenant, batch: args.batch, notify: args.notify },
-  };
 }
 
 /** takeJobs-8.lua's keys for `model`. */

@@ -409,7 +409,7 @@ export class ModelConsumer {
     onRunsEnd: () => void,
   ): Promise<void> {
     // Cancel flags were read with the take; one set since, whose message was lost (a
-    // subscriber reconnecting), is found by the settle itself (finishJobs.lua).
+    // subscriber reconnecting), is found by the settle itself (finishJobs-9.lua).
     const start = Date.now();
     for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     let loaded = first.model;

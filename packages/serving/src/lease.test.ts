@@ -496,7 +496,7 @@ describe("JobLease settle", () => {
   });
 });
 
-describe("finishJobs.lua against BullMQ's own scripts", () => {
+describe("finishJobs-9.lua against BullMQ's own scripts", () => {
   /** A job's traces after settling: its hash fields, its sets, its events and its outbox entry (times blanked). */
   async function traces(redis: Redis, prefix: string, id: string) {
     const bull = (part: string) => keys.bull(prefix, "m", part);

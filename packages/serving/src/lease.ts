@@ -6,11 +6,11 @@ import {
   FINISH_CANCELLED,
   FINISH_SETTLED,
   type FinishedJob,
-  finishedJobParts,
   finishJobsQueueKeys,
   formatFailure,
   keys,
   OUTBOX_MAX_LEN,
+  outboxFields,
   queueName,
   queuePrefix,
   type RedisConn,
@@ -41,7 +41,7 @@ import { Job, type JobsOptions, Worker } from "bullmq";
  *   wake-up signal, set by every add), up to `blockSeconds`, one wait at a time, then
  *   one takeJobs call.
  * - settlements asked for in the same tick (the executor settles a run's jobs
- *   together) go out as one script call, finishJobs.lua: per job what BullMQ's
+ *   together) go out as one script call, finishJobs-9.lua: per job what BullMQ's
  *   moveToFinished does for Citadel's jobs, its inputs dropped and its outbox entry,
  *   with the shared sets' bookkeeping and the `drained` check once per batch and
  *   old-job removal about once a second (BullMQ's own script costs ~20 Redis commands
@@ -49,7 +49,7 @@ import { Job, type JobsOptions, Worker } from "bullmq";
  *   lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
- * finishJobs.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
+ * finishJobs-9.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
  * moveToActive-11.lua (tests compare their traces) and read BullMQ's hash fields by
  * their stored names (`data`, `opts`, `timestamp`, `atm`, `defa`, `stacktrace`);
  * `backend.finishedErrors` (the error a negative script answer maps to). The
@@ -120,7 +120,7 @@ const INLINE_INPUT_BYTES = 64 * 1024;
 /** How often a settle also removes finished jobs past their keep age (retention is in hours). */
 const TRIM_EVERY_MS = 1000;
 
-/** BullMQ's keep option as finishJobs.lua takes it: an age in seconds, or none (kept). */
+/** BullMQ's keep option as finishJobs-9.lua takes it: an age in seconds, or none (kept). */
 function keepAge(keep: JobsOptions["removeOnComplete"]): number | undefined {
   return typeof keep === "object" && keep !== null && "age" in keep && typeof keep.age === "number"
     ? keep.age
@@ -481,7 +481,7 @@ export class JobLease {
   }
 
   /**
-   * One script call for the whole batch (finishJobs.lua): per job, BullMQ's move to
+   * One script call for the whole batch (finishJobs-9.lua): per job, BullMQ's move to
    * completed/failed, its inputs dropped and its outbox entry, atomically — a worker
    * that dies after it loses no entry. A job whose lock was lost is answered alone; a
    * failed call answers every job of the batch as not settled (their locks expire and
@@ -529,7 +529,7 @@ export class JobLease {
   }
 
   /**
-   * A settlement as finishJobs.lua takes it. A completed job's result carries its times,
+   * A settlement as finishJobs-9.lua takes it. A completed job's result carries its times,
    * the finish time chosen here: the completion event then holds everything the job's
    * final view shows (an API waiting for the job answers without reading it back).
    */
@@ -550,7 +550,7 @@ export class JobLease {
       stacktrace: l.stacktrace,
       attemptsMade: l.attemptsMade + 1,
       attempts: l.opts.attempts,
-      ...finishedJobParts(this.o.prefix, this.o.model, id, s.data),
+      entry: outboxFields(s.data),
     };
   }
 

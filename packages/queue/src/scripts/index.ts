@@ -16,7 +16,7 @@ const FILES = {
   quotaRelease: "quotaRelease-3.lua",
   quotaReleaseMany: "quotaReleaseMany.lua",
   settleFinal: "settleFinal-3.lua",
-  finishJobs: "finishJobs.lua",
+  finishJobs: "finishJobs-9.lua",
   takeJobs: "takeJobs-8.lua",
   batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
@@ -199,7 +199,7 @@ function takenJob([
   };
 }
 
-/** finishJobs.lua's queue keys, in its KEYS order. */
+/** finishJobs-9.lua's queue keys, in its KEYS order. */
 export type FinishJobsQueueKeys = [
   wait: string,
   active: string,
@@ -212,11 +212,9 @@ export type FinishJobsQueueKeys = [
   outbox: string,
 ];
 
-/** One job's final outcome as the lease settles it (finishJobs.lua). */
+/** One job's final outcome as the lease settles it (finishJobs-9.lua). */
 export interface FinishedJob {
   id: string;
-  /** Its hash and its input bytes. */
-  keys: [job: string, inputs: string];
   /** The lock token it was fetched with. */
   token: string;
   outcome: { status: "completed"; result: string } | { status: "failed"; reason: string };
@@ -248,7 +246,7 @@ export interface FinishJobsCall {
   jobs: FinishedJob[];
 }
 
-/** finishJobs.lua's answer for a job: settled as asked, settled as cancelled (a cancel flag overtook its completion), or BullMQ's negative code. */
+/** finishJobs-9.lua's answer for a job: settled as asked, settled as cancelled (a cancel flag overtook its completion), or BullMQ's negative code. */
 export const FINISH_SETTLED = 0;
 export const FINISH_CANCELLED = 1;
 
@@ -442,7 +440,6 @@ function bind(redis: Redis | Cluster): CitadelScripts {
       return Number(await run("settleFinal", ...keys, ...settleFinalArgv(args)));
     },
     async finishJobs(c) {
-      const keys = [...c.queue, ...c.jobs.flatMap((j) => j.keys)];
       const args = c.jobs.flatMap((j): Arg[] => [
         j.id,
         j.token,
@@ -467,7 +464,7 @@ function bind(redis: Redis | Cluster): CitadelScripts {
         c.cancelPrefix,
         c.cancelledReason,
       ];
-      return ((await variadic("finishJobs", keys, [...head, ...args, c.eventsMaxLen])) as number[]).map(Number);
+      return ((await run("finishJobs", ...c.queue, ...head, ...args, c.eventsMaxLen)) as number[]).map(Number);
     },
     async takeJobs(c) {
       // Input bytes come back in the reply: Buffers, decoded field by field.

@@ -1,5 +1,5 @@
 --[[
-  Included by settleFinal-3.lua and finishJobs.lua: the outbox entry of a job that is
+  Included by settleFinal-3.lua and finishJobs-9.lua: the outbox entry of a job that is
   final, with everything its final state implies outside its queue's slot (its
   tenant's quota share, its batch line, its notification), as field/value pairs for
   XADD. The batch line's record is built here from the outcome the caller read or

@@ -21,12 +21,13 @@
     KEYS[1] wait list          KEYS[2] active list      KEYS[3] prioritized set
     KEYS[4] event stream       KEYS[5] stalled set      KEYS[6] meta hash
     KEYS[7] completed set      KEYS[8] failed set       KEYS[9] the queue's outbox
-    KEYS[10 + 2(i-1)] job i's hash, KEYS[11 + 2(i-1)] its input bytes
     ARGV[1] the finish time (epoch ms)
     ARGV[2] the outbox's approximate bound
     ARGV[3] the keep age of completed jobs in seconds ('' keeps them, or skips the removal this time)
     ARGV[4] the keep age of failed jobs in seconds ('' as ARGV[3])
-    ARGV[5] the queue's key prefix ('<prefix>:<queue>:'), to remove old jobs' keys
+    ARGV[5] the queue's key prefix ('<prefix>:<queue>:'): a job's hash is ARGV[5] .. id and
+            its input bytes that .. ':in' (as takeJobs-8.lua builds them: both in the
+            queue's slot), and old jobs' keys are removed by it
     ARGV[6] the prefix of the queue's cancel flags ('<queue prefix>:cancel-requested:')
     ARGV[7] the failure reason of a completion a cancel overtook ('CANCELLED: …')
     then 13 per job, from ARGV[8]:
@@ -48,7 +49,7 @@ local rcall = redis.call
 --- @include "includes/outboxEntry.lua"
 
 local now = ARGV[1]
-local nJobs = (#KEYS - 9) / 2
+local nJobs = (#ARGV - 8) / 13
 local codes = {}
 local eventStream = KEYS[4]
 -- What the batch changes in the queue's shared keys, sent once for all its jobs.
@@ -67,8 +68,9 @@ local flags = #flagKeys > 0 and rcall('MGET', unpack(flagKeys)) or {}
 
 for i = 1, nJobs do
   local a = 8 + (i - 1) * 13
-  local jobKey, inputsKey = KEYS[10 + (i - 1) * 2], KEYS[11 + (i - 1) * 2]
   local id, token, target, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local jobKey = ARGV[5] .. id
+  local inputsKey = jobKey .. ':in'
   local lockKey = jobKey .. ':lock'
   local lock = rcall('GET', lockKey)
   local code = 0
