@@ -279,6 +279,17 @@ describe("JobLease fetch", () => {
     expect(await queue.getJobState("m.delayedjob0000000000")).toBe("active");
   });
 
+  it("hands over a job whose stored data is not JSON with no data, beside the others", async () => {
+    const { redis, lease, add, prefix } = await setup();
+    const [bad, good] = (await add(2)) as [string, string];
+    await redis.hset(keys.job(prefix, "m", bad), "data", "{not json");
+    const jobs = await lease.fetch(2);
+    expect(jobs.map((l) => [l.id, l.data === null])).toEqual([
+      [bad, true],
+      [good, false],
+    ]);
+  });
+
   it("leaves large inputs out of the take and reads them after it with one MGET", async () => {
     const { connection, redis, lease, queue, data, prefix } = await setup();
     const big = randomBytes(100_000);

@@ -150,6 +150,18 @@ export type Completion = "completed" | "cancelled" | null;
 /** The message a job cancelled at its settle fails with (the executor's for a cancel it sees). */
 export const CANCELLED_MESSAGE = "the job was cancelled";
 
+/**
+ * A job's stored data, parsed; null when it is not JSON (Redis is a trust boundary): the
+ * consumer then fails that job alone as JOB_INVALID instead of the wave failing to decode.
+ */
+function parseData(text: string | null): unknown {
+  try {
+    return JSON.parse(text ?? "{}") as unknown;
+  } catch {
+    return null;
+  }
+}
+
 function optionsOf(o: JobsOptions): LeasedJobOptions {
   return {
     attempts: o.attempts ?? 1,
@@ -275,7 +287,7 @@ export class JobLease {
     return {
       id: t.id,
       token,
-      data: JSON.parse(t.data ?? "{}") as unknown,
+      data: parseData(t.data),
       createdAt: t.timestamp,
       startedAt,
       attemptsMade: t.attemptsMade,
