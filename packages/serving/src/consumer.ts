@@ -1,7 +1,6 @@
 import type { AuditFields, AuditSink } from "@citadel/audit";
-import { CitadelError, coerceError, JobData, type JobResult, publicError } from "@citadel/contracts";
+import { CitadelError, coerceError, type ErrorCode, JobData, type JobResult, publicError } from "@citadel/contracts";
 import type { RedisConn } from "@citadel/queue";
-import { keys } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
 import { resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
 import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
@@ -478,15 +477,8 @@ export class ModelConsumer {
     }
     const completion = await this.lease.complete(h.lease, resultJson, h.data);
     if (completion === null) return;
-    if (completion === "cancelled") {
-      // A cancel whose message we missed, found as the result was settled: the job failed CANCELLED.
-      this.o.metrics.failure.inc({ model: h.data.model, version: h.data.version, reason: "CANCELLED" });
-      this.o.audit.record(
-        "job.cancelled",
-        this.auditFields(h.lease, h.data, { outcome: "cancelled", errorCode: "CANCELLED" }),
-      );
-      return;
-    }
+    // A cancel whose message we missed, found as the result was settled: the job failed CANCELLED.
+    if (completion === "cancelled") return this.recordFailure(h.lease, h.data, "CANCELLED", true);
     this.o.metrics.success.inc({ model: h.data.model, version: h.data.version });
     this.o.audit.record(
       "job.completed",
@@ -516,13 +508,17 @@ export class ModelConsumer {
     if (shown.message !== e.message || e.code === "INTERNAL")
       this.o.log.warn({ jobId: lease.id, code: e.code, reason: e.message, err: e.cause }, "job failed");
     const r = await this.lease.fail(lease, new CitadelError(shown.code, shown.message), data);
-    if (!r) return;
-    const labels = { model: data?.model ?? this.o.model, version: data?.version ?? "unknown", reason: e.code };
-    if (r.final) this.o.metrics.failure.inc(labels);
-    const event = e.code === "CANCELLED" ? "job.cancelled" : "job.failed";
+    if (r) this.recordFailure(lease, data, e.code, r.final);
+  }
+
+  /** A failure that was settled: its metric when final, and its audit record (cancelled, failed or retrying). */
+  private recordFailure(lease: LeasedJob, data: JobData | null, code: ErrorCode, final: boolean): void {
+    const labels = { model: data?.model ?? this.o.model, version: data?.version ?? "unknown", reason: code };
+    if (final) this.o.metrics.failure.inc(labels);
+    const event = code === "CANCELLED" ? "job.cancelled" : "job.failed";
     this.o.audit.record(
       event,
-      this.auditFields(lease, data, { outcome: r.final ? event.slice(4) : "retrying", errorCode: e.code }),
+      this.auditFields(lease, data, { outcome: final ? event.slice(4) : "retrying", errorCode: code }),
     );
   }
 
