@@ -20,6 +20,26 @@ import { type IdempotencyEntry, IdempotencyStore } from "./idempotency.js";
 import type { RateLimiter } from "./limits.js";
 import { type QuotaClaim, TenantQuota } from "./quota.js";
 
+/** Random bytes drawn per job id: 18 (144 bits), from a pool filled 256 ids at a time. */
+const ID_BYTES = 18;
+let idPool = Buffer.alloc(0);
+let idOffset = 0;
+
+/**
+ * A job id's random part (24 base64url characters). One `randomBytes` call per 256 ids
+ * instead of one per id: a bulk request of 500 jobs made 500 calls into OpenSSL (as
+ * `crypto.randomUUID` pools its entropy, for the same reason).
+ */
+function randomToken(): string {
+  if (idOffset + ID_BYTES > idPool.length) {
+    idPool = randomBytes(ID_BYTES * 256);
+    idOffset = 0;
+  }
+  const token = idPool.toString("base64url", idOffset, idOffset + ID_BYTES);
+  idOffset += ID_BYTES;
+  return token;
+}
+
 export interface SubmitContext {
   tenant: Tenant;
   requestId: string;
@@ -185,7 +205,7 @@ export class Submitter {
     };
     let fingerprint: string | undefined;
     return {
-      id: jobIdFor(req.model, randomBytes(18).toString("base64url")),
+      id: jobIdFor(req.model, randomToken()),
       data,
       inputs: packed.bytes,
       priority: req.priority,
