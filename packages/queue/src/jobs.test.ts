@@ -1,7 +1,9 @@
 import { randomBytes } from "node:crypto";
+import type { JobData } from "@citadel/contracts";
 import { Redis, type RedisOptions } from "ioredis";
 import { afterAll, describe, expect, inject, it } from "vitest";
-import { JobQueues } from "./jobs.js";
+import { type EnqueueItem, JobQueues } from "./jobs.js";
+import { keys, queueName, queuePrefix } from "./names.js";
 
 // JobQueues against the real Redis the run shares, under this file's own prefix.
 
@@ -62,6 +64,72 @@ describe("JobQueues event listeners", () => {
       stop();
       expect(made.n).toBe(4);
       expect(queues.cached().events).toBe(1);
+    } finally {
+      await queues.close();
+    }
+  });
+});
+
+describe("JobQueues.enqueueMany", () => {
+  const model = "m-enqueue";
+  const item = (priority: EnqueueItem["priority"]): EnqueueItem => {
+    const id = `${model}.${randomBytes(18).toString("base64url")}`;
+    const data: JobData = {
+      tenant: "t1",
+      model,
+      version: "1.0.0",
+      inputs: [{ name: "x", dtype: "float32", shape: [1, 4] }],
+      batch: 1,
+      inputBytes: 16,
+      timeoutMs: 1000,
+      acceptedAt: Date.now(),
+      deadline: Date.now() + 60_000,
+      requestId: `req-${id}`,
+    };
+    return { id, data, inputs: randomBytes(16), priority };
+  };
+
+  it("store a lone job (no pipelines) exactly as a job of a bulk request: same hash and options, same list or set, its inputs kept past the deadline alike", async () => {
+    const url = inject("redisUrl");
+    const prefix = `{jobs-${randomBytes(4).toString("hex")}}`;
+    const redis = client(url);
+    const queues = new JobQueues(client(url), () => client(url), redis, {
+      prefix,
+      resultTtlMs: 60_000,
+      failedTtlMs: 60_000,
+      attempts: 2,
+      backoffMs: 1000,
+    });
+    try {
+      for (const priority of ["normal", "high", "low"] as const) {
+        const lone = item(priority);
+        const bulk = [item(priority), item(priority)];
+        await queues.enqueueMany(model, [lone]);
+        await queues.enqueueMany(model, bulk);
+        const q = `${queuePrefix(prefix, model)}:${queueName(model)}`;
+        const stored = async (i: EnqueueItem) => {
+          const h = await redis.hgetall(`${q}:${i.id}`);
+          const ttl = await redis.pexpiretime(keys.inputs(prefix, model, i.id));
+          return {
+            name: h.name,
+            data: JSON.parse(h.data ?? "null"),
+            opts: { ...JSON.parse(h.opts ?? "null"), jobId: JSON.parse(h.opts ?? "null")?.jobId === i.id },
+            priority: h.priority,
+            inputs: await redis.getBuffer(keys.inputs(prefix, model, i.id)),
+            inputsExpireAfterDeadline: ttl - i.data.deadline,
+          };
+        };
+        const a = await stored(lone);
+        const b = await stored(bulk[0] as EnqueueItem);
+        expect(a.data).toEqual(lone.data);
+        expect(a.inputs?.equals(lone.inputs)).toBe(true);
+        expect(a.inputsExpireAfterDeadline).toBeGreaterThan(0);
+        expect({ ...a, data: null, inputs: null }).toEqual({ ...b, data: null, inputs: null });
+        // Where each went: the wait list (normal, high: LIFO at its head) or the prioritized set (low).
+        const waiting = await redis.lrange(`${q}:wait`, 0, -1);
+        const prioritized = await redis.zrange(`${q}:prioritized`, 0, -1);
+        for (const i of [lone, ...bulk]) expect(priority === "low" ? prioritized : waiting).toContain(i.id);
+      }
     } finally {
       await queues.close();
     }
