@@ -421,6 +421,29 @@ describe("without workers (jobs stay queued)", () => {
     }
   });
 
+  it("holds a long-poll past REQUEST_TIMEOUT_MS: the socket's idle timeout covers MAX_WAIT_MS", async () => {
+    // A wait sends nothing until it ends; the socket idle timeout must not cut it (the
+    // client would see the connection closed with no answer at all).
+    const sub = await fleet.request("POST", "/v1/jobs", tinyJob("m-wait"));
+    expect(sub.status).toBe(202);
+    const api = await startExtraApi(fleet, { REQUEST_TIMEOUT_MS: "1000", MAX_WAIT_MS: "2500" });
+    try {
+      const get = await fetch(`${api.url}/v1/jobs/${sub.json.id}?wait=2500`, { headers: bearer(fleet.apiKey) });
+      expect([get.status, ((await get.json()) as { status: string }).status]).toEqual([200, "queued"]);
+      const post = await fetch(`${api.url}/v1/jobs?wait=2500`, {
+        method: "POST",
+        headers: { ...bearer(fleet.apiKey), "content-type": "application/json" },
+        body: JSON.stringify(tinyJob("m-wait")),
+      });
+      expect(post.status).toBe(202);
+      // m-wait's queue has a depth bound of 3 and later cases queue there too.
+      const ids = [sub.json.id as string, ((await post.json()) as { id: string }).id];
+      for (const id of ids) expect((await fleet.request("DELETE", `/v1/jobs/${id}`)).status).toBe(202);
+    } finally {
+      await api.close();
+    }
+  });
+
   it("finishes an in-flight long-poll on shutdown, then stops accepting", async () => {
     const sub = await fleet.request("POST", "/v1/jobs", tinyJob("m-wait"));
     expect(sub.status).toBe(202);

@@ -151,7 +151,10 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     loggerInstance: d.log as FastifyBaseLogger,
     bodyLimit: s.bodyLimit,
     requestTimeout: s.requestTimeoutMs,
-    connectionTimeout: s.requestTimeoutMs,
+    // A socket's idle timeout. A long-poll (?wait, /v2 infer) sends nothing until it ends,
+    // so the bound covers the longest wait plus time to answer; a slow client is bounded
+    // by requestTimeout while its request is read.
+    connectionTimeout: s.requestTimeoutMs + s.maxWaitMs,
     trustProxy: s.trustProxyHops > 0 ? (_addr: string, hop: number) => hop < s.trustProxyHops : false,
     genReqId: () => randomUUID(),
     // Requests are counted in metrics and audited; per-request log lines would only add noise.
