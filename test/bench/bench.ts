@@ -17,7 +17,9 @@
  *   Citadel binary the same with binary tensor bodies (reported as unavailable when
  *                  the API refuses them);
  *   half load      naive and Citadel in an open loop at the same rate: half the slowest
- *                  contender's closed-loop jobs/s.
+ *                  contender's closed-loop jobs/s; `--repeats` windows each, interleaved,
+ *                  the one with the median p99 of e2e − inference kept (a p99 of one
+ *                  12 s window moves with a single stall of this VM).
  * Plus: jobs of 16 samples each (one model, samples/s against the limit), bulk submit,
  * and worker capacity on a no-op model against bare BullMQ Workers (capacity.ts).
  * Last, cold start (cold-start.ts): one job on an empty queue, a fresh worker process
@@ -345,6 +347,29 @@ async function openRun(c: Contender, rate: number, o: Options): Promise<RunSumma
   }
 }
 
+/**
+ * Every contender in `o.repeats` half-load windows at `rate`, interleaved; the run with
+ * the median p99 of e2e − inference of each kept.
+ */
+async function halfLoadInterleaved(
+  contenders: readonly Contender[],
+  rate: number,
+  o: Options,
+): Promise<{ median: RunSummary; runs: number[] }[]> {
+  const runs: RunSummary[][] = contenders.map(() => []);
+  for (let r = 0; r < o.repeats; r++) {
+    for (const [k, c] of contenders.entries()) {
+      const s = await openRun(c, rate, o);
+      say(`${c.label}: half load ${r + 1}/${o.repeats}: p99 e2e−inference ${fmt(s.overheadP99, 1)} ms`);
+      runs[k]?.push(s);
+    }
+  }
+  return runs.map((rs) => ({
+    median: medianRun(rs, (s) => s.overheadP99),
+    runs: rs.map((s) => round1(s.overheadP99)),
+  }));
+}
+
 /** Every contender measured `o.repeats` times, interleaved; the median run (by jobs/s) of each kept. */
 async function measureInterleaved(
   contenders: readonly Contender[],
@@ -559,7 +584,14 @@ interface ModelResult {
   citadel: RunSummary;
   binary: RunSummary | { unavailable: string };
   runs: { naive: number[]; citadel: number[]; binary: number[] };
-  half: { rate: number; naive: RunSummary; citadel: RunSummary; binary: RunSummary | null };
+  half: {
+    rate: number;
+    naive: RunSummary;
+    citadel: RunSummary;
+    binary: RunSummary | null;
+    /** p99 of e2e − inference of each repeat, per contender (ms). */
+    p99Runs: { naive: number[]; citadel: number[]; binary: number[] };
+  };
   multi: { wire: Wire; run: RunSummary; runs: number[] } | null;
 }
 
@@ -621,11 +653,14 @@ async function runModel(
   // Half load: every contender in an open loop at the same rate, half the slowest one's jobs/s.
   const rate = Math.max(1, Math.min(...[n, j, b].flatMap((x) => (x ? [x.median.load.jobsPerSec] : []))) / 2);
   say(`half load: ${m.name}: ${fmt(rate, 1)} jobs/s for every contender`);
+  const [hn, hj, hb] = await halfLoadInterleaved(binary ? [naive, json, binary] : [naive, json], rate, o);
+  if (!hn || !hj) throw new Error("a contender returned no half-load measurement");
   const half = {
     rate,
-    naive: await openRun(naive, rate, o),
-    citadel: await openRun(json, rate, o),
-    binary: binary ? await openRun(binary, rate, o) : null,
+    naive: hn.median,
+    citadel: hj.median,
+    binary: hb?.median ?? null,
+    p99Runs: { naive: hn.runs, citadel: hj.runs, binary: hb?.runs ?? [] },
   };
   say(
     `half load: ${m.name}: p99 e2e−inference naive ${fmt(half.naive.overheadP99, 1)} ms, Citadel JSON ${fmt(half.citadel.overheadP99, 1)} ms` +
@@ -853,7 +888,7 @@ function runJson(s: RunSummary) {
   };
 }
 
-function halfJson(rate: number, s: RunSummary) {
+function halfJson(rate: number, s: RunSummary, p99Runs: number[]) {
   return {
     rateJobsPerSec: Math.round(rate),
     jobs: s.load.jobs,
@@ -863,6 +898,7 @@ function halfJson(rate: number, s: RunSummary) {
     p99Ms: round1(s.p99),
     overheadP50Ms: round1(s.overheadP50),
     overheadP99Ms: round1(s.overheadP99),
+    overheadP99MsRuns: p99Runs,
     avgBatch: round2(s.avgBatch),
   };
 }
@@ -1048,7 +1084,7 @@ function report(
       redisCpuCores: round2(citadel.redisCores),
       redisCmdsPerJob: round1(citadel.redisCmdsPerJob),
       redisTopPerJob: citadel.redisTop,
-      halfLoad: halfJson(r.half.rate, r.half.citadel),
+      halfLoad: halfJson(r.half.rate, r.half.citadel, r.half.p99Runs.citadel),
       overheadOverInference: round2(1 - citadel.load.samplesPerSec / limit.samplesPerSec),
       citadelOverLimit: round2(citadel.load.samplesPerSec / limit.samplesPerSec),
       citadelOverNaive: round2(citadel.load.jobsPerSec / Math.max(1e-9, naive.load.jobsPerSec)),
@@ -1058,14 +1094,14 @@ function report(
       jobsPerSecRuns: r.runs,
       naiveUnfinished: naive.load.unfinished,
       citadelUnfinished: citadel.load.unfinished,
-      naiveHalfLoad: halfJson(r.half.rate, r.half.naive),
+      naiveHalfLoad: halfJson(r.half.rate, r.half.naive, r.half.p99Runs.naive),
       citadelBinary: isRun(r.binary)
         ? {
             available: true,
             ...runJson(r.binary),
             overLimit: round2(r.binary.load.samplesPerSec / limit.samplesPerSec),
             overNaive: round2(r.binary.load.jobsPerSec / Math.max(1e-9, naive.load.jobsPerSec)),
-            halfLoad: r.half.binary ? halfJson(r.half.rate, r.half.binary) : null,
+            halfLoad: r.half.binary ? halfJson(r.half.rate, r.half.binary, r.half.p99Runs.binary) : null,
           }
         : { available: false, reason: r.binary.unavailable },
     };
@@ -1100,8 +1136,10 @@ function report(
         `, naive ${fmt(naive.overheadP50, 1)} / ${fmt(naive.overheadP99, 1)} ms`,
     );
     out.push(
-      `  half load, all at ${fmt(r.half.rate, 1)} jobs/s, p99 e2e−inference: naive ${fmt(r.half.naive.overheadP99, 1)} ms, Citadel JSON ${fmt(r.half.citadel.overheadP99, 1)} ms` +
-        (r.half.binary ? `, binary ${fmt(r.half.binary.overheadP99, 1)} ms` : ""),
+      `  half load, all at ${fmt(r.half.rate, 1)} jobs/s, p99 e2e−inference (median of ${o.repeats}; runs): naive ${fmt(r.half.naive.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.naive)}, Citadel JSON ${fmt(r.half.citadel.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.citadel)}` +
+        (r.half.binary
+          ? `, binary ${fmt(r.half.binary.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.binary)}`
+          : ""),
     );
     out.push(`  Redis commands per job (incl. inside Lua): Citadel JSON ${JSON.stringify(citadel.redisTop)}`);
     if (isRun(r.binary))
