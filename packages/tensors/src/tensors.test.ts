@@ -119,6 +119,52 @@ describe("validateInputs", () => {
     expect([err?.code, err?.details?.index]).toEqual(want);
   });
 
+  it("finds the first bad float32 element at every position of the unrolled scans, and their tails", () => {
+    // The float32 scans take 4 (range) or 8 (finite only) elements a turn: a bad value
+    // in any lane of a turn, in the tail after the last turn, or two of them, is found at
+    // its own index; values that are merely large, tiny or negative pass.
+    const fine = [3.4e38, -3.4e38, 1e-45, -0, 0.5];
+    const bad = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY];
+    const scan = (values: Float32Array, range?: [number, number]) => {
+      const spec: TensorSpec = { name: "v", dtype: "float32", shape: [null, values.length], batchAxis: 0 };
+      if (range) spec.range = range;
+      const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+      try {
+        validateInputs(
+          { v: { dtype: "float32", shape: [1, values.length], bytes } },
+          { inputs: [spec], outputs: [], maxBatch: 1 },
+        );
+        return null;
+      } catch (e) {
+        const err = e as { code: string; details?: { index?: number } };
+        return [err.code, err.details?.index];
+      }
+    };
+    for (const n of [1, 3, 4, 7, 8, 9, 17, 40]) {
+      const values = Float32Array.from({ length: n }, (_, i) => fine[i % fine.length] as number);
+      expect(scan(values)).toBeNull();
+      const inRange = Float32Array.from({ length: n }, (_, i) => (i % 3) - 1);
+      expect(scan(inRange, [-1, 1])).toBeNull();
+      for (let at = 0; at < n; at++) {
+        for (const b of bad) {
+          for (const [base, range] of [
+            [values, undefined],
+            [inRange, [-1, 1]],
+          ] as const) {
+            const v = base.slice();
+            v[at] = b;
+            if (at + 2 < n) v[at + 2] = Number.NaN;
+            expect(scan(v, range ? [range[0], range[1]] : undefined)).toEqual(["TENSOR_NON_FINITE", at]);
+          }
+        }
+        const v = inRange.slice();
+        v[at] = 1.5;
+        if (at + 1 < n) v[at + 1] = -2;
+        expect(scan(v, [-1, 1])).toEqual(["TENSOR_OUT_OF_RANGE", at]);
+      }
+    }
+  });
+
   it("refuses a shape whose product overflows before allocating", () => {
     const spec: TensorSpec = { name: "x", dtype: "float32", shape: [null, null, null], batchAxis: 0 };
     const huge = { x: { dtype: "float32" as const, shape: [1, 1 << 20, 1 << 20], data: "AAAA" } };

@@ -167,7 +167,12 @@ function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
   // pass refuse NaN (fails both tests) and ±Inf (past both bounds) with the range.
   const flo = isFloat ? Math.max(lo, -Number.MAX_VALUE) : lo;
   const fhi = isFloat ? Math.min(hi, Number.MAX_VALUE) : hi;
-  const i = data instanceof Float32Array ? firstOutsideF32(data, flo, fhi) : firstOutside(data, flo, fhi);
+  const i =
+    data instanceof Float32Array
+      ? range
+        ? firstOutsideF32(data, flo, fhi)
+        : firstNonFiniteF32(data)
+      : firstOutside(data, flo, fhi);
   if (i < 0) return;
   const v = data[i] as number;
   if (isFloat && !Number.isFinite(v)) throw nonFinite(spec, i);
@@ -175,15 +180,57 @@ function checkValues(spec: TensorSpec, data: Tensor["data"]): void {
 }
 
 /*
- * The scans over every element: float32 (most models' inputs) has a loop of its own so
- * that V8 sees one array type there and keeps it a tight loop (a loop shared by all
- * typed arrays runs several times slower on 1.7 MB inputs).
+ * The scans over every element, the hottest loops of validation (a 16-sample PaddleOCR
+ * job is 442,368 float32 values, scanned by the API and again by the worker). float32
+ * has loops of its own so that V8 sees one array type there and keeps them tight (a loop
+ * shared by all typed arrays runs several times slower), and they take several elements
+ * per turn (fewer branches); the element itself is found again by the plain loop. On
+ * 1.7 MB: 0.74–1.02 ms a scan element by element, 0.54 four at a time, 0.32 on the bits.
  */
 function firstOutsideF32(data: Float32Array, lo: number, hi: number): number {
-  for (let i = 0; i < data.length; i++) {
+  const n = data.length;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const a = data[i] as number;
+    const b = data[i + 1] as number;
+    const c = data[i + 2] as number;
+    const d = data[i + 3] as number;
+    if (!(a >= lo && a <= hi && b >= lo && b <= hi && c >= lo && c <= hi && d >= lo && d <= hi)) break;
+  }
+  for (; i < n; i++) {
     const v = data[i] as number;
     if (!(v >= lo && v <= hi)) return i;
   }
+  return -1;
+}
+
+const F32_EXPONENT = 0x7f800000;
+const F32_EXPONENT_LSB = 0x00800000;
+
+/**
+ * NaN and ±Inf are the float32 patterns whose exponent bits are all set. Adding the
+ * exponent's lowest bit to the masked exponent carries into bit 31 exactly for them, so
+ * eight elements are tested with one sign check of the OR of their sums.
+ */
+function firstNonFiniteF32(data: Float32Array): number {
+  const bits = new Int32Array(data.buffer, data.byteOffset, data.length);
+  const n = bits.length;
+  const e = F32_EXPONENT;
+  const u = F32_EXPONENT_LSB;
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const m =
+      (((bits[i] as number) & e) + u) |
+      (((bits[i + 1] as number) & e) + u) |
+      (((bits[i + 2] as number) & e) + u) |
+      (((bits[i + 3] as number) & e) + u) |
+      (((bits[i + 4] as number) & e) + u) |
+      (((bits[i + 5] as number) & e) + u) |
+      (((bits[i + 6] as number) & e) + u) |
+      (((bits[i + 7] as number) & e) + u);
+    if (m < 0) break;
+  }
+  for (; i < n; i++) if (((bits[i] as number) & e) + u >= 0x80000000) return i;
   return -1;
 }
 
