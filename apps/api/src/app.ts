@@ -176,8 +176,10 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   const streams = new EventStreams(s.sseMaxStreamsPerTenant);
   app.addHook("preClose", (done) => {
     closing = true;
-    // Event streams end now (their clients reconnect elsewhere), not after their longest wait.
+    // Event streams and long-polls end now (their clients reconnect or poll elsewhere),
+    // not after their longest wait.
     streams.abortAll();
+    d.queues.endWaits();
     done();
   });
   app.addHook("onSend", async (_req, reply, payload) => {

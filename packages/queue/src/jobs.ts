@@ -72,6 +72,8 @@ export class JobQueues {
   private readonly activeWatchers = new Map<string, Set<() => void>>();
   /** Ids whose final event came with no one waiting: a waiter arriving just after reads the job. */
   private readonly finished = new RecentIds(10_000);
+  /** Set by endWaits (shutdown): a wait returns the job's state at once. */
+  private waitsEnded = false;
 
   constructor(
     private readonly connection: Redis | Cluster,
@@ -341,6 +343,7 @@ export class JobQueues {
     opts: { submitted?: { version: string; custom_id?: string; metadata?: Record<string, string> } } = {},
   ): Promise<JobView> {
     const model = this.modelOf(id);
+    if (this.waitsEnded) ms = 0;
     const first = opts.submitted && ms > 0 ? undefined : await this.view(id, tenant);
     if (first && (ms <= 0 || isFinal(first.status))) return first;
     const version = first?.version ?? opts.submitted?.version ?? "";
@@ -461,8 +464,18 @@ export class JobQueues {
     return Date.now() - e.since < this.eventsWarmupMs;
   }
 
-  async close(): Promise<void> {
+  /**
+   * Ends every wait now, each answered with its job's state as a wait that ran out is,
+   * and makes later waits return at once: a shutting-down API answers its long-polls
+   * instead of holding its close (and the pod's grace period) for the longest of them.
+   */
+  endWaits(): void {
+    this.waitsEnded = true;
     for (const w of this.waiters.values()) for (const done of [...w]) done(null);
+  }
+
+  async close(): Promise<void> {
+    this.endWaits();
     const listeners = [...this.events.values()];
     await settledWithin(
       CLOSE_WAIT_MS,
