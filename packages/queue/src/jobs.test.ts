@@ -134,4 +134,39 @@ describe("JobQueues.enqueueMany", () => {
       await queues.close();
     }
   });
+
+  it("endWaits answers a pending wait with the job's state, and later waits return at once (a shutdown holds no long-poll)", async () => {
+    const url = inject("redisUrl");
+    const queues = new JobQueues(
+      client(url),
+      () => client(url),
+      client(url),
+      {
+        prefix: `{jobs-${randomBytes(4).toString("hex")}}`,
+        resultTtlMs: 60_000,
+        failedTtlMs: 60_000,
+        attempts: 1,
+        backoffMs: 1000,
+      },
+      () => true,
+    );
+    try {
+      const job = item("normal");
+      await queues.enqueueMany(model, [job]);
+      const t0 = Date.now();
+      const pending = queues.waitForFinish(job.id, "t1", 60_000);
+      while (queues.watched().finals === 0) await new Promise((r) => setTimeout(r, 10));
+      // Past its first check and reading the job when the waits end: it must not start its wait.
+      const starting = queues.waitForFinish(job.id, "t1", 60_000);
+      queues.endWaits();
+      expect((await pending).status).toBe("queued");
+      expect((await starting).status).toBe("queued");
+      expect((await queues.waitForFinish(job.id, "t1", 60_000)).status).toBe("queued");
+      // Both well before either wait's 60 s (the test's own limit is 30 s).
+      expect(Date.now() - t0).toBeLessThan(20_000);
+      expect(queues.watched().finals).toBe(0);
+    } finally {
+      await queues.close();
+    }
+  });
 });

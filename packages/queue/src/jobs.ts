@@ -359,7 +359,9 @@ export class JobQueues {
       };
       const timer = setTimeout(() => done(null), ms);
       set.add(done);
-      if (this.finished.has(id)) {
+      // Waits ended while this one read the job or started its listener.
+      if (this.waitsEnded) done(null);
+      else if (this.finished.has(id)) {
         // Its event came before this waiter did: read the outcome — unless the job was
         // enqueued again since under its id (an Idempotency-Key retry after a failover lost
         // it): then the hint is stale and the waiter waits for the new run's event.
