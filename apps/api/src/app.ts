@@ -176,10 +176,9 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   const streams = new EventStreams(s.sseMaxStreamsPerTenant);
   app.addHook("preClose", (done) => {
     closing = true;
-    // Event streams and long-polls end now (their clients reconnect or poll elsewhere),
-    // not after their longest wait.
+    // Event streams end now (their clients reconnect elsewhere), not after their longest
+    // wait; long-polls were answered before the close began (server.ts).
     streams.abortAll();
-    d.queues.endWaits();
     done();
   });
   app.addHook("onSend", async (_req, reply, payload) => {

@@ -236,9 +236,11 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
     url: url.replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1"),
     metricsUrl: metricsServer.url,
     close: () => {
-      // Stop accepting, let in-flight requests finish (app.close waits), then close Redis.
+      // Answer long-polls now (a wait still to start returns at once), stop accepting,
+      // let in-flight requests finish (app.close waits), then close Redis.
       closing ??= (async () => {
         clearInterval(resync);
+        queues.endWaits();
         await app.close();
         await metricsServer.close();
         // Enqueues whose outcome was unknown settle (accepted, or their reservations given back).
