@@ -57,13 +57,7 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   });
   const onRedisError = (err: Error) => log.error({ err }, "redis error");
   // Fail fast while Redis is down (answer 503) instead of queueing commands in memory.
-  // Auto-pipelining: the commands concurrent requests issue in one tick (rate limits,
-  // quota, input bytes, status reads) go in one write. Interleaved quick bench runs, two
-  // pairs: Redis CPU per OCR job 0.73–0.76 → 0.63–0.65 ms, API 2.05–2.15 → 2.00–2.01
-  // (binary), 3.96–4.10 → 3.54–3.73 (JSON). Auto-pipelined commands keep their order; an
-  // explicit MULTI or pipeline is written at once and could pass commands issued earlier
-  // in its tick, so its callers await what it depends on first (they all do).
-  const redis = redisClient(env, onRedisError, { enableOfflineQueue: false, enableAutoPipelining: true });
+  const redis = redisClient(env, onRedisError, { enableOfflineQueue: false });
   const ready = (c: RedisConn) =>
     new Promise<void>((resolve, reject) => {
       if (c.status === "ready") return resolve();
