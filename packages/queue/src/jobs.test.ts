@@ -18,13 +18,9 @@ afterAll(() => {
   for (const c of clients) c.disconnect();
 });
 
-/** JobQueues whose first `failing` listener connections can never connect (a port nothing listens on, no retries). */
-function queuesWithFailingListeners(failing: number) {
-  const url = inject("redisUrl");
-  const made = { n: 0 };
-  const blocking = () =>
-    made.n++ < failing ? client("redis://127.0.0.1:1", { retryStrategy: () => null, lazyConnect: false }) : client(url);
-  const queues = new JobQueues(
+/** JobQueues on the shared Redis under a fresh prefix; `blocking` makes its listener connections. */
+function queuesOn(url: string, blocking: () => Redis = () => client(url)) {
+  return new JobQueues(
     client(url),
     blocking,
     client(url),
@@ -37,7 +33,15 @@ function queuesWithFailingListeners(failing: number) {
     },
     () => true,
   );
-  return { queues, made };
+}
+
+/** JobQueues whose first `failing` listener connections can never connect (a port nothing listens on, no retries). */
+function queuesWithFailingListeners(failing: number) {
+  const url = inject("redisUrl");
+  const made = { n: 0 };
+  const blocking = () =>
+    made.n++ < failing ? client("redis://127.0.0.1:1", { retryStrategy: () => null, lazyConnect: false }) : client(url);
+  return { queues: queuesOn(url, blocking), made };
 }
 
 describe("JobQueues event listeners", () => {
@@ -136,20 +140,7 @@ describe("JobQueues.enqueueMany", () => {
   });
 
   it("endWaits answers a pending wait with the job's state, and later waits return at once (a shutdown holds no long-poll)", async () => {
-    const url = inject("redisUrl");
-    const queues = new JobQueues(
-      client(url),
-      () => client(url),
-      client(url),
-      {
-        prefix: `{jobs-${randomBytes(4).toString("hex")}}`,
-        resultTtlMs: 60_000,
-        failedTtlMs: 60_000,
-        attempts: 1,
-        backoffMs: 1000,
-      },
-      () => true,
-    );
+    const queues = queuesOn(inject("redisUrl"));
     try {
       const job = item("normal");
       await queues.enqueueMany(model, [job]);
