@@ -21,7 +21,7 @@
  * Keys come from Vault by default: the in-repo Vault API test server over HTTP on
  * 127.0.0.1, with the production policies (a decrypt-only worker token).
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { type AppForm, OWN_FORM } from "@citadel/cli/fleet";
@@ -148,8 +148,9 @@ export interface ColdFleet {
 export async function startColdFleet(redisUrl: string, keys: ColdKeys): Promise<ColdFleet> {
   let vault: VaultTestServer | null = null;
   let fleet: FleetSetup | null = null;
+  // Keys, signers and logs of this row: removed with the fleet.
+  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-bench-cold-"));
   try {
-    const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-bench-cold-"));
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const env: Record<string, string> = {};
     const workerExtra: Record<string, string> = {};
@@ -186,11 +187,13 @@ export async function startColdFleet(redisUrl: string, keys: ColdKeys): Promise<
         await api.stop();
         await f.close();
         await v?.stop();
+        rmSync(dir, { recursive: true, force: true });
       },
     };
   } catch (err) {
     await fleet?.close();
     await vault?.stop();
+    rmSync(dir, { recursive: true, force: true });
     throw err;
   }
 }

@@ -5,7 +5,7 @@
  * Everything listens on 127.0.0.1 only.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -288,6 +288,7 @@ export async function setupFleet(opts: FleetSetupOptions): Promise<FleetSetup> {
  * (`redis+cluster://…`), which the CLI context's client speaks to.
  */
 export async function setupFleetCore(opts: FleetSetupOptions): Promise<Omit<FleetSetup, "redis">> {
+  const made = opts.dir === undefined;
   const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-bench-"));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const keyring = path.join(dir, "keyring.json");
@@ -334,6 +335,8 @@ export async function setupFleetCore(opts: FleetSetupOptions): Promise<Omit<Flee
     },
     close: async () => {
       await ctx.close();
+      // A directory of its own making (the dev keyring's master keys among it) does not outlive the run.
+      if (made) rmSync(dir, { recursive: true, force: true });
     },
   };
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -222,6 +222,8 @@ export async function startTestFleet(
       await deletePrefix(redis, prefix);
       await ctx.close();
       await closeRedis(redis);
+      // The fleet's keyring (its master keys) and model store go with it: nothing is left in the temp dir.
+      rmSync(dir, { recursive: true, force: true });
     },
   };
   return fleet;
