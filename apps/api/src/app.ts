@@ -58,7 +58,7 @@ import { parseJsonBody } from "./json-body.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
 import { documentedAs, idempotencyHeader, json, v1Errors } from "./route-docs.js";
-import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
+import { finalWithin, releaseBody, submitContext, submitOneRecorded } from "./submit-context.js";
 import { INFER_ROUTES, registerV2 } from "./v2.js";
 
 export interface AppDeps {
@@ -293,6 +293,23 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         : undefined;
     };
 
+    /**
+     * Decodes and submits a request's one job. What the caller keeps of it is small: the
+     * decoded body and its tensors are this function's alone.
+     */
+    const submitOneOf = async (req: FastifyRequest) => {
+      const binary = binaryOf(req, false);
+      const job: SubmitRequest = binary?.jobs[0] ?? (req.body as JobRequest);
+      const accepted = await submitOneRecorded(d.submitter, req, job, submitContext(req));
+      // Accepted: from here the job's own records stand for it, whatever this request meets.
+      req.audited = true;
+      const labels: Pick<JobView, "custom_id" | "metadata"> = {
+        ...(job.custom_id !== undefined ? { custom_id: job.custom_id } : {}),
+        ...(job.metadata !== undefined ? { metadata: job.metadata } : {}),
+      };
+      return { accepted, labels, binaryOutput: binary?.binaryOutput };
+    };
+
     api.post(
       "/v1/jobs",
       {
@@ -312,19 +329,12 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
         },
       },
       async (req, reply) => {
-        const ctx = submitContext(req);
-        const binary = binaryOf(req, false);
-        const job: SubmitRequest = binary?.jobs[0] ?? (req.body as JobRequest);
-        const accepted = await submitOneRecorded(d.submitter, req, job, ctx);
-        const view =
-          req.query.wait === undefined
-            ? undefined
-            : await finalWithin(d.queues, req, accepted, req.query.wait, {
-                ...(job.custom_id !== undefined ? { custom_id: job.custom_id } : {}),
-                ...(job.metadata !== undefined ? { metadata: job.metadata } : {}),
-              });
+        const { accepted, labels, binaryOutput } = await submitOneOf(req);
+        if (req.query.wait === undefined) return reply.code(202).send(accepted);
+        releaseBody(req);
+        const view = await finalWithin(d.queues, req, accepted, req.query.wait, labels);
         if (!view) return reply.code(202).send(accepted);
-        if (wantsBinary(req.headers.accept, binary?.binaryOutput)) return sendBinaryView(reply, view);
+        if (wantsBinary(req.headers.accept, binaryOutput)) return sendBinaryView(reply, view);
         return reply.code(200).send(view);
       },
     );

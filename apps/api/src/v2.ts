@@ -21,7 +21,7 @@ import { z } from "zod";
 import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer } from "./binary-body.js";
 import { sendError } from "./errors.js";
 import { idempotencyHeader, json, v2Errors } from "./route-docs.js";
-import { finalWithin, submitContext, submitOneRecorded } from "./submit-context.js";
+import { finalWithin, releaseBody, submitContext, submitOneRecorded } from "./submit-context.js";
 
 /**
  * The Open Inference Protocol (KServe v2) over HTTP, beside /v1 and on the same
@@ -233,23 +233,12 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
   if (!allowsModel(req.tenant as Tenant, params.name)) {
     throw new CitadelError("MODEL_NOT_FOUND", `model '${params.name}' is not published`);
   }
-  const ctx = submitContext(req);
-  const { request, data } = decodeBody(req, d.settings.maxJsonDepth);
-  const outputs = v2OutputNames(request);
-  const job: SubmitRequest = {
-    model: params.name,
-    ...(params.version !== undefined ? { version: params.version } : {}),
-    inputs: v2Inputs(request, data),
-    ...(outputs ? { outputs } : {}),
-    priority: "normal",
-  };
-  const accepted = await submitOneRecorded(d.submitter, req, job, ctx);
-  // Accepted: from here the job's own records stand for it, whatever this request meets.
-  req.audited = true;
+  const { accepted, answerAs } = await submitInfer(d, req, params);
   // The model's timeout bounds the run and QUEUE_TTL_MS the wait before it; past both the
   // job is final anyway. MAX_WAIT_MS bounds how long a request is held.
   const manifest = await d.catalog.manifest(params.name, accepted.version);
   const waitMs = Math.min(d.settings.maxWaitMs, d.settings.queueTtlMs + manifest.timeoutMs);
+  releaseBody(req);
   const view = await finalWithin(d.queues, req, accepted, waitMs);
   if (!view) {
     return sendError(
@@ -262,10 +251,10 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
     );
   }
   if (view.status !== "completed" || !view.result) return sendError(req, reply, jobFailure(view));
-  const answer = v2Answer(request, view.result.outputs, {
+  const answer = v2Answer(answerAs, view.result.outputs, {
     modelName: view.model,
     modelVersion: view.version,
-    id: request.id ?? view.id,
+    id: answerAs.id ?? view.id,
     jobId: view.id,
   });
   if ("json" in answer) return reply.code(200).send(answer.json);
@@ -274,6 +263,31 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
     .header("content-type", BINARY_CONTENT_TYPE)
     .header(INFERENCE_HEADER_LENGTH, answer.headerLength)
     .send(answer.body);
+}
+
+/**
+ * Decodes and submits an infer request as one job. The caller keeps only what the answer
+ * needs (the request's id and output choices), not its tensors.
+ */
+async function submitInfer(d: V2Deps, req: FastifyRequest, params: ModelParams) {
+  const { request, data } = decodeBody(req, d.settings.maxJsonDepth);
+  const outputs = v2OutputNames(request);
+  const job: SubmitRequest = {
+    model: params.name,
+    ...(params.version !== undefined ? { version: params.version } : {}),
+    inputs: v2Inputs(request, data),
+    ...(outputs ? { outputs } : {}),
+    priority: "normal",
+  };
+  const accepted = await submitOneRecorded(d.submitter, req, job, submitContext(req));
+  // Accepted: from here the job's own records stand for it, whatever this request meets.
+  req.audited = true;
+  const answerAs: Pick<V2InferRequest, "id" | "parameters" | "outputs"> = {
+    ...(request.id !== undefined ? { id: request.id } : {}),
+    ...(request.parameters !== undefined ? { parameters: request.parameters } : {}),
+    ...(request.outputs !== undefined ? { outputs: request.outputs } : {}),
+  };
+  return { accepted, answerAs };
 }
 
 /** An infer body: JSON, or a binary body cut at its header (framing faults refuse it, 400). */
