@@ -60,9 +60,8 @@ export async function submitOneRecorded(
 
 /**
  * Drops a submit's body once its job is stored, before a long-poll: a request waiting
- * for its result would otherwise hold its tensors (MBs for a batch of samples) past
- * V8's young-generation collections, and bodies freed only by full ones trigger them
- * (V8 counts their bytes as external memory) several times a second under load.
+ * for its result (up to MAX_WAIT_MS) would otherwise hold its tensors, so clients
+ * waiting on large inputs would hold MBs each in the API's memory.
  */
 export function releaseBody(req: FastifyRequest): void {
   req.body = undefined;
