@@ -859,7 +859,7 @@ async function main(): Promise<number> {
     await api?.stop();
     await fleet.close();
     admin.disconnect();
-    await own?.stop();
+    await own?.close();
   }
   report(o, results, limitsAlt, bulk, capacity, cold, cluster ?? clusterError, load0, started);
   return 0;

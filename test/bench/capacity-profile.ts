@@ -98,6 +98,6 @@ await queue.close();
 // BullMQ leaves a connection it was given open: without this the script never exits.
 connection.disconnect();
 await fleet.close();
-await own.stop();
+await own.close();
 
 if (profiledNodeArgs(dir).includes("--cpu-prof")) printTopSelfTime(dir, worker.pid);

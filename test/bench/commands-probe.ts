@@ -85,4 +85,4 @@ for (const w of workers) await w.stop();
 await api.stop();
 await fleet.close();
 admin.disconnect();
-await own.stop();
+await own.close();

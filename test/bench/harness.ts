@@ -52,6 +52,8 @@ export interface OwnRedis {
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and data directory. */
   start(): Promise<void>;
+  /** Stops it for good and removes its data directory when it made one (its AOF holds test data). */
+  close(): Promise<void>;
   /**
    * Runs `hook` at every (re)start once the data is loaded but before the TCP port opens,
    * so it sees every command any other client runs (e.g. a MONITOR attaching).
@@ -86,6 +88,7 @@ async function pingRedis(target: string | { path: string }): Promise<boolean> {
  */
 export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}): Promise<OwnRedis> {
   const port = await freePort();
+  const made = opts.dir === undefined;
   const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), "citadel-redis-"));
   const socket = path.join(dir, "redis.sock");
   let child: ChildProcess | null = null;
@@ -143,6 +146,10 @@ export async function startOwnRedis(opts: { aof?: boolean; dir?: string } = {}):
       const exited = new Promise<void>((r) => c.once("exit", () => r()));
       c.kill(signal);
       await exited;
+    },
+    close: async () => {
+      await handle.stop();
+      if (made) rmSync(dir, { recursive: true, force: true });
     },
     beforeListen: (hook) => {
       hooks.push(hook);

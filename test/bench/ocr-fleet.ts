@@ -55,7 +55,7 @@ export async function startOcrFleet(
       await worker.stop();
       await api.stop();
       await fleet.close();
-      await own.stop();
+      await own.close();
     },
   };
 }

@@ -1,5 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { cliArgs, freePort } from "@citadel/cli/fleet";
 import { buildConvNet, buildFailingModel, buildMultiInputModel } from "@citadel/onnx";
@@ -8,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ChildResult, runChild } from "../support/child.js";
 import { decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 import { writeNpy as writeNpyFile } from "../support/npy.js";
+import { tempDir } from "../support/temp-dirs.js";
 
 // Issue 12 point 5: the CLI for people, as a child process against a running fleet —
 // jobs get/wait/cancel, submit from .npy files and from a JSONL file, and one-line errors.
@@ -37,7 +37,7 @@ function random(n: number, seed: number): Float32Array {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(path.join(os.tmpdir(), "citadel-cli-jobs-"));
+  dir = tempDir("cli-jobs");
   fleet = await startTestFleet({ workers: 1 });
   await fleet.publish(buildMultiInputModel(), { name: "multi", version: "1", spec: { maxBatch: 8 } });
   await fleet.publish(buildConvNet(), { name: "conv", version: "1", spec: { maxBatch: 4 } });

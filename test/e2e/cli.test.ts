@@ -1,7 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { auditHeadKey, auditStreamKey, auditWritersKey } from "@citadel/audit";
 import { appArgs, cliArgs } from "@citadel/cli/fleet";
@@ -10,8 +9,9 @@ import { buildConvNet, inspectModel } from "@citadel/onnx";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deletePrefix, redisUrl } from "../support/fleet.js";
+import { tempDir } from "../support/temp-dirs.js";
 
-const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-cli-"));
+const dir = tempDir("cli");
 const prefix = `{cli-${process.pid}}`;
 let redis: Redis;
 

@@ -1,13 +1,13 @@
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { appArgs, cliArgs, type FleetProcess, freePort, repoRoot, startProcess } from "@citadel/cli/fleet";
 import { buildConvNet } from "@citadel/onnx";
 import { readCoreDumpState } from "@citadel/runtime";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
+import { tempDir } from "../support/temp-dirs.js";
 
 /**
  * Core dumps: a worker turns its own core dumps off before it touches a key or a model,
@@ -46,7 +46,7 @@ describe("worker core dumps", () => {
 
   async function worker(env: Record<string, string>): Promise<FleetProcess> {
     const port = await freePort();
-    const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-worker-"));
+    const dir = tempDir("worker");
     const p = await startProcess(
       "worker",
       "worker",
@@ -125,7 +125,7 @@ describe("worker core dumps", () => {
 });
 
 describe("CLI core dumps", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-cli-dumps-"));
+  const dir = tempDir("cli-dumps");
   writeFileSync(path.join(dir, "conv.onnx"), buildConvNet());
 
   function citadel(args: string[], env: Record<string, string>) {

@@ -1,11 +1,11 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { repoRoot } from "@citadel/cli/fleet";
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
 import { deletePrefix, redisUrl } from "../support/fleet.js";
+import { tempDir } from "../support/temp-dirs.js";
 
 /**
  * Whether a process still runs. A process whose parent died is re-parented and reaped
@@ -63,7 +63,7 @@ afterAll(async () => {
 
 describe("citadel demo --serve", () => {
   it("takes its API and workers down with it when the CLI is killed with SIGKILL", async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-demo-kill-"));
+    const dir = tempDir("demo-kill");
     const cli = spawn(
       process.execPath,
       [path.join(repoRoot, "apps/cli/bin/citadel.mjs"), "demo", "--serve", "--jobs", "0", "--dir", dir],

@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { freePort, startProcess } from "@citadel/cli/fleet";
 import { buildConvNet, buildSlowModel } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, startTestFleet, type TestFleet } from "../support/fleet.js";
+import { tempDir } from "../support/temp-dirs.js";
 
 const conv = { x: { dtype: "float32", shape: [1, 3, 32, 32], data: b64(new Float32Array(3072).fill(0.1)) } };
 const slow = { x: { dtype: "float32", shape: [1, 1], data: [1] } };
@@ -89,7 +89,7 @@ describe("graceful shutdown", () => {
 
   async function workerProcess(extra: Record<string, string> = {}) {
     const port = await freePort();
-    const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-worker-"));
+    const dir = tempDir("worker");
     const proc = await startProcess(
       "worker",
       "worker",

@@ -41,7 +41,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await witness?.close();
-  await redis?.stop();
+  await redis?.close();
   if (rows.length) process.stderr.write(`\n${formatTable(rows)}\n`);
 });
 

@@ -25,7 +25,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of closers.reverse()) await c();
   await witness?.close();
-  await redis?.stop();
+  await redis?.close();
 });
 
 async function until(what: string, cond: () => boolean): Promise<void> {

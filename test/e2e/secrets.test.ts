@@ -1,6 +1,5 @@
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { SignedManifest } from "@citadel/contracts";
@@ -10,13 +9,14 @@ import { deploymentKeyPattern } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { b64, deletePrefix, redisUrl } from "../support/fleet.js";
+import { tempDir } from "../support/temp-dirs.js";
 
 /**
  * A full run as separate processes — seal, publish, load, infer — with the working
  * directory and TMPDIR pointed at fresh folders, then every file written there, in the
  * model store, in Redis and in the logs is searched for the plaintext model and secrets.
  */
-const root = mkdtempSync(path.join(os.tmpdir(), "citadel-leak-"));
+const root = tempDir("leak");
 const src = path.join(root, "src"); // the operator's input model: the only plaintext allowed on disk
 const work = path.join(root, "work");
 const tmp = path.join(root, "tmp");

@@ -119,7 +119,7 @@ async function main(): Promise<number> {
     }
   } finally {
     await witness.close();
-    await redis.stop();
+    await redis.close();
   }
   process.stdout.write(`\n${formatTable(rows)}\n`);
   const ok = rows.every(rowPassed);

@@ -1,9 +1,9 @@
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CitadelError, type SignedManifest, type TrustedSigner } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { canonicalJson } from "./canonical.js";
 import { type ModelDescription, sealModel } from "./manifest.js";
 import { openArtifact, sha256 } from "./seal.js";
@@ -26,8 +26,11 @@ let keys: LocalKeyProvider;
 let trusted: TrustedSigner[];
 const model = Buffer.from("pretend this is an onnx model ".repeat(40));
 
+const keyDir = mkdtempSync(path.join(os.tmpdir(), "citadel-keys-"));
+afterAll(() => rmSync(keyDir, { recursive: true, force: true }));
+
 beforeAll(async () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), "citadel-keys-")), "keyring.json");
+  const file = path.join(keyDir, "keyring.json");
   initKeyring(file);
   keys = new LocalKeyProvider(file);
   trusted = await keys.publicKeys();

@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import {
   AuditEnv,
@@ -93,6 +93,7 @@ describe("parseEnv", () => {
 
 describe("audit key files", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-config-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const file = (name: string, text: string) => {
     const p = path.join(dir, name);
     writeFileSync(p, text);

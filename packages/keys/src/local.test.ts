@@ -1,11 +1,18 @@
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { initKeyring, LocalKeyProvider } from "./local.js";
 
+// Each test's keyrings (master keys) are removed after the file's tests.
+const made: string[] = [];
+afterAll(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
 const fresh = () => {
-  const file = path.join(mkdtempSync(path.join(os.tmpdir(), "citadel-keyring-")), "keyring.json");
+  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-keyring-"));
+  made.push(dir);
+  const file = path.join(dir, "keyring.json");
   initKeyring(file);
   return file;
 };
