@@ -235,7 +235,6 @@ describe.each(["base", "cpu", "gpu"] as const)("k8s %s: every Deployment and Job
     { timeout: 300_000 },
     async () => {
       const dir = tempDir(`k8s-${overlay}`);
-      cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
       const vault = await startVault();
       cleanups.push(() => vault.stop());
       const cluster = operatorObjects(vault.signers, dir);

@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { freePort } from "@citadel/cli/fleet";
 import {
@@ -448,9 +447,8 @@ export function runInit(name: string, argv: string[], env: Record<string, string
   if (r.status !== 0) throw new Error(`${name} failed (${String(r.status)}): ${r.stdout}${r.stderr}`);
 }
 
-export function tempDir(label: string): string {
-  return mkdtempSync(path.join(os.tmpdir(), `citadel-${label}-`));
-}
+// Removed after the importing file's tests (the operator objects hold secrets).
+export { tempDir } from "../support/temp-dirs.js";
 
 export function readText(file: string): string {
   return readFileSync(file, "utf8");

@@ -1,10 +1,10 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { CommonEnv, parseEnv } from "@citadel/config";
 import { keys, redisEndpoint } from "@citadel/queue";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { tempDir } from "../support/temp-dirs.js";
 import {
   arr,
   at,
@@ -27,8 +27,7 @@ import {
 // Issue 14 point 2: the Redis Cluster variant of the k8s manifests, component
 // infra/k8s/components/redis-cluster on top of an overlay, as an operator would add it.
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "citadel-k8s-cluster-"));
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const tmp = tempDir("k8s-cluster");
 
 /** The cpu overlay with the component added, rendered by kustomize (it refuses absolute paths). */
 function renderClusterVariant(): Obj[] {

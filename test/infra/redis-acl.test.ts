@@ -81,7 +81,6 @@ async function k8sDeployment(): Promise<Deployment> {
     passwords: cluster.secrets["citadel-redis-users"] ?? {},
     close: async () => {
       await redis.stop();
-      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
