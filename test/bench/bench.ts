@@ -19,7 +19,9 @@
  *   half load      naive and Citadel in an open loop at the same rate: half the slowest
  *                  contender's closed-loop jobs/s; `--repeats` windows each, interleaved,
  *                  the one with the median p99 of e2e − inference kept (a p99 of one
- *                  12 s window moves with a single stall of this VM).
+ *                  12 s window moves with a single stall of this VM). Beside them, the
+ *                  floor: a bare BullMQ round trip at the same rate (add, a no-op
+ *                  processor in its own process, the completed event), no HTTP, no model.
  * Plus: jobs of 16 samples each (one model, samples/s against the limit), bulk submit,
  * and worker capacity on a no-op model against bare BullMQ Workers (capacity.ts).
  * Last, cold start (cold-start.ts): one job on an empty queue, a fresh worker process
@@ -589,8 +591,10 @@ interface ModelResult {
     naive: RunSummary;
     citadel: RunSummary;
     binary: RunSummary | null;
+    /** A bare BullMQ round trip at the same rate: what queueing through Redis alone costs on this machine. */
+    floor: RunSummary;
     /** p99 of e2e − inference of each repeat, per contender (ms). */
-    p99Runs: { naive: number[]; citadel: number[]; binary: number[] };
+    p99Runs: { naive: number[]; citadel: number[]; binary: number[]; floor: number[] };
   };
   multi: { wire: Wire; run: RunSummary; runs: number[] } | null;
 }
@@ -653,18 +657,34 @@ async function runModel(
   // Half load: every contender in an open loop at the same rate, half the slowest one's jobs/s.
   const rate = Math.max(1, Math.min(...[n, j, b].flatMap((x) => (x ? [x.median.load.jobsPerSec] : []))) / 2);
   say(`half load: ${m.name}: ${fmt(rate, 1)} jobs/s for every contender`);
-  const [hn, hj, hb] = await halfLoadInterleaved(binary ? [naive, json, binary] : [naive, json], rate, o);
-  if (!hn || !hj) throw new Error("a contender returned no half-load measurement");
+  const floor = naiveContender({
+    label: `floor:   bare BullMQ round trip (${m.name}'s rate)`,
+    redisUrl: ctx.redisUrl,
+    redisPid: ctx.redisPid,
+    modelFile: null,
+    queueName: `floor-${m.name}`,
+    threads: o.threads,
+    data: [{ inputs: {} }],
+    concurrency,
+  });
+  const [hf, hn, hj, hb] = await halfLoadInterleaved(
+    binary ? [floor, naive, json, binary] : [floor, naive, json],
+    rate,
+    o,
+  );
+  if (!hf || !hn || !hj) throw new Error("a contender returned no half-load measurement");
   const half = {
     rate,
     naive: hn.median,
     citadel: hj.median,
     binary: hb?.median ?? null,
-    p99Runs: { naive: hn.runs, citadel: hj.runs, binary: hb?.runs ?? [] },
+    floor: hf.median,
+    p99Runs: { naive: hn.runs, citadel: hj.runs, binary: hb?.runs ?? [], floor: hf.runs },
   };
   say(
     `half load: ${m.name}: p99 e2e−inference naive ${fmt(half.naive.overheadP99, 1)} ms, Citadel JSON ${fmt(half.citadel.overheadP99, 1)} ms` +
-      (half.binary ? `, binary ${fmt(half.binary.overheadP99, 1)} ms` : ""),
+      (half.binary ? `, binary ${fmt(half.binary.overheadP99, 1)} ms` : "") +
+      `; floor (bare BullMQ round trip) ${fmt(half.floor.overheadP99, 1)} ms`,
   );
 
   let multiResult: ModelResult["multi"] = null;
@@ -991,6 +1011,7 @@ function collectTargets(results: Record<string, ModelResult>, capacity: Capacity
       op: "<=",
       goal: 10,
       unit: " ms",
+      note: `a bare BullMQ round trip at this rate: p99 ${fmt(r.half.floor.overheadP99, 1)} ms`,
     });
   }
   return t;
@@ -1095,6 +1116,7 @@ function report(
       naiveUnfinished: naive.load.unfinished,
       citadelUnfinished: citadel.load.unfinished,
       naiveHalfLoad: halfJson(r.half.rate, r.half.naive, r.half.p99Runs.naive),
+      floorHalfLoad: halfJson(r.half.rate, r.half.floor, r.half.p99Runs.floor),
       citadelBinary: isRun(r.binary)
         ? {
             available: true,
@@ -1139,7 +1161,8 @@ function report(
       `  half load, all at ${fmt(r.half.rate, 1)} jobs/s, p99 e2e−inference (median of ${o.repeats}; runs): naive ${fmt(r.half.naive.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.naive)}, Citadel JSON ${fmt(r.half.citadel.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.citadel)}` +
         (r.half.binary
           ? `, binary ${fmt(r.half.binary.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.binary)}`
-          : ""),
+          : "") +
+        `; floor, a bare BullMQ round trip: p50 ${fmt(r.half.floor.overheadP50, 1)}, p99 ${fmt(r.half.floor.overheadP99, 1)} ms ${JSON.stringify(r.half.p99Runs.floor)}`,
     );
     out.push(`  Redis commands per job (incl. inside Lua): Citadel JSON ${JSON.stringify(citadel.redisTop)}`);
     if (isRun(r.binary))

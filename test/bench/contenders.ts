@@ -97,7 +97,8 @@ export function naiveContender(opts: {
   label: string;
   redisUrl: string;
   redisPid: number;
-  modelFile: string;
+  /** The model the worker runs; null: the bare worker (NAIVE_NOOP), whose processor returns at once. */
+  modelFile: string | null;
   queueName: string;
   threads: number;
   /** Job data, built once; job i sends data[i % length]. */
@@ -111,7 +112,7 @@ export function naiveContender(opts: {
       const child = await spawnNaiveWorker(opts.redisUrl, {
         NAIVE_QUEUE: opts.queueName,
         NAIVE_PREFIX: prefix,
-        NAIVE_MODEL: opts.modelFile,
+        ...(opts.modelFile === null ? { NAIVE_NOOP: "1" } : { NAIVE_MODEL: opts.modelFile }),
         NAIVE_THREADS: String(opts.threads),
       });
       const connection = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
@@ -130,11 +131,13 @@ export function naiveContender(opts: {
           try {
             const job = await queue.add("infer", opts.data[i % opts.data.length] as NaiveJobData);
             const out = (await job.waitUntilFinished(events, 60_000)) as { inferenceMs?: number } | null;
+            // The bare worker runs no model: its whole latency is overhead.
+            const inferenceMs = opts.modelFile === null ? 0 : out?.inferenceMs;
             return {
               ok: true,
               latencyMs: performance.now() - t,
               batchSize: 1,
-              ...(typeof out?.inferenceMs === "number" ? { inferenceMs: out.inferenceMs } : {}),
+              ...(typeof inferenceMs === "number" ? { inferenceMs } : {}),
             };
           } catch (err) {
             return { ok: false, latencyMs: performance.now() - t, code: (err as Error).name || "FAILED" };
