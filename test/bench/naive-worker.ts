@@ -2,8 +2,9 @@
  * The naive contender: a plain BullMQ Worker calling `session.run` once per job on
  * its main thread, as most users would first write it. Run as its own process by
  * bench.ts (env: REDIS_URL, NAIVE_QUEUE, NAIVE_PREFIX, NAIVE_MODEL, NAIVE_THREADS).
- * With NAIVE_NOOP=1 it is the bare worker of the capacity row instead: no model, a
- * processor that returns at once, NAIVE_CONCURRENCY jobs at a time.
+ * With NAIVE_NOOP=1 it is the bare worker of the capacity row and of the half-load
+ * floor instead: no model, a processor that returns at once, NAIVE_CONCURRENCY jobs at
+ * a time.
  * Prints "ready" on stdout once the session is loaded and the worker is running.
  */
 import { readFileSync } from "node:fs";
