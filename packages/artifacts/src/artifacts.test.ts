@@ -1,9 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { CitadelError, type SignedManifest, type TrustedSigner } from "@citadel/contracts";
 import { initKeyring, LocalKeyProvider } from "@citadel/keys";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
+import { tempDir } from "../../../test/support/temp-dirs.js";
 import { canonicalJson } from "./canonical.js";
 import { type ModelDescription, sealModel } from "./manifest.js";
 import { openArtifact, sha256 } from "./seal.js";
@@ -26,8 +25,7 @@ let keys: LocalKeyProvider;
 let trusted: TrustedSigner[];
 const model = Buffer.from("pretend this is an onnx model ".repeat(40));
 
-const keyDir = mkdtempSync(path.join(os.tmpdir(), "citadel-keys-"));
-afterAll(() => rmSync(keyDir, { recursive: true, force: true }));
+const keyDir = tempDir("keys");
 
 beforeAll(async () => {
   const file = path.join(keyDir, "keyring.json");

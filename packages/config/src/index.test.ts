@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { z } from "zod";
+import { tempDir } from "../../../test/support/temp-dirs.js";
 import {
   AuditEnv,
   auditKeyProblem,
@@ -92,8 +92,7 @@ describe("parseEnv", () => {
 });
 
 describe("audit key files", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-config-"));
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir("config");
   const file = (name: string, text: string) => {
     const p = path.join(dir, name);
     writeFileSync(p, text);

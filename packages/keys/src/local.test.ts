@@ -1,18 +1,12 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { tempDir } from "../../../test/support/temp-dirs.js";
 import { initKeyring, LocalKeyProvider } from "./local.js";
 
-// Each test's keyrings (master keys) are removed after the file's tests.
-const made: string[] = [];
-afterAll(() => {
-  for (const dir of made) rmSync(dir, { recursive: true, force: true });
-});
+// Each test's keyring (master keys) is removed after the file's tests.
 const fresh = () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "citadel-keyring-"));
-  made.push(dir);
-  const file = path.join(dir, "keyring.json");
+  const file = path.join(tempDir("keyring"), "keyring.json");
   initKeyring(file);
   return file;
 };
