@@ -1,4 +1,15 @@
-import { Client, type ResultView, randomInput, say, sleep } from "./harness.js";
+/**
+ * A job's phases at a steady rate: PaddleOCR cls, one sample per job, binary bodies sent
+ * in an open loop (job i at t0 + i/rate, whatever the earlier ones do) to one API and one
+ * worker; prints p50/p90/p99/max of submit (sent → created), queue (created → started),
+ * worker (started → finished, less inference), reply (finished → answer received) and
+ * their sum less inference, and the CPU per job of the API, the worker and Redis.
+ *
+ *   node --conditions=@citadel/source --import tsx test/bench/latency-profile.ts [rate] [seconds]
+ *
+ * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
+ */
+import { Client, cpuMsOf, type ResultView, randomInput, say, sleep } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { binaryBody } from "./wire.js";
 
@@ -14,7 +25,8 @@ const PER = 3 * 48 * 192;
 const form = process.env.APP_FORM === "dist" ? "dist" : "source";
 const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 
-const { fleet, api, close } = await startOcrFleet("latency", { nodeArgs, form });
+const { fleet, api, worker, close } = await startOcrFleet("latency", { nodeArgs, form });
+const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
 const bodies = Array.from({ length: 64 }, (_, i) =>
   binaryBody("ocr-cls", [{ name: "x", shape: [1, 3, 48, 192], data: randomInput(PER, 2000 + i) }]),
 );
@@ -41,7 +53,11 @@ async function openLoop(ms: number): Promise<Timed[]> {
 }
 
 await openLoop(3000);
+const cpu0 = [cpuMsOf(api.pid), cpuMsOf(worker.pid), cpuMsOf(redisPid)];
 const jobs = await openLoop(seconds * 1000);
+const cpu = [cpuMsOf(api.pid), cpuMsOf(worker.pid), cpuMsOf(redisPid)].map(
+  (ms, i) => (ms - (cpu0[i] ?? 0)) / jobs.length,
+);
 await close();
 
 const phases: Record<string, number[]> = { submit: [], queue: [], worker: [], reply: [], overhead: [] };
@@ -67,3 +83,5 @@ for (const [name, xs] of Object.entries(phases)) {
   const row = [50, 90, 99, 100].map((p) => pct(xs, p).toFixed(1).padStart(7)).join(" ");
   say(`  ${name.padEnd(9)} ${row}`);
 }
+const [apiMs, workerMs, redisMs] = cpu.map((ms) => ms.toFixed(2));
+say(`CPU ms per job: api ${apiMs}, worker (main and runner) ${workerMs}, redis ${redisMs}`);
