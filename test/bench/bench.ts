@@ -83,6 +83,7 @@ import {
   type OwnRedis,
   type Proc,
   randomInput,
+  redisPidOf,
   repoRoot,
   say,
   setupFleet,
@@ -750,7 +751,7 @@ async function main(): Promise<number> {
     say(`bench: private redis-server at ${redisUrl} (commandstats count only this benchmark)`);
   } else say(`bench: using REDIS_URL ${redisUrl}; Redis command counts include other clients`);
   const admin = new Redis(redisUrl);
-  const redisPid = Number(/process_id:(\d+)/.exec(await admin.info("server"))?.[1] ?? "0");
+  const redisPid = await redisPidOf(admin);
   const models = benchModels(o.models);
   const fleet = await setupFleet({ redisUrl, prefix: "{bench}" });
   const results: Record<string, ModelResult> = {};

@@ -207,6 +207,11 @@ export function cpuMsOf(pid: number): number {
   }
 }
 
+/** The pid of the Redis server `redis` talks to (from INFO server), 0 when it does not say. */
+export async function redisPidOf(redis: Pick<Redis, "info">): Promise<number> {
+  return Number(/process_id:(\d+)/.exec(await redis.info("server"))?.[1] ?? "0");
+}
+
 /** A gauge from a Prometheus text endpoint (first sample of `name`). */
 export async function scrapeMetric(url: string, name: string): Promise<number | null> {
   const text = await fetch(url).then(

@@ -9,7 +9,7 @@
  *
  * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
  */
-import { Client, cpuMsOf, type ResultView, randomInput, say, sleep } from "./harness.js";
+import { Client, cpuMsOf, type ResultView, randomInput, redisPidOf, say, sleep } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { binaryBody } from "./wire.js";
 
@@ -26,7 +26,7 @@ const form = process.env.APP_FORM === "dist" ? "dist" : "source";
 const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 
 const { fleet, api, worker, close } = await startOcrFleet("latency", { nodeArgs, form });
-const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
+const redisPid = await redisPidOf(fleet.redis);
 const bodies = Array.from({ length: 64 }, (_, i) =>
   binaryBody("ocr-cls", [{ name: "x", shape: [1, 3, 48, 192], data: randomInput(PER, 2000 + i) }]),
 );

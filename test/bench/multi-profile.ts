@@ -10,7 +10,7 @@
  */
 import { rmSync } from "node:fs";
 import path from "node:path";
-import { Client, cpuMsOf, randomInput, rssOf, say } from "./harness.js";
+import { Client, cpuMsOf, randomInput, redisPidOf, rssOf, say } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { printTopSelfTime, profiledNodeOptions } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
@@ -24,7 +24,7 @@ const SAMPLES = 16;
 const PER = 3 * 48 * 192;
 
 const { fleet, api, worker, close } = await startOcrFleet("profile", profile);
-const redisPid = Number(/process_id:(\d+)/.exec(await fleet.redis.info("server"))?.[1] ?? "0");
+const redisPid = await redisPidOf(fleet.redis);
 const pool = Array.from({ length: 64 }, (_, i) => randomInput(PER, 1000 + i));
 const bodies = Array.from({ length: 8 }, (_, i) =>
   binaryBody("ocr-cls", [{ name: "x", shape: [SAMPLES, 3, 48, 192], data: stackSamples(pool, i * SAMPLES, SAMPLES) }]),
