@@ -9,7 +9,7 @@
  *
  * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
  */
-import { Client, cpuMsOf, type ResultView, randomInput, redisPidOf, say, sleep } from "./harness.js";
+import { Client, cpuMsOf, percentile, type ResultView, randomInput, redisPidOf, say, sleep } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { binaryBody } from "./wire.js";
 
@@ -73,14 +73,13 @@ for (const j of jobs) {
   phases.reply?.push(j.received - finished);
   phases.overhead?.push(j.received - j.sent - r.inferenceMs);
 }
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
-};
 say(`latency: ${jobs.length} jobs at ${rate} jobs/s for ${seconds} s (${form}); ms per phase:`);
 say("  phase        p50     p90     p99     max");
 for (const [name, xs] of Object.entries(phases)) {
-  const row = [50, 90, 99, 100].map((p) => pct(xs, p).toFixed(1).padStart(7)).join(" ");
+  const sorted = [...xs].sort((a, b) => a - b);
+  // No sample prints "-", never a made-up 0.
+  const at = (p: number) => (sorted.length ? percentile(sorted, p).toFixed(1) : "-");
+  const row = [50, 90, 99, 100].map((p) => at(p).padStart(7)).join(" ");
   say(`  ${name.padEnd(9)} ${row}`);
 }
 const [apiMs, workerMs, redisMs] = cpu.map((ms) => ms.toFixed(2));
