@@ -7,6 +7,7 @@
  */
 import { buildIdentityModel } from "@citadel/onnx";
 import { Redis } from "ioredis";
+import { monitorRedis } from "../support/redis-monitor.js";
 import { startCitadelWorkers } from "./contenders.js";
 import {
   apiEnv,
@@ -61,12 +62,9 @@ say(`commands per job (${concurrency} client(s), POST ?wait): ${(d.all / jobs).t
 for (const [k, v] of Object.entries(d.byCommand).sort((x, y) => y[1] - x[1]))
   say(`  ${k.padEnd(28)} ${(v / jobs).toFixed(2)}`);
 // One job under MONITOR.
-// monitor() opens a connection of its own: both are closed below, or the process stays up.
-const monBase = new Redis(own.url);
-const mon = await monBase.monitor();
 const lines: string[] = [];
 const raw: { source: string; args: string[] }[] = [];
-mon.on("monitor", (_t: string, args: string[], source: string) => {
+const mon = await monitorRedis(own.url, ({ args, source }) => {
   lines.push(`${source.padEnd(24)} ${args.map((x) => (x.length > 60 ? `${x.slice(0, 60)}…` : x)).join(" ")}`);
   raw.push({ source, args });
 });
@@ -75,8 +73,7 @@ lines.length = 0;
 raw.length = 0;
 await one();
 await new Promise((r) => setTimeout(r, 300));
-mon.disconnect();
-monBase.disconnect();
+mon.close();
 say(`MONITOR of one job (${lines.length} lines):`);
 for (const l of lines) say(`  ${l}`);
 // The slots each family of keys would hash to on a cluster (docs/capacity.md).

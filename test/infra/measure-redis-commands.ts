@@ -13,6 +13,7 @@
  */
 import { Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
+import { monitorRedis } from "../support/redis-monitor.js";
 
 type Stats = Map<string, { calls: number; usec: number }>;
 
@@ -41,10 +42,9 @@ async function snapshot(admin: Redis): Promise<{ stats: Stats; cpu: number }> {
 
 /** Top-level and Lua-internal commands (MONITOR marks the latter "lua"), counted while `fn` runs. */
 async function monitorCounts(fn: () => Promise<void>): Promise<{ topLevel: Record<string, number>; inner: number }> {
-  const monitor = await new Redis(url).monitor();
   const topLevel: Record<string, number> = {};
   let inner = 0;
-  monitor.on("monitor", (_time: string, args: string[], source: string) => {
+  const monitor = await monitorRedis(url, ({ args, source }) => {
     if (source.includes("lua")) inner += 1;
     else {
       const name = (args[0] ?? "?").toLowerCase();
@@ -53,7 +53,7 @@ async function monitorCounts(fn: () => Promise<void>): Promise<{ topLevel: Recor
   });
   await fn();
   await new Promise((r) => setTimeout(r, 200));
-  monitor.disconnect();
+  monitor.close();
   return { topLevel, inner };
 }
 

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
+import { monitorRedis } from "../../../../test/support/redis-monitor.js";
 import { commandName, type QuotaJob, type ScriptName, scriptSources, scripts } from "./index.js";
 
 // Every script against the real Redis the run shares, under this file's own prefix.
@@ -84,18 +85,17 @@ describe("scripts(redis)", () => {
 
   it("sends the script once per connection, then only its SHA (EVALSHA)", async () => {
     const client = new Redis(inject("redisUrl"));
-    const monitor = await new Redis(inject("redisUrl")).monitor();
+    const tag = k(`monitor-${randomBytes(4).toString("hex")}`);
+    const seen: string[][] = [];
+    const sentinel = `${tag}:sentinel`;
+    let sentinelSeen = () => {};
+    const sawSentinel = new Promise<void>((resolve) => (sentinelSeen = resolve));
+    const monitor = await monitorRedis(inject("redisUrl"), ({ args, source }) => {
+      if (source.includes("lua") || !args.some((a) => a.startsWith(tag))) return;
+      if (args.includes(sentinel)) sentinelSeen();
+      else seen.push(args);
+    });
     try {
-      const tag = k(`monitor-${randomBytes(4).toString("hex")}`);
-      const seen: string[][] = [];
-      const sentinel = `${tag}:sentinel`;
-      const sawSentinel = new Promise<void>((resolve) => {
-        monitor.on("monitor", (_time: string, args: string[], source: string) => {
-          if (source.includes("lua") || !args.some((a) => a.startsWith(tag))) return;
-          if (args.includes(sentinel)) resolve();
-          else seen.push(args);
-        });
-      });
       const s = scripts(client);
       for (let i = 0; i < 3; i++) await s.quotaRelease(`${tag}:jobs`, `${tag}:bytes`, `${tag}:held:${i}`);
       // MONITOR reports commands in the order Redis ran them: once the sentinel shows, every call has.
@@ -108,7 +108,7 @@ describe("scripts(redis)", () => {
       expect(seen.slice(1).map((a) => a[1])).toEqual([sha, sha]);
       expect(await redis.script("EXISTS", sha)).toEqual([1]);
     } finally {
-      monitor.disconnect();
+      monitor.close();
       client.disconnect();
     }
   });
