@@ -15,7 +15,7 @@ import {
 import { TargetGuard } from "@citadel/webhooks";
 import { z } from "zod";
 
-/** Completion webhooks (docs/operations.md "Webhooks"). */
+/** Completion webhooks (docs/operations.md "Completion webhooks"). */
 export const WebhookEnv = WebhookKeyEnv.extend({
   /** Run the notifier (notifications stream reader and delivery worker) in this process. */
   WEBHOOK_NOTIFIER: BoolEnv.default(true),

@@ -120,7 +120,8 @@ export const keys = {
   inputs: (prefix: string, model: string, id: string) => `${qualifiedQueueName(prefix, model)}:${id}:in`,
   /**
    * A model queue's outbox: one entry per job that reached a final state, written in the
-   * same script as that state's bookkeeping (packages/queue scripts/settleFinal-3.lua),
+   * same script as that state's bookkeeping (scripts/finishJobs-9.lua for a worker's
+   * outcomes, scripts/settleFinal-3.lua for a cancel),
    * so nothing a final state implies outside the queue's slot (quota release, batch
    * line, notification) can be lost; the API's outbox relay applies and deletes them.
    */

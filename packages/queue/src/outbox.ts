@@ -25,7 +25,7 @@ export interface OutboxLogger {
   warn(obj: object, msg: string): void;
 }
 
-/** One outbox entry as settleFinal-3.lua writes it. */
+/** One outbox entry as finishJobs-9.lua and settleFinal-3.lua write it (includes/outboxEntry.lua). */
 export interface OutboxEntry {
   id: string;
   /** Its tenant; '' when the job's data could not be read (no share to release). */
@@ -67,11 +67,12 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
 /**
  * Applies what each job's final state implies outside its queue's slot: a worker (or a
  * cancel) writes one entry to the queue's outbox in the same script as that state's
- * bookkeeping (settleFinal-3.lua); this relay, run by every API replica in one consumer
- * group, gives the tenant's quota share back (quotaReleaseMany.lua, one call per tenant per read: the reservation
- * marker is the once-guard), records the batch line (batchRecord-3.lua: HSETNX on the
- * line) and appends the notification (the notifier's deterministic delivery id makes a
- * repeat one delivery), then acknowledges and deletes the entry. An entry whose effects
+ * bookkeeping (finishJobs-9.lua, or settleFinal-3.lua for a cancel); this relay, run by
+ * every API replica in one consumer group, gives the tenant's quota share back
+ * (quotaReleaseMany.lua, one call per tenant per read: the reservation marker is the
+ * once-guard), records the batch line (batchRecord-3.lua: HSETNX on the line) and
+ * appends the notification (the notifier's deterministic delivery id makes a repeat one
+ * delivery), then deletes and acknowledges the entry. An entry whose effects
  * fail stays pending and is tried again; a reader that dies leaves its entries to be
  * taken over (XAUTOCLAIM). On a Redis Cluster each queue's outbox is in that queue's
  * slot, so each is read on its own: non-blocking reads of every outbox together, paused

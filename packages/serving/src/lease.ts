@@ -207,7 +207,7 @@ export class JobLease {
     this.blocking.on("error", (err: Error) =>
       o.log.warn({ err: coerceError(err), model: o.model }, "blocking connection error"),
     );
-    // Defines the scripts on BullMQ's connection: its pipelines carry settleFinal.
+    // Defines the scripts on the connection the take and the settle (takeJobs, finishJobs) go on.
     scripts(o.connection);
   }
 
