@@ -274,7 +274,7 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
     }
   });
 
-  it("keeps the API away from Vault: no token, no route", () => {
+  it("keeps the API away from Vault and the cluster: no token, no route; webhooks reach public https only", () => {
     const api = named(docs, "Deployment", "citadel-api");
     const pod = podSpecOf(api ?? {}) ?? {};
     expect(arr(pod.volumes).some((v) => at(v, "projected") !== undefined)).toBe(false);
@@ -283,10 +283,34 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
         d.kind === "NetworkPolicy" &&
         at(d, "spec", "podSelector", "matchLabels", "app.kubernetes.io/component") === "api",
     );
-    const ports = arr(at(policy, "spec", "egress")).flatMap((r) =>
-      arr(at(r, "ports")).map((p) => Number(at(p, "port"))),
+    const rules = arr(at(policy, "spec", "egress"));
+    const portsOf = (r: unknown) => arr(at(r, "ports")).map((p) => Number(at(p, "port")));
+    expect(rules.flatMap(portsOf).sort()).toEqual([443, 6379]);
+    // Redis by pod; nothing else in the cluster (no namespace selector: not Vault's).
+    for (const r of rules) for (const to of arr(at(r, "to"))) expect(at(to, "namespaceSelector")).toBeUndefined();
+    const redis = rules.find((r) => portsOf(r).includes(6379));
+    expect(arr(at(redis, "to")).map((t) => at(t, "podSelector", "matchLabels", "app.kubernetes.io/component"))).toEqual(
+      ["redis"],
     );
-    expect(ports).toEqual([6379]);
+    // Webhook deliveries: https to public addresses only, the private, loopback,
+    // link-local and CGNAT ranges (where the cluster's own pods and services live) excepted.
+    const webhooks = rules.find((r) => portsOf(r).includes(443));
+    expect(portsOf(webhooks)).toEqual([443]);
+    const blocks = arr(at(webhooks, "to")).map((t) => at(t, "ipBlock"));
+    expect(blocks.map((b) => at(b, "cidr")).sort()).toEqual(["0.0.0.0/0", "::/0"]);
+    const v4 = blocks.find((b) => at(b, "cidr") === "0.0.0.0/0");
+    for (const range of [
+      "10.0.0.0/8",
+      "172.16.0.0/12",
+      "192.168.0.0/16",
+      "169.254.0.0/16",
+      "127.0.0.0/8",
+      "100.64.0.0/10",
+    ])
+      expect(arr(at(v4, "except")), range).toContain(range);
+    const v6 = blocks.find((b) => at(b, "cidr") === "::/0");
+    for (const range of ["::1/128", "fc00::/7", "fe80::/10", "::ffff:0:0/96"])
+      expect(arr(at(v6, "except")), range).toContain(range);
   });
 
   it("enforces the restricted Pod Security Standard on the namespace", () => {
