@@ -47,6 +47,24 @@ function workerContainer(d: Obj): Obj {
   return c;
 }
 
+/** A Kubernetes quantity ("250m", "1", "16Mi", "1Gi", "2G") as a number of units. */
+function quantity(v: unknown): number {
+  const m = /^([0-9.]+)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$/.exec(String(v));
+  if (!m?.[1]) throw new Error(`not a quantity: ${String(v)}`);
+  const scale: Record<string, number> = {
+    m: 1e-3,
+    k: 1e3,
+    M: 1e6,
+    G: 1e9,
+    T: 1e12,
+    Ki: 1024,
+    Mi: 1024 ** 2,
+    Gi: 1024 ** 3,
+    Ti: 1024 ** 4,
+  };
+  return Number(m[1]) * (m[2] ? (scale[m[2]] ?? Number.NaN) : 1);
+}
+
 describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
   const { docs } = renderOverlay(overlay);
 
@@ -272,6 +290,34 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
       });
       expect(pdb, `PDB covering ${name(d ?? {})}`).toBeDefined();
     }
+  });
+
+  it("sizes every container, init containers included, within the LimitRange (admission refuses a pod outside it)", () => {
+    const lr = docs.find((d) => d.kind === "LimitRange");
+    const bounds = arr(at(lr, "spec", "limits")).find((l) => at(l, "type") === "Container");
+    const bad: string[] = [];
+    for (const w of workloads(docs)) {
+      for (const c of containersOf(podSpecOf(w) ?? {})) {
+        for (const resource of ["cpu", "memory", "ephemeral-storage"]) {
+          const request = at(c, "resources", "requests", resource);
+          const limit = at(c, "resources", "limits", resource);
+          const min = at(bounds, "min", resource);
+          const max = at(bounds, "max", resource);
+          const where = `${name(w)} ${str(at(c, "name"))} ${resource}`;
+          for (const [what, v] of [
+            ["request", request],
+            ["limit", limit],
+          ] as const) {
+            if (v === undefined) continue;
+            if (min !== undefined && quantity(v) < quantity(min))
+              bad.push(`${where} ${what} ${String(v)} < min ${String(min)}`);
+            if (max !== undefined && quantity(v) > quantity(max))
+              bad.push(`${where} ${what} ${String(v)} > max ${String(max)}`);
+          }
+        }
+      }
+    }
+    expect(bad).toEqual([]);
   });
 
   it("keeps the API away from Vault and the cluster: no token, no route; webhooks reach public https only", () => {
