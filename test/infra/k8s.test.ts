@@ -3,6 +3,7 @@ import path from "node:path";
 import { SERVICE_NODE_FLAGS } from "@citadel/config";
 import { keys } from "@citadel/queue";
 import { describe, expect, it } from "vitest";
+import { ApiEnv } from "../../apps/api/src/env.js";
 import { roleIds } from "./compose-secrets.js";
 import {
   arr,
@@ -45,6 +46,13 @@ function workerContainer(d: Obj): Obj {
   const c = arr(at(podSpecOf(d), "containers")).find((x) => at(x, "name") === "worker");
   if (!isObj(c)) throw new Error(`${name(d)} has no worker container`);
   return c;
+}
+
+/** An nginx size ("16m", "200m", "1g", "512k", "1024") in bytes: k, m and g are powers of 1024. */
+function nginxBytes(v: string): number {
+  const m = /^([0-9]+)([kmg])?$/i.exec(v.trim());
+  if (!m?.[1]) throw new Error(`not an nginx size: ${v}`);
+  return Number(m[1]) * 1024 ** (m[2] ? "kmg".indexOf(m[2].toLowerCase()) + 1 : 0);
 }
 
 /** A Kubernetes quantity ("250m", "1", "16Mi", "1Gi", "2G") as a number of units. */
@@ -290,6 +298,43 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
       });
       expect(pdb, `PDB covering ${name(d ?? {})}`).toBeDefined();
     }
+  });
+
+  it("routes /v1, /v2 and /admin/queues through the Ingress, each taking the bodies the API takes there", () => {
+    const api = named(docs, "Deployment", "citadel-api");
+    const container = arr(at(podSpecOf(api ?? {}), "containers")).find((c) => at(c, "name") === "api");
+    const set = (k: string) => (isObj(container) ? envValue(container, k) : undefined);
+    const limits = ApiEnv.parse(
+      Object.fromEntries(
+        ["BODY_LIMIT_BYTES", "BATCH_MAX_BYTES"].flatMap((k) => (set(k) === undefined ? [] : [[k, set(k)]])),
+      ),
+    );
+    const routes = docs
+      .filter((d) => d.kind === "Ingress")
+      .flatMap((ing) =>
+        arr(at(ing, "spec", "rules")).flatMap((r) =>
+          arr(at(r, "http", "paths")).map((p) => ({
+            path: str(at(p, "path")),
+            annotations: (at(ing, "metadata", "annotations") as Obj | undefined) ?? {},
+          })),
+        ),
+      );
+    // The route a request takes: the longest prefix among the Ingress paths (nginx's rule).
+    const routeOf = (url: string) =>
+      routes
+        .filter((r) => url === r.path || url.startsWith(`${r.path}/`))
+        .sort((a, b) => b.path.length - a.path.length)[0];
+    const bodySize = (url: string) =>
+      nginxBytes(str(routeOf(url)?.annotations["nginx.ingress.kubernetes.io/proxy-body-size"] ?? "1m"));
+    for (const url of ["/v1/jobs", "/v1/jobs/bulk", "/v2/models/m/infer", "/admin/queues/api/queues"])
+      expect(routeOf(url), url).toBeDefined();
+    expect(bodySize("/v1/jobs")).toBeGreaterThanOrEqual(limits.BODY_LIMIT_BYTES);
+    expect(bodySize("/v2/models/m/infer")).toBeGreaterThanOrEqual(limits.BODY_LIMIT_BYTES);
+    // A batch file may be far larger: its own route, streamed to the API (which bounds it while reading)...
+    expect(bodySize("/v1/batches")).toBeGreaterThanOrEqual(limits.BATCH_MAX_BYTES);
+    expect(routeOf("/v1/batches")?.annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"]).toBe("off");
+    // ...while the job routes keep the small bound at the edge.
+    expect(bodySize("/v1/jobs")).toBeLessThan(limits.BATCH_MAX_BYTES);
   });
 
   it("sizes every container, init containers included, within the LimitRange (admission refuses a pod outside it)", () => {
