@@ -19,7 +19,12 @@ export function apiMetrics(registry: Registry) {
       "outcome",
     ]),
     pending: gauge(registry, "citadel_queue_pending_jobs", "Jobs in each queue state", ["model", "state"]),
-    oldest: gauge(registry, "citadel_queue_oldest_waiting_seconds", "Age of the oldest waiting job", ["model"]),
+    oldest: gauge(
+      registry,
+      "citadel_queue_oldest_waiting_seconds",
+      "Age of the oldest job waiting for a worker (low priority included)",
+      ["model"],
+    ),
     // Final outcomes whose quota release, batch line and notification the outbox relay has not applied yet.
     outbox: gauge(registry, "citadel_outbox_entries", "Entries waiting in a queue's outbox", ["model"]),
   };

@@ -4,8 +4,8 @@ import type { Logger } from "@citadel/telemetry";
 import type { ApiMetrics } from "./metrics.js";
 
 /**
- * Reads every served model's queue counts, oldest waiting job and outbox backlog into
- * the queue gauges (before a scrape).
+ * Reads every served model's queue counts, oldest queued job (waiting or low priority)
+ * and outbox backlog into the queue gauges (before a scrape).
  */
 export async function collectQueueGauges(d: {
   redis: RedisConn;
@@ -21,9 +21,11 @@ export async function collectQueueGauges(d: {
       const c = await q.getJobCounts("waiting", "prioritized", "active", "delayed");
       for (const state of ["waiting", "prioritized", "active", "delayed"] as const)
         d.metrics.pending.set({ model, state }, c[state] ?? 0);
-      const oldest = await q.getJobs(["wait"], 0, 0, true);
-      const ts = oldest[0]?.timestamp;
-      d.metrics.oldest.set({ model }, ts ? (Date.now() - ts) / 1000 : 0);
+      // The head of each list a worker takes from: the wait list and, for low-priority
+      // jobs, BullMQ's prioritized set (served when the wait list is empty).
+      const heads = await Promise.all([q.getJobs(["wait"], 0, 0, true), q.getJobs(["prioritized"], 0, 0, true)]);
+      const stamps = heads.flatMap((h) => (h[0]?.timestamp ? [h[0].timestamp] : []));
+      d.metrics.oldest.set({ model }, stamps.length > 0 ? (Date.now() - Math.min(...stamps)) / 1000 : 0);
       d.metrics.outbox.set({ model }, await d.redis.xlen(keys.outbox(d.prefix, model)));
     } catch (err) {
       d.log.warn({ err, model }, "queue gauges unavailable");
