@@ -77,21 +77,25 @@ describe.skipIf(!RENDERER)("k8s Redis Cluster variant (components/redis-cluster 
     }
   });
 
-  it("switches each queue's KEDA trigger to redis-cluster with the same addresses, list and target", () => {
+  it("switches each queue's KEDA triggers to redis-cluster with the same addresses, lists and targets", () => {
     const scaled = docs.filter((d) => d.kind === "ScaledObject");
     expect(scaled.map((s) => str(at(s, "metadata", "labels", "citadel.io/model"))).sort()).toEqual([...MODELS].sort());
     for (const s of scaled) {
       const model = str(at(s, "metadata", "labels", "citadel.io/model"));
-      const t = arr(at(s, "spec", "triggers"))[0];
-      expect(at(t, "type")).toBe("redis-cluster");
-      expect(at(t, "metadata", "addresses")).toBe(nodes);
-      expect(at(t, "metadata", "listName")).toBe(keys.bull("{citadel}", model, "wait"));
-      expect(Number(at(t, "metadata", "listLength"))).toBeGreaterThan(0);
-      expect(at(t, "metadata", "username")).toBe("keda");
-      // The single-Redis scaler's fields are gone (the cluster scaler rejects databaseIndex).
-      expect(at(t, "metadata", "address")).toBeUndefined();
-      expect(at(t, "metadata", "databaseIndex")).toBeUndefined();
-      expect(at(t, "authenticationRef", "name")).toBe("citadel-redis");
+      const triggers = arr(at(s, "spec", "triggers"));
+      expect(triggers.map((t) => at(t, "metadata", "listName")).sort()).toEqual(
+        [keys.bull("{citadel}", model, "prioritized"), keys.bull("{citadel}", model, "wait")].sort(),
+      );
+      for (const t of triggers) {
+        expect(at(t, "type")).toBe("redis-cluster");
+        expect(at(t, "metadata", "addresses")).toBe(nodes);
+        expect(Number(at(t, "metadata", "listLength"))).toBeGreaterThan(0);
+        expect(at(t, "metadata", "username")).toBe("keda");
+        // The single-Redis scaler's fields are gone (the cluster scaler rejects databaseIndex).
+        expect(at(t, "metadata", "address")).toBeUndefined();
+        expect(at(t, "metadata", "databaseIndex")).toBeUndefined();
+        expect(at(t, "authenticationRef", "name")).toBe("citadel-redis");
+      }
     }
     const auth = docs.find((d) => d.kind === "TriggerAuthentication" && at(d, "metadata", "name") === "citadel-redis");
     expect(arr(at(auth, "spec", "secretTargetRef")).map((r) => at(r, "parameter"))).toEqual(["password"]);

@@ -173,13 +173,18 @@ describe.each(OVERLAYS)(`k8s overlay %s (${how})`, (overlay) => {
       if (!so) continue;
       expect(at(so, "spec", "minReplicaCount")).toBe(0);
       expect(Number(at(so, "spec", "maxReplicaCount"))).toBeGreaterThan(0);
-      const redis = arr(at(so, "spec", "triggers")).find((t) => at(t, "type") === "redis");
-      expect(redis, `${name(so)} redis trigger`).toBeDefined();
-      expect(at(redis, "metadata", "listName")).toBe(keys.bull(prefix, String(model), "wait"));
-      expect(Number(at(redis, "metadata", "listLength"))).toBeGreaterThan(0);
-      expect(str(at(redis, "metadata", "address"))).toMatch(/^citadel-redis\.citadel\.svc(\.cluster\.local)?:6379$/);
-      const authName = at(redis, "authenticationRef", "name");
-      expect(named(docs, "TriggerAuthentication", str(authName)), "TriggerAuthentication").toBeDefined();
+      // Both places a worker takes jobs from: the wait list and, for low-priority jobs,
+      // BullMQ's prioritized set (a job there must wake a worker from zero too).
+      const triggers = arr(at(so, "spec", "triggers")).filter((t) => at(t, "type") === "redis");
+      expect(triggers.map((t) => at(t, "metadata", "listName")).sort(), `${name(so)} redis triggers`).toEqual(
+        [keys.bull(prefix, String(model), "prioritized"), keys.bull(prefix, String(model), "wait")].sort(),
+      );
+      for (const redis of triggers) {
+        expect(Number(at(redis, "metadata", "listLength"))).toBeGreaterThan(0);
+        expect(str(at(redis, "metadata", "address"))).toMatch(/^citadel-redis\.citadel\.svc(\.cluster\.local)?:6379$/);
+        const authName = at(redis, "authenticationRef", "name");
+        expect(named(docs, "TriggerAuthentication", str(authName)), "TriggerAuthentication").toBeDefined();
+      }
       // KEDA owns the replica count: a re-apply must not reset it.
       expect(at(d, "spec", "replicas"), `${name(d)} has no fixed replicas`).toBeUndefined();
     }
