@@ -151,6 +151,20 @@ describe("with a worker", () => {
     ).toBeGreaterThanOrEqual(1);
   });
 
+  it("labels long-polls apart on /metrics, so the latency alert can leave them out", async () => {
+    const submitted = await fleet.request("POST", "/v1/jobs?wait=5000", tinyJob("tiny"));
+    expect([200, 202]).toContain(submitted.status);
+    const id = String(submitted.json.id);
+    expect((await fleet.request("GET", `/v1/jobs/${id}?wait=1000`)).status).toBe(200);
+    expect((await fleet.request("GET", `/v1/jobs/${id}`)).status).toBe(200);
+    const text = await (await fetch(`${fleet.apiMetricsUrl}/metrics`)).text();
+    const count = (route: string, method: string) =>
+      metricValue(text, "citadel_api_request_duration_seconds_count", { route, method });
+    expect(count("/v1/jobs?wait", "POST")).toBeGreaterThanOrEqual(1);
+    expect(count("/v1/jobs/:id?wait", "GET")).toBeGreaterThanOrEqual(1);
+    expect(count("/v1/jobs/:id", "GET")).toBeGreaterThanOrEqual(1);
+  });
+
   it("exposes rejections by tenant, model and reason on /metrics", async () => {
     const r = await fleet.request("POST", "/v1/jobs", {
       model: "tiny",

@@ -232,7 +232,10 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   });
 
   app.addHook("onResponse", (req, reply, done) => {
-    const route = req.routeOptions.url ?? "unmatched";
+    // A long-poll (`?wait=ms`) lasts as long as its job: labelled apart ("/v1/jobs?wait"),
+    // so the latency alert and dashboards can leave it out.
+    const waited = Number((req.query as { wait?: unknown } | undefined)?.wait) > 0;
+    const route = `${req.routeOptions.url ?? "unmatched"}${waited ? "?wait" : ""}`;
     d.metrics.requests.inc({ route, method: req.method, status: String(reply.statusCode) });
     d.metrics.duration.observe({ route, method: req.method }, reply.elapsedTime / 1000);
     done();
