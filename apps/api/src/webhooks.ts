@@ -77,7 +77,7 @@ const ALLOWED_URL_TTL_MS = 30_000;
  * stream to the delivery queue, and the delivery worker. Every replica may run one.
  */
 export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
-  const guard = new TargetGuard(env.WEBHOOK_ALLOW_HOSTS);
+  const guard = new TargetGuard(env.WEBHOOK_ALLOW_HOSTS, { ports: env.WEBHOOK_PORTS });
   const key = loadWebhookKey(env, d.log);
   const policy: CallbackPolicy = {
     enabled: key !== undefined,

@@ -32,5 +32,5 @@ export function tenantSecrets(key: WebhookKey, tenant: Tenant): { current: strin
 
 /** Checks a tenant's callback URL as the API will when it delivers (the operator's allowlist applies). */
 export async function checkCallbackUrl(env: CliEnv, url: string): Promise<void> {
-  await new TargetGuard(env.WEBHOOK_ALLOW_HOSTS).check(url);
+  await new TargetGuard(env.WEBHOOK_ALLOW_HOSTS, { ports: env.WEBHOOK_PORTS }).check(url);
 }

@@ -208,6 +208,15 @@ export const WebhookKeyEnv = z.object({
    * addresses and CIDR ranges, comma-separated. Empty: only public https targets.
    */
   WEBHOOK_ALLOW_HOSTS: ListEnv.default([]),
+  /**
+   * The ports a callback target that is not allowlisted may use, comma-separated: what
+   * the deployment's egress rules let out (the Kubernetes NetworkPolicy opens 443).
+   */
+  WEBHOOK_PORTS: ListEnv.default(["443"])
+    .refine((ps) => ps.length > 0 && ps.every((p) => /^[0-9]{1,5}$/.test(p) && Number(p) >= 1 && Number(p) <= 65535), {
+      message: "must list ports (1-65535), comma-separated",
+    })
+    .transform((ps) => ps.map(Number)),
 });
 export type WebhookKeyEnv = z.infer<typeof WebhookKeyEnv>;
 

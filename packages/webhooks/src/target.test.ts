@@ -23,16 +23,14 @@ async function codeOf(guard: TargetGuard, url: string): Promise<string> {
 }
 
 describe("the callback target guard", () => {
-  const guard = new TargetGuard(
-    [],
-    table({
-      "hooks.example.com": [PUBLIC, "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
-      localhost: ["127.0.0.1", "::1"],
-      "internal.example.com": ["10.1.2.3"],
-      "mixed.example.com": [PUBLIC, "192.168.1.10"],
-      "metadata.example.com": ["169.254.169.254"],
-    }),
-  );
+  const resolve = table({
+    "hooks.example.com": [PUBLIC, "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+    localhost: ["127.0.0.1", "::1"],
+    "internal.example.com": ["10.1.2.3"],
+    "mixed.example.com": [PUBLIC, "192.168.1.10"],
+    "metadata.example.com": ["169.254.169.254"],
+  });
+  const guard = new TargetGuard([], { resolve, ports: [443, 8443] });
 
   it("allows https to a host whose every address is public, and pins the address it checked", async () => {
     const t = await guard.check("https://hooks.example.com/citadel?x=1");
@@ -88,6 +86,23 @@ describe("the callback target guard", () => {
     expect(internal.replace("internal", "X")).toBe(missing.replace("nowhere", "X"));
   });
 
+  it("sends to the ports the operator opened only (443 unless WEBHOOK_PORTS says more), but any for an allowlisted host", async () => {
+    const only443 = new TargetGuard(["10.20.0.0/16"], { resolve });
+    expect(await codeOf(only443, "https://hooks.example.com/")).toBe("allowed");
+    expect(await codeOf(only443, "https://hooks.example.com:443/")).toBe("allowed");
+    await expect(only443.check("https://hooks.example.com:8443/")).rejects.toThrow(/port 8443/);
+    expect(await codeOf(only443, `https://${PUBLIC}:6379/`)).toBe("CALLBACK_URL_REFUSED");
+    expect(await codeOf(guard, "https://hooks.example.com:8443/")).toBe("allowed");
+    expect(await codeOf(guard, "https://hooks.example.com:9443/")).toBe("CALLBACK_URL_REFUSED");
+    expect(await codeOf(only443, "http://10.20.1.1:9999/")).toBe("allowed");
+  });
+
+  it("refuses a port list that names no port", () => {
+    expect(() => new TargetGuard([], { ports: [] })).toThrow(/port/);
+    expect(() => new TargetGuard([], { ports: [0] })).toThrow(/port/);
+    expect(() => new TargetGuard([], { ports: [65536] })).toThrow(/port/);
+  });
+
   it("refuses plain http, credentials and other schemes", async () => {
     expect(await codeOf(guard, "http://hooks.example.com/")).toBe("CALLBACK_URL_REFUSED");
     expect(await codeOf(guard, "https://user:pw@hooks.example.com/")).toBe("CALLBACK_URL_REFUSED");
@@ -97,22 +112,21 @@ describe("the callback target guard", () => {
 
   it("checks again on every call: a name that now resolves to a private address is refused (rebinding)", async () => {
     const answers = [[PUBLIC], ["127.0.0.1"]];
-    const flipping = new TargetGuard([], async () =>
-      (answers.shift() ?? []).map((address) => ({ address, family: 4 })),
-    );
+    const flipping = new TargetGuard([], {
+      resolve: async () => (answers.shift() ?? []).map((address) => ({ address, family: 4 })),
+    });
     expect(await codeOf(flipping, "https://rebind.example.com/")).toBe("allowed");
     expect(await codeOf(flipping, "https://rebind.example.com/")).toBe("CALLBACK_URL_REFUSED");
   });
 
   it("lets an operator's allowlist name hosts, addresses and ranges, and allows http only to them", async () => {
-    const allowing = new TargetGuard(
-      ["127.0.0.1", "10.20.0.0/16", "Receiver.Internal", "[fd00::5]"],
-      table({
+    const allowing = new TargetGuard(["127.0.0.1", "10.20.0.0/16", "Receiver.Internal", "[fd00::5]"], {
+      resolve: table({
         "receiver.internal": ["10.99.0.1"],
         "lan.example.com": ["10.20.3.4"],
         "half.example.com": [PUBLIC, "10.20.3.4"],
       }),
-    );
+    });
     expect(await allowing.check("http://127.0.0.1:9999/hook")).toMatchObject({
       address: "127.0.0.1",
       allowlisted: true,

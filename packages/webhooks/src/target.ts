@@ -17,26 +17,42 @@ export type Resolver = (host: string) => Promise<{ address: string; family: numb
 
 const systemResolver: Resolver = (host) => lookup(host, { all: true, verbatim: true });
 
+export interface TargetGuardOptions {
+  /** How host names are resolved (the system's resolver by default). */
+  resolve?: Resolver;
+  /**
+   * The ports a target that is not allowlisted may use (WEBHOOK_PORTS; 443 by default):
+   * where the deployment's egress rules let deliveries out, and no way to make the fleet
+   * knock on other services of public hosts.
+   */
+  ports?: readonly number[];
+}
+
 /**
  * The SSRF guard for callback URLs (checked when a URL is registered and again on
  * every delivery attempt). A target is refused unless every address its host resolves
  * to is on the public internet (loopback, private, link-local, CGNAT, multicast,
  * unspecified, documentation… and IPv6 forms carrying such an IPv4 address are refused),
- * or the operator's allowlist names the host or each of its addresses. https is required
- * unless the target is allowlisted. The address checked is the one connected to.
+ * or the operator's allowlist names the host or each of its addresses. https, and one of
+ * the operator's ports, are required unless the target is allowlisted. The address
+ * checked is the one connected to.
  */
 export class TargetGuard {
   private readonly hosts = new Set<string>();
   private readonly nets = new AddressSet();
+  private readonly resolve: Resolver;
+  private readonly ports: ReadonlySet<number>;
 
   /**
    * @param allow host names (exact, any case), IP addresses and CIDR ranges an operator
    *   allows (WEBHOOK_ALLOW_HOSTS); an entry that is none of these throws.
    */
-  constructor(
-    allow: readonly string[] = [],
-    private readonly resolve: Resolver = systemResolver,
-  ) {
+  constructor(allow: readonly string[] = [], o: TargetGuardOptions = {}) {
+    this.resolve = o.resolve ?? systemResolver;
+    const ports = o.ports ?? [443];
+    if (ports.length === 0 || ports.some((p) => !Number.isInteger(p) || p < 1 || p > 65535))
+      throw new Error(`webhook ports must be one or more of 1-65535, got '${ports.join(",")}'`);
+    this.ports = new Set(ports);
     for (const raw of allow) {
       const e = raw
         .trim()
@@ -93,6 +109,9 @@ export class TargetGuard {
     // Every address must be allowlisted for http: one public address among them must not open plain http to it.
     if (!named && allowlisted) allowlisted = found.every((f) => this.nets.has(canonicalAddress(f.address)));
     if (url.protocol === "http:" && !allowlisted) throw refused("https is required");
+    const port = url.port === "" ? (url.protocol === "https:" ? 443 : 80) : Number(url.port);
+    if (!allowlisted && !this.ports.has(port))
+      throw refused(`port ${port} is not one webhooks are sent to here (${[...this.ports].join(", ")})`);
     const first = found[0] as { address: string; family: number };
     const address = canonicalAddress(first.address);
     return { url, address, family: isIP(address) === 6 ? 6 : 4, allowlisted };
