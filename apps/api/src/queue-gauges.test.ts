@@ -16,7 +16,7 @@ const client = (url: string) => {
   clients.push(c);
   return c;
 };
-afterAll(async () => {
+afterAll(() => {
   for (const c of clients) c.disconnect();
 });
 
