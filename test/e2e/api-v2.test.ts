@@ -292,6 +292,63 @@ describe("infer", () => {
   });
 });
 
+describe("requests as the standard clients send them", () => {
+  const body = {
+    inputs: [
+      { name: "a", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] },
+      { name: "b", shape: [1, 1], datatype: "INT64", data: [2] },
+    ],
+  };
+  const post = (headers: Record<string, string>, payload: string | Buffer) =>
+    fetch(`${fleet.apiUrl}/v2/models/multi/infer`, {
+      method: "POST",
+      headers: { ...auth(), ...headers },
+      body: payload,
+    });
+
+  it("takes a JSON body with no Content-Type (tritonclient.http sets none), and answers plain application/json", async () => {
+    // fetch labels a string body text/plain: a Buffer body goes without a Content-Type.
+    const res = await post({}, Buffer.from(JSON.stringify(body)));
+    const r = await read(res);
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(r.headers.get("content-type")).toBe("application/json");
+  });
+
+  it("takes a JSON body sent as application/octet-stream without Inference-Header-Content-Length (tritonclient.http.aio)", async () => {
+    const r = await read(await post({ "content-type": "application/octet-stream" }, JSON.stringify(body)));
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+  });
+
+  it("takes KServe's InferenceRESTClient body: model_name, a uuid id, and parameters it does not know", async () => {
+    const id = "0c5bd0a5-3b24-4b4f-8a3e-2b1f7b8f3a11";
+    const kserve = {
+      id,
+      model_name: "multi",
+      parameters: { content_type: "np", priority: 1 },
+      inputs: body.inputs.map((i) => ({ ...i, parameters: { content_type: "np" } })),
+      outputs: [{ name: "y", parameters: { binary_data: false, classification: 0 } }],
+    };
+    const r = await inferJson("/v2/models/multi/infer", kserve);
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(r.json).toMatchObject({ model_name: "multi", id });
+    // A model_name that contradicts the path is a client's mistake, not ignored.
+    expectError(
+      await inferJson("/v2/models/multi/infer", { ...kserve, model_name: "other" }),
+      400,
+      "VALIDATION_FAILED",
+    );
+  });
+
+  it("refuses a compressed body by name (415), instead of misreading it", async () => {
+    const { gzipSync } = await import("node:zlib");
+    const r = await read(
+      await post({ "content-type": "application/json", "content-encoding": "gzip" }, gzipSync(JSON.stringify(body))),
+    );
+    expectError(r, 415, "UNSUPPORTED_MEDIA_TYPE");
+    expect(r.json.error).toMatch(/gzip/);
+  });
+});
+
 describe("refusals, in the protocol's shape, with nothing queued", () => {
   const one = (input: Record<string, unknown>) => ({
     inputs: [

@@ -199,6 +199,18 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   // KServe v2 binary bodies: buffered under the same bodyLimit with their tensor bytes
   // aligned (binary-reader.ts), decoded by the submit handlers.
   app.addContentTypeParser(BINARY_CONTENT_TYPE, readBinaryBody);
+  // Bodies are read as sent: a compressed one (tritonclient's request_compression_algorithm)
+  // is refused by name rather than misread as JSON or a binary header. Decoding it would
+  // need the body limit applied to the inflated bytes.
+  app.addHook("preParsing", async (req, _reply, payload) => {
+    const coding = req.headers["content-encoding"]?.trim().toLowerCase();
+    if (coding && coding !== "identity")
+      throw new CitadelError(
+        "UNSUPPORTED_MEDIA_TYPE",
+        `Content-Encoding '${coding.slice(0, 32)}' is not supported: send the body uncompressed`,
+      );
+    return payload;
+  });
 
   // A submit refused before its handler ran (body parser, schema, headers) is audited
   // and counted here; refusals from the hooks and handlers record themselves.

@@ -92,6 +92,15 @@ export function decodeBinaryInfer(
   return { request: parseHeader(V2InferRequest, doc), data };
 }
 
+/**
+ * A /v2 infer body without Inference-Header-Content-Length: the whole body is the JSON
+ * request, whatever its Content-Type says (as Triton reads it), checked as the route's
+ * schema checks an application/json one.
+ */
+export function decodeJsonInfer(body: Buffer, maxJsonDepth: number): V2InferRequest {
+  return parseHeader(V2InferRequest, parseJsonBody(body, maxJsonDepth), "body");
+}
+
 /** Every input must name its size; checked before the schema runs, so a missing size is its own fault. */
 function requireSizes(jobs: readonly unknown[]): void {
   jobs.forEach((job, j) => {
@@ -110,16 +119,14 @@ function requireSizes(jobs: readonly unknown[]): void {
   });
 }
 
-function parseHeader<S extends z.ZodType>(schema: S, doc: unknown): z.infer<S> {
+function parseHeader<S extends z.ZodType>(schema: S, doc: unknown, what = "binary header"): z.infer<S> {
   const r = schema.safeParse(doc);
   if (!r.success) {
     const issue = r.error.issues[0];
     const where = issue?.path.length ? ` ${issue.path.join(".")}` : "";
-    throw new CitadelError(
-      "VALIDATION_FAILED",
-      `binary header${where}: ${issue?.message ?? "does not match the schema"}`,
-      { issues: r.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })) },
-    );
+    throw new CitadelError("VALIDATION_FAILED", `${what}${where}: ${issue?.message ?? "does not match the schema"}`, {
+      issues: r.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
+    });
   }
   return r.data;
 }

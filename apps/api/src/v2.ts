@@ -18,7 +18,8 @@ import { v2Answer, v2Inputs, v2ModelMetadata, v2OutputNames } from "@citadel/ten
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
-import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer } from "./binary-body.js";
+import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer, decodeJsonInfer } from "./binary-body.js";
+import { readBinaryBody } from "./binary-reader.js";
 import { sendError } from "./errors.js";
 import { idempotencyHeader, json, v2Errors } from "./route-docs.js";
 import { finalWithin, releaseBody, submitContext, submitOneRecorded } from "./submit-context.js";
@@ -111,6 +112,18 @@ export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void>
     v2.setSerializerCompiler(serializerCompiler);
     const api = v2.withTypeProvider<ZodTypeProvider>();
     api.addHook("onRequest", d.authenticate);
+    // Clients send infer bodies with any Content-Type or none (tritonclient.http sets none,
+    // its aio client says application/octet-stream for JSON): the bytes are read as a
+    // binary body, and Inference-Header-Content-Length, not the media type, says how to
+    // cut them (decodeBody), as Triton does. application/json keeps the strict parser.
+    v2.addContentTypeParser("*", readBinaryBody);
+    // The protocol's clients compare the media type exactly (KServe's error path does).
+    v2.addHook("onSend", async (_req, reply, payload) => {
+      const type = reply.getHeader("content-type");
+      if (typeof type === "string" && type.startsWith("application/json;"))
+        reply.header("content-type", "application/json");
+      return payload;
+    });
 
     api.get(
       "/v2",
@@ -271,10 +284,22 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
  */
 async function submitInfer(d: V2Deps, req: FastifyRequest, params: ModelParams) {
   const { request, data } = decodeBody(req, d.settings.maxJsonDepth);
+  // KServe's client repeats the model (and version) in the body: it must agree with the path.
+  if (request.model_name !== undefined && request.model_name !== params.name)
+    throw new CitadelError(
+      "VALIDATION_FAILED",
+      `model_name '${request.model_name}' is not the path's '${params.name}'`,
+    );
+  if (request.model_version !== undefined && params.version !== undefined && request.model_version !== params.version)
+    throw new CitadelError(
+      "VALIDATION_FAILED",
+      `model_version '${request.model_version}' is not the path's '${params.version}'`,
+    );
+  const version = params.version ?? request.model_version;
   const outputs = v2OutputNames(request);
   const job: SubmitRequest = {
     model: params.name,
-    ...(params.version !== undefined ? { version: params.version } : {}),
+    ...(version !== undefined ? { version } : {}),
     inputs: v2Inputs(request, data),
     ...(outputs ? { outputs } : {}),
     priority: "normal",
@@ -299,7 +324,21 @@ function decodeBody(req: FastifyRequest, maxJsonDepth: number): { request: V2Inf
     );
   }
   if (!Buffer.isBuffer(req.body)) return { request: req.body as V2InferRequest };
-  return decodeBinaryInfer(req.headers[INFERENCE_HEADER_LENGTH], req.body, maxJsonDepth);
+  const headerLength = req.headers[INFERENCE_HEADER_LENGTH];
+  if (headerLength !== undefined) return decodeBinaryInfer(headerLength, req.body, maxJsonDepth);
+  try {
+    return { request: decodeJsonInfer(req.body, maxJsonDepth) };
+  } catch (err) {
+    // Bytes labelled binary that are no JSON request either: most likely a binary body
+    // whose header length was left out, and the refusal says so.
+    const binary = req.headers["content-type"]?.startsWith(BINARY_CONTENT_TYPE);
+    if (binary && err instanceof CitadelError && err.code === "MALFORMED_JSON")
+      throw new CitadelError(
+        "BINARY_HEADER_LENGTH_INVALID",
+        `a binary body needs ${INFERENCE_HEADER_LENGTH} (and this one is no JSON request either)`,
+      );
+    throw err;
+  }
 }
 
 /** A final job that did not complete, as the error it answers with (its code, or CANCELLED). */

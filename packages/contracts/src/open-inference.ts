@@ -7,10 +7,23 @@ import { LIMITS } from "./tensor.js";
  * The Open Inference Protocol (KServe v2) over HTTP, as Citadel serves it under /v2
  * (kserve/open-inference-protocol, specification/protocol/inference_rest.md, with the
  * binary tensor data extension). Field names are the protocol's, snake_case included.
- * Unknown fields and parameters are refused, as in Citadel's own bodies.
+ * Unknown fields are refused, as in Citadel's own bodies; `parameters` is the protocol's
+ * open bag: keys Citadel does not use (a client's `content_type`, `priority`, …) are
+ * taken and ignored, as Triton and KServe servers do.
  */
 
 const TensorName = z.string().min(1).max(256);
+
+/** A parameter Citadel does not read: a primitive value, kept to a bound. */
+const OtherParameter = z.union([z.string().max(1024), z.number(), z.boolean()]);
+/** A `parameters` object: the keys Citadel reads, and at most 32 others, ignored. */
+function parameters<T extends z.ZodRawShape>(known: T) {
+  return z
+    .object(known)
+    .catchall(OtherParameter)
+    .refine((p) => Object.keys(p).length <= 32, { message: "at most 32 parameters" })
+    .nullish();
+}
 const Shape = z.array(z.number().int().min(0).max(LIMITS.maxDim)).max(LIMITS.maxRank);
 
 /** One input of an infer request: `data` in the JSON (flat or nested, row-major), or its bytes after a binary header. */
@@ -19,7 +32,7 @@ export const V2RequestInput = z.strictObject({
   shape: Shape,
   datatype: KServeDatatype,
   /** `binary_data_size`: the input's bytes follow the JSON header (binary tensor data extension). */
-  parameters: z.strictObject({ binary_data_size: z.number().int().min(0).optional() }).nullish(),
+  parameters: parameters({ binary_data_size: z.number().int().min(0).optional() }),
   /** Numbers (booleans for BOOL), flat or nested to mirror `shape`; checked element by element against the manifest. */
   data: z.array(z.unknown()).optional(),
 });
@@ -28,7 +41,7 @@ export type V2RequestInput = z.infer<typeof V2RequestInput>;
 /** An output asked for; `binary_data: true` returns it as bytes after the answer's JSON header. */
 export const V2RequestOutput = z.strictObject({
   name: TensorName,
-  parameters: z.strictObject({ binary_data: z.boolean().optional() }).nullish(),
+  parameters: parameters({ binary_data: z.boolean().optional() }),
 });
 export type V2RequestOutput = z.infer<typeof V2RequestOutput>;
 
@@ -36,8 +49,11 @@ export type V2RequestOutput = z.infer<typeof V2RequestOutput>;
 export const V2InferRequest = z.strictObject({
   /** Echoed in the answer. */
   id: z.string().max(256).optional(),
+  /** What KServe's client sends beside the path: must name the path's model (and version, when both do). */
+  model_name: TensorName.optional(),
+  model_version: z.string().min(1).max(64).optional(),
   /** `binary_data_output: true` returns every output as bytes unless an output says otherwise. */
-  parameters: z.strictObject({ binary_data_output: z.boolean().optional() }).nullish(),
+  parameters: parameters({ binary_data_output: z.boolean().optional() }),
   inputs: z.array(V2RequestInput).min(1).max(LIMITS.maxInputsPerJob),
   /** The outputs wanted (default: every output the model's output policy allows). */
   outputs: z.array(V2RequestOutput).max(32).optional(),
