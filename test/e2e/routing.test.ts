@@ -81,6 +81,18 @@ describe("models at run time", () => {
     expect(Object.keys(l.result.outputs)).toEqual(["probs"]);
     expect(l.result.outputs.probs.shape).toEqual([2]);
     expect(l.result.outputs.probs.dtype).toBe("int32");
+    // What a tenant is told about the outputs is what its jobs get: /v2 metadata shapes them
+    // under the policy, and /v1/models shows the policy applied (the stricter setting wins).
+    const meta = await fleet.request("GET", "/v2/models/guarded", undefined, { authorization: `Bearer ${key}` });
+    expect(meta.json.outputs).toEqual([{ name: "probs", datatype: "INT32", shape: [-1] }]);
+    const looser = await fleet.addTenant({ id: "top-5", models: ["guarded"], outputPolicy: { guarded: { topK: 5 } } });
+    const models = await fleet.request("GET", "/v1/models", undefined, { authorization: `Bearer ${looser}` });
+    const guarded = (models.json.models as { name: string; versions: { outputPolicy: unknown }[] }[]).find(
+      (m) => m.name === "guarded",
+    );
+    expect(guarded?.versions[0]?.outputPolicy).toEqual({ topK: 3, decimals: 2 });
+    const t = await run("guarded", { authorization: `Bearer ${looser}` });
+    expect(t.result.outputs.probs.shape).toEqual([2, 3]);
   });
 
   it("reports the execution provider in the result, metrics and audit", async () => {

@@ -29,6 +29,7 @@ import type {
 } from "@citadel/submit";
 import type { Logger } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
+import { mergePolicies } from "@citadel/tensors";
 import underPressure from "@fastify/under-pressure";
 import type { Queue } from "bullmq";
 import Fastify, {
@@ -534,7 +535,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
               outputs: m.outputs,
               maxBatch: m.maxBatch,
               timeoutMs: m.timeoutMs,
-              outputPolicy: { ...m.outputPolicy, ...(tenant.outputPolicy[name] ?? {}) },
+              // The policy this tenant's jobs get (the stricter of model's and tenant's settings).
+              outputPolicy: mergePolicies(m.outputPolicy, tenant.outputPolicy[name]),
             });
           }
           models.push({

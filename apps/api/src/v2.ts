@@ -14,7 +14,7 @@ import {
 import type { JobQueues } from "@citadel/queue";
 import type { ModelCatalog, SubmitRequest, Submitter } from "@citadel/submit";
 import { allowsModel, type Tenant } from "@citadel/tenants";
-import { v2Answer, v2Inputs, v2ModelMetadata, v2OutputNames } from "@citadel/tensors";
+import { mergePolicies, v2Answer, v2Inputs, v2ModelMetadata, v2OutputNames } from "@citadel/tensors";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
@@ -152,8 +152,11 @@ export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void>
         },
         async (req) => {
           const p: ModelParams = req.params;
-          const m = await served(d.catalog, req.tenant as Tenant, p);
-          return v2ModelMetadata(p.name, m.versions, m.manifest);
+          const tenant = req.tenant as Tenant;
+          const m = await served(d.catalog, tenant, p);
+          // The outputs as this tenant receives them, under the same policy its jobs get.
+          const policy = mergePolicies(m.manifest.outputPolicy, tenant.outputPolicy[p.name]);
+          return v2ModelMetadata(p.name, m.versions, m.manifest, policy);
         },
       );
       api.get(

@@ -170,4 +170,30 @@ describe("v2ModelMetadata", () => {
       outputs: [{ name: "y", datatype: "UINT8", shape: [-1, -1] }],
     });
   });
+
+  it("describes the outputs as the output policy shapes them: allowed ones only, labels, top-k and its indices", () => {
+    const io = {
+      inputs: [{ name: "x", dtype: "float32" as const, shape: [null, 4], batchAxis: 0 }],
+      outputs: [
+        { name: "probs", dtype: "float32" as const, shape: [null, 10], batchAxis: 0 },
+        { name: "logits", dtype: "float32" as const, shape: [null, null], batchAxis: 0 },
+        { name: "hidden", dtype: "float32" as const, shape: [null, 64], batchAxis: 0 },
+      ],
+    };
+    const outputs = (policy: Parameters<typeof v2ModelMetadata>[3]) => v2ModelMetadata("m", ["1"], io, policy).outputs;
+    expect(outputs({ allowedOutputs: ["probs", "logits"], topK: 3 })).toEqual([
+      { name: "probs", datatype: "FP32", shape: [-1, 3] },
+      { name: "probs.indices", datatype: "INT32", shape: [-1, 3] },
+      { name: "logits", datatype: "FP32", shape: [-1, -1] },
+      { name: "logits.indices", datatype: "INT32", shape: [-1, -1] },
+    ]);
+    expect(outputs({ allowedOutputs: ["probs"], labelOnly: true })).toEqual([
+      { name: "probs", datatype: "INT32", shape: [-1] },
+    ]);
+    expect(outputs({ decimals: 2 })).toEqual(outputs({}));
+    expect(outputs({ topK: 20, allowedOutputs: ["probs"] })).toEqual([
+      { name: "probs", datatype: "FP32", shape: [-1, 10] },
+      { name: "probs.indices", datatype: "INT32", shape: [-1, 10] },
+    ]);
+  });
 });

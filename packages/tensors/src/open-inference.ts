@@ -1,6 +1,7 @@
 import {
   CitadelError,
   type EncodedTensor,
+  type OutputPolicy,
   type TensorSpec,
   type V2InferRequest,
   type V2InferResponse,
@@ -27,19 +28,40 @@ function tensorMetadata(s: TensorSpec): V2MetadataTensor {
   return { name: s.name, datatype: DTYPE_TO_KSERVE[s.dtype], shape: s.shape.map((d) => d ?? -1) };
 }
 
-/** A model's metadata from its verified manifest: dynamic dimensions (the batch axis among them) are -1. */
+/**
+ * A model's metadata from its verified manifest: dynamic dimensions (the batch axis among
+ * them) are -1. With `policy` (the manifest's merged with the tenant's), the outputs are
+ * described as that tenant receives them (applyOutputPolicy in policy.ts): allowed ones
+ * only, a label (INT32, the last axis gone) under labelOnly, at most topK values along
+ * the last axis and their `<name>.indices` under topK.
+ */
 export function v2ModelMetadata(
   name: string,
   versions: readonly string[],
   io: Pick<ModelIo, "inputs" | "outputs">,
+  policy: OutputPolicy = {},
 ): V2ModelMetadata {
   return {
     name,
     versions: [...versions],
     platform: V2_PLATFORM,
     inputs: io.inputs.map(tensorMetadata),
-    outputs: io.outputs.map(tensorMetadata),
+    outputs: io.outputs.flatMap((o) => outputMetadata(tensorMetadata(o), policy)),
   };
+}
+
+function outputMetadata(t: V2MetadataTensor, policy: OutputPolicy): V2MetadataTensor[] {
+  if (policy.allowedOutputs && !policy.allowedOutputs.includes(t.name)) return [];
+  const last = t.shape.at(-1);
+  if (last === undefined) return [t];
+  const lead = t.shape.slice(0, -1);
+  if (policy.labelOnly) return [{ name: t.name, datatype: "INT32", shape: lead }];
+  if (policy.topK === undefined) return [t];
+  const shape = [...lead, last < 0 ? -1 : Math.min(policy.topK, last)];
+  return [
+    { ...t, shape },
+    { name: `${t.name}.indices`, datatype: "INT32", shape },
+  ];
 }
 
 /**
