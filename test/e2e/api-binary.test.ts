@@ -171,6 +171,20 @@ describe("binary submit and results", () => {
     expect(prefersJson.headers.get("content-type")).toMatch(/^application\/json/);
   });
 
+  it("runs a binary job sent gzip (Content-Encoding), its header length counting the inflated body", async () => {
+    const { gzipSync } = await import("node:zlib");
+    const x = randomInput(3 * 48 * 192, 13);
+    const b = binaryBody(ocrHeader(1), [bytesOf(x)]);
+    const r = await post(
+      `/v1/jobs?wait=${MAX_WAIT}`,
+      { body: gzipSync(b.body), headerLength: b.headerLength },
+      { "content-encoding": "gzip" },
+    );
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    const want = await directOcr(x, 1);
+    expectClose(decodeF32(r.json.result.outputs[want.name].data), want.data);
+  });
+
   it("answers a binary ?wait submit as JSON unless the client asks for binary", async () => {
     const x = randomInput(3 * 48 * 192, 12);
     const r = await post(`/v1/jobs?wait=${MAX_WAIT}`, binaryBody(ocrHeader(1), [bytesOf(x)]));

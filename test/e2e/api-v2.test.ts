@@ -339,13 +339,67 @@ describe("requests as the standard clients send them", () => {
     );
   });
 
-  it("refuses a compressed body by name (415), instead of misreading it", async () => {
+  // tritonclient's request_compression_algorithm: gzip (gzip.compress) or deflate
+  // (zlib.compress, the zlib format HTTP's "deflate" names); Inference-Header-Content-Length
+  // counts the inflated body, as Triton reads it.
+  it("decodes a gzip JSON body (tritonclient's request_compression_algorithm='gzip')", async () => {
     const { gzipSync } = await import("node:zlib");
     const r = await read(
       await post({ "content-type": "application/json", "content-encoding": "gzip" }, gzipSync(JSON.stringify(body))),
     );
-    expectError(r, 415, "UNSUPPORTED_MEDIA_TYPE");
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(r.json.outputs).toEqual([{ name: "y", datatype: "FP32", shape: [1, 4], data: [3, 4, 5, 6] }]);
+  });
+
+  it("decodes a deflate binary body, its Inference-Header-Content-Length counting the inflated bytes", async () => {
+    const { deflateSync } = await import("node:zlib");
+    const head = Buffer.from(
+      JSON.stringify({
+        inputs: [
+          { name: "a", shape: [1, 4], datatype: "FP32", parameters: { binary_data_size: 16 } },
+          { name: "b", shape: [1, 1], datatype: "INT64", parameters: { binary_data_size: 8 } },
+        ],
+      }),
+    );
+    const plain = Buffer.concat([
+      head,
+      Buffer.from(new Float32Array([1, 2, 3, 4]).buffer),
+      Buffer.from(new BigInt64Array([2n]).buffer),
+    ]);
+    const r = await read(
+      await post(
+        { "content-encoding": "deflate", "inference-header-content-length": String(head.length) },
+        deflateSync(plain),
+      ),
+    );
+    expect(r.status, JSON.stringify(r.json)).toBe(200);
+    expect(r.json.outputs).toEqual([{ name: "y", datatype: "FP32", shape: [1, 4], data: [3, 4, 5, 6] }]);
+  });
+
+  it("refuses a body that inflates past the body limit (413) and one that does not inflate (400), queueing nothing", async () => {
+    const { gzipSync } = await import("node:zlib");
+    const before = await queueCounts(fleet, "multi");
+    // 4 KB on the wire, 4 MiB inflated: the limit holds for the bytes decoded, not the bytes sent.
+    const bomb = gzipSync(Buffer.alloc(4 * BODY_LIMIT, 0x20));
+    expect(bomb.length).toBeLessThan(BODY_LIMIT / 64);
+    expectError(
+      await read(await post({ "content-type": "application/json", "content-encoding": "gzip" }, bomb)),
+      413,
+      "PAYLOAD_TOO_LARGE",
+    );
+    const broken = gzipSync(JSON.stringify(body)).subarray(0, 20);
+    const r = await read(await post({ "content-type": "application/json", "content-encoding": "gzip" }, broken));
+    expectError(r, 400, "BODY_ENCODING_INVALID");
     expect(r.json.error).toMatch(/gzip/);
+    expect(await queueCounts(fleet, "multi")).toEqual(before);
+  });
+
+  it("refuses a coding it does not decode by name (415), instead of misreading it", async () => {
+    const r = await read(
+      await post({ "content-type": "application/json", "content-encoding": "br" }, JSON.stringify(body)),
+    );
+    expectError(r, 415, "UNSUPPORTED_MEDIA_TYPE");
+    expect(r.json.error).toMatch(/'br'.*gzip, deflate/);
   });
 });
 

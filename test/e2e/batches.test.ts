@@ -237,6 +237,32 @@ describe("the batch file's bounds", () => {
     expect((await queueCounts(fleet, "multi")).waiting).toBe(before.waiting);
   });
 
+  it("reads a gzip file (Content-Encoding), the bound holding for the bytes inflated", async () => {
+    const { gzipSync } = await import("node:zlib");
+    const small = Array.from({ length: 5 }, (_, k) => line(2000 + k)).join("\n");
+    const body = gzipSync(`${small}\n`);
+    const post = (payload: Buffer) =>
+      fetch(`${fleet.apiUrl}/v1/batches`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${fleet.apiKey}`,
+          "content-type": "application/jsonl",
+          "content-encoding": "gzip",
+        },
+        body: payload,
+      }).then(async (res) => ({ status: res.status, json: (await res.json()) as Loose }));
+    const ok = await post(body);
+    expect(ok.status, JSON.stringify(ok.json)).toBe(202);
+    expect(ok.json.counts).toMatchObject({ total: 5, accepted: 5, refused: 0 });
+    expect((await settled(ok.json.id)).status).toBe("completed");
+    // Blank lines inflating past BATCH_MAX_BYTES, from a few hundred bytes sent.
+    const bomb = gzipSync(Buffer.concat([Buffer.from(`${line(3000)}\n`), Buffer.alloc(4 * BATCH_MAX_BYTES, 0x0a)]));
+    expect(bomb.length).toBeLessThan(BATCH_MAX_BYTES / 16);
+    const r = await post(bomb);
+    expect([r.status, r.json.error?.code]).toEqual([413, "PAYLOAD_TOO_LARGE"]);
+    expect(r.json.error.details).toMatchObject({ limit: BATCH_MAX_BYTES, batch: expect.stringMatching(/^batch_/) });
+  });
+
   it("refuses a declared length over the bound before reading, and other media types with 415", async () => {
     const big = `${line(1)}\n`.repeat(Math.ceil((BATCH_MAX_BYTES + 10) / (line(1).length + 1)));
     const r = await postBatch(big);

@@ -53,6 +53,7 @@ import {
 } from "./binary-body.js";
 import { readBinaryBody } from "./binary-reader.js";
 import { type BoardOptions, registerBoard } from "./board.js";
+import { contentCoding, DECODED_CODINGS, decodable, decodeBody } from "./content-encoding.js";
 import { requestError, sendError } from "./errors.js";
 import { EventStreams, streamJobEvents } from "./events.js";
 import { parseJsonBody } from "./json-body.js";
@@ -200,17 +201,20 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   // KServe v2 binary bodies: buffered under the same bodyLimit with their tensor bytes
   // aligned (binary-reader.ts), decoded by the submit handlers.
   app.addContentTypeParser(BINARY_CONTENT_TYPE, readBinaryBody);
-  // Bodies are read as sent: a compressed one (tritonclient's request_compression_algorithm)
-  // is refused by name rather than misread as JSON or a binary header. Decoding it would
-  // need the body limit applied to the inflated bytes.
+  // A compressed body (tritonclient's request_compression_algorithm) is inflated as it
+  // arrives, the body limit applied to the inflated bytes; only for an authenticated
+  // tenant (its auth and rate limits ran before this hook), so an anonymous client never
+  // makes the server inflate. A coding not decoded here is refused by name rather than
+  // misread as JSON or a binary header.
   app.addHook("preParsing", async (req, _reply, payload) => {
-    const coding = req.headers["content-encoding"]?.trim().toLowerCase();
-    if (coding && coding !== "identity")
+    const coding = contentCoding(req.headers["content-encoding"]);
+    if (coding === undefined) return payload;
+    if (!decodable(coding) || !req.tenant)
       throw new CitadelError(
         "UNSUPPORTED_MEDIA_TYPE",
-        `Content-Encoding '${coding.slice(0, 32)}' is not supported: send the body uncompressed`,
+        `Content-Encoding '${coding.slice(0, 32)}' is not supported: send the body uncompressed, or as ${DECODED_CODINGS}`,
       );
-    return payload;
+    return decodeBody(payload, coding, req.routeOptions.bodyLimit ?? s.bodyLimit);
   });
 
   // A submit refused before its handler ran (body parser, schema, headers) is audited
@@ -224,7 +228,7 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   };
 
   app.setErrorHandler((err, req, reply) => {
-    const refusal = requestError(err, s.bodyLimit);
+    const refusal = requestError(err, req.routeOptions.bodyLimit ?? s.bodyLimit);
     if (refusal) {
       // The client sees only the code; why the job store failed (refused, timed out) goes to the log.
       if (refusal.code === "QUEUE_UNAVAILABLE") req.log.warn({ err }, "answered 503: the job store is unavailable");

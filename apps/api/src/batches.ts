@@ -56,6 +56,8 @@ export async function registerBatches(app: FastifyInstance, d: BatchRouteDeps): 
     api.post(
       "/v1/batches",
       {
+        // The file's own bound: what the JSONL reader takes, and what a compressed file may inflate to.
+        bodyLimit: d.settings.maxBytes,
         schema: {
           body: { content: Object.fromEntries(BATCH_CONTENT_TYPES.map((t) => [t, { schema: jsonlBody }])) },
           querystring: z.strictObject({

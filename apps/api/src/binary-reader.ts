@@ -1,5 +1,6 @@
 import { INFERENCE_HEADER_LENGTH } from "@citadel/contracts";
 import { errorCodes, type FastifyRequest } from "fastify";
+import type { DecodedBody } from "./content-encoding.js";
 
 /** Typed-array views of the tensor bytes need their element size's alignment; 8 covers every dtype. */
 const ALIGN = 8;
@@ -22,6 +23,10 @@ export function readBinaryBody(
   const limit = req.routeOptions.bodyLimit ?? 0;
   const declared = Number(req.headers["content-length"]);
   const known = Number.isSafeInteger(declared) && declared >= 0;
+  // A body inflated on its way here (content-encoding.ts): Content-Length counts the bytes
+  // sent, not the bytes read, so it sizes nothing and is held to the count of bytes sent.
+  const decoded = payload as Partial<DecodedBody>;
+  const encoded = decoded.receivedEncodedLength !== undefined;
   if (known && declared > limit) {
     done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
     return;
@@ -34,7 +39,7 @@ export function readBinaryBody(
   // rate limits ran before this parser): Fastify parses bodies of routes without auth
   // too (a 404 included), and a body declared large that never arrives must not reserve
   // that much for an anonymous client. Others' chunks are kept as they come.
-  let into = known && req.tenant ? alignedBuffer(pad, declared) : null;
+  let into = known && !encoded && req.tenant ? alignedBuffer(pad, declared) : null;
   const chunks: Buffer[] = [];
   let received = 0;
   const finish = (err: Error | null, body?: Buffer) => {
@@ -52,7 +57,8 @@ export function readBinaryBody(
     received += c.length;
   };
   const onEnd = () => {
-    if (known && received !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+    const sent = encoded ? decoded.receivedEncodedLength : received;
+    if (known && sent !== declared) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
     if (!into) {
       // No length up front (chunked), or no tenant: the chunks are placed once they are all here.
       into = alignedBuffer(pad, received);

@@ -20,6 +20,8 @@ export const ErrorCode = z.enum([
   "IDEMPOTENCY_EXPIRED",
   "PAYLOAD_TOO_LARGE",
   "UNSUPPORTED_MEDIA_TYPE",
+  /** A body sent with Content-Encoding gzip or deflate whose bytes do not decode. */
+  "BODY_ENCODING_INVALID",
   // completion notifications (webhooks)
   /** A callback URL named per job or batch by a tenant not allowed to (or with webhooks off in this deployment). */
   "CALLBACK_NOT_ALLOWED",
@@ -95,6 +97,7 @@ export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case "MALFORMED_JSON":
     case "VALIDATION_FAILED":
+    case "BODY_ENCODING_INVALID":
     case "BINARY_HEADER_LENGTH_INVALID":
     case "BINARY_DATA_SIZE_MISSING":
     case "BINARY_DATA_SIZE_MISMATCH":
