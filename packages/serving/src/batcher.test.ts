@@ -103,6 +103,25 @@ describe("when a batch closes (fake clock)", () => {
     expect(b.take(13)?.items).toEqual(["large-1"]);
   });
 
+  it("a due batch of another kind goes before full batches that formed after it (no one waits past its delay behind a stream)", () => {
+    // Tenant B's lone job of an odd shape, then tenant A's stream of full batches.
+    const b = batcher();
+    b.add("odd", "48x48", 1, 0);
+    let t = 20;
+    for (let i = 0; i < 3; i++, t += 10) b.add(`full-${i}`, "32x32", 8, t);
+    expect(b.readyAt()).toBe(Number.NEGATIVE_INFINITY);
+    expect(b.readySince(5)).toBe(20); // "odd" is not due yet: the full batch may run
+    expect(b.readySince(10)).toBe(0);
+    expect(b.take(40)?.items).toEqual(["odd"]);
+    expect(b.take(40)?.items).toEqual(["full-0"]);
+    // A full batch that closed before the odd job arrived still goes first.
+    const c = batcher();
+    c.add("full", "32x32", 8, 0);
+    c.add("odd", "48x48", 1, 1);
+    expect(c.take(20)?.items).toEqual(["full"]);
+    expect(c.take(20)?.items).toEqual(["odd"]);
+  });
+
   it("flush takes the oldest batch before its delay", () => {
     const b = batcher();
     b.add("x", "k2", 1, 5);

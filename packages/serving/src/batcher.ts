@@ -69,7 +69,9 @@ export interface Batch<T> {
 /**
  * Groups jobs by {@link batchKey}. A group closes when it is full (adding the next job
  * would pass `maxSamples`), when its first job has waited `maxDelayMs`, or on a flush.
- * Closed groups come out oldest first.
+ * Of the groups that may run, the one whose first job came first runs first, full or
+ * not: a lone job of an odd shape that is due goes before full batches that formed
+ * after it, so a stream of full batches (one tenant's) never holds it past its delay.
  */
 export class DynamicBatcher<T> {
   private readonly open = new Map<string, Batch<T>>();
@@ -111,20 +113,21 @@ export class DynamicBatcher<T> {
     if (g.samples >= this.o.maxSamples) this.close(g);
   }
 
-  /** The next batch that may run at `now` (full, or waited long enough), or null. `flush`: close the oldest anyway. */
+  /** The next batch that may run at `now` (full, or waited long enough), or null. `flush`: take any open group too. */
   take(now: number, flush = false): Batch<T> | null {
-    let next = this.closed.shift();
-    if (!next) {
-      const oldest = this.oldestOpen();
-      if (oldest && (flush || now - oldest.since >= this.o.maxDelayMs)) {
-        this.open.delete(oldest.key);
-        next = oldest;
-      }
-    }
+    const next = this.pick(now, flush);
     if (!next) return null;
+    const i = this.closed.indexOf(next);
+    if (i >= 0) this.closed.splice(i, 1);
+    else this.open.delete(next.key);
     this.jobs -= next.items.length;
     this.samplesHeld -= next.samples;
     return next;
+  }
+
+  /** When the first job of the batch `take(now, flush)` would return arrived; null if none may run. */
+  readySince(now: number, flush = false): number | null {
+    return this.pick(now, flush)?.since ?? null;
   }
 
   /** When the next batch can be taken: now if one is closed, else when the oldest open one times out; null if empty. */
@@ -132,6 +135,17 @@ export class DynamicBatcher<T> {
     if (this.closed.length > 0) return Number.NEGATIVE_INFINITY;
     const oldest = this.oldestOpen();
     return oldest ? oldest.since + this.o.maxDelayMs : null;
+  }
+
+  /** Of the closed groups and the open ones due at `now` (every open one with `flush`), the one whose first job came first. */
+  private pick(now: number, flush: boolean): Batch<T> | undefined {
+    let best: Batch<T> | undefined;
+    for (const g of this.closed) if (!best || g.since < best.since) best = g;
+    for (const g of this.open.values()) {
+      const due = flush || now - g.since >= this.o.maxDelayMs;
+      if (due && (!best || g.since < best.since)) best = g;
+    }
+    return best;
   }
 
   private oldestOpen(): Batch<T> | undefined {

@@ -297,13 +297,17 @@ export class ModelConsumer {
     return at;
   }
 
-  /** The oldest batch that may run now (with `flush`, the oldest held one even if not due). */
+  /**
+   * The batch that may run now whose first job came first, across versions (with
+   * `flush`, the oldest held one even if not due): arrival order, so no version's or
+   * shape's stream of full batches holds back a job that is due.
+   */
   private nextBatch(flush: boolean): Held[] | null {
     const now = performance.now();
-    let best: { version: string; at: number } | null = null;
+    let best: { version: string; since: number } | null = null;
     for (const [version, b] of this.batchers) {
-      const at = b.readyAt();
-      if (at !== null && (at <= now || flush) && (!best || at < best.at)) best = { version, at };
+      const since = b.readySince(now, flush);
+      if (since !== null && (!best || since < best.since)) best = { version, since };
     }
     if (!best) return null;
     return this.batchers.get(best.version)?.take(now, flush)?.items ?? null;
