@@ -157,6 +157,18 @@ describe("CLI core dumps", () => {
     expect(existsSync(path.join(dir, "sealed")), "nothing sealed").toBe(false);
   });
 
+  it.each([
+    ["verify", "conv", "1"],
+    ["keys", "rotate"],
+    ["audit", "verify"],
+    ["audit", "anchor"],
+    ["tenants", "webhook-secret", "acme"],
+  ])("`citadel %s %s` (plaintext weights or key material) refuses the same way, before it runs", (...args) => {
+    const r = citadel(args, { PATH: "/nonexistent" });
+    expect(r.status, r.stderr).toBe(78);
+    expect(r.stderr).toContain("CORE_DUMPS_ENABLED");
+  });
+
   it("`citadel seal` seals where they can be disabled", () => {
     const r = seal({ PATH: process.env.PATH ?? "" });
     expect(r.status, r.stderr).toBe(0);

@@ -1,8 +1,23 @@
 import { BoolEnv } from "@citadel/config";
 import { requireNoCoreDumps } from "@citadel/runtime";
 
-/** Verbs that hold plaintext weights or data keys in this process. */
-export const PLAINTEXT_VERBS = new Set(["seal", "demo", "rewrap"]);
+/**
+ * Verbs that hold plaintext weights or key material in this process: sealing, opening
+ * or re-wrapping a model (`verify` decrypts the whole artifact), the dev keyring's keys
+ * (`keys init`, `keys rotate`), every role's audit keys (`audit verify`, `audit anchor`)
+ * and the operator's webhook key (`tenants webhook-secret`). Commander names a
+ * subcommand by its own word, so `verify` covers `citadel verify` and `audit verify`.
+ */
+export const PLAINTEXT_VERBS = new Set([
+  "seal",
+  "demo",
+  "rewrap",
+  "verify",
+  "init",
+  "rotate",
+  "anchor",
+  "webhook-secret",
+]);
 
 /**
  * Turns core dumps off before a plaintext-holding verb runs. Where that is impossible:
