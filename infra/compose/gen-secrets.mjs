@@ -43,17 +43,18 @@ function gidOf(role) {
   return gid;
 }
 
-function roleDir(role) {
-  const dir = path.join(root, role);
+/** <root>/<volume>, group = the role's gid (a volume is named for its role, or for the one service that mounts it). */
+function roleDir(role, volume = role) {
+  const dir = path.join(root, volume);
   mkdirSync(dir, { recursive: true, mode: 0o750 });
   chownSync(dir, -1, gidOf(role));
   chmodSync(dir, 0o750);
   return dir;
 }
 
-/** Writes `make()` to <role>/<name> if absent (via a private temp file), then 0440 group <role>. */
-function secretFile(role, name, make, { replace = false } = {}) {
-  const file = path.join(roleDir(role), name);
+/** Writes `make()` to <volume>/<name> (volume: the role's own by default) if absent (via a private temp file), then 0440 group <role>. */
+function secretFile(role, name, make, { replace = false, volume = role } = {}) {
+  const file = path.join(roleDir(role, volume), name);
   if (replace || !existsSync(file)) {
     const tmp = `${file}.tmp`;
     rmSync(tmp, { force: true }); // a leftover of an interrupted run (0440: not writable)
@@ -78,10 +79,14 @@ for (const role of ["api", "worker", "publisher"]) {
   secretFile(role, "audit-key", auditKey);
 }
 // The operator's webhook key (WEBHOOK_KEY_FILE): every tenant's webhook signing secret is
-// derived from it. The API signs with it; the CLI (publisher role) derives the secret it
-// prints for a tenant, so it holds the same key: a copy, rewritten from the API's each run.
+// derived from it. The API signs with it; the ad-hoc CLI (publisher role) derives the
+// secret it prints for a tenant, so it holds the same key: a copy, rewritten from the
+// API's each run, in a volume of its own that only the `cli` service mounts (the
+// publisher one-shot and vault-init, which mount the publisher's volume, never see it).
 const webhookKeyFile = secretFile("api", "webhook-key", auditKey);
-secretFile("publisher", "webhook-key", () => readFileSync(webhookKeyFile, "utf8"), { replace: true });
+secretFile("publisher", "webhook-key", () => readFileSync(webhookKeyFile, "utf8"), { replace: true, volume: "cli" });
+// Earlier stacks kept that copy in the publisher's volume.
+rmSync(path.join(root, "publisher", "webhook-key"), { force: true });
 secretFile("api", "board-admin-password", password);
 secretFile("api", "board-ops-password", password);
 secretFile("grafana", "grafana-admin-password", password);

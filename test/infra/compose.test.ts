@@ -214,13 +214,16 @@ const OWN_SECRETS: Record<string, string[]> = {
     "approle/citadel-publisher.secret-id",
     "audit-key",
     "redis-password",
-    "webhook-key",
   ],
   redis: ["redis-health-password", "redis-users.acl"],
   grafana: ["grafana-admin-password"],
   vault: [],
   prometheus: [],
 };
+/** Secret files a service reads beyond its role's own: the ad-hoc CLI's copy of the webhook key. */
+const SERVICE_SECRETS: Record<string, string[]> = { cli: ["/run/citadel-cli/webhook-key"] };
+/** The volumes named for one service, and the role whose gid their files carry. */
+const VOLUME_ROLE: Record<string, string> = { cli: "publisher" };
 const APP_SERVICES = Object.keys(ROLE_OF).filter((s) => ROLE_OF[s] !== "bootstrap");
 
 describe("docker-compose.yml: one uid, one gid and one secrets volume per role", () => {
@@ -298,14 +301,20 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
         if (!dir) continue; // not a volume the bootstrap writes (models, data)
         for (const f of filesUnder(dir)) if (canRead(dir, f, who, bootstrapUid)) readable.push(`${m.target}/${f}`);
       }
-      const own = (OWN_SECRETS[ROLE_OF[svc] ?? ""] ?? []).map((f) => `/run/citadel/${f}`);
+      const own = [
+        ...(OWN_SECRETS[ROLE_OF[svc] ?? ""] ?? []).map((f) => `/run/citadel/${f}`),
+        ...(SERVICE_SECRETS[svc] ?? []),
+      ];
       expect(readable.sort(), svc).toEqual(own.sort());
     }
   });
 
   it("writes every secret file 0400 or 0440, group = its role's gid, and nothing else", () => {
     const ids = roleIds();
-    const roleOfVolume = (v: string) => v.replace(/^citadel-secrets-/, "");
+    const roleOfVolume = (v: string) => {
+      const name = v.replace(/^citadel-secrets-/, "");
+      return VOLUME_ROLE[name] ?? name;
+    };
     for (const [volume, dir] of layout.volumes) {
       for (const f of filesUnder(dir)) {
         const st = statSync(path.join(dir, f));
@@ -424,11 +433,17 @@ describe("compose secrets, generated and bootstrapped for real (gen-secrets.mjs,
       ["api", "worker", "publisher"].map((s) => readFileSync(path.join(secretsDir(s), "audit-key"))),
     );
     expect(keys.size, "one audit key per role").toBe(3);
-    // Webhooks are on as shipped: the API signs with its key, and the CLI (publisher role)
-    // holds the same key to print a tenant's secret; no other role has it.
-    const webhookKeys = ["api", "cli"].map((svc) => {
-      expect(str(at(services[svc], "environment", "WEBHOOK_KEY_FILE")), svc).toBe("/run/citadel/webhook-key");
-      return readFileSync(path.join(secretsDir(svc), "webhook-key"), "utf8");
+    // Webhooks are on as shipped: the API signs with its key, and the ad-hoc CLI (publisher
+    // role) holds the same key to print a tenant's secret, in a volume of its own; no other
+    // service has it (the publisher one-shot included).
+    const mountedAt = (svc: string, target: string) =>
+      layout.volumes.get(volumeMounts(svc).find((m) => m.target === target)?.volume ?? "") ?? "";
+    const webhookKeys = [
+      ["api", "/run/citadel"],
+      ["cli", "/run/citadel-cli"],
+    ].map(([svc = "", dir = ""]) => {
+      expect(str(at(services[svc], "environment", "WEBHOOK_KEY_FILE")), svc).toBe(`${dir}/webhook-key`);
+      return readFileSync(path.join(mountedAt(svc, dir), "webhook-key"), "utf8");
     });
     expect(Buffer.from(webhookKeys[0] ?? "", "base64").length).toBe(32);
     expect(webhookKeys[1], "the CLI's copy is the API's key").toBe(webhookKeys[0]);
