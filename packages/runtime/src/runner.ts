@@ -50,6 +50,17 @@ const SOURCE_CONDITION = "--conditions=@citadel/source";
 const RUNNER_EXEC_ARGV =
   FROM_SOURCE && !process.execArgv.includes(SOURCE_CONDITION) ? [...process.execArgv, SOURCE_CONDITION] : undefined;
 
+/**
+ * A run refused before it began: an earlier run left the runner dead (it overran the
+ * model's timeout, or the runner was shut down) while this one waited its turn. Nothing
+ * of it ran, so the batch may run again on a fresh runner; it says nothing of its inputs.
+ */
+export class RunnerGoneError extends CitadelError {
+  constructor(cause: Error) {
+    super("RUNTIME_ERROR", `the runner stopped before this run began (${cause.message})`, undefined, { cause });
+  }
+}
+
 function fromWire(w: WireTensor): Tensor {
   return { dtype: w.dtype, shape: w.shape, data: viewAs(w.dtype, new Uint8Array(w.buffer)) };
 }
@@ -121,7 +132,8 @@ export class ModelRunner {
   /**
    * Runs one batch once the runs queued before it are done. Rejects with TIMEOUT after
    * `timeoutMs` or CANCELLED when `signal` aborts; either way this runner is dead
-   * afterwards. `onStart` fires when this run (not the queue wait) begins.
+   * afterwards, and runs still queued behind it reject with RunnerGoneError. `onStart`
+   * fires when this run (not the queue wait) begins.
    */
   run(
     feeds: Record<string, Tensor>,
@@ -142,7 +154,7 @@ export class ModelRunner {
     signal?: AbortSignal,
     onStart?: () => void,
   ): Promise<RunResult> {
-    if (this.dead) return Promise.reject(this.dead);
+    if (this.dead) return Promise.reject(new RunnerGoneError(this.dead));
     if (signal?.aborted) return Promise.reject(new CitadelError("CANCELLED", "cancelled before the run started"));
     const id = this.nextId++;
     const wire: Record<string, WireTensor> = {};

@@ -1,5 +1,5 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
-import type { RunResult } from "@citadel/runtime";
+import { RunnerGoneError, type RunResult } from "@citadel/runtime";
 import type { Tensor } from "@citadel/tensors";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { type BatchRunner, executeBatch, JobCancel, type Outcome, type RunJob, type RunReport } from "./executor.js";
@@ -164,6 +164,46 @@ describe("executor", () => {
     await done;
     expect(code(outcomes.get("slow"))).toBe("TIMEOUT");
     expect(firstValue(outcomes.get("a"))).toBe(1);
+  });
+
+  it("runs again, on a fresh runner, a batch whose runner died (another batch's timeout) before its run began", async () => {
+    // Two batches on one runner: the first (the attacker's) overruns the model's timeout,
+    // and the runner refuses the run queued behind it. That run never began: it says
+    // nothing of its input, so it is neither failed, nor split, nor counted.
+    let current: BatchRunner = {
+      run: async () => {
+        throw new RunnerGoneError(new CitadelError("RUNTIME_ERROR", "runner abandoned (timeout)"));
+      },
+    };
+    const fresh = new FakeRunner();
+    let asked = 0;
+    const outcomes = new Map<string, Outcome[]>();
+    const runs: RunReport[] = [];
+    await executeBatch([job("victim", 7)], {
+      model: async () => {
+        asked++;
+        const runner = current;
+        current = fresh;
+        return { manifest, runner };
+      },
+      settle: async (j, o) => {
+        outcomes.set(j.id, [...(outcomes.get(j.id) ?? []), o]);
+      },
+      onRun: (r) => runs.push(r),
+      shutdown: new AbortController().signal,
+    });
+    expect(firstValue(outcomes.get("victim"))).toBe(7);
+    expect(asked).toBe(2);
+    expect(runs.map((r) => r.ok)).toEqual([true]);
+    // A runner that is gone every time is a failure after all (no endless loop).
+    const gone: BatchRunner = {
+      run: async () => {
+        throw new RunnerGoneError(new CitadelError("RUNTIME_ERROR", "runner closed"));
+      },
+    };
+    const again = await execute([job("b", 2)], gone);
+    await again.done;
+    expect(code(again.outcomes.get("b"))).toBe("RUNTIME_ERROR");
   });
 
   it("settles a cancelled job at once without cutting off the run for the others", async () => {

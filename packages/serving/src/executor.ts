@@ -5,7 +5,7 @@ import {
   type ManifestBody,
   type OutputPolicy,
 } from "@citadel/contracts";
-import type { RunResult } from "@citadel/runtime";
+import { RunnerGoneError, type RunResult } from "@citadel/runtime";
 import { applyOutputPolicy, concat, encodeTensor, mergePolicies, split, type Tensor } from "@citadel/tensors";
 
 /**
@@ -117,6 +117,8 @@ export interface ExecuteOptions {
 }
 
 const BISECTABLE = new Set(["RUNTIME_ERROR", "TIMEOUT"]);
+/** Runs again after the runner was gone before the run began (see runGroup). */
+const MAX_GONE_RETRIES = 2;
 
 /** How a batch's runs went: a batch in which some run succeeded had a bad input, not a bad model. */
 export interface BatchSummary {
@@ -140,7 +142,8 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
     settle(j, { ok: false, error: new CitadelError("CANCELLED", "the job was cancelled") });
   for (const j of jobs) j.cancel.listen(() => cancelled(j));
 
-  const runGroup = async (group: readonly RunJob[]): Promise<void> => {
+  /** `gone`: how many times in a row this group's runner was gone before its run began. */
+  const runGroup = async (group: readonly RunJob[], gone = 0): Promise<void> => {
     const open = unsettled(group);
     if (open.length === 0) return;
     if (o.shutdown.aborted) {
@@ -200,6 +203,11 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
         for (const j of left) settle(j, { ok: false, error: shutdownError(), requeue: true });
         return;
       }
+      // The runner died under an earlier batch (its timeout) while this run waited its
+      // turn: nothing ran, so the same jobs run again on the runner the host replaces it
+      // with, not failed, split or counted against the model (another tenant's slow input
+      // must not fail this batch). Bounded: a runner gone every time is a failure.
+      if (err instanceof RunnerGoneError && gone < MAX_GONE_RETRIES) return runGroup(left, gone + 1);
       const bisect = left.length > 1 && BISECTABLE.has(e.code);
       summary.failedRuns++;
       o.onRun({ jobs: open.length, samples, ok: false, ms: performance.now() - started, error: e, bisected: bisect });
