@@ -74,6 +74,33 @@ describe("JobQueues event listeners", () => {
   });
 });
 
+describe("JobQueues event listeners, as they start", () => {
+  it("deliver an event written the moment the first follower's listener is ready (BullMQ starts reading later)", async () => {
+    // A job finishing just as its first follower subscribed and read its state: the
+    // event comes right after watch() returns. Several fresh listeners, as each starts.
+    const url = inject("redisUrl");
+    const writer = client(url);
+    for (let round = 0; round < 5; round++) {
+      const queues = queuesOn(url);
+      const model = `m-race-${round}`;
+      const id = `${model}.${randomBytes(15).toString("base64url")}`;
+      try {
+        const got: unknown[] = [];
+        const stop = await queues.watch(id, { final: (f) => got.push(f), active: () => undefined });
+        const prefix = queues.settings.prefix;
+        const events = `${queuePrefix(prefix, model)}:${queueName(model)}:events`;
+        await writer.xadd(events, "*", "event", "completed", "jobId", id, "returnvalue", '{"outputs":{}}');
+        const until = Date.now() + 10_000;
+        while (got.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+        stop();
+        expect(got, `round ${round}`).toEqual([{ result: { outputs: {} } }]);
+      } finally {
+        await queues.close();
+      }
+    }
+  });
+});
+
 describe("JobQueues.enqueueMany", () => {
   const model = "m-enqueue";
   const item = (priority: EnqueueItem["priority"]): EnqueueItem => {

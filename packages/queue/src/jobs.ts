@@ -109,8 +109,8 @@ export class JobQueues {
       const l = this.events.get(model);
       this.queues.delete(model);
       this.events.delete(model);
-      await settledWithin(CLOSE_WAIT_MS, [q?.close(), l?.ev.close()]);
-      await settledWithin(CLOSE_WAIT_MS, [l?.ev.disconnect()]);
+      await settledWithin(CLOSE_WAIT_MS, [q?.close(), l?.ev?.close()]);
+      await settledWithin(CLOSE_WAIT_MS, [l?.ev?.disconnect()]);
       l?.conn.disconnect();
     }
   }
@@ -434,22 +434,10 @@ export class JobQueues {
   private async startEvents(model: string): Promise<boolean> {
     let e = this.events.get(model);
     if (!e) {
-      const conn = this.blockingConnection();
-      const ev = new QueueEvents(queueName(model), {
-        connection: conn,
-        prefix: queuePrefix(this.settings.prefix, model),
-      });
-      e = { ev, conn, since: Date.now(), ready: ev.waitUntilReady() };
-      this.events.set(model, e);
-      ev.on("completed", ({ jobId, returnvalue }) =>
-        // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
-        this.notify(jobId, { result: isResult(returnvalue) ? returnvalue : undefined }),
-      );
-      ev.on("failed", ({ jobId }) => this.notify(jobId, null));
-      ev.on("removed", ({ jobId }) => this.notify(jobId, null));
-      ev.on("active", ({ jobId }) => {
-        for (const w of [...(this.activeWatchers.get(jobId) ?? [])]) w();
-      });
+      const l: Listener = { ev: undefined, conn: this.blockingConnection(), since: Date.now(), ready: undefined };
+      l.ready = this.listen(model, l);
+      this.events.set(model, l);
+      e = l;
     }
     try {
       await e.ready;
@@ -459,11 +447,37 @@ export class JobQueues {
       if (this.events.get(model) === e) {
         this.events.delete(model);
         const failed = e;
-        void settledWithin(CLOSE_WAIT_MS, [failed.ev.close()]).then(() => failed.conn.disconnect());
+        void settledWithin(CLOSE_WAIT_MS, [failed.ev?.close()]).then(() => failed.conn.disconnect());
       }
       throw err;
     }
     return Date.now() - e.since < this.eventsWarmupMs;
+  }
+
+  /**
+   * Starts `l`'s QueueEvents from the last event already in the model's stream, so that
+   * nothing written from then on is missed. BullMQ's own start (`$`, new events only)
+   * comes a round trip or two after the listener is ready (its CLIENT SETNAME first), and
+   * an event written in between — a job finishing just as its first follower subscribed
+   * and read its state — was never delivered: that stream or wait hung to its end.
+   */
+  private async listen(model: string, l: Listener): Promise<void> {
+    const prefix = queuePrefix(this.settings.prefix, model);
+    const [last] = await l.conn.xrevrange(`${prefix}:${queueName(model)}:events`, "+", "-", "COUNT", 1);
+    // Closed, or dropped for a model taken out of the registry, while that was read.
+    if (this.events.get(model) !== l) throw new Error(`the event listener of '${model}' was closed as it started`);
+    const ev = new QueueEvents(queueName(model), { connection: l.conn, prefix, lastEventId: last?.[0] ?? "0-0" });
+    l.ev = ev;
+    ev.on("completed", ({ jobId, returnvalue }) =>
+      // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
+      this.notify(jobId, { result: isResult(returnvalue) ? returnvalue : undefined }),
+    );
+    ev.on("failed", ({ jobId }) => this.notify(jobId, null));
+    ev.on("removed", ({ jobId }) => this.notify(jobId, null));
+    ev.on("active", ({ jobId }) => {
+      for (const w of [...(this.activeWatchers.get(jobId) ?? [])]) w();
+    });
+    await ev.waitUntilReady();
   }
 
   /**
@@ -481,7 +495,7 @@ export class JobQueues {
     const listeners = [...this.events.values()];
     await settledWithin(
       CLOSE_WAIT_MS,
-      listeners.map((l) => l.ev.close()),
+      listeners.map((l) => l.ev?.close()),
     );
     await settledWithin(
       CLOSE_WAIT_MS,
@@ -489,7 +503,7 @@ export class JobQueues {
     );
     await settledWithin(
       CLOSE_WAIT_MS,
-      listeners.map((l) => l.ev.disconnect()),
+      listeners.map((l) => l.ev?.disconnect()),
     );
     for (const l of listeners) l.conn.disconnect();
   }
@@ -533,11 +547,12 @@ export function completedView(
 
 /** A model's event listener, since when it listens, and when it is connected. */
 interface Listener {
-  ev: QueueEvents;
+  /** Made once the stream's last event id is read (`listen`). */
+  ev: QueueEvents | undefined;
   /** Its own blocking connection: cut at close, whatever BullMQ's close did. */
   conn: Redis | Cluster;
   since: number;
-  ready: Promise<unknown>;
+  ready: Promise<unknown> | undefined;
 }
 
 function isResult(v: unknown): v is JobResult {
