@@ -51,6 +51,12 @@ beforeAll(async () => {
     version: "1",
     spec: { ...batching, inputs: { idx: { range: [0, 100] } } },
   });
+  // One job per run: a poison job runs alone, before any job of the model has succeeded.
+  await fleet.publish(buildLookupModel(10), {
+    name: "lookup-solo",
+    version: "1",
+    spec: { maxBatch: 1, maxQueueDelayMs: 0, timeoutMs: 60_000, inputs: { idx: { range: [0, 100] } } },
+  });
   await fleet.publish(buildConvNet(), { name: "conv", version: "1", spec: {} });
   await fleet.publish(buildCastModel("int32"), {
     name: "int-scores",
@@ -200,13 +206,49 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
     });
     const bad = await final(attackerKey, poison as string);
     expect(bad.status).toBe("failed");
-    expect(bad.error).toEqual({ code: "RUNTIME_ERROR", message: "inference failed" });
+    // The model ran the others: the input is at fault, and the job is not retried.
+    expect(bad.error).toEqual({
+      code: "INPUT_FAULT",
+      message: "inference failed on this job's input (the model runs others)",
+    });
     // onnxruntime's own text (node names, bounds) reached the log, not the tenant.
     expect(fleet.logs.text).toMatch(/indices element out of data bounds/);
     expect(await workerMetric("citadel_circuit_state", 'model="lookup"')).toBe(0);
     expect(await inputsKept(fleet.redis, fleet.prefix, "lookup", poison as string)).toBe(false);
     const stream = await readAuditEntries(fleet.redis, fleet.prefix);
     expect(stream.some((e) => e.rec.event === "circuit.opened")).toBe(false);
+  });
+
+  it("a poison job alone on a model that never ran yet neither pauses the model nor is retried: the model's probe puts the fault on the input", async () => {
+    // The circuit here opens after one failure (CIRCUIT_FAILURES 1) for 60 s: had the
+    // poison job counted against the model, the victims would wait past this test.
+    const idx = (v: number) => ({
+      model: "lookup-solo",
+      inputs: { idx: { dtype: "int64", shape: [1, 1], data: [v] } },
+    });
+    const [poison, ...ids] = await queuedBeforeWorker(fleet, async () => {
+      const first = await submit(attackerKey, idx(50));
+      return [first, ...(await Promise.all([3, 7].map((v) => submit(victimKey, idx(v)))))];
+    });
+    const bad = await final(attackerKey, poison as string);
+    expect(bad.error).toEqual({
+      code: "INPUT_FAULT",
+      message: "inference failed on this job's input (the model runs others)",
+    });
+    const views = await Promise.all(ids.map((id) => final(victimKey, id)));
+    expect(views.map((v) => [v.status, Array.from(decodeF32(v.result?.outputs.y.data ?? ""))])).toEqual([
+      ["completed", [1.5]],
+      ["completed", [3.5]],
+    ]);
+    expect(await workerMetric("citadel_circuit_state", 'model="lookup-solo"')).toBe(0);
+    const stream = await readAuditEntries(fleet.redis, fleet.prefix);
+    const records = stream.map((e) => e.rec as { event?: string; model?: string; jobId?: string; outcome?: string });
+    expect(records.some((r) => r.event === "circuit.opened" && r.model === "lookup-solo")).toBe(false);
+    expect(records.filter((r) => r.jobId === poison && r.event === "job.failed").map((r) => r.outcome)).toEqual([
+      "failed",
+    ]);
+    // The probe's synthetic input was logged as such, with the job it was for.
+    expect(fleet.logs.text).toMatch(new RegExp(`"jobId":"${poison}","modelWorks":true`));
   });
 
   it("a result reports the job's own sample count, never the run's", async () => {

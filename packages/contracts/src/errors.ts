@@ -86,6 +86,8 @@ export const ErrorCode = z.enum([
   "MODEL_LOAD_FAILED",
   "PROVIDER_UNAVAILABLE",
   "RUNTIME_ERROR",
+  /** The model failed on this job's input alone and ran a synthetic probe at once: the input is at fault, not retried. */
+  "INPUT_FAULT",
   "CIRCUIT_OPEN",
   "RESULT_TOO_LARGE",
   "INTERNAL",
@@ -137,6 +139,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case "TIMEOUT_TOO_LARGE":
     case "TIMEOUT_TOO_SMALL":
     case "JOB_INVALID":
+    case "INPUT_FAULT":
       return 422;
     case "RATE_LIMITED":
     case "QUOTA_EXCEEDED":
@@ -194,6 +197,7 @@ export function publicError(e: Pick<CitadelError, "code" | "message">): { code: 
 const INTEGRITY = "the model failed its integrity checks and cannot be served";
 const INTERNAL_MESSAGES: Partial<Record<ErrorCode, string>> = {
   RUNTIME_ERROR: "inference failed",
+  INPUT_FAULT: "inference failed on this job's input (the model runs others)",
   MODEL_LOAD_FAILED: "the model could not be loaded",
   PROVIDER_UNAVAILABLE: "no execution provider could load the model",
   MODEL_IO_MISMATCH: INTEGRITY,

@@ -10,6 +10,7 @@ import { JobLease, type LeasedJob } from "./lease.js";
 import { noteFirstRun } from "./load-phases.js";
 import type { WorkerMetrics } from "./metrics.js";
 import type { LoadedModel, ModelHost } from "./model-host.js";
+import { type ProbeShapes, probeFeeds, probeShapes } from "./probe.js";
 
 export interface ConsumerOptions {
   model: string;
@@ -79,6 +80,8 @@ export class ModelConsumer {
   private readonly shutdown = new AbortController();
   /** Cancellations that arrived for jobs we hold before they were prepared. */
   private readonly cancelled = new Set<string>();
+  /** Per version, the one-sample input shapes of a job it ran: what its health probe is shaped after (probe.ts). */
+  private readonly goodShapes = new Map<string, ProbeShapes>();
   private readonly maxHeld: number;
   /** The last fetch found fewer jobs than it asked for: wait for one instead of asking again. */
   private drained = false;
@@ -416,13 +419,31 @@ export class ModelConsumer {
     const start = Date.now();
     for (const h of batch) this.o.metrics.queueDuration.observe({ model, version }, (start - h.data.acceptedAt) / 1000);
     let loaded = first.model;
+    // After a failed run the runner may have been cut off: ask the host again (it reloads).
+    const current = async () => {
+      if (!loaded.runner.alive) loaded = await this.o.host.get(model, version);
+      return loaded;
+    };
+    const shapesKey = `${model}@${version}`;
     const summary = await executeBatch(batch, {
-      // After a failed run the runner may have been cut off: ask the host again (it reloads).
-      model: async () => {
-        if (!loaded.runner.alive) loaded = await this.o.host.get(model, version);
-        return loaded;
+      model: current,
+      settle: (job, outcome) => {
+        if (outcome.ok && !this.goodShapes.has(shapesKey))
+          this.goodShapes.set(shapesKey, probeShapes(loaded.manifest, job.tensors));
+        return this.settle(job as Held, outcome, start, loaded);
       },
-      settle: (job, outcome) => this.settle(job as Held, outcome, start, loaded),
+      modelWorks: async (job) => {
+        const m = await current();
+        const feeds = probeFeeds(m.manifest, this.goodShapes.get(shapesKey) ?? probeShapes(m.manifest, job.tensors));
+        if (!feeds) return false;
+        const outputs = m.manifest.outputs.map((out) => out.name);
+        const works = await m.runner.run(feeds, outputs, m.manifest.timeoutMs, this.shutdown.signal).then(
+          () => true,
+          () => false,
+        );
+        this.o.log.warn({ model, version, jobId: job.id, modelWorks: works }, "a job failed alone: the model probed");
+        return works;
+      },
       onRun: (r) => {
         this.onRun(r, model, version);
         if (r.ok && loaded.phases && loaded.phases.firstRun === undefined)
@@ -431,9 +452,10 @@ export class ModelConsumer {
       shutdown: this.shutdown.signal,
       onRunsEnd,
     });
-    // A batch in which any run succeeded had bad inputs (split off and failed alone),
-    // not a bad model; only batches where every run failed count against the model.
-    if (summary.okRuns > 0) this.circuit.success();
+    // A batch in which any run succeeded, or whose lone failing job the model's probe
+    // blamed on its input, had bad inputs, not a bad model; only batches where every run
+    // failed and the probe failed too count against the model.
+    if (summary.okRuns > 0 || summary.inputFaults > 0) this.circuit.success();
     else if (summary.failedRuns > 0) this.circuit.failure();
   }
 

@@ -117,8 +117,10 @@ describe("executor", () => {
     const runner = new FakeRunner("fail");
     const jobs = [job("a", 1), job("b", 2), job("poison", POISON), job("d", 4), job("e", 5)];
     const { done, outcomes, runs } = await execute(jobs, runner);
-    await done;
-    expect(code(outcomes.get("poison"))).toBe("RUNTIME_ERROR");
+    const summary = await done;
+    // The model ran the others: the input is at fault (not retried, not the model's failure).
+    expect(code(outcomes.get("poison"))).toBe("INPUT_FAULT");
+    expect(summary).toMatchObject({ inputFaults: 1 });
     expect(["a", "b", "d", "e"].map((id) => firstValue(outcomes.get(id)))).toEqual([1, 2, 4, 5]);
     // 5 → [a,b,poison] + [d,e]; [a,b,poison] → [a,b] + [poison].
     expect(runner.runs).toEqual([[1, 2, POISON, 4, 5], [1, 2, POISON], [1, 2], [POISON], [4, 5]]);
@@ -127,6 +129,36 @@ describe("executor", () => {
       [3, true],
       [1, false],
     ]);
+  });
+
+  it("puts a lone job's failure on its input when the model runs its probe, on the model when it does not", async () => {
+    for (const [works, want] of [
+      [true, "INPUT_FAULT"],
+      [false, "RUNTIME_ERROR"],
+      [undefined, "RUNTIME_ERROR"],
+    ] as const) {
+      const outcomes = new Map<string, Outcome[]>();
+      const asked: string[] = [];
+      const summary = await executeBatch([job("poison", POISON)], {
+        model: async () => ({ manifest, runner: new FakeRunner("fail") }),
+        settle: async (j, o) => {
+          outcomes.set(j.id, [...(outcomes.get(j.id) ?? []), o]);
+        },
+        onRun: () => undefined,
+        shutdown: new AbortController().signal,
+        ...(works === undefined
+          ? {}
+          : {
+              modelWorks: async (j: RunJob) => {
+                asked.push(j.id);
+                return works;
+              },
+            }),
+      });
+      expect(code(outcomes.get("poison")), String(works)).toBe(want);
+      expect(asked).toEqual(works === undefined ? [] : ["poison"]);
+      expect(summary).toEqual({ okRuns: 0, failedRuns: 1, inputFaults: works ? 1 : 0 });
+    }
   });
 
   it("frees the runner once the batch's last run is over, before its jobs are settled", async () => {

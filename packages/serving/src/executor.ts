@@ -113,6 +113,12 @@ export interface ExecuteOptions {
    * still be under way): the runner is free for the next batch from then on.
    */
   onRunsEnd?: () => void;
+  /**
+   * Whether the model runs its health probe (probe.ts), asked when a job failed alone
+   * (RUNTIME_ERROR) and no other run of the batch succeeded: true puts the fault on the
+   * job's input. Without it such a job keeps RUNTIME_ERROR.
+   */
+  modelWorks?: (job: RunJob) => Promise<boolean>;
   now?: () => number;
 }
 
@@ -124,12 +130,14 @@ const MAX_GONE_RETRIES = 2;
 export interface BatchSummary {
   okRuns: number;
   failedRuns: number;
+  /** Jobs failed INPUT_FAULT: the model ran without them (another run, or its probe). */
+  inputFaults: number;
 }
 
 /** Runs `jobs` (which the batcher found compatible) and settles each; resolves when all are settled. */
 export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): Promise<BatchSummary> {
   const now = o.now ?? Date.now;
-  const summary: BatchSummary = { okRuns: 0, failedRuns: 0 };
+  const summary: BatchSummary = { okRuns: 0, failedRuns: 0, inputFaults: 0 };
   const settled = new Set<RunJob>();
   const settling: Promise<void>[] = [];
   const settle = (job: RunJob, outcome: Outcome) => {
@@ -141,6 +149,15 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
   const cancelled = (j: RunJob) =>
     settle(j, { ok: false, error: new CitadelError("CANCELLED", "the job was cancelled") });
   for (const j of jobs) j.cancel.listen(() => cancelled(j));
+
+  // A job that failed alone is at fault when the model ran without it: another run of
+  // this batch succeeded (the split isolated it), or the model runs its probe now. Not
+  // retried then: a retry would fail again, beside other tenants' jobs.
+  const inputAtFault = async (job: RunJob): Promise<boolean> => {
+    if (summary.okRuns > 0) return true;
+    if (!o.modelWorks || o.shutdown.aborted) return false;
+    return o.modelWorks(job).catch(() => false);
+  };
 
   /** `gone`: how many times in a row this group's runner was gone before its run began. */
   const runGroup = async (group: readonly RunJob[], gone = 0): Promise<void> => {
@@ -212,6 +229,12 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
       summary.failedRuns++;
       o.onRun({ jobs: open.length, samples, ok: false, ms: performance.now() - started, error: e, bisected: bisect });
       if (!bisect) {
+        const [only] = left;
+        if (left.length === 1 && only && e.code === "RUNTIME_ERROR" && (await inputAtFault(only))) {
+          summary.inputFaults++;
+          settle(only, { ok: false, error: inputFault(e) });
+          return;
+        }
         for (const j of left) settle(j, { ok: false, error: e });
         return;
       }
@@ -239,6 +262,12 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
     await Promise.all(settling);
   }
   return summary;
+}
+
+function inputFault(cause: CitadelError): CitadelError {
+  return new CitadelError("INPUT_FAULT", `the model failed on this job's input alone: ${cause.message}`, undefined, {
+    cause,
+  });
 }
 
 function shutdownError(): CitadelError {
