@@ -26,6 +26,11 @@ export const WebhookEnv = WebhookKeyEnv.extend({
   WEBHOOK_TIMEOUT_MS: IntEnv(100, 2 * MINUTE).default(10 * SECOND),
   /** Deliveries in flight at once per API process. */
   WEBHOOK_CONCURRENCY: IntEnv(1, 1000).default(16),
+  /**
+   * Deliveries of one tenant in flight at once per API process (its share of
+   * WEBHOOK_CONCURRENCY): a tenant whose receiver hangs cannot hold every slot.
+   */
+  WEBHOOK_TENANT_CONCURRENCY: IntEnv(1, 1000).default(4),
   /** How long a delivery that failed for good stays in the webhooks queue (the board shows it). */
   WEBHOOK_FAILED_TTL_MS: IntEnv(60 * SECOND, 30 * 24 * 60 * MINUTE).default(7 * 24 * 60 * MINUTE),
 });

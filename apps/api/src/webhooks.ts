@@ -127,7 +127,12 @@ export function startWebhooks(env: Env, d: WebhookDeps): WebhookRuntime {
       log: d.log,
       deliveries: d.deliveries,
     },
-    { concurrency: env.WEBHOOK_CONCURRENCY, timeoutMs: env.WEBHOOK_TIMEOUT_MS, maxResponseBytes: 64 * 1024 },
+    {
+      concurrency: env.WEBHOOK_CONCURRENCY,
+      perTenant: env.WEBHOOK_TENANT_CONCURRENCY,
+      timeoutMs: env.WEBHOOK_TIMEOUT_MS,
+      maxResponseBytes: 64 * 1024,
+    },
   );
   relay.start();
   return {

@@ -2,15 +2,15 @@ import { CitadelError, coerceError } from "@citadel/contracts";
 import { type RedisConn, WEBHOOK_QUEUE } from "@citadel/queue";
 import type { Counter, Logger } from "@citadel/telemetry";
 import type { Tenant } from "@citadel/tenants";
-import { type Job, UnrecoverableError, Worker } from "bullmq";
+import { DelayedError, type Job, UnrecoverableError, Worker } from "bullmq";
 import type { WebhookKey } from "./key.js";
 import { type PostLimits, postJson } from "./post.js";
 import type { DeliveryJob } from "./record.js";
 import { webhookHeaders } from "./sign.js";
 import type { Target, TargetGuard } from "./target.js";
 
-/** What one delivery came to (the deliveries counter's `outcome`). */
-export type DeliveryOutcome = "delivered" | "retrying" | "failed" | "refused" | "skipped";
+/** What one delivery came to (the deliveries counter's `outcome`; `deferred`: it waited for its tenant's share). */
+export type DeliveryOutcome = "delivered" | "retrying" | "failed" | "refused" | "skipped" | "deferred";
 
 export interface DeliveryDeps {
   /** BullMQ's connection (maxRetriesPerRequest: null). */
@@ -28,6 +28,11 @@ export interface DeliveryDeps {
 export interface DeliverySettings extends PostLimits {
   /** Deliveries in flight at once in this process. */
   concurrency: number;
+  /** Deliveries of one tenant in flight at once in this process (its share of `concurrency`). */
+  perTenant: number;
+  /** How long a delivery waits when its tenant's share is taken; doubled while the tenant's receiver does not answer 2xx, to `maxDeferMs`. */
+  deferMs?: number;
+  maxDeferMs?: number;
 }
 
 /** What a delivery job answers when it completes (shown on the board). */
@@ -50,13 +55,17 @@ export interface DeliveryResult {
 export class WebhookDelivery {
   private readonly worker: Worker<DeliveryJob, DeliveryResult>;
   private readonly post: typeof postJson;
+  /** Deliveries in flight per tenant. */
+  private readonly inFlight = new Map<string, number>();
+  /** Per tenant, how many deliveries waited for its share since its receiver last answered 2xx. */
+  private readonly deferrals = new Map<string, number>();
 
   constructor(
     private readonly d: DeliveryDeps,
     private readonly s: DeliverySettings,
   ) {
     this.post = d.post ?? postJson;
-    this.worker = new Worker<DeliveryJob, DeliveryResult>(WEBHOOK_QUEUE, (job) => this.deliver(job), {
+    this.worker = new Worker<DeliveryJob, DeliveryResult>(WEBHOOK_QUEUE, (job, token) => this.admit(job, token), {
       connection: d.connection,
       prefix: d.prefix,
       concurrency: s.concurrency,
@@ -84,6 +93,36 @@ export class WebhookDelivery {
         );
       }
     });
+  }
+
+  /**
+   * Delivers within the tenant's share: one tenant whose receiver hangs (10 s an
+   * attempt, for every notification it makes) holds at most `perTenant` of the slots,
+   * and its other deliveries wait (moved back to the delayed set, no attempt spent) while
+   * other tenants' go out. The wait doubles while that tenant's receiver answers no 2xx,
+   * so a long backlog is not picked up again and again.
+   */
+  private async admit(job: Job<DeliveryJob, DeliveryResult>, token: string | undefined): Promise<DeliveryResult> {
+    const tenant = job.data.tenant;
+    const n = this.inFlight.get(tenant) ?? 0;
+    if (n >= Math.min(this.s.perTenant, this.s.concurrency) && token) {
+      const k = this.deferrals.get(tenant) ?? 0;
+      this.deferrals.set(tenant, k + 1);
+      const wait = Math.min(this.s.maxDeferMs ?? 60_000, (this.s.deferMs ?? 1000) * 2 ** Math.min(k, 20));
+      await job.moveToDelayed(Date.now() + wait * (0.75 + Math.random() / 2), token);
+      this.d.deliveries.inc({ tenant, outcome: "deferred" });
+      throw new DelayedError();
+    }
+    this.inFlight.set(tenant, n + 1);
+    try {
+      const r = await this.deliver(job);
+      this.deferrals.delete(tenant);
+      return r;
+    } finally {
+      const left = (this.inFlight.get(tenant) ?? 1) - 1;
+      if (left > 0) this.inFlight.set(tenant, left);
+      else this.inFlight.delete(tenant);
+    }
   }
 
   private async deliver(job: Job<DeliveryJob, DeliveryResult>): Promise<DeliveryResult> {
