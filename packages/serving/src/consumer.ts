@@ -434,15 +434,7 @@ export class ModelConsumer {
       },
       modelWorks: async (job) => {
         const m = await current();
-        const feeds = probeFeeds(m.manifest, this.goodShapes.get(shapesKey) ?? probeShapes(m.manifest, job.tensors));
-        if (!feeds) return false;
-        const outputs = m.manifest.outputs.map((out) => out.name);
-        const works = await m.runner.run(feeds, outputs, m.manifest.timeoutMs, this.shutdown.signal).then(
-          () => true,
-          () => false,
-        );
-        this.o.log.warn({ model, version, jobId: job.id, modelWorks: works }, "a job failed alone: the model probed");
-        return works;
+        return this.probe(m, this.goodShapes.get(shapesKey) ?? probeShapes(m.manifest, job.tensors), job.id);
       },
       onRun: (r) => {
         this.onRun(r, model, version);
@@ -457,6 +449,21 @@ export class ModelConsumer {
     // failed and the probe failed too count against the model.
     if (summary.okRuns > 0 || summary.inputFaults > 0) this.circuit.success();
     else if (summary.failedRuns > 0) this.circuit.failure();
+  }
+
+  /** Runs the model's health probe (probe.ts) in `shapes`: whether it runs, logged with the job that failed alone. */
+  private async probe(m: LoadedModel, shapes: ProbeShapes, jobId: string): Promise<boolean> {
+    const feeds = probeFeeds(m.manifest, shapes);
+    const outputs = m.manifest.outputs.map((out) => out.name);
+    const works =
+      feeds !== null &&
+      (await m.runner.run(feeds, outputs, m.manifest.timeoutMs, this.shutdown.signal).then(
+        () => true,
+        () => false,
+      ));
+    const { name: model, version } = m.manifest;
+    this.o.log.warn({ model, version, jobId, modelWorks: works }, "a job failed alone: the model probed");
+    return works;
   }
 
   private onRun(r: RunReport, model: string, version: string): void {
