@@ -212,7 +212,7 @@ describe("with a worker", () => {
     await pollUntil(
       "added key accepted",
       async () => (await fleet.request("GET", "/v1/models", undefined, bearer(key))).status === 200,
-      5000,
+      20_000,
     );
     const added = Date.now() - t0;
     expect(await store.revokeKey(key)).toBe(1);
@@ -220,18 +220,20 @@ describe("with a worker", () => {
     await pollUntil(
       "revoked key refused",
       async () => (await fleet.request("GET", "/v1/models", undefined, bearer(key))).status === 401,
-      5000,
+      20_000,
     );
     const revoked = Date.now() - t1;
-    // The API caches an authentication result for 2 s at most.
-    expect(added).toBeLessThan(3500);
-    expect(revoked).toBeLessThan(3500);
+    // The API caches an authentication result for 2 s at most: a change shows within a few
+    // seconds (the bound leaves room for a loaded machine), not only on a restart.
+    expect(added).toBeLessThan(10_000);
+    expect(revoked).toBeLessThan(10_000);
     const after = await fleet.request("POST", "/v1/jobs", tinyJob("tiny"), bearer(key));
     expect([after.status, after.json.error.code]).toEqual([401, "UNAUTHORIZED"]);
   });
 
   it("rate-limits a tenant: 429 RATE_LIMITED with Retry-After, audited", async () => {
-    const key = await fleet.addTenant({ id: "slow", models: ["*"], requestRate: 1, requestBurst: 2 });
+    // A bucket that refills one request per 100 s: nothing refills it during the test.
+    const key = await fleet.addTenant({ id: "slow", models: ["*"], requestRate: 0.01, requestBurst: 2 });
     const answers = [];
     for (let i = 0; i < 4; i++) answers.push(await fleet.request("GET", "/v1/models", undefined, bearer(key)));
     expect(answers.map((a) => a.status)).toEqual([200, 200, 429, 429]);
@@ -412,16 +414,25 @@ describe("without workers (jobs stay queued)", () => {
   });
 
   it("rate-limits an IP address before authentication: 429 with Retry-After, audited", async () => {
+    // IP_RATE is a whole number of requests a second: the bucket may refill while the test
+    // runs on a slow machine, so it asks until it is refused, and bounds what got through.
     const api = await startExtraApi(fleet, { IP_RATE: "1", IP_BURST: "3" });
     try {
       const statuses: number[] = [];
       let last: Response | undefined;
-      for (let i = 0; i < 5; i++) {
+      const started = Date.now();
+      while (statuses.length < 60 && last?.status !== 429) {
         // No key at all: the per-IP limit must hold for unauthenticated clients too.
         last = await fetch(`${api.url}/v1/models`);
         statuses.push(last.status);
       }
-      expect(statuses).toEqual([401, 401, 401, 429, 429]);
+      const elapsedS = (Date.now() - started) / 1000;
+      // The burst first, then only 401s until the first 429, and no more than the burst and
+      // the refill (1 a second) allowed.
+      expect(statuses.slice(0, 3)).toEqual([401, 401, 401]);
+      expect(statuses.at(-1)).toBe(429);
+      expect(statuses.slice(0, -1).every((s) => s === 401)).toBe(true);
+      expect(statuses.length - 1).toBeLessThanOrEqual(3 + Math.ceil(elapsedS) + 1);
       expect(errorEnvelope(await last?.json())?.code).toBe("RATE_LIMITED");
       expect(Number(last?.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
       await auditWhere(

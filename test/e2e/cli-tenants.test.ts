@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { cliArgs } from "@citadel/cli/fleet";
 import { TenantStore } from "@citadel/tenants";
 import { Redis } from "ioredis";
@@ -7,7 +8,7 @@ import { deletePrefix, redisUrl } from "../support/fleet.js";
 
 // Issue 10 point 2: high priority is a tenant right an operator grants with the CLI.
 
-const prefix = `{cli-tenants-${process.pid}}`;
+const prefix = `{cli-tenants-${randomBytes(4).toString("hex")}}`;
 let redis: Redis;
 
 function citadel(...args: string[]): { code: number; out: string; err: string } {

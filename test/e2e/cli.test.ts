@@ -12,7 +12,7 @@ import { deletePrefix, redisUrl } from "../support/fleet.js";
 import { tempDir } from "../support/temp-dirs.js";
 
 const dir = tempDir("cli");
-const prefix = `{cli-${process.pid}}`;
+const prefix = `{cli-${randomBytes(4).toString("hex")}}`;
 let redis: Redis;
 
 function citadelWith(env: Record<string, string>, ...args: string[]): { code: number; out: string; err: string } {

@@ -240,16 +240,35 @@ describe("cancel (no worker running)", () => {
 
 describe("refusals as typed errors", () => {
   it("surfaces a 429 with its Retry-After, and waits it out when retries are on", async () => {
-    const key = await fleet.addTenant({ id: "slow", models: ["*"], requestRate: 1, requestBurst: 1 });
+    // One request per 100 s: the second one is refused however slowly the test runs.
+    const key = await fleet.addTenant({ id: "slow", models: ["*"], requestRate: 0.01, requestBurst: 1 });
     const strict = new CitadelClient({ baseUrl: fleet.apiUrl, apiKey: key, retry: false });
     await strict.listModels();
     const err = await strict.listModels().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CitadelApiError);
     expect(err).toMatchObject({ status: 429, code: "RATE_LIMITED" });
     expect((err as CitadelApiError).retryAfterMs).toBeGreaterThanOrEqual(1000);
-    const patient = new CitadelClient({ baseUrl: fleet.apiUrl, apiKey: key, retry: { attempts: 5 } });
-    await patient.listModels();
-    expect((await patient.listModels()).map((m) => m.name)).toContain("multi");
+    // A tenant whose bucket refills in a second (a Retry-After the client waits out): calls
+    // back to back meet an empty bucket; a slow machine may refill it between two, so it
+    // calls until one was refused, and every call must end in the models' list.
+    const paced = await fleet.addTenant({ id: "paced", models: ["*"], requestRate: 1, requestBurst: 1 });
+    const seen: number[] = [];
+    const recording: typeof fetch = async (input, init) => {
+      const res = await fetch(input, init);
+      seen.push(res.status);
+      return res;
+    };
+    const patient = new CitadelClient({
+      baseUrl: fleet.apiUrl,
+      apiKey: paced,
+      retry: { attempts: 5 },
+      fetch: recording,
+    });
+    for (let i = 0; i < 10 && !seen.includes(429); i++) {
+      expect((await patient.listModels()).map((m) => m.name)).toContain("multi");
+    }
+    expect(seen).toContain(429);
+    expect(seen.at(-1)).toBe(200);
   });
 
   it("says what was wrong: unknown job and model (404), bad key (401), a wait over MAX_WAIT_MS (400)", async () => {

@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { repoRoot } from "@citadel/cli/fleet";
@@ -54,7 +55,7 @@ async function allGone(procs: Record<string, number>, dir: string, ms: number): 
   }
 }
 
-const prefix = `{demo-kill-${process.pid}}`;
+const prefix = `{demo-kill-${randomBytes(4).toString("hex")}}`;
 const redis = new Redis(redisUrl());
 afterAll(async () => {
   await deletePrefix(redis, prefix);

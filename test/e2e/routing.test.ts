@@ -3,6 +3,7 @@ import { buildConvNet } from "@citadel/onnx";
 import { keys } from "@citadel/queue";
 import { loadableProviders } from "@citadel/runtime";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { pollUntil } from "../support/api-kit.js";
 import { b64, decodeF32, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 let fleet: TestFleet;
@@ -50,9 +51,17 @@ describe("models at run time", () => {
     const pinned = await fleet.request("POST", "/v1/jobs", { model: "m", version: "1", inputs: x });
     expect(pinned.json.version).toBe("1");
     await fleet.ctx.registry.setRouting("m", { stable: "2", canaryWeight: 0 });
-    for (let i = 0; i < 100 && (await audit("model.unloaded", "m")).length === 0; i++)
-      await new Promise((r) => setTimeout(r, 20));
-    expect((await audit("model.unloaded", "m")).map((e) => e.version)).toContain("1");
+    // The worker releases version 1 once it sees the routing change (generous deadline: a loaded machine).
+    const unloaded = await pollUntil(
+      "version 1's model.unloaded audit record",
+      async () => {
+        const versions = (await audit("model.unloaded", "m")).map((e) => e.version);
+        return versions.includes("1") ? versions : undefined;
+      },
+      30_000,
+      50,
+    );
+    expect(unloaded).toContain("1");
     // Each version was loaded once by this worker (memory per model held once).
     const loads = (await audit("model.loaded", "m")).map((e) => e.version);
     expect(loads.filter((v) => v === "2")).toHaveLength(1);

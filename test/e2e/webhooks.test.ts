@@ -236,7 +236,10 @@ describe("completion webhooks", () => {
     });
     // What the receiver saw is the contract, not BullMQ's attemptsMade (a stalled attempt
     // under load is re-run without counting as made): three calls, the last one answered.
-    expect(dj).toBeDefined();
+    // The completed job is this notification's, to the URL the job named, and its answer is the 200.
+    expect(dj.id).toBe(id);
+    expect(dj.data).toMatchObject({ tenant: "router", msgId: id, url: receiver.url("/flaky"), body: got[0]?.raw });
+    expect(dj.returnvalue).toEqual({ status: 200 });
     expect(receiver.about(sub.json.id)).toHaveLength(3);
   });
 
@@ -328,7 +331,20 @@ describe("completion webhooks", () => {
       .split("\n")
       .map((l) => (JSON.parse(l) as Loose).id as string);
     expect(ids).toHaveLength(3);
-    for (const id of ids) expect(receiver.about(id)).toEqual([]);
+    // A per-line notification, were one recorded, would be in the notifications stream before
+    // this job's (its line finished first) and the relay hands entries off in order: once
+    // this job's notification arrived, any such notification is a job of the webhooks queue
+    // (completed ones are kept for a day), whether or not it was delivered yet.
+    const marker = await call("POST", "/v1/jobs", "hooked", job());
+    expect(marker.status).toBe(202);
+    await receiver.waitFor("a later job's notification", () => receiver.about(marker.json.id));
+    const queued = await deliveries.getJobs(["completed", "failed", "active", "waiting", "delayed", "prioritized"]);
+    const about = (j: (typeof queued)[number]) => (JSON.parse(j.data.body) as Loose).data?.id as string;
+    expect(queued.map(about)).toEqual(expect.arrayContaining([own.json.id, marker.json.id]));
+    for (const id of ids) {
+      expect(queued.filter((j) => about(j) === id)).toEqual([]);
+      expect(receiver.about(id)).toEqual([]);
+    }
     expect(receiver.about(own.json.id)).toHaveLength(1);
   });
 
@@ -534,32 +550,51 @@ describe("GET /v1/jobs/{id}/events", () => {
   });
 
   it("bounds a stream by MAX_WAIT_MS and the streams a tenant holds, and lets go when the client leaves", async () => {
+    // MAX_WAIT_MS is long enough that the first stream is surely still open when the second
+    // request comes (on a loaded machine seconds may pass), and well short of the default
+    // (30 s), so that a stream ending in time shows this bound was applied.
+    const maxWaitMs = 10_000;
     const bounded = await startExtraApi(fleet, {
       WEBHOOK_NOTIFIER: "false",
-      MAX_WAIT_MS: "1500",
+      MAX_WAIT_MS: String(maxWaitMs),
       SSE_MAX_STREAMS_PER_TENANT: "1",
     });
     await Promise.all(fleet.workers.splice(0).map((w) => w.close()));
+    const acFirst = new AbortController();
+    const acLeft = new AbortController();
     try {
       const sub = await call("POST", "/v1/jobs", "hooked", job());
       // Past the longest wait the stream ends without a final event (an EventSource reconnects).
-      const first = await openEvents(bounded.url, sub.json.id, "hooked");
-      await pollUntil("the first event", async () => first.events.length > 0);
+      const opened = Date.now();
+      const first = await openEvents(bounded.url, sub.json.id, "hooked", acFirst.signal);
+      expect(first.res.status, first.refusal).toBe(200);
+      // Its headers came: it holds the tenant's only stream, so the next one is refused.
       const second = await fetch(`${bounded.url}/v1/jobs/${sub.json.id}/events`, {
         headers: { authorization: `Bearer ${keys.hooked}` },
       });
-      expect(second.status).toBe(429);
+      const refused = await second.text();
+      expect(second.status, refused).toBe(429);
+      expect((JSON.parse(refused) as Loose).error.code).toBe("RATE_LIMITED");
+      expect(first.ended()).toBe(false);
+      await pollUntil("the first event", async () => first.events.length > 0);
       await first.done;
+      const lasted = Date.now() - opened;
       expect(first.events.map((e) => e.event)).toEqual(["queued"]);
+      // It ended on its own (not aborted), after MAX_WAIT_MS and well before the default would end it.
+      expect(acFirst.signal.aborted).toBe(false);
+      expect(lasted).toBeGreaterThanOrEqual(maxWaitMs - 500);
+      expect(lasted).toBeLessThan(25_000);
       // A client that hangs up releases the job's listeners at once.
-      const ac = new AbortController();
-      const left = await openEvents(fleet.apiUrl, sub.json.id, "hooked", ac.signal);
+      const left = await openEvents(fleet.apiUrl, sub.json.id, "hooked", acLeft.signal);
       await pollUntil("the first event", async () => left.events.length > 0);
       expect(fleet.api.queues.watched().finals).toBeGreaterThan(0);
-      ac.abort();
+      acLeft.abort();
+      await left.done;
       await pollUntil("the listeners to be released", async () => fleet.api.queues.watched().finals === 0);
       expect(fleet.api.queues.watched().actives).toBe(0);
     } finally {
+      acFirst.abort();
+      acLeft.abort();
       await bounded.close();
       await fleet.startWorker();
     }

@@ -89,6 +89,20 @@ async function counterFor(name: string, model: string): Promise<number> {
   return sum;
 }
 
+/** A histogram's sum and count for one model, summed over its other labels. */
+async function histogramFor(name: string, model: string): Promise<{ sum: number; count: number }> {
+  const text = await metric(name);
+  const value = (suffix: string) => {
+    let total = 0;
+    for (const line of text.split("\n")) {
+      const m = new RegExp(`^${name}_${suffix}\\{[^}]*model="${model}"[^}]*\\} ([-0-9.e+]+)$`).exec(line);
+      if (m) total += Number(m[1]);
+    }
+    return total;
+  };
+  return { sum: value("sum"), count: value("count") };
+}
+
 /** Samples inferred and runs made for `model` so far, from the worker's own counters. */
 async function runCounts(model: string): Promise<{ samples: number; runs: number }> {
   return {
@@ -206,13 +220,20 @@ describe("timeouts, cancellation and failures", () => {
   const slowInput = { x: { dtype: "float32", shape: [1, 1], data: [1] } };
 
   it("fails a job past its own timeout with TIMEOUT at that timeout; a run past the model's timeout replaces the runner; keeps serving", async () => {
+    const queued = "citadel_inference_queue_duration_seconds";
+    const before = await histogramFor(queued, "slow");
     const id = await submit("slow", slowInput, { timeoutMs: 300 });
     const view = await waitFor(id);
     expect(view.status).toBe("failed");
     expect(view.error.code).toBe("TIMEOUT");
-    // Failed at its own timeout, not when the run ended (the run itself takes ≈3 s): from
-    // the worker's own timestamps, so a slow client or a loaded machine cannot blur it.
-    expect(Date.parse(view.finishedAt) - Date.parse(view.startedAt)).toBeLessThan(2500);
+    // Failed at its own timeout, not when the run ended (the run itself takes ≈3 s): timed
+    // from when its run started (acceptance plus the worker's accepted → run start time),
+    // so the model's load and the batch's wait (startedAt is the take) do not count, nor a
+    // slow client: only the worker's own timestamps.
+    const after = await histogramFor(queued, "slow");
+    expect(after.count - before.count).toBe(1);
+    const runStart = Date.parse(view.createdAt) + (after.sum - before.sum) * 1000;
+    expect(Date.parse(view.finishedAt) - runStart).toBeLessThan(2500);
     // The run goes on to the model's own timeout (600 ms), then the runner is cut off.
     let restarts = "";
     for (let i = 0; i < 1000 && !/reason="timeout".* [1-9]/.test(restarts); i++) {

@@ -196,7 +196,9 @@ describe(`Vault contract [${backend.kind}]`, () => {
   it("AppRole: logs in, renews the token before expiry, keeps working past the first TTL", async () => {
     await ok("POST", `auth/approle/role/${WORKER_ROLE}`, {
       token_policies: [WORKER_POLICY],
-      token_ttl: "3s",
+      // The provider renews at 2/3 of the TTL: the renewal has 3 s to land before the token
+      // expires, so a loaded machine (or a remote Vault) that stalls a second does not lose it.
+      token_ttl: "9s",
       token_max_ttl: "5m",
     });
     const roleId = ((await ok("GET", `auth/approle/role/${WORKER_ROLE}/role-id`)).data as { role_id: string }).role_id;
@@ -209,10 +211,10 @@ describe(`Vault contract [${backend.kind}]`, () => {
     const worker = await provider({ method: "approle", roleId, secretId }, { keyCacheTtlMs: 0 });
     expect(worker.tokenStatus()).toMatchObject({ method: "approle", authenticated: true, renewable: true, logins: 1 });
     const loggedIn = Date.now();
-    // The renewal (at ~2 s), waited for; then past the 3 s TTL only that renewal keeps the token alive.
-    for (let i = 0; i < 1000 && worker.tokenStatus().renewals < 1; i++) await sleep(20);
+    // The renewal (at ~6 s), waited for; then past the 9 s TTL only that renewal keeps the token alive.
+    for (let i = 0; i < 1500 && worker.tokenStatus().renewals < 1; i++) await sleep(20);
     expect(worker.tokenStatus().renewals).toBeGreaterThanOrEqual(1);
-    await sleep(Math.max(0, loggedIn + 3_500 - Date.now()));
+    await sleep(Math.max(0, loggedIn + 9_500 - Date.now()));
     expect(worker.tokenStatus().logins).toBe(1);
     expect((await worker.unwrapDataKey(MODELS, wrapped)).equals(plaintext)).toBe(true);
 

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { describe, expect, inject, it } from "vitest";
 import { deploymentKeyPattern, keys, queuePrefix, tagged, tenantPrefix } from "./names.js";
@@ -40,8 +41,9 @@ describe("deploymentKeyPattern", () => {
   it("matches every family's keys of the deployment and no other deployment's (SCAN on a real Redis)", async () => {
     const redis = new Redis(inject("redisUrl"));
     try {
-      const mine = `{pat-${process.pid}}`;
-      const other = `{pat-${process.pid}x}`;
+      const run = randomBytes(4).toString("hex");
+      const mine = `{pat-${run}}`;
+      const other = `{pat-${run}x}`;
       const ours = [
         `${mine}:registry:models`,
         keys.job(mine, "m", "m.abc"),

@@ -59,7 +59,7 @@ const result: JobResult = {
 };
 
 /** A lease on a fresh queue, with a producer and an ordinary client beside it. */
-async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
+async function setup(opts: { attempts?: number; backoffMs?: number; blockSeconds?: number } = {}) {
   const prefix = `{t-lease-${randomBytes(4).toString("hex")}}`;
   const onError = () => {};
   // A single Redis here (CITADEL_TEST_REDIS_URL): MONITOR and CLIENT LIST need one node.
@@ -72,7 +72,7 @@ async function setup(opts: { attempts?: number; backoffMs?: number } = {}) {
     workerId: "w-test",
     lockDurationMs: 30_000,
     log,
-    blockSeconds: 5,
+    blockSeconds: opts.blockSeconds ?? 5,
   });
   const queue = new Queue<JobData>(queueName("m"), { connection, prefix: queuePrefix(prefix, "m") });
   cleanups.push(async () => {
@@ -385,16 +385,20 @@ describe("JobLease fetch", () => {
   });
 
   it("learns when a delayed job is due from a take that found nothing (its marker gone)", async () => {
-    const { redis, lease, queue, data, prefix } = await setup();
-    await queue.add(JOB_NAME, data("t"), { jobId: "m.delayednomarker00000", delay: 1500 });
+    // A wait far longer than the delay: a lease that did not learn when the job is due
+    // would wait it out (30 s) and come back empty-handed. The delay leaves the take below
+    // seconds to run before the job is due, on a loaded machine too.
+    const { redis, lease, queue, data, prefix } = await setup({ blockSeconds: 30 });
+    await queue.add(JOB_NAME, data("t"), { jobId: "m.delayednomarker00000", delay: 3000 });
     // Another worker consumed the delay marker: only the delayed set says when.
     await redis.del(keys.bull(prefix, "m", "marker"));
     expect(await lease.fetch(4)).toEqual([]);
     const started = Date.now();
     const got = await lease.next();
     expect(got.map((l) => l.id)).toEqual(["m.delayednomarker00000"]);
-    expect(Date.now() - started).toBeLessThan(4000);
-  });
+    // Woken when the job was due (≈3 s), not at the end of the 30 s wait.
+    expect(Date.now() - started).toBeLessThan(15_000);
+  }, 60_000);
 
   it("hands over each job's input bytes and cancel flag with the take, in its one round trip", async () => {
     const { connection, redis, lease, add, prefix } = await setup();

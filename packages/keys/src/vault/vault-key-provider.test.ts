@@ -70,6 +70,14 @@ function everything(err: CitadelError): string {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Token TTLs in the renewal tests: the provider renews at 2/3 of a TTL, so a renewal (or
+ * a call) has a third of it (2 s) to land before the token expires, and a loaded machine
+ * that stalls for a second or more does not let the token lapse under the test.
+ */
+const TTL_S = 6;
+const TTL_MS = TTL_S * 1_000;
+
 /** Polls until `cond` holds (bounded: a renewal that never comes fails the test, slowly). */
 async function until(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -149,7 +157,7 @@ describe("VaultKeyProvider over the Vault test server", () => {
     const server = await setup();
     await call(server, "POST", "auth/approle/role/citadel-worker", {
       token_policies: ["citadel-worker"],
-      token_ttl: "2s",
+      token_ttl: `${TTL_S}s`,
       token_max_ttl: "1m",
     });
     const roleId = (await call(server, "GET", "auth/approle/role/citadel-worker/role-id")).data as { role_id: string };
@@ -166,8 +174,8 @@ describe("VaultKeyProvider over the Vault test server", () => {
     expect(vault.tokenStatus()).toMatchObject({ method: "approle", authenticated: true, renewable: true, logins: 1 });
     const loggedIn = Date.now();
     await until("a renewal", () => vault.tokenStatus().renewals >= 1);
-    // Past the first 2 s TTL, still on the first login: the renewal kept the token alive.
-    await sleep(Math.max(0, loggedIn + 2_500 - Date.now()));
+    // Past the first TTL, still on the first login: the renewal kept the token alive.
+    await sleep(Math.max(0, loggedIn + TTL_MS + 500 - Date.now()));
     expect(vault.tokenStatus().logins).toBe(1);
     expect(server.requests.some((r) => r.path === "auth/token/renew-self" && r.status === 200)).toBe(true);
     expect(await vault.unwrapDataKey(MODELS, wrapped)).toHaveLength(32);
@@ -175,7 +183,10 @@ describe("VaultKeyProvider over the Vault test server", () => {
 
   it("AppRole: when renewal fails (token revoked) it logs in again; a 403 from a dead token re-logs in once", async () => {
     const server = await setup();
-    await call(server, "POST", "auth/approle/role/pub", { token_policies: ["citadel-publisher"], token_ttl: "2s" });
+    await call(server, "POST", "auth/approle/role/pub", {
+      token_policies: ["citadel-publisher"],
+      token_ttl: `${TTL_S}s`,
+    });
     const roleId = (await call(server, "GET", "auth/approle/role/pub/role-id")).data as { role_id: string };
     const secret = (await call(server, "POST", "auth/approle/role/pub/secret-id")).data as { secret_id: string };
     const vault = await provider(server, {
@@ -183,7 +194,7 @@ describe("VaultKeyProvider over the Vault test server", () => {
     });
 
     server.revokeAllTokens();
-    // The renewal at ~1.33 s fails with 403 -> login again.
+    // The renewal at ~2/3 of the TTL fails with 403 -> login again.
     await until("a second login", () => vault.tokenStatus().logins >= 2);
     expect(vault.tokenStatus().renewalFailures).toBeGreaterThanOrEqual(1);
     expect(vault.tokenStatus().logins).toBe(2);
@@ -248,22 +259,25 @@ describe("VaultKeyProvider over the Vault test server", () => {
 
   it("a non-renewable static token keeps being used and is never renewed", async () => {
     const server = await setup();
-    const token = server.createToken(["citadel-worker"], { ttl: "2s", renewable: false });
+    const token = server.createToken(["citadel-worker"], { ttl: `${TTL_S}s`, renewable: false });
+    const created = Date.now();
     const vault = await provider(server, { auth: { method: "token", token } });
     expect(vault.tokenStatus()).toMatchObject({ renewable: false, renewals: 0 });
-    await sleep(1_500);
+    // Past the point (2/3 of the TTL) where a renewable one would be renewed, well before it expires.
+    await sleep(Math.max(0, created + (TTL_MS * 3) / 4 - Date.now()));
     expect(await vault.publicKeys()).toHaveLength(1);
     expect(server.requests.some((r) => r.path === "auth/token/renew-self")).toBe(false);
+    expect(vault.tokenStatus().renewals).toBe(0);
   });
 
   it("a renewable static token is renewed before it expires", async () => {
     const server = await setup();
-    const token = server.createToken(["citadel-worker"], { ttl: "2s" });
-    const vault = await provider(server, { auth: { method: "token", token } });
+    const token = server.createToken(["citadel-worker"], { ttl: `${TTL_S}s` });
     const started = Date.now();
+    const vault = await provider(server, { auth: { method: "token", token } });
     await until("a renewal", () => vault.tokenStatus().renewals >= 1);
-    // Past the 2 s TTL the token still works.
-    await sleep(Math.max(0, started + 2_500 - Date.now()));
+    // Past the first TTL the token still works.
+    await sleep(Math.max(0, started + TTL_MS + 500 - Date.now()));
     expect(await vault.publicKeys()).toHaveLength(1);
   });
 });
@@ -298,10 +312,13 @@ describe("VaultKeyProvider failures", () => {
 
   it("sealed -> VAULT_UNAVAILABLE (sealed); cached keys still unwrap; the cache expires", async () => {
     const server = await setup();
-    const vault = await provider(server, { keyCacheTtlMs: 400 });
+    // Long enough that the cached key is surely still cached while sealed, on a loaded machine too.
+    const keyCacheTtlMs = 2_000;
+    const vault = await provider(server, { keyCacheTtlMs });
     const { wrapped, plaintext } = await vault.generateDataKey(MODELS);
     const other = await vault.generateDataKey(MODELS);
     const seen = await vault.unwrapDataKey(MODELS, wrapped);
+    const cached = Date.now(); // the key was cached before unwrapDataKey returned
     seen.fill(0); // the caller wipes its copy; the cache keeps its own
 
     server.setSealed(true);
@@ -311,7 +328,7 @@ describe("VaultKeyProvider failures", () => {
     expect(err.details).toMatchObject({ sealed: true, status: 503, operation: "decrypt" });
     expect(everything(err)).not.toContain(other.wrapped.slice(9));
 
-    await sleep(500);
+    await sleep(Math.max(0, cached + keyCacheTtlMs + 50 - Date.now()));
     expect((await caught(vault.unwrapDataKey(MODELS, wrapped))).code).toBe("VAULT_UNAVAILABLE");
     server.setSealed(false);
     expect((await vault.health()).sealed).toBe(false);
