@@ -694,7 +694,7 @@ class Fleet(unittest.TestCase):
             except CitadelError as err:
                 refused = err
                 break
-        self.assertIsNotNone(refused, "three requests at once never met the 1/s limit")
+        self.assertIsNotNone(refused, "three requests at once never met the 1 per 2 s limit")
         assert refused is not None
         self.assertEqual((refused.status, refused.code), (429, "RATE_LIMITED"))
         self.assertIsNotNone(refused.retry_after)

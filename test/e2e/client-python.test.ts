@@ -137,8 +137,9 @@ beforeAll(async () => {
     version: "1",
     spec: { maxBatch: 4 },
   });
-  // A tenant held to one request a second, for the client's 429 and Retry-After handling.
-  const slowKey = await fleet.addTenant({ id: "py-slow", models: ["*"], requestRate: 1, requestBurst: 1 });
+  // A tenant held to one request every two seconds (no refill between requests sent at
+  // once, even on a stalled machine), for the client's 429 and Retry-After handling.
+  const slowKey = await fleet.addTenant({ id: "py-slow", models: ["*"], requestRate: 0.5, requestBurst: 1 });
   fixturesPath = path.join(fleet.dir, "python-fixtures.json");
   writeFileSync(fixturesPath, JSON.stringify({ ...(await references(ocrBytes)), slow_key: slowKey }), { mode: 0o600 });
 });
