@@ -309,7 +309,7 @@ describe("without workers (jobs stay queued)", () => {
     ]);
     for (const i of items) if (i.error) expect(i.error.message.length).toBeGreaterThan(5);
     const after = await queueCounts(fleet, "m-bulk");
-    expect(after.waiting - before.waiting).toBe(2);
+    expect(after.queued - before.queued).toBe(2);
     expect(after.total - before.total).toBe(2);
     for (const k of [0, 4]) {
       const v = await fleet.request("GET", `/v1/jobs/${items[k]?.id}`);

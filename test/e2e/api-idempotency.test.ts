@@ -196,7 +196,7 @@ describe("Idempotency-Key replays", () => {
     expect((await fleet.request("GET", `/v1/jobs/${id}`, undefined, bearer(key))).status).toBe(404);
     const retries = await Promise.all([0, 1, 2].map(() => fleet.request("POST", "/v1/jobs", job("idem-lost"), h)));
     for (const r of retries) expect([r.status, r.json.id], JSON.stringify(r.json)).toEqual([202, id]);
-    expect((await queueCounts(fleet, "idem-lost")).waiting).toBe(1);
+    expect((await queueCounts(fleet, "idem-lost")).queued).toBe(1);
     // Still one reservation: the job kept the one it had.
     expect(await quota("idem-lost")).toBe(1);
     await fleet.startWorker();

@@ -82,7 +82,7 @@ it(`holds no request body while ${WAITING} submits wait for their results (POST 
   );
   try {
     // Every job is stored (so every body was read, validated and written) and its request waits.
-    await pollUntil("every job queued", async () => (await queueCounts(fleet, MODEL)).waiting === WAITING + 1, 30_000);
+    await pollUntil("every job queued", async () => (await queueCounts(fleet, MODEL)).queued === WAITING + 1, 30_000);
     const held = arrayBuffersAfterGc() - before;
     // Holding the bodies would be WAITING × 2 MiB (32 MiB); allow a few MiB of sockets and pools.
     expect(held).toBeLessThan(6 * 2 ** 20);

@@ -234,7 +234,7 @@ describe("the batch file's bounds", () => {
     expect(done.counts.completed + done.counts.cancelled + done.counts.failed).toBe(done.counts.accepted);
     // It stopped reading: the client never had to produce the whole (64 MiB) stream.
     expect(sent).toBeLessThan(16 * 1024 * 1024);
-    expect((await queueCounts(fleet, "multi")).waiting).toBe(before.waiting);
+    expect((await queueCounts(fleet, "multi")).queued).toBe(before.queued);
   });
 
   it("reads a gzip file (Content-Encoding), the bound holding for the bytes inflated", async () => {
@@ -281,12 +281,12 @@ describe("cancelling a batch no worker has started", () => {
     const r = await postBatch(file, { "content-type": "application/x-ndjson" });
     expect(r.status, JSON.stringify(r.json)).toBe(202);
     expect(r.json).toMatchObject({ status: "in_progress", counts: { total: 12, accepted: 12, completed: 0 } });
-    expect((await queueCounts(fleet, "multi")).waiting).toBe(12);
+    expect((await queueCounts(fleet, "multi")).queued).toBe(12);
 
     const c = await fleet.request("DELETE", `/v1/batches/${r.json.id}`);
     expect(c.status).toBe(202);
     expect(c.json).toMatchObject({ status: "cancelled", counts: { total: 12, accepted: 12, cancelled: 12 } });
-    expect((await queueCounts(fleet, "multi")).waiting).toBe(0);
+    expect((await queueCounts(fleet, "multi")).queued).toBe(0);
     const res = await results(r.json.id);
     expect(res.lines).toHaveLength(12);
     for (const l of res.lines) expect(l).toMatchObject({ status: "cancelled", error: { code: "CANCELLED" } });

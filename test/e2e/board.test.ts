@@ -149,9 +149,9 @@ describe("Bull Board", () => {
       expect(res?.status()).toBe(200);
       for (const m of MODELS) await page.getByText(`infer-${m}`).first().waitFor({ timeout: 20_000 });
       // Open the queue holding the job, as an operator would, and let the UI fetch it.
-      await page.goto(board(`/queue/infer-board-a?status=waiting`), { waitUntil: "domcontentloaded" });
+      await page.goto(board(`/queue/infer-board-a?status=prioritized`), { waitUntil: "domcontentloaded" });
       await pollUntil(
-        "the board's UI to fetch the waiting job",
+        "the board's UI to fetch the queued job",
         async () => {
           await Promise.all(pending);
           return apiBodies.some((b) => b.includes(jobId));
@@ -177,7 +177,7 @@ describe("Bull Board", () => {
   it("redacts the job in every board API answer that carries it", async () => {
     const auth = { authorization: basic(BOARD_ADMIN) };
     for (const p of [
-      "/api/queues?activeQueue=infer-board-a&status=waiting&page=1&jobsPerPage=50",
+      "/api/queues?activeQueue=infer-board-a&status=prioritized&page=1&jobsPerPage=50",
       "/api/queues?activeQueue=infer-board-a&status=latest",
       `/api/queues/infer-board-a/${jobId}`,
     ]) {

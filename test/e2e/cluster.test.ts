@@ -262,7 +262,7 @@ describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and
       const node = new Redis(Number(owner.split(":")[1]), "127.0.0.1", { lazyConnect: true });
       try {
         await node.connect();
-        expect(await node.lrange(keys.bull(fleet.prefix, model, "wait"), 0, -1)).toEqual([id]);
+        expect(await node.zrange(keys.bull(fleet.prefix, model, "prioritized"), 0, -1)).toEqual([id]);
         expect(await node.exists(keys.inputs(fleet.prefix, model, id))).toBe(1);
       } finally {
         node.disconnect();

@@ -1,7 +1,7 @@
 /**
  * One tenant against another on a shared fleet (issue 10, points 1, 2, 3, 8, 15):
- * jobs of different shapes never share a run, one tenant's timeout or poison input
- * fails only its own job, failed and cancelled jobs keep no inputs, results reveal
+ * jobs of different shapes never share a run, one tenant's backlog does not queue
+ * another's job behind it, one tenant's timeout or poison input fails only its own job, failed and cancelled jobs keep no inputs, results reveal
  * nothing of other tenants, and a model whose tensors differ from its manifest is
  * refused at load instead of crashing the worker.
  */
@@ -51,6 +51,12 @@ beforeAll(async () => {
     name: "slowcancel",
     version: "1",
     spec: { maxBatch: 1, timeoutMs: 60_000 },
+  });
+  // One job a run, ≈75 ms each: the order runs start in shows in their finish times.
+  await fleet.publish(buildSlowModel({ iterations: SLOW_ITERATIONS / 10 }), {
+    name: "slow-solo",
+    version: "1",
+    spec: { maxBatch: 1, maxQueueDelayMs: 0, timeoutMs: 60_000 },
   });
   await fleet.publish(buildLookupModel(10), {
     name: "lookup",
@@ -197,6 +203,24 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
     // A failed job keeps no input in Redis.
     for (const s of sent.filter((x) => x.attacker))
       expect(await inputsKept(fleet.redis, fleet.prefix, "slow", s.id)).toBe(false);
+  });
+
+  it("a tenant's backlog does not hold another tenant's job behind it: the worker takes tenants' jobs in fair shares", async () => {
+    const body = (x: number) => ({ model: "slow-solo", inputs: { x: { dtype: "float32", shape: [1, 1], data: [x] } } });
+    const { flood, victim } = await queuedBeforeWorker(fleet, async () => {
+      const flood = await Promise.all(Array.from({ length: 12 }, (_, i) => submit(attackerKey, body(i))));
+      // Sent after the whole flood was accepted: first-come, it would run last.
+      return { flood, victim: await submit(victimKey, body(100)) };
+    });
+    const floodDone = (await Promise.all(flood.map((id) => final(attackerKey, id)))).map((v) => {
+      expect(v.status).toBe("completed");
+      return Date.parse(v.finishedAt);
+    });
+    const v = await final(victimKey, victim);
+    expect(v.status).toBe("completed");
+    // Equal shares: the victim's job runs first or second, before the flood's second run ends.
+    floodDone.sort((a, b) => a - b);
+    expect(Date.parse(v.finishedAt)).toBeLessThan(floodDone[1] as number);
   });
 
   it("a poison input fails only its own job (the batch is split), with a code and a generic message", async () => {

@@ -1062,6 +1062,11 @@ export async function soak(
   const base = qualifiedQueueName(fleet.setup.prefix, "tiny");
   const redis = fleet.setup.redis;
   let completedCount = 0;
+  /** Jobs waiting for a worker: high ones in the wait list, normal and low ones in the prioritized set. */
+  const queued = async () => {
+    const [w, p] = await Promise.all([redis.llen(`${base}:wait`), redis.zcard(`${base}:prioritized`)]);
+    return w + p;
+  };
   try {
     const body = JSON.stringify({
       jobs: Array.from({ length: per }, (_, i) => ({
@@ -1074,7 +1079,7 @@ export async function soak(
     let stop = false;
     const sampler = (async () => {
       while (!stop) {
-        const [depth, info] = await Promise.all([redis.llen(`${base}:wait`), redis.info("memory")]);
+        const [depth, info] = await Promise.all([queued(), redis.info("memory")]);
         const s: SoakSample = {
           t: Math.round((Date.now() - t0) / 1000),
           done: completedCount,
@@ -1091,7 +1096,7 @@ export async function soak(
     // Producer: bulk submits, keeping the backlog bounded (like a well-behaved upstream).
     const producer = async () => {
       while (sent < total) {
-        const depth = await redis.llen(`${base}:wait`);
+        const depth = await queued();
         if (depth > 4000) {
           await sleep(50);
           continue;
@@ -1115,9 +1120,7 @@ export async function soak(
       while (!stop) {
         // Settled so far = accepted minus what is still waiting or active (the completed
         // set itself shrinks once BullMQ starts removing results older than RESULT_TTL).
-        const [w, a] = await Promise.all([redis.llen(`${base}:wait`), redis.llen(`${base}:active`)]).catch(() => [
-          0, 0,
-        ]);
+        const [w, a] = await Promise.all([queued(), redis.llen(`${base}:active`)]).catch(() => [0, 0]);
         completedCount = Math.max(completedCount, ledger.accepted.size - (w ?? 0) - (a ?? 0));
         await sleep(500);
       }
@@ -1126,7 +1129,7 @@ export async function soak(
     // Drain: wait until nothing is waiting or active.
     const end = Date.now() + 120_000;
     while (Date.now() < end) {
-      const [w, a] = await Promise.all([redis.llen(`${base}:wait`), redis.llen(`${base}:active`)]);
+      const [w, a] = await Promise.all([queued(), redis.llen(`${base}:active`)]);
       if (w + a === 0) break;
       await sleep(500);
     }

@@ -65,8 +65,15 @@ export async function readAudit(fleet: TestFleet): Promise<AuditRecord[]> {
 
 export type QueueCounts = Record<"waiting" | "prioritized" | "delayed" | "active" | "completed" | "failed", number>;
 
-/** Counts of a model's BullMQ queue in every state, read straight from Redis. */
-export async function queueCounts(fleet: TestFleet, model: string): Promise<QueueCounts & { total: number }> {
+/**
+ * Counts of a model's BullMQ queue in every state, read straight from Redis; `queued`:
+ * jobs waiting for a worker (high ones in the wait list, normal and low ones in the
+ * prioritized set).
+ */
+export async function queueCounts(
+  fleet: TestFleet,
+  model: string,
+): Promise<QueueCounts & { total: number; queued: number }> {
   const q = new Queue(queueName(model), { connection: fleet.redis, prefix: queuePrefix(fleet.prefix, model) });
   try {
     const c = await q.getJobCounts("waiting", "prioritized", "delayed", "active", "completed", "failed");
@@ -78,7 +85,11 @@ export async function queueCounts(fleet: TestFleet, model: string): Promise<Queu
       completed: c.completed ?? 0,
       failed: c.failed ?? 0,
     };
-    return { ...counts, total: Object.values(counts).reduce((a, b) => a + b, 0) };
+    return {
+      ...counts,
+      total: Object.values(counts).reduce((a, b) => a + b, 0),
+      queued: counts.waiting + counts.prioritized,
+    };
   } finally {
     await q.close();
   }

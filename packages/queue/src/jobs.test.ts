@@ -156,10 +156,11 @@ describe("JobQueues.enqueueMany", () => {
         expect(a.inputs?.equals(lone.inputs)).toBe(true);
         expect(a.inputsExpireAfterDeadline).toBeGreaterThan(0);
         expect({ ...a, data: null, inputs: null }).toEqual({ ...b, data: null, inputs: null });
-        // Where each went: the wait list (normal, high: LIFO at its head) or the prioritized set (low).
+        // Where each went: the wait list (high: LIFO at its head) or the prioritized set
+        // (normal, where the take orders it by fair shares, and low behind it).
         const waiting = await redis.lrange(`${q}:wait`, 0, -1);
         const prioritized = await redis.zrange(`${q}:prioritized`, 0, -1);
-        for (const i of [lone, ...bulk]) expect(priority === "low" ? prioritized : waiting).toContain(i.id);
+        for (const i of [lone, ...bulk]) expect(priority === "high" ? waiting : prioritized).toContain(i.id);
       }
     } finally {
       await queues.close();

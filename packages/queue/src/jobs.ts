@@ -18,19 +18,23 @@ export interface QueueSettings {
   backoffMs: number;
 }
 
+/** BullMQ's largest priority: 'low' jobs wait behind every normal one. */
+export const LOW_PRIORITY = 2 ** 21 - 1;
+
 /**
- * Priority without hiding work from the autoscaler: `high` goes to the head of the
- * wait list (LIFO), `normal` to its tail, `low` to BullMQ's prioritized set, which
- * workers drain only when the wait list is empty. KEDA reads the wait list.
+ * Priority without hiding work from the autoscaler (KEDA counts the wait list and the
+ * prioritized set): `high` goes to the head of the wait list (LIFO), which workers take
+ * first; `normal` to BullMQ's prioritized set at priority 1, where the take orders it by
+ * fair shares between tenants (takeJobs-9.lua); `low` to the same set behind all of them.
  */
 export function priorityOptions(p: Priority): { lifo?: boolean; priority?: number } {
   switch (p) {
     case "high":
       return { lifo: true };
     case "normal":
-      return {};
+      return { priority: 1 };
     case "low":
-      return { priority: 10 };
+      return { priority: LOW_PRIORITY };
   }
 }
 

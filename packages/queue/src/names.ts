@@ -77,7 +77,7 @@ export const keys = {
   cancelled: (prefix: string, id: string) => `${queuePrefix(prefix, modelOfJobId(id))}:cancelled:${id}`,
   /** A cancel asked for (set by the API before it publishes the cancel), in its queue's slot. */
   cancelRequested: (prefix: string, id: string) => `${keys.cancelRequestedPrefix(prefix, modelOfJobId(id))}${id}`,
-  /** What a model's cancel flags start with (the job id follows), as takeJobs-8.lua builds them. */
+  /** What a model's cancel flags start with (the job id follows), as takeJobs-9.lua builds them. */
   cancelRequestedPrefix: (prefix: string, model: string) => `${queuePrefix(prefix, model)}:cancel-requested:`,
   cancelChannel: (prefix: string) => `${prefix}:cancel`,
   /** Per-tenant queued jobs and input bytes: added by the API on accept, released when a job's outbox entry is relayed. */

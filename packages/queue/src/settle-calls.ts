@@ -55,7 +55,7 @@ export function finishJobsQueueKeys(prefix: string, model: string): FinishJobsQu
   ];
 }
 
-/** takeJobs-8.lua's keys for `model`. */
+/** takeJobs-9.lua's keys for `model`. */
 export function takeJobsKeys(prefix: string, model: string): TakeJobsKeys {
   const bull = (part: string) => keys.bull(prefix, model, part);
   return [
@@ -67,5 +67,6 @@ export function takeJobsKeys(prefix: string, model: string): TakeJobsKeys {
     bull("meta"),
     bull("pc"),
     bull("marker"),
+    bull("fair"),
   ];
 }

@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { Writable } from "node:stream";
-import { CitadelError, type JobData, type JobResult } from "@citadel/contracts";
+import { CitadelError, type JobData, type JobResult, type Priority } from "@citadel/contracts";
 import {
   bullConnection,
   JOB_NAME,
   keys,
   parseOutboxEntry,
+  priorityOptions,
   queueName,
   queuePrefix,
   type Redis,
@@ -80,26 +81,34 @@ async function setup(opts: { attempts?: number; backoffMs?: number; blockSeconds
     await queue.obliterate({ force: true });
     await queue.close();
   });
-  const data = (tenant: string): JobData => ({
+  const data = (tenant: string, batch = 1): JobData => ({
     tenant,
     model: "m",
     version: "1",
-    inputs: [{ name: "x", dtype: "float32", shape: [1, 1] }],
-    batch: 1,
+    inputs: [{ name: "x", dtype: "float32", shape: [batch, 1] }],
+    batch,
     inputBytes: 4,
     timeoutMs: 5000,
     acceptedAt: Date.now(),
     deadline: Date.now() + 60_000,
     requestId: "r",
   });
-  /** Enqueues jobs as the API does: a quota reservation per job, and input bytes beside the job. */
-  const add = async (n: number, tenant = "t") => {
+  /**
+   * Enqueues jobs as the API does: a quota reservation per job, and input bytes beside
+   * the job; with a priority, where the API puts it (else the wait list's tail).
+   */
+  const add = async (n: number, tenant = "t", as: { priority?: Priority; batch?: number } = {}) => {
     const ids = Array.from({ length: n }, () => `m.${randomBytes(12).toString("hex")}`);
     await queue.addBulk(
       ids.map((id) => ({
         name: JOB_NAME,
-        data: data(tenant),
-        opts: { jobId: id, attempts: opts.attempts ?? 1, backoff: { type: "fixed", delay: opts.backoffMs ?? 60_000 } },
+        data: data(tenant, as.batch),
+        opts: {
+          jobId: id,
+          attempts: opts.attempts ?? 1,
+          backoff: { type: "fixed", delay: opts.backoffMs ?? 60_000 },
+          ...(as.priority ? priorityOptions(as.priority) : {}),
+        },
       })),
     );
     const m = redis.multi();
@@ -229,6 +238,60 @@ describe("JobLease fetch", () => {
     expect(await lease.fetch(8)).toHaveLength(3);
     expect(await lease.fetch(4)).toEqual([]);
     expect(await commands()).toEqual(["evalsha", "evalsha"]);
+  });
+
+  it("interleaves tenants' normal jobs by fair shares, first-come within each tenant", async () => {
+    // A take that leaves jobs behind stores their tags; one that takes them all orders
+    // them in memory. Both give pairs (equal shares), then a's backlog alone.
+    for (const take of [[2, 6], [8]]) {
+      const { lease, add } = await setup();
+      const a = await add(6, "a", { priority: "normal" });
+      const b = await add(2, "b", { priority: "normal" });
+      const jobs: LeasedJob[] = [];
+      for (const n of take) jobs.push(...(await lease.fetch(n)));
+      const order = jobs.map((j) => j.id);
+      expect(new Set(order.slice(0, 2))).toEqual(new Set([a[0], b[0]]));
+      expect(new Set(order.slice(2, 4))).toEqual(new Set([a[1], b[1]]));
+      expect(order.slice(4)).toEqual(a.slice(2));
+      // Each job was locked with the token the worker holds for it: all settle.
+      for (const j of jobs)
+        expect(await lease.complete(j, JSON.stringify(result), j.data as JobData)).toBe("completed");
+    }
+  });
+
+  it("puts a tenant that arrives behind another's backlog next in line, not behind all of it", async () => {
+    const { lease, add } = await setup();
+    const a = await add(40, "a", { priority: "normal" });
+    expect((await lease.fetch(3)).map((j) => j.id)).toEqual(a.slice(0, 3));
+    const [b] = await add(1, "b", { priority: "normal" });
+    const next = (await lease.fetch(2)).map((j) => j.id);
+    expect(new Set(next)).toEqual(new Set([a[3], b]));
+    // The same when the take empties the queue: the newcomer's share starts at the queue's
+    // virtual time (ordered in memory, beside a's stored tags).
+    const [c] = await add(1, "c", { priority: "normal" });
+    const all = (await lease.fetch(100)).map((j) => j.id);
+    expect(new Set(all.slice(0, 2))).toEqual(new Set([a[4], c]));
+    expect(all.slice(2)).toEqual(a.slice(5));
+  });
+
+  it("weighs a job by its samples: a 4-sample job counts as four", async () => {
+    const { lease, add } = await setup();
+    const [c] = await add(1, "c", { priority: "normal", batch: 4 });
+    const a = await add(5, "a", { priority: "normal" });
+    const order = (await lease.fetch(6)).map((j) => j.id);
+    expect(order.slice(0, 3)).toEqual(a.slice(0, 3));
+    expect(new Set(order.slice(3, 5))).toEqual(new Set([a[3], c]));
+    expect(order[5]).toBe(a[4]);
+  });
+
+  it("takes high jobs first and low ones after every normal one, and forgets shares once the queue is empty", async () => {
+    const { lease, add, redis, prefix } = await setup();
+    const [low] = await add(1, "a", { priority: "low" });
+    const [normal] = await add(1, "a", { priority: "normal" });
+    const [high] = await add(1, "b", { priority: "high" });
+    expect((await lease.fetch(3)).map((j) => j.id)).toEqual([high, normal, low]);
+    expect(await lease.fetch(1)).toEqual([]);
+    expect(await redis.exists(keys.bull(prefix, "m", "fair"))).toBe(0);
   });
 
   it("leaves a taken job as BullMQ's moveToActive does, and promotes delayed jobs whose time has come", async () => {

@@ -31,7 +31,7 @@ import { Job, type JobsOptions, Worker } from "bullmq";
  * outcome), so retention costs a result's size, not an input's.
  *
  * Round trips, not jobs, are what it economises:
- * - `fetch(n)` takes up to n jobs in one script call, takeJobs-8.lua: BullMQ's
+ * - `fetch(n)` takes up to n jobs in one script call, takeJobs-9.lua: BullMQ's
  *   moveToActive for each job (lock, `active` event, stamps), with the metadata read,
  *   delayed-job promotion and wake-up marker once per call (~6 Redis commands a job
  *   against ~10); an empty queue costs one call that finds nothing. The same answer
@@ -49,7 +49,7 @@ import { Job, type JobsOptions, Worker } from "bullmq";
  *   lost and that runs again elsewhere.
  *
  * BullMQ internals used (bullmq 6.x, RedisQueueBackend; re-check on upgrade):
- * finishJobs-9.lua and takeJobs-8.lua mirror commands/moveToFinished-14.lua and
+ * finishJobs-9.lua and takeJobs-9.lua mirror commands/moveToFinished-14.lua and
  * moveToActive-11.lua (tests compare their traces) and read BullMQ's hash fields by
  * their stored names (`data`, `opts`, `timestamp`, `atm`, `defa`, `stacktrace`);
  * `backend.finishedErrors` (the error a negative script answer maps to). The

@@ -184,6 +184,8 @@ export class Submitter {
     const outputs = req.outputs ? resolveOutputs(req.outputs, manifest) : undefined;
     const now = Date.now();
     const policy = mergePolicies(manifest.outputPolicy, ctx.tenant.outputPolicy[req.model]);
+    // Field order matters: the worker's take (takeJobs-9.lua) reads the tenant as the
+    // first field and `batch` before any field the tenant chooses (metadata).
     const data: JobData = {
       tenant: ctx.tenant.id,
       model: req.model,

@@ -26,7 +26,7 @@
     ARGV[3] the keep age of completed jobs in seconds ('' keeps them, or skips the removal this time)
     ARGV[4] the keep age of failed jobs in seconds ('' as ARGV[3])
     ARGV[5] the queue's key prefix ('<prefix>:<queue>:'): a job's hash is ARGV[5] .. id and
-            its input bytes that .. ':in' (as takeJobs-8.lua builds them: both in the
+            its input bytes that .. ':in' (as takeJobs-9.lua builds them: both in the
             queue's slot), and old jobs' keys are removed by it
     ARGV[6] the prefix of the queue's cancel flags ('<queue prefix>:cancel-requested:')
     ARGV[7] the failure reason of a completion a cancel overtook ('CANCELLED: …')

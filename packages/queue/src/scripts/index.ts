@@ -17,7 +17,7 @@ const FILES = {
   quotaReleaseMany: "quotaReleaseMany.lua",
   settleFinal: "settleFinal-3.lua",
   finishJobs: "finishJobs-9.lua",
-  takeJobs: "takeJobs-8.lua",
+  takeJobs: "takeJobs-9.lua",
   batchRecord: "batchRecord-3.lua",
   batchSettled: "batchSettled-2.lua",
   tokenBuckets: "tokenBuckets.lua",
@@ -108,7 +108,7 @@ export function settleFinalArgv(a: SettleFinalArgs): Arg[] {
   ];
 }
 
-/** takeJobs-8.lua's keys, in its KEYS order. */
+/** takeJobs-9.lua's keys, in its KEYS order. */
 export type TakeJobsKeys = [
   wait: string,
   active: string,
@@ -118,6 +118,7 @@ export type TakeJobsKeys = [
   meta: string,
   priorityCounter: string,
   marker: string,
+  fairShares: string,
 ];
 
 export interface TakeJobsCall {
@@ -159,7 +160,7 @@ export interface TakenJob {
  */
 export type TakenJobs = { jobs: TakenJob[]; nextDueAt: number } | "unsupported";
 
-/** One entry of takeJobs-8.lua's answer (binary-safe: every string a Buffer). */
+/** One entry of takeJobs-9.lua's answer (binary-safe: every string a Buffer). */
 type RawTakenJob = [
   id: Buffer,
   data: Buffer | null,
