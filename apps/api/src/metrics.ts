@@ -22,7 +22,7 @@ export function apiMetrics(registry: Registry) {
     oldest: gauge(
       registry,
       "citadel_queue_oldest_waiting_seconds",
-      "Age of the oldest job waiting for a worker (low priority included)",
+      "Age of the oldest of the jobs a worker would take next (the heads of the wait list and of the prioritized set, where normal jobs wait in fair-share order); it grows while no worker takes any",
       ["model"],
     ),
     // Final outcomes whose quota release, batch line and notification the outbox relay has not applied yet.
