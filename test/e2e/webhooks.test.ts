@@ -231,8 +231,10 @@ describe("completion webhooks", () => {
     // The delivery job is done: completed after three attempts, nothing more to send.
     const id = got[0]?.headers["webhook-id"] as string;
     const dj = await pollUntil("the delivery job to complete", async () => {
-      const j = await deliveries.getJob(id);
-      return (await j?.getState()) === "completed" ? j : undefined;
+      // The state first, then the job: a job read while still active, and found completed
+      // by a later getState, would carry no return value.
+      if ((await deliveries.getJobState(id)) !== "completed") return undefined;
+      return await deliveries.getJob(id);
     });
     // What the receiver saw is the contract, not BullMQ's attemptsMade (a stalled attempt
     // under load is re-run without counting as made): three calls, the last one answered.
@@ -249,8 +251,9 @@ describe("completion webhooks", () => {
     const got = await receiver.waitFor("four attempts", () => receiver.about(sub.json.id), 4);
     const id = got[0]?.headers["webhook-id"] as string;
     const dj = await pollUntil("the delivery job to fail", async () => {
-      const j = await deliveries.getJob(id);
-      return (await j?.getState()) === "failed" ? j : undefined;
+      // The state first, then the job (read while still active it would carry neither).
+      if ((await deliveries.getJobState(id)) !== "failed") return undefined;
+      return await deliveries.getJob(id);
     });
     expect(dj?.attemptsMade).toBe(4);
     expect(dj?.failedReason).toMatch(/answered HTTP 500/);
