@@ -218,9 +218,11 @@ describe("one tenant's limits and inputs fail only its own jobs", () => {
     });
     const v = await final(victimKey, victim);
     expect(v.status).toBe("completed");
-    // Equal shares: the victim's job runs first or second, before the flood's second run ends.
+    // Equal shares: the victim's job runs first or second, so it is settled no later than
+    // the flood's second job (the same millisecond when a stalled machine settles the two
+    // runs together); first-come, it would be settled after all twelve.
     floodDone.sort((a, b) => a - b);
-    expect(Date.parse(v.finishedAt)).toBeLessThan(floodDone[1] as number);
+    expect(Date.parse(v.finishedAt)).toBeLessThanOrEqual(floodDone[1] as number);
   });
 
   it("a poison input fails only its own job (the batch is split), with a code and a generic message", async () => {
