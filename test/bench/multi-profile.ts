@@ -6,7 +6,8 @@
  *
  *   node --conditions=@citadel/source --import tsx test/bench/multi-profile.ts [seconds] [clients] [profile dir]
  *
- * NO_PROFILE, NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
+ * NO_PROFILE, NODE_ARGS and APP_FORM=dist as in capacity-profile.ts; OCR_RUN_BATCH=4 seals
+ * the model with runBatch 4 (runs of 4 samples).
  */
 import { rmSync } from "node:fs";
 import path from "node:path";

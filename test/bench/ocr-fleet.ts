@@ -34,7 +34,14 @@ export async function startOcrFleet(
   await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
     name: "ocr-cls",
     version: "1",
-    spec: { maxBatch: 16, maxQueueDelayMs: 2, executionProviders: ["cpu"], inputs: { x: { range: [-1, 1] } } },
+    spec: {
+      maxBatch: 16,
+      // OCR_RUN_BATCH: runs of that many samples (the manifest's runBatch), for A/B runs.
+      ...(process.env.OCR_RUN_BATCH ? { runBatch: Number(process.env.OCR_RUN_BATCH) } : {}),
+      maxQueueDelayMs: 2,
+      executionProviders: ["cpu"],
+      inputs: { x: { range: [-1, 1] } },
+    },
   });
   const apiPort = await freePort();
   const api = await startProc("api", "api", apiEnv(fleet.env, apiPort), fleet.logDir, apiPort, opts);

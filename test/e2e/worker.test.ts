@@ -36,6 +36,12 @@ beforeAll(async () => {
     version: "1",
     spec: { maxBatch: 2, maxQueueDelayMs: 1000 },
   });
+  // runBatch 2 below maxBatch 8: a batch of 7 samples takes four runs, each fed the unbatched scale.
+  await fleet.publish(buildScalarInputModel(), {
+    name: "scalarcut",
+    version: "1",
+    spec: { maxBatch: 8, runBatch: 2, maxQueueDelayMs: 1000 },
+  });
   await fleet.publish(buildBatchAxisLastModel(), {
     name: "batchlast",
     version: "1",
@@ -194,6 +200,35 @@ describe("micro-batching equals unbatched onnxruntime", () => {
         feeds: {
           x: new ort.Tensor("float32", j.x, [1, 3]),
           scale: new ort.Tensor("float32", Float32Array.of(j.scale), []),
+        },
+        view: views[i],
+      })),
+    );
+  });
+
+  it("runs a batch larger than the manifest's runBatch as several runs, each job's result equal to a direct run", async () => {
+    const jobs = [5, 1, 1].map((n, i) => ({ n, x: Float32Array.from({ length: 3 * n }, (_, k) => k * 0.25 - i) }));
+    const ids = await queuedBeforeWorker(fleet, () =>
+      Promise.all(
+        jobs.map((j) =>
+          submit("scalarcut", {
+            x: { dtype: "float32", shape: [j.n, 3], data: b64(j.x) },
+            scale: { dtype: "float32", shape: [], data: [3] },
+          }),
+        ),
+      ),
+    );
+    const views = await Promise.all(ids.map(waitFor));
+    expect(views.map((v) => v.status)).toEqual(["completed", "completed", "completed"]);
+    // One batch of 7 samples (maxBatch 8), run as 2 + 2 + 2 + 1: the 5-sample job spans three runs.
+    expect(await runCounts("scalarcut")).toEqual({ samples: 7, runs: 4 });
+    expect(views.map((v) => v.result.batchSize)).toEqual([5, 1, 1]);
+    await expectSameAsDirect(
+      buildScalarInputModel(),
+      jobs.map((j, i) => ({
+        feeds: {
+          x: new ort.Tensor("float32", j.x, [j.n, 3]),
+          scale: new ort.Tensor("float32", Float32Array.of(3), []),
         },
         view: views[i],
       })),

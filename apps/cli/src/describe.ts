@@ -4,45 +4,52 @@ import * as ort from "onnxruntime-node";
 import { z } from "zod";
 
 /** The parts of a manifest an operator states; the rest is read from the model. */
-export const SealSpec = z.strictObject({
-  maxBatch: z.number().int().min(1).default(8),
-  maxQueueDelayMs: z.number().int().min(0).max(1000).default(2),
-  timeoutMs: z.number().int().min(1).default(5000),
-  executionProviders: z.array(z.enum(["tensorrt", "cuda", "cpu"])).default(["cpu"]),
-  /** Default batch axis for every tensor whose dimension there is dynamic; null: no batching. */
-  batchAxis: z.number().int().min(0).nullable().default(0),
-  inputs: z
-    .record(
-      z.string(),
-      z.strictObject({
-        range: z.tuple([z.number(), z.number()]).optional(),
-        maxDim: z.number().int().min(1).optional(),
-        batchAxis: z.number().int().min(0).nullable().optional(),
-        /** Clients send this float32 input as bfloat16; the worker widens it exactly (docs/contract.md#jobs). */
-        dtype: z.literal("bfloat16").optional(),
-      }),
-    )
-    .default({}),
-  outputs: z
-    .record(z.string(), z.strictObject({ batchAxis: z.number().int().min(0).nullable().optional() }))
-    .default({}),
-  outputPolicy: z
-    .strictObject({
-      allowedOutputs: z.array(z.string()).optional(),
-      topK: z.number().int().min(1).optional(),
-      decimals: z.number().int().min(0).max(8).optional(),
-      labelOnly: z.boolean().optional(),
-    })
-    .default({}),
-  tensorrt: z
-    .strictObject({
-      gpuArch: z.string(),
-      minBatch: z.number().int(),
-      optBatch: z.number().int(),
-      maxBatch: z.number().int(),
-    })
-    .optional(),
-});
+export const SealSpec = z
+  .strictObject({
+    maxBatch: z.number().int().min(1).default(8),
+    /** Samples per onnxruntime run, when the runner is faster per sample below maxBatch (see the manifest's runBatch). */
+    runBatch: z.number().int().min(1).optional(),
+    maxQueueDelayMs: z.number().int().min(0).max(1000).default(2),
+    timeoutMs: z.number().int().min(1).default(5000),
+    executionProviders: z.array(z.enum(["tensorrt", "cuda", "cpu"])).default(["cpu"]),
+    /** Default batch axis for every tensor whose dimension there is dynamic; null: no batching. */
+    batchAxis: z.number().int().min(0).nullable().default(0),
+    inputs: z
+      .record(
+        z.string(),
+        z.strictObject({
+          range: z.tuple([z.number(), z.number()]).optional(),
+          maxDim: z.number().int().min(1).optional(),
+          batchAxis: z.number().int().min(0).nullable().optional(),
+          /** Clients send this float32 input as bfloat16; the worker widens it exactly (docs/contract.md#jobs). */
+          dtype: z.literal("bfloat16").optional(),
+        }),
+      )
+      .default({}),
+    outputs: z
+      .record(z.string(), z.strictObject({ batchAxis: z.number().int().min(0).nullable().optional() }))
+      .default({}),
+    outputPolicy: z
+      .strictObject({
+        allowedOutputs: z.array(z.string()).optional(),
+        topK: z.number().int().min(1).optional(),
+        decimals: z.number().int().min(0).max(8).optional(),
+        labelOnly: z.boolean().optional(),
+      })
+      .default({}),
+    tensorrt: z
+      .strictObject({
+        gpuArch: z.string(),
+        minBatch: z.number().int(),
+        optBatch: z.number().int(),
+        maxBatch: z.number().int(),
+      })
+      .optional(),
+  })
+  .refine((s) => s.runBatch === undefined || s.runBatch <= s.maxBatch, {
+    message: "runBatch must not exceed maxBatch",
+    path: ["runBatch"],
+  });
 export type SealSpec = z.infer<typeof SealSpec>;
 export type SealSpecInput = z.input<typeof SealSpec>;
 
@@ -96,7 +103,7 @@ export function describeIo(
   inputs: IoDescription[],
   outputs: IoDescription[],
   spec: SealSpec,
-): Pick<ManifestBody, "inputs" | "outputs" | "maxBatch"> {
+): Pick<ManifestBody, "inputs" | "outputs" | "maxBatch" | "runBatch"> {
   for (const i of inputs) if (i.type === "bfloat16") throw refuseBfloat16("input", i.name);
   for (const o of outputs) if (o.type === "bfloat16") throw refuseBfloat16("output", o.name);
   const ins = inputs.map((i) => {
@@ -116,7 +123,8 @@ export function describeIo(
     return toSpec(o, s.batchAxis === undefined ? spec.batchAxis : s.batchAxis, {});
   });
   const batched = ins.some((i) => i.batchAxis !== null);
-  return { inputs: ins, outputs: outs, maxBatch: batched ? spec.maxBatch : 1 };
+  if (!batched) return { inputs: ins, outputs: outs, maxBatch: 1 };
+  return { inputs: ins, outputs: outs, maxBatch: spec.maxBatch, ...(spec.runBatch ? { runBatch: spec.runBatch } : {}) };
 }
 
 /** Reads I/O metadata with onnxruntime, from memory (the plaintext never touches disk). */

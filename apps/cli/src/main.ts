@@ -125,7 +125,7 @@ program
   .requiredOption("--version <version>", "model version")
   .option(
     "--spec <file>",
-    'JSON: maxBatch, maxQueueDelayMs, timeoutMs, executionProviders, batchAxis, inputs{range,maxDim,batchAxis,dtype:"bfloat16"}, outputPolicy, tensorrt',
+    'JSON: maxBatch, runBatch, maxQueueDelayMs, timeoutMs, executionProviders, batchAxis, inputs{range,maxDim,batchAxis,dtype:"bfloat16"}, outputPolicy, tensorrt',
   )
   .option(
     "--engine-io <file>",

@@ -61,6 +61,14 @@ describe("seal → verify → open", () => {
     expect(body.artifact.plaintextSha256).toBe(sha256(model));
   });
 
+  it("signs a runBatch within maxBatch and refuses, before signing, one past it", async () => {
+    const { signed } = await sealModel(model, { ...description("m"), runBatch: 4 }, keys, "citadel-models", keys);
+    expect(verifyManifest(signed, trusted, { name: "m", version: "1" }).runBatch).toBe(4);
+    await expect(
+      sealModel(model, { ...description("m"), runBatch: 9 }, keys, "citadel-models", keys),
+    ).rejects.toMatchObject({ code: "MANIFEST_INVALID", message: expect.stringContaining("runBatch") });
+  });
+
   it("rejects every single-bit change to every manifest field (signature)", async () => {
     const { signed } = await sealModel(model, description("m"), keys, "citadel-models", keys);
     const leaves: string[][] = [];

@@ -1,4 +1,4 @@
-import type { ManifestBody, SignedManifest } from "@citadel/contracts";
+import { CitadelError, ManifestBody, type SignedManifest } from "@citadel/contracts";
 import type { KeyProvider, ManifestSigner } from "@citadel/keys";
 import { sealArtifact } from "./seal.js";
 import { signManifest } from "./signing.js";
@@ -27,5 +27,14 @@ export async function sealModel(
     artifact: ref,
     createdAt: new Date().toISOString(),
   };
+  // Nothing is signed that a worker's verification would refuse.
+  const checked = ManifestBody.safeParse(body);
+  if (!checked.success) {
+    const issue = checked.error.issues[0];
+    throw new CitadelError(
+      "MANIFEST_INVALID",
+      `manifest fails the schema: ${issue?.path.join(".")}: ${issue?.message}`,
+    );
+  }
   return { signed: await signManifest(body, signer), artifact };
 }

@@ -48,25 +48,36 @@ export const ArtifactRef = z.strictObject({
 });
 export type ArtifactRef = z.infer<typeof ArtifactRef>;
 
-export const ManifestBody = z.strictObject({
-  schema: z.literal("citadel.manifest/v1"),
-  name: ModelName,
-  version: ModelVersion,
-  format: z.enum(["onnx", "tensorrt-epcontext"]),
-  inputs: z.array(TensorSpec).min(1).max(32),
-  outputs: z.array(TensorSpec).min(1).max(32),
-  /** Max samples per run (sum of the jobs' batch sizes); 1 with no batch axis. */
-  maxBatch: z.number().int().min(1).max(4096),
-  /** How long a worker may hold the first job of a batch waiting for more. */
-  maxQueueDelayMs: z.number().int().min(0).max(1000),
-  /** Default and ceiling for a job's execution timeout. */
-  timeoutMs: z.number().int().min(1).max(600_000),
-  executionProviders: z.array(ExecutionProvider).min(1),
-  tensorrt: TensorRtProfile.optional(),
-  outputPolicy: OutputPolicy,
-  artifact: ArtifactRef,
-  createdAt: z.string(),
-});
+export const ManifestBody = z
+  .strictObject({
+    schema: z.literal("citadel.manifest/v1"),
+    name: ModelName,
+    version: ModelVersion,
+    format: z.enum(["onnx", "tensorrt-epcontext"]),
+    inputs: z.array(TensorSpec).min(1).max(32),
+    outputs: z.array(TensorSpec).min(1).max(32),
+    /** Max samples per job and per batch of jobs (sum of their batch sizes); 1 with no batch axis. */
+    maxBatch: z.number().int().min(1).max(4096),
+    /**
+     * Max samples per onnxruntime run, when the runner is faster per sample at a smaller
+     * batch than `maxBatch` (as CPUs often are: cache): batches close at this size, and a
+     * job larger than it runs as several runs of this size. Absent: `maxBatch`.
+     */
+    runBatch: z.number().int().min(1).max(4096).optional(),
+    /** How long a worker may hold the first job of a batch waiting for more. */
+    maxQueueDelayMs: z.number().int().min(0).max(1000),
+    /** Default and ceiling for a job's execution timeout. */
+    timeoutMs: z.number().int().min(1).max(600_000),
+    executionProviders: z.array(ExecutionProvider).min(1),
+    tensorrt: TensorRtProfile.optional(),
+    outputPolicy: OutputPolicy,
+    artifact: ArtifactRef,
+    createdAt: z.string(),
+  })
+  .refine((m) => m.runBatch === undefined || m.runBatch <= m.maxBatch, {
+    message: "runBatch must not exceed maxBatch",
+    path: ["runBatch"],
+  });
 export type ManifestBody = z.infer<typeof ManifestBody>;
 
 export const ManifestSignature = z.strictObject({

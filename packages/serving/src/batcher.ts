@@ -51,7 +51,7 @@ export function batchKey(
 }
 
 export interface BatcherOptions {
-  /** Samples per run (the manifest's maxBatch); 1 when the model cannot batch. */
+  /** Samples per batch (the manifest's maxBatch); 1 when the model cannot batch. */
   maxSamples: number;
   /** How long the first job of a batch may wait for company (the manifest's maxQueueDelayMs). */
   maxDelayMs: number;

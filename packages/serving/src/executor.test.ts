@@ -293,6 +293,93 @@ describe("executor", () => {
   });
 });
 
+describe("executor, a model that runs best below its maxBatch (runBatch)", () => {
+  const cut = { ...manifest, maxBatch: 16, runBatch: 4 } as ManifestBody;
+  /** A job of `n` samples x = [[0, .5], [1, .5], …], poison at `poisonAt`. */
+  const wide = (id: string, n: number, poisonAt = -1): RunJob => {
+    const data = new Float32Array(2 * n);
+    for (let i = 0; i < n; i++) data.set([i === poisonAt ? POISON : i, 0.5], 2 * i);
+    return { ...job(id, 0), tensors: { x: { dtype: "float32", shape: [n, 2], data } }, samples: n };
+  };
+  const run = (jobs: RunJob[], runner: BatchRunner) => {
+    const outcomes = new Map<string, Outcome[]>();
+    const runs: RunReport[] = [];
+    const done = executeBatch(jobs, {
+      model: async () => ({ manifest: cut, runner }),
+      settle: async (j, o) => {
+        outcomes.set(j.id, [...(outcomes.get(j.id) ?? []), o]);
+      },
+      onRun: (r) => runs.push(r),
+      shutdown: new AbortController().signal,
+    });
+    return { done, outcomes, runs };
+  };
+  const values = (o: Outcome[] | undefined) => {
+    const r = o?.[0];
+    if (!r?.ok) return undefined;
+    const b = Buffer.from(r.outputs.y?.data ?? "", "base64");
+    return { shape: r.outputs.y?.shape, data: Array.from(new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4)) };
+  };
+
+  it("runs a job larger than runBatch as runs of runBatch and hands it one result, in order", async () => {
+    const runner = new FakeRunner();
+    const { done, outcomes, runs } = run([wide("big", 10)], runner);
+    const summary = await done;
+    expect(runner.runs).toEqual([
+      [0, 1, 2, 3],
+      [4, 5, 6, 7],
+      [8, 9],
+    ]);
+    const want = Array.from(wide("big", 10).tensors.x?.data as Float32Array);
+    expect(values(outcomes.get("big"))).toEqual({ shape: [10, 2], data: want });
+    expect(outcomes.get("big")).toHaveLength(1);
+    // Each run is reported (metrics count onnxruntime runs); the job is one success.
+    expect(runs.map((r) => [r.jobs, r.samples, r.ok])).toEqual([
+      [1, 4, true],
+      [1, 4, true],
+      [1, 2, true],
+    ]);
+    expect(summary).toEqual({ okRuns: 1, failedRuns: 0, inputFaults: 0 });
+  });
+
+  it("cuts a batch of several jobs into runs of runBatch across their boundaries; each job gets its own samples", async () => {
+    const runner = new FakeRunner();
+    const { done, outcomes, runs } = run([wide("a", 3), wide("b", 3), wide("c", 1)], runner);
+    await done;
+    expect(runner.runs).toEqual([
+      [0, 1, 2, 0],
+      [1, 2, 0],
+    ]);
+    expect(values(outcomes.get("a"))?.data).toEqual([0, 0.5, 1, 0.5, 2, 0.5]);
+    expect(values(outcomes.get("b"))?.data).toEqual([0, 0.5, 1, 0.5, 2, 0.5]);
+    expect(values(outcomes.get("c"))).toEqual({ shape: [1, 2], data: [0, 0.5] });
+    expect(runs.map((r) => [r.jobs, r.samples])).toEqual([
+      [3, 4],
+      [3, 3],
+    ]);
+  });
+
+  it("splits a failing batch of several jobs as before; each half again in runs of runBatch", async () => {
+    const runner = new FakeRunner("fail");
+    const { done, outcomes } = run([wide("a", 3), wide("poison", 3, 1), wide("c", 3)], runner);
+    const summary = await done;
+    expect(code(outcomes.get("poison"))).toBe("INPUT_FAULT");
+    expect(summary.inputFaults).toBe(1);
+    for (const id of ["a", "c"]) expect(values(outcomes.get(id))?.data).toEqual([0, 0.5, 1, 0.5, 2, 0.5]);
+    // 9 samples → [4,4,1] fails; [a,poison] → [4,2] fails; [a] ok, [poison] fails; [c] ok.
+    expect(runner.runs.map((r) => r.length)).toEqual([4, 4, 1, 4, 2, 3, 3, 3]);
+  });
+
+  it("fails the whole job, once, when one of its runs fails; its parts that ran do not make it the input's fault", async () => {
+    const runner = new FakeRunner("fail");
+    const { done, outcomes, runs } = run([wide("big", 10, 5)], runner);
+    const summary = await done;
+    expect(code(outcomes.get("big"))).toBe("RUNTIME_ERROR");
+    expect(runs.filter((r) => !r.ok)).toHaveLength(1);
+    expect(summary).toEqual({ okRuns: 0, failedRuns: 1, inputFaults: 0 });
+  });
+});
+
 describe("JobCancel", () => {
   it("cancels once, calls its listener once, and calls none once the listener is cleared", () => {
     const heard: string[] = [];

@@ -5,8 +5,11 @@ import {
   type ManifestBody,
   type OutputPolicy,
 } from "@citadel/contracts";
-import { RunnerGoneError, type RunResult } from "@citadel/runtime";
+import { RunnerGoneError } from "@citadel/runtime";
 import { applyOutputPolicy, concat, encodeTensor, mergePolicies, split, type Tensor } from "@citadel/tensors";
+import { type BatchRunner, partSizes, runInParts, samplesPerRun } from "./run-parts.js";
+
+export type { BatchRunner } from "./run-parts.js";
 
 /**
  * The executor: runs one batch on a model and gives every job its own outcome, once.
@@ -20,17 +23,6 @@ import { applyOutputPolicy, concat, encodeTensor, mergePolicies, split, type Ten
  * the model's own timeout — with several jobs in it is split in halves and each half
  * run again, so a poison input ends up failing only its own job, with its own code.
  */
-
-/** What the executor needs of a runner (ModelRunner in production). */
-export interface BatchRunner {
-  run(
-    feeds: Record<string, Tensor>,
-    outputs: string[],
-    timeoutMs: number,
-    signal?: AbortSignal,
-    onStart?: () => void,
-  ): Promise<RunResult>;
-}
 
 export interface ExecModel {
   manifest: ManifestBody;
@@ -194,12 +186,16 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
       }
     };
     try {
-      const res = await runner.run(
+      const sizes = partSizes(samples, samplesPerRun(manifest));
+      const res = await runInParts(
+        runner,
+        manifest,
         buildFeeds(
           manifest,
           open.map((j) => j.tensors),
         ),
         outputsFor(manifest, open),
+        sizes,
         manifest.timeoutMs,
         o.shutdown,
         startTimers,
@@ -207,7 +203,7 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
       for (const t of timers) clearTimeout(t);
       const perJob = splitOutputs(manifest, open, res.outputs);
       summary.okRuns++;
-      o.onRun({ jobs: open.length, samples, ok: true, ms: res.ms });
+      for (const r of res.runs) o.onRun({ jobs: open.length, samples: r.samples, ok: true, ms: r.ms });
       const inferenceMs = Math.round(res.ms * 100) / 100;
       open.forEach((j, k) => {
         settle(j, { ok: true, outputs: perJob[k] ?? {}, inferenceMs });
