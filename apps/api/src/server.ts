@@ -115,11 +115,14 @@ export async function startApi(env: ApiEnv, opts: { logDestination?: Destination
   );
   const consumer = `api:${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   // Quota shares, batch lines and notifications of jobs that ended, from their queues' outboxes.
+  // A model whose events this API follows (someone waits on its jobs) has its outbox read
+  // when a job's final event comes, not polled.
   const outbox = new OutboxRelay(
     redis,
-    { prefix: env.CITADEL_PREFIX, consumer, claimIdleMs: 10_000, idleMaxMs: 100 },
+    { prefix: env.CITADEL_PREFIX, consumer, claimIdleMs: 10_000, idleMaxMs: 100, followed: (m) => queues.follows(m) },
     log,
   );
+  queues.onFinalEvent((model) => outbox.nudge(model));
   outbox.setModels(catalog.models());
   outbox.start();
   await subscriber.subscribe(registry.channel);

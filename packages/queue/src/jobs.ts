@@ -78,6 +78,8 @@ export class JobQueues {
   private readonly finished = new RecentIds(10_000);
   /** Set by endWaits (shutdown): a wait returns the job's state at once. */
   private waitsEnded = false;
+  /** Called with the model on every final event a listener hears (the outbox relay's nudge). */
+  private finalListener: ((model: string) => void) | undefined;
 
   constructor(
     private readonly connection: Redis | Cluster,
@@ -94,6 +96,16 @@ export class JobQueues {
   /** How many Queue and QueueEvents objects are held (each QueueEvents holds a Redis connection). */
   cached(): { queues: number; events: number } {
     return { queues: this.queues.size, events: this.events.size };
+  }
+
+  /** Calls `listener` with the model on every final event (completed, failed, removed) this process hears. */
+  onFinalEvent(listener: (model: string) => void): void {
+    this.finalListener = listener;
+  }
+
+  /** Whether this process listens to the model's events now (its final events reach onFinalEvent). */
+  follows(model: string): boolean {
+    return this.events.get(model)?.live === true;
   }
 
   /** Jobs someone waits on or follows now (each entry holds listeners until its waiter lets go). */
@@ -472,16 +484,24 @@ export class JobQueues {
     if (this.events.get(model) !== l) throw new Error(`the event listener of '${model}' was closed as it started`);
     const ev = new QueueEvents(queueName(model), { connection: l.conn, prefix, lastEventId: last?.[0] ?? "0-0" });
     l.ev = ev;
-    ev.on("completed", ({ jobId, returnvalue }) =>
+    ev.on("completed", ({ jobId, returnvalue }) => {
       // BullMQ hands the stored string parsed (any JSON): only an object with outputs is a result.
-      this.notify(jobId, { result: isResult(returnvalue) ? returnvalue : undefined }),
-    );
-    ev.on("failed", ({ jobId }) => this.notify(jobId, null));
-    ev.on("removed", ({ jobId }) => this.notify(jobId, null));
+      this.notify(jobId, { result: isResult(returnvalue) ? returnvalue : undefined });
+      this.finalListener?.(model);
+    });
+    ev.on("failed", ({ jobId }) => {
+      this.notify(jobId, null);
+      this.finalListener?.(model);
+    });
+    ev.on("removed", ({ jobId }) => {
+      this.notify(jobId, null);
+      this.finalListener?.(model);
+    });
     ev.on("active", ({ jobId }) => {
       for (const w of [...(this.activeWatchers.get(jobId) ?? [])]) w();
     });
     await ev.waitUntilReady();
+    l.live = true;
   }
 
   /**
@@ -557,6 +577,8 @@ interface Listener {
   conn: Redis | Cluster;
   since: number;
   ready: Promise<unknown> | undefined;
+  /** Set once its QueueEvents is ready. */
+  live?: boolean;
 }
 
 function isResult(v: unknown): v is JobResult {

@@ -134,6 +134,51 @@ describe("OutboxRelay", () => {
     warnings.length = 0;
   });
 
+  it("reads a followed model's outbox when nudged, not by polling; other models' outboxes are still polled", async () => {
+    const other = "m2";
+    const otherJob = async (tenant: string) => {
+      const id = `${other}.${randomBytes(12).toString("hex")}`;
+      await redis
+        .multi()
+        .set(keys.quotaHeld(prefix, tenant, id), "4")
+        .incr(keys.tenantQueuedJobs(prefix, tenant))
+        .incrby(keys.tenantQueuedBytes(prefix, tenant), 4)
+        .exec();
+      await redis.hset(keys.job(prefix, other, id), { finishedOn: 1700000000000, returnvalue: '{"outputs":{}}' });
+      const call = settleFinalCall(prefix, other, id, { tenant } as JobData);
+      expect(await scripts(redis).settleFinal(call.keys, call.args)).toBe(1);
+    };
+    const reads = vi.spyOn(redis, "xreadgroup");
+    // A safety read only every minute: within this test a followed outbox is read on its first round and when nudged.
+    const r = new OutboxRelay(
+      redis,
+      { prefix, consumer: "api-follow", claimIdleMs: 10_000, idleMaxMs: 60_000, followed: (m) => m === model },
+      log,
+    );
+    r.setModels([model, other]);
+    try {
+      await settledJob("followed");
+      r.start();
+      await until("the first round", outboxEmpty);
+      await settledJob("followed");
+      // The other model's outbox is polled (its pause doubles up to idleMaxMs: give it one round).
+      await otherJob("polled");
+      await until("the polled outbox relayed", async () => (await redis.xlen(keys.outbox(prefix, other))) === 0);
+      const followedReads = () => reads.mock.calls.filter((c) => c.includes(keys.outbox(prefix, model))).length;
+      const before = followedReads();
+      await new Promise((res) => setTimeout(res, 300));
+      expect(await redis.xlen(keys.outbox(prefix, model))).toBe(1);
+      expect(followedReads()).toBe(before);
+      r.nudge(model);
+      await until("the nudged outbox relayed", outboxEmpty);
+      expect(await quota("followed")).toEqual(["0", "0"]);
+      expect(await quota("polled")).toEqual(["0", "0"]);
+    } finally {
+      reads.mockRestore();
+      await r.close();
+    }
+  });
+
   it("takes over the entries of a reader that died before finishing them", async () => {
     const stream = keys.outbox(prefix, model);
     await redis.xgroup("CREATE", stream, OUTBOX_GROUP, "0", "MKSTREAM").catch(() => undefined);

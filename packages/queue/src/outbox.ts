@@ -19,6 +19,12 @@ export interface OutboxRelaySettings {
   claimIdleMs: number;
   /** The longest pause between reads of idle outboxes (the pause doubles from 2 ms while nothing comes). */
   idleMaxMs: number;
+  /**
+   * Whether the model's final events reach {@link OutboxRelay.nudge} now (this process
+   * listens to its queue's events): its outbox is then read when nudged, and every
+   * `idleMaxMs` besides (an event lost to a reconnect), instead of polled. Absent: none.
+   */
+  followed?: (model: string) => boolean;
 }
 
 export interface OutboxLogger {
@@ -75,9 +81,12 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
  * delivery), then deletes and acknowledges the entry. An entry whose effects
  * fail stays pending and is tried again; a reader that dies leaves its entries to be
  * taken over (XAUTOCLAIM). On a Redis Cluster each queue's outbox is in that queue's
- * slot, so each is read on its own: non-blocking reads of every outbox together, paused
- * while all are idle (a blocking read per queue would hold a connection per model) and
- * briefly (2 ms) after a read that drained them.
+ * slot, so each is read on its own: non-blocking reads of the outboxes together (a
+ * blocking read per queue would hold a connection per model). An outbox whose queue's
+ * events this process follows is read when a job's final event says an entry is there
+ * (nudge), and every `idleMaxMs` besides; the others are polled, the pause doubling from
+ * 2 ms while nothing comes (a poll per round per model: at a few jobs a second that was
+ * several reads a job, each a wake-up of the API and of Redis).
  */
 export class OutboxRelay {
   private models: readonly string[] = [];
@@ -86,10 +95,11 @@ export class OutboxRelay {
   /** Outboxes whose reader left entries pending (effects failed): read again from the start. */
   private readonly retryOwn = new Set<string>();
   private closing = false;
-  /** Whether a read of this round came back with a full page (more may be waiting). */
-  private fullPage = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
+  /** Models to read in the next round: a final event came, or a read came back full. */
+  private nudged = new Set<string>();
+  private readonly lastRead = new Map<string, number>();
 
   constructor(
     private readonly redis: RedisConn,
@@ -105,6 +115,12 @@ export class OutboxRelay {
 
   start(): void {
     this.loop ??= this.run();
+  }
+
+  /** A job of `model` reached a final state: its outbox holds an entry, read it now. */
+  nudge(model: string): void {
+    this.nudged.add(model);
+    this.wake?.();
   }
 
   /**
@@ -129,17 +145,37 @@ export class OutboxRelay {
   }
 
   private async run(): Promise<void> {
-    let pause = 0;
+    const followed = this.s.followed ?? (() => false);
+    let backoff = 0;
     while (!this.closing) {
-      const handled = await Promise.all(this.models.map((m) => this.drain(m)));
-      const total = handled.reduce((a, b) => a + Math.max(0, b), 0);
+      const now = Date.now();
+      const nudged = this.nudged;
+      this.nudged = new Set();
+      const due = this.models.filter(
+        (m) => nudged.has(m) || !followed(m) || now - (this.lastRead.get(m) ?? 0) >= this.s.idleMaxMs,
+      );
+      for (const m of due) this.lastRead.set(m, now);
+      const handled = await Promise.all(due.map((m) => this.drain(m)));
+      // Entries found by polling (a followed outbox's entries say nothing of the others').
+      const polledEntries = handled.reduce((a, n, i) => a + (followed(due[i] as string) ? 0 : Math.max(0, n)), 0);
+      let pause: number;
       // After a failed read (Redis down), a second before the next: one warning per second at most.
       if (handled.some((n) => n < 0)) pause = 1000;
-      // A read that came back short drained its outbox: re-reading at once would find
-      // nothing (a command per round for no entry), so only a full page reads again now.
-      else if (total > 0) pause = this.fullPage ? 0 : 2;
-      else pause = Math.min(this.s.idleMaxMs, Math.max(2, pause * 2));
-      this.fullPage = false;
+      // A full page (more may be behind it), or a nudge during the round: read again now.
+      else if (this.nudged.size > 0) pause = 0;
+      else {
+        // Polled outboxes: a read that came back short drained its outbox (re-reading at
+        // once would find nothing), so 2 ms, doubling while nothing comes.
+        const polled = this.models.some((m) => !followed(m));
+        backoff = polledEntries > 0 ? 2 : Math.min(this.s.idleMaxMs, Math.max(2, backoff * 2));
+        pause = polled ? backoff : this.s.idleMaxMs;
+        // Followed outboxes: their safety read is due idleMaxMs after their last read.
+        const t = Date.now();
+        for (const m of this.models) {
+          if (followed(m)) pause = Math.min(pause, (this.lastRead.get(m) ?? 0) + this.s.idleMaxMs - t);
+        }
+        pause = Math.max(1, pause);
+      }
       if (pause > 0 && !this.closing) {
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, pause);
@@ -169,7 +205,7 @@ export class OutboxRelay {
       }
       if (this.retryOwn.delete(stream)) done += await this.apply(stream, await this.read(stream, "0"));
       const fresh = await this.read(stream, ">");
-      if (fresh.length >= PAGE) this.fullPage = true;
+      if (fresh.length >= PAGE) this.nudged.add(model);
       done += await this.apply(stream, fresh);
       return done;
     } catch (err) {
