@@ -370,6 +370,37 @@ describe("executor, a model that runs best below its maxBatch (runBatch)", () =>
     expect(runner.runs.map((r) => r.length)).toEqual([4, 4, 1, 4, 2, 3, 3, 3]);
   });
 
+  it("holds every job to the model's timeout across the batch's runs, while the runs go on", async () => {
+    // One run at a time, as ModelRunner runs them.
+    let queue = Promise.resolve();
+    const slow: BatchRunner = {
+      run: (feeds, _o, _t, _s, onStart) => {
+        const r = queue.then(async () => {
+          onStart?.();
+          await new Promise((res) => setTimeout(res, 400));
+          return { outputs: { y: feeds.x as Tensor }, ms: 400 };
+        });
+        queue = r.then(() => undefined);
+        return r;
+      },
+    };
+    vi.useFakeTimers();
+    try {
+      // 12 samples → 3 runs of 400 ms against the model's 1,000 ms timeout.
+      const { done, outcomes, runs } = run([wide("big", 12)], slow);
+      await vi.advanceTimersByTimeAsync(999);
+      expect(outcomes.get("big")).toBeUndefined();
+      await vi.advanceTimersByTimeAsync(1);
+      expect(code(outcomes.get("big"))).toBe("TIMEOUT");
+      await vi.advanceTimersByTimeAsync(200);
+      await done;
+      expect(outcomes.get("big")).toHaveLength(1);
+      expect(runs).toHaveLength(3);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("fails the whole job, once, when one of its runs fails; its parts that ran do not make it the input's fault", async () => {
     const runner = new FakeRunner("fail");
     const { done, outcomes, runs } = run([wide("big", 10, 5)], runner);

@@ -171,10 +171,13 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
     const samples = open.reduce((a, j) => a + j.samples, 0);
     const timers: NodeJS.Timeout[] = [];
     const started = performance.now();
-    // Jobs asking for less than the run's bound time out on their own, from when the run starts.
+    const sizes = partSizes(samples, samplesPerRun(manifest));
+    // Jobs asking for less than the run's bound time out on their own, from when the run
+    // starts. In several runs (each bounded by the model's timeout) every job does: the
+    // model's timeout is each job's ceiling too.
     const startTimers = () => {
       for (const j of open) {
-        if (j.timeoutMs >= manifest.timeoutMs) continue;
+        if (j.timeoutMs >= manifest.timeoutMs && sizes.length === 1) continue;
         const t = setTimeout(() => {
           settle(j, {
             ok: false,
@@ -186,7 +189,6 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
       }
     };
     try {
-      const sizes = partSizes(samples, samplesPerRun(manifest));
       const res = await runInParts(
         runner,
         manifest,
