@@ -1,5 +1,5 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
-import type { RunResult } from "@citadel/runtime";
+import type { ModelRunner, RunResult } from "@citadel/runtime";
 import { concat, split, type Tensor } from "@citadel/tensors";
 import { canBatch } from "./batcher.js";
 
@@ -17,16 +17,8 @@ export function samplesPerRun(m: Pick<ManifestBody, "inputs" | "outputs" | "maxB
   return canBatch(m) ? (m.runBatch ?? m.maxBatch) : Number.POSITIVE_INFINITY;
 }
 
-/** What the executor needs of a runner (ModelRunner in production). */
-export interface BatchRunner {
-  run(
-    feeds: Record<string, Tensor>,
-    outputs: string[],
-    timeoutMs: number,
-    signal?: AbortSignal,
-    onStart?: () => void,
-  ): Promise<RunResult>;
-}
+/** What the executor needs of a runner: ModelRunner's run (a fake in unit tests). */
+export type BatchRunner = Pick<ModelRunner, "run">;
 
 /** The sample counts of the runs `samples` takes at `perRun` per run: 16 at 4 → [4, 4, 4, 4]; 10 at 4 → [4, 4, 2]. */
 export function partSizes(samples: number, perRun: number): number[] {
