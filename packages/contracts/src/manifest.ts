@@ -60,8 +60,8 @@ export const ManifestBody = z
     maxBatch: z.number().int().min(1).max(4096),
     /**
      * Max samples per onnxruntime run, when the runner is faster per sample at a smaller
-     * batch than `maxBatch` (as CPUs often are: cache): batches close at this size, and a
-     * job larger than it runs as several runs of this size. Absent: `maxBatch`.
+     * batch than `maxBatch` (as CPUs often are: cache): a larger batch (one job or
+     * several) runs as several runs of at most this size. Absent: `maxBatch`.
      */
     runBatch: z.number().int().min(1).max(4096).optional(),
     /** How long a worker may hold the first job of a batch waiting for more. */
