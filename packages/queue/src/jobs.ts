@@ -1,6 +1,7 @@
 import { CitadelError, ErrorCode, type JobData, type JobResult, type JobView, type Priority } from "@citadel/contracts";
 import { type Job, Queue, QueueEvents } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
+import { setInPlace } from "./large-set.js";
 import { INPUTS_GRACE_MS, keys, modelOfJobId, queueName, queuePrefix } from "./names.js";
 import { applyOutcome, type OutboxEntry } from "./outbox.js";
 import { settledWithin } from "./redis.js";
@@ -187,7 +188,7 @@ export class JobQueues {
   async enqueueMany(model: string, items: EnqueueItem[]): Promise<void> {
     const [only] = items;
     if (items.length === 1 && only) {
-      await this.redis.set(...this.inputsSet(model, only));
+      await this.storeInputs(model, only);
       this.finished.delete(only.id);
       await this.queue(model).add(JOB_NAME, only.data, this.jobOptions(only.id, only.priority));
       return;
@@ -195,11 +196,10 @@ export class JobQueues {
     const write = this.redis.pipeline();
     const large: Promise<unknown>[] = [];
     for (const i of items) {
-      const args = this.inputsSet(model, i);
       // A pipeline concatenates every command into one buffer before writing it: large
-      // inputs go as commands of their own, written from ioredis's one encoding copy.
-      if (i.inputs.byteLength >= LARGE_INPUT_BYTES) large.push(this.redis.set(...args));
-      else write.set(...args);
+      // inputs go as commands of their own, written as they are (large-set.ts).
+      if (i.inputs.byteLength >= LARGE_INPUT_BYTES) large.push(this.storeInputs(model, i));
+      else write.set(...this.inputsSet(model, i));
     }
     const [written] = await Promise.all([write.length ? write.exec() : [], Promise.all(large)]);
     for (const [err] of written ?? []) if (err) throw err;
@@ -208,6 +208,13 @@ export class JobQueues {
     await this.queue(model).addBulk(
       items.map((i) => ({ name: JOB_NAME, data: i.data, opts: this.jobOptions(i.id, i.priority) })),
     );
+  }
+
+  /** Stores a job's input bytes until past its deadline: large ones written as they are (large-set.ts). */
+  private storeInputs(model: string, i: EnqueueItem): Promise<unknown> {
+    const [key, value, ...rest] = this.inputsSet(model, i);
+    if (value.byteLength < LARGE_INPUT_BYTES) return this.redis.set(key, value, ...rest);
+    return setInPlace(this.redis, key, value, ...rest);
   }
 
   /** The SET that stores a job's input bytes until past its deadline. */
