@@ -1,4 +1,6 @@
-import { readFileSync } from "node:fs";
+import { cpSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import type { AppForm } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import {
@@ -6,6 +8,7 @@ import {
   type FleetSetup,
   freePort,
   type Proc,
+  say,
   setupFleet,
   startOwnRedis,
   startProc,
@@ -61,6 +64,14 @@ export async function startOcrFleet(
     close: async () => {
       await worker.stop();
       await api.stop();
+      // What NODE_ARGS flags print (--trace-gc, --trace-deopt) is in the apps' logs, whose
+      // directory goes with the fleet's: a copy of them outlives the run.
+      if (process.env.NODE_ARGS) {
+        const kept = path.join(os.tmpdir(), `citadel-${workerName}-logs`);
+        rmSync(kept, { recursive: true, force: true });
+        cpSync(fleet.logDir, kept, { recursive: true });
+        say(`the API's and the worker's logs: ${kept}`);
+      }
       await fleet.close();
       await own.close();
     },
