@@ -250,11 +250,11 @@ async function infer(d: V2Deps, req: FastifyRequest, reply: FastifyReply): Promi
     throw new CitadelError("MODEL_NOT_FOUND", `model '${params.name}' is not published`);
   }
   const { accepted, answerAs } = await submitInfer(d, req, params);
+  releaseBody(req);
   // The model's timeout bounds the run and QUEUE_TTL_MS the wait before it; past both the
   // job is final anyway. MAX_WAIT_MS bounds how long a request is held.
   const manifest = await d.catalog.manifest(params.name, accepted.version);
   const waitMs = Math.min(d.settings.maxWaitMs, d.settings.queueTtlMs + manifest.timeoutMs);
-  releaseBody(req);
   const view = await finalWithin(d.queues, req, accepted, waitMs);
   if (!view) {
     return sendError(
