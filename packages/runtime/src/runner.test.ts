@@ -39,6 +39,34 @@ describe("ModelRunner", () => {
     await runner.close();
   });
 
+  it("copies an input that is a view into a larger buffer (a Redis reply's pool): exact bytes, the caller's buffer untouched", async () => {
+    const bytes = readFileSync(ocrPath);
+    const { runner } = await ModelRunner.start(new Uint8Array(bytes), { providers: ["cpu"] });
+    const n = 3 * 48 * 192;
+    const x = new Float32Array(n).map((_, i) => ((i * 104729) % 251) / 251);
+    const direct = await (await ort.InferenceSession.create(readFileSync(ocrPath))).run({
+      x: new ort.Tensor("float32", x.slice(), [1, 3, 48, 192]),
+    });
+    // The sample sits 8 bytes into a pool with other bytes around it, as a reply slice does.
+    const pool = new Uint8Array(n * 4 + 16).fill(0x7f);
+    pool.set(new Uint8Array(x.buffer), 8);
+    const view = new Float32Array(pool.buffer, 8, n);
+    const res = await runner.run(
+      { x: { dtype: "float32", shape: [1, 3, 48, 192], data: view } },
+      ["softmax_0.tmp_0"],
+      5000,
+    );
+    expect(Array.from(res.outputs["softmax_0.tmp_0"]?.data as Float32Array)).toEqual(
+      Array.from(direct["softmax_0.tmp_0"]?.data as Float32Array),
+    );
+    // Not transferred: the pool is still whole and readable.
+    expect(pool.byteLength).toBe(n * 4 + 16);
+    expect(Array.from(view.subarray(0, 4))).toEqual(Array.from(x.subarray(0, 4)));
+    expect(pool[0]).toBe(0x7f);
+    expect(pool[n * 4 + 15]).toBe(0x7f);
+    await runner.close();
+  });
+
   it("takes the first provider of the chain this host can load, and under requireGpu refuses CPU", async () => {
     const bytes = readFileSync(ocrPath);
     const chain: ProviderName[] = ["tensorrt", "cuda", "cpu"];
