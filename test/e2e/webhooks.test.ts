@@ -80,16 +80,22 @@ class Receiver {
     return this.got.filter((d) => (JSON.parse(d.raw) as Loose).data?.id === subject);
   }
 
-  async waitFor(what: string, pick: () => Delivery[], n = 1): Promise<Delivery[]> {
-    return pollUntil(
-      what,
-      async () => {
-        const found = pick();
-        return found.length >= n ? found : undefined;
-      },
-      60_000,
-      50,
-    );
+  /** Waits for `n` deliveries; on timeout the error adds what `explain` says of the state (CI has seen this wait run out once). */
+  async waitFor(what: string, pick: () => Delivery[], n = 1, explain?: () => Promise<string>): Promise<Delivery[]> {
+    try {
+      return await pollUntil(
+        what,
+        async () => {
+          const found = pick();
+          return found.length >= n ? found : undefined;
+        },
+        60_000,
+        50,
+      );
+    } catch (err) {
+      if (!explain) throw err;
+      throw new Error(`${(err as Error).message}; ${await explain().catch((e: unknown) => `(no state: ${e})`)}`);
+    }
   }
 
   close(): Promise<void> {
@@ -455,6 +461,27 @@ describe("the callback target guard (SSRF)", () => {
   });
 });
 
+/**
+ * Where a job's notification is, for a wait that ran out: the job's view, the delivery
+ * jobs of its tenant's queue, the receiver's paths, and the fleet's webhook log lines.
+ */
+async function deliveryState(jobId: string): Promise<string> {
+  const view = await call("GET", `/v1/jobs/${jobId}`, "hooked");
+  const jobs = await deliveries.getJobs(["active", "waiting", "delayed", "prioritized", "failed", "completed"]);
+  const mine = await Promise.all(
+    jobs
+      .filter((j) => String(j.data?.body ?? "").includes(jobId))
+      .map(async (j) => ({ id: j.id, state: await j.getState(), attempts: j.attemptsMade, failed: j.failedReason })),
+  );
+  const logs = fleet.logs.lines.filter((l) => /webhook|relay|outbox|notif/i.test(l)).slice(-20);
+  return JSON.stringify({
+    job: { status: view.status, state: view.json?.status, error: view.json?.error },
+    deliveryJobs: mine,
+    received: receiver.got.map((g) => g.path).slice(-10),
+    logs,
+  });
+}
+
 /** An SSE stream read as it arrives: its events (name and parsed data) and comment lines. */
 async function openEvents(base: string, id: string, tenant: string, signal?: AbortSignal) {
   const res = await fetch(`${base}/v1/jobs/${id}/events`, {
@@ -614,7 +641,13 @@ describe("webhook secrets", () => {
     // Printing it again gives the same (derived, not stored) secret.
     expect(citadel("tenants", "webhook-secret", "hooked").out).toBe(rotated.out);
     const sub = await call("POST", "/v1/jobs", "hooked", job());
-    const [d] = await receiver.waitFor("a notification after the rotation", () => receiver.about(sub.json.id));
+    expect(sub.status, JSON.stringify(sub.json)).toBe(202);
+    const [d] = await receiver.waitFor(
+      "a notification after the rotation",
+      () => receiver.about(sub.json.id),
+      1,
+      () => deliveryState(sub.json.id),
+    );
     expect(String(d?.headers["webhook-signature"]).split(" ")).toHaveLength(2);
     expect(verifySignature(rotated.out, d?.headers ?? {}, d?.raw ?? "")).toBe(true);
     expect(verifySignature(secrets.hooked as string, d?.headers ?? {}, d?.raw ?? "")).toBe(true);
