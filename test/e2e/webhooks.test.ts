@@ -80,7 +80,7 @@ class Receiver {
     return this.got.filter((d) => (JSON.parse(d.raw) as Loose).data?.id === subject);
   }
 
-  /** Waits for `n` deliveries; on timeout the error adds what `explain` says of the state (CI has seen this wait run out once). */
+  /** Waits for `n` deliveries; on timeout the error adds what `explain` says of the state (a full e2e run on Node 24 once saw this wait run out). */
   async waitFor(what: string, pick: () => Delivery[], n = 1, explain?: () => Promise<string>): Promise<Delivery[]> {
     try {
       return await pollUntil(
