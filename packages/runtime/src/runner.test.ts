@@ -146,8 +146,9 @@ describe("ModelRunner", () => {
       x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192) },
     });
     let secondStarted = false;
-    // 64 samples take tens of milliseconds: 1 ms is always overrun.
-    const first = runner.run(feeds(64), ["softmax_0.tmp_0"], 1);
+    // 256 samples take a good part of a second: 1 ms is always overrun, and the timeout
+    // (counted from when the first run begins) fires long before the second could begin.
+    const first = runner.run(feeds(256), ["softmax_0.tmp_0"], 1);
     const second = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000, undefined, () => {
       secondStarted = true;
     });
@@ -157,6 +158,58 @@ describe("ModelRunner", () => {
     expect(err).toMatchObject({ code: "RUNTIME_ERROR" });
     expect(secondStarted).toBe(false);
     expect(runner.alive).toBe(false);
+    await runner.close();
+  });
+
+  it("begins a queued run as soon as the one before it ends, without waiting for this thread", async () => {
+    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), {
+      providers: ["cpu"],
+      threads: 1,
+    });
+    const feeds = (n: number) => ({
+      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192).fill(0.5) },
+    });
+    const first = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000);
+    const second = runner.run(feeds(256), ["softmax_0.tmp_0"], 10_000);
+    // This thread stays busy far longer than both runs take (256 samples: a few hundred
+    // ms). A runner that sent the second run only once this thread had read the first's
+    // result would begin it after the busy spell, and answer a whole run later.
+    const until = performance.now() + 3000;
+    while (performance.now() < until) {
+      // busy: no turn of this thread's event loop
+    }
+    const freed = performance.now();
+    const [, b] = await Promise.all([first, second]);
+    const answeredAfter = performance.now() - freed;
+    expect(b.ms).toBeGreaterThan(50);
+    expect(answeredAfter).toBeLessThan(b.ms / 2);
+    await runner.close();
+  });
+
+  it("drops a run aborted before it begins, and the runner lives on", async () => {
+    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), {
+      providers: ["cpu"],
+      threads: 1,
+    });
+    const feeds = (n: number) => ({
+      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192).fill(0.5) },
+    });
+    const abort = new AbortController();
+    let skippedStarted = false;
+    // The second waits behind 256 samples in the thread's queue when it is aborted.
+    const first = runner.run(feeds(256), ["softmax_0.tmp_0"], 10_000);
+    const skipped = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000, abort.signal, () => {
+      skippedStarted = true;
+    });
+    abort.abort();
+    await expect(skipped).rejects.toMatchObject({ code: "CANCELLED", message: "cancelled before the run started" });
+    const a = await first;
+    expect(a.outputs["softmax_0.tmp_0"]?.shape).toEqual([256, 2]);
+    expect(runner.alive).toBe(true);
+    const after = await runner.run(feeds(2), ["softmax_0.tmp_0"], 10_000);
+    expect(after.outputs["softmax_0.tmp_0"]?.shape).toEqual([2, 2]);
+    expect(skippedStarted).toBe(false);
+    expect(runner.alive).toBe(true);
     await runner.close();
   });
 

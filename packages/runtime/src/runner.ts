@@ -71,21 +71,34 @@ function fromWire(w: WireTensor): Tensor {
   return { dtype: w.dtype, shape: w.shape, data: viewAs(w.dtype, new Uint8Array(w.buffer)) };
 }
 
+/** A run sent to the thread and not answered yet. */
+interface PendingRun {
+  resolve: (r: RunResult) => void;
+  reject: (e: Error) => void;
+  /** Set when the thread says the run began: its timeout is counting. */
+  began: () => void;
+  started: boolean;
+}
+
 /**
  * One model session in its own worker thread. Runs are serialised (one at a time,
- * like a GPU stream). A run past its timeout, or aborted, rejects at once and the
- * thread is abandoned: native code cannot be interrupted, so the caller replaces
- * the runner. `abandoned` counts threads that were cut loose and have not exited.
+ * like a GPU stream), queued in the thread so that one begins as soon as the one
+ * before it ends. A run past its timeout (counted from when it begins), or aborted
+ * once begun, rejects at once and the thread is abandoned: native code cannot be
+ * interrupted, so the caller replaces the runner. A run aborted before it begins is
+ * dropped from the thread's queue and the runner lives on. `abandoned` counts
+ * threads that were cut loose and have not exited.
  */
 export class ModelRunner {
   static abandonedAlive = 0;
 
   private readonly worker: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, PendingRun>();
+  /** Runs aborted before they began, told to the thread: one it began anyway costs the runner. */
+  private readonly skipping = new Set<number>();
   private onLoaded?: { resolve: (i: LoadedInfo) => void; reject: (e: Error) => void };
   private dead: Error | null = null;
-  private queue: Promise<unknown> = Promise.resolve();
 
   private constructor() {
     this.worker = new Worker(RUNNER_ENTRY, {
@@ -137,23 +150,11 @@ export class ModelRunner {
 
   /**
    * Runs one batch once the runs queued before it are done. Rejects with TIMEOUT after
-   * `timeoutMs` or CANCELLED when `signal` aborts; either way this runner is dead
-   * afterwards, and runs still queued behind it reject with RunnerGoneError. `onStart`
-   * fires when this run (not the queue wait) begins.
+   * `timeoutMs` from when it begins, or CANCELLED when `signal` aborts; begun, either
+   * way this runner is dead afterwards, and runs still queued behind it reject with
+   * RunnerGoneError. `onStart` fires when this run (not the queue wait) begins.
    */
   run(
-    feeds: Record<string, Tensor>,
-    outputs: string[],
-    timeoutMs: number,
-    signal?: AbortSignal,
-    onStart?: () => void,
-  ): Promise<RunResult> {
-    const task = this.queue.then(() => this.runNow(feeds, outputs, timeoutMs, signal, onStart));
-    this.queue = task.catch(() => undefined);
-    return task;
-  }
-
-  private runNow(
     feeds: Record<string, Tensor>,
     outputs: string[],
     timeoutMs: number,
@@ -171,23 +172,36 @@ export class ModelRunner {
       transfer.push(w.transfer);
     }
     return new Promise<RunResult>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
       const cleanup = () => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
         this.pending.delete(id);
       };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`));
-        this.abandon("timeout");
-      }, timeoutMs);
       const onAbort = () => {
+        const begun = this.pending.get(id)?.started === true;
         cleanup();
-        reject(new CitadelError("CANCELLED", "the job was cancelled during inference"));
-        this.abandon("cancelled");
+        if (begun) {
+          reject(new CitadelError("CANCELLED", "the job was cancelled during inference"));
+          this.abandon("cancelled");
+          return;
+        }
+        reject(new CitadelError("CANCELLED", "cancelled before the run started"));
+        this.skipping.add(id);
+        this.post({ type: "skip", id }, []);
       };
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.pending.set(id, {
+      const entry: PendingRun = {
+        started: false,
+        began: () => {
+          entry.started = true;
+          timer = setTimeout(() => {
+            cleanup();
+            reject(new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`));
+            this.abandon("timeout");
+          }, timeoutMs);
+          onStart?.();
+        },
         resolve: (r) => {
           cleanup();
           resolve(r);
@@ -196,9 +210,9 @@ export class ModelRunner {
           cleanup();
           reject(e);
         },
-      });
+      };
+      this.pending.set(id, entry);
       this.post({ type: "run", id, feeds: wire, outputs }, transfer);
-      onStart?.();
     });
   }
 
@@ -222,6 +236,16 @@ export class ModelRunner {
           ),
         );
         return;
+      case "started": {
+        // Aborted while queued, but the thread began it before it read the skip: it runs
+        // for no one and nothing bounds it, so the runner goes, as for a run aborted once begun.
+        if (this.skipping.delete(m.id)) return this.abandon("cancelled");
+        this.pending.get(m.id)?.began();
+        return;
+      }
+      case "skipped":
+        this.skipping.delete(m.id);
+        return;
       case "result": {
         const pending = this.pending.get(m.id);
         // A type we cannot hold (the thread refuses these; this is the second line) fails
@@ -244,12 +268,14 @@ export class ModelRunner {
     }
   }
 
+  /** Dead: the run in progress rejects with `err`; those queued behind it never began. */
   private fail(err: Error): void {
     if (this.dead) return;
     this.dead = err;
     this.onLoaded?.reject(err);
-    for (const p of [...this.pending.values()]) p.reject(err);
+    for (const p of [...this.pending.values()]) p.reject(p.started ? err : new RunnerGoneError(err));
     this.pending.clear();
+    this.skipping.clear();
   }
 
   /**
