@@ -3,6 +3,7 @@ import { type LoadPhases, noteFirstRun, observeLoadPhases, workerMetrics } from 
 import { createLogger, createRegistry } from "@citadel/telemetry";
 import { describe, expect, it } from "vitest";
 import { type ColdMetrics, type ColdSplit, coldSplit, coldTargets, parseColdMetrics } from "./cold-start.js";
+import { manifestBatches, RUN_BATCH_GAIN } from "./manifest-batches.js";
 import { closedLoop, type JobOutcome, medianRun, openLoop } from "./measure.js";
 import { passes } from "./targets.js";
 import { binaryBody, jsonBody, stackSamples } from "./wire.js";
@@ -230,5 +231,25 @@ citadel_worker_start_seconds{stage="ready",app="worker"} 0.45
     });
     expect(t.map(passes)).toEqual([true, false]);
     expect(coldTargets(null)).toEqual([]);
+  });
+});
+
+describe("the manifest's batch sizes", () => {
+  const limit = (byBatch: Record<number, number>) => {
+    const [best, sps] = Object.entries(byBatch).reduce((a, b) => (b[1] > a[1] ? b : a));
+    return { bestBatch: Number(best), samplesPerSec: sps, byBatch };
+  };
+  it("runs in parts of the best batch only where onnxruntime is clearly faster per sample there", () => {
+    expect(manifestBatches(limit({ 1: 400, 4: 917, 8: 800, 16: 622, 32: 600 }), 16)).toEqual({
+      maxBatch: 16,
+      runBatch: 4,
+    });
+    // Within RUN_BATCH_GAIN of maxBatch: whole runs (heavy conv's best batch of 1 by 2%).
+    expect(manifestBatches(limit({ 1: 336, 4: 328, 8: 330, 16: 330, 32: 335 }), 16)).toEqual({ maxBatch: 16 });
+    expect(RUN_BATCH_GAIN).toBeGreaterThan(1);
+  });
+  it("takes jobs of the best batch when it is past the least, and of the least otherwise", () => {
+    expect(manifestBatches(limit({ 1: 100, 16: 200, 32: 300 }), 16)).toEqual({ maxBatch: 32 });
+    expect(manifestBatches(limit({ 1: 100, 16: 200, 32: 150 }), 16)).toEqual({ maxBatch: 16 });
   });
 });

@@ -90,6 +90,7 @@ import {
   startOwnRedis,
   startProc,
 } from "./harness.js";
+import { manifestBatches } from "./manifest-batches.js";
 import { closedLoop, type LoadResult, median, medianRun, openLoop, percentile, Sampler, Window } from "./measure.js";
 import { renderChart } from "./svg.js";
 import { passes, type Target, targetLines } from "./targets.js";
@@ -720,17 +721,8 @@ async function runModel(
   };
 }
 
-/**
- * Citadel's manifest takes jobs and batches of the batch size the limit found best, and
- * at least 16 (the 16-sample jobs); its runs are of the best batch (runBatch), as an
- * operator tuning a model for the machine would set it: onnxruntime alone is measured
- * at that batch too.
- */
-const manifestMaxBatch = (l: LimitResult) => Math.max(MULTI_SAMPLES, l.bestBatch);
-const manifestBatches = (l: LimitResult) => {
-  const maxBatch = manifestMaxBatch(l);
-  return l.bestBatch < maxBatch ? { maxBatch, runBatch: l.bestBatch } : { maxBatch };
-};
+/** Citadel's manifest batch sizes from the limit (manifest-batches.ts); onnxruntime alone is quoted at its best batch. */
+const manifestMaxBatch = (l: LimitResult) => manifestBatches(l, MULTI_SAMPLES).maxBatch;
 
 // ---------------------------------------------------------------------------------
 // main
@@ -796,7 +788,7 @@ async function main(): Promise<number> {
         name: m.name,
         version: "1",
         spec: {
-          ...manifestBatches(limits.get(m.key) as LimitResult),
+          ...manifestBatches(limits.get(m.key) as LimitResult, MULTI_SAMPLES),
           maxQueueDelayMs: 2,
           timeoutMs: 10_000,
           executionProviders: ["cpu"],
