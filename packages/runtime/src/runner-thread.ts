@@ -5,8 +5,9 @@
  *
  * Runs are queued here, not in the parent: the next run begins the moment one ends,
  * without a round trip through the parent's event loop, which is busy with Redis,
- * validation and settling (on two cores the runner idled between runs a fifth of the
- * time). Each run says when it begins, since the parent's timeout counts from then.
+ * validation and settling (on the bench's 16-sample row, two cores, a tenth of the
+ * machine sat idle while the runner waited for it). Each run says when it begins,
+ * since the parent's timeout counts from then.
  */
 import { parentPort } from "node:worker_threads";
 import { DType } from "@citadel/contracts";

