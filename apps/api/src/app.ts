@@ -350,8 +350,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
       },
       async (req, reply) => {
         const { accepted, labels, binaryOutput } = await submitOneOf(req);
-        if (req.query.wait === undefined) return reply.code(202).send(accepted);
         releaseBody(req);
+        if (req.query.wait === undefined) return reply.code(202).send(accepted);
         const view = await finalWithin(d.queues, req, accepted, req.query.wait, labels);
         if (!view) return reply.code(202).send(accepted);
         if (wantsBinary(req.headers.accept, binaryOutput)) return sendBinaryView(reply, view);

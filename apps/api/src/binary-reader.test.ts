@@ -3,6 +3,7 @@ import type { Tenant } from "@citadel/tenants";
 import Fastify from "fastify";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { readBinaryBody } from "./binary-reader.js";
+import { releaseBody } from "./submit-context.js";
 
 const LIMIT = 4096;
 const app = Fastify({ bodyLimit: LIMIT });
@@ -16,6 +17,20 @@ app.post("/", async (req) => {
   const h = Number(req.headers["inference-header-content-length"] ?? 0);
   const data = body.subarray(h);
   return { length: body.length, dataOffsetMod8: data.byteOffset % 8, bytes: [...body] };
+});
+// As a submit route does once the job is stored: the body is dropped and its buffer freed.
+app.post("/stored", async (req) => {
+  const body = req.body as Buffer;
+  // The tensor bytes after the 5-byte header, viewed as the decoder views them.
+  const view = new Float32Array(body.buffer, body.byteOffset + 5, 4);
+  const before = { length: body.length, view: view.length };
+  releaseBody(req);
+  return { before, after: { length: body.length, view: view.length, body: req.body ?? null } };
+});
+app.post("/json", async (req) => {
+  const body = req.body as { x: number[] };
+  releaseBody(req);
+  return { x: body.x, body: req.body ?? null };
 });
 beforeAll(() => app.ready());
 afterAll(() => app.close());
@@ -34,6 +49,27 @@ const post = (payload: Buffer | Readable, headers: Record<string, string>, tenan
   });
 
 describe("readBinaryBody", () => {
+  it("reads a body into a buffer that releaseBody frees once its job is stored", async () => {
+    const res = await app.inject({
+      method: "POST",
+      url: "/stored",
+      headers: {
+        "content-type": "application/octet-stream",
+        "x-test-tenant": "t1",
+        "inference-header-content-length": "5",
+      },
+      payload: bytes(300),
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ before: { length: 300, view: 4 }, after: { length: 0, view: 0, body: null } });
+  });
+
+  it("releaseBody drops a JSON body without touching what it held", async () => {
+    const res = await app.inject({ method: "POST", url: "/json", payload: { x: [1, 2, 3] } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ x: [1, 2, 3], body: null });
+  });
+
   it.each([0, 1, 5, 13, 64, 101])(
     "starts the bytes after a %i-byte header on an 8-byte boundary, body unchanged",
     async (h) => {

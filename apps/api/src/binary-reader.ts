@@ -1,6 +1,7 @@
 import { INFERENCE_HEADER_LENGTH } from "@citadel/contracts";
 import { errorCodes, type FastifyRequest } from "fastify";
 import type { DecodedBody } from "./content-encoding.js";
+import { releasableBuffer } from "./releasable.js";
 
 /** Typed-array views of the tensor bytes need their element size's alignment; 8 covers every dtype. */
 const ALIGN = 8;
@@ -77,9 +78,12 @@ export function readBinaryBody(
   payload.resume();
 }
 
-/** A buffer of its own (offset 0 in its ArrayBuffer, so `pad` decides the alignment), its padding zeroed. */
+/**
+ * A buffer of its own (offset 0 in its ArrayBuffer, so `pad` decides the alignment), its
+ * padding zeroed; releasable: the route frees it once its job is stored (releaseBody).
+ */
 function alignedBuffer(pad: number, length: number): Buffer {
-  const b = Buffer.allocUnsafeSlow(pad + length);
+  const b = releasableBuffer(pad + length);
   b.fill(0, 0, pad);
   return b;
 }

@@ -3,6 +3,7 @@ import { isFinal, type JobQueues } from "@citadel/queue";
 import { type Accepted, asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "@citadel/submit";
 import type { Tenant } from "@citadel/tenants";
 import type { FastifyRequest } from "fastify";
+import { release } from "./releasable.js";
 
 /** The submit context of an authenticated request: its tenant, ids and Idempotency-Key. */
 export function submitContext(req: FastifyRequest): SubmitContext {
@@ -61,8 +62,13 @@ export async function submitOneRecorded(
 /**
  * Drops a submit's body once its job is stored, before a long-poll: a request waiting
  * for its result (up to MAX_WAIT_MS) would otherwise hold its tensors, so clients
- * waiting on large inputs would hold MBs each in the API's memory.
+ * waiting on large inputs would hold MBs each in the API's memory. A binary body
+ * (binary-reader.ts) is freed at once (release.ts: its memory would otherwise wait for
+ * a mark-compact of the whole heap). Only after a submit that succeeded: its input bytes
+ * are in Redis and no write of them is still in flight, which a failed one cannot say.
  */
 export function releaseBody(req: FastifyRequest): void {
+  const body = req.body;
   req.body = undefined;
+  if (Buffer.isBuffer(body)) release(body);
 }
