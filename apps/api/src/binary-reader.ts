@@ -1,7 +1,7 @@
 import { INFERENCE_HEADER_LENGTH } from "@citadel/contracts";
+import { releasableBuffer } from "@citadel/tensors";
 import { errorCodes, type FastifyRequest } from "fastify";
 import type { DecodedBody } from "./content-encoding.js";
-import { releasableBuffer } from "./releasable.js";
 
 /** Typed-array views of the tensor bytes need their element size's alignment; 8 covers every dtype. */
 const ALIGN = 8;

@@ -2,8 +2,8 @@ import { CitadelError, type JobView } from "@citadel/contracts";
 import { isFinal, type JobQueues } from "@citadel/queue";
 import { type Accepted, asCitadel, type SubmitContext, type SubmitRequest, type Submitter } from "@citadel/submit";
 import type { Tenant } from "@citadel/tenants";
+import { release } from "@citadel/tensors";
 import type { FastifyRequest } from "fastify";
-import { release } from "./releasable.js";
 
 /** The submit context of an authenticated request: its tenant, ids and Idempotency-Key. */
 export function submitContext(req: FastifyRequest): SubmitContext {

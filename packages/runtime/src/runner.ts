@@ -28,7 +28,10 @@ export interface RunResult {
   ms: number;
 }
 
-/** Hands the tensor's bytes to the runner; copies only if they share a larger buffer. */
+/**
+ * Hands the tensor's bytes to the runner: their buffer itself when they fill it (detached
+ * here: a lone job's own input buffer, lease.ts, goes with its run), else a copy.
+ */
 function toWire(t: Tensor): { wire: WireTensor; transfer: ArrayBuffer } {
   const d = t.data;
   let buffer: ArrayBuffer;

@@ -2,7 +2,7 @@ import type { AuditFields, AuditSink } from "@citadel/audit";
 import { CitadelError, coerceError, type ErrorCode, JobData, type JobResult, publicError } from "@citadel/contracts";
 import type { RedisConn } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
-import { resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
+import { release, resolveOutputs, unpackInputs, validateInputs } from "@citadel/tensors";
 import { batchKey, canBatch, DynamicBatcher } from "./batcher.js";
 import { CircuitBreaker, type CircuitOptions, type CircuitState } from "./circuit.js";
 import { executeBatch, JobCancel, type Outcome, type RunJob, type RunReport } from "./executor.js";
@@ -391,6 +391,9 @@ export class ModelConsumer {
         this.held.delete(h.id);
         await this.lease.requeue(h.lease);
       }
+      // Every run of the batch is over: its inputs are freed now, not at the next
+      // mark-compact (release.ts). A requeued job's stay in Redis.
+      for (const h of batch) release(h.lease.inputs);
     }
   }
 

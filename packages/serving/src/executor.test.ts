@@ -238,6 +238,34 @@ describe("executor", () => {
     expect(code(again.outcomes.get("b"))).toBe("RUNTIME_ERROR");
   });
 
+  it("requeues a lone job whose own input buffer went to a runner that died before its run began", async () => {
+    // runner.ts takes a buffer the bytes fill (a lone job's own, lease.ts) rather than
+    // copy it: after the runner is gone the job has no bytes to run again here. It goes
+    // back to the queue (its inputs are still in Redis), never run on empty bytes or
+    // failed; a job in a batch of several (run from a concatenation) runs again.
+    const takes = (feeds: Record<string, Tensor>) => {
+      const data = (feeds.x as Tensor).data;
+      structuredClone(data.buffer, { transfer: [data.buffer as ArrayBuffer] });
+      throw new RunnerGoneError(new CitadelError("RUNTIME_ERROR", "runner abandoned (timeout)"));
+    };
+    const fresh = new FakeRunner();
+    const lone = await execute([job("lone", 4)], { run: async (feeds) => takes(feeds) });
+    await lone.done;
+    expect(lone.outcomes.get("lone")).toEqual([expect.objectContaining({ ok: false, requeue: true })]);
+    expect(lone.runs).toEqual([]);
+    let first = true;
+    const pair = await execute([job("a", 1), job("b", 2)], {
+      run: async (feeds, ...rest) => {
+        if (!first) return fresh.run(feeds, ...rest);
+        first = false;
+        return takes(feeds);
+      },
+    });
+    await pair.done;
+    expect([firstValue(pair.outcomes.get("a")), firstValue(pair.outcomes.get("b"))]).toEqual([1, 2]);
+    expect(fresh.runs).toEqual([[1, 2]]);
+  });
+
   it("settles a cancelled job at once without cutting off the run for the others", async () => {
     let release = () => {};
     const runner = new FakeRunner("fail", new Promise<void>((r) => (release = r)));

@@ -77,7 +77,10 @@ export interface RunJob {
 
 export type Outcome =
   | { ok: true; outputs: Record<string, EncodedTensor>; inferenceMs: number }
-  /** `requeue`: shutdown interrupted it; it goes back to the queue for another worker. */
+  /**
+   * `requeue`: shutdown interrupted it, or its inputs went with a runner that is gone
+   * before its run began; it goes back to the queue (its inputs are still in Redis).
+   */
   | { ok: false; error: CitadelError; requeue?: boolean };
 
 /** One run, for metrics and the circuit breaker. */
@@ -213,7 +216,7 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
     } catch (err) {
       for (const t of timers) clearTimeout(t);
       const e = asCitadel(err, "RUNTIME_ERROR");
-      const left = unsettled(open);
+      let left = unsettled(open);
       if (o.shutdown.aborted) {
         for (const j of left) settle(j, { ok: false, error: shutdownError(), requeue: true });
         return;
@@ -221,8 +224,15 @@ export async function executeBatch(jobs: readonly RunJob[], o: ExecuteOptions): 
       // The runner died under an earlier batch (its timeout) while this run waited its
       // turn: nothing ran, so the same jobs run again on the runner the host replaces it
       // with, not failed, split or counted against the model (another tenant's slow input
-      // must not fail this batch). Bounded: a runner gone every time is a failure.
-      if (err instanceof RunnerGoneError && gone < MAX_GONE_RETRIES) return runGroup(left, gone + 1);
+      // must not fail this batch). Bounded: a runner gone every time is a failure. A lone
+      // job's own input buffer went to that runner with the run (runner.ts takes a buffer
+      // the bytes fill, uncopied) and is gone with it: that job goes back to the queue, its
+      // inputs still in Redis, for a fresh read.
+      if (err instanceof RunnerGoneError) {
+        for (const j of left.filter(bytesGone)) settle(j, { ok: false, error: e, requeue: true });
+        left = unsettled(left);
+        if (gone < MAX_GONE_RETRIES || left.length === 0) return runGroup(left, gone + 1);
+      }
       const bisect = left.length > 1 && BISECTABLE.has(e.code);
       summary.failedRuns++;
       o.onRun({ jobs: open.length, samples, ok: false, ms: performance.now() - started, error: e, bisected: bisect });
@@ -282,6 +292,11 @@ function asCitadel(err: unknown, code: "RUNTIME_ERROR" | "MODEL_LOAD_FAILED"): C
       cause: coerceError(err),
     },
   );
+}
+
+/** Whether a job's input bytes went to a runner with its run (a detached buffer reads as empty). */
+function bytesGone(j: RunJob): boolean {
+  return Object.values(j.tensors).some((t) => t.data.byteLength === 0 && t.shape.every((d) => d > 0));
 }
 
 /** One set of feeds for the run: batched inputs concatenated along their axis, unbatched ones fed once. */

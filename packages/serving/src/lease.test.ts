@@ -16,6 +16,7 @@ import {
   settleFinalCall,
 } from "@citadel/queue";
 import { createLogger } from "@citadel/telemetry";
+import { release } from "@citadel/tensors";
 import { Job, Queue, Worker } from "bullmq";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { JobLease, type LeasedJob } from "./lease.js";
@@ -372,6 +373,12 @@ describe("JobLease fetch", () => {
     expect(jobs.map((l) => l.id)).toEqual(ids);
     expect(jobs[0]?.inputs?.equals(big)).toBe(true);
     expect(jobs[1]?.inputs?.toString("hex")).toBe("01020304");
+    // The large one in a buffer of its own, not a slice of the parser's shared pool: the
+    // batch frees it when it is over, and a lone job's run takes it uncopied (release.ts).
+    expect(jobs[0]?.inputs?.byteOffset).toBe(0);
+    expect(jobs[0]?.inputs?.buffer.byteLength).toBe(big.length);
+    release(jobs[0]?.inputs);
+    expect(jobs[0]?.inputs?.length).toBe(0);
   });
 
   it("falls back to BullMQ's own fetch for a queue with a global concurrency (not implemented by takeJobs)", async () => {

@@ -20,6 +20,7 @@ import {
   takeJobsKeys,
 } from "@citadel/queue";
 import type { Logger } from "@citadel/telemetry";
+import { releasableCopy } from "@citadel/tensors";
 import { Job, type JobsOptions, Worker } from "bullmq";
 
 /**
@@ -266,7 +267,12 @@ export class JobLease {
         ...(flags ? jobs.map((l) => keys.cancelRequested(prefix, l.id)) : []),
       );
       jobs.forEach((l, i) => {
-        l.inputs = replies[i] ?? null;
+        // Copied out of the reply: the parser returns a large value as a slice of a pool it
+        // shares with later replies, which the job would keep from the collector for as long
+        // as its batch waits and runs (release.ts). Its own buffer goes to the runner with a
+        // lone job's run, uncopied, or is freed when its batch is over (Consumer#run).
+        const bytes = replies[i];
+        l.inputs = bytes ? releasableCopy(bytes) : null;
         if (flags) l.cancelRequested = replies[jobs.length + i] != null;
       });
       return true;

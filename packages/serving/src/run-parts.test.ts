@@ -1,6 +1,6 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
 import type { RunResult } from "@citadel/runtime";
-import type { Tensor } from "@citadel/tensors";
+import { concat, type Tensor } from "@citadel/tensors";
 import { describe, expect, it } from "vitest";
 import { type BatchRunner, partSizes, runInParts, samplesPerRun } from "./run-parts.js";
 
@@ -80,6 +80,38 @@ describe("runInParts", () => {
     const runner = new TransferringRunner(1);
     const p = runInParts(runner, manifest, feeds(6), ["y"], [2, 2, 2], 1000, new AbortController().signal, () => {});
     await expect(p).rejects.toThrow("inference failed in run 1");
+  });
+
+  it("frees a batch's concatenated feed once every part is cut, and leaves an unbatched feed (a job's) alone", async () => {
+    const job = feeds(5);
+    // As the executor builds it: two jobs' samples concatenated into a buffer of the batch's own.
+    const batch = { x: concat([job.x as Tensor, job.x as Tensor], 0), w: job.w as Tensor };
+    const r = await runInParts(
+      new TransferringRunner(),
+      manifest,
+      batch,
+      ["y"],
+      [4, 4, 2],
+      1000,
+      new AbortController().signal,
+      () => {},
+    );
+    expect(r.outputs.y?.shape).toEqual([10, 2]);
+    expect(batch.x.data.length).toBe(0);
+    expect(Array.from(batch.w.data as Float32Array)).toEqual([10, 100]);
+    // A plain array (not made by concat, nor a job's own buffer) is not the batch's to free.
+    const plain = feeds(4);
+    await runInParts(
+      new TransferringRunner(),
+      manifest,
+      plain,
+      ["y"],
+      [2, 2],
+      1000,
+      new AbortController().signal,
+      () => {},
+    );
+    expect(plain.x?.data.length).toBe(8);
   });
 
   it("hands a group within one run to the runner as it is", async () => {

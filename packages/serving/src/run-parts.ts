@@ -1,6 +1,6 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
 import type { ModelRunner, RunResult } from "@citadel/runtime";
-import { concat, split, type Tensor } from "@citadel/tensors";
+import { concat, release, split, type Tensor } from "@citadel/tensors";
 import { canBatch } from "./batcher.js";
 
 /**
@@ -65,6 +65,11 @@ export async function runInParts(
       if (part) part[spec.name] = c;
     });
   }
+  // Every part is cut (copied): the batched feeds are freed now, not when a mark-compact
+  // finds them after the runs (release.ts). Each is this batch's concatenation, or a lone
+  // job's own input buffer, whose bytes go with its runs (the executor requeues such a job
+  // if its runner is gone before they began). An unbatched feed is a job's: left alone.
+  for (const spec of manifest.inputs) if (spec.batchAxis !== null) release(feeds[spec.name]?.data);
   const settled = await Promise.allSettled(
     parts.map((p, k) => runner.run(p, outputs, timeoutMs, signal, k === 0 ? onStart : undefined)),
   );

@@ -1,6 +1,7 @@
 import { DTYPE_BYTES } from "@citadel/contracts";
 import type { TypedArray } from "./codec.js";
-import { allocate, type Tensor } from "./codec.js";
+import { allocate, type Tensor, viewAs } from "./codec.js";
+import { releasableBuffer } from "./release.js";
 
 /** Copies `count` elements of `src` from `from` into `dst` at `to`, as bytes (any dtype). */
 function copyElements(dst: TypedArray, to: number, src: TypedArray, from: number, count: number): void {
@@ -35,7 +36,9 @@ export function concat(parts: readonly Tensor[], axis: number): Tensor {
   const total = sizes.reduce((a, b) => a + b, 0);
   const shape = [...first.shape];
   shape[axis] = total;
-  const out = allocate(first.dtype, outer * total * inner);
+  // Every element is written below, so no zero-fill; releasable: a batch's feeds are
+  // freed once the runs that need them have their bytes (run-parts.ts).
+  const out = viewAs(first.dtype, releasableBuffer(outer * total * inner * DTYPE_BYTES[first.dtype]));
   let dst = 0;
   for (let o = 0; o < outer; o++) {
     parts.forEach((p, k) => {

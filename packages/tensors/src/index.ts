@@ -5,5 +5,6 @@ export * from "./kserve.js";
 export * from "./npy.js";
 export * from "./open-inference.js";
 export * from "./policy.js";
+export * from "./release.js";
 export * from "./stored.js";
 export * from "./validate.js";

@@ -1,12 +1,14 @@
 /**
- * Request bodies the API frees the moment their job is stored.
+ * Large byte buffers whose holder frees them the moment it is done with them: a request's
+ * body once its job is stored (the API), a job's inputs once its batch is over (the worker).
  *
  * Why by hand: V8 counts every ArrayBuffer's bytes as external memory and starts a
  * mark-compact of the whole heap each time 64 MB more is held than after the last one.
  * A buffer that lives past two young collections (a body while its job is validated and
- * stored) is freed only by that mark-compact, so at 1.7 MB per 16-sample PaddleOCR job
- * the API marked its whole heap about twice a second (`--trace-gc`: "external memory
- * pressure"), a sixth of its CPU per job.
+ * stored, a job's inputs while its batch waits and runs) is freed only by that
+ * mark-compact, so at 1.7 MB per 16-sample PaddleOCR job the API and the worker each
+ * marked their whole heap about twice a second (`--trace-gc`: "external memory
+ * pressure"), a sixth of the API's CPU per job.
  * Detaching the buffer moves its memory into a clone nothing holds, which the next young
  * collection frees, and takes its bytes off the count at once.
  *
@@ -19,6 +21,13 @@ const releasable = new WeakSet<ArrayBuffer>();
 export function releasableBuffer(length: number): Buffer {
   const b = Buffer.allocUnsafeSlow(length);
   releasable.add(b.buffer as ArrayBuffer);
+  return b;
+}
+
+/** A copy of `bytes` in a buffer of its own that `release` may free (out of a pool shared with other replies, for one). */
+export function releasableCopy(bytes: Uint8Array): Buffer {
+  const b = releasableBuffer(bytes.byteLength);
+  b.set(bytes);
   return b;
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { releasableBuffer, release } from "./releasable.js";
+import { releasableBuffer, release } from "./release.js";
 
 describe("releasable buffers", () => {
   it("a released buffer and every view of it read as empty", () => {
