@@ -1,8 +1,7 @@
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { cliArgs, type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
+import { type FleetProcess, freePort, startProcess } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildConvNet, buildMultiInputModel } from "@citadel/onnx";
 import { closeRedis, keys, queueName, redisClient } from "@citadel/queue";
@@ -11,6 +10,7 @@ import { Cluster, Redis } from "ioredis";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pollUntil } from "../support/api-kit.js";
+import { runCli } from "../support/child.js";
 import { b64, decodeF32, type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 import { clusterRoles, ensureRedisBinaries, type LocalCluster, startRedisCluster } from "../support/redis-cluster.js";
 
@@ -281,10 +281,9 @@ describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and
     expect(names).toEqual(expect.arrayContaining([queueName("conv"), queueName("parked")]));
   });
 
-  it("citadel audit verify, run by the CLI against the cluster, accepts the chain", () => {
-    const r = spawnSync(process.execPath, [...cliArgs(), "audit", "verify"], {
+  it("citadel audit verify, run by the CLI against the cluster, accepts the chain", async () => {
+    const r = await runCli(["audit", "verify"], {
       cwd: fleet.dir,
-      encoding: "utf8",
       timeout: 60_000,
       env: {
         PATH: process.env.PATH ?? "",
@@ -295,8 +294,8 @@ describe.skipIf(missing !== null)("the fleet on a Redis Cluster of 3 masters and
         LOCAL_KEYRING: fleet.env.LOCAL_KEYRING ?? "",
       },
     });
-    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
-    expect(r.stdout).toMatch(/^[1-9]\d* records from [1-9]\d* writers: chain intact$/m);
+    expect(r.code, `${r.out}\n${r.err}`).toBe(0);
+    expect(r.out).toMatch(/^[1-9]\d* records from [1-9]\d* writers: chain intact$/m);
   });
 
   it("an API on a cluster answers 503 (not 500) while the cluster is down, and is ready again once it is back", async () => {

@@ -4,14 +4,13 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { cliArgs } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { CitadelClient } from "@citadel/client";
 import { buildIdentityModel, buildMultiInputModel } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pollUntil, publishModel } from "../support/api-kit.js";
-import { type ChildResult, runChild } from "../support/child.js";
+import { type ChildResult, runChild, runCli } from "../support/child.js";
 import { startTestFleet, type TestFleet } from "../support/fleet.js";
 import { writeNpy } from "../support/npy.js";
 
@@ -291,12 +290,11 @@ beforeAll(async () => {
   });
   const rates = { requestRate: 10_000, requestBurst: 10_000, sampleRate: 100_000, sampleBurst: 100_000 };
   routerKey = await fleet.addTenant({ id: "router", models: ["*"], ...rates, allowRequestCallbacks: true });
-  const secret = spawnSync(process.execPath, [...cliArgs(), "tenants", "webhook-secret", "router"], {
-    encoding: "utf8",
+  const secret = await runCli(["tenants", "webhook-secret", "router"], {
     env: { PATH: process.env.PATH ?? "", ...fleet.env },
   });
-  expect(secret.status, secret.stderr).toBe(0);
-  routerSecret = secret.stdout.trim();
+  expect(secret.code, secret.err).toBe(0);
+  routerSecret = secret.out.trim();
   const ocrBytes = new Uint8Array(readFileSync(OCR_CLS_PATH));
   await publishModel(fleet, ocrBytes, {
     name: "ocr-cls",

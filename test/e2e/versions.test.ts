@@ -1,12 +1,11 @@
-import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { signRetirement, verifyRetirement } from "@citadel/artifacts";
-import { cliArgs } from "@citadel/cli/fleet";
 import { buildConvNet } from "@citadel/onnx";
 import { JobQueues } from "@citadel/queue";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convInput, enqueueDirect, pollUntil, queueCounts, readAudit } from "../support/api-kit.js";
+import { runCli } from "../support/child.js";
 import { type Loose, redisUrl, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Only routed versions (stable, canary) are served: an old version published before a
@@ -31,12 +30,10 @@ afterAll(async () => {
   await fleet?.close();
 });
 
-function citadel(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
-    encoding: "utf8",
-    env: { PATH: process.env.PATH ?? "", ...fleet.env },
-  });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+/** The CLI, run asynchronously: the fleet's API and worker live in this process, and spawnSync would stall them. */
+async function citadel(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await runCli(args, { env: { PATH: process.env.PATH ?? "", ...fleet.env } });
+  return { code: r.code ?? -1, out: r.out, err: r.err };
 }
 
 /** Publishes two versions: 1 with full outputs, then 2 (label only) as the stable one. */
@@ -97,11 +94,11 @@ describe("citadel retire", () => {
   it("refuses the stable version; retires another with a signed, audited statement; a retired version is never routed again", async () => {
     await fleet.publish(buildConvNet({ seed: 1 }), { name: "ret", version: "1", spec: {} });
     await fleet.publish(buildConvNet({ seed: 2 }), { name: "ret", version: "2", spec: {} }, { canaryWeight: 0.5 });
-    const stable = citadel("retire", "ret", "1");
+    const stable = await citadel("retire", "ret", "1");
     expect(stable.code).toBe(1);
     expect(stable.err).toMatch(/VERSION_IS_STABLE: ret@1 is the stable version; make another version stable first/);
-    expect(citadel("route", "ret", "--stable", "2").code).toBe(0);
-    const retired = citadel("retire", "ret", "1", "--reason", "published before the output policy was tightened");
+    expect((await citadel("route", "ret", "--stable", "2")).code).toBe(0);
+    const retired = await citadel("retire", "ret", "1", "--reason", "published before the output policy was tightened");
     expect(retired.code, retired.err).toBe(0);
     expect(retired.out).toMatch(/retired ret@1/);
     // The statement in Redis is signed by the pinned signer and names the version.
@@ -115,12 +112,12 @@ describe("citadel retire", () => {
     expect(rec.detail).toBe("published before the output policy was tightened");
     // Retiring the canary takes it out of routing in the same step.
     await fleet.publish(buildConvNet({ seed: 3 }), { name: "ret", version: "3", spec: {} }, { canaryWeight: 0.5 });
-    expect(citadel("retire", "ret", "3").code).toBe(0);
+    expect((await citadel("retire", "ret", "3")).code).toBe(0);
     expect(await fleet.ctx.registry.getRouting("ret")).toEqual({ stable: "2", canaryWeight: 0 });
     // Routing it again, by route or by publish, is refused.
-    const again = citadel("route", "ret", "--stable", "1");
+    const again = await citadel("route", "ret", "--stable", "1");
     expect([again.code, again.err]).toEqual([1, expect.stringMatching(/MODEL_RETIRED: ret@1 is retired/)]);
-    const canary = citadel("route", "ret", "--stable", "2", "--canary", "1", "--weight", "0.5");
+    const canary = await citadel("route", "ret", "--stable", "2", "--canary", "1", "--weight", "0.5");
     expect(canary.err).toMatch(/MODEL_RETIRED/);
     await expect(fleet.publish(buildConvNet({ seed: 1 }), { name: "ret", version: "1", spec: {} })).rejects.toThrow(
       /ret@1 is retired/,
@@ -182,7 +179,7 @@ describe("citadel retire", () => {
     const sub = await fleet.request("POST", "/v1/jobs", { model: "forged", version: "1", inputs: x() });
     expect(sub.status, JSON.stringify(sub.json)).toBe(202);
     expect((await finalView(sub.json.id)).status).toBe("completed");
-    const route = citadel("route", "forged", "--stable", "1");
+    const route = await citadel("route", "forged", "--stable", "1");
     expect(route.code, route.err).toBe(0);
     expect(route.err).toMatch(/ignoring a retirement of forged@1 that does not verify \(SIGNER_UNTRUSTED\)/);
     await pollUntil(

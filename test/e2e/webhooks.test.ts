@@ -1,15 +1,14 @@
-import { spawnSync } from "node:child_process";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ApiEnv, type ApiHandle } from "@citadel/api";
-import { cliArgs } from "@citadel/cli/fleet";
 import { parseEnv } from "@citadel/config";
 import { buildIdentityModel, buildSlowModel } from "@citadel/onnx";
 import { TenantStore } from "@citadel/tenants";
 import { Queue } from "bullmq";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BOARD_ADMIN, pollUntil, publishModel, startExtraApi } from "../support/api-kit.js";
+import { runCli } from "../support/child.js";
 import { type Loose, startTestFleet, type TestFleet } from "../support/fleet.js";
 
 // Issue 12 point 3: completion webhooks (Standard Webhooks signatures, retries, SSRF
@@ -110,12 +109,10 @@ let deliveries: Queue;
 const keys: Record<string, string> = {};
 const secrets: Record<string, string> = {};
 
-function citadel(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [...cliArgs(), ...args], {
-    encoding: "utf8",
-    env: { PATH: process.env.PATH ?? "", ...fleet.env },
-  });
-  return { code: r.status ?? -1, out: r.stdout.trim(), err: r.stderr };
+/** The CLI, run asynchronously: the API it shares state with lives in this process, and spawnSync would stall it. */
+async function citadel(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await runCli(args, { env: { PATH: process.env.PATH ?? "", ...fleet.env } });
+  return { code: r.code ?? -1, out: r.out.trim(), err: r.err };
 }
 
 async function call(
@@ -177,7 +174,7 @@ beforeAll(async () => {
   keys.router = await fleet.addTenant({ id: "router", models: ["*"], ...rates, allowRequestCallbacks: true });
   keys.other = await fleet.addTenant({ id: "other", models: ["*"], ...rates });
   for (const t of ["hooked", "router"]) {
-    const r = citadel("tenants", "webhook-secret", t);
+    const r = await citadel("tenants", "webhook-secret", t);
     expect(r.code, r.err).toBe(0);
     secrets[t] = r.out;
   }
@@ -453,11 +450,11 @@ describe("the callback target guard (SSRF)", () => {
     expect(problems).toMatch(/WEBHOOK_ALLOW_HOSTS: .*'https:\/\/x\.example\/' is not a host name/);
   });
 
-  it("refuses a tenant's callback URL at registration with the CLI", () => {
-    const r = citadel("tenants", "add", "badhook", "--callback-url", "https://169.254.169.254/");
+  it("refuses a tenant's callback URL at registration with the CLI", async () => {
+    const r = await citadel("tenants", "add", "badhook", "--callback-url", "https://169.254.169.254/");
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/CALLBACK_URL_REFUSED/);
-    expect(citadel("tenants", "add", "okhook", "--callback-url", receiver.url("/ok")).code).toBe(0);
+    expect((await citadel("tenants", "add", "okhook", "--callback-url", receiver.url("/ok"))).code).toBe(0);
   });
 });
 
@@ -633,13 +630,13 @@ describe("GET /v1/jobs/{id}/events", () => {
 
 describe("webhook secrets", () => {
   it("rotates a tenant's secret: both sign during the grace, so receivers switch over without a gap", async () => {
-    const rotated = citadel("tenants", "webhook-secret", "hooked", "--rotate", "--grace-hours", "1");
+    const rotated = await citadel("tenants", "webhook-secret", "hooked", "--rotate", "--grace-hours", "1");
     expect(rotated.code, rotated.err).toBe(0);
     expect(rotated.out).toMatch(/^whsec_/);
     expect(rotated.out).not.toBe(secrets.hooked);
     expect(rotated.err).toMatch(/previous secret also signs until/);
     // Printing it again gives the same (derived, not stored) secret.
-    expect(citadel("tenants", "webhook-secret", "hooked").out).toBe(rotated.out);
+    expect((await citadel("tenants", "webhook-secret", "hooked")).out).toBe(rotated.out);
     const sub = await call("POST", "/v1/jobs", "hooked", job());
     expect(sub.status, JSON.stringify(sub.json)).toBe(202);
     const [d] = await receiver.waitFor(
@@ -656,8 +653,8 @@ describe("webhook secrets", () => {
     expect(def).not.toContain(rotated.out.slice(6, 20));
     expect(JSON.parse(def ?? "{}").webhookSecret.generation).toBe(2);
     // Re-adding the tenant keeps its generation (the old secret does not come back).
-    expect(citadel("tenants", "add", "hooked", "--callback-url", receiver.url("/hooked")).code).toBe(0);
-    expect(citadel("tenants", "webhook-secret", "hooked").out).toBe(rotated.out);
+    expect((await citadel("tenants", "add", "hooked", "--callback-url", receiver.url("/hooked"))).code).toBe(0);
+    expect((await citadel("tenants", "webhook-secret", "hooked")).out).toBe(rotated.out);
     // No log line carries a secret.
     expect(fleet.logs.text).not.toContain(rotated.out.slice(6));
     expect(fleet.logs.text).not.toContain((secrets.hooked as string).slice(6));

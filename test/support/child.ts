@@ -1,4 +1,5 @@
 import { type SpawnOptionsWithoutStdio, spawn } from "node:child_process";
+import { cliArgs } from "@citadel/cli/fleet";
 
 export interface ChildResult {
   code: number | null;
@@ -25,4 +26,9 @@ export function runChild(argv: readonly string[], options: SpawnOptionsWithoutSt
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, out, err }));
   });
+}
+
+/** Runs the `citadel` CLI (from source or dist, as the tests run) with these arguments, asynchronously (see runChild). */
+export function runCli(args: readonly string[], options: SpawnOptionsWithoutStdio): Promise<ChildResult> {
+  return runChild([process.execPath, ...cliArgs(), ...args], options);
 }
