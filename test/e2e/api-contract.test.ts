@@ -268,7 +268,7 @@ describe("with a worker", () => {
 
 describe("without workers (jobs stay queued)", () => {
   let fleet: TestFleet;
-  const models = ["m-bulk", "m-idem", "m-depth", "m-quota", "m-wait", "m-cancel"] as const;
+  const models = ["m-bulk", "m-idem", "m-depth", "m-quota", "m-wait", "m-cancel", "m-shed"] as const;
   beforeAll(async () => {
     fleet = await startTestFleet({ workers: 0, env: { MAX_QUEUE_DEPTH: "3" } });
     for (const name of models) await publishModel(fleet, tiny, { name, version: "1", spec: tinySpec });
@@ -464,6 +464,53 @@ describe("without workers (jobs stay queued)", () => {
       // m-wait's queue has a depth bound of 3 and later cases queue there too.
       const ids = [sub.json.id as string, ((await post.json()) as { id: string }).id];
       for (const id of ids) expect((await fleet.request("DELETE", `/v1/jobs/${id}`)).status).toBe(202);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it("sheds load while its event loop lags: 503 OVERLOADED with Retry-After, nothing queued; serves again after", async () => {
+    const api = await startExtraApi(fleet, { MAX_EVENT_LOOP_DELAY_MS: "100" });
+    try {
+      const post = () =>
+        fetch(`${api.url}/v1/jobs`, {
+          method: "POST",
+          headers: { ...bearer(fleet.apiKey), "content-type": "application/json" },
+          body: JSON.stringify(tinyJob("m-shed")),
+        });
+      const before = await queueCounts(fleet, "m-shed");
+      // A lagging loop: 150 ms of work between turns, for over two of its 1 s sampling
+      // intervals and until the answer comes (the API answers between the chunks).
+      let lagging = true;
+      const lag = (async () => {
+        while (lagging) {
+          const chunk = Date.now();
+          while (Date.now() - chunk < 150) {
+            // busy: the loop takes no turn
+          }
+          await new Promise((r) => setImmediate(r));
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 2_200));
+      const shed = await post().finally(() => {
+        lagging = false;
+      });
+      await lag;
+      expect(shed.status).toBe(503);
+      expect(errorEnvelope(await shed.json())?.code).toBe("OVERLOADED");
+      expect(Number(shed.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+      expect(await queueCounts(fleet, "m-shed")).toEqual(before);
+      // The next samples find the loop free again: the same request is taken.
+      const taken = await pollUntil(
+        "a submit taken after the lag",
+        async () => {
+          const r = await post();
+          return r.status === 202 ? r : undefined;
+        },
+        30_000,
+        100,
+      );
+      expect(taken.status).toBe(202);
     } finally {
       await api.close();
     }
