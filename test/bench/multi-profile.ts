@@ -11,7 +11,7 @@
  */
 import { rmSync } from "node:fs";
 import path from "node:path";
-import { Client, cpuMsOf, randomInput, redisPidOf, rssOf, say } from "./harness.js";
+import { Client, cpuMsOf, randomInput, redisPidOf, rssOf, say, threadCpuByName } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { printTopSelfTime, profiledNodeOptions } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
@@ -45,10 +45,14 @@ const loop = async (c: number, until: number, count: boolean) => {
 const warm = performance.now() + 3000;
 await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, warm, false)));
 const cpu0 = { api: cpuMsOf(api.pid), worker: cpuMsOf(worker.pid), redis: cpuMsOf(redisPid), me: process.cpuUsage() };
+const workerThreads0 = threadCpuByName(worker.pid);
 const t0 = performance.now();
 await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, t0 + seconds * 1000, true)));
 const s = (performance.now() - t0) / 1000;
 const me = process.cpuUsage(cpu0.me);
+const workerThreads = [...threadCpuByName(worker.pid)].map(
+  ([name, ms]) => [name, ms - (workerThreads0.get(name) ?? 0)] as const,
+);
 const per = (ms: number) => (ms / done).toFixed(2);
 say(
   `multi: ${done} jobs (${failed} failed) in ${s.toFixed(1)} s: ${(done / s).toFixed(1)} jobs/s, ` +
@@ -56,6 +60,14 @@ say(
     `worker ${per(cpuMsOf(worker.pid) - cpu0.worker)}, redis ${per(cpuMsOf(redisPid) - cpu0.redis)}, ` +
     `client ${per((me.user + me.system) / 1000)}; RSS MB: api ${(rssOf(api.pid) / 2 ** 20).toFixed(0)}, ` +
     `worker ${(rssOf(worker.pid) / 2 ** 20).toFixed(0)}`,
+);
+// The worker's threads: main, the runner thread, onnxruntime's, libuv's pool, V8's helpers.
+say(
+  `worker threads, CPU ms/job: ${workerThreads
+    .filter(([, ms]) => ms / done >= 0.05)
+    .sort((a, b) => b[1] - a[1])
+    .map(([name, ms]) => `${name} ${(ms / done).toFixed(2)}`)
+    .join(", ")}`,
 );
 await close();
 if (profile.nodeArgs.includes("--cpu-prof")) {
