@@ -207,7 +207,7 @@ describe("the API and a worker from dist, with plain node", () => {
         env: { ...process.env, ONNXRUNTIME_NODE_INSTALL: "skip" },
       },
     );
-    expect(deploy.status, `${deploy.stdout}${deploy.stderr}`).toBe(0);
+    expect(deploy.status, `${deploy.error ?? ""}${deploy.stdout}${deploy.stderr}`).toBe(0);
     const installed = readdirSync(path.join(dir, "node_modules", ".pnpm"));
     expect(installed.length).toBeGreaterThan(10);
     // (typescript itself is there: valibot, under @bull-board, takes it as a peer dependency.)
