@@ -2,7 +2,9 @@
  * Where the API and the worker spend their main threads' time on the bench's 16-sample
  * row: PaddleOCR cls, jobs of 16 samples (1.7 MB) sent as binary bodies by `clients`
  * closed loops for `seconds`, both processes under `--cpu-prof`; prints jobs/s, CPU per
- * job per process, and each main thread's functions with the most self time.
+ * job per process, the worker's CPU by thread beside its time inside session.run (more
+ * wall time there than runner CPU: the runner waited for a core), and each main
+ * thread's functions with the most self time.
  *
  *   node --conditions=@citadel/source --import tsx test/bench/multi-profile.ts [seconds] [clients] [profile dir]
  *
@@ -11,7 +13,7 @@
  */
 import { rmSync } from "node:fs";
 import path from "node:path";
-import { Client, cpuMsOf, randomInput, redisPidOf, rssOf, say, threadCpuByName } from "./harness.js";
+import { Client, cpuMsOf, randomInput, redisPidOf, rssOf, say, scrapeMetric, threadCpuByName } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
 import { printTopSelfTime, profiledNodeOptions } from "./profile-summary.js";
 import { binaryBody, stackSamples } from "./wire.js";
@@ -46,9 +48,15 @@ const warm = performance.now() + 3000;
 await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, warm, false)));
 const cpu0 = { api: cpuMsOf(api.pid), worker: cpuMsOf(worker.pid), redis: cpuMsOf(redisPid), me: process.cpuUsage() };
 const workerThreads0 = threadCpuByName(worker.pid);
+// Time inside session.run (the worker's own histogram), to set beside the runner thread's CPU.
+const metrics = new URL("/metrics", worker.url).href;
+const inRunMs = async () =>
+  ((await scrapeMetric(metrics, "citadel_inference_compute_duration_seconds_sum")) ?? NaN) * 1000;
+const inRun0 = await inRunMs();
 const t0 = performance.now();
 await Promise.all(Array.from({ length: clients }, (_, c) => loop(c, t0 + seconds * 1000, true)));
 const s = (performance.now() - t0) / 1000;
+const inRun = (await inRunMs()) - inRun0;
 const me = process.cpuUsage(cpu0.me);
 const workerThreads = [...threadCpuByName(worker.pid)].map(
   ([name, ms]) => [name, ms - (workerThreads0.get(name) ?? 0)] as const,
@@ -67,7 +75,7 @@ say(
     .filter(([, ms]) => ms / done >= 0.05)
     .sort((a, b) => b[1] - a[1])
     .map(([name, ms]) => `${name} ${(ms / done).toFixed(2)}`)
-    .join(", ")}`,
+    .join(", ")}; inside session.run ${(inRun / done).toFixed(2)} ms/job (wall)`,
 );
 await close();
 if (profile.nodeArgs.includes("--cpu-prof")) {
