@@ -41,7 +41,7 @@
  * Prints a table, the targets of issue 11 with pass/miss, and, last, one line of JSON.
  * Writes docs/perf-bench.svg.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -86,9 +86,11 @@ import {
   randomInput,
   redisPidOf,
   repoRoot,
+  SPINNING,
   say,
   setupFleet,
   sleep,
+  spawnBusyLoop,
   startOwnRedis,
   startProc,
 } from "./harness.js";
@@ -251,9 +253,6 @@ interface LimitResult {
   busy?: { neighbours: number; samplesPerSec: number };
 }
 
-/** A process that spins on integer arithmetic (no memory traffic) until killed: a busy core. */
-const SPINNER = "let x = 0; for (;;) for (let i = 0; i < 1e7; i++) x = (x * 31 + i) | 0;";
-
 /**
  * `passes` interleaved passes over the batch sizes; the median pass per batch size is
  * kept. With `neighbours`, that many spinning processes run beside it throughout.
@@ -273,7 +272,7 @@ async function measureLimit(
   });
   const runs: Record<number, number[]> = {};
   const spinners: ChildProcess[] = Array.from({ length: neighbours }, () =>
-    spawn(process.execPath, ["-e", SPINNER], { stdio: "ignore" }),
+    spawnBusyLoop(SPINNING.setup, SPINNING.turn),
   );
   try {
     if (neighbours > 0) await sleep(300);

@@ -11,12 +11,12 @@
  *
  *   node --conditions=@citadel/source --import tsx test/bench/busy-neighbour.ts [heavy|ocr] [batch] [rounds] [seconds]
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildHeavyConvNet } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
-import { percentile, say } from "./harness.js";
+import { percentile, SPINNING, say, sleep, spawnBusyLoop } from "./harness.js";
 
 const ocr = process.argv[2] === "ocr";
 const batch = Number(process.argv[3] ?? (ocr ? 4 : 8));
@@ -28,10 +28,11 @@ const size = dims.reduce((a, b) => a * b, 1);
 
 const NEIGHBOURS = {
   idle: null,
-  spinning: "let x = 0; for (;;) for (let i = 0; i < 1e7; i++) x = (x * 31 + i) | 0;",
-  copying:
-    "const ring = Array.from({ length: 8 }, () => Buffer.alloc(1.7e6, 1)); " +
-    "for (let i = 0; ; i++) ring[i % 8].copy(ring[(i + 1) % 8]);",
+  spinning: SPINNING,
+  copying: {
+    setup: "const ring = Array.from({ length: 8 }, () => Buffer.alloc(1.7e6, 1)); let i = 0",
+    turn: "for (let k = 0; k < 64; k++, i++) ring[i % 8].copy(ring[(i + 1) % 8])",
+  },
 } as const;
 type Neighbour = keyof typeof NEIGHBOURS;
 
@@ -57,10 +58,10 @@ async function window(): Promise<number> {
 
 const results = new Map<Neighbour, number[]>();
 for (let r = 0; r < rounds; r++) {
-  for (const [name, source] of Object.entries(NEIGHBOURS) as [Neighbour, string | null][]) {
-    const child: ChildProcess | null = source ? spawn(process.execPath, ["-e", source], { stdio: "ignore" }) : null;
+  for (const [name, loop] of Object.entries(NEIGHBOURS) as [Neighbour, (typeof NEIGHBOURS)[Neighbour]][]) {
+    const child: ChildProcess | null = loop ? spawnBusyLoop(loop.setup, loop.turn) : null;
     try {
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      await sleep(300);
       results.set(name, [...(results.get(name) ?? []), await window()]);
     } finally {
       child?.kill();

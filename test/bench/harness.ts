@@ -29,6 +29,19 @@ export function say(msg: string): void {
 
 export { freePort };
 
+/**
+ * A busy core: a child process that runs `turn` over and over (after `setup`) until
+ * killed, or until this process is gone: it looks at its parent between turns, so a
+ * bench killed mid-measurement leaves nothing spinning behind it.
+ */
+export function spawnBusyLoop(setup: string, turn: string): ChildProcess {
+  const source = `const parent = ${process.pid}; ${setup}; for (;;) { ${turn}; if (process.ppid !== parent) process.exit(0); }`;
+  return spawn(process.execPath, ["-e", source], { stdio: "ignore" });
+}
+
+/** Integer arithmetic and nothing else (no memory traffic): what is left is the core's clock and what cores share. */
+export const SPINNING = { setup: "let x = 0", turn: "for (let i = 0; i < 1e7; i++) x = (x * 31 + i) | 0" } as const;
+
 export function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;

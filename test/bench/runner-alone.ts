@@ -64,7 +64,8 @@ async function onThread(): Promise<number> {
     await reply();
   };
   for (let w = 0; w < 3; w++) await send();
-  const before = (worker.postMessage({}), await reply()).inRun ?? 0;
+  worker.postMessage({});
+  const before = (await reply()).inRun ?? 0;
   let n = 0;
   const t0 = performance.now();
   while (performance.now() - t0 < ms) {
