@@ -16,7 +16,8 @@ import { readFileSync } from "node:fs";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
 import { buildHeavyConvNet } from "@citadel/onnx";
 import * as ort from "onnxruntime-node";
-import { percentile, SPINNING, say, sleep, spawnBusyLoop } from "./harness.js";
+import { SPINNING, say, sleep, spawnBusyLoop } from "./harness.js";
+import { median } from "./measure.js";
 
 const ocr = process.argv[2] === "ocr";
 const batch = Number(process.argv[3] ?? (ocr ? 4 : 8));
@@ -70,18 +71,10 @@ for (let r = 0; r < rounds; r++) {
 }
 await session.release();
 
-const idle = percentile(
-  [...(results.get("idle") ?? [])].sort((a, b) => a - b),
-  50,
-);
+const idle = median(results.get("idle") ?? []);
 say(`${label}, runs of ${batch}, ${rounds} windows of ${ms / 1000} s each, CPU ms per sample:`);
 for (const [name, xs] of results) {
-  const median = percentile(
-    [...xs].sort((a, b) => a - b),
-    50,
-  );
-  const vsIdle = name === "idle" ? "" : ` (${((median / idle - 1) * 100).toFixed(1)}% over idle)`;
-  say(
-    `  other core ${name.padEnd(8)} median ${median.toFixed(3)}${vsIdle}  [${xs.map((x) => x.toFixed(3)).join(", ")}]`,
-  );
+  const m = median(xs);
+  const vsIdle = name === "idle" ? "" : ` (${((m / idle - 1) * 100).toFixed(1)}% over idle)`;
+  say(`  other core ${name.padEnd(8)} median ${m.toFixed(3)}${vsIdle}  [${xs.map((x) => x.toFixed(3)).join(", ")}]`);
 }
