@@ -469,7 +469,7 @@ describe("without workers (jobs stay queued)", () => {
     }
   });
 
-  it("sheds load while its event loop lags: 503 OVERLOADED with Retry-After, nothing queued; serves again after", async () => {
+  it("sheds load while its event loop lags: 503 OVERLOADED with Retry-After, nothing queued, liveness still 200; serves again after", async () => {
     const api = await startExtraApi(fleet, { MAX_EVENT_LOOP_DELAY_MS: "100" });
     try {
       const post = () =>
@@ -479,23 +479,34 @@ describe("without workers (jobs stay queued)", () => {
           body: JSON.stringify(tinyJob("m-shed")),
         });
       const before = await queueCounts(fleet, "m-shed");
-      // A lagging loop: 150 ms of work between turns, for over two of its 1 s sampling
-      // intervals and until the answer comes (the API answers between the chunks).
+      // A lagging loop: 300 ms of work between turns (the lag is sampled every 100 ms, so
+      // it is seen as about 200 ms), for over two of its 1 s windows and until the answers
+      // come (the API answers between the chunks).
       let lagging = true;
       const lag = (async () => {
         while (lagging) {
           const chunk = Date.now();
-          while (Date.now() - chunk < 150) {
+          while (Date.now() - chunk < 300) {
             // busy: the loop takes no turn
           }
           await new Promise((r) => setImmediate(r));
         }
       })();
       await new Promise((r) => setTimeout(r, 2_200));
-      const shed = await post().finally(() => {
+      const probe = (route: string) => fetch(`${api.url}${route}`);
+      const [shed, ready, ...live] = await Promise.all([
+        post(),
+        probe("/readyz"),
+        probe("/healthz"),
+        probe("/v2/health/live"),
+      ]).finally(() => {
         lagging = false;
       });
       await lag;
+      // An overloaded API is not a dead one: its liveness probes are not shed (a restart
+      // would move its load onto the others); readiness is (traffic goes elsewhere).
+      expect(live.map((r) => r.status)).toEqual([200, 200]);
+      expect([ready.status, errorEnvelope(await ready.json())?.code]).toEqual([503, "OVERLOADED"]);
       expect(shed.status).toBe(503);
       expect(errorEnvelope(await shed.json())?.code).toBe("OVERLOADED");
       expect(Number(shed.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);

@@ -27,10 +27,9 @@ import type {
   SubmitRequest,
   Submitter,
 } from "@citadel/submit";
-import type { Logger } from "@citadel/telemetry";
+import { EVENT_LOOP_SAMPLE_MS, type Logger } from "@citadel/telemetry";
 import type { Tenant, TenantStore } from "@citadel/tenants";
 import { mergePolicies } from "@citadel/tensors";
-import underPressure from "@fastify/under-pressure";
 import type { Queue } from "bullmq";
 import Fastify, {
   type FastifyBaseLogger,
@@ -57,6 +56,7 @@ import { contentCoding, DECODED_CODINGS, decodable, decodeBody } from "./content
 import { requestError, sendError } from "./errors.js";
 import { EventStreams, streamJobEvents } from "./events.js";
 import { parseJsonBody } from "./json-body.js";
+import { type SheddingConfig, shedOnLag } from "./load-shedding.js";
 import type { ApiMetrics } from "./metrics.js";
 import { registerOpenApi } from "./openapi.js";
 import { documentedAs, idempotencyHeader, json, v1Errors } from "./route-docs.js";
@@ -240,12 +240,11 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
   app.setNotFoundHandler((req, reply) => sendError(req, reply, new CitadelError("NOT_FOUND", "no such route")));
 
   // Load shedding: refuse with 503 when the event loop lags, before work piles up.
-  await app.register(underPressure, {
-    maxEventLoopDelay: s.maxEventLoopDelayMs,
-    exposeStatusRoute: false,
-    pressureHandler: (req, reply) => {
-      void sendError(req, reply, new CitadelError("OVERLOADED", "server is overloaded; retry later"));
-    },
+  shedOnLag(app, {
+    maxDelayMs: s.maxEventLoopDelayMs,
+    sampleMs: EVENT_LOOP_SAMPLE_MS,
+    windowMs: 1000,
+    shed: (req, reply) => sendError(req, reply, new CitadelError("OVERLOADED", "server is overloaded; retry later")),
   });
 
   app.addHook("onResponse", (req, reply, done) => {
@@ -258,7 +257,8 @@ export async function buildApp(d: AppDeps): Promise<FastifyInstance> {
     done();
   });
 
-  app.get("/healthz", async () => ({ ok: true }));
+  // Liveness answers while the API sheds load: an overloaded pod is not a dead one.
+  app.get("/healthz", { config: { liveness: true } satisfies SheddingConfig }, async () => ({ ok: true }));
   /** Ready: Redis answers and the catalog has loaded the registry once. */
   const readiness = async () => {
     const redis = await d.redis.ping().then(

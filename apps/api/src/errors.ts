@@ -50,9 +50,6 @@ export function requestError(err: unknown, bodyLimit: number): CitadelError | un
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
       return new CitadelError("MALFORMED_JSON", "request body is empty or its length is wrong");
   }
-  if (fe.statusCode === 503 && fe.code === "FST_UNDER_PRESSURE") {
-    return new CitadelError("OVERLOADED", "server is overloaded; retry later");
-  }
   if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
     return new CitadelError("VALIDATION_FAILED", "bad request");
   }

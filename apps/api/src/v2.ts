@@ -21,6 +21,7 @@ import { z } from "zod";
 import { binaryBodyDoc, binaryHeaders, decodeBinaryInfer, decodeJsonInfer } from "./binary-body.js";
 import { readBinaryBody } from "./binary-reader.js";
 import { sendError } from "./errors.js";
+import type { SheddingConfig } from "./load-shedding.js";
 import { idempotencyHeader, json, v2Errors } from "./route-docs.js";
 import { finalWithin, releaseBody, submitContext, submitOneRecorded } from "./submit-context.js";
 
@@ -76,6 +77,7 @@ export async function registerV2(app: FastifyInstance, d: V2Deps): Promise<void>
     api.get(
       "/v2/health/live",
       {
+        config: { liveness: true } satisfies SheddingConfig,
         schema: {
           response: { 200: z.object({ live: z.boolean() }) },
           operationId: "v2ServerLive",
