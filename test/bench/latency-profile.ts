@@ -21,14 +21,16 @@ interface Timed {
 
 const rate = Number(process.argv[2] ?? 80);
 const seconds = Number(process.argv[3] ?? 10);
-const PER = 3 * 48 * 192;
+const heavy = process.env.PROFILE_MODEL === "heavy";
+const SHAPE = heavy ? [1, 3, 64, 64] : [1, 3, 48, 192];
+const PER = SHAPE.reduce((a, b) => a * b, 1);
 const form = process.env.APP_FORM === "dist" ? "dist" : "source";
 const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 
 const { fleet, api, worker, close } = await startOcrFleet("latency", { nodeArgs, form });
 const redisPid = await redisPidOf(fleet.redis);
 const bodies = Array.from({ length: 64 }, (_, i) =>
-  binaryBody("ocr-cls", [{ name: "x", shape: [1, 3, 48, 192], data: randomInput(PER, 2000 + i) }]),
+  binaryBody("ocr-cls", [{ name: "x", shape: SHAPE, data: randomInput(PER, 2000 + i) }]),
 );
 const client = new Client(api.url, fleet.apiKey);
 

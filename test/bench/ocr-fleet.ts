@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import type { AppForm } from "@citadel/cli/fleet";
 import { OCR_CLS_PATH } from "@citadel/cli/sample-models";
+import { buildHeavyConvNet } from "@citadel/onnx";
 import {
   apiEnv,
   type FleetSetup,
@@ -34,7 +35,9 @@ export async function startOcrFleet(
 ): Promise<OcrFleet> {
   const own = await startOwnRedis();
   const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
-  await fleet.publish(new Uint8Array(readFileSync(OCR_CLS_PATH)), {
+  // PROFILE_MODEL=heavy: the bench's heavy conv net (x[N,3,64,64], range ±10) under the same name instead.
+  const heavy = process.env.PROFILE_MODEL === "heavy";
+  await fleet.publish(heavy ? buildHeavyConvNet() : new Uint8Array(readFileSync(OCR_CLS_PATH)), {
     name: "ocr-cls",
     version: "1",
     spec: {
@@ -43,7 +46,7 @@ export async function startOcrFleet(
       ...(process.env.OCR_RUN_BATCH ? { runBatch: Number(process.env.OCR_RUN_BATCH) } : {}),
       maxQueueDelayMs: 2,
       executionProviders: ["cpu"],
-      inputs: { x: { range: [-1, 1] } },
+      inputs: { x: { range: heavy ? [-10, 10] : [-1, 1] } },
     },
   });
   const apiPort = await freePort();
