@@ -7,7 +7,8 @@
  *
  *   node --conditions=@citadel/source --import tsx test/bench/latency-profile.ts [rate] [seconds]
  *
- * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts.
+ * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts; PROFILE_MODEL=heavy serves the
+ * bench's heavy conv net (x[1,3,64,64] per job) instead.
  */
 import { Client, cpuMsOf, percentile, type ResultView, randomInput, redisPidOf, say, sleep } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
@@ -27,7 +28,11 @@ const PER = SHAPE.reduce((a, b) => a * b, 1);
 const form = process.env.APP_FORM === "dist" ? "dist" : "source";
 const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 
-const { fleet, api, worker, close } = await startOcrFleet("latency", { nodeArgs, form });
+const { fleet, api, worker, close } = await startOcrFleet("latency", {
+  nodeArgs,
+  form,
+  model: heavy ? "heavy" : "ocr",
+});
 const redisPid = await redisPidOf(fleet.redis);
 const bodies = Array.from({ length: 64 }, (_, i) =>
   binaryBody("ocr-cls", [{ name: "x", shape: SHAPE, data: randomInput(PER, 2000 + i) }]),

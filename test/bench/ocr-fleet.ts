@@ -26,17 +26,18 @@ export interface OcrFleet {
 }
 
 /**
- * Publishes PaddleOCR cls as the bench does (maxBatch 16, maxQueueDelayMs 2) and starts
- * one API and one worker (`workerName` names its logs) with `opts`' Node flags and form.
+ * Publishes PaddleOCR cls as the bench does (maxBatch 16, maxQueueDelayMs 2; `model:
+ * "heavy"`: the heavy conv net instead) and starts one API and one worker (`workerName`
+ * names its logs) with `opts`' Node flags and form.
  */
 export async function startOcrFleet(
   workerName: string,
-  opts: { nodeArgs?: string[]; form?: AppForm },
+  opts: { nodeArgs?: string[]; form?: AppForm; model?: "ocr" | "heavy" },
 ): Promise<OcrFleet> {
   const own = await startOwnRedis();
   const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
-  // PROFILE_MODEL=heavy: the bench's heavy conv net (x[N,3,64,64], range ±10) under the same name instead.
-  const heavy = process.env.PROFILE_MODEL === "heavy";
+  // `model: "heavy"`: the bench's heavy conv net (x[N,3,64,64], range ±10) under the same name instead.
+  const heavy = opts.model === "heavy";
   await fleet.publish(heavy ? buildHeavyConvNet() : new Uint8Array(readFileSync(OCR_CLS_PATH)), {
     name: "ocr-cls",
     version: "1",
