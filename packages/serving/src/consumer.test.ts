@@ -307,3 +307,40 @@ describe("the consumer while a batch settles", () => {
     }
   });
 });
+
+describe("the consumer over many turns", () => {
+  it("races no promise on every turn (each race leaves a reaction on a pending promise until it settles)", async () => {
+    const { prefix, connection, queue, add, close } = testQueue();
+    // How many races each promise was in: one raced on every turn (a promise that
+    // settles on stop) would hold a reaction per turn for the worker's life.
+    const raced = new Map<Promise<unknown>, number>();
+    const race = Promise.race.bind(Promise);
+    const spy = vi.spyOn(Promise, "race").mockImplementation(((values: readonly unknown[]) => {
+      for (const v of values) if (v instanceof Promise) raced.set(v, (raced.get(v) ?? 0) + 1);
+      return race(values);
+    }) as typeof Promise.race);
+    const consumer = testConsumer({
+      connection,
+      prefix,
+      model: loaded,
+      log: createLogger({ name: "consumer-turns-test", level: "silent" }),
+      name: "consumer-turns-test",
+    });
+    consumer.start();
+    try {
+      // One job at a time, each taken, run and settled on turns of its own.
+      for (let i = 0; i < 60; i++) {
+        const id = `m.consumer-turns-${String(i).padStart(4, "0")}`;
+        await add(id);
+        for (let n = 0; n < 1000 && (await queue.getJobState(id)) !== "completed"; n++)
+          await new Promise((r) => setTimeout(r, 5));
+        expect(await queue.getJobState(id)).toBe("completed");
+      }
+      expect(raced.size).toBeGreaterThan(0);
+      expect(Math.max(...raced.values())).toBeLessThan(20);
+    } finally {
+      spy.mockRestore();
+      await close(consumer);
+    }
+  });
+});

@@ -11,6 +11,7 @@ import { noteFirstRun } from "./load-phases.js";
 import type { WorkerMetrics } from "./metrics.js";
 import type { LoadedModel, ModelHost } from "./model-host.js";
 import { type ProbeShapes, probeFeeds, probeShapes } from "./probe.js";
+import { raceOrAbort } from "./race-abort.js";
 
 export interface ConsumerOptions {
   model: string;
@@ -93,11 +94,8 @@ export class ModelConsumer {
   private readonly arrivals: LeasedJob[] = [];
   /** Whether the last wake took fewer jobs than it asked for (the queue was left empty). */
   private arrivalsDrained = false;
-  private stop: () => void = () => {};
-  /** Resolves when close() begins: waits end at once. */
-  private readonly stopped = new Promise<void>((r) => {
-    this.stop = r;
-  });
+  /** Aborted when close() begins: waits end at once. */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly o: ConsumerOptions) {
     this.maxHeld = o.maxHeldJobs ?? 256;
@@ -220,7 +218,7 @@ export class ModelConsumer {
    */
   private async waitForWork(room: number, canRun: boolean): Promise<void> {
     const fetch = room > 0;
-    const waits: Promise<unknown>[] = [this.stopped];
+    const waits: Promise<unknown>[] = [];
     // A batch due while the runner is busy waits for a batch to free it, not for a timer.
     let at = canRun ? (this.readyAt() ?? (fetch ? null : performance.now() + 50)) : null;
     if (!canRun) waits.push(...this.runsOpen, ...this.inflight);
@@ -251,7 +249,7 @@ export class ModelConsumer {
     let timer: NodeJS.Timeout | undefined;
     if (at !== null) waits.push(new Promise((r) => (timer = setTimeout(r, Math.max(0, at - performance.now())))));
     try {
-      await Promise.race(waits);
+      await raceOrAbort(waits, this.stopping.signal);
     } finally {
       clearTimeout(timer);
     }
@@ -288,7 +286,7 @@ export class ModelConsumer {
 
   /** A pause that ends early when the consumer stops. */
   private idle(ms: number): Promise<unknown> {
-    return Promise.race([sleep(ms), this.stopped]);
+    return raceOrAbort([sleep(ms)], this.stopping.signal);
   }
 
   private readyAt(): number | null {
@@ -586,7 +584,7 @@ export class ModelConsumer {
    */
   async close(graceMs: number): Promise<void> {
     this.running = false;
-    this.stop();
+    this.stopping.abort();
     const grace = sleep(graceMs).then(() => "timeout" as const);
     await Promise.race([Promise.allSettled([this.loopDone, ...this.inflight]), grace]);
     this.shutdown.abort();
