@@ -68,6 +68,8 @@ const cpu = [cpuMsOf(api.pid), cpuMsOf(worker.pid), cpuMsOf(redisPid)].map(
 await close();
 
 const phases: Record<string, number[]> = { submit: [], queue: [], worker: [], reply: [], overhead: [] };
+/** Each job's phases in one row, to see which phase the slowest jobs lost their time in. */
+const rows: { at: number; phases: number[]; inference: number; batch: number }[] = [];
 for (const j of jobs) {
   const created = Date.parse(j.view.createdAt ?? "");
   const started = Date.parse(j.view.startedAt ?? "");
@@ -79,6 +81,12 @@ for (const j of jobs) {
   phases.worker?.push(finished - started - r.inferenceMs);
   phases.reply?.push(j.received - finished);
   phases.overhead?.push(j.received - j.sent - r.inferenceMs);
+  rows.push({
+    at: j.sent,
+    phases: [created - j.sent, started - created, finished - started - r.inferenceMs, j.received - finished],
+    inference: r.inferenceMs,
+    batch: r.batchSize,
+  });
 }
 say(`latency: ${jobs.length} jobs at ${rate} jobs/s for ${seconds} s (${form}); ms per phase:`);
 say("  phase        p50     p90     p99     max");
@@ -89,5 +97,13 @@ for (const [name, xs] of Object.entries(phases)) {
   const row = [50, 90, 99, 100].map((p) => at(p).padStart(7)).join(" ");
   say(`  ${name.padEnd(9)} ${row}`);
 }
+// The slowest 2% by end to end − inference: where their time went, and when (s after the first).
+const slowest = [...rows].sort((a, b) => b.phases.reduce((x, y) => x + y) - a.phases.reduce((x, y) => x + y));
+const t0 = Math.min(...rows.map((r) => r.at));
+say(`  slowest 2%: at s (after ${t0}, ms since the epoch), submit / queue / worker / reply, inference (batch)`);
+for (const r of slowest.slice(0, Math.max(1, Math.ceil(rows.length / 50))))
+  say(
+    `    ${((r.at - t0) / 1000).toFixed(2).padStart(6)}  ${r.phases.map((x) => x.toFixed(1)).join(" / ")}, ${r.inference.toFixed(1)} (${r.batch})`,
+  );
 const [apiMs, workerMs, redisMs] = cpu.map((ms) => ms.toFixed(2));
 say(`CPU ms per job: api ${apiMs}, worker (main and runner) ${workerMs}, redis ${redisMs}`);
