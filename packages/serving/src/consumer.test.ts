@@ -16,7 +16,7 @@ import { createLogger, createRegistry } from "@citadel/telemetry";
 import type { Tensor } from "@citadel/tensors";
 import { Queue } from "bullmq";
 import { afterAll, describe, expect, it, vi } from "vitest";
-import { type ConsumerOptions, ModelConsumer } from "./consumer.js";
+import { ModelConsumer } from "./consumer.js";
 import { JobLease } from "./lease.js";
 import { workerMetrics } from "./metrics.js";
 import type { LoadedModel } from "./model-host.js";
@@ -58,7 +58,7 @@ function testConsumer(o: {
   prefix: string;
   model: LoadedModel;
   audit?: [AuditEvent, AuditFields][];
-  log: ConsumerOptions["log"];
+  /** Its metrics registry's and its (silent) logger's name. */
   name: string;
 }): ModelConsumer {
   return new ModelConsumer({
@@ -68,7 +68,7 @@ function testConsumer(o: {
     host: { get: async () => o.model, pin: () => () => {} },
     audit: { record: (e, f) => o.audit?.push([e, f]) },
     metrics: workerMetrics(createRegistry(o.name)),
-    log: o.log,
+    log: createLogger({ name: o.name, level: "silent" }),
     workerId: "w-test",
     lockDurationMs: 5000,
     maxResultBytes: 1 << 20,
@@ -140,7 +140,6 @@ describe("the consumer and cancellations whose message it never got", () => {
       prefix,
       model: cancelling,
       audit,
-      log: createLogger({ name: "consumer-test", level: "silent" }),
       name: "consumer-cancel-run-test",
     });
     await add(id);
@@ -188,7 +187,6 @@ describe("the consumer and cancellations whose message it never got", () => {
       prefix,
       model: counting,
       audit,
-      log: createLogger({ name: "consumer-test", level: "silent" }),
       name: "consumer-cancel-test",
     });
     const [cancelled, kept] = ["m.consumer-cancel-0001", "m.consumer-cancel-0002"];
@@ -227,7 +225,6 @@ describe("the consumer when its blocking fetch never answers", () => {
       connection,
       prefix,
       model: loaded,
-      log: createLogger({ name: "consumer-stuck-test", level: "silent" }),
       name: "consumer-stuck-test",
     });
     const id = "m.consumer-stuck-job-00001";
@@ -282,7 +279,6 @@ describe("the consumer while a batch settles", () => {
       connection,
       prefix,
       model: counting,
-      log: createLogger({ name: "consumer-settle-test", level: "silent" }),
       name: "consumer-settle-test",
     });
     const ids = [1, 2, 3].map((i) => `m.consumer-settle-000${i}`);
@@ -323,7 +319,6 @@ describe("the consumer over many turns", () => {
       connection,
       prefix,
       model: loaded,
-      log: createLogger({ name: "consumer-turns-test", level: "silent" }),
       name: "consumer-turns-test",
     });
     consumer.start();
