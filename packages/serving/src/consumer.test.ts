@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { Writable } from "node:stream";
 import type { AuditEvent, AuditFields } from "@citadel/audit";
 import type { JobData, ManifestBody } from "@citadel/contracts";
 import {
@@ -219,7 +218,7 @@ describe("the consumer when its blocking fetch never answers", () => {
   // read stayed pending for good, and a consumer that had found the queue drained
   // waited on it while jobs piled up in `wait`.
   it("polls for jobs instead of waiting on it for good", async () => {
-    const { prefix, connection, redis, queue, add, close } = testQueue();
+    const { prefix, connection, queue, add, close } = testQueue();
     const stuck = vi.spyOn(JobLease.prototype, "next").mockReturnValue(new Promise(() => {}));
     const consumer = testConsumer({
       connection,
@@ -253,7 +252,7 @@ describe("the consumer when its blocking fetch never answers", () => {
 
 describe("the consumer while a batch settles", () => {
   it("hands the runner the next batches without waiting for the last one's settle", async () => {
-    const { prefix, connection, redis, queue, add, close } = testQueue();
+    const { prefix, connection, queue, add, close } = testQueue();
     const one = { ...manifest, maxBatch: 1 } as ManifestBody;
     let runs = 0;
     const counting = {
