@@ -69,7 +69,7 @@ await close();
 
 const phases: Record<string, number[]> = { submit: [], queue: [], worker: [], reply: [], overhead: [] };
 /** Each job's phases in one row, to see which phase the slowest jobs lost their time in. */
-const rows: { at: number; phases: number[]; inference: number; batch: number }[] = [];
+const rows: { at: number; phases: number[]; overhead: number; inference: number; batch: number }[] = [];
 for (const j of jobs) {
   const created = Date.parse(j.view.createdAt ?? "");
   const started = Date.parse(j.view.startedAt ?? "");
@@ -84,6 +84,7 @@ for (const j of jobs) {
   rows.push({
     at: j.sent,
     phases: [created - j.sent, started - created, finished - started - r.inferenceMs, j.received - finished],
+    overhead: j.received - j.sent - r.inferenceMs,
     inference: r.inferenceMs,
     batch: r.batchSize,
   });
@@ -98,7 +99,7 @@ for (const [name, xs] of Object.entries(phases)) {
   say(`  ${name.padEnd(9)} ${row}`);
 }
 // The slowest 2% by end to end − inference: where their time went, and when (s after the first).
-const slowest = [...rows].sort((a, b) => b.phases.reduce((x, y) => x + y) - a.phases.reduce((x, y) => x + y));
+const slowest = [...rows].sort((a, b) => b.overhead - a.overhead);
 const t0 = Math.min(...rows.map((r) => r.at));
 say(`  slowest 2%: at s (after ${t0}, ms since the epoch), submit / queue / worker / reply, inference (batch)`);
 for (const r of slowest.slice(0, Math.max(1, Math.ceil(rows.length / 50))))
