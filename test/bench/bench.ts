@@ -618,7 +618,15 @@ interface ModelResult {
     p99Runs: { naive: number[]; citadel: number[]; binary: number[]; floor: number[] };
   };
   /** `limitAfter`: onnxruntime alone at the limit's best batch, measured again right after the row (a VM's speed drifts within a run). */
-  multi: { wire: Wire; run: RunSummary; runs: number[]; limitAfter: number } | null;
+  multi: {
+    wire: Wire;
+    run: RunSummary;
+    runs: number[];
+    limitAfter: number;
+    /** The naive worker on the same 16-sample jobs, measured interleaved with Citadel. */
+    naive: RunSummary;
+    naiveRuns: number[];
+  } | null;
 }
 
 const isRun = (x: RunSummary | { unavailable: string }): x is RunSummary => "load" in x;
@@ -723,10 +731,39 @@ async function runModel(
     );
     const c = citadelOf(bodies, MULTI_SAMPLES, `citadel: ${m.name} (${MULTI_SAMPLES}-sample jobs, ${wire})`);
     const clients = Math.max(4, 3 * Math.ceil(maxBatch / MULTI_SAMPLES) * o.workers);
-    const [r] = await measureInterleaved([c], clients, o, ctx.admin);
+    // The naive worker on the same jobs (one session.run of 16 samples each), beside it:
+    // what a plain queue costs on jobs this large, on the same cores.
+    const naiveMulti = naiveContender({
+      label: `naive:   ${m.name} (${MULTI_SAMPLES}-sample jobs)`,
+      redisUrl: ctx.redisUrl,
+      redisPid: ctx.redisPid,
+      modelFile,
+      queueName: `naive-${m.name}-${MULTI_SAMPLES}`,
+      threads: o.threads,
+      data: Array.from({ length: pool.length / MULTI_SAMPLES }, (_, k) =>
+        naiveJobData([
+          {
+            name: m.input,
+            shape: [MULTI_SAMPLES, ...m.dims],
+            data: stackSamples(pool, k * MULTI_SAMPLES, MULTI_SAMPLES),
+          },
+        ]),
+      ),
+      concurrency: clients,
+      samplesPerJob: MULTI_SAMPLES,
+    });
+    const [rn, r] = await measureInterleaved([naiveMulti, c], clients, o, ctx.admin);
     // The limit was measured minutes earlier; on a VM whose speed drifts, say what it is now too.
     const after = await measureLimit(m, o.threads, [limit.bestBatch], o.quick ? 1500 : 3000, o.repeats);
-    if (r) multiResult = { wire, run: r.median, runs: r.runs, limitAfter: after.samplesPerSec };
+    if (r && rn)
+      multiResult = {
+        wire,
+        run: r.median,
+        runs: r.runs,
+        limitAfter: after.samplesPerSec,
+        naive: rn.median,
+        naiveRuns: rn.runs,
+      };
   }
   return {
     model: m,
@@ -1116,7 +1153,10 @@ function report(
     rows.push(contenderRow(m.name, `Citadel JSON (${o.workers} worker)`, citadel));
     if (isRun(r.binary)) rows.push(contenderRow(m.name, `Citadel binary (${o.workers} worker)`, r.binary));
     else rows.push([m.name, "Citadel binary", "unavailable", "-", "-", "-", "-", "-", "-", "-"]);
-    if (r.multi) rows.push(contenderRow(m.name, `Citadel ${MULTI_SAMPLES}-sample jobs (${r.multi.wire})`, r.multi.run));
+    if (r.multi) {
+      rows.push(contenderRow(m.name, `naive ${MULTI_SAMPLES}-sample jobs`, r.multi.naive));
+      rows.push(contenderRow(m.name, `Citadel ${MULTI_SAMPLES}-sample jobs (${r.multi.wire})`, r.multi.run));
+    }
     const alt = limitsAlt.get(m.key);
     summary[m.key] = {
       model: m.name,
@@ -1220,6 +1260,7 @@ function report(
     if (r.multi)
       out.push(
         `  ${MULTI_SAMPLES}-sample jobs (${r.multi.wire}): ${fmt(r.multi.run.load.samplesPerSec)} samples/s = ${fmt(r.multi.run.load.samplesPerSec / r.limit.samplesPerSec, 2)}× onnxruntime alone (${fmt(r.limit.byBatch[MULTI_SAMPLES] ?? Number.NaN)} at batch ${MULTI_SAMPLES}; at batch ${r.limit.bestBatch} ${fmt(r.multi.limitAfter)} measured again right after the row: ${fmt(r.multi.run.load.samplesPerSec / r.multi.limitAfter, 2)}×); CPU ms per job ${JSON.stringify(r.multi.run.cpuPerJob)}`,
+        `    naive worker on the same jobs: ${fmt(r.multi.naive.load.samplesPerSec)} samples/s = ${fmt(r.multi.naive.load.samplesPerSec / r.limit.samplesPerSec, 2)}× onnxruntime alone; Citadel / naive ${fmt(r.multi.run.load.samplesPerSec / r.multi.naive.load.samplesPerSec, 2)}×; CPU ms per job ${JSON.stringify(r.multi.naive.cpuPerJob)}`,
       );
     const alt = limitsAlt.get(m.key);
     if (alt)
@@ -1294,6 +1335,9 @@ function report(
           overLimit: round2(sixteen.multi.run.load.samplesPerSec / sixteen.limit.samplesPerSec),
           limitAfterSamplesPerSec: Math.round(sixteen.multi.limitAfter),
           overLimitAfter: round2(sixteen.multi.run.load.samplesPerSec / sixteen.multi.limitAfter),
+          naive: { ...runJson(sixteen.multi.naive), jobsPerSecRuns: sixteen.multi.naiveRuns },
+          naiveOverLimit: round2(sixteen.multi.naive.load.samplesPerSec / sixteen.limit.samplesPerSec),
+          overNaive: round2(sixteen.multi.run.load.samplesPerSec / sixteen.multi.naive.load.samplesPerSec),
         }
       : null,
     workerCapacity: capacity

@@ -104,8 +104,11 @@ export function naiveContender(opts: {
   /** Job data, built once; job i sends data[i % length]. */
   data: readonly NaiveJobData[];
   concurrency: number;
+  /** Samples along the batch axis of each job's input (1 unless the 16-sample row). */
+  samplesPerJob?: number;
 }): Contender {
   const prefix = `{naive-${process.pid}}`;
+  const samples = opts.samplesPerJob ?? 1;
   return {
     label: opts.label,
     start: async () => {
@@ -136,7 +139,8 @@ export function naiveContender(opts: {
             return {
               ok: true,
               latencyMs: performance.now() - t,
-              batchSize: 1,
+              samples,
+              batchSize: samples,
               ...(typeof inferenceMs === "number" ? { inferenceMs } : {}),
             };
           } catch (err) {
