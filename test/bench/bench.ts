@@ -720,15 +720,15 @@ async function runModel(
   let multiResult: ModelResult["multi"] = null;
   if (multi) {
     const wire: Wire = binary ? "binary" : "json";
-    const bodies = Array.from({ length: pool.length / MULTI_SAMPLES }, (_, k) =>
-      prepareBody(wire, m.name, [
-        {
-          name: m.input,
-          shape: [MULTI_SAMPLES, ...m.dims],
-          data: stackSamples(pool, k * MULTI_SAMPLES, MULTI_SAMPLES),
-        },
-      ]),
-    );
+    // The same 16-sample inputs for both contenders.
+    const inputs = Array.from({ length: pool.length / MULTI_SAMPLES }, (_, k) => [
+      {
+        name: m.input,
+        shape: [MULTI_SAMPLES, ...m.dims],
+        data: stackSamples(pool, k * MULTI_SAMPLES, MULTI_SAMPLES),
+      },
+    ]);
+    const bodies = inputs.map((x) => prepareBody(wire, m.name, x));
     const c = citadelOf(bodies, MULTI_SAMPLES, `citadel: ${m.name} (${MULTI_SAMPLES}-sample jobs, ${wire})`);
     const clients = Math.max(4, 3 * Math.ceil(maxBatch / MULTI_SAMPLES) * o.workers);
     // The naive worker on the same jobs (one session.run of 16 samples each), beside it:
@@ -740,15 +740,7 @@ async function runModel(
       modelFile,
       queueName: `naive-${m.name}-${MULTI_SAMPLES}`,
       threads: o.threads,
-      data: Array.from({ length: pool.length / MULTI_SAMPLES }, (_, k) =>
-        naiveJobData([
-          {
-            name: m.input,
-            shape: [MULTI_SAMPLES, ...m.dims],
-            data: stackSamples(pool, k * MULTI_SAMPLES, MULTI_SAMPLES),
-          },
-        ]),
-      ),
+      data: inputs.map(naiveJobData),
       concurrency: clients,
       samplesPerJob: MULTI_SAMPLES,
     });
