@@ -45,8 +45,10 @@ const CIPHERTEXT = /^vault:v(\d+):(.*)$/;
 function newVersion(type: TransitKeyType): KeyVersion {
   if (type === "ed25519") {
     const { privateKey, publicKey } = generateKeyPairSync("ed25519");
-    const jwk = publicKey.export({ format: "jwk" });
-    const raw = Buffer.from(jwk.x ?? "", "base64url");
+    // The raw key is the SPKI's last 32 bytes. Not a JWK export: on Node 20 that deadlocks
+    // when a young collection lands inside it (vault-server.test.ts says how).
+    const spki = publicKey.export({ format: "der", type: "spki" });
+    const raw = spki.subarray(spki.length - 32);
     return { created: new Date(), ed25519: { privateKey, publicKey, publicKeyB64: raw.toString("base64") } };
   }
   return { created: new Date(), aes: randomBytes(type === "aes128-gcm96" ? 16 : 32) };
