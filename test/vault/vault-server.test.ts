@@ -246,7 +246,7 @@ describe("Vault test server's Ed25519 keys", () => {
   // Node 20 deadlocks when a scavenge lands inside a JWK export of a key that
   // generateKeyPairSync has just made (the export holds the key's mutex while it
   // allocates; the collected key-generation job's destructor takes the same mutex). It
-  // hung a CI run in this server's key rotation. A young generation of 1 MB makes a
+  // hung a CI run in this server's making of keys. A young generation of 1 MB makes a
   // scavenge land there within tens of thousands of keys; gone in Node 24.
   it("creates 40,000 ed25519 keys under constant young collections without hanging", async () => {
     const entry = new URL("../support/vault-server/transit.ts", import.meta.url).href;
