@@ -8,7 +8,8 @@
  *   node --conditions=@citadel/source --import tsx test/bench/latency-profile.ts [rate] [seconds]
  *
  * NODE_ARGS and APP_FORM=dist as in capacity-profile.ts; PROFILE_MODEL=heavy serves the
- * bench's heavy conv net (x[1,3,64,64] per job) instead.
+ * bench's heavy conv net (x[1,3,64,64] per job) instead, PROFILE_MODEL=light the same net with
+ * one filter in one layer (same input and output, almost no compute: what a GPU node's CPU sees).
  */
 import { Client, cpuMsOf, percentile, type ResultView, randomInput, redisPidOf, say, sleep } from "./harness.js";
 import { startOcrFleet } from "./ocr-fleet.js";
@@ -22,7 +23,7 @@ interface Timed {
 
 const rate = Number(process.argv[2] ?? 80);
 const seconds = Number(process.argv[3] ?? 10);
-const heavy = process.env.PROFILE_MODEL === "heavy";
+const heavy = process.env.PROFILE_MODEL === "heavy" || process.env.PROFILE_MODEL === "light";
 const SHAPE = heavy ? [1, 3, 64, 64] : [1, 3, 48, 192];
 const PER = SHAPE.reduce((a, b) => a * b, 1);
 const form = process.env.APP_FORM === "dist" ? "dist" : "source";
@@ -31,7 +32,7 @@ const nodeArgs = process.env.NODE_ARGS ? process.env.NODE_ARGS.split(" ") : [];
 const { fleet, api, worker, close } = await startOcrFleet("latency", {
   nodeArgs,
   form,
-  model: heavy ? "heavy" : "ocr",
+  model: process.env.PROFILE_MODEL === "light" ? "light" : heavy ? "heavy" : "ocr",
 });
 const redisPid = await redisPidOf(fleet.redis);
 const bodies = Array.from({ length: 64 }, (_, i) =>

@@ -26,26 +26,31 @@ export interface OcrFleet {
 }
 
 /**
- * Publishes PaddleOCR cls as the bench does (maxBatch 16, maxQueueDelayMs 2; `model:
- * "heavy"`: the heavy conv net instead) and starts one API and one worker (`workerName`
- * names its logs) with `opts`' Node flags and form.
+ * Publishes PaddleOCR cls as the bench does (maxBatch 16, maxQueueDelayMs 2) and starts
+ * one API and one worker (`workerName` names its logs) with `opts`' Node flags and form.
+ * `model: "heavy"`: the heavy conv net instead; `"light"`: the same net with one filter
+ * in one layer, same input and output, almost no compute (what a GPU node's CPU sees).
  */
 export async function startOcrFleet(
   workerName: string,
-  opts: { nodeArgs?: string[]; form?: AppForm; model?: "ocr" | "heavy" },
+  opts: { nodeArgs?: string[]; form?: AppForm; model?: "ocr" | "heavy" | "light" },
 ): Promise<OcrFleet> {
   const own = await startOwnRedis();
   const fleet = await setupFleet({ redisUrl: own.url, prefix: "{bench}" });
-  // `model: "heavy"`: the bench's heavy conv net (x[N,3,64,64], range ±10) under the same name instead.
-  const heavy = opts.model === "heavy";
-  await fleet.publish(heavy ? buildHeavyConvNet() : new Uint8Array(readFileSync(OCR_CLS_PATH)), {
+  // Either conv net (x[N,3,64,64], range ±10) is published under the same name.
+  const heavy = opts.model === "heavy" || opts.model === "light";
+  const model = heavy
+    ? buildHeavyConvNet(opts.model === "light" ? { filters: 1, layers: 1 } : {})
+    : new Uint8Array(readFileSync(OCR_CLS_PATH));
+  await fleet.publish(model, {
     name: "ocr-cls",
     version: "1",
     spec: {
       maxBatch: 16,
       // OCR_RUN_BATCH: runs of that many samples (the manifest's runBatch), for A/B runs.
       ...(process.env.OCR_RUN_BATCH ? { runBatch: Number(process.env.OCR_RUN_BATCH) } : {}),
-      maxQueueDelayMs: 2,
+      // OCR_QUEUE_DELAY_MS: another maxQueueDelayMs, for A/B runs.
+      maxQueueDelayMs: process.env.OCR_QUEUE_DELAY_MS ? Number(process.env.OCR_QUEUE_DELAY_MS) : 2,
       executionProviders: ["cpu"],
       inputs: { x: { range: heavy ? [-10, 10] : [-1, 1] } },
     },
