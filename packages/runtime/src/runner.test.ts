@@ -209,6 +209,80 @@ describe("ModelRunner", () => {
     await runner.close();
   });
 
+  it("runs a batch in parts as one message: each part as a run of its size, the outputs joined in order", async () => {
+    const { runner } = await startOcrRunner(1);
+    const n = 3 * 48 * 192;
+    const x = new Float32Array(10 * n).map((_, i) => ((i * 7919) % 255) / 255);
+    const session = await ort.InferenceSession.create(readFileSync(ocrPath), { intraOpNumThreads: 1 });
+    const direct: number[] = [];
+    for (const [from, size] of [
+      [0, 4],
+      [4, 4],
+      [8, 2],
+    ] as const) {
+      const out = await session.run({
+        x: new ort.Tensor("float32", x.slice(from * n, (from + size) * n), [size, 3, 48, 192]),
+      });
+      direct.push(...Array.from(out["softmax_0.tmp_0"]?.data as Float32Array));
+    }
+    let starts = 0;
+    const res = await runner.run(
+      { x: { dtype: "float32", shape: [10, 3, 48, 192], data: x.slice() } },
+      OCR_OUT,
+      10_000,
+      undefined,
+      () => starts++,
+      { sizes: [4, 4, 2], inputAxes: { x: 0 }, outputAxes: { "softmax_0.tmp_0": 0 } },
+    );
+    expect(starts).toBe(1);
+    expect(res.runs).toHaveLength(3);
+    expect(res.ms).toBeCloseTo(
+      (res.runs ?? []).reduce((a, b) => a + b, 0),
+      6,
+    );
+    expect(res.outputs["softmax_0.tmp_0"]?.shape).toEqual([10, 2]);
+    expect(Array.from(res.outputs["softmax_0.tmp_0"]?.data as Float32Array)).toEqual(direct);
+    // An output with no batch axis cannot be joined: the run fails, the runner lives on.
+    const refused = runner.run(ocrFeeds(4), OCR_OUT, 10_000, undefined, undefined, {
+      sizes: [2, 2],
+      inputAxes: { x: 0 },
+      outputAxes: { "softmax_0.tmp_0": null },
+    });
+    await expect(refused).rejects.toThrow(/cannot be joined across runs/);
+    expect(runner.alive).toBe(true);
+    await session.release();
+    await runner.close();
+  });
+
+  it("holds each part of a batch to the timeout from its own start, not from the first part's", async () => {
+    const { runner } = await startOcrRunner(1);
+    // One run of 64 samples, the fastest of three (other test files share the cores).
+    let one = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < 3; i++) one = Math.min(one, (await runner.run(ocrFeeds(64, 0.5), OCR_OUT, 10_000)).ms);
+    // Parts of 64 samples, each allowed four times that (at least 250 ms), and enough of
+    // them (twelve, more when 250 ms is the larger) that the whole takes three timeouts.
+    const timeout = Math.max(250, 4 * one);
+    const count = Math.min(24, Math.ceil((3 * timeout) / one));
+    const sizes = Array.from({ length: count }, () => 64);
+    const axes = { inputAxes: { x: 0 }, outputAxes: { "softmax_0.tmp_0": 0 } };
+    const whole = await runner.run(ocrFeeds(64 * count, 0.5), OCR_OUT, timeout, undefined, undefined, {
+      sizes,
+      ...axes,
+    });
+    expect(whole.outputs["softmax_0.tmp_0"]?.shape).toEqual([64 * count, 2]);
+    expect(whole.ms).toBeGreaterThan(timeout);
+    expect(runner.alive).toBe(true);
+    // A later part that overruns still times out, and the runner is cut loose: a tiny
+    // first part, then 512 samples (eight runs of 64) against twice one run of 64.
+    const late = runner.run(ocrFeeds(513, 0.5), OCR_OUT, 2 * one, undefined, undefined, {
+      sizes: [1, 512],
+      ...axes,
+    });
+    await expect(late).rejects.toMatchObject({ code: "TIMEOUT" });
+    expect(runner.alive).toBe(false);
+    await runner.close();
+  });
+
   it("keeps the event loop free while a batch runs", async () => {
     const bytes = readFileSync(ocrPath);
     // One intra-op thread: onnxruntime's default pool (one per core) could take every core

@@ -1,9 +1,18 @@
 import { Worker } from "node:worker_threads";
 import { CitadelError, DType } from "@citadel/contracts";
 import { type Tensor, viewAs } from "@citadel/tensors";
-import type { FromRunner, IoMeta, ProviderAttempt, ProviderName, ToRunner, WireTensor } from "./protocol.js";
+import {
+  type FromRunner,
+  type IoMeta,
+  PROGRESS_BYTES,
+  type ProviderAttempt,
+  type ProviderName,
+  type RunParts,
+  type ToRunner,
+  type WireTensor,
+} from "./protocol.js";
 
-export type { IoMeta, ProviderAttempt, ProviderName } from "./protocol.js";
+export type { IoMeta, ProviderAttempt, ProviderName, RunParts } from "./protocol.js";
 
 export interface RunnerOptions {
   /** Providers to try in order; the first that creates a session wins. */
@@ -26,6 +35,8 @@ export interface RunResult {
   outputs: Record<string, Tensor>;
   /** Time inside session.run, measured in the runner. */
   ms: number;
+  /** A run in parts: each part's time inside session.run, in order (absent: one run). */
+  runs?: number[];
 }
 
 /**
@@ -102,9 +113,12 @@ export class ModelRunner {
   private readonly skipping = new Set<number>();
   private onLoaded?: { resolve: (i: LoadedInfo) => void; reject: (e: Error) => void };
   private dead: Error | null = null;
+  /** Which run's part is running and since when, as the thread notes it (protocol.ts, PROGRESS_BYTES). */
+  private readonly progress = new BigInt64Array(new SharedArrayBuffer(PROGRESS_BYTES));
 
   private constructor() {
     this.worker = new Worker(RUNNER_ENTRY, {
+      workerData: { progress: this.progress.buffer },
       // The thread needs no env or argv of ours (secrets stay in the parent).
       env: {},
       argv: [],
@@ -155,7 +169,9 @@ export class ModelRunner {
    * Runs one batch once the runs queued before it are done. Rejects with TIMEOUT after
    * `timeoutMs` from when it begins, or CANCELLED when `signal` aborts; begun, either
    * way this runner is dead afterwards, and runs still queued behind it reject with
-   * RunnerGoneError. `onStart` fires when this run (not the queue wait) begins.
+   * RunnerGoneError. `onStart` fires when this run (not the queue wait) begins. With
+   * `parts`, the batch runs as several runs back to back in the thread (one message,
+   * one answer), each held to `timeoutMs` from its own start.
    */
   run(
     feeds: Record<string, Tensor>,
@@ -163,6 +179,7 @@ export class ModelRunner {
     timeoutMs: number,
     signal?: AbortSignal,
     onStart?: () => void,
+    parts?: RunParts,
   ): Promise<RunResult> {
     if (this.dead) return Promise.reject(new RunnerGoneError(this.dead));
     if (signal?.aborted) return Promise.reject(new CitadelError("CANCELLED", "cancelled before the run started"));
@@ -198,11 +215,21 @@ export class ModelRunner {
         started: false,
         began: () => {
           entry.started = true;
-          timer = setTimeout(() => {
+          const expire = () => {
+            // A later part of this run began since the timer was set: it has its own
+            // timeoutMs. The thread past this run: it ended, and its answer is on its way
+            // (a timer can fire before a message that came first is read).
+            const at = this.partStartedAt(id);
+            const left = at === undefined ? timeoutMs : at + timeoutMs - performance.now();
+            if (left >= 1) {
+              timer = setTimeout(expire, left);
+              return;
+            }
             cleanup();
             reject(new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`));
             this.abandon("timeout");
-          }, timeoutMs);
+          };
+          timer = setTimeout(expire, timeoutMs);
           onStart?.();
         },
         resolve: (r) => {
@@ -215,8 +242,21 @@ export class ModelRunner {
         },
       };
       this.pending.set(id, entry);
-      this.post({ type: "run", id, feeds: wire, outputs }, transfer);
+      this.post(
+        { type: "run", id, feeds: wire, outputs, ...(parts && parts.sizes.length > 1 ? { parts } : {}) },
+        transfer,
+      );
     });
+  }
+
+  /**
+   * When the part of run `id` now running began, on this thread's performance.now()
+   * clock; undefined when the thread has noted a later run (it notes each run before
+   * it begins, so this one is over).
+   */
+  private partStartedAt(id: number): number | undefined {
+    if (Atomics.load(this.progress, 0) !== BigInt(id)) return undefined;
+    return Number(Atomics.load(this.progress, 1)) / 1000 - performance.timeOrigin;
   }
 
   private post(msg: ToRunner, transfer: ArrayBuffer[]): void {
@@ -262,7 +302,7 @@ export class ModelRunner {
         }
         const outputs: Record<string, Tensor> = {};
         for (const [name, w] of Object.entries(m.outputs)) outputs[name] = fromWire(w);
-        pending?.resolve({ outputs, ms: m.ms });
+        pending?.resolve({ outputs, ms: m.ms, ...(m.runs.length > 1 ? { runs: m.runs } : {}) });
         return;
       }
       case "run-failed":

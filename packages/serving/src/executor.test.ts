@@ -1,5 +1,5 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
-import { RunnerGoneError, type RunResult } from "@citadel/runtime";
+import { RunnerGoneError, type RunParts, type RunResult } from "@citadel/runtime";
 import type { Tensor } from "@citadel/tensors";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { type BatchRunner, executeBatch, JobCancel, type Outcome, type RunJob, type RunReport } from "./executor.js";
@@ -29,10 +29,17 @@ class FakeRunner implements BatchRunner {
     timeoutMs: number,
     signal?: AbortSignal,
     onStart?: () => void,
+    parts?: RunParts,
   ): Promise<RunResult> {
     const x = feeds.x as Tensor;
     const values = Array.from(x.data as Float32Array);
-    this.runs.push(values.filter((_, i) => i % 2 === 0));
+    // A batch in parts is one call, run part after part as ModelRunner's thread does.
+    const samples = values.filter((_, i) => i % 2 === 0);
+    let at = 0;
+    for (const size of parts?.sizes ?? [samples.length]) {
+      this.runs.push(samples.slice(at, at + size));
+      at += size;
+    }
     onStart?.();
     if (signal?.aborted) throw new CitadelError("CANCELLED", "aborted");
     await this.gate;
@@ -42,7 +49,8 @@ class FakeRunner implements BatchRunner {
       this.alive = false;
       throw new CitadelError("TIMEOUT", `inference exceeded ${timeoutMs} ms`);
     }
-    return { outputs: { y: { ...x, data: Float32Array.from(x.data as Float32Array) } }, ms: 1 };
+    const runs = parts && parts.sizes.length > 1 ? { runs: parts.sizes.map(() => 1) } : {};
+    return { outputs: { y: { ...x, data: Float32Array.from(x.data as Float32Array) } }, ms: 1, ...runs };
   }
 }
 
@@ -399,17 +407,13 @@ describe("executor, a model that runs best below its maxBatch (runBatch)", () =>
   });
 
   it("holds every job to the model's timeout across the batch's runs, while the runs go on", async () => {
-    // One run at a time, as ModelRunner runs them.
-    let queue = Promise.resolve();
+    // Each part takes 400 ms, one after another, as ModelRunner's thread runs them.
     const slow: BatchRunner = {
-      run: (feeds, _o, _t, _s, onStart) => {
-        const r = queue.then(async () => {
-          onStart?.();
-          await new Promise((res) => setTimeout(res, 400));
-          return { outputs: { y: feeds.x as Tensor }, ms: 400 };
-        });
-        queue = r.then(() => undefined);
-        return r;
+      run: async (feeds, _o, _t, _s, onStart, parts) => {
+        const n = parts?.sizes.length ?? 1;
+        onStart?.();
+        await new Promise((res) => setTimeout(res, 400 * n));
+        return { outputs: { y: feeds.x as Tensor }, ms: 400 * n, runs: Array.from({ length: n }, () => 400) };
       },
     };
     vi.useFakeTimers();

@@ -1,6 +1,6 @@
 import { CitadelError, type ManifestBody } from "@citadel/contracts";
-import type { RunResult } from "@citadel/runtime";
-import { concat, type Tensor } from "@citadel/tensors";
+import type { RunParts, RunResult } from "@citadel/runtime";
+import type { Tensor } from "@citadel/tensors";
 import { describe, expect, it } from "vitest";
 import { type BatchRunner, partSizes, runInParts, samplesPerRun } from "./run-parts.js";
 
@@ -13,23 +13,27 @@ const manifest = {
   outputs: [{ name: "y", dtype: "float32", shape: [null, 2], batchAxis: 0 }],
 } as unknown as Pick<ManifestBody, "inputs" | "outputs">;
 
-/** Takes its feeds as ModelRunner does: the buffers are transferred (detached here). */
-class TransferringRunner implements BatchRunner {
-  sizes: number[] = [];
-  starts = 0;
-  constructor(private readonly failAt = -1) {}
-  async run(feeds: Record<string, Tensor>, _o: string[], _t: number, _s?: AbortSignal, onStart?: () => void) {
+/** Records what ModelRunner would be handed, and answers y = x * w for the whole batch (its thread would join the parts' outputs to the same). */
+class RecordingRunner implements BatchRunner {
+  calls: { samples: number; parts: RunParts | undefined }[] = [];
+  constructor(private readonly answerRuns?: number) {}
+  async run(
+    feeds: Record<string, Tensor>,
+    _o: string[],
+    _t: number,
+    _s?: AbortSignal,
+    onStart?: () => void,
+    parts?: RunParts,
+  ): Promise<RunResult> {
     onStart?.();
-    const k = this.sizes.length;
-    const buffers = Object.values(feeds).map((t) => t.data.buffer as ArrayBuffer);
-    const [x, w] = structuredClone([feeds.x, feeds.w], { transfer: buffers }) as [Tensor, Tensor];
-    this.sizes.push(x.shape[0] ?? 0);
-    if (k === this.failAt) throw new CitadelError("RUNTIME_ERROR", `inference failed in run ${k}`);
-    if (k > this.failAt && this.failAt >= 0) throw new CitadelError("RUNTIME_ERROR", "the runner stopped");
-    const xs = x.data as Float32Array;
+    const x = feeds.x as Tensor;
+    const w = feeds.w as Tensor;
+    this.calls.push({ samples: x.shape[0] ?? 0, parts });
     const ws = w.data as Float32Array;
-    const y = xs.map((v, i) => v * (ws[i % 2] ?? 0));
-    return { outputs: { y: { dtype: "float32", shape: x.shape, data: y } }, ms: 2 } satisfies RunResult;
+    const y = (x.data as Float32Array).map((v, i) => v * (ws[i % 2] ?? 0));
+    const n = this.answerRuns ?? parts?.sizes.length ?? 1;
+    const runs = n > 1 ? { runs: Array.from({ length: n }, () => 2) } : {};
+    return { outputs: { y: { dtype: "float32", shape: x.shape, data: y } }, ms: 2 * n, ...runs };
   }
 }
 
@@ -58,13 +62,15 @@ describe("partSizes", () => {
 });
 
 describe("runInParts", () => {
-  it("runs each part with its own copy of the unbatched inputs and joins the outputs in order", async () => {
-    const runner = new TransferringRunner();
+  it("hands the runner the whole batch once, with the part sizes and every input's and output's batch axis", async () => {
+    const runner = new RecordingRunner();
     let started = 0;
     const r = await runInParts(runner, manifest, feeds(5), ["y"], [2, 2, 1], 1000, new AbortController().signal, () => {
       started++;
     });
-    expect(runner.sizes).toEqual([2, 2, 1]);
+    expect(runner.calls).toEqual([
+      { samples: 5, parts: { sizes: [2, 2, 1], inputAxes: { x: 0, w: null }, outputAxes: { y: 0 } } },
+    ]);
     expect(started).toBe(1);
     expect(r.outputs.y?.shape).toEqual([5, 2]);
     expect(Array.from(r.outputs.y?.data as Float32Array)).toEqual([0, 100, 20, 300, 40, 500, 60, 700, 80, 900]);
@@ -76,48 +82,34 @@ describe("runInParts", () => {
     expect(r.ms).toBe(6);
   });
 
-  it("fails with the first run's error in order, not an echo from a later run", async () => {
-    const runner = new TransferringRunner(1);
-    const p = runInParts(runner, manifest, feeds(6), ["y"], [2, 2, 2], 1000, new AbortController().signal, () => {});
+  it("refuses an answer that does not account for every part", async () => {
+    const p = runInParts(
+      new RecordingRunner(2),
+      manifest,
+      feeds(6),
+      ["y"],
+      [2, 2, 2],
+      1000,
+      new AbortController().signal,
+      () => {},
+    );
+    await expect(p).rejects.toMatchObject({ code: "INTERNAL" });
+  });
+
+  it("passes the runner's failure on as it is", async () => {
+    const failing: BatchRunner = {
+      run: async () => {
+        throw new CitadelError("RUNTIME_ERROR", "inference failed in run 1");
+      },
+    };
+    const p = runInParts(failing, manifest, feeds(6), ["y"], [2, 2, 2], 1000, new AbortController().signal, () => {});
     await expect(p).rejects.toThrow("inference failed in run 1");
   });
 
-  it("frees a batch's concatenated feed once every part is cut, and leaves an unbatched feed (a job's) alone", async () => {
-    const job = feeds(5);
-    // As the executor builds it: two jobs' samples concatenated into a buffer of the batch's own.
-    const batch = { x: concat([job.x as Tensor, job.x as Tensor], 0), w: job.w as Tensor };
-    const r = await runInParts(
-      new TransferringRunner(),
-      manifest,
-      batch,
-      ["y"],
-      [4, 4, 2],
-      1000,
-      new AbortController().signal,
-      () => {},
-    );
-    expect(r.outputs.y?.shape).toEqual([10, 2]);
-    expect(batch.x.data.length).toBe(0);
-    expect(Array.from(batch.w.data as Float32Array)).toEqual([10, 100]);
-    // A plain array (not made by concat, nor a job's own buffer) is not the batch's to free.
-    const plain = feeds(4);
-    await runInParts(
-      new TransferringRunner(),
-      manifest,
-      plain,
-      ["y"],
-      [2, 2],
-      1000,
-      new AbortController().signal,
-      () => {},
-    );
-    expect(plain.x?.data.length).toBe(8);
-  });
-
-  it("hands a group within one run to the runner as it is", async () => {
-    const runner = new TransferringRunner();
+  it("hands a group within one run to the runner as it is, without parts", async () => {
+    const runner = new RecordingRunner();
     const r = await runInParts(runner, manifest, feeds(3), ["y"], [3], 1000, new AbortController().signal, () => {});
-    expect(runner.sizes).toEqual([3]);
+    expect(runner.calls).toEqual([{ samples: 3, parts: undefined }]);
     expect(r.runs).toEqual([{ samples: 3, ms: 2 }]);
   });
 });

@@ -36,8 +36,8 @@ export function concat(parts: readonly Tensor[], axis: number): Tensor {
   const total = sizes.reduce((a, b) => a + b, 0);
   const shape = [...first.shape];
   shape[axis] = total;
-  // Every element is written below, so no zero-fill; releasable: a batch's feeds are
-  // freed once the runs that need them have their bytes (run-parts.ts).
+  // Every element is written below, so no zero-fill; a buffer of its own, so that a
+  // batch's feeds go to the runner thread (and its joined outputs back) by transfer.
   const out = viewAs(first.dtype, releasableBuffer(outer * total * inner * DTYPE_BYTES[first.dtype]));
   let dst = 0;
   for (let o = 0; o < outer; o++) {
@@ -86,4 +86,26 @@ export function split(t: Tensor, axis: number, sizes: readonly number[]): Tensor
     }
     return { dtype: t.dtype, shape, data: out };
   });
+}
+
+/**
+ * Cuts `t` along `axis` like split, without copying where each piece is one contiguous
+ * run of its bytes (every dimension before the axis is 1, as for a batch axis 0): the
+ * pieces are then views over `t`'s buffer. Elsewhere each piece is a copy (split).
+ */
+export function slices(t: Tensor, axis: number, sizes: readonly number[]): Tensor[] {
+  const { outer, inner } = strides(t.shape, axis);
+  if (outer !== 1 || sizes.length === 1) return split(t, axis, sizes);
+  const total = t.shape[axis] ?? 0;
+  const sum = sizes.reduce((a, b) => a + b, 0);
+  if (sum !== total) throw new Error(`split sizes ${sum} do not add up to axis length ${total}`);
+  const out: Tensor[] = [];
+  let at = 0;
+  for (const size of sizes) {
+    const shape = [...t.shape];
+    shape[axis] = size;
+    out.push({ dtype: t.dtype, shape, data: t.data.subarray(at * inner, (at + size) * inner) });
+    at += size;
+  }
+  return out;
 }

@@ -1,6 +1,6 @@
 import { CitadelError, type TensorSpec, thrownCode } from "@citadel/contracts";
 import { describe, expect, it } from "vitest";
-import { concat, split } from "./batch.js";
+import { concat, slices, split } from "./batch.js";
 import { encodeTensor, type Tensor } from "./codec.js";
 import { toBfloat16Bits, toFloat16Bits } from "./half.js";
 import { applyOutputPolicy, mergePolicies } from "./policy.js";
@@ -366,6 +366,23 @@ describe("concat/split", () => {
     const b = t([1, 1, 2, 3], [5, 6, 7, 8, 9, 10]);
     expect(() => concat([a, b], 0)).toThrow(/off the batch axis/);
     expect(() => concat([b, a], 0)).toThrow(/off the batch axis/);
+  });
+
+  it("slices along the first axis as views of the same bytes, and along an inner axis as split's copies", () => {
+    const c = t([3, 2], [1, 2, 3, 4, 5, 6]);
+    const [a, b] = slices(c, 0, [1, 2]);
+    expect(a).toEqual(t([1, 2], [1, 2]));
+    expect(b).toEqual(t([2, 2], [3, 4, 5, 6]));
+    expect(b?.data.buffer).toBe(c.data.buffer);
+    expect(b?.data.byteOffset).toBe(8);
+    // Leading dimensions of 1 keep each piece contiguous: still views.
+    const one = t([1, 3, 2], [1, 2, 3, 4, 5, 6]);
+    expect(slices(one, 1, [2, 1])[1]?.data.buffer).toBe(one.data.buffer);
+    const inner = t([2, 3, 2], [1, 2, 3, 4, 5, 6, 10, 20, 30, 40, 50, 60]);
+    const cut = slices(inner, 1, [1, 2]);
+    expect(cut).toEqual(split(inner, 1, [1, 2]));
+    expect(cut[0]?.data.buffer).not.toBe(inner.data.buffer);
+    expect(() => slices(c, 0, [1, 1])).toThrow(/do not add up/);
   });
 
   it("refuses a part whose bytes do not match its shape, or another dtype or rank", () => {
